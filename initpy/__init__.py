@@ -1,0 +1,1 @@
+"""initpy: a modular initramfs init, written as an explicit state machine."""

@@ -1,0 +1,405 @@
+"""The boot driver: the state machine, rescue and the hand-off.
+
+The states come from the hook registry; the `transitions` machine is built
+from that order (`advance` to the next state, `fail` to rescue from any of
+them). The driver runs each state's function, times it, prints and records
+it, offers `initpy.break` shells, and on any failure goes to rescue, which
+never returns: it runs the rescue policy and ends in reboot or power-off.
+PID 1 therefore never exits.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from initpy import cmdline
+from initpy.cmdline import BadValue, Parameter
+from initpy.hook import (
+    CMDLINE,
+    EARLY_MOUNTS,
+    HANDOFF,
+    RESCUE,
+    BootContext,
+    BootFailure,
+    Fact,
+    Hook,
+    Registry,
+    State,
+    build_registry,
+    discover,
+)
+from initpy.report import Report, StateRecord
+
+if TYPE_CHECKING:
+    from initpy.kernel import Kernel
+
+# Where mkinitrd puts the hooks inside the initrd.
+INITRD_HOOK_DIR = "/usr/lib/initpy/hooks"
+# The initial state of the machine, before early mounts.
+START = "start"
+
+DEFAULT_EXEC = ("/lib/systemd/systemd", "/sbin/init")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Set by the storage hook once /state is mounted, so reports are kept there.
+STATE_MOUNTED: Fact[bool] = Fact("state_mounted")
+
+
+def _break_state(raw: str | None) -> str:
+    if not raw or not all(c.isalnum() or c == "_" for c in raw):
+        raise BadValue(f"expected a state name, got {raw!r}")
+    return raw
+
+
+def _rescue_timeout(raw: str | None) -> float | None:
+    return cmdline.seconds(1, 7 * 86400)(raw)
+
+
+EXEC: Parameter[str | None] = Parameter(
+    "initpy.exec", cmdline.absolute_path, None,
+    "program to exec at the hand-off (default /lib/systemd/systemd, else /sbin/init)",
+    "initpy.exec=/sbin/init",
+)
+BREAK: Parameter[str | None] = Parameter(
+    "initpy.break", _break_state, None,
+    "stop in a shell before this state; leaving the shell continues the boot",
+    "initpy.break=handoff",
+)
+RESCUE_POLICY: Parameter[str] = Parameter(
+    "initpy.rescue", cmdline.choice("shell", "reboot", "poweroff"), "shell",
+    "what a failure does: shell (then reboot when it exits), reboot or poweroff",
+    "initpy.rescue=reboot",
+)
+RESCUE_TIMEOUT: Parameter[float | None] = Parameter(
+    "initpy.rescue_timeout", _rescue_timeout, None,
+    "seconds a rescue shell may sit idle before the host reboots",
+    "initpy.rescue_timeout=600",
+)
+DEBUG: Parameter[bool] = Parameter(
+    "initpy.debug", cmdline.flag, False, "show tracebacks on the console", "initpy.debug",
+)
+SMTP_RELAY: Parameter[str | None] = Parameter(
+    "buildos.smtp_relay", cmdline.text("a host name", r"[A-Za-z0-9.\-\[\]:]+"), None,
+    "SMTP relay that postfix forwards all mail to", "buildos.smtp_relay=mail.example.org",
+)
+ADMIN_EMAIL: Parameter[str | None] = Parameter(
+    "buildos.admin_email", cmdline.text("an email address", r"[^@\s]+@[^@\s]+"), None,
+    "address that receives root's mail and notifications",
+    "buildos.admin_email=admin@example.org",
+)
+BUILDID_URL: Parameter[str | None] = Parameter(
+    "buildos.buildid_url", cmdline.text("a URL", r"[a-z][a-z0-9+.\-]*://\S*"), None,
+    "URL of buildos-buildid, polled by the monitor; a change reboots the host",
+    "buildos.buildid_url=tftp://10.0.0.1/buildos/buildos-buildid",
+)
+SSH_KEY: Parameter[str | None] = Parameter(
+    "buildos.ssh_key", cmdline.text("an OpenSSH public key", r"(ssh|ecdsa|sk)-\S+ \S+.*"),
+    None, "public key added to root's authorized_keys (quote it: it has spaces)",
+    'buildos.ssh_key="ssh-ed25519 AAAA... user@host"',
+)
+
+CORE_PARAMETERS: tuple[Parameter[Any], ...] = (
+    EXEC, BREAK, RESCUE_POLICY, RESCUE_TIMEOUT, DEBUG,
+    SMTP_RELAY, ADMIN_EMAIL, BUILDID_URL, SSH_KEY,
+)
+
+
+class Halted(BaseException):
+    """Raised by a fake kernel where a real one would never return."""
+
+
+def clean_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment for the hand-off and shells, without the freezer's traces.
+
+    PyInstaller's bootloader sets LD_LIBRARY_PATH (keeping the original in
+    LD_LIBRARY_PATH_ORIG) and _PYI_*/_MEI* variables; systemd and the shell
+    must not inherit them.
+    """
+    clean = {
+        k: v for k, v in env.items()
+        if not k.startswith(("_PYI", "_MEI", "LD_LIBRARY_PATH", "PYTHON"))
+    }
+    if env.get("LD_LIBRARY_PATH_ORIG"):
+        clean["LD_LIBRARY_PATH"] = env["LD_LIBRARY_PATH_ORIG"]
+    clean.setdefault("PATH", DEFAULT_PATH)
+    clean.setdefault("HOME", "/")
+    clean.setdefault("TERM", "linux")
+    return clean
+
+
+def early_mounts(ctx: BootContext) -> str:
+    """proc, sys, devtmpfs and /run, each created and mounted where missing."""
+    k = ctx.kernel
+    mounted = _mounted_targets(k)
+    done = []
+    table = (
+        ("proc", "/proc", "proc", 0o555, "", 2 | 4 | 8),
+        ("sysfs", "/sys", "sysfs", 0o555, "", 2 | 4 | 8),
+        ("devtmpfs", "/dev", "devtmpfs", 0o755, "mode=0755", 2),
+        ("devpts", "/dev/pts", "devpts", 0o755, "gid=5,mode=620,ptmxmode=000", 2 | 8),
+        ("tmpfs", "/run", "tmpfs", 0o755, "mode=0755", 2 | 4),
+    )
+    for source, target, fstype, mode, options, flags in table:
+        if target in mounted:
+            continue
+        k.mkdir(target, mode)
+        try:
+            k.mount(source, target, fstype, flags, options)
+        except OSError as exc:
+            if target == "/dev/pts":  # a shell without ptys still works
+                ctx.say(f"{EARLY_MOUNTS}: warning: {exc}")
+                continue
+            raise BootFailure(
+                f"cannot mount {fstype} on {target}: {exc}",
+                f"the kernel needs {fstype} support built in (CONFIG_"
+                f"{'DEVTMPFS' if fstype == 'devtmpfs' else fstype.upper()})",
+            ) from exc
+        done.append(target)
+        if target == "/proc":
+            mounted = _mounted_targets(k)
+    k.mkdir("/run/initpy")
+    return "mounted " + (" ".join(done) if done else "nothing (all present)")
+
+
+def _mounted_targets(k: Kernel) -> set[str]:
+    try:
+        text = k.read_text("/proc/self/mounts")
+    except OSError:
+        return set()
+    return {line.split()[1] for line in text.splitlines() if len(line.split()) > 1}
+
+
+class Boot:
+    """One boot: drives the registry's states through a `transitions` machine."""
+
+    state: str  # set by transitions
+
+    def __init__(self, kernel: Kernel, registry: Registry) -> None:
+        from transitions import Machine
+
+        self.kernel = kernel
+        self.registry = registry
+        self.report = Report(kernel)
+        self.ctx = BootContext(kernel=kernel, report=self.report)
+        self.functions = {
+            EARLY_MOUNTS: early_mounts,
+            CMDLINE: self._parse_cmdline,
+            HANDOFF: self._handoff,
+            **{name: s.run for name, s in registry.states.items()},
+        }
+        self.machine = Machine(
+            model=self, states=machine_states(registry), transitions=machine_transitions(registry),
+            initial=START, auto_transitions=False, send_event=False,
+        )
+
+    # -- the states the driver owns -----------------------------------------
+
+    def _parse_cmdline(self, ctx: BootContext) -> str:
+        text = ctx.kernel.read_text("/proc/cmdline")
+        parameters = [*CORE_PARAMETERS, *self.registry.parameters()]
+        config = cmdline.parse(text, parameters)
+        problems = list(config.problems)
+        wanted_break = config.value(BREAK)
+        if wanted_break is not None and wanted_break not in self.registry.order:
+            problems.append(
+                f"initpy.break: no state named {wanted_break!r}; states are "
+                + ", ".join(self.registry.order)
+            )
+        if problems != list(config.problems):
+            config = cmdline.BootConfig(
+                config.values, tuple(problems), config.raw, config.init_args, config.cmdline
+            )
+        ctx.config = config
+        self.report.command_line = config.as_report()
+        for problem in config.problems:
+            ctx.say(f"{CMDLINE}: warning: {problem}")
+        given = ", ".join(sorted(config.values)) or "no initpy/buildos parameters"
+        return f"{given}; {len(config.problems)} warning(s)"
+
+    def _handoff(self, ctx: BootContext) -> str:
+        target = ctx.value(EXEC)
+        candidates = (target,) if target else DEFAULT_EXEC
+        env = clean_environment(ctx.kernel.environ())
+        argv_tail = list(ctx.config.init_args)
+        errors = []
+        for path in candidates:
+            if not ctx.kernel.exists(path):
+                errors.append(f"{path}: not found")
+                continue
+            self.report.outcome = "handoff"
+            self.report.write(ctx.get(STATE_MOUNTED, False))
+            ctx.say(f"{HANDOFF}: exec {path} (uptime {ctx.kernel.uptime():.2f}s)")
+            try:
+                ctx.kernel.execve(path, [path, *argv_tail], env)
+            except OSError as exc:
+                errors.append(f"{path}: {exc.strerror or exc}")
+                self.report.outcome = None
+        raise BootFailure(
+            "hand-off failed: " + "; ".join(errors),
+            "put the init program into the initrd (mkinitrd --rootfs or --include), or name "
+            "an existing one with initpy.exec=PATH",
+        )
+
+    # -- driving -----------------------------------------------------------------
+
+    def run(self) -> NoReturn:
+        while True:
+            name = self._next_state()
+            self._maybe_break(name)
+            self.trigger("advance")  # type: ignore[attr-defined]
+            self._run_state(name)
+
+    def _next_state(self) -> str:
+        order = self.registry.order
+        if self.state == START:
+            return order[0]
+        return order[order.index(self.state) + 1]
+
+    def _run_state(self, name: str) -> None:
+        start = self.kernel.uptime()
+        try:
+            detail = self.functions[name](self.ctx)
+        except BootFailure as exc:
+            self._finish(name, start, "failed", exc.reason)
+            self.rescue(f"{name}: {exc.reason}", exc.fix, exc)
+        except Exception as exc:
+            self._finish(name, start, "failed", f"{type(exc).__name__}: {exc}")
+            self.rescue(
+                f"{name}: unexpected error: {type(exc).__name__}: {exc}",
+                "this is a bug in initpy or a hook; boot with initpy.debug for the traceback "
+                "and report it with /run/initpy/report.json",
+                exc,
+            )
+        self._finish(name, start, "ok", detail)
+        self.kernel.reap_orphans()
+
+    def _finish(self, name: str, start: float, result: str, detail: str | None) -> None:
+        end = self.kernel.uptime()
+        self.report.record(StateRecord(
+            name, int(start * 1000), int((end - start) * 1000), result, detail,
+        ))
+        suffix = f": {detail}" if detail else ""
+        if result == "ok":
+            self.report.say(f"{name}: ok in {int((end - start) * 1000)} ms{suffix}")
+
+    def _maybe_break(self, name: str) -> None:
+        if self.ctx.value(BREAK) != name:
+            return
+        self.report.say(f"break: before {name}; leave the shell (exit or Ctrl-D) to continue")
+        self.report.write(self.ctx.get(STATE_MOUNTED, False))
+        env = clean_environment(self.kernel.environ())
+        env["PS1"] = f"(initpy break before {name}) # "
+        result = self.kernel.run_shell(["/bin/sh"], env)
+        self.report.say(f"break: shell left with status {result.status}; continuing with {name}")
+
+    # -- rescue --------------------------------------------------------------------
+
+    def rescue(self, reason: str, fix: str, exc: BaseException | None = None) -> NoReturn:
+        try:
+            self.trigger("fail")  # type: ignore[attr-defined]
+        except Exception:  # already in rescue, or the machine is broken
+            pass
+        rescue(self.kernel, self.report, self.ctx, reason, fix, exc)
+
+
+def rescue(kernel: Kernel, report: Report, ctx: BootContext | None, reason: str, fix: str,
+           exc: BaseException | None = None) -> NoReturn:
+    """Tell the operator, keep the report, run the policy; never returns."""
+    report.outcome = "rescue"
+    report.reason = reason
+    report.fix = fix or None
+    if exc is not None:
+        report.traceback = "".join(traceback.format_exception(exc))
+    policy, timeout, debug = "shell", None, False
+    if ctx is not None:
+        policy, timeout, debug = ctx.value(RESCUE_POLICY), ctx.value(RESCUE_TIMEOUT), \
+            ctx.value(DEBUG)
+    report.say(f"{RESCUE}: {reason}")
+    if fix:
+        report.say(f"{RESCUE}: fix: {fix}")
+    if debug and report.traceback:
+        for line in report.traceback.rstrip().splitlines():
+            kernel.console(line)
+    report.write(ctx.get(STATE_MOUNTED, False) if ctx is not None else False)
+    if policy == "shell":
+        report.say(
+            f"{RESCUE}: starting /bin/sh on the console; the report is /run/initpy/report.json;"
+            " leave the shell (exit or Ctrl-D) to reboot"
+        )
+        env = clean_environment(kernel.environ())
+        env["PS1"] = "(initpy rescue) # "
+        try:
+            result = kernel.run_shell(["/bin/sh"], env, idle_timeout=timeout)
+            if result.idle_timeout:
+                report.say(f"{RESCUE}: the shell was idle for {timeout:g} s; rebooting")
+            else:
+                report.say(f"{RESCUE}: shell left with status {result.status}; rebooting")
+        except OSError as shell_error:
+            report.say(f"{RESCUE}: cannot start /bin/sh ({shell_error}); rebooting in 30 s")
+            kernel.sleep(30)
+        policy = "reboot"
+    halt(kernel, report, policy)
+
+
+def halt(kernel: Kernel, report: Report, how: str) -> NoReturn:
+    """Reboot or power off, retrying forever: PID 1 must not return."""
+    while True:
+        report.say(f"{RESCUE}: {how}")
+        try:
+            kernel.reboot(how)
+        except OSError as exc:
+            report.say(f"{RESCUE}: {how} failed: {exc}; retrying in 10 s")
+        kernel.sleep(10)
+
+
+def machine_states(registry: Registry) -> list[str]:
+    return [START, *registry.order, RESCUE]
+
+
+def machine_transitions(registry: Registry) -> list[dict[str, str]]:
+    order = [START, *registry.order]
+    moves = [
+        {"trigger": "advance", "source": a, "dest": b} for a, b in zip(order, order[1:], strict=False)
+    ]
+    moves += [{"trigger": "fail", "source": s, "dest": RESCUE} for s in registry.order]
+    return moves
+
+
+def load_registry(folders: Sequence[str], names: Sequence[str] | None = None) -> Registry:
+    from initpy.hook import select
+
+    found = discover(folders)
+    return build_registry(select(found, names), found.values())
+
+
+def installed_hook_names(kernel: Kernel) -> list[str] | None:
+    """The hooks mkinitrd chose, from /usr/lib/initpy/hooks.list (all if absent)."""
+    path = "/usr/lib/initpy/hooks.list"
+    if not kernel.exists(path):
+        return None
+    return [w for w in kernel.read_text(path).split() if w]
+
+
+def main(kernel: Kernel, folders: Sequence[str] = (INITRD_HOOK_DIR,),
+         names: Sequence[str] | None = None) -> NoReturn:
+    """PID 1's whole life: never returns, whatever happens."""
+    report = Report(kernel)
+    try:
+        report.say(f"starting (pid {kernel.getpid()}, uptime {kernel.uptime():.2f}s)")
+        registry = load_registry(folders, names if names is not None
+                                 else installed_hook_names(kernel))
+        boot = Boot(kernel, registry)
+        report = boot.report
+        boot.run()
+    except Halted:
+        raise
+    except BaseException as exc:  # noqa: B036 - PID 1 must survive anything
+        # Mounts may be missing if we failed before or during early mounts.
+        try:
+            early_mounts(BootContext(kernel=kernel, report=report))
+        except BaseException:  # noqa: B036
+            pass
+        rescue(kernel, report, None, f"init failed to start: {type(exc).__name__}: {exc}",
+               "rebuild the initrd; the hooks or the frozen init are broken", exc)

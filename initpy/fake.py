@@ -1,0 +1,247 @@
+"""A fake kernel: the whole boot on a normal machine, without root.
+
+`FakeKernel` replaces `initpy.kernel.Kernel`, the one seam, with a temporary
+root folder and recorded answers. Files are read and written below the
+root; syscalls (mount, reboot, finit_module, sethostname, execve, mknod)
+are recorded in `calls` and answered from the script the test or the
+operator gives. `reboot` and `execve` end the walk by raising `Halted`,
+where a real kernel would never return.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from initpy.boot import Halted
+from initpy.kernel import Completed, Kernel, ShellExit
+
+
+class Rebooted(Halted):
+    def __init__(self, how: str) -> None:
+        super().__init__(how)
+        self.how = how
+
+
+class HandedOff(Halted):
+    def __init__(self, path: str, argv: Sequence[str], env: Mapping[str, str]) -> None:
+        super().__init__(path)
+        self.path = path
+        self.argv = list(argv)
+        self.env = dict(env)
+
+
+CommandAnswer = Completed | Callable[[Sequence[str]], Completed]
+
+
+@dataclass
+class FakeKernel(Kernel):
+    """A machine made of a folder and a script of answers."""
+
+    root: str
+    cmdline: str = "console=ttyS0"
+    environment: dict[str, str] = field(default_factory=lambda: {
+        "HOME": "/", "TERM": "linux",
+        "LD_LIBRARY_PATH": "/usr/lib/initpy/_internal", "_PYI_ARCHIVE_FILE": "/init",
+        "_MEIPASS2": "/usr/lib/initpy/_internal",
+    })
+    # Syscall failures to inject: call name -> {first argument -> errno}.
+    failures: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Commands: the first argv word -> answer (a Completed or a function).
+    commands: dict[str, CommandAnswer] = field(default_factory=dict)
+    # What each interactive shell does, in order; empty means "exit 0".
+    shells: list[ShellExit] = field(default_factory=list)
+    # Block devices: /dev path -> image bytes (read by read_bytes).
+    block_devices: dict[str, bytes] = field(default_factory=dict)
+    calls: list[tuple[object, ...]] = field(default_factory=list)
+    console_lines: list[str] = field(default_factory=list)
+    kmsg_lines: list[str] = field(default_factory=list)
+    clock: float = 1.0
+    echo: bool = False
+
+    def __post_init__(self) -> None:
+        Kernel.__init__(self)
+        os.makedirs(self.root, exist_ok=True)
+        self._write_seed("proc/cmdline", self.cmdline + "\n")
+        self._write_seed("proc/self/mounts", "rootfs / rootfs rw 0 0\n")
+
+    def _write_seed(self, relative: str, text: str) -> None:
+        path = os.path.join(self.root, relative)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if not os.path.exists(path):
+            with open(path, "w") as f:
+                f.write(text)
+
+    def path(self, path: str) -> str:
+        """The host path of a guest path."""
+        if not path.startswith("/"):
+            raise ValueError(f"fake kernel: guest paths are absolute, got {path!r}")
+        return os.path.join(self.root, path.lstrip("/"))
+
+    def _fail(self, call: str, key: str) -> None:
+        err = self.failures.get(call, {}).get(key)
+        if err is not None:
+            raise OSError(err, f"{call} {key}: {os.strerror(err)}")
+
+    # -- time ---------------------------------------------------------------------
+
+    def monotonic(self) -> float:
+        return self.clock
+
+    def uptime(self) -> float:
+        self.clock += 0.001
+        return self.clock
+
+    def getpid(self) -> int:
+        return 1
+
+    def sleep(self, seconds: float) -> None:
+        self.calls.append(("sleep", seconds))
+        self.clock += seconds
+
+    def environ(self) -> dict[str, str]:
+        return dict(self.environment)
+
+    # -- files ---------------------------------------------------------------------
+
+    def exists(self, path: str) -> bool:
+        return path in self.block_devices or os.path.lexists(self.path(path))
+
+    def is_dir(self, path: str) -> bool:
+        return os.path.isdir(self.path(path))
+
+    def listdir(self, path: str) -> list[str]:
+        return sorted(os.listdir(self.path(path)))
+
+    def read_bytes(self, path: str, offset: int = 0, size: int = -1) -> bytes:
+        if path in self.block_devices:
+            image = self.block_devices[path]
+            return image[offset:] if size < 0 else image[offset:offset + size]
+        return super().read_bytes(self.path(path), offset, size)
+
+    def read_text(self, path: str) -> str:
+        return super().read_text(self.path(path))
+
+    def readlink(self, path: str) -> str:
+        return os.readlink(self.path(path))
+
+    def write_text(self, path: str, text: str, mode: int = 0o644) -> None:
+        self._fail("write", path)
+        os.makedirs(os.path.dirname(self.path(path)), exist_ok=True)
+        with open(self.path(path), "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(self.path(path), mode)
+
+    def write_atomic(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        self._fail("write", path)
+        self.calls.append(("write_atomic", path))
+        super().write_atomic(self.path(path), data, mode)
+
+    def append_text(self, path: str, text: str) -> None:
+        super().append_text(self.path(path), text)
+
+    def mkdir(self, path: str, mode: int = 0o755) -> None:
+        os.makedirs(self.path(path), mode=mode, exist_ok=True)
+
+    def remove(self, path: str) -> None:
+        os.unlink(self.path(path))
+
+    def rename(self, src: str, dst: str) -> None:
+        os.rename(self.path(src), self.path(dst))
+
+    def symlink(self, target: str, path: str) -> None:
+        os.symlink(target, self.path(path))
+
+    def chmod(self, path: str, mode: int) -> None:
+        os.chmod(self.path(path), mode)
+
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        self.calls.append(("chown", path, uid, gid))
+
+    def stat(self, path: str) -> os.stat_result:
+        return os.stat(self.path(path))
+
+    # -- syscalls ------------------------------------------------------------------
+
+    def mknod(self, path: str, mode: int, major: int, minor: int) -> None:
+        self.calls.append(("mknod", path, major, minor))
+        self._fail("mknod", path)
+        with open(self.path(path), "w"):
+            pass
+
+    def mount(self, source: str, target: str, fstype: str, flags: int = 0,
+              options: str = "") -> None:
+        self.calls.append(("mount", source, target, fstype, flags, options))
+        self._fail("mount", target)
+        if not os.path.isdir(self.path(target)):
+            raise OSError(errno.ENOENT, f"mount {target}: no such directory")
+        with open(self.path("/proc/self/mounts"), "a") as f:
+            f.write(f"{source} {target} {fstype} rw 0 0\n")
+
+    def umount(self, target: str) -> None:
+        self.calls.append(("umount", target))
+        self._fail("umount", target)
+        mounts = self.path("/proc/self/mounts")
+        with open(mounts) as f:
+            lines = [ln for ln in f if ln.split()[1:2] != [target]]
+        with open(mounts, "w") as f:
+            f.writelines(lines)
+
+    def finit_module(self, path: str, params: str = "") -> None:
+        self.calls.append(("finit_module", path, params))
+        self._fail("finit_module", path)
+
+    def sethostname(self, name: str) -> None:
+        self.calls.append(("sethostname", name))
+        self._fail("sethostname", name)
+        self.write_text("/proc/sys/kernel/hostname", name + "\n")
+
+    def reboot(self, how: str) -> None:
+        self.calls.append(("reboot", how))
+        self._fail("reboot", how)
+        raise Rebooted(how)
+
+    def execve(self, path: str, argv: Sequence[str], env: Mapping[str, str]) -> NoReturn:
+        self.calls.append(("execve", path, tuple(argv)))
+        self._fail("execve", path)
+        host = self.path(path)
+        if not os.path.exists(host):
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+        if not os.access(host, os.X_OK):
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+        raise HandedOff(path, argv, env)
+
+    # -- console and processes ----------------------------------------------------
+
+    def console(self, line: str) -> None:
+        self.console_lines.append(line)
+        if self.echo:
+            print(line, flush=True)
+
+    def kmsg(self, line: str) -> None:
+        self.kmsg_lines.append(line)
+
+    def run(self, argv: Sequence[str], input: str | None = None, timeout: float | None = None,
+            env: Mapping[str, str] | None = None) -> Completed:
+        self.calls.append(("run", tuple(argv)))
+        answer = self.commands.get(argv[0]) or self.commands.get(os.path.basename(argv[0]))
+        if answer is None:  # an unscripted command succeeds silently
+            return Completed(tuple(argv), 0, "", "")
+        return answer(argv) if callable(answer) else answer
+
+    def run_shell(self, argv: Sequence[str], env: Mapping[str, str],
+                  idle_timeout: float | None = None) -> ShellExit:
+        self.calls.append(("shell", tuple(argv), idle_timeout, dict(env)))
+        result = self.shells.pop(0) if self.shells else ShellExit(0)
+        if result.idle_timeout and idle_timeout is None:
+            raise AssertionError("fake kernel: an idle shell timed out without a timeout set")
+        return result
+
+    def reap_orphans(self) -> list[int]:
+        return []
+
+    def syscalls(self, name: str) -> list[tuple[object, ...]]:
+        return [c for c in self.calls if c[0] == name]

@@ -1,0 +1,356 @@
+"""The kernel seam: every syscall and every host file access of the boot.
+
+Everything the init does to the machine goes through one `Kernel` object:
+mounts, reboot, module loading, the hostname, exec, device nodes, /dev/kmsg,
+reads of /proc and /sys, block-device reads, file writes, child processes and
+the console. Tests and the no-root "walk" replace this object with
+`initpy.fake.FakeKernel`, and nothing else, to fake a whole machine.
+
+Only the standard library is imported here: this module is on PID 1's
+start-up path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import NoReturn
+
+# mount(2) flags, from <sys/mount.h>.
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_RELATIME = 1 << 21
+
+# reboot(2) commands, from <linux/reboot.h>.
+_LINUX_REBOOT_CMD_RESTART = 0x01234567
+_LINUX_REBOOT_CMD_POWER_OFF = 0x4321FEDC
+_LINUX_REBOOT_CMD_HALT = 0xCDEF0123
+REBOOT_COMMANDS = {
+    "reboot": _LINUX_REBOOT_CMD_RESTART,
+    "poweroff": _LINUX_REBOOT_CMD_POWER_OFF,
+    "halt": _LINUX_REBOOT_CMD_HALT,
+}
+
+_SYS_FINIT_MODULE = 313  # x86_64
+_MODULE_INIT_COMPRESSED_FILE = 4
+
+
+class KernelError(OSError):
+    """A syscall failed; the message names the call and its arguments."""
+
+
+@dataclass(frozen=True)
+class Completed:
+    """The outcome of an external command run through the seam."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@dataclass(frozen=True)
+class ShellExit:
+    """How an interactive shell on the console ended."""
+
+    status: int
+    idle_timeout: bool = False
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise KernelError(err, f"{what}: {os.strerror(err)}")
+    return result
+
+
+class Kernel:
+    """The real machine. One instance lives in PID 1."""
+
+    def __init__(self) -> None:
+        self._children: set[int] = set()
+        self._children_lock = threading.Lock()
+        self._kmsg: int | None = None
+        self._console_lock = threading.Lock()
+
+    # -- time and identity -------------------------------------------------
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def uptime(self) -> float:
+        """Seconds since the kernel started (CLOCK_BOOTTIME)."""
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+    def getpid(self) -> int:
+        return os.getpid()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def environ(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    # -- files ---------------------------------------------------------------
+
+    def exists(self, path: str) -> bool:
+        return os.path.lexists(path)
+
+    def is_dir(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def listdir(self, path: str) -> list[str]:
+        return sorted(os.listdir(path))
+
+    def read_bytes(self, path: str, offset: int = 0, size: int = -1) -> bytes:
+        """Read a file or block device; a short read returns what there is."""
+        with open(path, "rb", buffering=0) as f:
+            if offset:
+                f.seek(offset)
+            return f.read() if size < 0 else f.read(size)
+
+    def read_text(self, path: str) -> str:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def readlink(self, path: str) -> str:
+        return os.readlink(path)
+
+    def write_text(self, path: str, text: str, mode: int = 0o644) -> None:
+        """Write a file in place (for /proc, /sys and files in the RAM root)."""
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        if not path.startswith(("/proc/", "/sys/")):
+            os.chmod(path, mode)
+
+    def write_atomic(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        """Replace a file so that a power cut leaves the old or the new one.
+
+        The data goes to a temporary file in the same folder, is fsync'ed,
+        renamed over the target, and the folder is fsync'ed.
+        """
+        folder = os.path.dirname(path) or "."
+        tmp = f"{path}.initpy-tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def append_text(self, path: str, text: str) -> None:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)
+
+    def mkdir(self, path: str, mode: int = 0o755) -> None:
+        os.makedirs(path, mode=mode, exist_ok=True)
+
+    def remove(self, path: str) -> None:
+        os.unlink(path)
+
+    def rename(self, src: str, dst: str) -> None:
+        os.rename(src, dst)
+
+    def symlink(self, target: str, path: str) -> None:
+        os.symlink(target, path)
+
+    def chmod(self, path: str, mode: int) -> None:
+        os.chmod(path, mode)
+
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        os.chown(path, uid, gid)
+
+    def stat(self, path: str) -> os.stat_result:
+        return os.stat(path)
+
+    # -- devices, mounts, modules -------------------------------------------
+
+    def mknod(self, path: str, mode: int, major: int, minor: int) -> None:
+        os.mknod(path, mode, os.makedev(major, minor))
+
+    def mount(
+        self, source: str, target: str, fstype: str, flags: int = 0, options: str = ""
+    ) -> None:
+        res = _libc().mount(
+            source.encode(), target.encode(), fstype.encode(), ctypes.c_ulong(flags),
+            options.encode() if options else None,
+        )
+        _check(res, f"mount -t {fstype} {source} {target} -o {options or 'defaults'}")
+
+    def umount(self, target: str) -> None:
+        _check(_libc().umount2(target.encode(), 0), f"umount {target}")
+
+    def finit_module(self, path: str, params: str = "") -> None:
+        """Load one module file; `EEXIST` (already loaded) is not an error."""
+        flags = 0 if path.endswith(".ko") else _MODULE_INIT_COMPRESSED_FILE
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            res = _libc().syscall(_SYS_FINIT_MODULE, fd, params.encode(), flags)
+            if res < 0:
+                err = ctypes.get_errno()
+                if err == errno.EEXIST:
+                    return
+                raise KernelError(err, f"finit_module {path}: {os.strerror(err)}")
+        finally:
+            os.close(fd)
+
+    def sethostname(self, name: str) -> None:
+        raw = name.encode()
+        _check(_libc().sethostname(raw, len(raw)), f"sethostname {name}")
+
+    def reboot(self, how: str) -> None:
+        """Sync and reboot, power off or halt. Returns only if the call failed."""
+        os.sync()
+        _check(_libc().reboot(ctypes.c_int(REBOOT_COMMANDS[how])), f"reboot({how})")
+
+    def execve(self, path: str, argv: Sequence[str], env: Mapping[str, str]) -> NoReturn:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(path, list(argv), dict(env))
+
+    # -- console and kernel log ---------------------------------------------
+
+    def console(self, line: str) -> None:
+        with self._console_lock:
+            try:
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+            except OSError:
+                pass
+
+    def kmsg(self, line: str) -> None:
+        """Append a line to the kernel log (priority 6: info)."""
+        try:
+            if self._kmsg is None:
+                self._kmsg = os.open("/dev/kmsg", os.O_WRONLY | os.O_CLOEXEC)
+            os.write(self._kmsg, f"<6>{line}\n".encode()[:1000])
+        except OSError:
+            pass
+
+    # -- child processes -----------------------------------------------------
+
+    def run(
+        self,
+        argv: Sequence[str],
+        input: str | None = None,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Completed:
+        """Run a command to completion, capturing its output."""
+        proc = subprocess.Popen(
+            list(argv), stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=dict(env) if env is not None else None,
+        )
+        self._adopt(proc.pid)
+        try:
+            out, err = proc.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        finally:
+            self._release(proc.pid)
+        return Completed(tuple(argv), proc.returncode, out, err)
+
+    def run_shell(self, argv: Sequence[str], env: Mapping[str, str],
+                  idle_timeout: float | None = None) -> ShellExit:
+        """Run an interactive program on the console and wait for it.
+
+        With `idle_timeout`, the program is killed once the console has seen
+        no input for that long; the console's access time tells (as `w` does).
+        """
+        proc = subprocess.Popen(list(argv), env=dict(env), start_new_session=True)
+        self._adopt(proc.pid)
+        tty = _console_tty()
+        last_input = time.time()
+        try:
+            while True:
+                try:
+                    status = proc.wait(timeout=1.0)
+                    return ShellExit(status)
+                except subprocess.TimeoutExpired:
+                    pass
+                self.reap_orphans()
+                if idle_timeout is None:
+                    continue
+                if tty is not None:
+                    try:
+                        last_input = max(last_input, os.stat(tty).st_atime)
+                    except OSError:
+                        pass
+                if time.time() - last_input > idle_timeout:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    return ShellExit(-signal.SIGKILL, idle_timeout=True)
+        finally:
+            self._release(proc.pid)
+
+    def _adopt(self, pid: int) -> None:
+        with self._children_lock:
+            self._children.add(pid)
+
+    def _release(self, pid: int) -> None:
+        with self._children_lock:
+            self._children.discard(pid)
+
+    def reap_orphans(self) -> list[int]:
+        """Reap zombies that are not our own children in flight.
+
+        As PID 1 we inherit every orphan. `waitpid(-1)` would also steal the
+        exit status of a command that `run()` is waiting for, so only zombies
+        listed in /proc and not adopted by `run()` are reaped.
+        """
+        reaped: list[int] = []
+        try:
+            pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+        except OSError:
+            return reaped
+        me = os.getpid()
+        for pid in pids:
+            with self._children_lock:
+                if pid in self._children:
+                    continue
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if len(fields) < 2 or fields[0] != b"Z" or int(fields[1]) != me:
+                continue
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    reaped.append(pid)
+            except ChildProcessError:
+                pass
+        return reaped
+
+
+def _console_tty() -> str | None:
+    for path in ("/dev/console",):
+        if os.path.exists(path):
+            return path
+    return None

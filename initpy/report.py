@@ -1,0 +1,91 @@
+"""The boot report: console lines, the kernel log, and report.json.
+
+Every state prints `initpy: <state>: ...` on the console and in the kernel
+log, and is recorded with its timing and result. The report is written to
+/run/initpy/report.json before the hand-off and before any rescue shell,
+and copied to /state/initpy/ (rotated) when /state is mounted.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from initpy.kernel import Kernel
+
+REPORT_DIR = "/run/initpy"
+REPORT_PATH = "/run/initpy/report.json"
+STATE_REPORT_DIR = "/state/initpy/reports"
+KEEP_REPORTS = 10
+
+
+@dataclass
+class StateRecord:
+    name: str
+    start_ms: int
+    duration_ms: int
+    result: str  # "ok", "failed", "skipped"
+    detail: str | None
+
+
+@dataclass
+class Report:
+    kernel: Kernel
+    outcome: str | None = None
+    reason: str | None = None
+    fix: str | None = None
+    states: list[StateRecord] = field(default_factory=list)
+    command_line: dict[str, object] = field(default_factory=dict)
+    modules: list[dict[str, object]] = field(default_factory=list)
+    traceback: str | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def say(self, message: str) -> None:
+        """One `initpy:` line on the console and in the kernel log."""
+        line = f"initpy: {message}"
+        self.kernel.console(line)
+        self.kernel.kmsg(line)
+
+    def now_ms(self) -> int:
+        return int(self.kernel.uptime() * 1000)
+
+    def record(self, record: StateRecord) -> None:
+        self.states.append(record)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "fix": self.fix,
+            "states": [asdict(s) for s in self.states],
+            "command_line": self.command_line,
+            "modules": self.modules,
+            "traceback": self.traceback,
+            **self.extra,
+        }
+
+    def write(self, state_mounted: bool = False) -> None:
+        """Write report.json; never raises (a report must not break a boot)."""
+        data = (json.dumps(self.as_json(), indent=2, sort_keys=False) + "\n").encode()
+        try:
+            self.kernel.mkdir(REPORT_DIR)
+            self.kernel.write_atomic(REPORT_PATH, data)
+        except OSError as exc:
+            self.kernel.console(f"initpy: report: cannot write {REPORT_PATH}: {exc}")
+        if state_mounted:
+            self._keep_on_state(data)
+
+    def _keep_on_state(self, data: bytes) -> None:
+        """Rotate report.json.0 .. report.json.(KEEP_REPORTS-1) on /state."""
+        try:
+            k = self.kernel
+            k.mkdir(STATE_REPORT_DIR)
+            for i in range(KEEP_REPORTS - 1, 0, -1):
+                older = f"{STATE_REPORT_DIR}/report.json.{i - 1}"
+                if k.exists(older):
+                    k.rename(older, f"{STATE_REPORT_DIR}/report.json.{i}")
+            k.write_atomic(f"{STATE_REPORT_DIR}/report.json.0", data)
+        except OSError as exc:
+            self.kernel.console(f"initpy: report: cannot keep a copy on /state: {exc}")

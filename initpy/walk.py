@@ -1,0 +1,42 @@
+"""Walk the whole boot on a normal machine, against the fake kernel.
+
+An operator can check a command line, and a developer a hook, without root
+and without a VM: the same console lines and the same report as a real
+boot, with syscalls recorded instead of made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+
+from initpy.boot import main
+from initpy.fake import FakeKernel, HandedOff, Rebooted
+
+
+def walk(cmdline: str, folders: Sequence[str], names: Sequence[str] | None,
+         root: str | None = None) -> int:
+    """Returns 0 when the walk reached the hand-off, 1 when it went to rescue."""
+    with tempfile.TemporaryDirectory(prefix="initpy-walk-") as tmp:
+        root = root or tmp
+        kernel = FakeKernel(root=root, cmdline=cmdline, echo=True)
+        for program in ("/sbin/init", "/lib/systemd/systemd"):
+            path = kernel.path(program)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                f.write("#!/bin/sh\n")
+            os.chmod(path, 0o755)
+        try:
+            main(kernel, folders, names)
+        except HandedOff as done:
+            print(f"(walk) the init would now exec {done.path}; "
+                  f"environment: {' '.join(sorted(done.env))}")
+        except Rebooted as done:
+            print(f"(walk) the init would now {done.how}")
+        report_path = kernel.path("/run/initpy/report.json")
+        report = json.load(open(report_path)) if os.path.exists(report_path) else {}
+        print(f"(walk) report.json outcome: {report.get('outcome')}; syscalls made: "
+              + ", ".join(sorted({str(c[0]) for c in kernel.calls})))
+        return 0 if report.get("outcome") == "handoff" else 1

@@ -24,9 +24,7 @@ from initpy.hook import (
     BootContext,
     BootFailure,
     Fact,
-    Hook,
     Registry,
-    State,
     build_registry,
     discover,
 )
@@ -360,9 +358,8 @@ def machine_states(registry: Registry) -> list[str]:
 
 def machine_transitions(registry: Registry) -> list[dict[str, str]]:
     order = [START, *registry.order]
-    moves = [
-        {"trigger": "advance", "source": a, "dest": b} for a, b in zip(order, order[1:], strict=False)
-    ]
+    moves = [{"trigger": "advance", "source": a, "dest": b}
+             for a, b in zip(order, order[1:], strict=False)]
     moves += [{"trigger": "fail", "source": s, "dest": RESCUE} for s in registry.order]
     return moves
 

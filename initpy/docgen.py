@@ -33,7 +33,10 @@ def diagram(folders: Sequence[str], names: Sequence[str] | None = None) -> str:
         initial="start", auto_transitions=False, graph_engine="mermaid", title="initpy boot",
     )
     graph: str = model.get_graph().draw(None)  # type: ignore[attr-defined]
-    return graph.rstrip() + "\n"
+    # transitions writes the title as a bare front-matter line, which is not
+    # the YAML mapping mermaid expects; give it its key.
+    head, sep, body = graph.partition("stateDiagram-v2")
+    return "---\ntitle: initpy boot\n---\n" + sep + body.rstrip() + "\n"
 
 
 def states_table(registry: Registry) -> str:

@@ -41,6 +41,7 @@ class Report:
     modules: list[dict[str, object]] = field(default_factory=list)
     traceback: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    rotated: bool = False  # the copies on /state are rotated once per boot
 
     def say(self, message: str) -> None:
         """One `initpy:` line on the console and in the kernel log."""
@@ -78,14 +79,15 @@ class Report:
             self._keep_on_state(data)
 
     def _keep_on_state(self, data: bytes) -> None:
-        """Rotate report.json.0 .. report.json.(KEEP_REPORTS-1) on /state."""
+        """Keep report.json.0 (this boot) .. report.json.9 (nine boots ago) on /state."""
         try:
             k = self.kernel
             k.mkdir(STATE_REPORT_DIR)
             for i in range(KEEP_REPORTS - 1, 0, -1):
                 older = f"{STATE_REPORT_DIR}/report.json.{i - 1}"
-                if k.exists(older):
+                if not self.rotated and k.exists(older):
                     k.rename(older, f"{STATE_REPORT_DIR}/report.json.{i}")
+            self.rotated = True
             k.write_atomic(f"{STATE_REPORT_DIR}/report.json.0", data)
         except OSError as exc:
             self.kernel.console(f"initpy: report: cannot keep a copy on /state: {exc}")

@@ -1,0 +1,152 @@
+"""Fixtures of the VM tier: the Debian kernel, one initrd per session, boots.
+
+- `vm_kernel`: scripts/fetch-kernel's cache folder (vmlinuz + modules).
+- `vm_initrd`: mkinitrd.py run once per session into a temporary folder,
+  with the guest test program (guest/vmcheck) included as
+  /usr/bin/initpy-vmcheck. INITPY_VM_INITRD=DIR uses an OUTDIR built
+  before instead (for quick reruns while working on the tests only).
+- `boot_vm`: boots that kernel and initrd; the serial log is
+  artifacts/vm/<test name>.log.
+- `full_boot`: the VM arguments of the "whole boot" scenario, in one place:
+  storage and network hooks add their disks, NICs and command-line words
+  here, and every scenario that boots the whole machine picks them up.
+
+A VM test FAILS when the kernel or the initrd cannot be made: a broken
+builder must not pass as "skipped". The one way to skip the tier is a
+machine without QEMU *and* INITPY_SKIP_VM=1 (CI never sets it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from . import qemu
+
+GUEST_PROGRAM = Path(__file__).parent / "guest" / "vmcheck"
+GUEST_PATH = "/usr/bin/initpy-vmcheck"
+# Builds and boots are slow under TCG; these bound a hang, not a speed.
+BUILD_TIMEOUT = 900
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if shutil.which(qemu.QEMU) is not None or os.environ.get("INITPY_SKIP_VM") != "1":
+        return
+    skip = pytest.mark.skip(reason=f"{qemu.QEMU} is absent and INITPY_SKIP_VM=1")
+    for item in items:
+        if item.get_closest_marker("vm"):
+            item.add_marker(skip)
+
+
+@dataclass(frozen=True)
+class KernelFiles:
+    folder: Path
+    vmlinuz: Path
+    modules: Path  # lib/modules/<version>
+
+
+@dataclass(frozen=True)
+class InitrdFiles:
+    outdir: Path
+    image: Path  # buildos-image, the kernel mkinitrd copied
+    initrd: Path  # buildos-initrd
+    buildid: Path
+
+
+@dataclass
+class BootArgs:
+    """What one boot gets besides the kernel and initrd; extend, do not fork."""
+
+    append: list[str] = field(default_factory=list)
+    disks: list[str | Sequence[str]] = field(default_factory=list)
+    nics: list[qemu.Nic] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    memory: int = 1024
+
+
+def _run(argv: Sequence[str], what: str, timeout: float) -> str:
+    try:
+        done = subprocess.run(argv, cwd=qemu.REPO, capture_output=True, text=True,
+                              timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.fail(f"{what}: {' '.join(argv)}: {exc}", pytrace=False)
+    if done.returncode != 0:
+        pytest.fail(f"{what} failed (exit {done.returncode}): {' '.join(argv)}\n"
+                    f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}", pytrace=False)
+    return done.stdout
+
+
+@pytest.fixture(scope="session")
+def vm_kernel() -> KernelFiles:
+    folder = Path(_run([str(qemu.REPO / "scripts" / "fetch-kernel")], "fetching the kernel",
+                       BUILD_TIMEOUT).strip().splitlines()[-1])
+    files = KernelFiles(folder, folder / "vmlinuz", (folder / "modules").resolve())
+    if not files.vmlinuz.is_file() or not files.modules.is_dir():
+        pytest.fail(f"scripts/fetch-kernel gave {folder} without vmlinuz and modules/; "
+                    f"remove it and run scripts/fetch-kernel again", pytrace=False)
+    return files
+
+
+def _initrd_files(outdir: Path) -> InitrdFiles:
+    files = InitrdFiles(outdir, outdir / "buildos-image", outdir / "buildos-initrd",
+                        outdir / "buildos-buildid")
+    missing = [p.name for p in (files.image, files.initrd, files.buildid) if not p.is_file()]
+    if missing:
+        pytest.fail(f"{outdir} lacks {', '.join(missing)} (mkinitrd.py writes all three)",
+                    pytrace=False)
+    return files
+
+
+@pytest.fixture(scope="session")
+def vm_initrd(vm_kernel: KernelFiles, tmp_path_factory: pytest.TempPathFactory) -> InitrdFiles:
+    prebuilt = os.environ.get("INITPY_VM_INITRD")
+    if prebuilt:
+        return _initrd_files(Path(prebuilt))
+    builder = qemu.REPO / "mkinitrd.py"
+    if not builder.is_file():
+        pytest.fail(f"{builder} is missing: the VM tier needs the initrd builder",
+                    pytrace=False)
+    outdir = tmp_path_factory.mktemp("initrd")
+    _run([sys.executable, str(builder), "--kernel", str(vm_kernel.vmlinuz),
+          "--modules", str(vm_kernel.modules), "-o", str(outdir),
+          "--include", f"{GUEST_PROGRAM}:{GUEST_PATH}"], "building the initrd", BUILD_TIMEOUT)
+    return _initrd_files(outdir)
+
+
+BootVm = Callable[..., contextlib.AbstractContextManager[qemu.Vm]]
+
+
+@pytest.fixture
+def boot_vm(vm_initrd: InitrdFiles, request: pytest.FixtureRequest) -> BootVm:
+    """`with boot_vm(BootArgs(...)) as vm:` boots the session's initrd."""
+
+    @contextlib.contextmanager
+    def boot(args: BootArgs) -> Iterator[qemu.Vm]:
+        with qemu.boot(vm_initrd.image, vm_initrd.initrd, " ".join(args.append),
+                       disks=args.disks, nics=args.nics, extra=args.extra,
+                       memory=args.memory, name=request.node.name) as vm:
+            yield vm
+
+    return boot
+
+
+@pytest.fixture
+def full_boot(tmp_path: Path) -> BootArgs:
+    """The whole boot (scenario a): every hook has what it needs to succeed.
+
+    Storage and network hooks: add your disks (images under tmp_path), NICs
+    (qemu.Nic.user(..., restrict=on is automatic)) and command-line words
+    here, in a clearly marked block each.
+    """
+    args = BootArgs(append=["initpy.debug", f"initpy.exec={GUEST_PATH}"])
+    # -- storage: (nothing yet) --
+    # -- network: (nothing yet) --
+    return args

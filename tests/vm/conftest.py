@@ -7,9 +7,10 @@
   before instead (for quick reruns while working on the tests only).
 - `boot_vm`: boots that kernel and initrd; the serial log is
   artifacts/vm/<test name>.log.
-- `full_boot`: the VM arguments of the "whole boot" scenario, in one place:
-  storage and network hooks add their disks, NICs and command-line words
-  here, and every scenario that boots the whole machine picks them up.
+- `full_boot`: the VM arguments of the "whole boot" scenario, from
+  scenario.full_boot_args: storage and network hooks add their disks, NICs
+  and command-line words there, and the tests, the demo and the benchmark
+  all pick them up.
 
 A VM test FAILS when the kernel or the initrd cannot be made: a broken
 builder must not pass as "skipped". The one way to skip the tier is a
@@ -24,15 +25,14 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from . import qemu
+from .scenario import GUEST_PATH, GUEST_PROGRAM, BootArgs, full_boot_args
 
-GUEST_PROGRAM = Path(__file__).parent / "guest" / "vmcheck"
-GUEST_PATH = "/usr/bin/initpy-vmcheck"
 # Builds and boots are slow under TCG; these bound a hang, not a speed.
 BUILD_TIMEOUT = 900
 
@@ -59,17 +59,6 @@ class InitrdFiles:
     image: Path  # buildos-image, the kernel mkinitrd copied
     initrd: Path  # buildos-initrd
     buildid: Path
-
-
-@dataclass
-class BootArgs:
-    """What one boot gets besides the kernel and initrd; extend, do not fork."""
-
-    append: list[str] = field(default_factory=list)
-    disks: list[str | Sequence[str]] = field(default_factory=list)
-    nics: list[qemu.Nic] = field(default_factory=list)
-    extra: list[str] = field(default_factory=list)
-    memory: int = 1024
 
 
 def _run(argv: Sequence[str], what: str, timeout: float) -> str:
@@ -140,13 +129,7 @@ def boot_vm(vm_initrd: InitrdFiles, request: pytest.FixtureRequest) -> BootVm:
 
 @pytest.fixture
 def full_boot(tmp_path: Path) -> BootArgs:
-    """The whole boot (scenario a): every hook has what it needs to succeed.
-
-    Storage and network hooks: add your disks (images under tmp_path), NICs
-    (qemu.Nic.user(..., restrict=on is automatic)) and command-line words
-    here, in a clearly marked block each.
-    """
-    args = BootArgs(append=["initpy.debug", f"initpy.exec={GUEST_PATH}"])
-    # -- storage: (nothing yet) --
-    # -- network: (nothing yet) --
+    """The whole boot (scenario a), from scenario.full_boot_args, with tracebacks on."""
+    args = full_boot_args(tmp_path)
+    args.append.append("initpy.debug")
     return args

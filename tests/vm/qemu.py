@@ -396,3 +396,26 @@ def boot(kernel: str | os.PathLike[str], initrd: str | os.PathLike[str], append:
                 raise
             finally:
                 vm.close()
+
+
+def run_interactive(kernel: str, initrd: str, append: str, *,
+                    disks: Sequence[str | Sequence[str]] = (), nics: Sequence[Nic] = (),
+                    extra: Sequence[str] = (), memory: int = 1024) -> int:
+    """Boot on this terminal (serial on stdio) under a VM slot; QEMU's exit code.
+
+    For people (scripts/demo): the same rules as `boot()`, but the console is
+    the user's terminal. Ctrl-A X leaves QEMU.
+    """
+    if shutil.which(QEMU) is None:
+        raise VmError(f"{QEMU} not found; install qemu-system-x86 (scripts/bootstrap does)")
+    with vm_slot(), tempfile.TemporaryDirectory(prefix="initpy-vm-") as tmp:
+        argv = qemu_argv(kernel, initrd, append, serial="mon:stdio",
+                         monitor_path=os.path.join(tmp, "monitor.sock"), disks=disks,
+                         nics=nics, extra=extra, memory=memory)
+        proc = subprocess.Popen(argv)
+        try:
+            return proc.wait()
+        finally:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()

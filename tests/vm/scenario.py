@@ -1,0 +1,37 @@
+"""The VM arguments of the whole boot, in one place for tests, demo and benchmark.
+
+`full_boot_args(workdir)` is what a boot needs for every hook to succeed:
+command-line words, disks and NICs. Storage and network hooks add theirs
+here, each in its marked block; scenario (a) of tests/vm/test_boot.py,
+scripts/demo and benchmarks/boot_time.py all boot with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .qemu import Nic
+
+GUEST_PROGRAM = Path(__file__).parent / "guest" / "vmcheck"
+GUEST_PATH = "/usr/bin/initpy-vmcheck"
+
+
+@dataclass
+class BootArgs:
+    """What one boot gets besides the kernel and initrd; extend, do not fork."""
+
+    append: list[str] = field(default_factory=list)
+    disks: list[str | Sequence[str]] = field(default_factory=list)
+    nics: list[Nic] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    memory: int = 1024
+
+
+def full_boot_args(workdir: Path, exec_path: str = GUEST_PATH) -> BootArgs:
+    """The whole boot: `workdir` is a scratch folder for disk images and sockets."""
+    args = BootArgs(append=[f"initpy.exec={exec_path}"])
+    # -- storage: (nothing yet) --
+    # -- network: (nothing yet) --
+    return args

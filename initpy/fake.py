@@ -16,8 +16,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn
 
+from initpy.blockdev import ScriptedUevents, UeventStep
 from initpy.boot import Halted
 from initpy.kernel import Completed, Kernel, ShellExit
+from initpy.netlink import FakeNetlink, Netlink
 
 
 class Rebooted(Halted):
@@ -61,6 +63,13 @@ class FakeKernel(Kernel):
     kmsg_lines: list[str] = field(default_factory=list)
     clock: float = 1.0
     echo: bool = False
+    # Network: scripted NICs and DHCP answers (default: one QEMU user-net NIC);
+    # daemons the boot forked (the DHCP renewer), by name, not run.
+    network: FakeNetlink = field(default_factory=FakeNetlink.qemu_user)
+    daemons: dict[str, Callable[[], None]] = field(default_factory=dict)
+    # Storage: uevents delivered one step per receive (see blockdev.ScriptedUevents);
+    # failures={"uevents": {"netlink": errno}} makes the socket unavailable.
+    uevent_script: list[UeventStep] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         Kernel.__init__(self)
@@ -242,6 +251,43 @@ class FakeKernel(Kernel):
 
     def reap_orphans(self) -> list[int]:
         return []
+
+    # -- storage: kernel uevents and the random seed (hooks/storage.py) -----
+
+    def uevents(self) -> ScriptedUevents:
+        self.calls.append(("uevents",))
+        self._fail("uevents", "netlink")
+
+        def advance(seconds: float) -> None:
+            self.clock += seconds
+
+        return ScriptedUevents(self.uevent_script, advance)
+
+    def random_bytes(self, size: int) -> bytes:
+        """Deterministic, but different on every call."""
+        self.calls.append(("random_bytes", size))
+        count = len(self.syscalls("random_bytes"))
+        return bytes((count * 7 + i) % 256 for i in range(size))
+
+    def feed_urandom(self, data: bytes) -> None:
+        """Kept in the fake root's /dev/urandom, so tests can read what was fed."""
+        self.calls.append(("feed_urandom", len(data)))
+        os.makedirs(self.path("/dev"), exist_ok=True)
+        with open(self.path("/dev/urandom"), "ab") as f:
+            f.write(data)
+
+    # -- network: netlink and the lease renewer (hooks/network.py) ----------
+
+    def netlink(self) -> Netlink:
+        """The scripted network in `self.network`, bound to this fake's clock."""
+        self.network.attach(self)
+        return self.network
+
+    def spawn_daemon(self, name: str, target: Callable[[], None]) -> int:
+        """Recorded, not run: the daemon would run forever."""
+        self.calls.append(("spawn_daemon", name))
+        self.daemons[name] = target
+        return 4242
 
     def syscalls(self, name: str) -> list[tuple[object, ...]]:
         return [c for c in self.calls if c[0] == name]

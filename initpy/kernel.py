@@ -20,9 +20,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from initpy.blockdev import UeventSource
+    from initpy.netlink import Netlink
 
 # mount(2) flags, from <sys/mount.h>.
 MS_RDONLY = 1
@@ -347,6 +351,61 @@ class Kernel:
             except ChildProcessError:
                 pass
         return reaped
+
+    # -- storage: kernel uevents and the random seed (hooks/storage.py) -------
+
+    def uevents(self) -> UeventSource:
+        """Kernel uevents (block devices coming and going); OSError if none."""
+        from initpy.blockdev import UeventSocket
+
+        return UeventSocket()
+
+    def random_bytes(self, size: int) -> bytes:
+        """Fresh random bytes that never block (a seed for the next boot).
+
+        /dev/urandom never blocks on 5.18+ kernels; getrandom(2) would wait
+        for the CRNG to be initialised, which only matters for keys, not
+        for a seed that the next boot mixes with everything else.
+        """
+        with open("/dev/urandom", "rb", buffering=0) as f:
+            return f.read(size)
+
+    def feed_urandom(self, data: bytes) -> None:
+        """Mix bytes into the kernel's pool; a write credits no entropy."""
+        with open("/dev/urandom", "wb", buffering=0) as f:
+            f.write(data)
+
+    # -- network: netlink and the lease renewer (hooks/network.py) ------------
+
+    def netlink(self) -> Netlink:
+        """rtnetlink and DHCP clients; pyroute2 is imported on the first call."""
+        from initpy.netlink import IPRouteNetlink
+
+        return IPRouteNetlink()
+
+    def spawn_daemon(self, name: str, target: Callable[[], None]) -> int:
+        """Fork a process that outlives the hand-off and runs `target` forever.
+
+        The child leaves PID 1's session, names itself `name` (what ps shows),
+        reads nothing from the console and never returns into the boot: it
+        exits when `target` ends. After the exec, systemd inherits it.
+        """
+        pid = os.fork()
+        if pid:
+            return pid
+        status = 0
+        try:
+            os.setsid()
+            ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+            devnull = os.open("/dev/null", os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.close(devnull)
+            target()
+        except BaseException:  # noqa: B036 - the child must never return into the boot
+            status = 1
+        finally:
+            os._exit(status)
+
 
 
 def _console_tty() -> str | None:

@@ -87,6 +87,10 @@ class BootContext:
         """A progress line inside the current state (console and kernel log)."""
         self.report.say(message)
 
+    def warn(self, message: str) -> None:
+        """A problem that does not stop the boot, kept in the report's warnings."""
+        self.report.warn(message)
+
 
 # A state function returns a short detail for the report, or None.
 StateFunction = Callable[[BootContext], "str | None"]

@@ -40,6 +40,7 @@ class Report:
     command_line: dict[str, object] = field(default_factory=dict)
     modules: list[dict[str, object]] = field(default_factory=list)
     traceback: str | None = None
+    warnings: list[str] = field(default_factory=list)
     extra: dict[str, object] = field(default_factory=dict)
     rotated: bool = False  # the copies on /state are rotated once per boot
 
@@ -48,6 +49,11 @@ class Report:
         line = f"initpy: {message}"
         self.kernel.console(line)
         self.kernel.kmsg(line)
+
+    def warn(self, message: str) -> None:
+        """A problem that does not stop the boot: a console line and the report."""
+        self.warnings.append(message)
+        self.say(f"warning: {message}")
 
     def now_ms(self) -> int:
         return int(self.kernel.uptime() * 1000)
@@ -63,6 +69,7 @@ class Report:
             "states": [asdict(s) for s in self.states],
             "command_line": self.command_line,
             "modules": self.modules,
+            "warnings": self.warnings,
             "traceback": self.traceback,
             **self.extra,
         }

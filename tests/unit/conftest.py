@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import types
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -46,3 +48,11 @@ def read_report(kernel: FakeKernel) -> dict[str, object]:
 
 
 BootRunner = Callable[[FakeKernel, Sequence[Hook]], Halted]
+
+
+def hook_module(name: str) -> types.ModuleType:
+    """Import hooks/<name>.py as the boot does, to test its functions directly."""
+    from initpy.hook import load_hook_file
+
+    load_hook_file(os.path.join(HOOKS_DIR, f"{name}.py"))
+    return sys.modules[f"initpy_hooks.{name}"]

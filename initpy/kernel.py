@@ -287,7 +287,7 @@ class Kernel:
         With `idle_timeout`, the program is killed once the console has seen
         no input for that long; the console's access time tells (as `w` does).
         """
-        proc = subprocess.Popen(list(argv), env=dict(env), start_new_session=True)
+        proc = subprocess.Popen(shell_argv(argv), env=dict(env), start_new_session=True)
         self._adopt(proc.pid)
         tty = _console_tty()
         last_input = time.time()
@@ -409,7 +409,23 @@ class Kernel:
 
 
 def _console_tty() -> str | None:
-    for path in ("/dev/console",):
+    """The terminal behind /dev/console (e.g. /dev/ttyS0), whose atime shows input."""
+    try:
+        with open("/sys/class/tty/console/active") as f:
+            names = f.read().split()
+    except OSError:
+        names = []
+    for path in ([f"/dev/{names[-1]}"] if names else []) + ["/dev/console"]:
         if os.path.exists(path):
             return path
     return None
+
+
+def shell_argv(argv: Sequence[str]) -> list[str]:
+    """Run a shell through busybox cttyhack, so it gets a controlling terminal.
+
+    Without one, Ctrl-C would not reach commands typed in a rescue shell.
+    """
+    if os.path.exists("/bin/busybox") and argv and argv[0] == "/bin/sh":
+        return ["/bin/busybox", "cttyhack", *argv]
+    return list(argv)

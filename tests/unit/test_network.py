@@ -1,0 +1,334 @@
+"""The network hook on the fake kernel: NICs, the DHCP race, hostname, bridges, files.
+
+The scripted network (initpy.netlink.FakeNetlink) plays the NICs, their
+carrier and what a DHCP server on each would answer; tests assert on what
+the boot leaves behind: the fake network's bridges, addresses and routes,
+the files in the fake root, the console and report.json.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+
+import pytest
+
+from initpy import cmdline
+from initpy.boot import CORE_PARAMETERS
+from initpy.dhcp import Lease
+from initpy.fake import FakeKernel, HandedOff
+from initpy.hook import BootContext, BootFailure, Hook, State
+from initpy.netlink import FakeNetlink, FakeNic
+from initpy.report import Report
+from tests.unit.conftest import hook_module, read_report, run_boot
+
+
+@pytest.fixture(scope="module")
+def net() -> types.ModuleType:
+    return hook_module("network")
+
+
+def lease(nic: str, mac: str, address: str = "10.0.0.50", **options: object) -> Lease:
+    return Lease(nic=nic, mac=mac, address=address, prefixlen=24, **options)  # type: ignore[arg-type]
+
+
+def machine(tmp_path: os.PathLike[str], *nics: FakeNic, cmdline_text: str = "") -> FakeKernel:
+    k = FakeKernel(root=os.path.join(str(tmp_path), "root"), cmdline=cmdline_text,
+                   network=FakeNetlink(nics=list(nics)))
+    return k
+
+
+def context(k: FakeKernel, net: types.ModuleType) -> BootContext:
+    ctx = BootContext(kernel=k, report=Report(k))
+    ctx.config = cmdline.parse(k.cmdline, [*CORE_PARAMETERS, *net.HOOK.parameters])
+    return ctx
+
+
+def read(k: FakeKernel, path: str) -> str:
+    with open(k.path(path)) as f:
+        return f.read()
+
+
+# -- find_nics ---------------------------------------------------------------------
+
+
+def test_find_nics_takes_ethernet_only_and_records_mac_and_carrier(tmp_path, net) -> None:
+    k = machine(tmp_path,
+                FakeNic("eth0", "52:54:00:00:00:0A"),
+                FakeNic("wlan0", "52:54:00:00:00:0B", kind="wireless"),
+                FakeNic("dummy0", "52:54:00:00:00:0C", kind="virtual"),
+                FakeNic("virbr0", "52:54:00:00:00:0D", kind="bridge"),
+                FakeNic("eth1", "52:54:00:00:00:0E", carrier_at=None))
+    ctx = context(k, net)
+    detail = net.find_nics(ctx)
+    nics = ctx.get(net.NICS, ())
+    assert [(n.name, n.mac, n.carrier) for n in nics] == [
+        ("eth0", "52:54:00:00:00:0a", True), ("eth1", "52:54:00:00:00:0e", False)]
+    assert "wlan0: wireless" in detail and "dummy0: virtual" in detail
+    assert "virbr0: bridge" in detail and "lo: loopback" in detail
+    # Only the Ethernet NICs were brought up.
+    assert k.network.up == {"eth0", "eth1"}
+
+
+def test_carrier_wait_ends_when_every_nic_has_carrier(tmp_path, net) -> None:
+    k = machine(tmp_path, FakeNic("eth0", "52:54:00:00:00:01", carrier_at=2.0),
+                FakeNic("eth1", "52:54:00:00:00:02", carrier_at=2.5),
+                cmdline_text="initpy.timeout.carrier=30")
+    ctx = context(k, net)
+    start = k.clock
+    detail = net.find_nics(ctx)
+    assert all(n.carrier for n in ctx.get(net.NICS, ()))
+    # The fake clock only moves when the boot waits: it stopped at the last
+    # carrier event, not at the 30 s deadline.
+    assert k.clock - start == pytest.approx(1.5)
+    assert "after 1.50 s" in detail
+
+
+def test_carrier_wait_stops_at_the_deadline(tmp_path, net) -> None:
+    k = machine(tmp_path, FakeNic("eth0", "52:54:00:00:00:01"),
+                FakeNic("eth1", "52:54:00:00:00:02", carrier_at=None),
+                cmdline_text="initpy.timeout.carrier=3")
+    ctx = context(k, net)
+    start = k.clock
+    net.find_nics(ctx)
+    assert k.clock - start == pytest.approx(3.0)
+    assert [n.carrier for n in ctx.get(net.NICS, ())] == [True, False]
+
+
+def test_no_carrier_anywhere_is_a_failure_naming_each_nic(tmp_path, net) -> None:
+    k = machine(tmp_path, FakeNic("eth0", "52:54:00:00:00:01", carrier_at=None),
+                cmdline_text="initpy.timeout.carrier=1")
+    with pytest.raises(BootFailure) as failed:
+        net.find_nics(context(k, net))
+    assert "eth0 (52:54:00:00:00:01, no carrier): not tried" in failed.value.reason
+    assert "initpy.timeout.carrier" in failed.value.fix
+
+
+def test_no_ethernet_nic_is_a_failure_with_the_fix(tmp_path, net) -> None:
+    k = machine(tmp_path, FakeNic("wlan0", "52:54:00:00:00:01", kind="wireless"))
+    with pytest.raises(BootFailure) as failed:
+        net.find_nics(context(k, net))
+    assert "no Ethernet interface found" in failed.value.reason
+    assert "wlan0: wireless" in failed.value.reason
+    assert "driver" in failed.value.fix
+
+
+# -- dhcp: the race and the selection rule --------------------------------------------
+
+
+def found(ctx: BootContext, net: types.ModuleType) -> None:
+    net.find_nics(ctx)
+
+
+def test_lowest_mac_wins_among_leases_within_the_window(tmp_path, net) -> None:
+    high = FakeNic("eth0", "52:54:00:00:00:02", lease_delay=0.01)
+    low = FakeNic("eth1", "52:54:00:00:00:01", lease_delay=0.06)
+    high.lease = lease("eth0", high.mac, "10.0.0.2")
+    low.lease = lease("eth1", low.mac, "10.0.1.1")
+    k = machine(tmp_path, high, low)
+    ctx = context(k, net)
+    found(ctx, net)
+    net.dhcp(ctx)
+    winner = ctx.get(net.LEASE, None)
+    assert winner is not None and winner.nic == "eth1"  # answered later, lower MAC
+    # The loser's lease is released; the winner's is kept for br0.
+    assert k.network.clients["eth0"].released is True
+    assert k.network.clients["eth1"].released is False
+    assert all(c.stopped for c in k.network.clients.values())
+    assert any("eth1" in line and "chosen (lowest MAC among 2 leases" in line
+               for line in k.console_lines)
+
+
+def test_first_lease_wins_when_the_other_comes_after_the_window(tmp_path, net) -> None:
+    first = FakeNic("eth0", "52:54:00:00:00:02", lease_delay=0.01)
+    late = FakeNic("eth1", "52:54:00:00:00:01", lease_delay=5.0)
+    first.lease = lease("eth0", first.mac)
+    late.lease = lease("eth1", late.mac)
+    k = machine(tmp_path, first, late)
+    ctx = context(k, net)
+    found(ctx, net)
+    net.dhcp(ctx)
+    assert ctx.get(net.LEASE, None).nic == "eth0"
+    # The slow NIC's client was stopped without waiting for its answer.
+    assert k.network.clients["eth1"].stopped
+    report = ctx.report.extra["network"]["dhcp"]
+    assert any(line.startswith("eth1") and "stopped after" in line and "eth0 won" in line
+               for line in report)
+
+
+def test_nics_without_carrier_are_not_tried(tmp_path, net) -> None:
+    up = FakeNic("eth0", "52:54:00:00:00:02")
+    up.lease = lease("eth0", up.mac)
+    k = machine(tmp_path, up, FakeNic("eth1", "52:54:00:00:00:01", carrier_at=None),
+                cmdline_text="initpy.timeout.carrier=1")
+    ctx = context(k, net)
+    found(ctx, net)
+    net.dhcp(ctx)
+    assert set(k.network.clients) == {"eth0"}
+    assert ctx.get(net.LEASE, None).nic == "eth0"
+
+
+def test_no_lease_anywhere_rescues_with_each_nics_story(tmp_path, net) -> None:
+    broken = FakeNic("eth2", "52:54:00:00:00:03", dhcp_error="[Errno 100] Network is down")
+    k = machine(tmp_path, FakeNic("eth0", "52:54:00:00:00:01"),
+                FakeNic("eth1", "52:54:00:00:00:02", carrier_at=None), broken,
+                cmdline_text="initpy.timeout.carrier=1 initpy.timeout.dhcp=1")
+    ctx = context(k, net)
+    found(ctx, net)
+    with pytest.raises(BootFailure) as failed:
+        net.dhcp(ctx)
+    reason = failed.value.reason
+    assert reason.startswith("no DHCP lease on any NIC within 1 s: ")
+    assert "eth0 (52:54:00:00:00:01, carrier): no lease within 1 s: no DHCP offer" in reason
+    assert "eth1 (52:54:00:00:00:02, no carrier): not tried" in reason
+    assert "eth2 (52:54:00:00:00:03, carrier): failed: OSError: [Errno 100] Network is down" \
+        in reason
+    assert "initpy.timeout.dhcp" in failed.value.fix
+
+
+# -- hostname ------------------------------------------------------------------------
+
+
+def named(tmp_path, net, winner: Lease) -> FakeKernel:
+    k = machine(tmp_path)
+    ctx = context(k, net)
+    ctx.put(net.LEASE, winner)
+    net.hostname(ctx)
+    return k
+
+
+def test_hostname_from_dhcp_everywhere(tmp_path, net) -> None:
+    k = named(tmp_path, net, lease("eth0", "52:54:00:12:34:56", hostname="builder7",
+                                   domain="example.org"))
+    assert k.syscalls("sethostname") == [("sethostname", "builder7")]
+    assert read(k, "/etc/hostname") == "builder7\n"
+    assert "127.0.1.1\tbuilder7.example.org builder7\n" in read(k, "/etc/hosts")
+    assert "127.0.0.1\tlocalhost\n" in read(k, "/etc/hosts")
+
+
+def test_hostname_falls_back_to_the_mac(tmp_path, net) -> None:
+    k = named(tmp_path, net, lease("eth0", "de:ad:be:ef:b8:da"))
+    assert k.syscalls("sethostname") == [("sethostname", "build-adbeefb8da")]
+    assert read(k, "/etc/hostname") == "build-adbeefb8da\n"
+    assert "127.0.1.1\tbuild-adbeefb8da\n" in read(k, "/etc/hosts")
+
+
+def test_an_invalid_dhcp_hostname_falls_back_to_the_mac(tmp_path, net) -> None:
+    k = named(tmp_path, net, lease("eth0", "52:54:00:12:34:56", hostname="bad name;rm"))
+    assert read(k, "/etc/hostname") == "build-5400123456\n"
+
+
+def test_a_fully_qualified_dhcp_hostname_is_split(tmp_path, net) -> None:
+    k = named(tmp_path, net, lease("eth0", "52:54:00:12:34:56", hostname="b1.lab.example"))
+    assert read(k, "/etc/hostname") == "b1\n"
+    assert "127.0.1.1\tb1.lab.example b1\n" in read(k, "/etc/hosts")
+
+
+# -- bridges and files ---------------------------------------------------------------
+
+
+def bridged(tmp_path, net, winner: Lease, cmdline_text: str = "") -> FakeKernel:
+    k = machine(tmp_path, FakeNic(winner.nic, winner.mac), cmdline_text=cmdline_text)
+    ctx = context(k, net)
+    k.netlink()
+    ctx.put(net.LEASE, winner)
+    net.bridges(ctx)
+    return k
+
+
+def test_br0_holds_the_nic_with_its_mac_and_the_lease(tmp_path, net) -> None:
+    winner = lease("eth0", "52:54:00:12:34:56", "10.0.2.15", server="10.0.2.2",
+                   router="10.0.2.2", dns=("10.0.2.3", "10.0.2.4"), domain="example.org")
+    k = bridged(tmp_path, net, winner)
+    fake = k.network
+    assert fake.bridges["br0"] == "52:54:00:12:34:56"
+    assert fake.masters == {"eth0": "br0"}
+    assert fake.addresses["br0"] == ["10.0.2.15/24"]
+    assert fake.ipv4_addresses("eth0") == []  # nothing left on the NIC
+    assert fake.routes == [("default", "10.0.2.2", "br0")]
+    assert read(k, "/etc/resolv.conf").splitlines()[1:] == [
+        "search example.org", "nameserver 10.0.2.3", "nameserver 10.0.2.4"]
+
+
+def test_a_lease_without_options_is_valid(tmp_path, net) -> None:
+    k = bridged(tmp_path, net, lease("eth0", "52:54:00:12:34:56", "10.0.2.15"))
+    assert k.network.addresses["br0"] == ["10.0.2.15/24"]
+    assert k.network.routes == []  # no router: no default route
+    resolv = read(k, "/etc/resolv.conf")
+    assert "nameserver" not in resolv and "search" not in resolv
+    assert "no DNS servers" in resolv
+
+
+def test_br1_nat_forwarding_dnsmasq_and_interfaces(tmp_path, net) -> None:
+    k = bridged(tmp_path, net, lease("eth0", "52:54:00:12:34:56", "10.0.2.15"))
+    assert k.network.addresses["br1"] == ["172.23.0.1/16"]
+    assert read(k, "/proc/sys/net/ipv4/ip_forward") == "1\n"
+    assert "net.ipv4.ip_forward = 1" in read(k, "/etc/sysctl.d/60-initpy-forward.conf")
+    rules = read(k, "/etc/initpy/nat.nft")
+    assert 'ip saddr 172.23.0.0/16 oifname "br0" masquerade' in rules
+    assert "type nat hook postrouting" in rules
+    assert ("run", ("nft", "-f", "/etc/initpy/nat.nft")) in k.calls
+    dnsmasq = read(k, "/etc/dnsmasq.d/initpy-br1.conf").splitlines()
+    assert "interface=br1" in dnsmasq and "no-dhcp-interface=br0" in dnsmasq
+    assert "dhcp-range=172.23.0.11,172.23.255.254,255.255.0.0,12h" in dnsmasq
+    interfaces = read(k, "/etc/network/interfaces")
+    assert "iface br0 inet dhcp\n    bridge_ports eth0\n    bridge_hw 52:54:00:12:34:56\n" \
+        in interfaces
+    assert "iface br1 inet static\n    address 172.23.0.1/16\n    bridge_ports none\n" \
+        in interfaces
+    # The renewer that keeps br0's lease after the hand-off was started.
+    assert "initpy-dhcp" in k.daemons
+
+
+def test_br1_subnet_from_the_command_line(tmp_path, net) -> None:
+    k = bridged(tmp_path, net, lease("eth0", "52:54:00:12:34:56"),
+                cmdline_text="initpy.br1=192.168.77.1/24")
+    assert k.network.addresses["br1"] == ["192.168.77.1/24"]
+    assert "dhcp-range=192.168.77.11,192.168.77.254,255.255.255.0,12h" in read(
+        k, "/etc/dnsmasq.d/initpy-br1.conf")
+    assert "ip saddr 192.168.77.0/24" in read(k, "/etc/initpy/nat.nft")
+
+
+@pytest.mark.parametrize("raw", ["8.8.8.0/24", "172.23.0.0/16", "10.1.1.1/31", "x"])
+def test_a_bad_br1_value_is_a_warning_and_the_default_stays(net, raw) -> None:
+    config = cmdline.parse(f"initpy.br1={raw}", net.HOOK.parameters)
+    assert str(config.value(net.BR1_ADDRESS)) == "172.23.0.1/16"
+    assert any(p.startswith("initpy.br1: expected") for p in config.problems)
+
+
+def test_a_failing_nft_is_a_rescue_with_the_fix(tmp_path, net) -> None:
+    from initpy.kernel import Completed
+
+    k = machine(tmp_path, FakeNic("eth0", "52:54:00:12:34:56"))
+    k.commands["nft"] = Completed(("nft",), 1, "", "Error: Could not process rule: No such "
+                                  "file or directory")
+    ctx = context(k, net)
+    k.netlink()
+    ctx.put(net.LEASE, lease("eth0", "52:54:00:12:34:56"))
+    with pytest.raises(BootFailure) as failed:
+        net.bridges(ctx)
+    assert "nft -f /etc/initpy/nat.nft: exit 1" in failed.value.reason
+    assert "nft_masq" in failed.value.fix
+
+
+# -- the whole boot --------------------------------------------------------------------
+
+
+def stub_hooks() -> list[Hook]:
+    """The states the network hook orders itself after, as no-ops."""
+    return [Hook("stub_modules", "stub", (State("load_modules", lambda ctx: None, "stub"),)),
+            Hook("stub_storage", "stub", (State("restore_state", lambda ctx: None, "stub"),))]
+
+
+def test_whole_boot_hands_off_with_the_network_in_the_report(kernel, net) -> None:
+    kernel.network.nics[0].lease = lease("eth0", "52:54:00:12:34:56", "10.0.2.15",
+                                         hostname="qemu-host", server="10.0.2.2")
+    ended = run_boot(kernel, [*stub_hooks(), net.HOOK])
+    assert isinstance(ended, HandedOff)
+    report = read_report(kernel)
+    assert [s["name"] for s in report["states"]][-4:] == [
+        "find_nics", "dhcp", "hostname", "bridges"]
+    network = report["network"]
+    assert network["lease"]["address"] == "10.0.2.15/24"
+    assert network["hostname"] == "qemu-host"
+    assert read(kernel, "/etc/hostname") == "qemu-host\n"

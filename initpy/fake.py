@@ -264,10 +264,9 @@ class FakeKernel(Kernel):
         return ScriptedUevents(self.uevent_script, advance)
 
     def random_bytes(self, size: int) -> bytes:
-        """Deterministic, but different on every call."""
+        """Different on every call, also across fake kernels (a reboot is a new one)."""
         self.calls.append(("random_bytes", size))
-        count = len(self.syscalls("random_bytes"))
-        return bytes((count * 7 + i) % 256 for i in range(size))
+        return os.urandom(size)
 
     def feed_urandom(self, data: bytes) -> None:
         """Kept in the fake root's /dev/urandom, so tests can read what was fed."""
@@ -275,6 +274,33 @@ class FakeKernel(Kernel):
         os.makedirs(self.path("/dev"), exist_ok=True)
         with open(self.path("/dev/urandom"), "ab") as f:
             f.write(data)
+
+    def add_block_device(self, name: str, image: bytes, size: int = 1 << 30,
+                         parent: str | None = None, model: str = "",
+                         rotational: bool = True, serial: str = "") -> None:
+        """A disk (or, with `parent`, a partition) laid out in /sys as the kernel does.
+
+        /sys/class/block/NAME links into /sys/devices/..., a partition sits in
+        its disk's folder; `image` is what reading /dev/NAME returns.
+        """
+        folder = "/sys/devices/virtual/block/" + (f"{parent}/{name}" if parent else name)
+        files = {"size": str(size // 512), "dev": f"254:{len(self.block_devices)}"}
+        if parent:
+            files["partition"] = "1"
+        else:
+            files["queue/rotational"] = "1" if rotational else "0"
+            files["device/model" if model else "device/modalias"] = \
+                model or "virtio:d00000002v00001AF4"
+            if serial:
+                files["serial"] = serial
+        for relative, text in files.items():
+            path = self.path(f"{folder}/{relative}")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                f.write(text + "\n")
+        os.makedirs(self.path("/sys/class/block"), exist_ok=True)
+        os.symlink(f"../..{folder.removeprefix('/sys')}", self.path(f"/sys/class/block/{name}"))
+        self.block_devices[f"/dev/{name}"] = image
 
     # -- network: netlink and the lease renewer (hooks/network.py) ----------
 

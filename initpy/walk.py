@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from initpy.boot import main
 from initpy.fake import FakeKernel, HandedOff, Rebooted
+from initpy.labels import minimal_image
 
 
 def walk(cmdline: str, folders: Sequence[str], names: Sequence[str] | None,
@@ -28,6 +29,10 @@ def walk(cmdline: str, folders: Sequence[str], names: Sequence[str] | None,
             with open(path, "w") as f:
                 f.write("#!/bin/sh\n")
             os.chmod(path, 0o755)
+        # A state disk and a machines disk, so that the walk gets past storage.
+        kernel.add_block_device("vda", minimal_image("ext4", "buildos.state"), serial="walk-state")
+        kernel.add_block_device("vdb", minimal_image("btrfs", "buildos.machines"),
+                                serial="walk-machines")
         try:
             main(kernel, folders, names)
         except HandedOff as done:

@@ -327,7 +327,7 @@ def find_disks(ctx: BootContext) -> str:
     timeout = ctx.value(DISKS_TIMEOUT)
     waited = wait_for_devices(ctx.kernel, required_present, timeout)
     if waited.polled:
-        ctx.say("find_disks: warning: no uevent socket; polled /sys/class/block instead")
+        ctx.warn("find_disks: no uevent socket; polled /sys/class/block instead")
     ctx.report.extra["disks"] = [d.describe() for d in waited.devices]
     plan = plan_storage(waited.devices, waited.seconds)
     ctx.put(PLAN, plan)
@@ -450,7 +450,7 @@ def _feed_seed(ctx: BootContext) -> str:
             k.feed_urandom(old)
             fed = f"fed {len(old)} saved bytes to the kernel"
         except OSError as exc:
-            ctx.say(f"restore_state: warning: cannot feed {SEED_PATH}: {exc}")
+            ctx.warn(f"restore_state: cannot feed {SEED_PATH}: {exc}")
             fed = "saved seed unreadable"
     # Saved at once, so that a boot that dies later never reuses this seed.
     k.write_atomic(SEED_PATH, k.random_bytes(SEED_BYTES), 0o600)
@@ -497,7 +497,7 @@ def _host_keys(ctx: BootContext) -> str:
             restored.append(kind)
         else:
             if private:
-                ctx.say(f"restore_state: warning: {saved} is not a key; generating a new one")
+                ctx.warn(f"restore_state: {saved} is not a key; generating a new one")
             private, public = _generate_host_key(ctx, kind)
             # Public first: a private key on /state always has its .pub beside it.
             k.write_atomic(saved + ".pub", public, 0o600)
@@ -522,7 +522,7 @@ def restore_state(ctx: BootContext) -> str:
             details.append(step(ctx))
         except (OSError, CommandFailed) as exc:
             text = exc.reason if isinstance(exc, CommandFailed) else str(exc)
-            ctx.say(f"restore_state: warning: {what}: {text}")
+            ctx.warn(f"restore_state: {what}: {text}")
             details.append(f"{what}: failed ({text})")
     return "; ".join(details)
 

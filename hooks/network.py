@@ -31,7 +31,7 @@ from initpy import cmdline
 from initpy.cmdline import BadValue, Parameter
 from initpy.dhcp import RENEWER_NAME, Lease, race, status_json
 from initpy.hook import BootContext, BootFailure, Fact, Hook, State
-from initpy.netlink import opened, sysfs_is_ethernet
+from initpy.netlink import opened, sysfs_is_ethernet, wait_for_carrier
 from initpy.run import run
 
 BR0 = "br0"
@@ -107,13 +107,15 @@ def find_nics(ctx: BootContext) -> str:
     k = ctx.kernel
     timeout = ctx.value(CARRIER_TIMEOUT)
     with opened(k) as nl:
-        nl.watch_links()  # before the links go up: no carrier event is missed
         names = k.listdir("/sys/class/net") if k.exists("/sys/class/net") else []
         ethernet: list[str] = []
         skipped: list[str] = []
         for name in names:
             ok, why = sysfs_is_ethernet(k, name)
-            (ethernet.append(name) if ok else skipped.append(f"{name}: {why}"))
+            if ok:
+                ethernet.append(name)
+            else:
+                skipped.append(f"{name}: {why}")
         if not ethernet:
             raise BootFailure(
                 "no Ethernet interface found ("
@@ -122,18 +124,7 @@ def find_nics(ctx: BootContext) -> str:
                 "load_modules lines); rebuild the initrd with its module, e.g. a hook that "
                 "declares it, then exit this shell to reboot",
             )
-        for name in ethernet:
-            nl.set_up(name)
-        deadline = k.monotonic() + timeout
-        while True:
-            links = {link.name: link for link in nl.links()}
-            if all(links[n].carrier for n in ethernet if n in links):
-                break
-            remaining = deadline - k.monotonic()
-            if remaining <= 0:
-                break
-            nl.wait_link_change(remaining)
-        waited = timeout - max(0.0, deadline - k.monotonic())
+        links, waited = wait_for_carrier(nl, ethernet, timeout, k.monotonic)
     nics = tuple(
         Nic(name, (links[name].mac if name in links else "").lower(),
             name in links and links[name].carrier)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import select
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -106,7 +106,12 @@ class IPRouteNetlink:
                 name=str(msg.get("IFLA_IFNAME")),
                 mac=str(msg.get("IFLA_ADDRESS") or ""),
                 up=bool(msg["flags"] & IFF_UP),
-                carrier=bool(msg.get("IFLA_CARRIER")),
+                # IFLA_CARRIER turns on before the kernel's linkwatch gives the
+                # link a real qdisc; until then packets are dropped (a lost
+                # first DISCOVER costs a 1 s retransmission). The operstate
+                # turns UP only after linkwatch, so carrier counts from then.
+                carrier=bool(msg.get("IFLA_CARRIER"))
+                and str(msg.get("IFLA_OPERSTATE")) in ("UP", "UNKNOWN"),
                 master=int(master) if master else None,
             ))
         return found
@@ -390,6 +395,29 @@ def sysfs_is_ethernet(kernel: Kernel, name: str) -> tuple[bool, str]:
     if arp_type != "1":  # ARPHRD_ETHER
         return False, f"link type {arp_type}, not Ethernet"
     return True, ""
+
+
+def wait_for_carrier(nl: Netlink, names: Sequence[str], timeout: float,
+                     monotonic: Callable[[], float]) -> tuple[dict[str, Link], float]:
+    """Bring `names` up and wait until all have carrier or `timeout` passes.
+
+    Sleeps in link events (`wait_link_change`), never in fixed steps.
+    Returns the links as last seen and the seconds waited.
+    """
+    nl.watch_links()  # before the links go up: no carrier event is missed
+    for name in names:
+        nl.set_up(name)
+    start = monotonic()
+    deadline = start + timeout
+    while True:
+        links = {link.name: link for link in nl.links()}
+        if all(links[n].carrier for n in names if n in links):
+            break
+        remaining = deadline - monotonic()
+        if remaining <= 0:
+            break
+        nl.wait_link_change(remaining)
+    return links, monotonic() - start
 
 
 @contextmanager

@@ -1,0 +1,270 @@
+"""Freezing the init: PyInstaller onedir, cached, with a private loader.
+
+Owned by the builder (mkinitrd). The init is frozen with PyInstaller in
+onedir mode (onefile forks to unpack itself, so Python would not be PID 1).
+Hooks are loaded from .py files at boot, so PyInstaller cannot see what
+they import: their imports (module level and inside functions) are read
+with `ast` and passed as hidden imports.
+
+The product is cached in ~/.cache/initpy/freeze/<key>, where the key hashes
+what decides the frozen bytes: initpy's sources, the modules the hooks
+import (not the hooks' text: editing a hook's body does not refreeze), the
+Python and PyInstaller versions and every installed distribution with its
+version. A warm build copies nothing and freezes nothing.
+
+Private loader: glibc and the loader that the frozen tree needs are copied
+into the product's lib/ (in the initrd: /usr/lib/initpy/lib), and the
+executable's PT_INTERP and DT_RPATH are pointed there with patchelf, so the
+init runs over a --rootfs whose glibc differs from the build host's.
+PyInstaller on Linux keeps its archive in an ELF section (`pydata`), which
+patchelf preserves.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from initpy import elf
+
+# Inside the initrd.
+FROZEN_DIR = "/usr/lib/initpy/frozen"
+FROZEN_EXE = f"{FROZEN_DIR}/initpy"
+PRIVATE_LIB_DIR = "/usr/lib/initpy/lib"
+PRIVATE_LOADER = f"{PRIVATE_LIB_DIR}/ld-linux-x86-64.so.2"
+
+# Always frozen: what initpy and every boot needs, whatever the hooks say.
+BASE_IMPORTS = ("initpy", "transitions", "json", "ctypes", "ctypes.util", "sqlite3")
+# Never frozen: not used at boot, and large.
+EXCLUDES = (
+    "tkinter", "_tkinter", "unittest", "pydoc", "pydoc_data", "lib2to3", "idlelib",
+    "ensurepip", "distutils", "setuptools", "pip", "pkg_resources", "test", "doctest",
+    "xmlrpc", "curses", "readline", "mypy", "pytest", "_pytest", "hypothesis",
+    "PyInstaller", "ruff", "IPython", "numpy",
+)
+# Debian's libudev, for pyudev (found by the entry script's find_library).
+LIBUDEV = "/usr/lib/x86_64-linux-gnu/libudev.so.1"
+
+
+class FreezeError(Exception):
+    """Freezing failed; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Frozen:
+    """A frozen init: `tree` holds initpy (the executable), _internal/ and lib/."""
+
+    tree: str
+    key: str
+    cached: bool  # True when it came from the cache
+
+
+def _package_dir() -> str:
+    return os.path.dirname(os.path.abspath(__file__))
+
+
+def hook_imports(hook_files: Sequence[str]) -> dict[str, list[str]]:
+    """Every absolute module a hook file imports -> the hook files importing it.
+
+    Imports inside functions count: that is where heavy ones (pyroute2) go.
+    """
+    found: dict[str, list[str]] = {}
+    for path in hook_files:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+                # `from pyroute2 import ndb` may name a submodule.
+                names += [f"{node.module}.{a.name}" for a in node.names if a.name != "*"]
+            for name in names:
+                found.setdefault(name, []).append(path)
+    return found
+
+
+def hidden_imports(hook_files: Sequence[str]) -> list[str]:
+    """The importable modules the hooks use, plus BASE_IMPORTS, sorted.
+
+    `from x import name` is tried as a submodule x.name and dropped when it
+    is an attribute. A top-level package that is not installed fails the
+    build, naming the hook.
+    """
+    wanted = set(BASE_IMPORTS)
+    for name, files in sorted(hook_imports(hook_files).items()):
+        top = name.split(".")[0]
+        if top == "initpy" or top in sys.stdlib_module_names and name == top:
+            wanted.add(name)
+            continue
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError, AttributeError):
+            spec = None
+        if spec is None:
+            if "." not in name or importlib.util.find_spec(top) is None:
+                if importlib.util.find_spec(top) is None:
+                    raise FreezeError(
+                        f"{', '.join(sorted(set(files)))} imports {name!r}, which is not "
+                        f"installed; add it to pyproject.toml's dependencies and run "
+                        "scripts/bootstrap"
+                    )
+            continue  # an attribute, not a module
+        wanted.add(name)
+    return sorted(wanted)
+
+
+def _tool_versions() -> str:
+    import PyInstaller
+
+    dists = sorted(
+        f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()
+        if d.metadata["Name"]
+    )
+    return "\n".join([sys.version, f"pyinstaller {PyInstaller.__version__}", *dists])
+
+
+def cache_key(imports: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    top = _package_dir()
+    for name in sorted(os.listdir(top)):
+        if name.endswith(".py"):
+            digest.update(name.encode() + b"\0")
+            with open(os.path.join(top, name), "rb") as f:
+                digest.update(f.read())
+    digest.update("\n".join(imports).encode())
+    digest.update(_tool_versions().encode())
+    for lib in (LIBUDEV,):
+        if os.path.exists(lib):
+            digest.update(os.path.realpath(lib).encode())
+    return digest.hexdigest()[:24]
+
+
+def cache_root() -> str:
+    base = os.environ.get("INITPY_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "initpy")
+    return os.path.join(base, "freeze")
+
+
+def freeze(hook_files: Sequence[str], log: bool = False) -> Frozen:
+    """The frozen init for these hooks: from the cache, or frozen now."""
+    imports = hidden_imports(hook_files)
+    key = cache_key(imports)
+    dest = os.path.join(cache_root(), key)
+    if os.path.exists(os.path.join(dest, ".complete")):
+        return Frozen(dest, key, True)
+    os.makedirs(cache_root(), exist_ok=True)
+    work = tempfile.mkdtemp(prefix=f".{key}.", dir=cache_root())
+    try:
+        _run_pyinstaller(imports, work, log)
+        product = os.path.join(work, "product")
+        os.makedirs(product)
+        os.rename(os.path.join(work, "dist", "initpy"), os.path.join(product, "frozen"))
+        _strip(os.path.join(product, "frozen"))
+        _privatize(product)
+        with open(os.path.join(product, ".complete"), "w") as f:
+            f.write("\n".join(imports) + "\n")
+        shutil.rmtree(dest, ignore_errors=True)
+        os.rename(product, dest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return Frozen(dest, key, False)
+
+
+def _run_pyinstaller(imports: Sequence[str], work: str, log: bool) -> None:
+    entry = os.path.join(_package_dir(), "freeze_entry.py")
+    argv = [
+        sys.executable, "-m", "PyInstaller", "--onedir", "--noconfirm", "--clean",
+        "--log-level", "WARN", "--name", "initpy", "--contents-directory", "_internal",
+        "--distpath", os.path.join(work, "dist"), "--workpath", os.path.join(work, "build"),
+        "--specpath", work, "--collect-submodules", "initpy",
+        "--paths", os.path.dirname(_package_dir()),
+    ]
+    for name in imports:
+        argv += ["--hidden-import", name]
+    for name in EXCLUDES:
+        argv += ["--exclude-module", name]
+    if any(i.split(".")[0] == "pyudev" for i in imports) and os.path.exists(LIBUDEV):
+        argv += ["--add-binary", f"{LIBUDEV}:."]
+    argv.append(entry)
+    env = dict(os.environ, PYTHONHASHSEED="0", SOURCE_DATE_EPOCH=os.environ.get(
+        "SOURCE_DATE_EPOCH", "0"))
+    done = subprocess.run(argv, capture_output=not log, text=True, env=env, check=False)
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or "").strip().splitlines()[-15:])
+        raise FreezeError(f"PyInstaller failed (exit {done.returncode}):\n{tail}\n"
+                          "run scripts/bootstrap to install the build extras")
+
+
+def _strip(tree: str) -> None:
+    """Strip the shared objects' symbols (not the executable: its archive section stays)."""
+    files = []
+    for folder, _dirs, names in os.walk(tree):
+        for name in names:
+            path = os.path.join(folder, name)
+            if ".so" in name and not os.path.islink(path) and elf.is_elf(path):
+                files.append(path)
+    if files and shutil.which("strip"):
+        subprocess.run(["strip", "--strip-unneeded", *sorted(files)], capture_output=True,
+                       check=False)
+
+
+def _privatize(product: str) -> None:
+    """Copy the loader and the libraries the frozen tree lacks into lib/; patch the exe."""
+    frozen = os.path.join(product, "frozen")
+    internal = os.path.join(frozen, "_internal")
+    elf_files = []
+    for folder, _dirs, names in os.walk(frozen):
+        for name in sorted(names):
+            path = os.path.join(folder, name)
+            if not os.path.islink(path) and elf.is_elf(path):
+                elf_files.append(path)
+    closure = elf.resolve(sorted(elf_files), extra_dirs=[internal])
+    lib = os.path.join(product, "lib")
+    os.makedirs(lib)
+    for soname, host in sorted(closure.libraries.items()):
+        if os.path.realpath(host).startswith(os.path.realpath(frozen) + os.sep):
+            continue
+        shutil.copy2(host, os.path.join(lib, soname))
+    for interpreter in closure.interpreters:
+        shutil.copy2(interpreter, os.path.join(lib, os.path.basename(PRIVATE_LOADER)))
+    search = f"{PRIVATE_LIB_DIR}:{FROZEN_DIR}/_internal"
+    exe = os.path.join(frozen, "initpy")
+    patch_executable(exe, rpath=search)
+    # Libraries built with a RUNPATH (pyenv's libpython and extensions point
+    # at the build host's prefix) would ignore the executable's RPATH; point
+    # theirs at the initrd's folders.
+    for path in elf_files:
+        info = elf.read(path)
+        if path != exe and (info.runpath or info.rpath):
+            _patchelf(["--set-rpath", search, path])
+
+
+def _patchelf(args: Sequence[str]) -> None:
+    argv = ["patchelf", *args]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise FreezeError("patchelf is not installed; run scripts/bootstrap") from None
+    if done.returncode != 0:
+        raise FreezeError(f"{' '.join(argv)}: {done.stderr.strip()}")
+
+
+def patch_executable(path: str, rpath: str = PRIVATE_LIB_DIR) -> None:
+    """Point a dynamic executable at the private loader and library folder.
+
+    DT_RPATH (not RUNPATH) so that it also applies to the libraries'
+    own dependencies, and to dlopen() from libraries without a RUNPATH.
+    """
+    _patchelf(["--set-interpreter", PRIVATE_LOADER, "--force-rpath", "--set-rpath", rpath,
+               path])

@@ -1,0 +1,514 @@
+"""The initrd builder: from hooks, a kernel and its modules to the three files.
+
+Owned by the builder; `mkinitrd.py` (and the `mkinitrd` console script) is
+its command line. The steps:
+
+1. the registry (initpy.boot.load_registry) over the hooks folders gives the
+   hooks, their binaries, kernel modules and files;
+2. the init is frozen (initpy.freeze, cached) - the step is injectable, so
+   tests build without PyInstaller;
+3. binaries and included ELF files bring their libraries (initpy.elf) into
+   the private folder /usr/lib/initpy/lib, and dynamic executables are
+   patched to use the private loader, so nothing of the init's replaces a
+   --rootfs library;
+4. modules are chosen, decompressed and indexed (initpy.kmod);
+5. the layers are merged (busybox applets < --rootfs < the init's files),
+   paths below a symlinked folder are moved through it (the initrd is
+   merged-/usr: bin, sbin, lib, lib64 are symlinks into usr/), and the
+   newc cpio is written (initpy.cpio) and compressed;
+6. OUTDIR gets buildos-image, buildos-initrd and buildos-buildid (the
+   sha256 of the uncompressed archive: it changes exactly when the content
+   does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from initpy import cpio, elf, freeze, kmod
+from initpy.boot import INITRD_HOOK_DIR, load_registry
+from initpy.hook import HookError, Registry, load_hook_file
+
+HOOKS_LIST = "usr/lib/initpy/hooks.list"
+# Hooks every initrd has, whatever --hooks says: module loading, and the
+# static busybox plus the rescue tools.
+ALWAYS_HOOKS = ("modules", "rescue_tools")
+BUSYBOX = "/bin/busybox"
+BINARY_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+MERGED_USR = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
+# Debian kernels do not mount devtmpfs on the initramfs, and Python aborts
+# at start-up without /dev/urandom: the archive carries these.
+DEVICE_NODES = (
+    ("dev/console", 5, 1, 0o600), ("dev/tty", 5, 0, 0o666), ("dev/null", 1, 3, 0o666),
+    ("dev/zero", 1, 5, 0o666), ("dev/random", 1, 8, 0o666), ("dev/urandom", 1, 9, 0o666),
+    ("dev/kmsg", 1, 11, 0o644),
+)
+EMPTY_DIRS = ("dev", "proc", "sys", "run", "tmp", "root", "mnt", "etc", "var", "usr/lib64")
+# The parts of the initrd, for the benchmark's size split.
+PART_INIT, PART_BINARIES, PART_MODULES, PART_ROOTFS, PART_OTHER = (
+    "frozen init", "binaries+libraries", "modules", "rootfs", "other")
+
+
+class BuildError(Exception):
+    """The initrd cannot be built; the message says what and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Options:
+    kernel: str
+    modules: str
+    outdir: str
+    rootfs: str | None = None
+    includes: tuple[str, ...] = ()
+    hooks: tuple[str, ...] | None = None  # None: every hook found
+    hook_dirs: tuple[str, ...] = ()  # after the repository's hooks/
+    compress: str = "zstd"
+    source_date_epoch: int = 0
+
+
+@dataclass
+class Layer:
+    """Archive entries by path, each with the part of the initrd it belongs to."""
+
+    entries: dict[str, tuple[cpio.Entry, str]] = field(default_factory=dict)
+
+    def add(self, entry: cpio.Entry, part: str) -> None:
+        self.entries[entry.path] = (entry, part)
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    image: str
+    initrd: str
+    buildid: str
+    entries: tuple[tuple[cpio.Entry, str], ...]  # what the archive holds, with parts
+    frozen: freeze.Frozen
+    notes: tuple[str, ...]
+    timings: tuple[tuple[str, float], ...]
+
+
+Freezer = Callable[[Sequence[str]], freeze.Frozen]
+
+
+def repo_hooks_dir() -> str:
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hooks")
+
+
+def hook_files(folders: Sequence[str]) -> dict[str, str]:
+    """Hook name -> the file defining it (a later folder overrides)."""
+    found: dict[str, str] = {}
+    for folder in folders:
+        if not os.path.isdir(folder):
+            raise BuildError(f"hooks folder {folder} does not exist")
+        for entry in sorted(os.listdir(folder)):
+            if entry.endswith(".py") and not entry.startswith("_"):
+                path = os.path.join(folder, entry)
+                found[load_hook_file(path).name] = path
+    return found
+
+
+def choose_hooks(files: dict[str, str], wanted: Sequence[str] | None) -> list[str]:
+    """The hook names in boot-tie order: the always-included first."""
+    names = list(wanted) if wanted is not None else sorted(files)
+    always = [n for n in ALWAYS_HOOKS if n in files]
+    return always + [n for n in names if n not in always]
+
+
+def build(options: Options, freezer: Freezer = freeze.freeze,
+          log: Callable[[str], None] = lambda s: None) -> BuildResult:
+    timings: list[tuple[str, float]] = []
+    notes: list[str] = []
+    clock = time.monotonic()
+
+    def lap(what: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        timings.append((what, now - clock))
+        clock = now
+
+    for path, what in ((options.kernel, "--kernel"), (options.modules, "--modules")):
+        if not os.path.exists(path):
+            raise BuildError(f"{what} {path}: no such file or folder")
+    if options.compress not in cpio.COMPRESSIONS:
+        raise BuildError(f"--compress {options.compress}: use one of "
+                         + ", ".join(cpio.COMPRESSIONS))
+    folders = [repo_hooks_dir(), *options.hook_dirs]
+    try:
+        files = hook_files(folders)
+        names = choose_hooks(files, options.hooks)
+        registry = load_registry(folders, names)
+    except HookError as exc:
+        raise BuildError(f"hooks: {exc}") from None
+    lap("registry")
+
+    frozen = freezer([files[n] for n in names])
+    log(f"frozen init: {'cached' if frozen.cached else 'frozen now'} ({frozen.key})")
+    lap("freeze")
+
+    init = Layer()
+    applets = Layer()
+    with tempfile.TemporaryDirectory(prefix="initpy-mkinitrd.") as work:
+        _add_skeleton(init)
+        _add_frozen(init, frozen)
+        _add_hooks(init, registry, files, names)
+        wanted = _wanted_binaries(registry)
+        _add_elf_files(init, wanted, registry, options.includes, work)
+        _add_busybox(init, applets)
+        lap("binaries")
+        notes += _add_modules(init, applets, registry, options.modules, work)
+        lap("modules")
+        rootfs = Layer()
+        if options.rootfs:
+            if not os.path.isdir(options.rootfs):
+                raise BuildError(f"--rootfs {options.rootfs}: not a folder")
+            for entry in cpio.entries_from_tree(options.rootfs):
+                rootfs.add(entry, PART_ROOTFS)
+        merged = merge([applets, rootfs, init])
+        lap("layout")
+        raw = cpio.archive([e for e, _ in merged], options.source_date_epoch)
+        lap("archive")
+        try:
+            packed = cpio.compress(raw, options.compress)
+        except cpio.ArchiveError as exc:
+            raise BuildError(str(exc)) from None
+        lap("compress")
+    os.makedirs(options.outdir, exist_ok=True)
+    image = os.path.join(options.outdir, "buildos-image")
+    initrd = os.path.join(options.outdir, "buildos-initrd")
+    buildid = os.path.join(options.outdir, "buildos-buildid")
+    with open(options.kernel, "rb") as f:
+        _write(image, f.read())
+    _write(initrd, packed)
+    _write(buildid, (hashlib.sha256(raw).hexdigest() + "\n").encode())
+    lap("write")
+    return BuildResult(image, initrd, buildid, tuple(merged), frozen, tuple(notes),
+                       tuple(timings))
+
+
+def _write(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+# -- the layers -----------------------------------------------------------------
+
+
+def _add_skeleton(layer: Layer) -> None:
+    for link, target in MERGED_USR.items():
+        layer.add(cpio.symlink(link, target), PART_OTHER)
+    for folder in EMPTY_DIRS:
+        layer.add(cpio.directory(folder, 0o1777 if folder == "tmp" else 0o755), PART_OTHER)
+    for path, major, minor, perm in DEVICE_NODES:
+        layer.add(cpio.char_device(path, major, minor, perm), PART_OTHER)
+
+
+def _add_frozen(layer: Layer, frozen: freeze.Frozen) -> None:
+    for entry in cpio.entries_from_tree(os.path.join(frozen.tree, "frozen"),
+                                        freeze.FROZEN_DIR):
+        layer.add(_no_mtime(entry), PART_INIT)
+    for entry in cpio.entries_from_tree(os.path.join(frozen.tree, "lib"),
+                                        freeze.PRIVATE_LIB_DIR):
+        layer.add(_no_mtime(entry), PART_INIT)
+    # The kernel runs /init as PID 1; PyInstaller finds _internal/ next to
+    # the executable's real path, so a symlink is enough.
+    layer.add(cpio.symlink("init", freeze.FROZEN_EXE), PART_INIT)
+
+
+def _no_mtime(entry: cpio.Entry) -> cpio.Entry:
+    # The cache's file times say when it was frozen, not what it holds.
+    return cpio.Entry(entry.path, entry.mode, entry.data, entry.source,
+                      entry.rdevmajor, entry.rdevminor, None)
+
+
+def _add_hooks(layer: Layer, registry: Registry, files: dict[str, str],
+               names: Sequence[str]) -> None:
+    for name in names:
+        source = files[name]
+        layer.add(cpio.regular(f"{INITRD_HOOK_DIR}/{os.path.basename(source)}", source=source),
+                  PART_OTHER)
+    layer.add(cpio.regular(HOOKS_LIST, data=("\n".join(names) + "\n").encode()), PART_OTHER)
+    for spec in registry.files():
+        source, dest = _split_spec(spec)
+        if not os.path.exists(source):
+            owners = [h.name for h in registry.hooks if spec in h.files]
+            raise BuildError(f"file {source} (wanted by hook {', '.join(owners)}) does not "
+                             "exist on the build host; install it or fix the hook")
+        _add_host_path(layer, source, dest, PART_OTHER)
+
+
+def _split_spec(spec: str) -> tuple[str, str]:
+    source, _, dest = spec.partition(":")
+    return source, dest or source
+
+
+def _add_host_path(layer: Layer, source: str, dest: str, part: str) -> None:
+    if os.path.isdir(source) and not os.path.islink(source):
+        for entry in cpio.entries_from_tree(source, dest):
+            layer.add(entry, part)
+    elif os.path.islink(source):
+        layer.add(cpio.symlink(dest, os.readlink(source)), part)
+    else:
+        layer.add(cpio.regular(dest, source=source,
+                               perm=stat.S_IMODE(os.stat(source).st_mode)), part)
+
+
+def _find_binary(name: str) -> str | None:
+    if name.startswith("/"):
+        return name if os.path.lexists(name) else None
+    for folder in BINARY_PATH:
+        candidate = os.path.join(folder, name)
+        if os.path.lexists(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def _wanted_binaries(registry: Registry) -> dict[str, str]:
+    """Host path of each hook binary -> its path in the initrd."""
+    found: dict[str, str] = {}
+    missing = []
+    for name, hooks in registry.binaries().items():
+        host = _find_binary(name)
+        if host is None:
+            missing.append(f"{name} (wanted by hook {', '.join(hooks)})")
+            continue
+        found[host] = _initrd_path(host)
+    if missing:
+        raise BuildError(
+            "binaries not found on the build host: " + "; ".join(missing)
+            + f". Looked in {':'.join(BINARY_PATH)}; install the Debian packages that "
+            "provide them (scripts/bootstrap lists them) or fix the hook"
+        )
+    return found
+
+
+def _initrd_path(host: str) -> str:
+    """Where a host file goes: its folder's real path (merged /usr), same name."""
+    folder = os.path.realpath(os.path.dirname(host))
+    return os.path.join(folder, os.path.basename(host)).lstrip("/")
+
+
+def _add_elf_files(layer: Layer, binaries: dict[str, str], registry: Registry,
+                   includes: Sequence[str], work: str) -> None:
+    """Binaries and --include files; ELF ones bring their libraries."""
+    todo: dict[str, str] = dict(binaries)
+    for spec in includes:
+        source, dest = _split_spec(spec)
+        if not os.path.exists(source):
+            raise BuildError(f"--include {spec}: {source} does not exist")
+        if os.path.isdir(source):
+            _add_host_path(layer, source, dest, PART_OTHER)
+            continue
+        todo[source] = dest.lstrip("/")
+    # Symlinked binaries (mkfs.ext4 -> mke2fs): keep the link, ship the target.
+    pending = list(todo.items())
+    while pending:
+        host, dest = pending.pop()
+        if os.path.islink(host):
+            target = os.readlink(host)
+            layer.add(cpio.symlink(dest, target), PART_BINARIES)
+            real_host = os.path.join(os.path.dirname(host), target)
+            real_dest = posixpath.normpath(posixpath.join(posixpath.dirname(dest), target))
+            if target.startswith("/"):
+                real_dest = _initrd_path(real_host)
+            todo.pop(host)
+            if real_host not in todo:
+                todo[real_host] = real_dest.lstrip("/")
+                pending.append((real_host, todo[real_host]))
+    elf_sources = sorted(h for h in todo if elf.is_elf(h))
+    try:
+        closure = elf.resolve(elf_sources)
+    except elf.ElfError as exc:
+        raise BuildError(str(exc)) from None
+    for soname, host in sorted(closure.libraries.items()):
+        layer.add(cpio.regular(f"{freeze.PRIVATE_LIB_DIR}/{soname}", source=host, perm=0o755),
+                  PART_BINARIES)
+    for interpreter in sorted(closure.interpreters):
+        layer.add(cpio.regular(freeze.PRIVATE_LOADER, source=interpreter, perm=0o755),
+                  PART_BINARIES)
+    for host, dest in sorted(todo.items()):
+        perm = stat.S_IMODE(os.stat(host).st_mode)
+        source = host
+        if host in elf_sources and elf.read(host).interpreter:
+            source = os.path.join(work, "patched", dest)
+            os.makedirs(os.path.dirname(source), exist_ok=True)
+            shutil.copyfile(host, source)
+            try:
+                freeze.patch_executable(source)
+            except freeze.FreezeError as exc:
+                raise BuildError(str(exc)) from None
+        layer.add(cpio.regular(dest, source=source, perm=perm), PART_BINARIES)
+
+
+def _add_busybox(init: Layer, applets: Layer) -> None:
+    """The static busybox in the init's layer; its applets as a fallback layer."""
+    if not os.path.exists(BUSYBOX):
+        raise BuildError(f"{BUSYBOX} is missing; install Debian busybox-static "
+                         "(scripts/bootstrap does)")
+    info = elf.read(BUSYBOX)
+    if info.is_dynamic:
+        raise BuildError(f"{BUSYBOX} is dynamically linked; install busybox-static, "
+                         "not busybox")
+    init.add(cpio.regular("usr/bin/busybox", source=BUSYBOX, perm=0o755), PART_BINARIES)
+    listing = subprocess.run([BUSYBOX, "--list-full"], capture_output=True, text=True,
+                             check=True).stdout
+    for applet in sorted(listing.split()):
+        path = _merged(applet.strip("/"))
+        if path != "usr/bin/busybox":
+            applets.add(cpio.symlink(path, "/usr/bin/busybox"), PART_BINARIES)
+    # The kernel's module autoloader (request_module) runs this; see hooks/modules.py.
+    init.add(cpio.symlink("usr/lib/initpy/bin/modprobe", "/usr/bin/busybox"), PART_BINARIES)
+
+
+def _merged(path: str) -> str:
+    first, _, rest = path.partition("/")
+    if first in MERGED_USR:
+        return f"{MERGED_USR[first]}/{rest}" if rest else MERGED_USR[first]
+    return path
+
+
+def _add_modules(init: Layer, applets: Layer, registry: Registry, modules_dir: str,
+                 work: str) -> list[str]:
+    wanted: dict[str, list[str]] = {}
+    for hook in registry.hooks:
+        for module in hook.modules:
+            wanted.setdefault(module, []).append(hook.name)
+    try:
+        tree = kmod.ModuleTree.load(modules_dir)
+        selection = kmod.select(tree, wanted)
+        stage_root = os.path.join(work, "modules")
+        staged = kmod.stage(tree, selection, stage_root)
+    except kmod.ModuleError as exc:
+        raise BuildError(str(exc)) from None
+    rel = os.path.relpath(staged, stage_root)
+    for entry in cpio.entries_from_tree(staged, rel):
+        entry = _no_mtime(entry)
+        name = os.path.basename(entry.path)
+        if name.startswith("modules.") and not entry.is_dir:
+            # A --rootfs with the same kernel's full index keeps it.
+            applets.add(entry, PART_MODULES)
+        else:
+            init.add(entry, PART_MODULES)
+    init.add(cpio.regular(kmod.MODULES_LIST, source=os.path.join(stage_root, kmod.MODULES_LIST)),
+             PART_MODULES)
+    return [f"module {name} is built into kernel {tree.version}; nothing to load"
+            for name in selection.builtin]
+
+
+def merge(layers: Sequence[Layer]) -> list[tuple[cpio.Entry, str]]:
+    """Merge layers, later ones winning; move paths below symlinked folders.
+
+    A path whose parent is a symlink in the result (bin -> usr/bin) is moved
+    to the link's target, so `bin/ls` of a non-merged --rootfs lands in
+    usr/bin/ls, where the kernel would have written it anyway.
+    """
+    top: dict[str, tuple[cpio.Entry, str, int]] = {}
+    for rank, layer in enumerate(layers):
+        for path, (entry, part) in layer.entries.items():
+            top[path] = (entry, part, rank)
+    links = {p: e.data.decode() for p, (e, _part, _r) in top.items()
+             if stat.S_ISLNK(e.mode)}
+    result: dict[str, tuple[cpio.Entry, str, int]] = {}
+    for rank, layer in enumerate(layers):
+        for path, (entry, part) in layer.entries.items():
+            if top[path][2] != rank:
+                continue
+            moved = _through_links(path, links)
+            if moved != path:
+                entry = cpio.Entry(moved, entry.mode, entry.data, entry.source,
+                                   entry.rdevmajor, entry.rdevminor, entry.mtime)
+            kept = result.get(moved)
+            if kept is None or kept[2] <= rank:
+                result[moved] = (entry, part, rank)
+    # A folder entry may have been replaced by a symlink to it (rootfs "bin").
+    return [(e, part) for _p, (e, part, _r) in sorted(result.items())]
+
+
+def _through_links(path: str, links: dict[str, str]) -> str:
+    parts = path.split("/")
+    for _ in range(40):  # symlink loops end here, as in the kernel
+        for i in range(1, len(parts)):
+            prefix = "/".join(parts[:i])
+            if prefix in links:
+                target = links[prefix]
+                base = "" if target.startswith("/") else posixpath.dirname(prefix)
+                resolved = posixpath.normpath(posixpath.join("/", base, target)).lstrip("/")
+                parts = resolved.split("/") + parts[i:]
+                break
+        else:
+            return "/".join(parts)
+    return "/".join(parts)
+
+
+# -- the command line --------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="mkinitrd.py",
+        description="Build buildos-image, buildos-initrd and buildos-buildid into OUTDIR.",
+    )
+    parser.add_argument("--kernel", required=True, metavar="VMLINUZ")
+    parser.add_argument("--modules", required=True, metavar="DIR",
+                        help="the kernel's lib/modules/<version> folder")
+    parser.add_argument("-o", "--output", required=True, metavar="OUTDIR")
+    parser.add_argument("--rootfs", metavar="DIR",
+                        help="an OS tree packed under the init's files (the init's files win)")
+    parser.add_argument("--include", action="append", default=[], metavar="SRC[:DST]",
+                        help="a host file or folder; an ELF file brings its libraries")
+    parser.add_argument("--hooks", metavar="NAMES",
+                        help="comma-separated hook names (default: every hook found); "
+                        + ", ".join(ALWAYS_HOOKS) + " are always included")
+    parser.add_argument("--hooks-dir", action="append", default=[], metavar="DIR",
+                        help="another hooks folder, after the repository's hooks/")
+    parser.add_argument("--compress", choices=cpio.COMPRESSIONS, default="zstd")
+    parser.add_argument("--verbose", action="store_true")
+    ns = parser.parse_args(argv)
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "0")
+    if not epoch.isdigit():
+        parser.error(f"SOURCE_DATE_EPOCH={epoch!r} is not a number of seconds")
+    options = Options(
+        kernel=ns.kernel, modules=ns.modules, outdir=ns.output, rootfs=ns.rootfs,
+        includes=tuple(ns.include),
+        hooks=tuple(n for n in ns.hooks.split(",") if n) if ns.hooks else None,
+        hook_dirs=tuple(ns.hooks_dir), compress=ns.compress, source_date_epoch=int(epoch),
+    )
+
+    def say(message: str) -> None:
+        print(f"mkinitrd: {message}", file=sys.stderr)
+
+    started = time.monotonic()
+    try:
+        result = build(options, log=say)
+    except (BuildError, freeze.FreezeError, elf.ElfError, cpio.ArchiveError) as exc:
+        say(f"error: {exc}")
+        return 1
+    for note in result.notes:
+        say(f"note: {note}")
+    if ns.rootfs:
+        say(f"note: --rootfs {ns.rootfs} is packed under the init's files; where both have "
+            "a path, the init's file wins")
+    if ns.verbose:
+        for what, seconds in result.timings:
+            say(f"{what}: {seconds:.2f} s")
+    size = os.path.getsize(result.initrd)
+    say(f"wrote {result.image}, {result.initrd} ({size / 1e6:.1f} MB, {ns.compress}), "
+        f"{result.buildid} in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -24,3 +24,27 @@ def test_initpy_diagram_matches_the_committed_diagram() -> None:
     assert out.startswith("---\ntitle: initpy boot\n---\nstateDiagram-v2")
     with open(os.path.join(REPO, "docs", "states.md")) as f:
         assert "```mermaid\n" + out + "```" in f.read()
+
+
+def test_the_hook_example_in_the_design_doc_works(tmp_path: os.PathLike[str]) -> None:
+    import re
+
+    from initpy.boot import Boot, Halted
+    from initpy.fake import FakeKernel
+    from initpy.hook import build_registry, discover
+
+    with open(os.path.join(REPO, "docs", "design.md")) as f:
+        (example,) = re.findall(r"```python\n(# hooks/motd.py\n.*?)```", f.read(), re.S)
+    folder = os.path.join(str(tmp_path), "hooks")
+    os.makedirs(folder)
+    with open(os.path.join(folder, "motd.py"), "w") as f:
+        f.write(example)
+    found = {**discover([HOOKS_DIR]), **discover([folder])}
+    registry = build_registry([found["motd"]], found.values())
+    kernel = FakeKernel(root=os.path.join(str(tmp_path), "root"), cmdline="initpy.motd=hello")
+    try:
+        Boot(kernel, registry).run()
+    except Halted:
+        pass
+    with open(kernel.path("/etc/motd")) as f:
+        assert f.read() == "hello\n"

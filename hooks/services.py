@@ -1,0 +1,142 @@
+"""Services: the mail relay and root's SSH key.
+
+The spec's Email and SSH sections. postfix relays everything through
+`buildos.smtp_relay`, with no authentication, and root's mail goes to
+`buildos.admin_email`. `buildos.ssh_key` is added to root's
+authorized_keys, and sshd refuses passwords. The init only writes the
+configuration into the in-memory root; systemd starts the daemons.
+
+A bad key or a missing relay does not stop a build host from building, so
+they are warnings on the console and in the report, never a rescue. The
+key is checked the way sshd would read it: the type word, base64 that
+decodes, and a blob that starts with the same type name.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import struct
+
+from initpy.boot import ADMIN_EMAIL, BUILDID_URL, SMTP_RELAY, SSH_KEY
+from initpy.hook import BootContext, Hook, State
+
+KEY_TYPES = (
+    "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
+)
+POSTFIX_MAIN = "/etc/postfix/main.cf"
+ALIASES = "/etc/aliases"
+AUTHORIZED_KEYS = "/root/.ssh/authorized_keys"
+SSHD_DROPIN = "/etc/ssh/sshd_config.d/initpy.conf"
+BOOT_ENV = "/etc/initpy/buildos.env"
+
+
+def check_ssh_key(key: str) -> str | None:
+    """None if `key` is an OpenSSH public key line, else what is wrong with it."""
+    words = key.split()
+    if len(words) < 2:
+        return "expected '<type> <base64> [comment]'"
+    kind, body = words[0], words[1]
+    if kind not in KEY_TYPES:
+        return f"unknown key type {kind!r} (expected one of {', '.join(KEY_TYPES[:3])}, ...)"
+    try:
+        blob = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        return "the key's base64 does not decode (was it cut short or wrapped?)"
+    if len(blob) < 4:
+        return "the key is truncated"
+    (length,) = struct.unpack(">I", blob[:4])
+    if blob[4:4 + length] != kind.encode():
+        return f"the key's data does not match its type {kind!r} (was it cut short?)"
+    return None
+
+
+def set_postfix_options(text: str, options: dict[str, str]) -> str:
+    """Set `key = value` lines in main.cf, keeping every other line."""
+    lines = text.splitlines()
+    done: set[str] = set()
+    for i, line in enumerate(lines):
+        key = line.split("=", 1)[0].strip()
+        if "=" in line and not line.lstrip().startswith("#") and key in options:
+            lines[i] = f"{key} = {options[key]}"
+            done.add(key)
+    lines += [f"{k} = {v}" for k, v in options.items() if k not in done]
+    return "\n".join(lines) + "\n"
+
+
+def set_alias(text: str, name: str, target: str) -> str:
+    kept = [ln for ln in text.splitlines() if not ln.startswith(f"{name}:")]
+    return "\n".join([*kept, f"{name}: {target}"]) + "\n"
+
+
+def mail_relay(ctx: BootContext) -> str:
+    relay, admin = ctx.value(SMTP_RELAY), ctx.value(ADMIN_EMAIL)
+    k = ctx.kernel
+    _write_boot_env(ctx)
+    if relay is None:
+        if admin is not None:
+            ctx.warn("mail_relay: buildos.admin_email is set but buildos.smtp_relay is not, "
+                     "so mail stays on the host; add buildos.smtp_relay=HOST")
+        return "no buildos.smtp_relay: mail stays local"
+    k.mkdir("/etc/postfix")
+    current = k.read_text(POSTFIX_MAIN) if k.exists(POSTFIX_MAIN) else ""
+    host = relay if relay.startswith("[") else f"[{relay}]"
+    k.write_text(POSTFIX_MAIN, set_postfix_options(current, {
+        "relayhost": host,
+        "inet_interfaces": "loopback-only",
+        "mydestination": "",
+        "smtp_sasl_auth_enable": "no",
+    }))
+    detail = f"postfix relays through {host}"
+    if admin is not None:
+        aliases = k.read_text(ALIASES) if k.exists(ALIASES) else ""
+        k.write_text(ALIASES, set_alias(aliases, "root", admin))
+        detail += f"; root's mail goes to {admin}"
+    return detail
+
+
+def _write_boot_env(ctx: BootContext) -> None:
+    """The buildos parameters for the OS's services (the monitor reads it)."""
+    values = {
+        "BUILDOS_SMTP_RELAY": ctx.value(SMTP_RELAY),
+        "BUILDOS_ADMIN_EMAIL": ctx.value(ADMIN_EMAIL),
+        "BUILDOS_BUILDID_URL": ctx.value(BUILDID_URL),
+    }
+    lines = [f"{k}={v}" for k, v in values.items() if v is not None]
+    ctx.kernel.mkdir("/etc/initpy")
+    ctx.kernel.write_text(BOOT_ENV, "".join(f"{line}\n" for line in lines))
+
+
+def ssh_key(ctx: BootContext) -> str:
+    k = ctx.kernel
+    k.mkdir("/etc/ssh/sshd_config.d")
+    k.write_text(SSHD_DROPIN, "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+                              "PermitRootLogin prohibit-password\n")
+    key = ctx.value(SSH_KEY)
+    if key is None:
+        return "no buildos.ssh_key: root has no key (passwords are refused)"
+    problem = check_ssh_key(key)
+    if problem is not None:
+        ctx.warn(f"ssh_key: buildos.ssh_key not installed: {problem}; pass the whole line "
+                 'of your id_*.pub, quoted: buildos.ssh_key="ssh-ed25519 AAAA... you@host"')
+        return f"key rejected: {problem}"
+    k.mkdir("/root/.ssh", 0o700)
+    k.chmod("/root/.ssh", 0o700)
+    present = k.read_text(AUTHORIZED_KEYS).splitlines() if k.exists(AUTHORIZED_KEYS) else []
+    if key not in present:
+        present.append(key)
+    k.write_text(AUTHORIZED_KEYS, "\n".join(present) + "\n", 0o600)
+    return f"{key.split()[0]} key added for root ({len(present)} in authorized_keys)"
+
+
+HOOK = Hook(
+    name="services",
+    description="postfix relay and root's mail; root's SSH key; the buildos environment file",
+    states=(
+        State("mail_relay", mail_relay, "configure postfix to relay to buildos.smtp_relay and "
+              "root's mail to buildos.admin_email", after=("bridges",), before=("handoff",)),
+        State("ssh_key", ssh_key, "add buildos.ssh_key to root's authorized_keys; no passwords",
+              after=("mail_relay",), before=("handoff",)),
+    ),
+)

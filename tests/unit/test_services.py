@@ -1,0 +1,101 @@
+"""The services hook: postfix relay, root's mail, root's SSH key."""
+
+from __future__ import annotations
+
+import base64
+import os
+import struct
+
+from initpy.boot import CORE_PARAMETERS
+from initpy.cmdline import parse
+from initpy.fake import FakeKernel
+from initpy.hook import BootContext
+from initpy.report import Report
+from tests.unit.conftest import hook_module
+
+services = hook_module("services")
+
+
+def ed25519_key(comment: str = "me@host") -> str:
+    blob = struct.pack(">I", 11) + b"ssh-ed25519" + struct.pack(">I", 32) + bytes(range(32))
+    return f"ssh-ed25519 {base64.b64encode(blob).decode()} {comment}"
+
+
+def context(tmp: str, cmdline: str) -> BootContext:
+    kernel = FakeKernel(root=tmp, cmdline=cmdline)
+    ctx = BootContext(kernel=kernel, report=Report(kernel))
+    ctx.config = parse(cmdline, CORE_PARAMETERS)
+    return ctx
+
+
+def read(ctx: BootContext, path: str) -> str:
+    assert isinstance(ctx.kernel, FakeKernel)
+    with open(ctx.kernel.path(path)) as f:
+        return f.read()
+
+
+def test_key_is_added_once_with_safe_modes(tmp_path: os.PathLike[str]) -> None:
+    key = ed25519_key()
+    ctx = context(str(tmp_path), f'buildos.ssh_key="{key}"')
+    assert ctx.kernel.exists("/root") is False
+    services.ssh_key(ctx)
+    services.ssh_key(ctx)  # a second run (or a key already in the OS tree) adds nothing
+    assert read(ctx, "/root/.ssh/authorized_keys") == key + "\n"
+    assert isinstance(ctx.kernel, FakeKernel)
+    assert os.stat(ctx.kernel.path("/root/.ssh/authorized_keys")).st_mode & 0o777 == 0o600
+    assert os.stat(ctx.kernel.path("/root/.ssh")).st_mode & 0o777 == 0o700
+    assert "PasswordAuthentication no" in read(ctx, "/etc/ssh/sshd_config.d/initpy.conf")
+
+
+def test_existing_keys_are_kept(tmp_path: os.PathLike[str]) -> None:
+    ctx = context(str(tmp_path), f'buildos.ssh_key="{ed25519_key("new@host")}"')
+    ctx.kernel.mkdir("/root/.ssh")
+    ctx.kernel.write_text("/root/.ssh/authorized_keys", ed25519_key("old@host") + "\n")
+    services.ssh_key(ctx)
+    lines = read(ctx, "/root/.ssh/authorized_keys").splitlines()
+    assert [ln.split()[-1] for ln in lines] == ["old@host", "new@host"]
+
+
+def test_bad_keys_are_named_and_not_installed(tmp_path: os.PathLike[str]) -> None:
+    good = ed25519_key()
+    cases = {
+        "ssh-ed25519 AAAA!!notbase64 x": "does not decode",
+        "ssh-foo AAAAC3NzaC1lZDI1NTE5 x": "unknown key type 'ssh-foo'",
+        "ssh-rsa " + good.split()[1] + " x": "does not match its type 'ssh-rsa'",
+        "ssh-ed25519 " + good.split()[1][:8] + " x": "does not match its type",
+    }
+    for i, (key, problem) in enumerate(cases.items()):
+        assert problem in (services.check_ssh_key(key) or "")
+        ctx = context(os.path.join(str(tmp_path), str(i)), f'buildos.ssh_key="{key}"')
+        detail = services.ssh_key(ctx)
+        assert detail.startswith("key rejected")
+        assert not ctx.kernel.exists("/root/.ssh/authorized_keys")
+        assert any(problem in w for w in ctx.report.warnings)
+        assert isinstance(ctx.kernel, FakeKernel)
+        assert any("buildos.ssh_key=\"ssh-ed25519 AAAA... you@host\"" in line
+                   for line in ctx.kernel.console_lines)
+
+
+def test_postfix_relay_and_root_alias_keep_the_rest(tmp_path: os.PathLike[str]) -> None:
+    ctx = context(str(tmp_path), "buildos.smtp_relay=mail.example.org "
+                                 "buildos.admin_email=admin@example.org "
+                                 "buildos.buildid_url=tftp://10.0.0.1/buildos/buildos-buildid")
+    ctx.kernel.mkdir("/etc/postfix")
+    ctx.kernel.write_text("/etc/postfix/main.cf", "# debian\nmyhostname = x\nrelayhost =\n")
+    ctx.kernel.write_text("/etc/aliases", "postmaster: root\nroot: nobody\n")
+    detail = services.mail_relay(ctx)
+    main_cf = read(ctx, "/etc/postfix/main.cf")
+    assert main_cf.splitlines()[:3] == [
+        "# debian", "myhostname = x", "relayhost = [mail.example.org]"]
+    assert "inet_interfaces = loopback-only" in main_cf
+    assert read(ctx, "/etc/aliases") == "postmaster: root\nroot: admin@example.org\n"
+    assert "relays through [mail.example.org]" in detail
+    env = read(ctx, "/etc/initpy/buildos.env")
+    assert "BUILDOS_BUILDID_URL=tftp://10.0.0.1/buildos/buildos-buildid\n" in env
+
+
+def test_admin_without_relay_is_a_warning(tmp_path: os.PathLike[str]) -> None:
+    ctx = context(str(tmp_path), "buildos.admin_email=admin@example.org")
+    assert services.mail_relay(ctx) == "no buildos.smtp_relay: mail stays local"
+    assert not ctx.kernel.exists("/etc/postfix/main.cf")
+    assert any("add buildos.smtp_relay=HOST" in w for w in ctx.report.warnings)

@@ -261,13 +261,16 @@ class Vm:
             return self._text
 
     def expect(self, pattern: str | re.Pattern[str], timeout: float = 60,
-               flags: int = 0) -> re.Match[str]:
+               flags: int = 0, fail_on: str | None = None) -> re.Match[str]:
         """Wait for `pattern` on the console, after the previous match; return the match.
 
         Fails with the log's tail and path when the pattern does not come in
-        time or QEMU ends first.
+        time or QEMU ends first, or at once when `fail_on` (a regex, e.g.
+        `initpy: rescue:`) shows up first: a boot that went to rescue will
+        not reach the hand-off, so waiting out the timeout only wastes minutes.
         """
         regex = re.compile(pattern, flags) if isinstance(pattern, str) else pattern
+        failure = re.compile(fail_on, flags) if fail_on else None
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
@@ -275,6 +278,11 @@ class Vm:
                 if match:
                     self._cursor = match.end()
                     return match
+                if failure is not None and (bad := failure.search(self._text, self._cursor)):
+                    # Let the lines after it (the reason, the fix) arrive.
+                    self._changed.wait(2.0)
+                    raise VmError(self._failure(
+                        f"{bad.group(0)!r} came before {regex.pattern!r}"))
                 left = deadline - time.monotonic()
                 if self._eof or left <= 0:
                     why = "QEMU ended" if self._eof else f"{timeout:g} s passed"

@@ -13,6 +13,7 @@ exactly and are tested byte for byte.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import subprocess
@@ -70,7 +71,11 @@ def char_device(path: str, major: int, minor: int, perm: int = 0o600) -> Entry:
 
 def with_parents(entries: Iterable[Entry]) -> list[Entry]:
     """Add a 0755 directory entry for every missing parent."""
-    by_path = {e.path: e for e in entries}
+    by_path: dict[str, Entry] = {}
+    for entry in entries:
+        if entry.path in by_path:
+            raise ArchiveError(f"cpio: {entry.path} is listed twice")
+        by_path[entry.path] = entry
     for path in list(by_path):
         parent = os.path.dirname(path)
         while parent and parent not in by_path:
@@ -104,13 +109,9 @@ def write_newc(entries: Iterable[Entry], mtime: int) -> Iterator[bytes]:
     entry without one gets it.
     """
     ordered = sorted(with_parents(entries), key=_sort_key)
-    seen: set[str] = set()
     for ino, entry in enumerate(ordered, start=1):
         if not entry.path or entry.path.startswith("/") or ".." in entry.path.split("/"):
             raise ArchiveError(f"cpio: bad path {entry.path!r} (relative, no '..')")
-        if entry.path in seen:
-            raise ArchiveError(f"cpio: {entry.path} is listed twice")
-        seen.add(entry.path)
         data = b"" if entry.is_dir or stat.S_ISCHR(entry.mode) else entry.content()
         name = entry.path.encode()
         when = mtime if entry.mtime is None else min(entry.mtime, mtime)
@@ -126,6 +127,60 @@ def write_newc(entries: Iterable[Entry], mtime: int) -> Iterator[bytes]:
 
 def archive(entries: Iterable[Entry], mtime: int) -> bytes:
     return b"".join(write_newc(entries, mtime))
+
+
+@dataclass(frozen=True)
+class Member:
+    """One member read back from an archive (for tests and the benchmark)."""
+
+    path: str
+    mode: int
+    mtime: int
+    ino: int
+    data: bytes
+    rdevmajor: int
+    rdevminor: int
+
+
+def read_newc(stream: bytes) -> list[Member]:
+    """Every member of one or more concatenated newc archives (trailers dropped).
+
+    Zero padding between archives is skipped, as the kernel does.
+    """
+    members: list[Member] = []
+    pos = 0
+    while pos < len(stream):
+        if stream[pos] == 0:
+            pos += 1
+            continue
+        if stream[pos:pos + 6] != NEWC_MAGIC or pos + 110 > len(stream):
+            raise ArchiveError(f"cpio: no newc header at offset {pos}")
+        fields = [int(stream[pos + 6 + 8 * i: pos + 14 + 8 * i], 16) for i in range(13)]
+        ino, mode, mtime, size = fields[0], fields[1], fields[5], fields[6]
+        namesize = fields[11]
+        name_start = pos + 110
+        name = stream[name_start:name_start + namesize - 1].decode()
+        data_start = name_start + namesize
+        data_start += -data_start % 4
+        data = stream[data_start:data_start + size]
+        if len(data) != size:
+            raise ArchiveError(f"cpio: {name}: truncated data")
+        pos = data_start + size
+        pos += -pos % 4
+        if name != TRAILER:
+            members.append(Member(name, mode, mtime, ino, data, fields[9], fields[10]))
+    return members
+
+
+def decompress(data: bytes) -> bytes:
+    """Undo `compress` for concatenated parts (by each part's magic)."""
+    tools = ((b"\x28\xb5\x2f\xfd", ["zstd", "-d", "-c", "-q"]),
+             (b"\x1f\x8b", ["gzip", "-d", "-c"]), (b"\xfd7zXZ", ["xz", "-d", "-c"]))
+    for magic, argv in tools:
+        if data.startswith(magic):
+            # Each tool decompresses concatenated members/frames of its kind.
+            return subprocess.run(argv, input=data, capture_output=True, check=True).stdout
+    return data
 
 
 def compress(data: bytes, method: str, level: int | None = None) -> bytes:
@@ -155,6 +210,31 @@ def compress(data: bytes, method: str, level: int | None = None) -> bytes:
     if done.returncode != 0:
         raise ArchiveError(f"{' '.join(argv)}: exit {done.returncode}: {done.stderr.decode()}")
     return done.stdout
+
+
+def compress_cached(data: bytes, method: str, cache_dir: str | None) -> bytes:
+    """`compress`, remembered by the sha256 of the input, method and level.
+
+    A warm rebuild recompresses only the parts whose bytes changed: the
+    frozen init (the bulk) compresses once at a high level. Output for a
+    given input is deterministic, so the cache cannot change the bytes.
+    """
+    if method == "none" or cache_dir is None:
+        return compress(data, method)
+    key = hashlib.sha256(data + method.encode()).hexdigest()
+    path = os.path.join(cache_dir, f"{key}.{method}")
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        pass
+    packed = compress(data, method)
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(packed)
+    os.replace(tmp, path)
+    return packed
 
 
 def entries_from_tree(top: str, prefix: str = "") -> list[Entry]:

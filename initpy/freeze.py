@@ -44,12 +44,20 @@ PRIVATE_LOADER = f"{PRIVATE_LIB_DIR}/ld-linux-x86-64.so.2"
 
 # Always frozen: what initpy and every boot needs, whatever the hooks say.
 BASE_IMPORTS = ("initpy", "transitions", "json", "ctypes", "ctypes.util", "sqlite3")
-# Never frozen: not used at boot, and large.
+# Never frozen: not used at boot, and large. (Not unittest: pyroute2 imports
+# unittest.mock at package import; not ssl: pyroute2's probe_msg imports it.)
 EXCLUDES = (
-    "tkinter", "_tkinter", "unittest", "pydoc", "pydoc_data", "lib2to3", "idlelib",
-    "ensurepip", "distutils", "setuptools", "pip", "pkg_resources", "test", "doctest",
+    "tkinter", "_tkinter", "pydoc", "pydoc_data", "lib2to3", "idlelib",
+    "ensurepip", "distutils", "setuptools", "pip", "pkg_resources", "test",
     "xmlrpc", "curses", "readline", "mypy", "pytest", "_pytest", "hypothesis",
     "PyInstaller", "ruff", "IPython", "numpy",
+    # The C decimal module: decimal falls back to the pure-Python _pydecimal.
+    "_decimal",
+    # East Asian codecs, never used by a boot.
+    "_codecs_jp", "_codecs_kr", "_codecs_cn", "_codecs_tw", "_codecs_hk", "_codecs_iso2022",
+    "_multibytecodec",
+    # The builder's own modules: collected with initpy, never run at boot.
+    "initpy.mkinitrd", "initpy.freeze", "initpy.kmod", "initpy.elf", "initpy.cpio",
 )
 # Debian's libudev, for pyudev (found by the entry script's find_library).
 LIBUDEV = "/usr/lib/x86_64-linux-gnu/libudev.so.1"
@@ -197,8 +205,10 @@ def _run_pyinstaller(imports: Sequence[str], work: str, log: bool) -> None:
     if any(i.split(".")[0] == "pyudev" for i in imports) and os.path.exists(LIBUDEV):
         argv += ["--add-binary", f"{LIBUDEV}:."]
     argv.append(entry)
-    env = dict(os.environ, PYTHONHASHSEED="0", SOURCE_DATE_EPOCH=os.environ.get(
-        "SOURCE_DATE_EPOCH", "0"))
+    # PYZ entries stored, not zlib'ed: the initrd's zstd compresses them far
+    # better as plain bytecode, and TCG-slow boots skip the inflate per import.
+    env = dict(os.environ, PYTHONHASHSEED="0", PYINSTALLER_ZLIB_COMPRESSION_LEVEL="0",
+               SOURCE_DATE_EPOCH=os.environ.get("SOURCE_DATE_EPOCH", "0"))
     done = subprocess.run(argv, capture_output=not log, text=True, env=env, check=False)
     if done.returncode != 0:
         tail = "\n".join((done.stderr or "").strip().splitlines()[-15:])
@@ -229,11 +239,22 @@ def _privatize(product: str) -> None:
             path = os.path.join(folder, name)
             if not os.path.islink(path) and elf.is_elf(path):
                 elf_files.append(path)
-    closure = elf.resolve(sorted(elf_files), extra_dirs=[internal])
     lib = os.path.join(product, "lib")
     os.makedirs(lib)
+    # The shared libraries PyInstaller collected (libcrypto, libsqlite3, ...)
+    # move to the private folder, where the hook binaries' libraries go: one
+    # copy of libcrypto serves both the init and ssh-keygen. libpython stays:
+    # the bootloader loads it from _internal by path.
+    for name in sorted(os.listdir(internal)):
+        path = os.path.join(internal, name)
+        if ".so" in name and not name.startswith("libpython") and os.path.isfile(path):
+            os.rename(path, os.path.join(lib, name))
+    elf_files = [p for p in elf_files if os.path.exists(p)]
+    elf_files += [os.path.join(lib, n) for n in sorted(os.listdir(lib))]
+    closure = elf.resolve(sorted(elf_files), extra_dirs=[lib, internal])
     for soname, host in sorted(closure.libraries.items()):
-        if os.path.realpath(host).startswith(os.path.realpath(frozen) + os.sep):
+        if os.path.realpath(host).startswith((os.path.realpath(frozen) + os.sep,
+                                              os.path.realpath(lib) + os.sep)):
             continue
         shutil.copy2(host, os.path.join(lib, soname))
     for interpreter in closure.interpreters:

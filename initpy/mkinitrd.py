@@ -74,6 +74,7 @@ class Options:
     hook_dirs: tuple[str, ...] = ()  # after the repository's hooks/
     compress: str = "zstd"
     source_date_epoch: int = 0
+    no_cache: bool = False  # compress every part again (the freeze cache stays)
 
 
 @dataclass
@@ -95,6 +96,7 @@ class BuildResult:
     frozen: freeze.Frozen
     notes: tuple[str, ...]
     timings: tuple[tuple[str, float], ...]
+    parts: tuple[tuple[str, int, int], ...]  # (part, raw bytes, compressed bytes)
 
 
 Freezer = Callable[[Sequence[str]], freeze.Frozen]
@@ -175,10 +177,12 @@ def build(options: Options, freezer: Freezer = freeze.freeze,
                 rootfs.add(entry, PART_ROOTFS)
         merged = merge([applets, rootfs, init])
         lap("layout")
-        raw = cpio.archive([e for e, _ in merged], options.source_date_epoch)
+        archives = split_archives(merged, options.source_date_epoch)
         lap("archive")
+        cache = None if options.no_cache else compressed_cache_dir()
         try:
-            packed = cpio.compress(raw, options.compress)
+            packed = [cpio.compress_cached(raw, options.compress, cache)
+                      for _part, raw in archives]
         except cpio.ArchiveError as exc:
             raise BuildError(str(exc)) from None
         lap("compress")
@@ -188,11 +192,14 @@ def build(options: Options, freezer: Freezer = freeze.freeze,
     buildid = os.path.join(options.outdir, "buildos-buildid")
     with open(options.kernel, "rb") as f:
         _write(image, f.read())
-    _write(initrd, packed)
-    _write(buildid, (hashlib.sha256(raw).hexdigest() + "\n").encode())
+    _write(initrd, b"".join(packed))
+    content = hashlib.sha256(b"".join(raw for _part, raw in archives)).hexdigest()
+    _write(buildid, (content + "\n").encode())
     lap("write")
+    sizes = tuple((part, len(raw), len(p)) for (part, raw), p in zip(archives, packed,
+                                                                     strict=True))
     return BuildResult(image, initrd, buildid, tuple(merged), frozen, tuple(notes),
-                       tuple(timings))
+                       tuple(timings), sizes)
 
 
 def _write(path: str, data: bytes) -> None:
@@ -332,9 +339,13 @@ def _add_elf_files(layer: Layer, binaries: dict[str, str], registry: Registry,
     except elf.ElfError as exc:
         raise BuildError(str(exc)) from None
     for soname, host in sorted(closure.libraries.items()):
-        layer.add(cpio.regular(f"{freeze.PRIVATE_LIB_DIR}/{soname}", source=host, perm=0o755),
-                  PART_BINARIES)
+        path = f"{freeze.PRIVATE_LIB_DIR}/{soname}".lstrip("/")
+        if path in layer.entries:  # the frozen init brought it already (same host file)
+            continue
+        layer.add(cpio.regular(path, source=host, perm=0o755), PART_BINARIES)
     for interpreter in sorted(closure.interpreters):
+        if freeze.PRIVATE_LOADER.lstrip("/") in layer.entries:
+            continue
         layer.add(cpio.regular(freeze.PRIVATE_LOADER, source=interpreter, perm=0o755),
                   PART_BINARIES)
     for host, dest in sorted(todo.items()):
@@ -435,6 +446,37 @@ def merge(layers: Sequence[Layer]) -> list[tuple[cpio.Entry, str]]:
     return [(e, part) for _p, (e, part, _r) in sorted(result.items())]
 
 
+# The archives, in the order they are concatenated.
+ARCHIVE_ORDER = (PART_ROOTFS, PART_OTHER, PART_MODULES, PART_BINARIES, PART_INIT)
+
+
+def split_archives(merged: Sequence[tuple[cpio.Entry, str]],
+                   mtime: int) -> list[tuple[str, bytes]]:
+    """One newc archive per part, to be compressed separately and concatenated.
+
+    The kernel unpacks concatenated (compressed) archives in turn, so the
+    initrd can be several; each part then compresses (and is cached) on its
+    own. Paths are unique after the merge; each archive repeats the real
+    entries of its parent folders, so no folder's mode depends on order.
+    """
+    by_path = {e.path: e for e, _part in merged}
+    groups: dict[str, dict[str, cpio.Entry]] = {}
+    for entry, part in merged:
+        group = groups.setdefault(part, {})
+        group[entry.path] = entry
+        parent = posixpath.dirname(entry.path)
+        while parent and parent not in group:
+            if parent in by_path:
+                group[parent] = by_path[parent]
+            parent = posixpath.dirname(parent)
+    order = [p for p in ARCHIVE_ORDER if p in groups] + sorted(set(groups) - set(ARCHIVE_ORDER))
+    return [(part, cpio.archive(groups[part].values(), mtime)) for part in order]
+
+
+def compressed_cache_dir() -> str:
+    return os.path.join(os.path.dirname(freeze.cache_root()), "compressed")
+
+
 def _through_links(path: str, links: dict[str, str]) -> str:
     parts = path.split("/")
     for _ in range(40):  # symlink loops end here, as in the kernel
@@ -475,6 +517,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hooks-dir", action="append", default=[], metavar="DIR",
                         help="another hooks folder, after the repository's hooks/")
     parser.add_argument("--compress", choices=cpio.COMPRESSIONS, default="zstd")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="compress every part again instead of reusing earlier output")
     parser.add_argument("--verbose", action="store_true")
     ns = parser.parse_args(argv)
     epoch = os.environ.get("SOURCE_DATE_EPOCH", "0")
@@ -485,6 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         includes=tuple(ns.include),
         hooks=tuple(n for n in ns.hooks.split(",") if n) if ns.hooks else None,
         hook_dirs=tuple(ns.hooks_dir), compress=ns.compress, source_date_epoch=int(epoch),
+        no_cache=ns.no_cache,
     )
 
     def say(message: str) -> None:
@@ -504,6 +549,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.verbose:
         for what, seconds in result.timings:
             say(f"{what}: {seconds:.2f} s")
+        for part, raw, packed in result.parts:
+            say(f"part {part}: {raw / 1e6:.1f} MB -> {packed / 1e6:.1f} MB")
     size = os.path.getsize(result.initrd)
     say(f"wrote {result.image}, {result.initrd} ({size / 1e6:.1f} MB, {ns.compress}), "
         f"{result.buildid} in {time.monotonic() - started:.1f} s")

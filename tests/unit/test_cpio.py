@@ -1,0 +1,118 @@
+"""The initrd's newc writer: layout, reproducibility, compression."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from initpy import cpio
+
+
+def _entries() -> list[cpio.Entry]:
+    return [
+        cpio.regular("a-b", data=b"dash"),
+        cpio.regular("a/b", data=b"inside", perm=0o755, mtime=5),
+        cpio.regular("a/late", data=b"new", mtime=2_000_000_000),
+        cpio.symlink("bin", "usr/bin"),
+        cpio.char_device("dev/null", 1, 3, 0o666),
+        cpio.directory("tmp", 0o1777),
+    ]
+
+
+def test_members_are_sorted_with_parents_first_and_inodes_renumbered() -> None:
+    members = cpio.read_newc(cpio.archive(_entries(), mtime=1000))
+    paths = [m.path for m in members]
+    assert paths == ["a", "a/b", "a/late", "a-b", "bin", "dev", "dev/null", "tmp"]
+    assert [m.ino for m in members] == list(range(1, len(members) + 1))
+    by_path = {m.path: m for m in members}
+    assert stat.S_ISDIR(by_path["a"].mode) and stat.S_IMODE(by_path["a"].mode) == 0o755
+    assert stat.S_IMODE(by_path["tmp"].mode) == 0o1777
+    assert by_path["a/b"].data == b"inside" and stat.S_IMODE(by_path["a/b"].mode) == 0o755
+    assert by_path["bin"].data == b"usr/bin" and stat.S_ISLNK(by_path["bin"].mode)
+    null = by_path["dev/null"]
+    assert stat.S_ISCHR(null.mode) and (null.rdevmajor, null.rdevminor) == (1, 3)
+
+
+def test_mtimes_are_clamped_to_source_date_epoch() -> None:
+    by_path = {m.path: m for m in cpio.read_newc(cpio.archive(_entries(), mtime=1000))}
+    assert by_path["a/b"].mtime == 5  # older than the epoch: kept
+    assert by_path["a/late"].mtime == 1000  # newer: clamped
+    assert by_path["a-b"].mtime == 1000  # none: the epoch
+
+
+def test_owner_fields_are_root_and_nlink_one() -> None:
+    raw = cpio.archive([cpio.regular("f", data=b"x")], mtime=0)
+    header = raw[:110]
+    fields = [int(header[6 + 8 * i: 14 + 8 * i], 16) for i in range(13)]
+    assert fields[2:5] == [0, 0, 1]  # uid, gid, nlink
+
+
+def test_same_input_gives_same_bytes_and_epoch_changes_them() -> None:
+    one = cpio.archive(_entries(), mtime=1000)
+    two = cpio.archive(list(reversed(_entries())), mtime=1000)
+    assert one == two
+    assert cpio.archive(_entries(), mtime=1001) != one
+    assert len(one) % 4 == 0 and one.rstrip(b"\0").endswith(b"TRAILER!!!")
+
+
+@pytest.mark.parametrize("path", ["/abs", "a/../b", ""])
+def test_bad_paths_are_refused(path: str) -> None:
+    with pytest.raises(cpio.ArchiveError, match="bad path"):
+        cpio.archive([cpio.Entry(path, stat.S_IFREG | 0o644)], 0)
+
+
+def test_duplicate_paths_are_refused() -> None:
+    with pytest.raises(cpio.ArchiveError, match="twice"):
+        cpio.archive([cpio.regular("x", data=b"1"), cpio.regular("x/", data=b"2")], 0)
+
+
+def test_concatenated_archives_read_back_as_one() -> None:
+    first = cpio.archive([cpio.regular("a", data=b"1")], 0)
+    second = cpio.archive([cpio.regular("b", data=b"22")], 0)
+    assert [m.path for m in cpio.read_newc(first + second)] == ["a", "b"]
+
+
+@pytest.mark.parametrize("method", cpio.COMPRESSIONS)
+def test_compression_round_trips(method: str) -> None:
+    raw = cpio.archive(_entries(), 0)
+    packed = cpio.compress(raw, method, level=3 if method == "zstd" else None)
+    if method != "none":
+        assert packed != raw
+    assert cpio.decompress(packed) == raw
+
+
+def test_unknown_compression_is_refused() -> None:
+    with pytest.raises(cpio.ArchiveError, match="unknown compression 'lz4'"):
+        cpio.compress(b"x", "lz4")
+
+
+def test_compress_cache_returns_the_same_bytes(tmp_path: str) -> None:
+    raw = cpio.archive(_entries(), 0)
+    cache = os.path.join(tmp_path, "c")
+    first = cpio.compress_cached(raw, "gzip", cache)
+    assert len(os.listdir(cache)) == 1
+    assert cpio.compress_cached(raw, "gzip", cache) == first == cpio.compress(raw, "gzip")
+    assert len(os.listdir(cache)) == 1
+
+
+def test_tree_keeps_modes_and_symlinks(tmp_path: str) -> None:
+    top = os.path.join(tmp_path, "t")
+    os.makedirs(os.path.join(top, "bin"))
+    script = os.path.join(top, "bin", "run")
+    with open(script, "w") as f:
+        f.write("#!/bin/sh\n")
+    os.chmod(script, 0o750)
+    os.symlink("run", os.path.join(top, "bin", "go"))
+    entries = {e.path: e for e in cpio.entries_from_tree(top, "/opt")}
+    assert stat.S_IMODE(entries["opt/bin/run"].mode) == 0o750
+    assert entries["opt/bin/go"].data == b"run"
+    members = {m.path: m for m in cpio.read_newc(cpio.archive(entries.values(), 0))}
+    assert members["opt/bin/run"].data == b"#!/bin/sh\n"
+
+
+def test_device_nodes_in_a_tree_are_refused(tmp_path: str) -> None:
+    os.mkfifo(os.path.join(tmp_path, "fifo"))
+    with pytest.raises(cpio.ArchiveError, match="not a file, folder or symlink"):
+        cpio.entries_from_tree(str(tmp_path))

@@ -461,8 +461,26 @@ def _looks_like_key(private: bytes) -> bool:
     return private.startswith(b"-----BEGIN ") and b"PRIVATE KEY-----" in private
 
 
+ROOT_PASSWD = "root:*:0:0:root:/root:/bin/sh\n"
+ROOT_GROUP = "root:x:0:\n"
+
+
+def _ensure_root_account(ctx: BootContext) -> None:
+    """ssh-keygen exits ("No user exists for uid 0") without root in /etc/passwd.
+
+    An initrd without an OS image has no /etc/passwd at all; a locked root
+    entry (and its group) is what any OS would have.
+    """
+    k = ctx.kernel
+    k.mkdir("/etc")
+    for path, line in (("/etc/passwd", ROOT_PASSWD), ("/etc/group", ROOT_GROUP)):
+        if not k.exists(path):
+            k.write_atomic(path, line.encode(), 0o644)
+
+
 def _generate_host_key(ctx: BootContext, kind: str) -> tuple[bytes, bytes]:
     k = ctx.kernel
+    _ensure_root_account(ctx)
     k.mkdir(KEYGEN_FOLDER, 0o700)
     path = f"{KEYGEN_FOLDER}/ssh_host_{kind}_key"
     for leftover in (path, path + ".pub"):
@@ -565,7 +583,7 @@ def build_user(ctx: BootContext) -> str:
                 f"add group {BUILD_USER} to the OS image (any free gid), then rebuild it",
             )
         if not group:
-            group = [["root", "x", "0", ""]]
+            group = [ROOT_GROUP.strip().split(":")]
         group.append([BUILD_USER, "x", str(gid), ""])
         _write_table(ctx, "/etc/group", group, 0o644)
         if k.exists("/etc/gshadow"):
@@ -589,7 +607,7 @@ def build_user(ctx: BootContext) -> str:
         shadowed = k.exists("/etc/shadow")
         shell = "/bin/bash" if k.exists("/bin/bash") else "/bin/sh"
         if not passwd:
-            passwd = [["root", "x" if shadowed else "*", "0", "0", "root", "/root", "/bin/sh"]]
+            passwd = [ROOT_PASSWD.strip().split(":")]
         passwd.append([BUILD_USER, "x" if shadowed else "*", str(uid), str(gid), "build",
                        BUILD_HOME, shell])
         _write_table(ctx, "/etc/passwd", passwd, 0o644)

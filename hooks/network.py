@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from initpy import cmdline
+from initpy.boot import DEFAULT_PATH
 from initpy.cmdline import BadValue, Parameter
 from initpy.dhcp import RENEWER_NAME, Lease, race, status_json
 from initpy.hook import BootContext, BootFailure, Fact, Hook, State
@@ -344,7 +345,7 @@ def bridges(ctx: BootContext) -> str:
     k.write_text(SYSCTL_CONF, "# Written by initpy: br1's NAT needs forwarding.\n"
                               "net.ipv4.ip_forward = 1\n")
     k.write_text(NFT_RULES, nft_ruleset(br1))
-    run(k, ["nft", "-f", NFT_RULES],
+    run(k, [_binary(ctx, "nft"), "-f", NFT_RULES],
         fix="the initrd needs nft and the nf_tables, nft_chain_nat and nft_masq modules "
             "(the network hook declares them); rebuild it, then exit this shell to reboot")
     k.write_text(DNSMASQ_CONF, dnsmasq_conf(br1))
@@ -355,6 +356,14 @@ def bridges(ctx: BootContext) -> str:
     return (f"{BR0} = {lease.nic} + {lease.cidr}"
             + (f" via {lease.router}" if lease.router else " (no router)")
             + f"; {BR1} = {br1.with_prefixlen} with NAT; {RENEWER_NAME} pid {pid}")
+
+
+def _binary(ctx: BootContext, name: str) -> str:
+    """The binary's path: PID 1 has no PATH, and Python's default lacks the sbins."""
+    for folder in DEFAULT_PATH.split(":"):
+        if ctx.kernel.exists(f"{folder}/{name}"):
+            return f"{folder}/{name}"
+    return name
 
 
 def _write_resolv_conf(ctx: BootContext, lease: Lease) -> None:
@@ -418,6 +427,6 @@ HOOK = Hook(
               after=("hostname",)),
     ),
     binaries=("nft",),
-    modules=("virtio_net", "bridge", "nf_tables", "nft_chain_nat", "nft_masq"),
+    modules=("virtio_pci", "virtio_net", "bridge", "nf_tables", "nft_chain_nat", "nft_masq"),
     parameters=PARAMETERS,
 )

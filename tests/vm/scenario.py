@@ -16,6 +16,7 @@ from .qemu import Nic
 
 GUEST_PROGRAM = Path(__file__).parent / "guest" / "vmcheck"
 GUEST_PATH = "/usr/bin/initpy-vmcheck"
+FULL_BOOT_MAC = "52:54:00:12:34:56"
 
 
 @dataclass
@@ -33,5 +34,7 @@ def full_boot_args(workdir: Path, exec_path: str = GUEST_PATH) -> BootArgs:
     """The whole boot: `workdir` is a scratch folder for disk images and sockets."""
     args = BootArgs(append=[f"initpy.exec={exec_path}"])
     # -- storage: (nothing yet) --
-    # -- network: (nothing yet) --
+    # -- network: one NIC on QEMU's restricted user network, whose DHCP
+    # server answers (no router or DNS offered to the guest's use: restrict).
+    args.nics.append(Nic.user("net0", mac=FULL_BOOT_MAC))
     return args

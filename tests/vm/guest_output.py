@@ -13,12 +13,14 @@ from typing import Any
 
 from .qemu import Vm, VmError
 
-SECTION = re.compile(r"^==vmcheck:begin:(\w+)==\n(.*?)^==vmcheck:end:\1==$", re.S | re.M)
+# The first marker may share its line with the firmware's terminal escapes
+# (with `quiet` nothing else comes before it), so it is not anchored.
+SECTION = re.compile(r"==vmcheck:begin:(\w+)==\n(.*?)^==vmcheck:end:\1==$", re.S | re.M)
 
 
 def read_sections(vm: Vm, timeout: float = 240) -> dict[str, str]:
     """Wait for the guest program to finish; its sections by topic."""
-    start = vm.expect(r"^==vmcheck:begin:", timeout, re.M).start()
+    start = vm.expect(r"==vmcheck:begin:", timeout).start()
     end = vm.expect(r"^==vmcheck:done==$", 60, re.M).start()
     text = vm.console[start:end]
     return {m.group(1): m.group(2) for m in SECTION.finditer(text)}

@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""Boot time in QEMU: initpy against a busybox-only /init, on the kernel's clock.
+
+    .venv/bin/python benchmarks/boot_time.py [--runs N] [--initrd-dir OUTDIR]
+                                             [--no-baseline]
+
+Boots the initpy initrd (built with mkinitrd.py and the VM tests' guest
+program, or taken from OUTDIR) N times with the whole-boot VM arguments
+(tests/vm/scenario.py), then boots a busybox-only initrd N times with the
+same VM arguments: its /init does the classic steps (sequential insmod of
+the same modules in dependency order, findfs/blkid for labels, udhcpc on
+each NIC). It prints, per boot and as medians:
+
+- kernel -> /init: the kernel's "Run /init as init process" timestamp;
+- kernel -> first line: the first `initpy:` (or `baseline:`) line in the
+  kernel log;
+- kernel -> hand-off: `initpy: handoff: exec` (or `baseline: handoff`);
+- wall: from starting QEMU to the hand-off line on the console, on this
+  host's clock (firmware and QEMU's start included);
+
+and for initpy the time of each state (report.json, CLOCK_BOOTTIME).
+Times come from the kernel's printk clock (dmesg, read by the guest), so
+they do not include QEMU's start or the firmware. Other VMs running on the
+machine at the same time slow TCG: compare figures from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from initpy import cpio  # noqa: E402
+from initpy.boot import load_registry  # noqa: E402
+from tests.vm import qemu  # noqa: E402
+from tests.vm.guest_output import read_sections, report  # noqa: E402
+from tests.vm.scenario import GUEST_PATH, GUEST_PROGRAM, BootArgs, full_boot_args  # noqa: E402
+
+BOOT_TIMEOUT = 300
+# mkinitrd packs these whatever --hooks says.
+ALWAYS_HOOKS = ("modules", "rescue_tools")
+KMSG_LINE = re.compile(r"^\[\s*(\d+\.\d+)\]\s?(.*)$", re.M)
+
+
+@dataclass
+class Boot:
+    """The figures of one boot, in seconds of kernel time (wall: host time)."""
+
+    to_init: float | None
+    to_first_line: float | None
+    to_handoff: float | None
+    wall: float
+    states: dict[str, int] = field(default_factory=dict)  # state -> duration_ms
+
+
+def kernel_files() -> tuple[Path, Path]:
+    folder = Path(subprocess.run([REPO / "scripts" / "fetch-kernel"], check=True,
+                                 capture_output=True, text=True).stdout.strip())
+    return folder / "vmlinuz", (folder / "modules").resolve()
+
+
+def build_initpy(vmlinuz: Path, modules: Path, outdir: Path, hooks: str | None) -> float:
+    start = time.monotonic()
+    subprocess.run([sys.executable, str(REPO / "mkinitrd.py"), "--kernel", str(vmlinuz),
+                    "--modules", str(modules), "-o", str(outdir),
+                    "--include", f"{GUEST_PROGRAM}:{GUEST_PATH}",
+                    *(["--hooks", hooks] if hooks else [])], check=True, cwd=REPO)
+    return time.monotonic() - start
+
+
+def modules_in_order(modules: Path, names: list[str]) -> list[Path]:
+    """The .ko files of `names` with their dependencies first (kmod's resolver)."""
+    kernel_root = modules.parents[2]
+    ordered: list[Path] = []
+    for name in names:
+        shown = subprocess.run(
+            ["modprobe", "--show-depends", "-d", str(kernel_root), "-S", modules.name, name],
+            capture_output=True, text=True)
+        for line in shown.stdout.splitlines():
+            words = line.split()
+            if words and words[0] == "insmod":
+                path = Path(words[1])
+                if path not in ordered:
+                    ordered.append(path)
+    return ordered
+
+
+BASELINE_INIT = r"""#!/bin/sh
+# The classic busybox initramfs /init: what initpy must not be slower than.
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+echo "<6>baseline: start" > /dev/kmsg
+for m in MODULES; do insmod "/lib/modules/$m"; done
+echo "<6>baseline: modules loaded" > /dev/kmsg
+findfs LABEL=buildos.state >/dev/null 2>&1
+findfs LABEL=buildos.machines >/dev/null 2>&1
+blkid >/dev/null 2>&1
+echo "<6>baseline: labels probed" > /dev/kmsg
+for dev in /sys/class/net/*; do
+  n=${dev##*/}
+  [ "$n" = lo ] && continue
+  ip link set "$n" up
+  udhcpc -i "$n" -n -q -t 5 -T 1 -s /bin/udhcpc-script >/dev/null 2>&1
+done
+echo "<6>baseline: handoff" > /dev/kmsg
+echo "baseline: handoff"
+echo "==vmcheck:begin:kmsg=="
+dmesg | grep -E 'Run /init|Freeing unused kernel|baseline:'
+echo "==vmcheck:end:kmsg=="
+echo "==vmcheck:done=="
+poweroff -f
+"""
+
+UDHCPC_SCRIPT = """#!/bin/sh
+[ "$1" = bound ] || [ "$1" = renew ] || exit 0
+ip addr add "$ip/${mask:-24}" dev "$interface"
+[ -n "$router" ] && ip route add default via "${router%% *}"
+exit 0
+"""
+
+
+def build_baseline(modules: Path, names: list[str], out: Path) -> list[str]:
+    """A busybox-only initrd (zstd, like initpy's) with the same modules; their names."""
+    busybox = "/bin/busybox"
+    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    kos = modules_in_order(modules, names)
+    init = BASELINE_INIT.replace("MODULES", " ".join(p.name for p in kos))
+    entries = [
+        cpio.regular("bin/busybox", source=busybox, perm=0o755),
+        *(cpio.symlink(f"bin/{a}", "busybox") for a in applets if a != "busybox"),
+        cpio.regular("init", data=init.encode(), perm=0o755),
+        cpio.regular("bin/udhcpc-script", data=UDHCPC_SCRIPT.encode(), perm=0o755),
+        cpio.char_device("dev/console", 5, 1),
+        cpio.char_device("dev/kmsg", 1, 11, 0o644),
+        cpio.char_device("dev/null", 1, 3, 0o666),
+        cpio.directory("proc"), cpio.directory("sys"),
+        *(cpio.regular(f"lib/modules/{p.name}", source=str(p)) for p in kos),
+    ]
+    data = cpio.compress(cpio.archive(cpio.with_parents(entries), 0), "zstd")
+    out.write_bytes(data)
+    return [p.name for p in kos]
+
+
+def hook_modules(hooks: str | None) -> list[str]:
+    """The modules initpy loads: those of the packed hooks, with mkinitrd's always-on ones."""
+    names = hooks.split(",") if hooks else None
+    if names is not None:
+        names = list(dict.fromkeys([*names, *ALWAYS_HOOKS]))
+    return load_registry([str(REPO / "hooks")], names).modules()
+
+
+def kernel_times(kmsg: str, first: str, handoff: str) -> tuple[float | None, ...]:
+    to_init = to_first = to_handoff = None
+    for stamp, text in KMSG_LINE.findall(kmsg):
+        t = float(stamp)
+        if to_init is None and text.startswith("Run /init"):
+            to_init = t
+        if to_first is None and text.startswith(first):
+            to_first = t
+        if to_handoff is None and text.startswith(handoff):
+            to_handoff = t
+    return to_init, to_first, to_handoff
+
+
+def boot_once(vmlinuz: Path, initrd: Path, args: BootArgs, name: str, initpy: bool) -> Boot:
+    append = " ".join([*args.append, "quiet"])
+    handoff_line = r"initpy: handoff: exec" if initpy else r"baseline: handoff"
+    with qemu.boot(vmlinuz, initrd, append, disks=args.disks, nics=args.nics, extra=args.extra,
+                   memory=args.memory, name=name) as vm:
+        vm.expect(handoff_line, BOOT_TIMEOUT, fail_on=r"initpy: rescue: .*")
+        wall = vm.seconds
+        sections = read_sections(vm, BOOT_TIMEOUT)
+        vm.wait_exit(60)
+    if initpy:
+        to_init, to_first, to_handoff = kernel_times(sections["kmsg"], "initpy:",
+                                                     "initpy: handoff: exec")
+        states = {s["name"]: s["duration_ms"] for s in report(sections, vm)["states"]}
+    else:
+        to_init, to_first, to_handoff = kernel_times(sections["kmsg"], "baseline: start",
+                                                     "baseline: handoff")
+        states = {}
+    return Boot(to_init, to_first, to_handoff, wall, states)
+
+
+def seconds(value: float | None) -> str:
+    return f"{value:8.2f}" if value is not None else "       -"
+
+
+def median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def print_table(label: str, boots: list[Boot]) -> None:
+    for i, b in enumerate(boots, 1):
+        print(f"{label + ' #' + str(i):<14}{seconds(b.to_init)}{seconds(b.to_first_line)}"
+              f"{seconds(b.to_handoff)}{seconds(b.wall)}")
+    print(f"{label + ' median':<14}{seconds(median([b.to_init for b in boots]))}"
+          f"{seconds(median([b.to_first_line for b in boots]))}"
+          f"{seconds(median([b.to_handoff for b in boots]))}"
+          f"{seconds(median([b.wall for b in boots]))}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3, help="boots of each initrd (default 3)")
+    parser.add_argument("--initrd-dir", type=Path, default=None,
+                        help="an mkinitrd OUTDIR built with the guest program (default: build)")
+    parser.add_argument("--hooks", default=None,
+                        help="mkinitrd --hooks NAMES (default: every hook); the baseline "
+                             "loads the same hooks' modules")
+    parser.add_argument("--no-baseline", action="store_true", help="boot initpy only")
+    ns = parser.parse_args()
+
+    vmlinuz, modules = kernel_files()
+    with tempfile.TemporaryDirectory(prefix="initpy-bench-") as tmp:
+        work = Path(tmp)
+        outdir = ns.initrd_dir
+        if outdir is None:
+            outdir = work / "initpy"
+            took = build_initpy(vmlinuz, modules, outdir, ns.hooks)
+            print(f"mkinitrd.py: {took:.1f} s")
+        initrd = outdir / "buildos-initrd"
+        args = full_boot_args(work)
+        print(f"kernel {vmlinuz}\nVM: -accel {os.environ.get('INITPY_QEMU_ACCEL', 'tcg')}, "
+              f"-m {args.memory}, append {' '.join(args.append)} quiet; "
+              f"{len(args.disks)} disk(s), {len(args.nics)} NIC(s)")
+        print(f"initpy initrd:  {initrd.stat().st_size / 1e6:6.2f} MB")
+
+        baseline = work / "baseline.cpio.zst"
+        names = hook_modules(ns.hooks)
+        loaded: list[str] = []
+        if not ns.no_baseline:
+            loaded = build_baseline(modules, names, baseline)
+            print(f"busybox initrd: {baseline.stat().st_size / 1e6:6.2f} MB "
+                  f"({len(loaded)} modules: {' '.join(loaded) or 'none'})")
+
+        ours = [boot_once(vmlinuz, initrd, args, f"bench-initpy-{i}", True)
+                for i in range(ns.runs)]
+        theirs = [] if ns.no_baseline else [
+            boot_once(vmlinuz, baseline, full_boot_args(work, "/nonexistent"),
+                      f"bench-busybox-{i}", False)
+            for i in range(ns.runs)]
+
+    print()
+    print("seconds since kernel start   ->/init  ->first ->handoff  wall(QEMU start->handoff)")
+    print_table("initpy", ours)
+    if theirs:
+        print_table("busybox", theirs)
+    print()
+    print("initpy per state, ms (median of runs):")
+    for state in ours[0].states:
+        runs = [b.states.get(state) for b in ours]
+        known = [r for r in runs if r is not None]
+        print(f"  {state:<20}{statistics.median(known) if known else '-':>8}   "
+              f"runs: {' '.join(str(r) for r in runs)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -18,6 +18,7 @@ expressions) through request_module.
 from __future__ import annotations
 
 import errno
+import os
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
@@ -94,7 +95,8 @@ def load_modules(ctx: BootContext) -> str:
             if exc.errno == errno.EEXIST or k.exists(f"/sys/module/{module.name}"):
                 result, error = "already loaded", ""
             else:
-                result, error = "failed", str(exc.strerror or exc)
+                result = "failed"
+                error = os.strerror(exc.errno) if exc.errno else str(exc)
         return result, int((k.uptime() - start) * 1000), error
 
     pending = {m.name: m for m in modules}

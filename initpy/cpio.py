@@ -225,7 +225,9 @@ def compress_cached(data: bytes, method: str, cache_dir: str | None) -> bytes:
     path = os.path.join(cache_dir, f"{key}.{method}")
     try:
         with open(path, "rb") as f:
-            return f.read()
+            packed = f.read()
+        os.utime(path)  # recently used: kept when the builder prunes
+        return packed
     except OSError:
         pass
     packed = compress(data, method)

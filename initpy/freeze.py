@@ -170,6 +170,7 @@ def freeze(hook_files: Sequence[str], log: bool = False) -> Frozen:
     key = cache_key(imports)
     dest = os.path.join(cache_root(), key)
     if os.path.exists(os.path.join(dest, ".complete")):
+        os.utime(dest)  # recently used: kept by prune()
         return Frozen(dest, key, True)
     os.makedirs(cache_root(), exist_ok=True)
     work = tempfile.mkdtemp(prefix=f".{key}.", dir=cache_root())
@@ -186,7 +187,26 @@ def freeze(hook_files: Sequence[str], log: bool = False) -> Frozen:
         os.rename(product, dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    prune(cache_root(), KEEP_FROZEN)
     return Frozen(dest, key, False)
+
+
+KEEP_FROZEN = 4
+
+
+def prune(folder: str, keep: int) -> None:
+    """Remove all but the `keep` most recently used entries of a cache folder."""
+    try:
+        names = [n for n in os.listdir(folder) if not n.startswith(".")]
+    except OSError:
+        return
+    names.sort(key=lambda n: os.path.getmtime(os.path.join(folder, n)), reverse=True)
+    for name in names[keep:]:
+        path = os.path.join(folder, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
 
 
 def _run_pyinstaller(imports: Sequence[str], work: str, log: bool) -> None:

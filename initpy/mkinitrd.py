@@ -75,6 +75,8 @@ class Options:
     compress: str = "zstd"
     source_date_epoch: int = 0
     no_cache: bool = False  # compress every part again (the freeze cache stays)
+    # The folder whose hooks come first; None for none (tests use their own).
+    base_hooks_dir: str | None = field(default_factory=lambda: repo_hooks_dir())
 
 
 @dataclass
@@ -144,7 +146,8 @@ def build(options: Options, freezer: Freezer = freeze.freeze,
     if options.compress not in cpio.COMPRESSIONS:
         raise BuildError(f"--compress {options.compress}: use one of "
                          + ", ".join(cpio.COMPRESSIONS))
-    folders = [repo_hooks_dir(), *options.hook_dirs]
+    folders = [*([options.base_hooks_dir] if options.base_hooks_dir else []),
+               *options.hook_dirs]
     try:
         files = hook_files(folders)
         names = choose_hooks(files, options.hooks)
@@ -185,6 +188,8 @@ def build(options: Options, freezer: Freezer = freeze.freeze,
                       for _part, raw in archives]
         except cpio.ArchiveError as exc:
             raise BuildError(str(exc)) from None
+        if cache is not None:
+            freeze.prune(cache, KEEP_COMPRESSED)
         lap("compress")
     os.makedirs(options.outdir, exist_ok=True)
     image = os.path.join(options.outdir, "buildos-image")
@@ -471,6 +476,9 @@ def split_archives(merged: Sequence[tuple[cpio.Entry, str]],
             parent = posixpath.dirname(parent)
     order = [p for p in ARCHIVE_ORDER if p in groups] + sorted(set(groups) - set(ARCHIVE_ORDER))
     return [(part, cpio.archive(groups[part].values(), mtime)) for part in order]
+
+
+KEEP_COMPRESSED = 40  # a few builds' parts, for every compression
 
 
 def compressed_cache_dir() -> str:

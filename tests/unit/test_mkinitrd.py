@@ -1,0 +1,243 @@
+"""mkinitrd end to end with a stand-in freezer; and the real one twice.
+
+The stand-in freezer (the step is injectable) makes a tiny frozen tree, so
+these tests check the layout, the merge rules, the errors and the
+reproducibility of the archive without PyInstaller's ten seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Sequence
+
+import pytest
+
+from initpy import cpio, elf, freeze, mkinitrd
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists("/bin/busybox") or shutil.which("depmod") is None
+    or shutil.which("patchelf") is None,
+    reason="busybox-static, kmod and patchelf are needed: run scripts/bootstrap",
+)
+VERSION = "9.9-test"
+HOOK = '''
+from initpy.hook import Hook, State
+
+def hello(ctx):
+    return "hello"
+
+HOOK = Hook(name="{name}", description="a test hook", binaries={binaries!r},
+            modules={modules!r}, states=(State("{name}_state", hello, "says hello"),))
+'''
+
+
+def fake_freezer(top: str) -> mkinitrd.Freezer:
+    def freezer(hook_files: Sequence[str]) -> freeze.Frozen:
+        tree = os.path.join(top, "frozen-product")
+        if not os.path.exists(tree):
+            os.makedirs(os.path.join(tree, "frozen", "_internal"))
+            os.makedirs(os.path.join(tree, "lib"))
+            exe = os.path.join(tree, "frozen", "initpy")
+            with open(exe, "w") as f:
+                f.write("#!/bin/sh\necho frozen\n")
+            os.chmod(exe, 0o755)
+            with open(os.path.join(tree, "frozen", "_internal", "base_library.zip"), "wb") as f:
+                f.write(b"PK")
+        return freeze.Frozen(tree, "test", True)
+    return freezer
+
+
+def write_hook(folder: str, name: str, binaries: tuple[str, ...] = (),
+               modules: tuple[str, ...] = ()) -> str:
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{name}.py")
+    with open(path, "w") as f:
+        f.write(HOOK.format(name=name, binaries=binaries, modules=modules))
+    return path
+
+
+def module_tree(top: str) -> str:
+    mods = os.path.join(top, "lib", "modules", VERSION)
+    os.makedirs(os.path.join(mods, "kernel"))
+    for name in ("a", "b"):
+        with open(os.path.join(mods, "kernel", f"{name}.ko"), "wb") as f:
+            f.write(f"module {name}".encode())
+    with open(os.path.join(mods, "modules.dep"), "w") as f:
+        f.write("kernel/a.ko: kernel/b.ko\nkernel/b.ko:\n")
+    with open(os.path.join(mods, "modules.builtin"), "w") as f:
+        f.write("kernel/fs/ext4/ext4.ko\n")
+    return mods
+
+
+@pytest.fixture
+def setup(tmp_path: str) -> dict[str, str]:
+    top = str(tmp_path)
+    kernel = os.path.join(top, "vmlinuz")
+    with open(kernel, "wb") as f:
+        f.write(b"kernel image")
+    hooks = os.path.join(top, "hooks")
+    write_hook(hooks, "probe", binaries=("ls",), modules=("a", "ext4"))
+    return {"top": top, "kernel": kernel, "modules": module_tree(top), "hooks": hooks}
+
+
+def build(setup: dict[str, str], out: str, **changes: object) -> mkinitrd.BuildResult:
+    options = mkinitrd.Options(
+        kernel=setup["kernel"], modules=setup["modules"], outdir=os.path.join(setup["top"], out),
+        base_hooks_dir=None, hook_dirs=(setup["hooks"],), compress="gzip",
+        source_date_epoch=1_700_000_000,
+    )
+    options = mkinitrd.Options(**{**options.__dict__, **changes})  # type: ignore[arg-type]
+    return mkinitrd.build(options, freezer=fake_freezer(setup["top"]))
+
+
+def members(result: mkinitrd.BuildResult) -> dict[str, cpio.Member]:
+    with open(result.initrd, "rb") as f:
+        return {m.path: m for m in cpio.read_newc(cpio.decompress(f.read()))}
+
+
+def read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_layout_of_the_initrd(setup: dict[str, str]) -> None:
+    result = build(setup, "out")
+    assert read(result.image) == b"kernel image"
+    files = members(result)
+    init = files["init"]
+    assert stat.S_ISLNK(init.mode) and init.data == b"/usr/lib/initpy/frozen/initpy"
+    assert files["usr/lib/initpy/frozen/initpy"].data.startswith(b"#!/bin/sh")
+    assert files["bin"].data == b"usr/bin" and files["lib"].data == b"usr/lib"
+    for node, numbers in (("dev/console", (5, 1)), ("dev/null", (1, 3)), ("dev/zero", (1, 5)),
+                          ("dev/random", (1, 8)), ("dev/urandom", (1, 9)), ("dev/tty", (5, 0)),
+                          ("dev/kmsg", (1, 11))):
+        assert stat.S_ISCHR(files[node].mode)
+        assert (files[node].rdevmajor, files[node].rdevminor) == numbers
+    assert files["usr/lib/initpy/hooks.list"].data == b"probe\n"
+    assert b'name="probe"' in files["usr/lib/initpy/hooks/probe.py"].data
+    # Modules: the wanted one after its dependency; depmod's index of the subset.
+    assert files["usr/lib/initpy/modules.list"].data == (
+        b"b\tkernel/b.ko\t\na\tkernel/a.ko\tb\n")
+    assert files[f"usr/lib/modules/{VERSION}/kernel/a.ko"].data == b"module a"
+    assert f"usr/lib/modules/{VERSION}/modules.dep" in files
+    assert any("ext4 is built into kernel" in n for n in result.notes)
+    # busybox is static; its applets link to it; sh is one of them.
+    assert elf.parse(files["usr/bin/busybox"].data).interpreter is None
+    assert files["usr/bin/sh"].data == b"/usr/bin/busybox"
+    assert files["usr/lib/initpy/bin/modprobe"].data == b"/usr/bin/busybox"
+    # ls is patched to the private loader, which comes with libc.
+    ls = elf.parse(files["usr/bin/ls"].data)
+    assert ls.interpreter == freeze.PRIVATE_LOADER
+    assert ls.rpath == (freeze.PRIVATE_LIB_DIR,)
+    assert "usr/lib/initpy/lib/libc.so.6" in files
+    assert "usr/lib/initpy/lib/ld-linux-x86-64.so.2" in files
+    assert read(result.buildid).decode().strip().isalnum()
+
+
+def test_two_builds_are_byte_identical_and_buildid_follows_content(
+        setup: dict[str, str]) -> None:
+    one = build(setup, "one")
+    two = build(setup, "two", no_cache=True)
+    assert read(one.initrd) == read(two.initrd)
+    assert read(one.buildid) == read(two.buildid)
+    # Touching a hook (a newer mtime, same bytes) changes nothing...
+    hook = os.path.join(setup["hooks"], "probe.py")
+    os.utime(hook, (2_000_000_000, 2_000_000_000))
+    assert read(build(setup, "touched").buildid) == read(one.buildid)
+    # ...editing it changes the build id.
+    with open(hook, "a") as f:
+        f.write("# edited\n")
+    assert read(build(setup, "edited").buildid) != read(one.buildid)
+    # Another SOURCE_DATE_EPOCH is other content.
+    assert read(build(setup, "epoch", source_date_epoch=1).initrd) != read(one.initrd)
+
+
+def test_missing_binary_names_the_hook(setup: dict[str, str]) -> None:
+    write_hook(setup["hooks"], "wants", binaries=("no-such-tool-x",))
+    with pytest.raises(mkinitrd.BuildError, match=r"no-such-tool-x \(wanted by hook wants\)"):
+        build(setup, "out")
+
+
+def test_unknown_module_names_the_hook(setup: dict[str, str]) -> None:
+    write_hook(setup["hooks"], "wants", modules=("e1000",))
+    with pytest.raises(mkinitrd.BuildError, match=r"'e1000' \(wanted by hook wants\)"):
+        build(setup, "out")
+
+
+def test_rootfs_goes_under_the_init_and_through_merged_usr(setup: dict[str, str]) -> None:
+    rootfs = os.path.join(setup["top"], "rootfs")
+    for folder in ("bin", "usr/bin", "etc", "sbin"):
+        os.makedirs(os.path.join(rootfs, folder))
+    for path, text in (("bin/tool", "old layout"), ("usr/bin/ls", "rootfs ls"),
+                       ("etc/hostname", "rootfs"), ("sbin/init", "systemd")):
+        with open(os.path.join(rootfs, path), "w") as f:
+            f.write(text)
+    os.symlink("dash", os.path.join(rootfs, "bin", "sh"))
+    files = members(build(setup, "out", rootfs=rootfs))
+    assert files["usr/bin/tool"].data == b"old layout"  # bin/ is usr/bin in the initrd
+    assert files["usr/sbin/init"].data == b"systemd"
+    assert files["etc/hostname"].data == b"rootfs"
+    assert files["usr/bin/ls"].data != b"rootfs ls"  # the init's file wins
+    assert files["usr/bin/sh"].data == b"dash"  # the rootfs wins over busybox applets
+    assert files["bin"].data == b"usr/bin" and "bin/tool" not in files
+
+
+def test_include_brings_libraries(setup: dict[str, str]) -> None:
+    true = shutil.which("true") or "/bin/true"
+    result = build(setup, "out", includes=(f"{true}:/opt/tools/true",))
+    files = members(result)
+    assert elf.parse(files["opt/tools/true"].data).interpreter == freeze.PRIVATE_LOADER
+    assert "usr/lib/initpy/lib/libc.so.6" in files
+
+
+def test_missing_include_is_an_error(setup: dict[str, str]) -> None:
+    with pytest.raises(mkinitrd.BuildError, match="--include /nope: /nope does not exist"):
+        build(setup, "out", includes=("/nope",))
+
+
+def test_the_command_line_writes_the_three_files(setup: dict[str, str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mkinitrd.freeze, "freeze", fake_freezer(setup["top"]))
+    monkeypatch.setattr(mkinitrd, "build", _build_with(setup))
+    out = os.path.join(setup["top"], "cli")
+    assert mkinitrd.main(["--kernel", setup["kernel"], "--modules", setup["modules"], "-o", out,
+                          "--hooks-dir", setup["hooks"], "--compress", "none"]) == 0
+    assert sorted(os.listdir(out)) == ["buildos-buildid", "buildos-image", "buildos-initrd"]
+    assert read(os.path.join(out, "buildos-initrd")).startswith(b"070701")
+
+
+def _build_with(setup: dict[str, str]) -> object:
+    real = mkinitrd.build
+
+    def fake(options: mkinitrd.Options, **kwargs: object) -> mkinitrd.BuildResult:
+        options = mkinitrd.Options(**{**options.__dict__, "base_hooks_dir": None})
+        return real(options, freezer=fake_freezer(setup["top"]))
+    return fake
+
+
+KERNEL_CACHE = subprocess.run(
+    ["bash", "-c", "ls -d ${INITPY_CACHE:-$HOME/.cache/initpy}/kernel/*/ 2>/dev/null | head -1"],
+    capture_output=True, text=True, check=False).stdout.strip()
+
+
+@pytest.mark.skipif(not KERNEL_CACHE, reason="no fetched kernel: run scripts/fetch-kernel")
+def test_the_real_mkinitrd_twice_is_byte_identical(tmp_path: str) -> None:
+    """The whole builder, with the real (cached) freeze, twice."""
+    outs = []
+    for name in ("first", "second"):
+        out = os.path.join(tmp_path, name)
+        done = subprocess.run(
+            [os.path.join(os.path.dirname(__file__), "..", "..", ".venv", "bin", "python"),
+             os.path.join(os.path.dirname(__file__), "..", "..", "mkinitrd.py"),
+             "--kernel", os.path.join(KERNEL_CACHE, "vmlinuz"),
+             "--modules", os.path.join(KERNEL_CACHE, "modules"), "-o", out,
+             "--hooks", "modules,rescue_tools", "--compress", "none"],
+            capture_output=True, text=True, env=dict(os.environ, SOURCE_DATE_EPOCH="1700000000"),
+            check=False)
+        assert done.returncode == 0, done.stderr
+        outs.append(out)
+    for name in ("buildos-initrd", "buildos-buildid", "buildos-image"):
+        assert read(os.path.join(outs[0], name)) == read(os.path.join(outs[1], name))

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from initpy import cmdline
-from initpy.blockdev import BlockDevice, wait_for_devices
+from initpy.blockdev import BlockDevice, listing, wait_for_devices
 from initpy.boot import STATE_MOUNTED
 from initpy.cmdline import BadValue, Parameter
 from initpy.hook import BootContext, BootFailure, Fact, Hook, State
@@ -302,12 +302,12 @@ def plan_storage(devices: tuple[BlockDevice, ...], waited: float) -> StoragePlan
         fixes.append(LABELLING_FIX)
 
     if problems:
-        listing = "\n".join("  " + d.describe() for d in devices) or (
+        lines = "\n".join("  " + line for line in listing(devices)) or (
             "  (none: no block device appeared; is the disk driver in the initrd? "
             "virtio_blk, sd_mod, nvme ...)"
         )
         raise BootFailure(
-            "; ".join(problems) + f".\nDisks found (after waiting {waited:.1f} s):\n" + listing,
+            "; ".join(problems) + f".\nDisks found (after waiting {waited:.1f} s):\n" + lines,
             "\n".join(fixes),
         )
 
@@ -328,7 +328,7 @@ def find_disks(ctx: BootContext) -> str:
     waited = wait_for_devices(ctx.kernel, required_present, timeout)
     if waited.polled:
         ctx.warn("find_disks: no uevent socket; polled /sys/class/block instead")
-    ctx.report.extra["disks"] = [d.describe() for d in waited.devices]
+    ctx.report.extra["disks"] = listing(waited.devices)
     plan = plan_storage(waited.devices, waited.seconds)
     ctx.put(PLAN, plan)
     machines = "; ".join(f"{m.target} <- {m.filesystem.paths}" for m in plan.machines)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import select
 import socket
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -138,7 +138,7 @@ class BlockDevice:
     def label(self) -> str:
         return self.superblock.label if self.superblock else ""
 
-    def describe(self) -> str:
+    def describe(self, partitions: Sequence[str] = ()) -> str:
         """One line for the operator: what the disk is and what is on it."""
         parts = [self.path, human_size(self.size_bytes)]
         if self.partition:
@@ -148,7 +148,9 @@ class BlockDevice:
             parts.append(f"serial {self.serial!r}")
         if self.rotational is not None:
             parts.append("rotational" if self.rotational else "non-rotational")
-        if self.superblock is None:
+        if self.superblock is None and partitions:
+            parts.append("partitions " + ", ".join(partitions))
+        elif self.superblock is None:
             parts.append("no filesystem initpy knows")
         else:
             parts.append(self.fstype)
@@ -157,6 +159,11 @@ class BlockDevice:
                 others = ", ".join(s.fstype for s in self.superblocks[1:])
                 parts.append(f"also has {others} signature(s): wipefs would show them")
         return ", ".join(parts)
+
+
+def listing(devices: Sequence[BlockDevice]) -> list[str]:
+    """`describe()` of every device, a whole disk naming its partitions."""
+    return [d.describe([p.name for p in devices if p.parent == d.name]) for d in devices]
 
 
 def human_size(size: int) -> str:

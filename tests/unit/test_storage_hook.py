@@ -173,6 +173,8 @@ def test_partitions_are_probed_like_disks(k: FakeKernel) -> None:
     assert isinstance(disks, list)
     assert "/dev/sda1, 1.0 GiB, partition of /dev/sda, model 'Samsung SSD 870', " \
         "non-rotational, ext4, label 'buildos.state'" in disks
+    assert "/dev/sda, 1.0 GiB, model 'Samsung SSD 870', non-rotational, partitions sda1, sda2" \
+        in disks
 
 
 # -- waiting ---------------------------------------------------------------------------------

@@ -15,13 +15,15 @@ States, in order:
   to keep br0's lease after the hand-off.
 
 Only the standard library and initpy are imported at module level: this
-file is imported on PID 1's start-up path; pyroute2 comes in with the seam's
-netlink() in the first network state.
+file is imported on PID 1's start-up path. pyroute2 is imported by a
+background thread started here (PID 1 only), joined by the seam's netlink()
+in the first network state.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,8 +34,14 @@ from initpy.boot import DEFAULT_PATH
 from initpy.cmdline import BadValue, Parameter
 from initpy.dhcp import RENEWER_NAME, Lease, race, status_json
 from initpy.hook import BootContext, BootFailure, Fact, Hook, State
-from initpy.netlink import opened, sysfs_is_ethernet, wait_for_carrier
+from initpy.netlink import opened, start_prefetch, sysfs_is_ethernet, wait_for_carrier
 from initpy.run import run
+
+# As PID 1, start importing pyroute2 now, in the shadow of the states that
+# run before find_nics (see initpy.netlink.start_prefetch); tests, the walk
+# and mkinitrd import this file too, and need no such thing.
+if os.getpid() == 1:
+    start_prefetch()
 
 BR0 = "br0"
 BR1 = "br1"

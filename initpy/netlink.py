@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import select
 import socket
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -79,6 +80,40 @@ class Netlink(Protocol):
     def close(self) -> None: ...
 
 
+# -- pyroute2, imported early --------------------------------------------------------
+
+_prefetch: threading.Thread | None = None
+
+
+def _import_pyroute2() -> None:
+    try:
+        import pyroute2.dhcp.client  # noqa: F401
+        import pyroute2.dhcp.hooks  # noqa: F401
+        import pyroute2.iproute.linux  # noqa: F401
+    except Exception:  # the state that needs it imports it again and reports
+        pass
+
+
+def start_prefetch() -> None:
+    """Import pyroute2 in a thread while the states before the network run.
+
+    Under TCG the import takes seconds (pyroute2's package __init__ pulls in
+    ndb and friends); the states before find_nics mostly wait on the kernel
+    and on child processes, so the import runs in their shadow.
+    """
+    global _prefetch
+    if _prefetch is None:
+        _prefetch = threading.Thread(target=_import_pyroute2, name="prefetch pyroute2",
+                                     daemon=True)
+        _prefetch.start()
+
+
+def wait_prefetch() -> None:
+    """Join the import thread (before any fork: no thread may be mid-import)."""
+    if _prefetch is not None:
+        _prefetch.join()
+
+
 # -- the real one ------------------------------------------------------------------
 
 
@@ -86,6 +121,7 @@ class IPRouteNetlink:
     """rtnetlink through pyroute2's IPRoute, plus a raw socket for link events."""
 
     def __init__(self) -> None:
+        wait_prefetch()
         from pyroute2 import IPRoute
 
         self._ipr: Any = IPRoute()

@@ -112,19 +112,36 @@ def _report(ctx: BootContext) -> dict[str, object]:
 # -- find_nics -----------------------------------------------------------------------
 
 
+def _ethernet_nics(ctx: BootContext) -> tuple[list[str], list[str]]:
+    """The Ethernet NICs in /sys/class/net, and the other links with why not."""
+    k = ctx.kernel
+    names = k.listdir("/sys/class/net") if k.exists("/sys/class/net") else []
+    ethernet: list[str] = []
+    skipped: list[str] = []
+    for name in names:
+        ok, why = sysfs_is_ethernet(k, name)
+        if ok:
+            ethernet.append(name)
+        else:
+            skipped.append(f"{name}: {why}")
+    return ethernet, skipped
+
+
 def find_nics(ctx: BootContext) -> str:
     k = ctx.kernel
     timeout = ctx.value(CARRIER_TIMEOUT)
     with opened(k) as nl:
-        names = k.listdir("/sys/class/net") if k.exists("/sys/class/net") else []
-        ethernet: list[str] = []
-        skipped: list[str] = []
-        for name in names:
-            ok, why = sysfs_is_ethernet(k, name)
-            if ok:
-                ethernet.append(name)
-            else:
-                skipped.append(f"{name}: {why}")
+        # A driver may register its NIC after its module loaded (firmware,
+        # deferred probe): with none yet, new-link events are awaited until
+        # the carrier deadline.
+        nl.watch_links()
+        deadline = k.monotonic() + timeout
+        while True:
+            ethernet, skipped = _ethernet_nics(ctx)
+            remaining = deadline - k.monotonic()
+            if ethernet or remaining <= 0:
+                break
+            nl.wait_link_change(remaining)
         if not ethernet:
             raise BootFailure(
                 "no Ethernet interface found ("
@@ -133,7 +150,8 @@ def find_nics(ctx: BootContext) -> str:
                 "load_modules lines); rebuild the initrd with its module, e.g. a hook that "
                 "declares it, then exit this shell to reboot",
             )
-        links, waited = wait_for_carrier(nl, ethernet, timeout, k.monotonic)
+        links, waited = wait_for_carrier(nl, ethernet, max(0.0, deadline - k.monotonic()),
+                                         k.monotonic)
     nics = tuple(
         Nic(name, (links[name].mac if name in links else "").lower(),
             name in links and links[name].carrier)

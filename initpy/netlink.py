@@ -246,6 +246,7 @@ class FakeNic:
     lease_delay: float = 0.01  # real seconds before the answer
     dhcp_error: str | None = None  # the client fails with this OSError text
     kind: str = "ethernet"  # ethernet, wireless, virtual, bridge
+    appear_at: float = 0.0  # fake-clock time the driver registers the NIC
 
 
 @dataclass
@@ -305,7 +306,7 @@ class FakeNetlink:
     def plug(self, nic: FakeNic) -> FakeNic:
         self.nics.append(nic)
         if self.kernel is not None:
-            self._sysfs(nic)
+            self._appear()
         return nic
 
     def attach(self, kernel: FakeClock) -> None:
@@ -315,8 +316,13 @@ class FakeNetlink:
         self.kernel = kernel
         kernel.mkdir("/sys/class/net")
         self._sysfs_link("lo", "00:00:00:00:00:00", "virtual", 772)
+        self._appear()
+
+    def _appear(self) -> None:
+        """Write /sys/class/net for every NIC whose driver has registered it by now."""
         for nic in self.nics:
-            self._sysfs(nic)
+            if nic.appear_at <= self._now():
+                self._sysfs(nic)
 
     def _sysfs(self, nic: FakeNic) -> None:
         self._sysfs_link(nic.name, nic.mac, nic.kind, 1)
@@ -367,15 +373,17 @@ class FakeNetlink:
         self.watching = True
 
     def wait_link_change(self, timeout: float) -> bool:
-        """Jump the fake clock to the next carrier change, or by `timeout`."""
+        """Jump the fake clock to the next NIC or carrier change, or by `timeout`."""
         assert self.watching, "watch_links() first"
         now = self._now()
-        upcoming = sorted(n.carrier_at for n in self.nics
-                          if n.name in self.up and n.carrier_at is not None
-                          and now < n.carrier_at <= now + timeout)
+        changes = [n.carrier_at for n in self.nics
+                   if n.name in self.up and n.carrier_at is not None]
+        changes += [n.appear_at for n in self.nics]
+        upcoming = sorted(t for t in changes if now < t <= now + timeout)
         step = (upcoming[0] - now) if upcoming else timeout
         if self.kernel is not None:
             self.kernel.clock = now + step
+            self._appear()
         return bool(upcoming)
 
     def add_bridge(self, name: str, mac: str) -> None:

@@ -104,6 +104,16 @@ def test_no_carrier_anywhere_is_a_failure_naming_each_nic(tmp_path, net) -> None
     assert "initpy.timeout.carrier" in failed.value.fix
 
 
+def test_a_nic_registered_late_is_awaited(tmp_path, net) -> None:
+    k = machine(tmp_path, FakeNic("eth0", "52:54:00:00:00:01", appear_at=3.0, carrier_at=3.5),
+                cmdline_text="initpy.timeout.carrier=10")
+    ctx = context(k, net)
+    start = k.clock
+    net.find_nics(ctx)
+    assert [(n.name, n.carrier) for n in ctx.get(net.NICS, ())] == [("eth0", True)]
+    assert k.clock - start == pytest.approx(2.5)  # up to the carrier, not the deadline
+
+
 def test_no_ethernet_nic_is_a_failure_with_the_fix(tmp_path, net) -> None:
     k = machine(tmp_path, FakeNic("wlan0", "52:54:00:00:00:01", kind="wireless"))
     with pytest.raises(BootFailure) as failed:

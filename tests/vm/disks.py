@@ -32,11 +32,35 @@ def _mkfs(argv: Sequence[str]) -> None:
         raise AssertionError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
 
 
-def ext4(path: Path, label: str, mib: int = 64) -> str:
-    """An ext4 image with `label` (the state disk, or a wrong machines disk)."""
+def ext4(path: Path, label: str, mib: int = 64, contents: Path | None = None) -> str:
+    """An ext4 image with `label`, holding a copy of the `contents` folder if given."""
     blank(path, mib)
-    _mkfs(["mkfs.ext4", "-q", "-F", "-L", label, str(path)])
+    extra = ["-d", str(contents)] if contents is not None else []
+    _mkfs(["mkfs.ext4", "-q", "-F", "-L", label, *extra, str(path)])
     return str(path)
+
+
+HOST_KEY_TYPES = ("ed25519", "ecdsa", "rsa")
+
+
+def state_contents(folder: Path) -> Path:
+    """A /state tree with SSH host keys already saved, as after a host's first boot.
+
+    Generating a 3072-bit RSA key takes about 20 s under TCG; boots that
+    are not about the first boot start from here (made on the host, fast).
+    """
+    keys = folder / "initpy" / "ssh"
+    keys.mkdir(parents=True, exist_ok=True)
+    keys.parent.chmod(0o700)
+    keys.chmod(0o700)
+    for kind in HOST_KEY_TYPES:
+        key = keys / f"ssh_host_{kind}_key"
+        if not key.exists():
+            _mkfs(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", "root@buildos", "-f",
+                   str(key)])
+        key.chmod(0o600)
+        key.with_suffix(".pub").chmod(0o600)
+    return folder
 
 
 def btrfs(paths: Sequence[Path], label: str, mib: int = DEFAULT_MIB) -> list[str]:
@@ -48,7 +72,12 @@ def btrfs(paths: Sequence[Path], label: str, mib: int = DEFAULT_MIB) -> list[str
     return [str(p) for p in paths]
 
 
-def state_and_machines(folder: Path) -> list[str]:
-    """The standard pair: an ext4 buildos.state and a btrfs buildos.machines."""
-    return [ext4(folder / "state.img", "buildos.state"),
+def state_and_machines(folder: Path, host_keys: bool = True) -> list[str]:
+    """The standard pair: an ext4 buildos.state and a btrfs buildos.machines.
+
+    With `host_keys`, /state already holds SSH host keys (a host's second
+    and later boots); without, the boot generates them (the first boot).
+    """
+    contents = state_contents(folder / "state-tree") if host_keys else None
+    return [ext4(folder / "state.img", "buildos.state", contents=contents),
             *btrfs([folder / "machines.img"], "buildos.machines")]

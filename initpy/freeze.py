@@ -112,24 +112,21 @@ def hidden_imports(hook_files: Sequence[str]) -> list[str]:
     wanted = set(BASE_IMPORTS)
     for name, files in sorted(hook_imports(hook_files).items()):
         top = name.split(".")[0]
-        if top == "initpy" or top in sys.stdlib_module_names and name == top:
+        if _find_spec(top) is None:
+            raise FreezeError(
+                f"{', '.join(sorted(set(files)))} imports {name!r}, which is not installed; "
+                "add it to pyproject.toml's dependencies and run scripts/bootstrap"
+            )
+        if _find_spec(name) is not None:  # else an attribute: `from x import function`
             wanted.add(name)
-            continue
-        try:
-            spec = importlib.util.find_spec(name)
-        except (ImportError, ValueError, AttributeError):
-            spec = None
-        if spec is None:
-            if "." not in name or importlib.util.find_spec(top) is None:
-                if importlib.util.find_spec(top) is None:
-                    raise FreezeError(
-                        f"{', '.join(sorted(set(files)))} imports {name!r}, which is not "
-                        f"installed; add it to pyproject.toml's dependencies and run "
-                        "scripts/bootstrap"
-                    )
-            continue  # an attribute, not a module
-        wanted.add(name)
     return sorted(wanted)
+
+
+def _find_spec(name: str) -> object | None:
+    try:
+        return importlib.util.find_spec(name)
+    except (ImportError, ValueError, AttributeError):
+        return None
 
 
 def _tool_versions() -> str:

@@ -117,7 +117,13 @@ def hook_files(folders: Sequence[str]) -> dict[str, str]:
         for entry in sorted(os.listdir(folder)):
             if entry.endswith(".py") and not entry.startswith("_"):
                 path = os.path.join(folder, entry)
-                found[load_hook_file(path).name] = path
+                try:
+                    found[load_hook_file(path).name] = path
+                except HookError:
+                    raise
+                except Exception as exc:  # a hook's own import error, told as such
+                    raise BuildError(f"hook file {path} does not load: "
+                                     f"{type(exc).__name__}: {exc}") from exc
     return found
 
 

@@ -241,3 +241,22 @@ def test_the_real_mkinitrd_twice_is_byte_identical(tmp_path: str) -> None:
         outs.append(out)
     for name in ("buildos-initrd", "buildos-buildid", "buildos-image"):
         assert read(os.path.join(outs[0], name)) == read(os.path.join(outs[1], name))
+
+
+def test_hook_imports_become_hidden_imports(tmp_path: str) -> None:
+    hook = os.path.join(tmp_path, "net.py")
+    with open(hook, "w") as f:
+        f.write("import json\n\ndef up(ctx):\n"
+                "    from concurrent.futures import ThreadPoolExecutor\n"
+                "    from email import message_from_string\n")
+    wanted = freeze.hidden_imports([hook])
+    assert {"json", "concurrent.futures", "email", "initpy", "sqlite3"} <= set(wanted)
+    assert "concurrent.futures.ThreadPoolExecutor" not in wanted  # a class, not a module
+
+
+def test_a_hook_importing_a_missing_package_names_itself(tmp_path: str) -> None:
+    hook = os.path.join(tmp_path, "odd.py")
+    with open(hook, "w") as f:
+        f.write("def run(ctx):\n    import no_such_package_xyz\n")
+    with pytest.raises(freeze.FreezeError, match=r"odd\.py imports 'no_such_package_xyz'"):
+        freeze.hidden_imports([hook])

@@ -24,6 +24,7 @@ of the folder). docs/storage.md is the operator's side of this file.
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass
 from typing import Any
 
@@ -494,7 +495,7 @@ def _generate_host_key(ctx: BootContext, kind: str) -> tuple[bytes, bytes]:
     try:
         private, public = k.read_bytes(path), k.read_bytes(path + ".pub")
     except OSError:
-        raise OSError(f"{' '.join(argv)} succeeded but left no key in {path}") from None
+        raise OSError(f"{shlex.join(argv)} succeeded but left no key in {path}") from None
     k.remove(path)
     k.remove(path + ".pub")
     return private, public

@@ -10,11 +10,25 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from initpy.boot import main
 from initpy.fake import FakeKernel, HandedOff, Rebooted
+from initpy.kernel import Completed
 from initpy.labels import minimal_image
+
+
+def _fake_ssh_keygen(kernel: FakeKernel) -> Callable[[Sequence[str]], Completed]:
+    """ssh-keygen -f PATH, as far as the walk needs: placeholder key files."""
+    def keygen(argv: Sequence[str]) -> Completed:
+        path = kernel.path(argv[list(argv).index("-f") + 1])
+        for suffix, text in (("", "-----BEGIN OPENSSH PRIVATE KEY-----\n(walk)\n"
+                                  "-----END OPENSSH PRIVATE KEY-----\n"),
+                             (".pub", "ssh-placeholder (walk) root@buildos\n")):
+            with open(path + suffix, "w") as f:
+                f.write(text)
+        return Completed(tuple(argv), 0, "", "")
+    return keygen
 
 
 def walk(cmdline: str, folders: Sequence[str], names: Sequence[str] | None,
@@ -33,6 +47,7 @@ def walk(cmdline: str, folders: Sequence[str], names: Sequence[str] | None,
         kernel.add_block_device("vda", minimal_image("ext4", "buildos.state"), serial="walk-state")
         kernel.add_block_device("vdb", minimal_image("btrfs", "buildos.machines"),
                                 serial="walk-machines")
+        kernel.commands["ssh-keygen"] = _fake_ssh_keygen(kernel)
         try:
             main(kernel, folders, names)
         except HandedOff as done:

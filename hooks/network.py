@@ -431,8 +431,16 @@ def _start_renewer(ctx: BootContext, lease: Lease) -> int:
 
         await asyncio.to_thread(apply)
 
-    return k.spawn_daemon(RENEWER_NAME,
-                          lambda: renew_forever(lease, BR0, write_status, apply_address))
+    def renewer() -> None:
+        try:
+            renew_forever(lease, BR0, write_status, apply_address)
+        except BaseException as exc:  # noqa: B036 - say why renewal stopped, then exit
+            write_status({"pid": os.getpid(), "interface": BR0, "trigger": "stopped",
+                          "error": f"{type(exc).__name__}: {exc}"})
+            k.kmsg(f"initpy: {RENEWER_NAME}: stopped: {type(exc).__name__}: {exc}")
+            raise
+
+    return k.spawn_daemon(RENEWER_NAME, renewer)
 
 
 HOOK = Hook(

@@ -412,6 +412,7 @@ def _start_renewer(ctx: BootContext, lease: Lease) -> int:
 
     def write_status(status: Mapping[str, object]) -> None:
         try:
+            k.mkdir(os.path.dirname(RENEWER_STATUS))
             k.write_atomic(RENEWER_STATUS, status_json(status))
         except OSError:
             pass

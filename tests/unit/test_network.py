@@ -8,6 +8,7 @@ the files in the fake root, the console and report.json.
 
 from __future__ import annotations
 
+import json
 import os
 import types
 
@@ -342,3 +343,13 @@ def test_whole_boot_hands_off_with_the_network_in_the_report(kernel, net) -> Non
     assert network["lease"]["address"] == "10.0.2.15/24"
     assert network["hostname"] == "qemu-host"
     assert read(kernel, "/etc/hostname") == "qemu-host\n"
+
+
+def test_the_renewer_says_why_it_stopped(tmp_path, net, mocker) -> None:
+    k = bridged(tmp_path, net, lease("eth0", "52:54:00:12:34:56", "10.0.2.15"))
+    mocker.patch("initpy.dhcp.renew_forever", side_effect=OSError("br0 is gone"))
+    with pytest.raises(OSError):
+        k.daemons["initpy-dhcp"]()  # what the forked process runs
+    status = json.loads(read(k, "/run/initpy/dhcp-br0.json"))
+    assert status["trigger"] == "stopped" and status["error"] == "OSError: br0 is gone"
+    assert "initpy: initpy-dhcp: stopped: OSError: br0 is gone" in k.kmsg_lines

@@ -346,8 +346,8 @@ def test_whole_boot_hands_off_with_the_network_in_the_report(kernel, net) -> Non
 
 
 def test_the_renewer_says_why_it_stopped(tmp_path, net, mocker) -> None:
-    k = bridged(tmp_path, net, lease("eth0", "52:54:00:12:34:56", "10.0.2.15"))
     mocker.patch("initpy.dhcp.renew_forever", side_effect=OSError("br0 is gone"))
+    k = bridged(tmp_path, net, lease("eth0", "52:54:00:12:34:56", "10.0.2.15"))
     with pytest.raises(OSError):
         k.daemons["initpy-dhcp"]()  # what the forked process runs
     status = json.loads(read(k, "/run/initpy/dhcp-br0.json"))

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--root", default=None, help="the fake root (default: a temporary one)")
     ns = parser.parse_args(args)
     folders = ns.hooks_dir or [_repo_hooks()]
-    names = ns.hooks.split(",") if ns.hooks else None
+    names = [n for n in ns.hooks.split(",") if n] if ns.hooks is not None else None
     if ns.command == "diagram":
         from initpy.docgen import diagram
 

@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 
 # Where mkinitrd puts the hooks inside the initrd.
 INITRD_HOOK_DIR = "/usr/lib/initpy/hooks"
+# The hooks mkinitrd chose (all in INITRD_HOOK_DIR if absent), and the states
+# of the hooks it left out, which the chosen ones may name in after/before.
+HOOKS_LIST = "/usr/lib/initpy/hooks.list"
+ABSENT_STATES = "/usr/lib/initpy/absent-states.list"
 # The initial state of the machine, before early mounts.
 START = "start"
 
@@ -364,16 +368,25 @@ def machine_transitions(registry: Registry) -> list[dict[str, str]]:
     return moves
 
 
-def load_registry(folders: Sequence[str], names: Sequence[str] | None = None) -> Registry:
+def load_registry(folders: Sequence[str], names: Sequence[str] | None = None,
+                  absent_states: Sequence[str] = ()) -> Registry:
     from initpy.hook import select
 
     found = discover(folders)
-    return build_registry(select(found, names), found.values())
+    return build_registry(select(found, names), found.values(), absent_states)
 
 
-def installed_hook_names(kernel: Kernel) -> list[str] | None:
-    """The hooks mkinitrd chose, from /usr/lib/initpy/hooks.list (all if absent)."""
-    path = "/usr/lib/initpy/hooks.list"
+def absent_states(folders: Sequence[str], names: Sequence[str]) -> list[str]:
+    """States of the hooks in `folders` that are not among `names`.
+
+    mkinitrd writes them to ABSENT_STATES, so that an initrd built with a
+    subset of hooks still resolves references to the others' states.
+    """
+    return sorted(s.name for h in discover(folders).values() if h.name not in names
+                  for s in h.states)
+
+
+def _read_list(kernel: Kernel, path: str) -> list[str] | None:
     if not kernel.exists(path):
         return None
     return [w for w in kernel.read_text(path).split() if w]
@@ -385,8 +398,10 @@ def main(kernel: Kernel, folders: Sequence[str] = (INITRD_HOOK_DIR,),
     report = Report(kernel)
     try:
         report.say(f"starting (pid {kernel.getpid()}, uptime {kernel.uptime():.2f}s)")
-        registry = load_registry(folders, names if names is not None
-                                 else installed_hook_names(kernel))
+        registry = load_registry(
+            folders, names if names is not None else _read_list(kernel, HOOKS_LIST),
+            _read_list(kernel, ABSENT_STATES) or (),
+        )
         boot = Boot(kernel, registry)
         report = boot.report
         boot.run()

@@ -159,12 +159,15 @@ class Registry:
         return [f for h in self.hooks for f in h.files]
 
 
-def build_registry(selected: Sequence[Hook], known: Iterable[Hook] = ()) -> Registry:
+def build_registry(selected: Sequence[Hook], known: Iterable[Hook] = (),
+                   absent_states: Iterable[str] = ()) -> Registry:
     """Order the states of `selected` hooks.
 
-    `known` are hooks that exist but were not chosen: a reference to one of
-    their states is dropped, while a reference to a state nobody declares is
-    an error. Ties are broken by the order of `selected`, then declaration.
+    `known` are hooks that exist but were not chosen, and `absent_states`
+    the states of such hooks that are not even present (mkinitrd packs only
+    the chosen hook files and lists the others' states): a reference to one
+    of those is dropped, while a reference to a state nobody declares is an
+    error. Ties are broken by the order of `selected`, then declaration.
     """
     declared: dict[str, str] = {}
     states: list[State] = []
@@ -186,6 +189,7 @@ def build_registry(selected: Sequence[Hook], known: Iterable[Hook] = ()) -> Regi
             declared[state.name] = hook.name
             states.append(state)
     elsewhere = {s.name for h in known if h.name not in names for s in h.states}
+    elsewhere.update(absent_states)
     position = {s.name: i for i, s in enumerate(states)}
     edges: dict[str, set[str]] = {s.name: set() for s in states}  # name -> must come before
     for state in states:

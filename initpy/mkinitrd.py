@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from initpy import cpio, elf, freeze, kmod
-from initpy.boot import INITRD_HOOK_DIR, load_registry
+from initpy.boot import ABSENT_STATES, INITRD_HOOK_DIR, absent_states, load_registry
 from initpy.hook import HookError, Registry, load_hook_file
 
 HOOKS_LIST = "usr/lib/initpy/hooks.list"
@@ -257,6 +257,10 @@ def _add_hooks(layer: Layer, registry: Registry, files: dict[str, str],
         layer.add(cpio.regular(f"{INITRD_HOOK_DIR}/{os.path.basename(source)}", source=source),
                   PART_OTHER)
     layer.add(cpio.regular(HOOKS_LIST, data=("\n".join(names) + "\n").encode()), PART_OTHER)
+    # The states of the hooks left out, so references to them resolve at boot.
+    absent = absent_states(list(dict.fromkeys(os.path.dirname(f) for f in files.values())), names)
+    layer.add(cpio.regular(ABSENT_STATES.lstrip("/"), data=("\n".join(absent) + "\n").encode()),
+              PART_OTHER)
     for spec in registry.files():
         source, dest = _split_spec(spec)
         if not os.path.exists(source):

@@ -102,3 +102,12 @@ def test_a_hook_file_without_hook_is_an_error(tmp_path: os.PathLike[str]) -> Non
         f.write("X = 1\n")
     with pytest.raises(HookError, match="defines no HOOK"):
         discover([str(tmp_path)])
+
+
+def test_states_of_hooks_left_out_of_the_initrd_resolve() -> None:
+    # mkinitrd packs only the chosen hook files, and lists the others' states.
+    net = hook("net", state("dhcp"))
+    late = hook("late", state("build_user", after=("dhcp",)))
+    registry = build_registry([late], known=[], absent_states=["dhcp"])
+    assert registry.order == ("early_mounts", "cmdline", "build_user", "handoff")
+    assert build_registry([net, late]).order[2:4] == ("dhcp", "build_user")

@@ -1,43 +1,90 @@
 """The frozen init's entry script: what PyInstaller runs as PID 1 (/init).
 
-Owned by the builder: initpy.freeze hands this file to PyInstaller. Before
-the boot starts it teaches `ctypes.util.find_library` where libraries are
-inside the initrd: the stock version asks ldconfig, gcc and ld, none of
-which exist there, so pyudev could not find libudev.so.1.
+Owned by the builder: initpy.freeze hands this file to PyInstaller. It
+teaches `ctypes.util.find_library` where libraries are inside the initrd:
+the stock version asks ldconfig, gcc and ld, none of which exist there, so
+pyudev could not find libudev.so.1. The patch is applied when something
+first imports ctypes.util (pyroute2 does, in a network state), not here:
+importing it costs about 20 ms natively, 15 times that under TCG, before
+the first state line.
 """
 
 from __future__ import annotations
 
-import ctypes.util
 import os
 import sys
+from types import ModuleType
+from typing import Any
 
-# The folders mkinitrd fills: the frozen tree's own libraries, then the
-# private loader's folder (glibc and the libraries of hook binaries).
+# The folders mkinitrd fills: the frozen tree's own files, then the private
+# loader's folder (glibc, libcrypto, ... and the hook binaries' libraries).
 LIBRARY_DIRS = (
     getattr(sys, "_MEIPASS", "/usr/lib/initpy/frozen/_internal"),
     "/usr/lib/initpy/lib",
 )
 
-_stock_find_library = ctypes.util.find_library
 
+def find_in(folders: tuple[str, ...], name: str) -> str | None:
+    """The first lib<name>.so.* (else lib<name>.so) in the folders.
 
-def find_library(name: str) -> str | None:
-    """`find_library` that also looks in the initrd's library folders."""
-    for folder in LIBRARY_DIRS:
+    A versioned name first: a bare lib<name>.so may be a linker script.
+    """
+    for folder in folders:
         try:
             entries = sorted(os.listdir(folder))
         except OSError:
             continue
         for entry in entries:
-            if entry == f"lib{name}.so" or entry.startswith(f"lib{name}.so."):
+            if entry.startswith(f"lib{name}.so."):
                 return os.path.join(folder, entry)
-    return _stock_find_library(name)
+        if f"lib{name}.so" in entries:
+            return os.path.join(folder, f"lib{name}.so")
+    return None
 
 
-ctypes.util.find_library = find_library
+def patch(util: Any) -> None:
+    """Wrap `util.find_library` (ctypes.util) to look in LIBRARY_DIRS first."""
+    stock = util.find_library
+
+    def find_library(name: str) -> str | None:
+        return find_in(LIBRARY_DIRS, name) or stock(name)
+
+    util.find_library = find_library
+
+
+class _Loader:
+    """Hands the import system the module that was imported and patched."""
+
+    def __init__(self, module: ModuleType) -> None:
+        self.module = module
+
+    def create_module(self, spec: Any) -> ModuleType:
+        return self.module
+
+    def exec_module(self, module: ModuleType) -> None:
+        pass
+
+
+class PatchOnImport:
+    """A meta-path finder that patches ctypes.util when it is first imported."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "ctypes.util":
+            return None
+        sys.meta_path.remove(self)
+        import ctypes.util
+        from importlib.machinery import ModuleSpec
+
+        patch(ctypes.util)
+        # Out of sys.modules again, or the import system would prefer the
+        # module's own spec and execute the file a second time, unpatched.
+        del sys.modules[name]
+        loader: Any = _Loader(ctypes.util)
+        return ModuleSpec(name, loader, origin=ctypes.util.__file__)
+
 
 if __name__ == "__main__":
+    sys.meta_path.insert(0, PatchOnImport())
     from initpy.__main__ import main
 
     main()

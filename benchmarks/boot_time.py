@@ -176,7 +176,9 @@ def kernel_times(kmsg: str, first: str, handoff: str) -> tuple[float | None, ...
 
 
 def boot_once(vmlinuz: Path, initrd: Path, args: BootArgs, name: str, initpy: bool) -> Boot:
-    append = " ".join([*args.append, "quiet"])
+    # printk.devkmsg=on: by default the kernel keeps only a burst of 10 lines
+    # written to /dev/kmsg per 5 s and drops the rest, hand-off line included.
+    append = " ".join([*args.append, "quiet", "printk.devkmsg=on"])
     handoff_line = r"initpy: handoff: exec" if initpy else r"baseline: handoff"
     with qemu.boot(vmlinuz, initrd, append, disks=args.disks, nics=args.nics, extra=args.extra,
                    memory=args.memory, name=name) as vm:
@@ -237,7 +239,7 @@ def main() -> None:
         initrd = outdir / "buildos-initrd"
         args = full_boot_args(work)
         print(f"kernel {vmlinuz}\nVM: -accel {os.environ.get('INITPY_QEMU_ACCEL', 'tcg')}, "
-              f"-m {args.memory}, append {' '.join(args.append)} quiet; "
+              f"-m {args.memory}, append {' '.join(args.append)} quiet printk.devkmsg=on; "
               f"{len(args.disks)} disk(s), {len(args.nics)} NIC(s)")
         print(f"initpy initrd:  {initrd.stat().st_size / 1e6:6.2f} MB")
 

@@ -18,7 +18,7 @@ import os
 import stat
 import subprocess
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 NEWC_MAGIC = b"070701"
 TRAILER = "TRAILER!!!"
@@ -40,6 +40,11 @@ class Entry:
     rdevmajor: int = 0
     rdevminor: int = 0
     mtime: int | None = None  # the source's mtime, clamped when archived
+    # Owners: 0 for the init's files; a --rootfs keeps its own (postfix
+    # refuses a spool it does not own). Numeric, so the archive does not
+    # depend on the build host's passwd.
+    uid: int = 0
+    gid: int = 0
 
     @property
     def is_dir(self) -> bool:
@@ -92,7 +97,7 @@ def _sort_key(entry: Entry) -> tuple[str, ...]:
 
 def _header(ino: int, entry: Entry, size: int, mtime: int, name: bytes) -> bytes:
     fields = (
-        ino, entry.mode, 0, 0, 1, mtime, size, 0, 0,
+        ino, entry.mode, entry.uid, entry.gid, 1, mtime, size, 0, 0,
         entry.rdevmajor, entry.rdevminor, len(name) + 1, 0,
     )
     return NEWC_MAGIC + b"".join(b"%08X" % f for f in fields)
@@ -112,7 +117,8 @@ def write_newc(entries: Iterable[Entry], mtime: int) -> Iterator[bytes]:
     for ino, entry in enumerate(ordered, start=1):
         if not entry.path or entry.path.startswith("/") or ".." in entry.path.split("/"):
             raise ArchiveError(f"cpio: bad path {entry.path!r} (relative, no '..')")
-        data = b"" if entry.is_dir or stat.S_ISCHR(entry.mode) else entry.content()
+        has_data = stat.S_ISREG(entry.mode) or stat.S_ISLNK(entry.mode)
+        data = entry.content() if has_data else b""
         name = entry.path.encode()
         when = mtime if entry.mtime is None else min(entry.mtime, mtime)
         head = _header(ino, entry, len(data), when, name) + name + b"\0"
@@ -140,6 +146,8 @@ class Member:
     data: bytes
     rdevmajor: int
     rdevminor: int
+    uid: int = 0
+    gid: int = 0
 
 
 def read_newc(stream: bytes) -> list[Member]:
@@ -168,7 +176,8 @@ def read_newc(stream: bytes) -> list[Member]:
         pos = data_start + size
         pos += -pos % 4
         if name != TRAILER:
-            members.append(Member(name, mode, mtime, ino, data, fields[9], fields[10]))
+            members.append(Member(name, mode, mtime, ino, data, fields[9], fields[10],
+                                  fields[2], fields[3]))
     return members
 
 
@@ -239,12 +248,14 @@ def compress_cached(data: bytes, method: str, cache_dir: str | None) -> bytes:
     return packed
 
 
-def entries_from_tree(top: str, prefix: str = "") -> list[Entry]:
-    """Every file, directory and symlink below `top`, as archive entries.
+def entries_from_tree(top: str, prefix: str = "", keep_owners: bool = False) -> list[Entry]:
+    """Every file, folder, symlink, device node and fifo below `top`.
 
-    Permissions are kept (the execute bits matter); owners, times and inode
-    numbers are not. Device nodes, sockets and fifos in a tree are refused:
-    device nodes are declared explicitly by the builder.
+    Permissions (setuid included) are kept; so are numeric owners when
+    `keep_owners` (a --rootfs), else they are 0. Times are clamped later;
+    inode numbers are not kept. Device nodes and fifos are recreated from
+    their numbers (a debootstrap tree has /dev/null and friends); sockets
+    are skipped, as they are created by whoever listens.
     """
     found: list[Entry] = []
     for folder, dirs, files in os.walk(top):
@@ -256,11 +267,19 @@ def entries_from_tree(top: str, prefix: str = "") -> list[Entry]:
             st = os.lstat(host)
             perm = stat.S_IMODE(st.st_mode)
             if stat.S_ISLNK(st.st_mode):
-                found.append(symlink(path, os.readlink(host)))
+                entry = symlink(path, os.readlink(host))
             elif stat.S_ISDIR(st.st_mode):
-                found.append(directory(path, perm))
+                entry = directory(path, perm)
             elif stat.S_ISREG(st.st_mode):
-                found.append(regular(path, source=host, perm=perm, mtime=int(st.st_mtime)))
+                entry = regular(path, source=host, perm=perm, mtime=int(st.st_mtime))
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                entry = Entry(path, st.st_mode, rdevmajor=os.major(st.st_rdev),
+                              rdevminor=os.minor(st.st_rdev))
+            elif stat.S_ISFIFO(st.st_mode):
+                entry = Entry(path, st.st_mode)
             else:
-                raise ArchiveError(f"{host}: not a file, folder or symlink; cannot pack it")
+                continue  # a socket
+            if keep_owners:
+                entry = replace(entry, uid=st.st_uid, gid=st.st_gid)
+            found.append(entry)
     return found

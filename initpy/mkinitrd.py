@@ -23,6 +23,7 @@ its command line. The steps:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import posixpath
@@ -167,24 +168,24 @@ def build(options: Options, freezer: Freezer = freeze.freeze,
     lap("freeze")
 
     init = Layer()
-    applets = Layer()
+    fallback = Layer()  # under --rootfs: busybox applets, indexes, folders
     with tempfile.TemporaryDirectory(prefix="initpy-mkinitrd.") as work:
-        _add_skeleton(init)
+        _add_skeleton(init, fallback)
         _add_frozen(init, frozen)
         _add_hooks(init, registry, files, names)
         wanted = _wanted_binaries(registry)
         _add_elf_files(init, wanted, registry, options.includes, work)
-        _add_busybox(init, applets)
+        _add_busybox(init, fallback)
         lap("binaries")
-        notes += _add_modules(init, applets, registry, options.modules, work)
+        notes += _add_modules(init, fallback, registry, options.modules, work)
         lap("modules")
         rootfs = Layer()
         if options.rootfs:
             if not os.path.isdir(options.rootfs):
                 raise BuildError(f"--rootfs {options.rootfs}: not a folder")
-            for entry in cpio.entries_from_tree(options.rootfs):
+            for entry in cpio.entries_from_tree(options.rootfs, keep_owners=True):
                 rootfs.add(entry, PART_ROOTFS)
-        merged = merge([applets, rootfs, init])
+        merged = merge([fallback, rootfs, init])
         lap("layout")
         archives = split_archives(merged, options.source_date_epoch)
         lap("archive")
@@ -223,11 +224,14 @@ def _write(path: str, data: bytes) -> None:
 # -- the layers -----------------------------------------------------------------
 
 
-def _add_skeleton(layer: Layer) -> None:
+def _add_skeleton(layer: Layer, below: Layer) -> None:
+    """The merged-/usr links and device nodes; the empty folders go `below`
+    a --rootfs, whose own modes win (its /root is 0700)."""
     for link, target in MERGED_USR.items():
         layer.add(cpio.symlink(link, target), PART_OTHER)
     for folder in EMPTY_DIRS:
-        layer.add(cpio.directory(folder, 0o1777 if folder == "tmp" else 0o755), PART_OTHER)
+        perm = {"tmp": 0o1777, "root": 0o700}.get(folder, 0o755)
+        below.add(cpio.directory(folder, perm), PART_OTHER)
     for path, major, minor, perm in DEVICE_NODES:
         layer.add(cpio.char_device(path, major, minor, perm), PART_OTHER)
 
@@ -246,8 +250,7 @@ def _add_frozen(layer: Layer, frozen: freeze.Frozen) -> None:
 
 def _no_mtime(entry: cpio.Entry) -> cpio.Entry:
     # The cache's file times say when it was frozen, not what it holds.
-    return cpio.Entry(entry.path, entry.mode, entry.data, entry.source,
-                      entry.rdevmajor, entry.rdevminor, None)
+    return dataclasses.replace(entry, mtime=None)
 
 
 def _add_hooks(layer: Layer, registry: Registry, files: dict[str, str],
@@ -452,8 +455,7 @@ def merge(layers: Sequence[Layer]) -> list[tuple[cpio.Entry, str]]:
                 continue
             moved = _through_links(path, links)
             if moved != path:
-                entry = cpio.Entry(moved, entry.mode, entry.data, entry.source,
-                                   entry.rdevmajor, entry.rdevminor, entry.mtime)
+                entry = dataclasses.replace(entry, path=moved)
             kept = result.get(moved)
             if kept is None or kept[2] <= rank:
                 result[moved] = (entry, part, rank)

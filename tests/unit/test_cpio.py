@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 
 import pytest
@@ -112,7 +113,30 @@ def test_tree_keeps_modes_and_symlinks(tmp_path: str) -> None:
     assert members["opt/bin/run"].data == b"#!/bin/sh\n"
 
 
-def test_device_nodes_in_a_tree_are_refused(tmp_path: str) -> None:
+def test_tree_fifos_and_sockets(tmp_path: str) -> None:
     os.mkfifo(os.path.join(tmp_path, "fifo"))
-    with pytest.raises(cpio.ArchiveError, match="not a file, folder or symlink"):
-        cpio.entries_from_tree(str(tmp_path))
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(os.path.join(tmp_path, "sock"))
+    try:
+        entries = {e.path: e for e in cpio.entries_from_tree(str(tmp_path))}
+    finally:
+        listener.close()
+    assert stat.S_ISFIFO(entries["fifo"].mode)
+    assert "sock" not in entries  # made by whoever listens, at run time
+    members = {m.path: m for m in cpio.read_newc(cpio.archive(entries.values(), 0))}
+    assert stat.S_ISFIFO(members["fifo"].mode) and members["fifo"].data == b""
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="mknod and chown need root")
+def test_tree_device_nodes_and_owners(tmp_path: str) -> None:
+    os.mknod(os.path.join(tmp_path, "null"), 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    spool = os.path.join(tmp_path, "spool")
+    os.mkdir(spool)
+    os.chown(spool, 107, 114)
+    kept = {e.path: e for e in cpio.entries_from_tree(str(tmp_path), keep_owners=True)}
+    members = {m.path: m for m in cpio.read_newc(cpio.archive(kept.values(), 0))}
+    assert stat.S_ISCHR(members["null"].mode)
+    assert (members["null"].rdevmajor, members["null"].rdevminor) == (1, 3)
+    assert (members["spool"].uid, members["spool"].gid) == (107, 114)
+    root_owned = cpio.entries_from_tree(str(tmp_path))
+    assert {(e.uid, e.gid) for e in root_owned} == {(0, 0)}

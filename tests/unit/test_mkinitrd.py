@@ -177,7 +177,15 @@ def test_rootfs_goes_under_the_init_and_through_merged_usr(setup: dict[str, str]
         with open(os.path.join(rootfs, path), "w") as f:
             f.write(text)
     os.symlink("dash", os.path.join(rootfs, "bin", "sh"))
+    os.makedirs(os.path.join(rootfs, "mnt"), mode=0o700)
+    os.chmod(os.path.join(rootfs, "mnt"), 0o700)
+    if os.getuid() == 0:
+        os.chown(os.path.join(rootfs, "etc", "hostname"), 107, 114)
     files = members(build(setup, "out", rootfs=rootfs))
+    assert stat.S_IMODE(files["mnt"].mode) == 0o700  # the rootfs's folder modes win
+    if os.getuid() == 0:
+        assert (files["etc/hostname"].uid, files["etc/hostname"].gid) == (107, 114)
+    assert (files["usr/bin/ls"].uid, files["usr/bin/ls"].gid) == (0, 0)
     assert files["usr/bin/tool"].data == b"old layout"  # bin/ is usr/bin in the initrd
     assert files["usr/sbin/init"].data == b"systemd"
     assert files["etc/hostname"].data == b"rootfs"

@@ -23,9 +23,13 @@ def _repo_hooks() -> str:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if not args and os.getpid() == 1:
+        from initpy.boot import DEFAULT_PATH
         from initpy.boot import main as boot_main
         from initpy.kernel import Kernel
 
+        # The kernel starts init with no PATH, and Python's fallback lacks
+        # the sbin folders: every command a hook runs by name needs one.
+        os.environ.setdefault("PATH", DEFAULT_PATH)
         boot_main(Kernel())
     import argparse
 

@@ -172,9 +172,9 @@ def build(options: Options, freezer: Freezer = freeze.freeze,
     with tempfile.TemporaryDirectory(prefix="initpy-mkinitrd.") as work:
         _add_skeleton(init, fallback)
         _add_frozen(init, frozen)
-        _add_hooks(init, registry, files, names)
+        hook_files_wanted = _add_hooks(init, registry, files, names)
         wanted = _wanted_binaries(registry)
-        _add_elf_files(init, wanted, registry, options.includes, work)
+        _add_elf_files(init, wanted, registry, [*hook_files_wanted, *options.includes], work)
         _add_busybox(init, fallback)
         lap("binaries")
         notes += _add_modules(init, fallback, registry, options.modules, work)
@@ -254,7 +254,8 @@ def _no_mtime(entry: cpio.Entry) -> cpio.Entry:
 
 
 def _add_hooks(layer: Layer, registry: Registry, files: dict[str, str],
-               names: Sequence[str]) -> None:
+               names: Sequence[str]) -> list[str]:
+    """The hook files and lists; returns the hooks' `files` specs, all present."""
     for name in names:
         source = files[name]
         layer.add(cpio.regular(f"{INITRD_HOOK_DIR}/{os.path.basename(source)}", source=source),
@@ -270,7 +271,8 @@ def _add_hooks(layer: Layer, registry: Registry, files: dict[str, str],
             owners = [h.name for h in registry.hooks if spec in h.files]
             raise BuildError(f"file {source} (wanted by hook {', '.join(owners)}) does not "
                              "exist on the build host; install it or fix the hook")
-        _add_host_path(layer, source, dest, PART_OTHER)
+    # They go in as --include does: an ELF file brings its libraries.
+    return registry.files()
 
 
 def _split_spec(spec: str) -> tuple[str, str]:

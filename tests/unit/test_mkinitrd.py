@@ -31,7 +31,8 @@ def hello(ctx):
     return "hello"
 
 HOOK = Hook(name="{name}", description="a test hook", binaries={binaries!r},
-            modules={modules!r}, states=(State("{name}_state", hello, "says hello"),))
+            modules={modules!r}, files={files!r},
+            states=(State("{name}_state", hello, "says hello"),))
 '''
 
 
@@ -52,11 +53,11 @@ def fake_freezer(top: str) -> mkinitrd.Freezer:
 
 
 def write_hook(folder: str, name: str, binaries: tuple[str, ...] = (),
-               modules: tuple[str, ...] = ()) -> str:
+               modules: tuple[str, ...] = (), files: tuple[str, ...] = ()) -> str:
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"{name}.py")
     with open(path, "w") as f:
-        f.write(HOOK.format(name=name, binaries=binaries, modules=modules))
+        f.write(HOOK.format(name=name, binaries=binaries, modules=modules, files=files))
     return path
 
 
@@ -200,6 +201,20 @@ def test_include_brings_libraries(setup: dict[str, str]) -> None:
     files = members(result)
     assert elf.parse(files["opt/tools/true"].data).interpreter == freeze.PRIVATE_LOADER
     assert "usr/lib/initpy/lib/libc.so.6" in files
+
+
+def test_hook_files_go_in_like_includes(setup: dict[str, str]) -> None:
+    true = shutil.which("true") or "/bin/true"
+    notes = os.path.join(setup["top"], "notes.txt")
+    with open(notes, "w") as f:
+        f.write("hello\n")
+    write_hook(setup["hooks"], "extra", files=(f"{true}:/opt/true", f"{notes}:/etc/notes"))
+    files = members(build(setup, "out"))
+    assert elf.parse(files["opt/true"].data).interpreter == freeze.PRIVATE_LOADER
+    assert files["etc/notes"].data == b"hello\n"
+    write_hook(setup["hooks"], "extra", files=("/no/such/file",))
+    with pytest.raises(mkinitrd.BuildError, match=r"/no/such/file \(wanted by hook extra\)"):
+        build(setup, "again")
 
 
 def test_missing_include_is_an_error(setup: dict[str, str]) -> None:

@@ -346,6 +346,9 @@ def _add_elf_files(layer: Layer, binaries: dict[str, str], registry: Registry,
             target = os.readlink(host)
             layer.add(cpio.symlink(dest, target), PART_BINARIES)
             real_host = os.path.join(os.path.dirname(host), target)
+            if not os.path.exists(real_host):
+                raise BuildError(f"{host} is a symlink to {target}, which does not exist; "
+                                 "reinstall the package that provides it")
             real_dest = posixpath.normpath(posixpath.join(posixpath.dirname(dest), target))
             if target.startswith("/"):
                 real_dest = _initrd_path(real_host)

@@ -57,8 +57,12 @@ def timed_build(options: mkinitrd.Options) -> tuple[float, mkinitrd.BuildResult]
 def show(title: str, result: mkinitrd.BuildResult) -> None:
     total = os.path.getsize(result.initrd)
     print(f"{title}: {total / 1e6:.2f} MB compressed ({total} bytes)")
+    files = {part: sum(1 for _e, p in result.entries if p == part) for part, _r, _c in result.parts}
     for part, raw, packed in sorted(result.parts, key=lambda p: -p[2]):
-        print(f"  {part:<20} {packed / 1e6:6.2f} MB  (uncompressed {raw / 1e6:6.2f} MB)")
+        print(f"  {part:<20} {packed / 1e6:6.2f} MB  (uncompressed {raw / 1e6:6.2f} MB, "
+              f"{files[part]} entries)")
+    modules = sum(1 for e, _p in result.entries if e.path.endswith(".ko"))
+    print(f"  kernel modules: {modules}")
 
 
 def main() -> int:

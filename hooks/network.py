@@ -27,15 +27,19 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from initpy import cmdline
 from initpy.boot import DEFAULT_PATH
 from initpy.cmdline import BadValue, Parameter
-from initpy.dhcp import RENEWER_NAME, Lease, race, status_json
 from initpy.hook import BootContext, BootFailure, Fact, Hook, State
 from initpy.netlink import opened, start_prefetch, sysfs_is_ethernet, wait_for_carrier
 from initpy.run import run
+
+if TYPE_CHECKING:
+    # The DHCP client pulls in asyncio (about 0.5 s under TCG): the states
+    # import it when they run, in the prefetch thread's shadow.
+    from initpy.dhcp import Lease
 
 # As PID 1, start importing pyroute2 now, in the shadow of the states that
 # run before find_nics (see initpy.netlink.start_prefetch); tests, the walk
@@ -176,6 +180,8 @@ def find_nics(ctx: BootContext) -> str:
 
 
 def dhcp(ctx: BootContext) -> str:
+    from initpy.dhcp import race
+
     nics = ctx.get(NICS, ())
     candidates = [(n.name, n.mac) for n in nics if n.carrier]
     timeout = ctx.value(DHCP_TIMEOUT)
@@ -268,6 +274,8 @@ def resolv_conf(lease: Lease) -> str:
 
 
 def interfaces_file(lease: Lease, br1: ipaddress.IPv4Interface) -> str:
+    from initpy.dhcp import RENEWER_NAME
+
     return f"""\
 # Written by initpy at boot (hooks/network.py); see docs/network.md.
 # The init configured these interfaces itself: br0 holds {lease.nic} and its
@@ -341,6 +349,8 @@ dhcp-authoritative
 
 
 def bridges(ctx: BootContext) -> str:
+    from initpy.dhcp import RENEWER_NAME
+
     lease = ctx.get(LEASE, None)
     if lease is None:
         raise BootFailure("no DHCP lease to configure br0 with",
@@ -406,7 +416,7 @@ def _write_resolv_conf(ctx: BootContext, lease: Lease) -> None:
 
 def _start_renewer(ctx: BootContext, lease: Lease) -> int:
     """Fork the process that keeps br0's lease alive after the hand-off."""
-    from initpy.dhcp import renew_forever
+    from initpy.dhcp import RENEWER_NAME, renew_forever, status_json
 
     k = ctx.kernel
 

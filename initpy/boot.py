@@ -10,7 +10,6 @@ PID 1 therefore never exits.
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -313,6 +312,8 @@ def rescue(kernel: Kernel, report: Report, ctx: BootContext | None, reason: str,
     report.reason = reason
     report.fix = fix or None
     if exc is not None:
+        import traceback  # only a failure needs it: not on the path to the first state
+
         report.traceback = "".join(traceback.format_exception(exc))
     policy, timeout, debug = "shell", None, False
     if ctx is not None:

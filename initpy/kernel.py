@@ -85,11 +85,27 @@ def _check(result: int, what: str) -> int:
 class Kernel:
     """The real machine. One instance lives in PID 1."""
 
-    def __init__(self) -> None:
+    def __init__(self, watch_orphans: bool | None = None) -> None:
         self._children: set[int] = set()
         self._children_lock = threading.Lock()
         self._kmsg: int | None = None
         self._console_lock = threading.Lock()
+        # -- speed: reap only after SIGCHLD ------------------------------------
+        # Scanning /proc after every state cost tens of ms each under TCG.
+        # PID 1 gets SIGCHLD whenever a child of its own or an adopted orphan
+        # dies, so a flag set by the handler says when a scan can find
+        # anything. Default: only as PID 1 (a handler is process-wide state).
+        self._sigchld = threading.Event()
+        self._watching = False
+        if watch_orphans if watch_orphans is not None else os.getpid() == 1:
+            try:
+                signal.signal(signal.SIGCHLD, lambda _signo, _frame: self._sigchld.set())
+                # SA_RESTART: a ctypes syscall (mount, finit_module) must not
+                # fail with EINTR because some child died meanwhile.
+                signal.siginterrupt(signal.SIGCHLD, False)
+                self._watching = True
+            except ValueError:  # not the main thread: scan every time instead
+                pass
 
     # -- time and identity -------------------------------------------------
 
@@ -329,6 +345,10 @@ class Kernel:
         listed in /proc and not adopted by `run()` are reaped.
         """
         reaped: list[int] = []
+        if self._watching:
+            if not self._sigchld.is_set():
+                return reaped  # no child has died since the last scan
+            self._sigchld.clear()  # before the scan: a death during it sets it again
         try:
             pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
         except OSError:

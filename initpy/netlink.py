@@ -18,7 +18,6 @@ the script.
 
 from __future__ import annotations
 
-import asyncio
 import select
 import socket
 import threading
@@ -262,6 +261,10 @@ class FakeDhcpClient:
         self.started = True
 
     async def lease(self) -> Lease:
+        # Imported here: this module is imported on PID 1's start-up path
+        # (the network hook's prefetch), asyncio is not needed until dhcp.
+        import asyncio
+
         if self.nic.dhcp_error:
             raise OSError(self.nic.dhcp_error)
         await asyncio.sleep(self.nic.lease_delay)

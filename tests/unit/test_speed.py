@@ -1,0 +1,79 @@
+"""Speed changes that must not change behaviour: the SIGCHLD-gated reaper,
+hook files that import nothing heavy."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from initpy.kernel import Kernel
+from tests.unit.conftest import HOOKS_DIR
+
+
+def _zombie(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+
+
+def _fork_zombie() -> int:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    for _ in range(500):  # the child is a zombie within milliseconds
+        if _zombie(pid):
+            break
+        time.sleep(0.01)
+    return pid
+
+
+@pytest.fixture
+def watching_kernel() -> Iterator[Kernel]:
+    before = signal.getsignal(signal.SIGCHLD)
+    try:
+        yield Kernel(watch_orphans=True)
+    finally:
+        signal.signal(signal.SIGCHLD, before)
+
+
+def test_reaper_scans_only_after_sigchld(watching_kernel: Kernel) -> None:
+    k = watching_kernel
+    first = _fork_zombie()
+    assert first in k.reap_orphans()
+    # A child that dies while SIGCHLD is blocked: no signal, so no scan yet.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    try:
+        second = _fork_zombie()
+        assert k.reap_orphans() == []
+        assert _zombie(second)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+    # Unblocked, the pending signal runs the handler: the next call reaps it.
+    assert second in k.reap_orphans()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(second, os.WNOHANG)
+
+
+def test_reaper_leaves_run_children_alone(watching_kernel: Kernel) -> None:
+    k = watching_kernel
+    assert k.run([sys.executable, "-c", "import sys; sys.exit(5)"]).returncode == 5
+    assert k.reap_orphans() == []
+
+
+def test_hook_files_import_nothing_heavy() -> None:
+    """Loading every hook (PID 1's path to the first state) leaves asyncio,
+    pyroute2 and the DHCP client for the states that need them."""
+    code = (
+        "import sys; from initpy.boot import load_registry; "
+        f"load_registry([{str(HOOKS_DIR)!r}]); "
+        "print(' '.join(m for m in ('asyncio', 'pyroute2', 'initpy.dhcp', 'ssl',"
+        " 'concurrent.futures') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout.split()
+    assert loaded == []

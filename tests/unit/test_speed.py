@@ -77,3 +77,28 @@ def test_hook_files_import_nothing_heavy() -> None:
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True).stdout.split()
     assert loaded == []
+
+
+def test_lean_pyroute2_skips_the_package_init_and_still_talks_netlink() -> None:
+    code = (
+        "import sys, logging; from initpy.netlink import lean_pyroute2, _import_pyroute2; "
+        "_import_pyroute2(); "
+        "from pyroute2.iproute.linux import IPRoute; ipr = IPRoute(); "
+        "names = [l.get_attr('IFLA_IFNAME') for l in ipr.get_links()]; ipr.close(); "
+        "print('lo' in names, 'pyroute2.ndb.main' in sys.modules, "
+        "'pyroute2.dhcp.client' in sys.modules, "
+        "bool(logging.getLogger('pyroute2').handlers))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["True", "False", "True", "True"]
+
+
+def test_a_daemon_runs_below_the_boot(tmp_path) -> None:
+    from initpy.kernel import DAEMON_NICE
+
+    seen = tmp_path / "priority"
+    pid = Kernel(watch_orphans=False).spawn_daemon(
+        "initpy-test", lambda: seen.write_text(str(os.getpriority(os.PRIO_PROCESS, 0))))
+    os.waitpid(pid, 0)
+    assert int(seen.read_text()) == max(DAEMON_NICE, os.getpriority(os.PRIO_PROCESS, 0))

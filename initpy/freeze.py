@@ -43,14 +43,16 @@ PRIVATE_LIB_DIR = "/usr/lib/initpy/lib"
 PRIVATE_LOADER = f"{PRIVATE_LIB_DIR}/ld-linux-x86-64.so.2"
 
 # Always frozen: what initpy and every boot needs, whatever the hooks say.
-BASE_IMPORTS = ("initpy", "transitions", "json", "ctypes", "ctypes.util", "sqlite3")
+BASE_IMPORTS = ("initpy", "initpy.nossl", "transitions", "json", "ctypes", "ctypes.util",
+                "sqlite3")
 # Never frozen: not used at boot, and large. (Not unittest: pyroute2 imports
-# unittest.mock at package import; not ssl: pyroute2's probe_msg imports it.)
+# unittest.mock at package import.) ssl is answered by initpy.nossl, so
+# OpenSSL (libssl, libcrypto: 1.9 MB of zstd) stays out.
 EXCLUDES = (
     "tkinter", "_tkinter", "pydoc", "pydoc_data", "lib2to3", "idlelib",
     "ensurepip", "distutils", "setuptools", "pip", "pkg_resources", "test",
     "xmlrpc", "curses", "readline", "mypy", "pytest", "_pytest", "hypothesis",
-    "PyInstaller", "ruff", "IPython", "numpy",
+    "PyInstaller", "ruff", "IPython", "numpy", "ssl", "_ssl", "_hashlib",
     # The C decimal module: decimal falls back to the pure-Python _pydecimal.
     "_decimal",
     # East Asian codecs, never used by a boot.

@@ -83,7 +83,26 @@ class PatchOnImport:
         return ModuleSpec(name, loader, origin=ctypes.util.__file__)
 
 
+class NoSslOnImport:
+    """A meta-path finder that answers `import ssl` with initpy.nossl.
+
+    The freeze excludes ssl (and OpenSSL with it); see initpy/nossl.py.
+    """
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "ssl":
+            return None
+        sys.meta_path.remove(self)
+        from importlib.machinery import ModuleSpec
+
+        import initpy.nossl
+
+        loader: Any = _Loader(initpy.nossl)
+        return ModuleSpec(name, loader, origin=initpy.nossl.__file__)
+
+
 if __name__ == "__main__":
+    sys.meta_path.insert(0, NoSslOnImport())
     sys.meta_path.insert(0, PatchOnImport())
     from initpy.__main__ import main
 

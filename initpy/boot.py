@@ -46,6 +46,9 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Set by the storage hook once /state is mounted, so reports are kept there.
 STATE_MOUNTED: Fact[bool] = Fact("state_mounted")
+# The kernel's /dev/kmsg rate limit as we found it, restored at the hand-off.
+PRINTK_DEVKMSG = "/proc/sys/kernel/printk_devkmsg"
+KMSG_RATELIMIT: Fact[str | None] = Fact("kmsg_ratelimit")
 
 
 def _break_state(raw: str | None) -> str:
@@ -161,7 +164,24 @@ def early_mounts(ctx: BootContext) -> str:
         if target == "/proc":
             mounted = _mounted_targets(k)
     k.mkdir("/run/initpy")
+    # The kernel keeps only 10 lines per 5 s written to /dev/kmsg and drops
+    # the rest, which would lose most `initpy:` lines from the kernel log.
+    # The setting is put back at the hand-off, for the OS.
+    try:
+        ctx.put(KMSG_RATELIMIT, k.read_text(PRINTK_DEVKMSG).strip())
+        k.write_text(PRINTK_DEVKMSG, "on\n")
+    except OSError as exc:
+        ctx.say(f"{EARLY_MOUNTS}: warning: kernel log lines may be rate-limited: {exc}")
     return "mounted " + (" ".join(done) if done else "nothing (all present)")
+
+
+def _restore_kmsg_ratelimit(ctx: BootContext) -> None:
+    found = ctx.get(KMSG_RATELIMIT, None)
+    if found and found != "on":
+        try:
+            ctx.kernel.write_text(PRINTK_DEVKMSG, found + "\n")
+        except OSError:
+            pass
 
 
 def _mounted_targets(k: Kernel) -> set[str]:
@@ -232,6 +252,7 @@ class Boot:
             self.report.outcome = "handoff"
             self.report.write(ctx.get(STATE_MOUNTED, False))
             ctx.say(f"{HANDOFF}: exec {path} (uptime {ctx.kernel.uptime():.2f}s)")
+            _restore_kmsg_ratelimit(ctx)
             try:
                 ctx.kernel.execve(path, [path, *argv_tail], env)
             except OSError as exc:

@@ -76,6 +76,7 @@ class FakeKernel(Kernel):
         os.makedirs(self.root, exist_ok=True)
         self._write_seed("proc/cmdline", self.cmdline + "\n")
         self._write_seed("proc/self/mounts", "rootfs / rootfs rw 0 0\n")
+        self._write_seed("proc/sys/kernel/printk_devkmsg", "ratelimit\n")
 
     def _write_seed(self, relative: str, text: str) -> None:
         path = os.path.join(self.root, relative)

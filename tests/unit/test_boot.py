@@ -377,3 +377,15 @@ def test_reports_are_kept_on_state_and_rotated_once_per_boot(kernel: FakeKernel)
     newest = open(os.path.join(folder, "report.json.0")).read()
     oldest = open(os.path.join(folder, "report.json.9")).read()
     assert '"boot 11"' in newest and '"boot 2"' in oldest
+
+
+def test_kernel_log_rate_limit_is_off_during_the_boot_and_restored(kernel: FakeKernel) -> None:
+    seen: list[str] = []
+
+    def look(ctx: BootContext) -> str:
+        seen.append(ctx.kernel.read_text("/proc/sys/kernel/printk_devkmsg"))
+        return "looked"
+
+    run_boot(kernel, [Hook("look", "looks", (State("look", look, "looks"),))])
+    assert seen == ["on\n"]  # every initpy: line reaches the kernel log
+    assert kernel.read_text("/proc/sys/kernel/printk_devkmsg") == "ratelimit\n"

@@ -93,6 +93,7 @@ class Kernel:
         self._children: set[int] = set()
         self._children_lock = threading.Lock()
         self._kmsg: int | None = None
+        self._kmsg_priority = 6
         self._console_lock = threading.Lock()
         # -- speed: reap only after SIGCHLD ------------------------------------
         # Scanning /proc after every state cost tens of ms each under TCG.
@@ -267,11 +268,18 @@ class Kernel:
                 pass
 
     def kmsg(self, line: str) -> None:
-        """Append a line to the kernel log (priority 6: info)."""
+        """Append a line to the kernel log, without printing it twice.
+
+        Every line is also written to the console by `console()`. When the
+        kernel's console log level would print an info line too (the
+        default, without `quiet`), the copy goes in at debug priority, which
+        dmesg keeps but the console does not show.
+        """
         try:
             if self._kmsg is None:
                 self._kmsg = os.open("/dev/kmsg", os.O_WRONLY | os.O_CLOEXEC)
-            os.write(self._kmsg, f"<6>{line}\n".encode()[:1000])
+                self._kmsg_priority = 7 if _console_loglevel() > 6 else 6
+            os.write(self._kmsg, f"<{self._kmsg_priority}>{line}\n".encode()[:1000])
         except OSError:
             pass
 
@@ -437,6 +445,15 @@ class Kernel:
         finally:
             os._exit(status)
 
+
+
+def _console_loglevel() -> int:
+    """The first field of /proc/sys/kernel/printk (7 when unreadable)."""
+    try:
+        with open("/proc/sys/kernel/printk") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 7
 
 
 def _console_tty() -> str | None:

@@ -171,7 +171,11 @@ def test_no_dhcp_server_anywhere_rescues_with_the_reason(boot_vm: BootVm, full_b
     nowhere = Nic(f"dgram,id=n0,local.type=unix,local.path={tmp_path}/guest.sock,"
                   f"remote.type=unix,remote.path={tmp_path}/nobody.sock",
                   f"virtio-net-pci,netdev=n0,mac={MAC}")
-    args = with_nics(full_boot, nowhere, append=(f"initpy.timeout.dhcp={deadline}",))
+    # loglevel=8: the console also shows the kernel log's copy of each
+    # initpy line (kept at debug priority so it is not printed twice
+    # normally), whose timestamps measure the wait below.
+    args = with_nics(full_boot, nowhere,
+                     append=(f"initpy.timeout.dhcp={deadline}", "loglevel=8"))
     with boot_vm(args) as vm:
         vm.expect(r"initpy: find_nics: ok", BOOT_TIMEOUT)
         # Up to the line's end: a match on a half-received line would be cut.

@@ -102,3 +102,23 @@ def test_a_daemon_runs_below_the_boot(tmp_path) -> None:
         "initpy-test", lambda: seen.write_text(str(os.getpriority(os.PRIO_PROCESS, 0))))
     os.waitpid(pid, 0)
     assert int(seen.read_text()) == max(DAEMON_NICE, os.getpriority(os.PRIO_PROCESS, 0))
+
+
+def test_an_initrd_hook_loads_from_its_bytecode_not_its_source(tmp_path) -> None:
+    from initpy.hook import load_hook_file
+    from initpy.mkinitrd import hook_bytecode, hook_bytecode_path
+
+    hooks = tmp_path / "usr/lib/initpy/hooks"
+    hooks.mkdir(parents=True)
+    source = hooks / "probe_bytecode.py"
+    hook_text = ('from initpy.hook import Hook\n'
+                 'HOOK = Hook(name="probe_bytecode", description="{}")\n')
+    source.write_text(hook_text.format("compiled by mkinitrd"))
+    pyc = tmp_path / hook_bytecode_path(source.name).lstrip("/")
+    pyc.parent.mkdir()
+    pyc.write_bytes(hook_bytecode(str(source)))
+    assert hook_bytecode(str(source)) == pyc.read_bytes()  # reproducible
+    # The loader trusts the bytecode without reading the source's hash: a
+    # changed source shows that the .pyc, not a fresh compile, was used.
+    source.write_text(hook_text.format("compiled at boot"))
+    assert load_hook_file(str(source)).description == "compiled by mkinitrd"

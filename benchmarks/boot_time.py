@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import os
 import re
 import statistics
@@ -36,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -225,6 +227,19 @@ def print_table(label: str, boots: list[Boot]) -> None:
               f"{seconds(pick([b.wall for b in boots]))}")
 
 
+@contextlib.contextmanager
+def holding_both_slots() -> Iterator[None]:
+    """Hold one VM slot for the run, so each boot takes the other.
+
+    Two benchmarks at once would each hold one slot and wait for the other
+    forever, so benchmarks first queue on a lock of their own.
+    """
+    with open("/tmp/initpy-vm-bench.lock", "w") as queue:
+        fcntl.flock(queue, fcntl.LOCK_EX)
+        with qemu.vm_slot():
+            yield
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -268,7 +283,7 @@ def main() -> None:
         # The two kinds take turns, so that both see the same load on the host.
         ours: list[Boot] = []
         theirs: list[Boot] = []
-        with contextlib.nullcontext() if ns.shared else qemu.vm_slot():
+        with contextlib.nullcontext() if ns.shared else holding_both_slots():
             for i in range(ns.runs):
                 # Fresh disks for every boot, so that every boot does the same work.
                 (work / f"i{i}").mkdir()

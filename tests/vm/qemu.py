@@ -343,6 +343,15 @@ class Vm:
         self._reader.join(5)
         return code
 
+    def leave_rescue_shell(self, timeout: float = 60) -> None:
+        """Type `exit` in the rescue shell and see the guest reboot, ending QEMU."""
+        self.send("exit")
+        self.expect(r"initpy: rescue: shell left with status 0; rebooting", timeout)
+        self.expect(r"reboot: Restarting system", timeout)
+        code = self.wait_exit(timeout)
+        if code != 0:
+            raise VmError(self._failure(f"QEMU ended with {code} after the reboot"))
+
     @property
     def seconds(self) -> float:
         """Wall time since QEMU started."""

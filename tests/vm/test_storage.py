@@ -193,10 +193,7 @@ def test_blank_disks_rescue_then_label_them_in_the_shell_and_the_next_boot_mount
         vm.expect(r"^state-42$", SHELL_TIMEOUT, re.M)
         vm.send("mkfs.btrfs -L buildos.machines -m single /dev/vdb && echo machines-$((40 + 3))")
         vm.expect(r"^machines-43$", SHELL_TIMEOUT, re.M)
-        vm.send("exit")
-        vm.expect(r"initpy: rescue: shell left with status 0; rebooting", SHELL_TIMEOUT)
-        vm.expect(r"reboot: Restarting system", SHELL_TIMEOUT)
-        assert vm.wait_exit(SHELL_TIMEOUT) == 0
+        vm.leave_rescue_shell(SHELL_TIMEOUT)
 
     with boot(images) as vm:
         found = storage_lines(vm)

@@ -27,6 +27,7 @@ from initpy.hook import (
     build_registry,
     discover,
 )
+from initpy.kernel import MS_NODEV, MS_NOEXEC, MS_NOSUID
 from initpy.report import Report, StateRecord
 
 if TYPE_CHECKING:
@@ -139,11 +140,12 @@ def early_mounts(ctx: BootContext) -> str:
     mounted = _mounted_targets(k)
     done = []
     table = (
-        ("proc", "/proc", "proc", 0o555, "", 2 | 4 | 8),
-        ("sysfs", "/sys", "sysfs", 0o555, "", 2 | 4 | 8),
-        ("devtmpfs", "/dev", "devtmpfs", 0o755, "mode=0755", 2),
-        ("devpts", "/dev/pts", "devpts", 0o755, "gid=5,mode=620,ptmxmode=000", 2 | 8),
-        ("tmpfs", "/run", "tmpfs", 0o755, "mode=0755", 2 | 4),
+        ("proc", "/proc", "proc", 0o555, "", MS_NOSUID | MS_NODEV | MS_NOEXEC),
+        ("sysfs", "/sys", "sysfs", 0o555, "", MS_NOSUID | MS_NODEV | MS_NOEXEC),
+        ("devtmpfs", "/dev", "devtmpfs", 0o755, "mode=0755", MS_NOSUID),
+        ("devpts", "/dev/pts", "devpts", 0o755, "gid=5,mode=620,ptmxmode=000",
+         MS_NOSUID | MS_NOEXEC),
+        ("tmpfs", "/run", "tmpfs", 0o755, "mode=0755", MS_NOSUID | MS_NODEV),
     )
     for source, target, fstype, mode, options, flags in table:
         if target in mounted:

@@ -327,7 +327,6 @@ class PyrouteDhcpClient:
         self.name = name
         self.mac = mac
         self._client: Any = None
-        self._last_state: Any = None
 
     def _config(self, **overrides: Any) -> Any:
         from pyroute2.dhcp.client import ClientConfig

@@ -77,9 +77,6 @@ class BootContext:
     def get(self, fact: Fact[T], default: T) -> T:
         return cast(T, self._facts.get(fact.name, default))
 
-    def has(self, fact: Fact[T]) -> bool:
-        return fact.name in self._facts
-
     def value(self, parameter: Parameter[T]) -> T:
         return self.config.value(parameter)
 

@@ -29,11 +29,9 @@ if TYPE_CHECKING:
     from initpy.netlink import Netlink
 
 # mount(2) flags, from <sys/mount.h>.
-MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
 MS_NOEXEC = 8
-MS_RELATIME = 1 << 21
 
 # reboot(2) commands, from <linux/reboot.h>.
 _LINUX_REBOOT_CMD_RESTART = 0x01234567

@@ -84,11 +84,6 @@ def probe_all(read: Reader) -> list[Superblock]:
     return found
 
 
-def probe_device(path: str, read_bytes: Callable[[str, int, int], bytes]) -> list[Superblock]:
-    """`probe_all` on a device path, through a `Kernel.read_bytes`-like function."""
-    return probe_all(lambda offset, size: read_bytes(path, offset, size))
-
-
 # -- helpers ---------------------------------------------------------------------
 
 

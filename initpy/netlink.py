@@ -341,12 +341,6 @@ class FakeNetlink:
                       lease_time=86400)
         return cls(nics=[FakeNic("eth0", "52:54:00:12:34:56", lease=lease)])
 
-    def plug(self, nic: FakeNic) -> FakeNic:
-        self.nics.append(nic)
-        if self.kernel is not None:
-            self._appear()
-        return nic
-
     def attach(self, kernel: FakeClock) -> None:
         """Bind to the fake kernel: its clock, and /sys/class/net in its root."""
         if self.kernel is kernel:

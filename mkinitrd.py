@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """mkinitrd.py: build buildos-image, buildos-initrd and buildos-buildid.
 
-The command line of the initrd builder; the work is in initpy.mkinitrd.
+The command line of the initrd builder; the work is in initpy.builder.mkinitrd.
 Run it with the project's virtualenv (.venv/bin/python mkinitrd.py ...), or
 as the `mkinitrd` console script.
 """
@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from initpy.mkinitrd import main  # noqa: E402
+from initpy.builder.mkinitrd import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

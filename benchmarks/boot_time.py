@@ -44,8 +44,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from initpy import cpio  # noqa: E402
-from initpy.boot import load_registry  # noqa: E402
+from initpy.builder import cpio  # noqa: E402
+from initpy.runtime.driver import load_registry  # noqa: E402
 from tests.vm import qemu  # noqa: E402
 from tests.vm.guest_output import read_sections, report  # noqa: E402
 from tests.vm.scenario import GUEST_PATH, GUEST_PROGRAM, BootArgs, full_boot_args  # noqa: E402

@@ -5,7 +5,7 @@ Needs root. Builds, in network namespaces of its own (removed at the end):
 a "host" namespace with 4 veth NICs nic0..nic3, each linked to a "lan"
 namespace where only nic3's peer has a DHCP server (dnsmasq, with router
 and DNS). Then, inside the host namespace, with the real pyroute2 code the
-init uses (initpy.dhcp.race through initpy.netlink.IPRouteNetlink):
+init uses (hooks.network.dhcpclient.race through hooks.network.netlink.IPRouteNetlink):
 
 - 1 NIC (nic3 only): parallel race vs sequential;
 - 4 NICs, only the last served: parallel race vs the spec's "tried in
@@ -48,8 +48,8 @@ def outer(args: argparse.Namespace) -> int:
 
 
 def inner(args: argparse.Namespace) -> int:
+    from hooks.network.netlink import IPRouteNetlink, wait_for_carrier
     from initpy import dhcp
-    from initpy.netlink import IPRouteNetlink, wait_for_carrier
 
     nl = IPRouteNetlink()
     links, waited = wait_for_carrier(nl, NICS, 10, time.monotonic)

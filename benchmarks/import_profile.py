@@ -7,7 +7,7 @@ Phases, each measured in its own `python -X importtime` process, so one
 phase's imports are not counted in another's (they are cumulative: a phase
 includes the ones before it):
 
-- boot: `import initpy.boot` and the real kernel seam (before "starting");
+- boot: `import initpy.runtime.driver` and the real kernel seam (before "starting");
 - hooks: plus every hook file loaded and the registry built (before the
   first state: the network hook's pyroute2 prefetch is not started, as the
   process is not PID 1);
@@ -32,16 +32,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 PHASES: dict[str, str] = {
-    "boot": "import initpy.boot, initpy.kernel",
-    "hooks": "from initpy.boot import load_registry; load_registry([HOOKS])",
+    "boot": "import initpy.runtime.driver, initpy.runtime.kernel",
+    "hooks": "from initpy.runtime.driver import load_registry; load_registry([HOOKS])",
     "machine": (
-        "from initpy.boot import Boot, load_registry; from initpy.kernel import Kernel; "
+        "from initpy.runtime.driver import Boot, load_registry; "
+        "from initpy.runtime.kernel import Kernel; "
         "Boot(Kernel(watch_orphans=False), load_registry([HOOKS]))"
     ),
     "network": (
-        "from initpy.boot import Boot, load_registry; from initpy.kernel import Kernel; "
+        "from initpy.runtime.driver import Boot, load_registry; "
+        "from initpy.runtime.kernel import Kernel; "
         "Boot(Kernel(watch_orphans=False), load_registry([HOOKS])); "
-        "from initpy.netlink import _import_pyroute2; _import_pyroute2()"
+        "from hooks.network.netlink import _import_pyroute2; _import_pyroute2()"
     ),
 }
 LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)$")

@@ -27,11 +27,11 @@ import time
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, TOP)
 
-from initpy import mkinitrd  # noqa: E402
+from initpy.builder import mkinitrd  # noqa: E402
 
 MINIMAL_HOOK = '''
 """Benchmark only: the modules of issue 3's minimal initrd."""
-from initpy.hook import Hook
+from initpy.runtime.hook import Hook
 
 HOOK = Hook(
     name="bench_minimal",

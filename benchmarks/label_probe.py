@@ -1,13 +1,13 @@
-"""Label probing: how fast initpy.labels reads superblocks, and who else sees labels.
+"""Label probing: how fast hooks.storage.labels reads superblocks, and who else sees labels.
 
 Makes small real filesystems with mkfs on image files (ext4, btrfs, xfs,
 vfat), then prints:
-1. the time initpy.labels.probe_all takes per image (one 68 KiB read and
+1. the time hooks.storage.labels.probe_all takes per image (one 68 KiB read and
    the parsing), against `blkid -p` run as a command on the same image;
 2. with root and losetup (and no udevd running, as in the initrd), what
    lsblk, pyudev and blkid report for the same images attached as loop
    devices: the evidence for docs/storage.md that only a superblock
-   reader (blkid, or initpy.labels) sees labels without udev.
+   reader (blkid, or hooks.storage.labels) sees labels without udev.
 
 Run: .venv/bin/python benchmarks/label_probe.py
 """
@@ -23,7 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from initpy.labels import PROBE_BYTES, probe_all  # noqa: E402
+from hooks.storage.labels import PROBE_BYTES, probe_all  # noqa: E402
 
 IMAGES = (
     ("ext4", ["mkfs.ext4", "-q", "-F", "-L", "buildos.state"], 64),
@@ -49,7 +49,7 @@ def make_images(folder: str) -> list[tuple[str, str]]:
 
 
 def time_probes(images: list[tuple[str, str]]) -> None:
-    print(f"{'image':8} {'initpy.labels':>16} {'blkid -p':>12}  result")
+    print(f"{'image':8} {'hooks.storage.labels':>16} {'blkid -p':>12}  result")
     for name, path in images:
         def read(offset: int, size: int, path: str = path) -> bytes:
             with open(path, "rb", buffering=0) as f:
@@ -65,7 +65,8 @@ def time_probes(images: list[tuple[str, str]]) -> None:
         theirs = (time.perf_counter() - start) / 20
         result = ", ".join(f"{s.fstype} {s.label!r}" for s in found)
         print(f"{name:8} {ours * 1e6:13.0f} us {theirs * 1e3:9.1f} ms  {result}")
-    print(f"(initpy.labels: {ROUNDS} rounds, one {PROBE_BYTES}-byte read each, page cache warm)")
+    print(f"(hooks.storage.labels: {ROUNDS} rounds, one {PROBE_BYTES}-byte read each, "
+          "page cache warm)")
 
 
 def evidence(images: list[tuple[str, str]]) -> None:
@@ -81,7 +82,7 @@ def evidence(images: list[tuple[str, str]]) -> None:
                                  capture_output=True, text=True).stdout.strip()
             loops.append((name, dev))
         print(f"{'device':12} {'lsblk LABEL':14} {'pyudev ID_FS_LABEL':20} {'blkid LABEL':18} "
-              "initpy.labels")
+              "hooks.storage.labels")
         try:
             import pyudev
             context = pyudev.Context()

@@ -1,8 +1,8 @@
 """Kernel modules: load what mkinitrd put into the initrd, right after cmdline.
 
-Owns the `load_modules` state. mkinitrd writes /usr/lib/initpy/modules.list
-(initpy.kmod): one module per line in dependency order, with the modules
-each one needs first. They are loaded with finit_module through the kernel
+Owns the `load_modules` state. mkinitrd lists the modules it packed in the
+initrd's manifest (initpy.runtime.layout.Manifest), in dependency order,
+each with the modules it needs first. They are loaded with finit_module through the kernel
 seam, concurrently where the dependency graph allows (a module starts as
 soon as everything it needs is in), since loading is mostly waiting on the
 kernel's relocation and init work and independent drivers need not queue.
@@ -19,45 +19,22 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from initpy.hook import BootContext, BootFailure, Hook, State
+from initpy.runtime import layout
+from initpy.runtime.hook import BootContext, BootFailure, Hook, Milestone, State
+from initpy.runtime.layout import PackedModule
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
-MODULES_LIST = "/usr/lib/initpy/modules.list"
 MODPROBE_SETTING = "/proc/sys/kernel/modprobe"
 # The kernel's default; busybox's applet there when there is no --rootfs.
 SYSTEM_MODPROBE = "/sbin/modprobe"
-PRIVATE_MODPROBE = "/usr/lib/initpy/bin/modprobe"
+PRIVATE_MODPROBE = layout.PRIVATE_MODPROBE
 # Loading is syscall-bound; a few threads overlap the kernel's waits without
 # starving the boot on a 1-CPU VM.
 WORKERS = 4
-
-
-@dataclass(frozen=True)
-class ListedModule:
-    name: str
-    path: str  # relative to /lib/modules/<version>
-    needs: tuple[str, ...]
-
-
-def parse_list(text: str) -> list[ListedModule]:
-    modules = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        if len(fields) != 3:
-            raise BootFailure(
-                f"{MODULES_LIST} line {number} is malformed: {line!r}",
-                "rebuild the initrd with this initpy's mkinitrd",
-            )
-        name, path, needs = fields
-        modules.append(ListedModule(name, path, tuple(n for n in needs.split(",") if n)))
-    return modules
 
 
 def _modprobe(ctx: BootContext) -> str:
@@ -77,11 +54,11 @@ def load_modules(ctx: BootContext) -> str:
 
     k = ctx.kernel
     modprobe = _modprobe(ctx)
-    if not k.exists(MODULES_LIST):
+    modules = list(ctx.manifest.modules) if ctx.manifest is not None else []
+    if not modules:
         return f"no modules in the initrd; autoload via {modprobe}"
-    modules = parse_list(k.read_text(MODULES_LIST))
     version = k.read_text("/proc/sys/kernel/osrelease").strip()
-    folder = f"/lib/modules/{version}"
+    folder = f"{layout.MODULES_ROOT}/{version}"
     if modules and not k.is_dir(folder):
         shipped = k.listdir("/lib/modules") if k.is_dir("/lib/modules") else []
         raise BootFailure(
@@ -93,7 +70,7 @@ def load_modules(ctx: BootContext) -> str:
 
     results: dict[str, tuple[str, int, str]] = {}  # name -> (result, ms, error)
 
-    def load(module: ListedModule) -> tuple[str, int, str]:
+    def load(module: PackedModule) -> tuple[str, int, str]:
         start = k.uptime()
         try:
             k.finit_module(f"{folder}/{module.path}")
@@ -122,7 +99,7 @@ def load_modules(ctx: BootContext) -> str:
                     del pending[name]
             if not running:
                 for name in pending:  # a cycle in the list: nothing can start
-                    results[name] = ("skipped", 0, "dependency cycle in " + MODULES_LIST)
+                    results[name] = ("skipped", 0, "dependency cycle in " + layout.MANIFEST)
                 pending.clear()
                 continue
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
@@ -158,6 +135,7 @@ HOOK = Hook(
         "load_modules", load_modules,
         "load the kernel modules listed by mkinitrd (finit_module), concurrently where the "
         "dependency order allows; set the kernel's modprobe for autoloading",
+        provides=(Milestone.MODULES,),
     ),),
     modules=("virtio_pci", "virtio_blk", "virtio_net"),
 )

@@ -9,7 +9,7 @@ Their libraries come along through mkinitrd's ELF resolution.
 
 from __future__ import annotations
 
-from initpy.hook import Hook
+from initpy.runtime.hook import Hook
 
 HOOK = Hook(
     name="rescue_tools",

@@ -18,8 +18,29 @@ import base64
 import binascii
 import struct
 
-from initpy.boot import ADMIN_EMAIL, BUILDID_URL, SMTP_RELAY, SSH_KEY
-from initpy.hook import BootContext, Hook, State
+from initpy.runtime import cmdline
+from initpy.runtime.cmdline import Parameter
+from initpy.runtime.hook import BootContext, Hook, Milestone, State
+
+SMTP_RELAY: Parameter[str | None] = Parameter(
+    "buildos.smtp_relay", cmdline.text("a host name", r"[A-Za-z0-9.\-\[\]:]+"), None,
+    "SMTP relay that postfix forwards all mail to", "buildos.smtp_relay=mail.example.org",
+)
+ADMIN_EMAIL: Parameter[str | None] = Parameter(
+    "buildos.admin_email", cmdline.text("an email address", r"[^@\s]+@[^@\s]+"), None,
+    "address that receives root's mail and notifications",
+    "buildos.admin_email=admin@example.org",
+)
+BUILDID_URL: Parameter[str | None] = Parameter(
+    "buildos.buildid_url", cmdline.text("a URL", r"[a-z][a-z0-9+.\-]*://\S*"), None,
+    "URL of buildos-buildid, polled by the monitor; a change reboots the host",
+    "buildos.buildid_url=tftp://10.0.0.1/buildos/buildos-buildid",
+)
+SSH_KEY: Parameter[str | None] = Parameter(
+    "buildos.ssh_key", cmdline.text("an OpenSSH public key", r"(ssh|ecdsa|sk)-\S+ \S+.*"),
+    None, "public key added to root's authorized_keys (quote it: it has spaces)",
+    'buildos.ssh_key="ssh-ed25519 AAAA... user@host"',
+)
 
 KEY_TYPES = (
     "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
@@ -135,8 +156,8 @@ HOOK = Hook(
     description="postfix relay and root's mail; root's SSH key; the buildos environment file",
     states=(
         State("mail_relay", mail_relay, "configure postfix to relay to buildos.smtp_relay and "
-              "root's mail to buildos.admin_email", after=("bridges",), before=("handoff",)),
-        State("ssh_key", ssh_key, "add buildos.ssh_key to root's authorized_keys; no passwords",
-              after=("mail_relay",), before=("handoff",)),
+              "root's mail to buildos.admin_email", wants=(Milestone.NETWORK,)),
+        State("ssh_key", ssh_key, "add buildos.ssh_key to root's authorized_keys; no passwords"),
     ),
+    parameters=(SMTP_RELAY, ADMIN_EMAIL, BUILDID_URL, SSH_KEY),
 )

@@ -1,66 +1,9 @@
-"""The `initpy` entry point: PID 1 at boot, and a few tools for people.
+"""`python -m initpy`: the developers' and operators' tools (initpy.devtools.cli).
 
-As PID 1 (no arguments, pid 1) it boots and never returns. Otherwise:
-
-    initpy walk [--cmdline TEXT] [--root DIR] [--hooks-dir DIR]...
-        walk the whole boot against a fake kernel in a temporary root
-    initpy diagram [--hooks-dir DIR]...
-        print the state diagram (mermaid), derived from the hooks
-    initpy params [--hooks-dir DIR]...
-        print the command-line parameters as a markdown table
+PID 1 never comes here: the frozen /init calls initpy.runtime.entry.
 """
 
-from __future__ import annotations
-
-import os
-import sys
-
-
-def _repo_hooks() -> str:
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hooks")
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    if not args and os.getpid() == 1:
-        from initpy.boot import DEFAULT_PATH
-        from initpy.boot import main as boot_main
-        from initpy.kernel import Kernel
-
-        # The kernel starts init with no PATH, and Python's fallback lacks
-        # the sbin folders: every command a hook runs by name needs one.
-        os.environ.setdefault("PATH", DEFAULT_PATH)
-        boot_main(Kernel())
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="initpy", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("walk", "diagram", "params"):
-        p = sub.add_parser(name)
-        p.add_argument("--hooks-dir", action="append", default=None,
-                       help="a hooks folder (repeatable; default: the repository's hooks/)")
-        p.add_argument("--hooks", default=None, help="comma-separated hook names (default: all)")
-        if name == "walk":
-            p.add_argument("--cmdline", default="console=ttyS0 initpy.exec=/sbin/init",
-                           help="the kernel command line to boot with")
-            p.add_argument("--root", default=None, help="the fake root (default: a temporary one)")
-    ns = parser.parse_args(args)
-    folders = ns.hooks_dir or [_repo_hooks()]
-    names = [n for n in ns.hooks.split(",") if n] if ns.hooks is not None else None
-    if ns.command == "diagram":
-        from initpy.docgen import diagram
-
-        print(diagram(folders, names), end="")
-    elif ns.command == "params":
-        from initpy.docgen import parameters_table
-
-        print(parameters_table(folders, names), end="")
-    else:
-        from initpy.walk import walk
-
-        sys.exit(walk(ns.cmdline, folders, names, ns.root))
-
+from initpy.devtools.cli import main
 
 if __name__ == "__main__":
     main()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from initpy.kernel import Kernel, KernelError
+from initpy.runtime.kernel import Kernel, KernelError
 
 pytestmark = [
     pytest.mark.root,

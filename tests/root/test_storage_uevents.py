@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from initpy.blockdev import BlockDevice, wait_for_devices
-from initpy.kernel import Kernel
+from hooks.storage.blockdev import BlockDevice, wait_for_devices
+from initpy.runtime.kernel import Kernel
 
 pytestmark = [
     pytest.mark.root,

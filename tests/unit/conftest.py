@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
-import sys
 import types
 from collections.abc import Callable, Sequence
 
 import pytest
 
-from initpy.boot import Boot, Halted
-from initpy.fake import FakeKernel
-from initpy.hook import Hook, build_registry
+from initpy.devtools.fake import FakeKernel
+from initpy.runtime.driver import Boot, Halted
+from initpy.runtime.hook import Hook, build_registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HOOKS_DIR = os.path.join(REPO, "hooks")
@@ -51,8 +51,5 @@ BootRunner = Callable[[FakeKernel, Sequence[Hook]], Halted]
 
 
 def hook_module(name: str) -> types.ModuleType:
-    """Import hooks/<name>.py as the boot does, to test its functions directly."""
-    from initpy.hook import load_hook_file
-
-    load_hook_file(os.path.join(HOOKS_DIR, f"{name}.py"))
-    return sys.modules[f"initpy_hooks.{name}"]
+    """The module of hooks/<name> (file or folder), as the boot imports it."""
+    return importlib.import_module(f"hooks.{name}")

@@ -13,26 +13,25 @@ from collections.abc import Sequence
 import pytest
 from pytest_mock import MockerFixture
 
-from initpy.boot import Boot, clean_environment, load_registry, main
-from initpy.fake import FakeKernel, HandedOff, Rebooted
-from initpy.hook import BootContext, BootFailure, Hook, State, build_registry
-from initpy.kernel import Kernel, ShellExit
+from initpy.devtools.fake import FakeKernel, HandedOff, Rebooted
+from initpy.runtime.driver import Boot, clean_environment, load_registry, main
+from initpy.runtime.hook import BootContext, BootFailure, Hook, State, build_registry
+from initpy.runtime.kernel import Kernel, ShellExit
 from tests.unit.conftest import HOOKS_DIR, make_executable, read_report, run_boot
 
 
-def recorder(trail: list[str], name: str) -> State:
+def recorder(trail: list[str], name: str, **milestones: tuple[str, ...]) -> State:
     def run(ctx: BootContext) -> str:
         trail.append(name)
         return f"{name} done"
 
-    return State(name, run, f"records {name}")
+    return State(name, run, f"records {name}", **milestones)
 
 
 def two_hooks(trail: list[str]) -> list[Hook]:
-    first = Hook("first", "first hook", (recorder(trail, "alpha"), recorder(trail, "beta")))
-    second = Hook("second", "second hook", (
-        State("gamma", recorder(trail, "gamma").run, "records gamma", after=("beta",)),
-    ))
+    first = Hook("first", "first hook", (recorder(trail, "alpha"),
+                                         recorder(trail, "beta", provides=("betas",))))
+    second = Hook("second", "second hook", (recorder(trail, "gamma", needs=("betas",)),))
     return [second, first]
 
 
@@ -298,11 +297,11 @@ def test_main_survives_broken_hooks(tmp_path: os.PathLike[str]) -> None:
 
 
 def test_unscripted_commands_and_kernel_log(kernel: FakeKernel) -> None:
-    from initpy.run import CommandFailed, run
+    from initpy.runtime.kernel import Completed
+    from initpy.runtime.run import CommandFailed, run
 
     assert run(kernel, ["btrfs", "device", "scan"]).returncode == 0
-    kernel.commands["nft"] = lambda argv: __import__("initpy.kernel").kernel.Completed(
-        tuple(argv), 1, "", "Error: syntax error\n")
+    kernel.commands["nft"] = lambda argv: Completed(tuple(argv), 1, "", "Error: syntax error\n")
     with pytest.raises(CommandFailed, match="nft -f x: exit 1: Error: syntax error"):
         run(kernel, ["nft", "-f", "x"], fix="check the rules")
     assert "initpy: run: btrfs device scan" in kernel.kmsg_lines
@@ -366,7 +365,7 @@ def test_walk_command_runs_without_root() -> None:
 
 
 def test_reports_are_kept_on_state_and_rotated_once_per_boot(kernel: FakeKernel) -> None:
-    from initpy.report import Report
+    from initpy.runtime.report import Report
 
     for boot_number in range(12):
         report = Report(kernel, outcome=f"boot {boot_number}")

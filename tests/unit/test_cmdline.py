@@ -5,21 +5,21 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from initpy import cmdline
-from initpy.boot import (
-    ADMIN_EMAIL,
+from hooks.services import ADMIN_EMAIL, SSH_KEY
+from hooks.services import HOOK as SERVICES
+from initpy.runtime import cmdline
+from initpy.runtime.driver import (
     BREAK,
     CORE_PARAMETERS,
     DEBUG,
     EXEC,
     RESCUE_POLICY,
     RESCUE_TIMEOUT,
-    SSH_KEY,
 )
 
 
 def parse(text: str) -> cmdline.BootConfig:
-    return cmdline.parse(text, CORE_PARAMETERS)
+    return cmdline.parse(text, [*CORE_PARAMETERS, *SERVICES.parameters])
 
 
 def test_spaces_separate_and_quotes_group() -> None:

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from initpy import cpio
+from initpy.builder import cpio
 
 
 def _entries() -> list[cpio.Entry]:

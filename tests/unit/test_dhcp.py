@@ -1,4 +1,4 @@
-"""initpy.dhcp: pyroute2's client configured against its pitfalls, leases, the race."""
+"""hooks.network.dhcpclient: pyroute2's client configured against its pitfalls, leases, the race."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from initpy import dhcp
-from initpy.dhcp import Lease, PyrouteDhcpClient, choose, lease_from_options, race
-from initpy.netlink import FakeNetlink, FakeNic
+from hooks.network import dhcpclient as dhcp
+from hooks.network.dhcpclient import Lease, PyrouteDhcpClient, choose, lease_from_options, race
+from initpy.devtools.fake_network import FakeNetlink, FakeNic
 
 
 def test_the_client_sends_no_hostname_and_requests_one() -> None:

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from initpy.docgen import states_document
+from initpy.devtools.docgen import states_document
 from tests.unit.conftest import HOOKS_DIR, REPO
 
 
@@ -14,7 +14,7 @@ def test_states_document_is_current() -> None:
     with open(os.path.join(REPO, "docs", "states.md")) as f:
         committed = f.read()
     assert committed == states_document([HOOKS_DIR]), (
-        "docs/states.md is stale: run `.venv/bin/python -m initpy.docgen > docs/states.md`"
+        "docs/states.md is stale: run `.venv/bin/python -m initpy.devtools.docgen > docs/states.md`"
     )
 
 
@@ -29,9 +29,9 @@ def test_initpy_diagram_matches_the_committed_diagram() -> None:
 def test_the_hook_example_in_the_design_doc_works(tmp_path: os.PathLike[str]) -> None:
     import re
 
-    from initpy.boot import Boot, Halted
-    from initpy.fake import FakeKernel
-    from initpy.hook import build_registry, discover
+    from initpy.devtools.fake import FakeKernel
+    from initpy.runtime.driver import Boot, Halted
+    from initpy.runtime.hook import build_registry, discover
 
     with open(os.path.join(REPO, "docs", "design.md")) as f:
         (example,) = re.findall(r"```python\n(# hooks/motd.py\n.*?)```", f.read(), re.S)

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from initpy import elf
+from initpy.builder import elf
 
 LS = shutil.which("ls") or "/bin/ls"
 needs_patchelf = pytest.mark.skipif(shutil.which("patchelf") is None,

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from initpy import kmod
+from initpy.builder import kmod
 
 
 def _tree(top: str) -> str:
@@ -83,10 +83,8 @@ def test_stage_decompresses_indexes_and_lists(tmp_path: str) -> None:
     assert not os.path.exists(os.path.join(staged, "kernel/drivers/unused.ko"))
     assert os.path.exists(os.path.join(staged, "modules.dep"))  # depmod ran on the subset
     assert os.path.exists(os.path.join(staged, "modules.builtin"))
-    with open(os.path.join(root, kmod.MODULES_LIST)) as f:
-        lines = f.read().splitlines()
-    assert lines == [
-        "c\tkernel/drivers/c.ko\t",
-        "b\tkernel/drivers/b.ko\t",
-        "a_mod\tkernel/drivers/a-mod.ko\tc,b",
+    assert [(m.name, m.path, m.needs) for m in selection.packed()] == [
+        ("c", "kernel/drivers/c.ko", ()),
+        ("b", "kernel/drivers/b.ko", ()),
+        ("a_mod", "kernel/drivers/a-mod.ko", ("c", "b")),
     ]

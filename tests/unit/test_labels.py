@@ -1,4 +1,4 @@
-"""Superblock probes (initpy.labels) and uevent parsing (initpy.blockdev).
+"""Superblock probes (hooks.storage.labels) and uevent parsing (hooks.storage.blockdev).
 
 Superblocks are built byte by byte here, at the offsets the filesystems'
 own headers give, and checked against real ones made by mkfs on small
@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from initpy.blockdev import parse_uevent
-from initpy.labels import PROBE_BYTES, Superblock, probe, probe_all
+from hooks.storage.blockdev import parse_uevent
+from hooks.storage.labels import PROBE_BYTES, Superblock, probe, probe_all
 
 # -- crafted images ------------------------------------------------------------------
 

@@ -16,7 +16,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from initpy import cpio, elf, freeze, mkinitrd
+from initpy.builder import cpio, elf, freeze, mkinitrd
+from initpy.builder.command import BuildError
+from initpy.runtime import layout
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists("/bin/busybox") or shutil.which("depmod") is None
@@ -25,14 +27,14 @@ pytestmark = pytest.mark.skipif(
 )
 VERSION = "9.9-test"
 HOOK = '''
-from initpy.hook import Hook, State
+from initpy.runtime.hook import Hook, State
 
 def hello(ctx):
     return "hello"
 
 HOOK = Hook(name="{name}", description="a test hook", binaries={binaries!r},
             modules={modules!r}, files={files!r},
-            states=(State("{name}_state", hello, "says hello"),))
+            states=(State("{name}_state", hello, "says hello", provides=("{name}d",)),))
 '''
 
 
@@ -118,11 +120,15 @@ def test_layout_of_the_initrd(setup: dict[str, str]) -> None:
                           ("dev/kmsg", (1, 11))):
         assert stat.S_ISCHR(files[node].mode)
         assert (files[node].rdevmajor, files[node].rdevminor) == numbers
-    assert files["usr/lib/initpy/hooks.list"].data == b"probe\n"
+    manifest = layout.Manifest.from_json(files[layout.MANIFEST.lstrip("/")].data)
+    assert manifest.hooks == ("probe",)
     assert b'name="probe"' in files["usr/lib/initpy/hooks/probe.py"].data
     # Modules: the wanted one after its dependency; depmod's index of the subset.
-    assert files["usr/lib/initpy/modules.list"].data == (
-        b"b\tkernel/b.ko\t\na\tkernel/a.ko\tb\n")
+    assert manifest.kernel_version == VERSION
+    assert manifest.modules == (layout.PackedModule("b", "kernel/b.ko"),
+                                layout.PackedModule("a", "kernel/a.ko", ("b",)))
+    # The build id names the content, and the manifest carries it.
+    assert read(result.buildid).decode().strip() == manifest.build_id
     assert files[f"usr/lib/modules/{VERSION}/kernel/a.ko"].data == b"module a"
     assert f"usr/lib/modules/{VERSION}/modules.dep" in files
     assert any("ext4 is built into kernel" in n for n in result.notes)
@@ -242,13 +248,42 @@ def _build_with(setup: dict[str, str]) -> object:
     return fake
 
 
-KERNEL_CACHE = subprocess.run(
-    ["bash", "-c", "ls -d ${INITPY_CACHE:-$HOME/.cache/initpy}/kernel/*/ 2>/dev/null | head -1"],
-    capture_output=True, text=True, check=False).stdout.strip()
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.mark.skipif(not KERNEL_CACHE, reason="no fetched kernel: run scripts/fetch-kernel")
-def test_the_real_mkinitrd_twice_is_byte_identical(tmp_path: str) -> None:
+@pytest.fixture(scope="session")
+def real_kernel() -> str:
+    """The Debian kernel the VM tier boots, fetched now if the cache has none.
+
+    Fetched when the test runs, not when the module is imported: an empty
+    cache must never turn these tests into skips.
+    """
+    done = subprocess.run([os.path.join(REPO, "scripts", "fetch-kernel")], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0, f"scripts/fetch-kernel failed:\n{done.stderr}"
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_the_initrd_freezes_the_runtime_and_nothing_else_of_initpy() -> None:
+    """The frozen init's module archive, listed: no builder, dev tool or hook in it."""
+    from PyInstaller.archive.readers import CArchiveReader
+
+    hooks_dir = mkinitrd.repo_hooks_dir()
+    files = mkinitrd.hook_files([hooks_dir])
+    frozen = freeze.freeze([f for path in files.values() for f in mkinitrd.hook_sources(path)])
+    archive = CArchiveReader(os.path.join(frozen.tree, "frozen", "initpy"))
+    modules = set(archive.open_embedded_archive("PYZ.pyz").toc)
+    ours = sorted(m for m in modules if m.split(".")[0] in ("initpy", "hooks"))
+    print("frozen initpy modules:", ", ".join(ours))
+    assert {"initpy.runtime.driver", "initpy.runtime.kernel", "initpy.runtime.entry",
+            "initpy.runtime.layout"} <= modules
+    assert [m for m in ours if not m.startswith("initpy.runtime") and m != "initpy"] == []
+    # The hooks are files beside the frozen init, loaded at boot; the libraries
+    # they import are frozen (pyroute2 for the network hook).
+    assert "pyroute2.iproute.linux" in modules
+
+
+def test_the_real_mkinitrd_twice_is_byte_identical(tmp_path: str, real_kernel: str) -> None:
     """The whole builder, with the real (cached) freeze, twice.
 
     When initpy's sources change between the two builds (people edit the
@@ -260,8 +295,8 @@ def test_the_real_mkinitrd_twice_is_byte_identical(tmp_path: str) -> None:
     def mkinitrd_cli(out: str) -> str:
         done = subprocess.run(
             [os.path.join(top, ".venv", "bin", "python"), os.path.join(top, "mkinitrd.py"),
-             "--kernel", os.path.join(KERNEL_CACHE, "vmlinuz"),
-             "--modules", os.path.join(KERNEL_CACHE, "modules"), "-o", out,
+             "--kernel", os.path.join(real_kernel, "vmlinuz"),
+             "--modules", os.path.join(real_kernel, "modules"), "-o", out,
              "--hooks", "modules,rescue_tools", "--compress", "none"],
             capture_output=True, text=True, env=dict(os.environ, SOURCE_DATE_EPOCH="1700000000"),
             check=False)
@@ -283,7 +318,7 @@ def test_hook_imports_become_hidden_imports(tmp_path: str) -> None:
                 "    from concurrent.futures import ThreadPoolExecutor\n"
                 "    from email import message_from_string\n")
     wanted = freeze.hidden_imports([hook])
-    assert {"json", "concurrent.futures", "email", "initpy", "sqlite3"} <= set(wanted)
+    assert {"json", "concurrent.futures", "email", "initpy.runtime", "sqlite3"} <= set(wanted)
     assert "concurrent.futures.ThreadPoolExecutor" not in wanted  # a class, not a module
 
 
@@ -302,7 +337,7 @@ def test_frozen_find_library_looks_in_the_initrd_folders(tmp_path: str) -> None:
     for name in ("libudev.so", "libudev.so.1"):
         with open(os.path.join(folder, name), "w") as f:
             f.write("")
-    entry = os.path.join(os.path.dirname(freeze.__file__), "freeze_entry.py")
+    entry = os.path.join(freeze.runtime_dir(), "frozen.py")
     script = (
         "import importlib.util, sys\n"
         f"spec = importlib.util.spec_from_file_location('entry', {entry!r})\n"
@@ -319,13 +354,21 @@ def test_frozen_find_library_looks_in_the_initrd_folders(tmp_path: str) -> None:
     assert done.stdout.split() == [os.path.join(folder, "libudev.so.1"), "None"]
 
 
-def test_states_of_hooks_left_out_are_listed_for_the_boot(setup: dict[str, str]) -> None:
-    # A chosen hook may order itself after a state of a hook left out; the
-    # boot resolves it from absent-states.list instead of failing to start.
+def test_a_subset_of_hooks_builds_and_a_missing_need_is_a_build_error(
+        setup: dict[str, str]) -> None:
+    # A hook that only wants another's milestone boots without it; one that
+    # needs it is refused at build time, naming the hook to add.
     with open(os.path.join(setup["hooks"], "late.py"), "w") as f:
-        f.write("from initpy.hook import Hook, State\n"
+        f.write("from initpy.runtime.hook import Hook, State\n"
                 "HOOK = Hook('late', 'x', (State('late', lambda ctx: None, 'x', "
-                "after=('probe_state',)),))\n")
+                "wants=('probed',)),))\n")
+    with open(os.path.join(setup["hooks"], "strict.py"), "w") as f:
+        f.write("from initpy.runtime.hook import Hook, State\n"
+                "HOOK = Hook('strict', 'x', (State('strict', lambda ctx: None, 'x', "
+                "needs=('probed',)),))\n")
     files = members(build(setup, "out", hooks=("late",)))
-    assert files["usr/lib/initpy/hooks.list"].data == b"late\n"
-    assert files["usr/lib/initpy/absent-states.list"].data == b"probe_state\n"
+    manifest = layout.Manifest.from_json(files[layout.MANIFEST.lstrip("/")].data)
+    assert manifest.hooks == ("late",)
+    with pytest.raises(BuildError, match="needs milestone 'probed', which no chosen hook "
+                                         "provides; add hook probe"):
+        build(setup, "out2", hooks=("strict",))

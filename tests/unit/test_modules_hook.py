@@ -7,11 +7,13 @@ import os
 
 import pytest
 
-from initpy.fake import FakeKernel
-from initpy.hook import BootContext, BootFailure, load_hook_file
-from initpy.report import Report
+from hooks import modules
+from initpy.devtools.fake import FakeKernel
+from initpy.runtime import layout
+from initpy.runtime.driver import read_manifest
+from initpy.runtime.hook import BootContext, BootFailure, Milestone
+from initpy.runtime.report import Report
 
-HOOK_FILE = os.path.join(os.path.dirname(__file__), "..", "..", "hooks", "modules.py")
 VERSION = "6.1.0-test"
 LISTING = (
     "virtio\tkernel/virtio.ko\t\n"
@@ -25,16 +27,21 @@ LISTING = (
 def _machine(tmp_path: str, listing: str = LISTING, **kwargs: object) -> BootContext:
     kernel = FakeKernel(root=os.path.join(tmp_path, "root"), **kwargs)  # type: ignore[arg-type]
     kernel.write_text("/proc/sys/kernel/osrelease", VERSION + "\n")
-    kernel.write_text("/usr/lib/initpy/modules.list", listing)
+    packed = []
+    for line in listing.splitlines():
+        name, path, needs = line.split("\t")
+        packed.append(layout.PackedModule(name, path, tuple(n for n in needs.split(",") if n)))
+    manifest = layout.Manifest("test-build", ("modules",), VERSION, tuple(packed))
+    kernel.mkdir(os.path.dirname(layout.MANIFEST))
+    kernel.write_text(layout.MANIFEST, manifest.to_json().decode())
     kernel.mkdir(f"/lib/modules/{VERSION}")
     kernel.mkdir("/sys/module")
-    return BootContext(kernel=kernel, report=Report(kernel))
+    return BootContext(kernel=kernel, report=Report(kernel), manifest=read_manifest(kernel))
 
 
 def _load(ctx: BootContext) -> str | None:
-    hook = load_hook_file(HOOK_FILE)
-    (state,) = hook.states
-    assert state.name == "load_modules" and state.after == ()
+    (state,) = modules.HOOK.states
+    assert state.name == "load_modules" and state.provides == (Milestone.MODULES,)
     return state.run(ctx)
 
 
@@ -103,7 +110,7 @@ def test_modules_of_another_kernel_are_a_rescue_with_the_fix(tmp_path: str) -> N
 
 def test_no_module_list_is_fine(tmp_path: str) -> None:
     ctx = _machine(str(tmp_path))
-    ctx.kernel.remove("/usr/lib/initpy/modules.list")
+    ctx.manifest = None
     ctx.kernel.mkdir("/sbin")
     ctx.kernel.write_text("/sbin/modprobe", "")
     assert "no modules" in (_load(ctx) or "")

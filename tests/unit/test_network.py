@@ -1,6 +1,6 @@
 """The network hook on the fake kernel: NICs, the DHCP race, hostname, bridges, files.
 
-The scripted network (initpy.netlink.FakeNetlink) plays the NICs, their
+The scripted network (hooks.network.netlink.FakeNetlink) plays the NICs, their
 carrier and what a DHCP server on each would answer; tests assert on what
 the boot leaves behind: the fake network's bridges, addresses and routes,
 the files in the fake root, the console and report.json.
@@ -14,13 +14,13 @@ import types
 
 import pytest
 
-from initpy import cmdline
-from initpy.boot import CORE_PARAMETERS
-from initpy.dhcp import Lease
-from initpy.fake import FakeKernel, HandedOff
-from initpy.hook import BootContext, BootFailure, Hook, State
-from initpy.netlink import FakeNetlink, FakeNic
-from initpy.report import Report
+from hooks.network.dhcpclient import Lease
+from initpy.devtools.fake import FakeKernel, HandedOff
+from initpy.devtools.fake_network import FakeNetlink, FakeNic
+from initpy.runtime import cmdline
+from initpy.runtime.driver import CORE_PARAMETERS
+from initpy.runtime.hook import BootContext, BootFailure, Hook
+from initpy.runtime.report import Report
 from tests.unit.conftest import hook_module, read_report, run_boot
 
 
@@ -241,7 +241,7 @@ def test_a_fully_qualified_dhcp_hostname_is_split(tmp_path, net) -> None:
 def bridged(tmp_path, net, winner: Lease, cmdline_text: str = "") -> FakeKernel:
     k = machine(tmp_path, FakeNic(winner.nic, winner.mac), cmdline_text=cmdline_text)
     ctx = context(k, net)
-    k.netlink()
+    k.network.attach(k)
     ctx.put(net.LEASE, winner)
     net.bridges(ctx)
     return k
@@ -308,13 +308,13 @@ def test_a_bad_br1_value_is_a_warning_and_the_default_stays(net, raw) -> None:
 
 
 def test_a_failing_nft_is_a_rescue_with_the_fix(tmp_path, net) -> None:
-    from initpy.kernel import Completed
+    from initpy.runtime.kernel import Completed
 
     k = machine(tmp_path, FakeNic("eth0", "52:54:00:12:34:56"))
     k.commands["nft"] = Completed(("nft",), 1, "", "Error: Could not process rule: No such "
                                   "file or directory")
     ctx = context(k, net)
-    k.netlink()
+    k.network.attach(k)
     ctx.put(net.LEASE, lease("eth0", "52:54:00:12:34:56"))
     with pytest.raises(BootFailure) as failed:
         net.bridges(ctx)
@@ -326,9 +326,10 @@ def test_a_failing_nft_is_a_rescue_with_the_fix(tmp_path, net) -> None:
 
 
 def stub_hooks() -> list[Hook]:
-    """The states the network hook orders itself after, as no-ops."""
-    return [Hook("stub_modules", "stub", (State("load_modules", lambda ctx: None, "stub"),)),
-            Hook("stub_storage", "stub", (State("restore_state", lambda ctx: None, "stub"),))]
+    """The real modules hook: it provides the milestone find_nics needs."""
+    from hooks import modules
+
+    return [modules.HOOK]
 
 
 def test_whole_boot_hands_off_with_the_network_in_the_report(kernel, net) -> None:
@@ -346,7 +347,7 @@ def test_whole_boot_hands_off_with_the_network_in_the_report(kernel, net) -> Non
 
 
 def test_the_renewer_says_why_it_stopped(tmp_path, net, mocker) -> None:
-    mocker.patch("initpy.dhcp.renew_forever", side_effect=OSError("br0 is gone"))
+    mocker.patch("hooks.network.dhcpclient.renew_forever", side_effect=OSError("br0 is gone"))
     k = bridged(tmp_path, net, lease("eth0", "52:54:00:12:34:56", "10.0.2.15"))
     with pytest.raises(OSError):
         k.daemons["initpy-dhcp"]()  # what the forked process runs

@@ -6,56 +6,86 @@ import os
 
 import pytest
 
-from initpy.hook import Hook, HookError, State, build_registry, discover, select
+from initpy.runtime.hook import (
+    Hook,
+    HookError,
+    Milestone,
+    State,
+    build_registry,
+    discover,
+    select,
+)
 
 
-def state(name: str, after: tuple[str, ...] = (), before: tuple[str, ...] = ()) -> State:
-    return State(name, lambda ctx: None, f"does {name}", after, before)
+def state(name: str, provides: tuple[str, ...] = (), needs: tuple[str, ...] = (),
+          wants: tuple[str, ...] = ()) -> State:
+    return State(name, lambda ctx: None, f"does {name}", provides, needs, wants)
 
 
 def hook(name: str, *states: State, **needs: tuple[str, ...]) -> Hook:
     return Hook(name, f"the {name} hook", tuple(states), **needs)  # type: ignore[arg-type]
 
 
-def test_order_follows_after_and_before_and_wraps_core_states() -> None:
-    net = hook("net", state("dhcp", after=("mount",)), state("bridges", after=("dhcp",)))
-    disk = hook("disk", state("mount", after=("modules",)))
-    mods = hook("mods", state("modules"), state("late", before=("handoff",), after=("bridges",)))
-    registry = build_registry([net, disk, mods])
+def test_order_follows_milestones_and_wraps_core_states() -> None:
+    net = hook("net", state("dhcp", needs=("mounted",)), state("bridges", provides=("up",)))
+    disk = hook("disk", state("mount", needs=("loaded",), provides=("mounted",)))
+    mods = hook("mods", state("modules", provides=("loaded",)))
+    late = hook("late", state("late", needs=("up",)))
+    registry = build_registry([late, net, disk, mods])
     assert registry.order == (
         "early_mounts", "cmdline", "modules", "mount", "dhcp", "bridges", "late", "handoff",
     )
 
 
-def test_ties_keep_declaration_order() -> None:
+def test_a_hook_keeps_its_declared_order_and_is_not_interleaved() -> None:
     registry = build_registry([hook("a", state("x"), state("y")), hook("b", state("z"))])
+    assert registry.order[2:5] == ("x", "y", "z")
+    # Once b is ready after x, a's chain still goes on first.
+    registry = build_registry([
+        hook("a", state("x", provides=("m",)), state("y")),
+        hook("b", state("z", needs=("m",))),
+    ])
     assert registry.order[2:5] == ("x", "y", "z")
 
 
-def test_before_moves_a_state_earlier() -> None:
-    registry = build_registry([hook("a", state("x")), hook("b", state("z", before=("x",)))])
-    assert registry.order[2:4] == ("z", "x")
+def test_wants_orders_after_a_provider_and_is_dropped_without_one() -> None:
+    storage = hook("storage", state("mount", provides=("state",)))
+    net = hook("net", state("dhcp", wants=("state",)))
+    assert build_registry([net, storage]).order[2:4] == ("mount", "dhcp")
+    # The storage hook not chosen: dhcp still boots.
+    registry = build_registry([net], known=[storage, net])
+    assert registry.order == ("early_mounts", "cmdline", "dhcp", "handoff")
+
+
+def test_a_need_nobody_provides_is_an_error_naming_who_could() -> None:
+    storage = hook("storage", state("mount", provides=("state",)))
+    keys = hook("keys", state("restore", needs=("state",)))
+    with pytest.raises(HookError, match="hook 'keys': state 'restore' needs milestone "
+                                        "'state', which no chosen hook provides; add hook "
+                                        "storage"):
+        build_registry([keys], known=[storage, keys])
+    with pytest.raises(HookError, match="no hook at all provides it"):
+        build_registry([hook("alpha", state("x", needs=("nowhere",)))])
+
+
+def test_a_want_of_a_milestone_no_hook_has_is_a_typo() -> None:
+    with pytest.raises(HookError, match="wants milestone 'netwrk', which no hook provides"):
+        build_registry([hook("alpha", state("x", wants=("netwrk",)))])
+    # A core milestone may be wanted with no provider at all.
+    assert build_registry([hook("alpha", state("x", wants=(Milestone.NETWORK,)))])
+
+
+def test_a_milestone_is_provided_once() -> None:
+    with pytest.raises(HookError, match="milestone 'up' is provided twice: by hook 'a'"):
+        build_registry([hook("a", state("x", provides=("up",))),
+                        hook("b", state("y", provides=("up",)))])
 
 
 def test_cycle_names_states_and_hooks() -> None:
-    a = hook("alpha", state("x", after=("y",)))
-    b = hook("beta", state("y", after=("x",)))
+    a = hook("alpha", state("x", needs=("b",), provides=("a",)))
+    b = hook("beta", state("y", needs=("a",), provides=("b",)))
     with pytest.raises(HookError, match=r"cycle among states x, y \(hooks: alpha, beta\)"):
         build_registry([a, b])
-
-
-def test_unknown_reference_names_the_hook() -> None:
-    with pytest.raises(HookError, match="hook 'alpha': state 'x' is to run after 'nowhere'"):
-        build_registry([hook("alpha", state("x", after=("nowhere",)))])
-    with pytest.raises(HookError, match="run before 'nowhere'"):
-        build_registry([hook("alpha", state("x", before=("nowhere",)))])
-
-
-def test_reference_to_a_known_but_unselected_hook_is_dropped() -> None:
-    storage = hook("storage", state("mount"))
-    net = hook("net", state("dhcp", after=("mount",)))
-    registry = build_registry([net], known=[storage, net])
-    assert registry.order == ("early_mounts", "cmdline", "dhcp", "handoff")
 
 
 def test_duplicate_state_names_both_hooks() -> None:
@@ -68,8 +98,6 @@ def test_duplicate_hook_and_core_state_names() -> None:
         build_registry([hook("a"), hook("a")])
     with pytest.raises(HookError, match="the driver owns"):
         build_registry([hook("a", state("handoff"))])
-    with pytest.raises(HookError, match="driver runs first"):
-        build_registry([hook("a", state("x", before=("cmdline",)))])
 
 
 def test_needs_are_gathered_from_every_hook() -> None:
@@ -87,7 +115,7 @@ def test_discover_user_folder_overrides_and_select(tmp_path: os.PathLike[str]) -
         os.makedirs(folder)
         with open(os.path.join(folder, "greet.py"), "w") as f:
             f.write(
-                "from initpy.hook import Hook, State\n"
+                "from initpy.runtime.hook import Hook, State\n"
                 f"HOOK = Hook('greet', '{text}', (State('hello', lambda ctx: '{text}', 'hi'),))\n"
             )
     found = discover([base, user])
@@ -104,10 +132,14 @@ def test_a_hook_file_without_hook_is_an_error(tmp_path: os.PathLike[str]) -> Non
         discover([str(tmp_path)])
 
 
-def test_states_of_hooks_left_out_of_the_initrd_resolve() -> None:
-    # mkinitrd packs only the chosen hook files, and lists the others' states.
-    net = hook("net", state("dhcp"))
-    late = hook("late", state("build_user", after=("dhcp",)))
-    registry = build_registry([late], known=[], absent_states=["dhcp"])
-    assert registry.order == ("early_mounts", "cmdline", "build_user", "handoff")
-    assert build_registry([net, late]).order[2:4] == ("dhcp", "build_user")
+def test_a_hook_may_be_a_folder_with_its_helpers(tmp_path: os.PathLike[str]) -> None:
+    folder = os.path.join(tmp_path, "extra", "greeter")
+    os.makedirs(folder)
+    with open(os.path.join(folder, "words.py"), "w") as f:
+        f.write("WORD = 'hello'\n")
+    with open(os.path.join(folder, "__init__.py"), "w") as f:
+        f.write("from initpy.runtime.hook import Hook, State\n"
+                "from .words import WORD\n"
+                "HOOK = Hook('greeter', WORD, (State('greet', lambda ctx: WORD, 'hi'),))\n")
+    found = discover([os.path.join(tmp_path, "extra")])
+    assert found["greeter"].description == "hello"

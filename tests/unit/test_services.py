@@ -6,11 +6,11 @@ import base64
 import os
 import struct
 
-from initpy.boot import CORE_PARAMETERS
-from initpy.cmdline import parse
-from initpy.fake import FakeKernel
-from initpy.hook import BootContext
-from initpy.report import Report
+from initpy.devtools.fake import FakeKernel
+from initpy.runtime.cmdline import parse
+from initpy.runtime.driver import CORE_PARAMETERS
+from initpy.runtime.hook import BootContext
+from initpy.runtime.report import Report
 from tests.unit.conftest import hook_module
 
 services = hook_module("services")
@@ -24,7 +24,7 @@ def ed25519_key(comment: str = "me@host") -> str:
 def context(tmp: str, cmdline: str) -> BootContext:
     kernel = FakeKernel(root=tmp, cmdline=cmdline)
     ctx = BootContext(kernel=kernel, report=Report(kernel))
-    ctx.config = parse(cmdline, CORE_PARAMETERS)
+    ctx.config = parse(cmdline, [*CORE_PARAMETERS, *services.HOOK.parameters])
     return ctx
 
 

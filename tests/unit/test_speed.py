@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from initpy.kernel import Kernel
+from initpy.runtime.kernel import Kernel
 from tests.unit.conftest import HOOKS_DIR
 
 
@@ -69,9 +69,9 @@ def test_hook_files_import_nothing_heavy() -> None:
     """Loading every hook (PID 1's path to the first state) leaves asyncio,
     pyroute2 and the DHCP client for the states that need them."""
     code = (
-        "import sys; from initpy.boot import load_registry; "
+        "import sys; from initpy.runtime.driver import load_registry; "
         f"load_registry([{str(HOOKS_DIR)!r}]); "
-        "print(' '.join(m for m in ('asyncio', 'pyroute2', 'initpy.dhcp', 'ssl',"
+        "print(' '.join(m for m in ('asyncio', 'pyroute2', 'hooks.network.dhcpclient', 'ssl',"
         " 'concurrent.futures') if m in sys.modules))"
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -81,7 +81,7 @@ def test_hook_files_import_nothing_heavy() -> None:
 
 def test_lean_pyroute2_skips_the_package_init_and_still_talks_netlink() -> None:
     code = (
-        "import sys, logging; from initpy.netlink import lean_pyroute2, _import_pyroute2; "
+        "import sys, logging; from hooks.network.netlink import lean_pyroute2, _import_pyroute2; "
         "_import_pyroute2(); "
         "from pyroute2.iproute.linux import IPRoute; ipr = IPRoute(); "
         "names = [l.get_attr('IFLA_IFNAME') for l in ipr.get_links()]; ipr.close(); "
@@ -95,7 +95,7 @@ def test_lean_pyroute2_skips_the_package_init_and_still_talks_netlink() -> None:
 
 
 def test_a_daemon_runs_below_the_boot(tmp_path) -> None:
-    from initpy.kernel import DAEMON_NICE
+    from initpy.runtime.kernel import DAEMON_NICE
 
     seen = tmp_path / "priority"
     pid = Kernel(watch_orphans=False).spawn_daemon(
@@ -105,20 +105,22 @@ def test_a_daemon_runs_below_the_boot(tmp_path) -> None:
 
 
 def test_an_initrd_hook_loads_from_its_bytecode_not_its_source(tmp_path) -> None:
-    from initpy.hook import load_hook_file
-    from initpy.mkinitrd import hook_bytecode, hook_bytecode_path
+    from initpy.builder.mkinitrd import hook_bytecode, hook_bytecode_path
+    from initpy.runtime.hook import load_hook
 
     hooks = tmp_path / "usr/lib/initpy/hooks"
     hooks.mkdir(parents=True)
     source = hooks / "probe_bytecode.py"
-    hook_text = ('from initpy.hook import Hook\n'
+    hook_text = ('from initpy.runtime.hook import Hook\n'
                  'HOOK = Hook(name="probe_bytecode", description="{}")\n')
     source.write_text(hook_text.format("compiled by mkinitrd"))
     pyc = tmp_path / hook_bytecode_path(source.name).lstrip("/")
+    assert hook_bytecode_path("network/netlink.py") == (
+        f"/usr/lib/initpy/hooks/network/__pycache__/netlink.{sys.implementation.cache_tag}.pyc")
     pyc.parent.mkdir()
     pyc.write_bytes(hook_bytecode(str(source)))
     assert hook_bytecode(str(source)) == pyc.read_bytes()  # reproducible
     # The loader trusts the bytecode without reading the source's hash: a
     # changed source shows that the .pyc, not a fresh compile, was used.
     source.write_text(hook_text.format("compiled at boot"))
-    assert load_hook_file(str(source)).description == "compiled by mkinitrd"
+    assert load_hook(str(hooks), "probe_bytecode").description == "compiled by mkinitrd"

@@ -13,22 +13,19 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from initpy.blockdev import Uevent, scan, wait_for_devices
-from initpy.fake import FakeKernel, HandedOff, Rebooted
-from initpy.hook import Hook, State, load_hook_file
-from initpy.kernel import Completed
-from tests.unit.conftest import HOOKS_DIR, make_executable, read_report, run_boot
+from hooks import buildhost, modules, persist
+from hooks import storage as MODULE
+from hooks.storage.blockdev import Uevent, scan, wait_for_devices
+from initpy.devtools.fake import FakeKernel, HandedOff, Rebooted
+from initpy.runtime.hook import Hook
+from initpy.runtime.kernel import Completed
+from tests.unit.conftest import make_executable, read_report, run_boot
 from tests.unit.test_labels import btrfs_image, ext_image, xfs_image
 
-storage = load_hook_file(os.path.join(HOOKS_DIR, "storage.py"))
-MODULE = __import__("initpy_hooks.storage", fromlist=["HOOK"])
-
-# Stand-ins for the other engineers' hooks, so the storage states have
-# their real neighbours: load_modules before, bridges between.
-STUB_MODULES = Hook("modules", "stub", states=(State("load_modules", lambda ctx: None, "stub"),))
-STUB_NETWORK = Hook("network", "stub", states=(
-    State("bridges", lambda ctx: None, "stub", after=("restore_state",)),))
-HOOKS = (STUB_MODULES, storage, STUB_NETWORK)
+storage = MODULE.HOOK
+# The storage states with their real neighbours: the modules hook provides
+# the milestone find_disks needs, persist and the build host come after.
+HOOKS = (modules.HOOK, storage, persist.HOOK, buildhost.HOOK)
 
 _minor = [0]
 
@@ -506,9 +503,9 @@ def test_build_user_is_idempotent_and_an_existing_one_is_kept(k: FakeKernel) -> 
     assert tftp[0][4] == "size=10%,mode=0755,uid=2000,gid=2000"
     # And running the state again changes nothing.
     passwd, group = _etc(k, "passwd"), _etc(k, "group")
-    from initpy.hook import BootContext
-    from initpy.report import Report
-    MODULE.build_user(BootContext(kernel=k, report=Report(k)))
+    from initpy.runtime.hook import BootContext
+    from initpy.runtime.report import Report
+    buildhost.build_user(BootContext(kernel=k, report=Report(k)))
     assert (_etc(k, "passwd"), _etc(k, "group")) == (passwd, group)
 
 
@@ -528,7 +525,7 @@ def test_tftp_size_parameter_and_a_bad_value(k: FakeKernel) -> None:
     boot(k)
     assert [c for c in mounts(k) if c[1] == "/build/tftp"][0][4].startswith("size=4G,")
     with pytest.raises(Exception, match="tmpfs size like 2G"):
-        MODULE.TFTP_SIZE.parse("lots")
+        buildhost.TFTP_SIZE.parse("lots")
 
 
 def test_fstab_keeps_the_images_own_entries(k: FakeKernel) -> None:
@@ -543,8 +540,9 @@ def test_fstab_keeps_the_images_own_entries(k: FakeKernel) -> None:
 
 
 def test_the_states_are_in_the_agreed_order() -> None:
-    from initpy.hook import build_registry
-    order = build_registry(HOOKS).order
+    from hooks import network
+    from initpy.runtime.hook import build_registry
+    order = build_registry([*HOOKS, network.HOOK]).order
     names = ["load_modules", "find_disks", "mount_state", "mount_machines", "restore_state",
-             "bridges", "build_user", "tftp", "handoff"]
+             "find_nics", "bridges", "build_user", "tftp", "handoff"]
     assert [n for n in order if n in names] == names

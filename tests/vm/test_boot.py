@@ -13,12 +13,13 @@ under artifacts/vm/.
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 
-from initpy.boot import load_registry
-from initpy.hook import HANDOFF
+from initpy.runtime.driver import load_registry
+from initpy.runtime.hook import HANDOFF
 
 from . import qemu
 from .conftest import BootVm
@@ -62,7 +63,7 @@ def assert_handed_off(vm: qemu.Vm) -> tuple[str, ...]:
     assert boot["reason"] is None
     # The report is written just before the exec, so the hand-off state itself
     # is not in it yet; every state before it is, in order, and ok.
-    order = boot_order(sections["hooks"].split())
+    order = boot_order(json.loads(sections["hooks"])["hooks"])
     assert [s["name"] for s in boot["states"]] == list(order[:-1])
     assert [s for s in boot["states"] if s["result"] != "ok"] == []
     assert order[-1] == HANDOFF

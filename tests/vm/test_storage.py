@@ -40,22 +40,6 @@ RESCUE_PROMPT = re.escape("(initpy rescue) # ")
 Boot = Callable[..., contextlib.AbstractContextManager[qemu.Vm]]
 
 
-# build_user and tftp run after the network's `bridges`. The boot knows only
-# the hooks packed into the initrd, so an initrd without the network hook
-# needs a stand-in that declares an empty `bridges` state.
-NO_NETWORK_HOOK = '''"""Stand-in for the network hook in storage-only VM tests."""
-from initpy.hook import Hook, State
-
-
-def bridges(ctx):
-    return "no network in this test"
-
-
-HOOK = Hook("no_network", "an empty bridges state", states=(
-    State("bridges", bridges, "no network in this test", after=("restore_state",)),))
-'''
-
-
 @pytest.fixture(scope="module")
 def storage_initrd(vm_kernel: KernelFiles,
                    tmp_path_factory: pytest.TempPathFactory) -> InitrdFiles:
@@ -63,11 +47,9 @@ def storage_initrd(vm_kernel: KernelFiles,
     if prebuilt:
         return _initrd_files(Path(prebuilt))
     outdir = tmp_path_factory.mktemp("storage-initrd")
-    stand_in = tmp_path_factory.mktemp("hooks")
-    (stand_in / "no_network.py").write_text(NO_NETWORK_HOOK)
     _run([sys.executable, str(qemu.REPO / "mkinitrd.py"), "--kernel", str(vm_kernel.vmlinuz),
           "--modules", str(vm_kernel.modules), "-o", str(outdir),
-          "--hooks-dir", str(stand_in), "--hooks", "storage,no_network",
+          "--hooks", "storage,persist,buildhost",
           "--include", f"{GUEST_PROGRAM}:{GUEST_PATH}"], "building the storage initrd",
          BUILD_TIMEOUT)
     return _initrd_files(outdir)

@@ -11,11 +11,12 @@ PID 1 therefore never exits.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from enum import StrEnum
+from typing import Any, NoReturn
 
-from initpy import cmdline
-from initpy.cmdline import BadValue, Parameter
-from initpy.hook import (
+from initpy.runtime import cmdline, layout
+from initpy.runtime.cmdline import BadValue, Parameter
+from initpy.runtime.hook import (
     CMDLINE,
     EARLY_MOUNTS,
     HANDOFF,
@@ -23,30 +24,21 @@ from initpy.hook import (
     BootContext,
     BootFailure,
     Fact,
+    Milestone,
     Registry,
     build_registry,
     discover,
+    select,
 )
-from initpy.kernel import MS_NODEV, MS_NOEXEC, MS_NOSUID
-from initpy.report import Report, StateRecord
+from initpy.runtime.kernel import MS_NODEV, MS_NOEXEC, MS_NOSUID, Kernel
+from initpy.runtime.report import Outcome, Report, Result, StateRecord
 
-if TYPE_CHECKING:
-    from initpy.kernel import Kernel
-
-# Where mkinitrd puts the hooks inside the initrd.
-INITRD_HOOK_DIR = "/usr/lib/initpy/hooks"
-# The hooks mkinitrd chose (all in INITRD_HOOK_DIR if absent), and the states
-# of the hooks it left out, which the chosen ones may name in after/before.
-HOOKS_LIST = "/usr/lib/initpy/hooks.list"
-ABSENT_STATES = "/usr/lib/initpy/absent-states.list"
 # The initial state of the machine, before early mounts.
 START = "start"
 
 DEFAULT_EXEC = ("/lib/systemd/systemd", "/sbin/init")
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_PATH = layout.DEFAULT_PATH
 
-# Set by the storage hook once /state is mounted, so reports are kept there.
-STATE_MOUNTED: Fact[bool] = Fact("state_mounted")
 # The kernel's /dev/kmsg rate limit as we found it, restored at the hand-off.
 PRINTK_DEVKMSG = "/proc/sys/kernel/printk_devkmsg"
 KMSG_RATELIMIT: Fact[str | None] = Fact("kmsg_ratelimit")
@@ -72,8 +64,20 @@ BREAK: Parameter[str | None] = Parameter(
     "stop in a shell before this state; leaving the shell continues the boot",
     "initpy.break=handoff",
 )
-RESCUE_POLICY: Parameter[str] = Parameter(
-    "initpy.rescue", cmdline.choice("shell", "reboot", "poweroff"), "shell",
+class RescuePolicy(StrEnum):
+    """What a failure does."""
+
+    SHELL = "shell"
+    REBOOT = "reboot"
+    POWEROFF = "poweroff"
+
+
+def _rescue_policy(raw: str | None) -> RescuePolicy:
+    return RescuePolicy(cmdline.choice(*RescuePolicy)(raw))
+
+
+RESCUE_POLICY: Parameter[RescuePolicy] = Parameter(
+    "initpy.rescue", _rescue_policy, RescuePolicy.SHELL,
     "what a failure does: shell (then reboot when it exits), reboot or poweroff",
     "initpy.rescue=reboot",
 )
@@ -85,30 +89,7 @@ RESCUE_TIMEOUT: Parameter[float | None] = Parameter(
 DEBUG: Parameter[bool] = Parameter(
     "initpy.debug", cmdline.flag, False, "show tracebacks on the console", "initpy.debug",
 )
-SMTP_RELAY: Parameter[str | None] = Parameter(
-    "buildos.smtp_relay", cmdline.text("a host name", r"[A-Za-z0-9.\-\[\]:]+"), None,
-    "SMTP relay that postfix forwards all mail to", "buildos.smtp_relay=mail.example.org",
-)
-ADMIN_EMAIL: Parameter[str | None] = Parameter(
-    "buildos.admin_email", cmdline.text("an email address", r"[^@\s]+@[^@\s]+"), None,
-    "address that receives root's mail and notifications",
-    "buildos.admin_email=admin@example.org",
-)
-BUILDID_URL: Parameter[str | None] = Parameter(
-    "buildos.buildid_url", cmdline.text("a URL", r"[a-z][a-z0-9+.\-]*://\S*"), None,
-    "URL of buildos-buildid, polled by the monitor; a change reboots the host",
-    "buildos.buildid_url=tftp://10.0.0.1/buildos/buildos-buildid",
-)
-SSH_KEY: Parameter[str | None] = Parameter(
-    "buildos.ssh_key", cmdline.text("an OpenSSH public key", r"(ssh|ecdsa|sk)-\S+ \S+.*"),
-    None, "public key added to root's authorized_keys (quote it: it has spaces)",
-    'buildos.ssh_key="ssh-ed25519 AAAA... user@host"',
-)
-
-CORE_PARAMETERS: tuple[Parameter[Any], ...] = (
-    EXEC, BREAK, RESCUE_POLICY, RESCUE_TIMEOUT, DEBUG,
-    SMTP_RELAY, ADMIN_EMAIL, BUILDID_URL, SSH_KEY,
-)
+CORE_PARAMETERS: tuple[Parameter[Any], ...] = (EXEC, BREAK, RESCUE_POLICY, RESCUE_TIMEOUT, DEBUG)
 
 
 class Halted(BaseException):
@@ -165,7 +146,7 @@ def early_mounts(ctx: BootContext) -> str:
         done.append(target)
         if target == "/proc":
             mounted = _mounted_targets(k)
-    k.mkdir("/run/initpy")
+    k.mkdir(layout.RUN_DIR)
     # The kernel keeps only 10 lines per 5 s written to /dev/kmsg and drops
     # the rest, which would lose most `initpy:` lines from the kernel log.
     # The setting is put back at the hand-off, for the OS.
@@ -199,13 +180,14 @@ class Boot:
 
     state: str  # set by transitions
 
-    def __init__(self, kernel: Kernel, registry: Registry) -> None:
+    def __init__(self, kernel: Kernel, registry: Registry,
+                 manifest: layout.Manifest | None = None) -> None:
         from transitions import Machine
 
         self.kernel = kernel
         self.registry = registry
         self.report = Report(kernel)
-        self.ctx = BootContext(kernel=kernel, report=self.report)
+        self.ctx = BootContext(kernel=kernel, report=self.report, manifest=manifest)
         self.functions = {
             EARLY_MOUNTS: early_mounts,
             CMDLINE: self._parse_cmdline,
@@ -251,8 +233,8 @@ class Boot:
             if not ctx.kernel.exists(path):
                 errors.append(f"{path}: not found")
                 continue
-            self.report.outcome = "handoff"
-            self.report.write(ctx.get(STATE_MOUNTED, False))
+            self.report.outcome = Outcome.HANDOFF
+            self.report.write(_state_mounted(ctx))
             ctx.say(f"{HANDOFF}: exec {path} (uptime {ctx.kernel.uptime():.2f}s)")
             _restore_kmsg_ratelimit(ctx)
             try:
@@ -286,33 +268,36 @@ class Boot:
         try:
             detail = self.functions[name](self.ctx)
         except BootFailure as exc:
-            self._finish(name, start, "failed", exc.reason)
+            self._finish(name, start, Result.FAILED, exc.reason)
             self.rescue(f"{name}: {exc.reason}", exc.fix, exc)
         except Exception as exc:
-            self._finish(name, start, "failed", f"{type(exc).__name__}: {exc}")
+            self._finish(name, start, Result.FAILED, f"{type(exc).__name__}: {exc}")
             self.rescue(
                 f"{name}: unexpected error: {type(exc).__name__}: {exc}",
                 "this is a bug in initpy or a hook; boot with initpy.debug for the traceback "
                 "and report it with /run/initpy/report.json",
                 exc,
             )
-        self._finish(name, start, "ok", detail)
+        self._finish(name, start, Result.OK, detail)
+        state = self.registry.states.get(name)
+        if state is not None:
+            self.ctx.reached.update(state.provides)
         self.kernel.reap_orphans()
 
-    def _finish(self, name: str, start: float, result: str, detail: str | None) -> None:
+    def _finish(self, name: str, start: float, result: Result, detail: str | None) -> None:
         end = self.kernel.uptime()
         self.report.record(StateRecord(
             name, int(start * 1000), int((end - start) * 1000), result, detail,
         ))
         suffix = f": {detail}" if detail else ""
-        if result == "ok":
+        if result == Result.OK:
             self.report.say(f"{name}: ok in {int((end - start) * 1000)} ms{suffix}")
 
     def _maybe_break(self, name: str) -> None:
         if self.ctx.value(BREAK) != name:
             return
         self.report.say(f"break: before {name}; leave the shell (exit or Ctrl-D) to continue")
-        self.report.write(self.ctx.get(STATE_MOUNTED, False))
+        self.report.write(_state_mounted(self.ctx))
         env = clean_environment(self.kernel.environ())
         env["PS1"] = f"(initpy break before {name}) # "
         result = self.kernel.run_shell(["/bin/sh"], env)
@@ -331,14 +316,14 @@ class Boot:
 def rescue(kernel: Kernel, report: Report, ctx: BootContext | None, reason: str, fix: str,
            exc: BaseException | None = None) -> NoReturn:
     """Tell the operator, keep the report, run the policy; never returns."""
-    report.outcome = "rescue"
+    report.outcome = Outcome.RESCUE
     report.reason = reason
     report.fix = fix or None
     if exc is not None:
         import traceback  # only a failure needs it: not on the path to the first state
 
         report.traceback = "".join(traceback.format_exception(exc))
-    policy, timeout, debug = "shell", None, False
+    policy, timeout, debug = RescuePolicy.SHELL, None, False
     if ctx is not None:
         policy, timeout, debug = ctx.value(RESCUE_POLICY), ctx.value(RESCUE_TIMEOUT), \
             ctx.value(DEBUG)
@@ -348,8 +333,8 @@ def rescue(kernel: Kernel, report: Report, ctx: BootContext | None, reason: str,
     if debug and report.traceback:
         for line in report.traceback.rstrip().splitlines():
             kernel.console(line)
-    report.write(ctx.get(STATE_MOUNTED, False) if ctx is not None else False)
-    if policy == "shell":
+    report.write(_state_mounted(ctx) if ctx is not None else False)
+    if policy == RescuePolicy.SHELL:
         report.say(
             f"{RESCUE}: starting /bin/sh on the console; the report is /run/initpy/report.json;"
             " leave the shell (exit or Ctrl-D) to reboot"
@@ -365,7 +350,7 @@ def rescue(kernel: Kernel, report: Report, ctx: BootContext | None, reason: str,
         except OSError as shell_error:
             report.say(f"{RESCUE}: cannot start /bin/sh ({shell_error}); rebooting in 30 s")
             kernel.sleep(30)
-        policy = "reboot"
+        policy = RescuePolicy.REBOOT
     halt(kernel, report, policy)
 
 
@@ -392,41 +377,33 @@ def machine_transitions(registry: Registry) -> list[dict[str, str]]:
     return moves
 
 
-def load_registry(folders: Sequence[str], names: Sequence[str] | None = None,
-                  absent_states: Sequence[str] = ()) -> Registry:
-    from initpy.hook import select
+def _state_mounted(ctx: BootContext) -> bool:
+    return Milestone.STATE in ctx.reached
 
+
+def load_registry(folders: Sequence[str], names: Sequence[str] | None = None) -> Registry:
     found = discover(folders)
-    return build_registry(select(found, names), found.values(), absent_states)
+    return build_registry(select(found, names), found.values())
 
 
-def absent_states(folders: Sequence[str], names: Sequence[str]) -> list[str]:
-    """States of the hooks in `folders` that are not among `names`.
-
-    mkinitrd writes them to ABSENT_STATES, so that an initrd built with a
-    subset of hooks still resolves references to the others' states.
-    """
-    return sorted(s.name for h in discover(folders).values() if h.name not in names
-                  for s in h.states)
-
-
-def _read_list(kernel: Kernel, path: str) -> list[str] | None:
-    if not kernel.exists(path):
+def read_manifest(kernel: Kernel) -> layout.Manifest | None:
+    """The builder's manifest, or None when there is none (a hand-made tree)."""
+    if not kernel.exists(layout.MANIFEST):
         return None
-    return [w for w in kernel.read_text(path).split() if w]
+    return layout.Manifest.from_json(kernel.read_bytes(layout.MANIFEST))
 
 
-def main(kernel: Kernel, folders: Sequence[str] = (INITRD_HOOK_DIR,),
+def main(kernel: Kernel, folders: Sequence[str] = (layout.HOOKS_DIR,),
          names: Sequence[str] | None = None) -> NoReturn:
     """PID 1's whole life: never returns, whatever happens."""
     report = Report(kernel)
     try:
         report.say(f"starting (pid {kernel.getpid()}, uptime {kernel.uptime():.2f}s)")
-        registry = load_registry(
-            folders, names if names is not None else _read_list(kernel, HOOKS_LIST),
-            _read_list(kernel, ABSENT_STATES) or (),
-        )
-        boot = Boot(kernel, registry)
+        manifest = read_manifest(kernel)
+        if names is None and manifest is not None:
+            names = manifest.hooks
+        registry = load_registry(folders, names)
+        boot = Boot(kernel, registry, manifest)
         report = boot.report
         boot.run()
     except Halted:

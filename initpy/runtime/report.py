@@ -10,15 +10,30 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
+from enum import StrEnum
 
-if TYPE_CHECKING:
-    from initpy.kernel import Kernel
+from initpy.runtime import layout
+from initpy.runtime.kernel import Kernel
 
-REPORT_DIR = "/run/initpy"
-REPORT_PATH = "/run/initpy/report.json"
-STATE_REPORT_DIR = "/state/initpy/reports"
+REPORT_DIR = layout.RUN_DIR
+REPORT_PATH = layout.REPORT
+STATE_REPORT_DIR = f"{layout.STATE_OWN_DIR}/reports"
 KEEP_REPORTS = 10
+
+
+class Outcome(StrEnum):
+    """How the boot ended."""
+
+    HANDOFF = "handoff"
+    RESCUE = "rescue"
+
+
+class Result(StrEnum):
+    """How one state ended."""
+
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"
 
 
 @dataclass
@@ -26,14 +41,14 @@ class StateRecord:
     name: str
     start_ms: int
     duration_ms: int
-    result: str  # "ok", "failed", "skipped"
+    result: Result
     detail: str | None
 
 
 @dataclass
 class Report:
     kernel: Kernel
-    outcome: str | None = None
+    outcome: Outcome | None = None
     reason: str | None = None
     fix: str | None = None
     states: list[StateRecord] = field(default_factory=list)

@@ -24,15 +24,16 @@ from __future__ import annotations
 import lzma
 import os
 import shutil
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-MODULES_LIST = "usr/lib/initpy/modules.list"
+from initpy.builder.command import BuildError, run
+from initpy.runtime.layout import PackedModule
+
 INDEX_FILES_COPIED = ("modules.builtin", "modules.builtin.modinfo", "modules.order")
 
 
-class ModuleError(Exception):
+class ModuleError(BuildError):
     """A module cannot be provided; the message names it, the hook and the fix."""
 
 
@@ -141,10 +142,10 @@ class Selection:
     modules: tuple[Module, ...]
     builtin: tuple[str, ...]
 
-    def list_text(self) -> str:
-        return "".join(
-            f"{m.name}\t{plain_path(m.relpath)}\t{','.join(m.deps)}\n" for m in self.modules
-        )
+    def packed(self) -> tuple[PackedModule, ...]:
+        """The modules as the manifest lists them for PID 1, in load order."""
+        return tuple(PackedModule(m.name, plain_path(m.relpath), tuple(m.deps))
+                     for m in self.modules)
 
 
 def select(tree: ModuleTree, wanted: Mapping[str, Sequence[str]]) -> Selection:
@@ -207,18 +208,7 @@ def stage(tree: ModuleTree, selection: Selection, root: str) -> str:
             shutil.copyfile(src, os.path.join(dest, index))
     if not os.path.exists(os.path.join(root, "lib")):
         os.symlink("usr/lib", os.path.join(root, "lib"))
-    try:
-        done = subprocess.run(["depmod", "-b", root, tree.version], capture_output=True,
-                              text=True, check=False)
-    except FileNotFoundError:
-        raise ModuleError("depmod is not installed; run scripts/bootstrap (Debian kmod)") from None
-    if done.returncode != 0:
-        raise ModuleError(f"depmod -b {root} {tree.version}: exit {done.returncode}: "
-                          f"{done.stderr.strip()}")
-    listing = os.path.join(root, MODULES_LIST)
-    os.makedirs(os.path.dirname(listing), exist_ok=True)
-    with open(listing, "w") as f:
-        f.write(selection.list_text())
+    run(["depmod", "-b", root, tree.version])
     return dest
 
 
@@ -228,10 +218,7 @@ def _decompress_copy(source: str, target: str) -> None:
             shutil.copyfileobj(f, out)
     elif source.endswith(".ko.zst"):
         with open(target, "wb") as out:
-            done = subprocess.run(["zstd", "-q", "-d", "-c", source], stdout=out,
-                                  stderr=subprocess.PIPE, check=False)
-        if done.returncode != 0:
-            raise ModuleError(f"zstd -d {source}: {done.stderr.decode().strip()}")
+            run(["zstd", "-q", "-d", "-c", source], stdout=out)
     elif source.endswith(".ko.gz"):
         import gzip
 

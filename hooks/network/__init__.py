@@ -5,7 +5,7 @@ States, in order:
   links), brought up, carrier awaited on netlink link events until every
   NIC has it or `initpy.timeout.carrier` passes. Chosen by MAC and carrier,
   never by name: names follow driver load order without udev.
-- `dhcp`: DHCP on every NIC with carrier at once (initpy.dhcp); the first
+- `dhcp`: DHCP on every NIC with carrier at once (hooks.network.dhcpclient); the first
   lease wins (lowest MAC among leases within 0.25 s of the first).
 - `hostname`: DHCP option 12, else `build-` + the last 10 hex digits of the
   winning NIC's MAC; in the kernel, /etc/hostname and /etc/hosts.
@@ -27,22 +27,22 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from initpy import cmdline
-from initpy.boot import DEFAULT_PATH
-from initpy.cmdline import BadValue, Parameter
-from initpy.hook import BootContext, BootFailure, Fact, Hook, State
-from initpy.netlink import opened, start_prefetch, sysfs_is_ethernet, wait_for_carrier
-from initpy.run import run
+from initpy.runtime import cmdline
+from initpy.runtime.cmdline import BadValue, Parameter
+from initpy.runtime.hook import BootContext, BootFailure, Fact, Hook, Milestone, State
+from initpy.runtime.layout import DEFAULT_PATH
+from initpy.runtime.run import run
 
-if TYPE_CHECKING:
-    # The DHCP client pulls in asyncio (about 0.5 s under TCG): the states
-    # import it when they run, in the prefetch thread's shadow.
-    from initpy.dhcp import Lease
+# The DHCP client (dhcpclient.py) pulls in asyncio (about 0.5 s under TCG): the
+# states import it when they run, in the prefetch thread's shadow; the
+# lease type alone is light.
+from .lease import Lease
+from .netlink import opened, start_prefetch, sysfs_is_ethernet, wait_for_carrier
 
 # As PID 1, start importing pyroute2 now, in the shadow of the states that
-# run before find_nics (see initpy.netlink.start_prefetch); tests, the walk
+# run before find_nics (see hooks.network.netlink.start_prefetch); tests, the walk
 # and mkinitrd import this file too, and need no such thing.
 if os.getpid() == 1:
     start_prefetch()
@@ -180,7 +180,7 @@ def find_nics(ctx: BootContext) -> str:
 
 
 def dhcp(ctx: BootContext) -> str:
-    from initpy.dhcp import race
+    from .dhcpclient import race
 
     nics = ctx.get(NICS, ())
     candidates = [(n.name, n.mac) for n in nics if n.carrier]
@@ -274,7 +274,7 @@ def resolv_conf(lease: Lease) -> str:
 
 
 def interfaces_file(lease: Lease, br1: ipaddress.IPv4Interface) -> str:
-    from initpy.dhcp import RENEWER_NAME
+    from .dhcpclient import RENEWER_NAME
 
     return f"""\
 # Written by initpy at boot (hooks/network.py); see docs/network.md.
@@ -349,7 +349,7 @@ dhcp-authoritative
 
 
 def bridges(ctx: BootContext) -> str:
-    from initpy.dhcp import RENEWER_NAME
+    from .dhcpclient import RENEWER_NAME
 
     lease = ctx.get(LEASE, None)
     if lease is None:
@@ -416,7 +416,7 @@ def _write_resolv_conf(ctx: BootContext, lease: Lease) -> None:
 
 def _start_renewer(ctx: BootContext, lease: Lease) -> int:
     """Fork the process that keeps br0's lease alive after the hand-off."""
-    from initpy.dhcp import RENEWER_NAME, renew_forever, status_json
+    from .dhcpclient import RENEWER_NAME, renew_forever, status_json
 
     k = ctx.kernel
 
@@ -460,16 +460,16 @@ HOOK = Hook(
     states=(
         State("find_nics", find_nics,
               "bring up the Ethernet NICs and wait for carrier (by MAC, never by name)",
-              after=("load_modules", "restore_state")),
+              needs=(Milestone.MODULES,), wants=(Milestone.RESTORED,)),
         State("dhcp", dhcp, "DHCP on every NIC with carrier at once; the first lease wins",
-              after=("find_nics",)),
+),
         State("hostname", hostname,
               "hostname from DHCP, else build-<MAC>; kernel, /etc/hostname, /etc/hosts",
-              after=("dhcp",)),
+              provides=(Milestone.HOSTNAME,)),
         State("bridges", bridges,
               "br0 with the NIC and the lease, br1 private with NAT and dnsmasq, "
               "/etc/network/interfaces, the lease renewer",
-              after=("hostname",)),
+              provides=(Milestone.NETWORK,)),
     ),
     binaries=("nft",),
     modules=("virtio_pci", "virtio_net", "bridge", "nf_tables", "nft_chain_nat", "nft_masq"),

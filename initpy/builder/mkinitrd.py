@@ -3,22 +3,23 @@
 Owned by the builder; `mkinitrd.py` (and the `mkinitrd` console script) is
 its command line. The steps:
 
-1. the registry (initpy.boot.load_registry) over the hooks folders gives the
+1. the registry (initpy.runtime.hook) over the hooks folders gives the
    hooks, their binaries, kernel modules and files;
-2. the init is frozen (initpy.freeze, cached) - the step is injectable, so
+2. the init is frozen (initpy.builder.freeze, cached) - the step is injectable, so
    tests build without PyInstaller;
-3. binaries and included ELF files bring their libraries (initpy.elf) into
+3. binaries and included ELF files bring their libraries (initpy.builder.elf) into
    the private folder /usr/lib/initpy/lib, and dynamic executables are
    patched to use the private loader, so nothing of the init's replaces a
    --rootfs library;
-4. modules are chosen, decompressed and indexed (initpy.kmod);
+4. modules are chosen, decompressed and indexed (initpy.builder.kmod);
 5. the layers are merged (busybox applets < --rootfs < the init's files),
    paths below a symlinked folder are moved through it (the initrd is
    merged-/usr: bin, sbin, lib, lib64 are symlinks into usr/), and the
-   newc cpio is written (initpy.cpio) and compressed;
-6. OUTDIR gets buildos-image, buildos-initrd and buildos-buildid (the
-   sha256 of the uncompressed archive: it changes exactly when the content
-   does).
+   newc cpio is written (initpy.builder.cpio) and compressed;
+6. the manifest (initpy.runtime.layout.Manifest: hooks, modules, build
+   id) is the last archive; OUTDIR gets buildos-image, buildos-initrd and
+   buildos-buildid (the sha256 of the other archives, uncompressed: it
+   changes exactly when the content does).
 """
 
 from __future__ import annotations
@@ -29,18 +30,26 @@ import os
 import posixpath
 import shutil
 import stat
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
-from initpy import cpio, elf, freeze, kmod
-from initpy.boot import ABSENT_STATES, INITRD_HOOK_DIR, absent_states, load_registry
-from initpy.hook import HookError, Registry, load_hook_file
+from initpy.builder import cpio, elf, freeze, kmod
+from initpy.builder.command import BuildError, run
+from initpy.runtime import layout
+from initpy.runtime.hook import (
+    HookError,
+    Registry,
+    build_registry,
+    hook_entries,
+    load_hook,
+    select,
+)
 
-HOOKS_LIST = "usr/lib/initpy/hooks.list"
+INITRD_HOOK_DIR = layout.HOOKS_DIR
 # Hooks every initrd has, whatever --hooks says: module loading, and the
 # static busybox plus the rescue tools.
 ALWAYS_HOOKS = ("modules", "rescue_tools")
@@ -56,12 +65,20 @@ DEVICE_NODES = (
 )
 EMPTY_DIRS = ("dev", "proc", "sys", "run", "tmp", "root", "mnt", "etc", "var", "usr/lib64")
 # The parts of the initrd, for the benchmark's size split.
-PART_INIT, PART_BINARIES, PART_MODULES, PART_ROOTFS, PART_OTHER = (
-    "frozen init", "binaries+libraries", "modules", "rootfs", "other")
+PART_INIT, PART_BINARIES, PART_MODULES, PART_ROOTFS, PART_OTHER, PART_MANIFEST = (
+    "frozen init", "binaries+libraries", "modules", "rootfs", "other", "manifest")
 
 
-class BuildError(Exception):
-    """The initrd cannot be built; the message says what and how to fix it."""
+class Compression(StrEnum):
+    """How the initrd's archives are compressed."""
+
+    ZSTD = "zstd"
+    GZIP = "gzip"
+    XZ = "xz"
+    NONE = "none"
+
+
+__all__ = ["BuildError", "Compression", "Options", "build", "main"]
 
 
 @dataclass(frozen=True)
@@ -73,7 +90,7 @@ class Options:
     includes: tuple[str, ...] = ()
     hooks: tuple[str, ...] | None = None  # None: every hook found
     hook_dirs: tuple[str, ...] = ()  # after the repository's hooks/
-    compress: str = "zstd"
+    compress: Compression = Compression.ZSTD
     source_date_epoch: int = 0
     no_cache: bool = False  # compress every part again (the freeze cache stays)
     # The folder whose hooks come first; None for none (tests use their own).
@@ -106,25 +123,38 @@ Freezer = Callable[[Sequence[str]], freeze.Frozen]
 
 
 def repo_hooks_dir() -> str:
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hooks")
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), "hooks")
 
 
 def hook_files(folders: Sequence[str]) -> dict[str, str]:
-    """Hook name -> the file defining it (a later folder overrides)."""
+    """Hook name -> the file or folder defining it (a later folder overrides)."""
     found: dict[str, str] = {}
     for folder in folders:
         if not os.path.isdir(folder):
-            raise BuildError(f"hooks folder {folder} does not exist")
-        for entry in sorted(os.listdir(folder)):
-            if entry.endswith(".py") and not entry.startswith("_"):
-                path = os.path.join(folder, entry)
-                try:
-                    found[load_hook_file(path).name] = path
-                except HookError:
-                    raise
-                except Exception as exc:  # a hook's own import error, told as such
-                    raise BuildError(f"hook file {path} does not load: "
-                                     f"{type(exc).__name__}: {exc}") from exc
+            raise BuildError(f"hooks folder {folder} does not exist",
+                             "name an existing folder with --hooks-dir")
+        for entry in hook_entries(folder):
+            path = os.path.join(folder, entry)
+            try:
+                hook = load_hook(folder, entry)
+            except HookError:
+                raise
+            except Exception as exc:  # a hook's own import error, told as such
+                raise BuildError(f"hook {path} does not load: {type(exc).__name__}: {exc}",
+                                 "fix the hook, or leave it out with --hooks") from exc
+            found[hook.name] = path if os.path.isdir(path) else f"{path}.py"
+    return found
+
+
+def hook_sources(path: str) -> list[str]:
+    """The Python files of a hook: the file itself, or every .py in its folder."""
+    if not os.path.isdir(path):
+        return [path]
+    found = []
+    for folder, dirs, names in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        found += [os.path.join(folder, n) for n in sorted(names) if n.endswith(".py")]
     return found
 
 
@@ -151,19 +181,25 @@ def build(options: Options, freezer: Freezer = freeze.freeze,
         if not os.path.exists(path):
             raise BuildError(f"{what} {path}: no such file or folder")
     if options.compress not in cpio.COMPRESSIONS:
-        raise BuildError(f"--compress {options.compress}: use one of "
-                         + ", ".join(cpio.COMPRESSIONS))
+        raise BuildError(f"--compress {options.compress}: unknown",
+                         "use one of " + ", ".join(cpio.COMPRESSIONS))
     folders = [*([options.base_hooks_dir] if options.base_hooks_dir else []),
                *options.hook_dirs]
     try:
         files = hook_files(folders)
         names = choose_hooks(files, options.hooks)
-        registry = load_registry(folders, names)
+        found = {}
+        for folder in folders:
+            for entry in hook_entries(folder):
+                hook = load_hook(folder, entry)
+                found[hook.name] = hook
+        registry = build_registry(select(found, names), found.values())
     except HookError as exc:
-        raise BuildError(f"hooks: {exc}") from None
+        raise BuildError(f"hooks: {exc}", "fix the hooks, or choose others with --hooks") \
+            from None
     lap("registry")
 
-    frozen = freezer([files[n] for n in names])
+    frozen = freezer([f for n in names for f in hook_sources(files[n])])
     log(f"frozen init: {'cached' if frozen.cached else 'frozen now'} ({frozen.key})")
     lap("freeze")
 
@@ -177,7 +213,9 @@ def build(options: Options, freezer: Freezer = freeze.freeze,
         _add_elf_files(init, wanted, registry, [*hook_files_wanted, *options.includes], work)
         _add_busybox(init, fallback)
         lap("binaries")
-        notes += _add_modules(init, fallback, registry, options.modules, work)
+        module_notes, kernel_version, packed_modules = _add_modules(
+            init, fallback, registry, options.modules, work)
+        notes += module_notes
         lap("modules")
         rootfs = Layer()
         if options.rootfs:
@@ -188,13 +226,16 @@ def build(options: Options, freezer: Freezer = freeze.freeze,
         merged = merge([fallback, rootfs, init])
         lap("layout")
         archives = split_archives(merged, options.source_date_epoch)
+        # The build id covers everything but the manifest, which carries it.
+        build_id = hashlib.sha256(b"".join(raw for _part, raw in archives)).hexdigest()
+        manifest = layout.Manifest(build_id, tuple(names), kernel_version, packed_modules)
+        archives.append((PART_MANIFEST, cpio.archive(
+            [cpio.directory(p, 0o755) for p in _parents(layout.MANIFEST)]
+            + [cpio.regular(layout.MANIFEST.lstrip("/"), data=manifest.to_json())],
+            options.source_date_epoch)))
         lap("archive")
         cache = None if options.no_cache else compressed_cache_dir()
-        try:
-            packed = [cpio.compress_cached(raw, options.compress, cache)
-                      for _part, raw in archives]
-        except cpio.ArchiveError as exc:
-            raise BuildError(str(exc)) from None
+        packed = [cpio.compress_cached(raw, options.compress, cache) for _part, raw in archives]
         if cache is not None:
             freeze.prune(cache, KEEP_COMPRESSED)
         lap("compress")
@@ -205,8 +246,7 @@ def build(options: Options, freezer: Freezer = freeze.freeze,
     with open(options.kernel, "rb") as f:
         _write(image, f.read())
     _write(initrd, b"".join(packed))
-    content = hashlib.sha256(b"".join(raw for _part, raw in archives)).hexdigest()
-    _write(buildid, (content + "\n").encode())
+    _write(buildid, (build_id + "\n").encode())
     lap("write")
     sizes = tuple((part, len(raw), len(p)) for (part, raw), p in zip(archives, packed,
                                                                      strict=True))
@@ -253,36 +293,42 @@ def _no_mtime(entry: cpio.Entry) -> cpio.Entry:
     return dataclasses.replace(entry, mtime=None)
 
 
+def _parents(path: str) -> list[str]:
+    """The folders above an initrd path, outermost first (for a lone archive)."""
+    parts = path.strip("/").split("/")[:-1]
+    return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
 def _add_hooks(layer: Layer, registry: Registry, files: dict[str, str],
                names: Sequence[str]) -> list[str]:
-    """The hook files and lists; returns the hooks' `files` specs, all present."""
+    """The hooks' Python files with their bytecode; returns the hooks' `files` specs."""
     for name in names:
         source = files[name]
-        base = os.path.basename(source)
-        layer.add(cpio.regular(f"{INITRD_HOOK_DIR}/{base}", source=source), PART_OTHER)
-        layer.add(cpio.regular(hook_bytecode_path(base), data=hook_bytecode(source)), PART_OTHER)
-    layer.add(cpio.regular(HOOKS_LIST, data=("\n".join(names) + "\n").encode()), PART_OTHER)
-    # The states of the hooks left out, so references to them resolve at boot.
-    absent = absent_states(list(dict.fromkeys(os.path.dirname(f) for f in files.values())), names)
-    layer.add(cpio.regular(ABSENT_STATES.lstrip("/"), data=("\n".join(absent) + "\n").encode()),
-              PART_OTHER)
+        top = os.path.dirname(source)
+        for path in hook_sources(source):
+            relative = os.path.relpath(path, top)
+            layer.add(cpio.regular(f"{INITRD_HOOK_DIR}/{relative}", source=path), PART_OTHER)
+            layer.add(cpio.regular(hook_bytecode_path(relative), data=hook_bytecode(path,
+                                   relative)), PART_OTHER)
     for spec in registry.files():
-        source, dest = _split_spec(spec)
+        source, _dest = _split_spec(spec)
         if not os.path.exists(source):
             owners = [h.name for h in registry.hooks if spec in h.files]
             raise BuildError(f"file {source} (wanted by hook {', '.join(owners)}) does not "
-                             "exist on the build host; install it or fix the hook")
+                             "exist on the build host", "install it or fix the hook")
     # They go in as --include does: an ELF file brings its libraries.
     return registry.files()
 
 
-def hook_bytecode_path(base: str) -> str:
+def hook_bytecode_path(relative: str) -> str:
     """Where the frozen init's import system looks for a hook file's bytecode."""
+    folder, base = os.path.split(relative)
     stem = base[:-len(".py")] if base.endswith(".py") else base
-    return f"{INITRD_HOOK_DIR}/__pycache__/{stem}.{sys.implementation.cache_tag}.pyc"
+    return posixpath.join(INITRD_HOOK_DIR, folder, "__pycache__",
+                          f"{stem}.{sys.implementation.cache_tag}.pyc")
 
 
-def hook_bytecode(source: str) -> bytes:
+def hook_bytecode(source: str, relative: str | None = None) -> bytes:
     """A hook file compiled now, as an unchecked-hash .pyc, so PID 1 does not compile it.
 
     The boot loads hooks from source; compiling them took about 22 ms
@@ -298,7 +344,7 @@ def hook_bytecode(source: str) -> bytes:
 
     with open(source, "rb") as f:
         text = f.read()
-    code = compile(text, f"{INITRD_HOOK_DIR}/{os.path.basename(source)}", "exec",
+    code = compile(text, f"{INITRD_HOOK_DIR}/{relative or os.path.basename(source)}", "exec",
                    dont_inherit=True)
     return bytes(_code_to_hash_pyc(code, importlib.util.source_hash(text), checked=False))
 
@@ -385,10 +431,7 @@ def _add_elf_files(layer: Layer, binaries: dict[str, str], registry: Registry,
                 todo[real_host] = real_dest.lstrip("/")
                 pending.append((real_host, todo[real_host]))
     elf_sources = sorted(h for h in todo if elf.is_elf(h))
-    try:
-        closure = elf.resolve(elf_sources)
-    except elf.ElfError as exc:
-        raise BuildError(str(exc)) from None
+    closure = elf.resolve(elf_sources)
     for soname, host in sorted(closure.libraries.items()):
         path = f"{freeze.PRIVATE_LIB_DIR}/{soname}".lstrip("/")
         if path in layer.entries:  # the frozen init brought it already (same host file)
@@ -406,10 +449,7 @@ def _add_elf_files(layer: Layer, binaries: dict[str, str], registry: Registry,
             source = os.path.join(work, "patched", dest)
             os.makedirs(os.path.dirname(source), exist_ok=True)
             shutil.copyfile(host, source)
-            try:
-                freeze.patch_executable(source)
-            except freeze.FreezeError as exc:
-                raise BuildError(str(exc)) from None
+            freeze.patch_executable(source)
         layer.add(cpio.regular(dest, source=source, perm=perm), PART_BINARIES)
 
 
@@ -423,14 +463,14 @@ def _add_busybox(init: Layer, applets: Layer) -> None:
         raise BuildError(f"{BUSYBOX} is dynamically linked; install busybox-static, "
                          "not busybox")
     init.add(cpio.regular("usr/bin/busybox", source=BUSYBOX, perm=0o755), PART_BINARIES)
-    listing = subprocess.run([BUSYBOX, "--list-full"], capture_output=True, text=True,
-                             check=True).stdout
+    listing = run([BUSYBOX, "--list-full"]).decode()
     for applet in sorted(listing.split()):
         path = _merged(applet.strip("/"))
         if path != "usr/bin/busybox":
             applets.add(cpio.symlink(path, "/usr/bin/busybox"), PART_BINARIES)
     # The kernel's module autoloader (request_module) runs this; see hooks/modules.py.
-    init.add(cpio.symlink("usr/lib/initpy/bin/modprobe", "/usr/bin/busybox"), PART_BINARIES)
+    init.add(cpio.symlink(layout.PRIVATE_MODPROBE.lstrip("/"), "/usr/bin/busybox"),
+             PART_BINARIES)
 
 
 def _merged(path: str) -> str:
@@ -441,18 +481,16 @@ def _merged(path: str) -> str:
 
 
 def _add_modules(init: Layer, applets: Layer, registry: Registry, modules_dir: str,
-                 work: str) -> list[str]:
+                 work: str) -> tuple[list[str], str, tuple[layout.PackedModule, ...]]:
+    """The modules the hooks want, with their dependencies; (notes, kernel, list)."""
     wanted: dict[str, list[str]] = {}
     for hook in registry.hooks:
         for module in hook.modules:
             wanted.setdefault(module, []).append(hook.name)
-    try:
-        tree = kmod.ModuleTree.load(modules_dir)
-        selection = kmod.select(tree, wanted)
-        stage_root = os.path.join(work, "modules")
-        staged = kmod.stage(tree, selection, stage_root)
-    except kmod.ModuleError as exc:
-        raise BuildError(str(exc)) from None
+    tree = kmod.ModuleTree.load(modules_dir)
+    selection = kmod.select(tree, wanted)
+    stage_root = os.path.join(work, "modules")
+    staged = kmod.stage(tree, selection, stage_root)
     rel = os.path.relpath(staged, stage_root)
     for entry in cpio.entries_from_tree(staged, rel):
         entry = _no_mtime(entry)
@@ -462,10 +500,9 @@ def _add_modules(init: Layer, applets: Layer, registry: Registry, modules_dir: s
             applets.add(entry, PART_MODULES)
         else:
             init.add(entry, PART_MODULES)
-    init.add(cpio.regular(kmod.MODULES_LIST, source=os.path.join(stage_root, kmod.MODULES_LIST)),
-             PART_MODULES)
-    return [f"module {name} is built into kernel {tree.version}; nothing to load"
-            for name in selection.builtin]
+    notes = [f"module {name} is built into kernel {tree.version}; nothing to load"
+             for name in selection.builtin]
+    return notes, tree.version, selection.packed()
 
 
 def merge(layers: Sequence[Layer]) -> list[tuple[cpio.Entry, str]]:
@@ -591,8 +628,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         result = build(options, log=say)
-    except (BuildError, freeze.FreezeError, elf.ElfError, cpio.ArchiveError) as exc:
-        say(f"error: {exc}")
+    except BuildError as exc:
+        say(f"error: {exc.message}")
+        if exc.hint:
+            say(f"hint: {exc.hint}")
         return 1
     for note in result.notes:
         say(f"note: {note}")

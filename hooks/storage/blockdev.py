@@ -2,7 +2,7 @@
 
 After the modules load, disks appear asynchronously (virtio, SCSI and NVMe
 probe in the background). `wait_for_devices` opens a kernel uevent socket
-(NETLINK_KOBJECT_UEVENT, through `Kernel.uevents()`) *before* scanning
+(NETLINK_KOBJECT_UEVENT, through `Kernel.netlink_socket()`) *before* scanning
 /sys/class/block, then rescans only when the kernel says a block device
 came or changed, until the caller's condition holds or the deadline
 passes: no blind sleeps, and no event can be missed between the scan and
@@ -11,28 +11,24 @@ kernel-source monitor because it is a plain `socket` call: no libudev.so
 in the initrd, no import cost on PID 1's start-up path.
 
 Each device is read from sysfs (size, model, serial, rotational flag,
-whole disk or partition) and its superblock is probed (initpy.labels),
+whole disk or partition) and its superblock is probed (hooks.storage.labels),
 because without udevd nothing else knows the labels.
 """
 
 from __future__ import annotations
 
-import select
-import socket
 import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
 
-from initpy.labels import Superblock, probe_all
+from initpy.runtime.kernel import Kernel, NetlinkSocket
 
-if TYPE_CHECKING:
-    from initpy.kernel import Kernel
+from .labels import Superblock, probe_all
 
 SYS_CLASS_BLOCK = "/sys/class/block"
 NETLINK_KOBJECT_UEVENT = 15
 # Multicast group 1 carries the kernel's own events (udevd re-sends on group 2).
-_KERNEL_GROUP = 1
+KERNEL_GROUP = 1
 # When no uevent socket can be had, poll /sys this often.
 POLL_SECONDS = 0.25
 
@@ -66,47 +62,12 @@ def parse_uevent(message: bytes) -> Uevent | None:
                   properties.get("SUBSYSTEM", ""), properties)
 
 
-class UeventSource(Protocol):
-    """Kernel uevents as they happen (the real socket or a test's script)."""
-
-    def receive(self, timeout: float) -> list[Uevent]:
-        """Every uevent that arrives within `timeout` seconds ([] if none)."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class UeventSocket:
-    """A NETLINK_KOBJECT_UEVENT socket bound to the kernel's multicast group."""
-
-    def __init__(self) -> None:
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
-                                   NETLINK_KOBJECT_UEVENT)
-        try:
-            # A burst of disks and partitions must not overflow the queue.
-            self._sock.setsockopt(socket.SOL_SOCKET, 33, 4 << 20)  # SO_RCVBUFFORCE
-        except OSError:
-            pass
-        self._sock.bind((0, _KERNEL_GROUP))
-
-    def receive(self, timeout: float) -> list[Uevent]:
-        events: list[Uevent] = []
-        readable, _, _ = select.select([self._sock], [], [], max(timeout, 0.0))
-        while readable:
-            try:
-                message = self._sock.recv(65536, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                break
-            except OSError:  # ENOBUFS: events were lost; the caller rescans anyway
-                events.append(Uevent("overflow", "", "block"))
-                continue
-            event = parse_uevent(message)
-            if event is not None:
-                events.append(event)
-        return events
-
-    def close(self) -> None:
-        self._sock.close()
+def uevent_message(event: Uevent) -> bytes:
+    """The datagram the kernel would send for `event` (for fakes and tests)."""
+    fields = {"ACTION": event.action, "DEVPATH": event.devpath, "SUBSYSTEM": event.subsystem,
+              **event.properties}
+    return (f"{event.action}@{event.devpath}\0"
+            + "".join(f"{k}={v}\0" for k, v in fields.items())).encode()
 
 
 # -- block devices in sysfs --------------------------------------------------------
@@ -258,6 +219,16 @@ class Waited:
     polled: bool  # True when no uevent socket could be opened
 
 
+def _events(messages: list[bytes]) -> list[Uevent]:
+    """Parsed uevents; a lost burst (b"") counts as a block event: rescan."""
+    events = []
+    for message in messages:
+        event = parse_uevent(message) if message else Uevent("overflow", "", "block")
+        if event is not None:
+            events.append(event)
+    return events
+
+
 def _block(events: list[Uevent]) -> bool:
     return any(e.subsystem == "block" for e in events)
 
@@ -273,7 +244,7 @@ def wait_for_devices(kernel: Kernel, satisfied: Callable[[list[BlockDevice]], bo
     start = kernel.monotonic()
     deadline = start + timeout
     try:
-        source: UeventSource | None = kernel.uevents()
+        source: NetlinkSocket | None = kernel.netlink_socket(NETLINK_KOBJECT_UEVENT, KERNEL_GROUP)
     except OSError:
         source = None
     seen = 0
@@ -288,12 +259,12 @@ def wait_for_devices(kernel: Kernel, satisfied: Callable[[list[BlockDevice]], bo
                 kernel.sleep(min(POLL_SECONDS, left))
                 devices = scan(kernel)
                 continue
-            events = source.receive(left)
+            events = _events(source.receive(left))
             if _block(events):
                 seen += sum(1 for e in events if e.subsystem == "block")
                 devices = scan(kernel)
         if source is not None:
-            late = source.receive(0)
+            late = _events(source.receive(0))
             if _block(late):
                 seen += sum(1 for e in late if e.subsystem == "block")
                 devices = scan(kernel)
@@ -301,33 +272,3 @@ def wait_for_devices(kernel: Kernel, satisfied: Callable[[list[BlockDevice]], bo
     finally:
         if source is not None:
             source.close()
-
-
-
-# A scripted step of uevents for tests: the events, or a function that
-# changes the fake machine (adds a disk to its /sys) and returns them.
-UeventStep = list[Uevent] | Callable[[], list[Uevent]]
-
-
-@dataclass
-class ScriptedUevents:
-    """The fake kernel's uevent source: one scripted step per `receive`.
-
-    When the script runs out, `receive` lets the clock run for the whole
-    timeout, as a machine where nothing more arrives would.
-    """
-
-    script: list[UeventStep]
-    advance: Callable[[float], None]
-    closed: bool = False
-
-    def receive(self, timeout: float) -> list[Uevent]:
-        if self.script:
-            step = self.script.pop(0)
-            return step() if callable(step) else list(step)
-        if timeout > 0:
-            self.advance(timeout)
-        return []
-
-    def close(self) -> None:
-        self.closed = True

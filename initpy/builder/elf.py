@@ -20,6 +20,8 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from initpy.builder.command import BuildError
+
 ELF_MAGIC = b"\x7fELF"
 PT_LOAD = 1
 PT_DYNAMIC = 2
@@ -39,7 +41,7 @@ DEFAULT_LIBRARY_DIRS = (
 )
 
 
-class ElfError(Exception):
+class ElfError(BuildError):
     """The file is not a usable ELF file; the message says which and why."""
 
 

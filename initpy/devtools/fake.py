@@ -1,6 +1,6 @@
 """A fake kernel: the whole boot on a normal machine, without root.
 
-`FakeKernel` replaces `initpy.kernel.Kernel`, the one seam, with a temporary
+`FakeKernel` replaces `initpy.runtime.kernel.Kernel`, the one seam, with a temporary
 root folder and recorded answers. Files are read and written below the
 root; syscalls (mount, reboot, finit_module, sethostname, execve, mknod)
 are recorded in `calls` and answered from the script the test or the
@@ -14,12 +14,14 @@ import errno
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import NoReturn, TypeVar, cast
 
-from initpy.blockdev import ScriptedUevents, UeventStep
-from initpy.boot import Halted
-from initpy.kernel import Completed, Kernel, ShellExit
-from initpy.netlink import FakeNetlink, Netlink
+from hooks.storage.blockdev import NETLINK_KOBJECT_UEVENT, Uevent, uevent_message
+from initpy.devtools.fake_network import FakeNetlink
+from initpy.runtime.driver import Halted
+from initpy.runtime.kernel import Completed, Kernel, ShellExit
+
+T = TypeVar("T")
 
 
 class Rebooted(Halted):
@@ -37,6 +39,35 @@ class HandedOff(Halted):
 
 
 CommandAnswer = Completed | Callable[[Sequence[str]], Completed]
+
+# A scripted step of uevents: the events, or a function that changes the
+# fake machine (adds a disk to its /sys) and returns them.
+UeventStep = list[Uevent] | Callable[[], list[Uevent]]
+
+
+@dataclass
+class ScriptedUevents:
+    """The fake kernel's uevent socket: one scripted step per `receive`.
+
+    When the script runs out, `receive` lets the clock run for the whole
+    timeout, as a machine where nothing more arrives would.
+    """
+
+    script: list[UeventStep]
+    advance: Callable[[float], None]
+    closed: bool = False
+
+    def receive(self, timeout: float, limit: int = 256) -> list[bytes]:
+        if self.script:
+            step = self.script.pop(0)
+            events = step() if callable(step) else list(step)
+            return [b"" if e.action == "overflow" else uevent_message(e) for e in events]
+        if timeout > 0:
+            self.advance(timeout)
+        return []
+
+    def close(self) -> None:
+        self.closed = True
 
 
 @dataclass
@@ -67,7 +98,7 @@ class FakeKernel(Kernel):
     # daemons the boot forked (the DHCP renewer), by name, not run.
     network: FakeNetlink = field(default_factory=FakeNetlink.qemu_user)
     daemons: dict[str, Callable[[], None]] = field(default_factory=dict)
-    # Storage: uevents delivered one step per receive (see blockdev.ScriptedUevents);
+    # Storage: uevents delivered one step per receive (see ScriptedUevents);
     # failures={"uevents": {"netlink": errno}} makes the socket unavailable.
     uevent_script: list[UeventStep] = field(default_factory=list)
 
@@ -255,7 +286,10 @@ class FakeKernel(Kernel):
 
     # -- storage: kernel uevents and the random seed (hooks/storage.py) -----
 
-    def uevents(self) -> ScriptedUevents:
+    def netlink_socket(self, protocol: int, groups: int) -> ScriptedUevents:
+        """Uevents from `uevent_script`; failures={"uevents": {"netlink": errno}} denies it."""
+        if protocol != NETLINK_KOBJECT_UEVENT:
+            raise OSError(errno.EPROTONOSUPPORT, f"fake kernel: no netlink protocol {protocol}")
         self.calls.append(("uevents",))
         self._fail("uevents", "netlink")
 
@@ -263,6 +297,13 @@ class FakeKernel(Kernel):
             self.clock += seconds
 
         return ScriptedUevents(self.uevent_script, advance)
+
+    def library(self, name: str, real: Callable[[], T]) -> T:
+        """The scripted stand-in: "rtnetlink" is `self.network`, bound to this clock."""
+        if name == "rtnetlink":
+            self.network.attach(self)
+            return cast(T, self.network)
+        raise AssertionError(f"fake kernel: no stand-in for the library {name!r}")
 
     def random_bytes(self, size: int) -> bytes:
         """Different on every call, also across fake kernels (a reboot is a new one)."""
@@ -304,11 +345,6 @@ class FakeKernel(Kernel):
         self.block_devices[f"/dev/{name}"] = image
 
     # -- network: netlink and the lease renewer (hooks/network.py) ----------
-
-    def netlink(self) -> Netlink:
-        """The scripted network in `self.network`, bound to this fake's clock."""
-        self.network.attach(self)
-        return self.network
 
     def spawn_daemon(self, name: str, target: Callable[[], None]) -> int:
         """Recorded, not run: the daemon would run forever."""

@@ -1,6 +1,7 @@
 """The frozen init's entry script: what PyInstaller runs as PID 1 (/init).
 
-Owned by the builder: initpy.freeze hands this file to PyInstaller. It
+initpy.builder.freeze hands this file to PyInstaller; it runs only inside
+the initrd, and calls initpy.runtime.entry. It
 teaches `ctypes.util.find_library` where libraries are inside the initrd:
 the stock version asks ldconfig, gcc and ld, none of which exist there, so
 pyudev could not find libudev.so.1. The patch is applied when something
@@ -16,11 +17,13 @@ import sys
 from types import ModuleType
 from typing import Any
 
+from initpy.runtime import layout
+
 # The folders mkinitrd fills: the frozen tree's own files, then the private
 # loader's folder (glibc, libcrypto, ... and the hook binaries' libraries).
 LIBRARY_DIRS = (
-    getattr(sys, "_MEIPASS", "/usr/lib/initpy/frozen/_internal"),
-    "/usr/lib/initpy/lib",
+    getattr(sys, "_MEIPASS", layout.FROZEN_INTERNAL),
+    layout.PRIVATE_LIB_DIR,
 )
 
 
@@ -84,7 +87,7 @@ class PatchOnImport:
 
 
 class NoSslOnImport:
-    """A meta-path finder that answers `import ssl` with initpy.nossl.
+    """A meta-path finder that answers `import ssl` with initpy.runtime.nossl.
 
     The freeze excludes ssl (and OpenSSL with it); see initpy/nossl.py.
     """
@@ -95,15 +98,15 @@ class NoSslOnImport:
         sys.meta_path.remove(self)
         from importlib.machinery import ModuleSpec
 
-        import initpy.nossl
+        import initpy.runtime.nossl
 
-        loader: Any = _Loader(initpy.nossl)
-        return ModuleSpec(name, loader, origin=initpy.nossl.__file__)
+        loader: Any = _Loader(initpy.runtime.nossl)
+        return ModuleSpec(name, loader, origin=initpy.runtime.nossl.__file__)
 
 
 if __name__ == "__main__":
     sys.meta_path.insert(0, NoSslOnImport())
     sys.meta_path.insert(0, PatchOnImport())
-    from initpy.__main__ import main
+    from initpy.runtime.entry import main
 
     main()

@@ -16,16 +16,17 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import subprocess
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
+
+from initpy.builder.command import BuildError, run
 
 NEWC_MAGIC = b"070701"
 TRAILER = "TRAILER!!!"
 COMPRESSIONS = ("zstd", "gzip", "xz", "none")
 
 
-class ArchiveError(Exception):
+class ArchiveError(BuildError):
     """An entry cannot be archived; the message names it."""
 
 
@@ -188,7 +189,7 @@ def decompress(data: bytes) -> bytes:
     for magic, argv in tools:
         if data.startswith(magic):
             # Each tool decompresses concatenated members/frames of its kind.
-            return subprocess.run(argv, input=data, capture_output=True, check=True).stdout
+            return run(argv, input=data)
     return data
 
 
@@ -209,16 +210,7 @@ def compress(data: bytes, method: str, level: int | None = None) -> bytes:
     }.get(method)
     if argv is None:
         raise ArchiveError(f"unknown compression {method!r}; use one of {', '.join(COMPRESSIONS)}")
-    try:
-        done = subprocess.run(argv, input=data, capture_output=True, check=False)
-    except FileNotFoundError:
-        raise ArchiveError(
-            f"{argv[0]} is not installed; run scripts/bootstrap (Debian package "
-            f"{'xz-utils' if method == 'xz' else method})"
-        ) from None
-    if done.returncode != 0:
-        raise ArchiveError(f"{' '.join(argv)}: exit {done.returncode}: {done.stderr.decode()}")
-    return done.stdout
+    return run(argv, input=data)
 
 
 def compress_cached(data: bytes, method: str, cache_dir: str | None) -> bytes:

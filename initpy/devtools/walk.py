@@ -12,10 +12,11 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 
-from initpy.boot import main
-from initpy.fake import FakeKernel, HandedOff, Rebooted
-from initpy.kernel import Completed
-from initpy.labels import minimal_image
+from initpy.devtools.disk_images import minimal_image
+from initpy.devtools.fake import FakeKernel, HandedOff, Rebooted
+from initpy.runtime import layout
+from initpy.runtime.driver import main
+from initpy.runtime.kernel import Completed
 
 
 def _fake_ssh_keygen(kernel: FakeKernel) -> Callable[[Sequence[str]], Completed]:
@@ -55,7 +56,7 @@ def walk(cmdline: str, folders: Sequence[str], names: Sequence[str] | None,
                   f"environment: {' '.join(sorted(done.env))}")
         except Rebooted as done:
             print(f"(walk) the init would now {done.how}")
-        report_path = kernel.path("/run/initpy/report.json")
+        report_path = kernel.path(layout.REPORT)
         report = json.load(open(report_path)) if os.path.exists(report_path) else {}
         print(f"(walk) report.json outcome: {report.get('outcome')}; syscalls made: "
               + ", ".join(sorted({str(c[0]) for c in kernel.calls})))

@@ -4,7 +4,7 @@ Everything the init does to the machine goes through one `Kernel` object:
 mounts, reboot, module loading, the hostname, exec, device nodes, /dev/kmsg,
 reads of /proc and /sys, block-device reads, file writes, child processes and
 the console. Tests and the no-root "walk" replace this object with
-`initpy.fake.FakeKernel`, and nothing else, to fake a whole machine.
+`initpy.devtools.fake.FakeKernel`, and nothing else, to fake a whole machine.
 
 Only the standard library is imported here: this module is on PID 1's
 start-up path.
@@ -15,18 +15,18 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn, Protocol, TypeVar
 
-if TYPE_CHECKING:
-    from initpy.blockdev import UeventSource
-    from initpy.netlink import Netlink
+T = TypeVar("T")
 
 # mount(2) flags, from <sys/mount.h>.
 MS_NOSUID = 2
@@ -43,12 +43,54 @@ REBOOT_COMMANDS = {
     "halt": _LINUX_REBOOT_CMD_HALT,
 }
 
+_SO_RCVBUFFORCE = 33
 _SYS_FINIT_MODULE = 313  # x86_64
 _MODULE_INIT_COMPRESSED_FILE = 4
 
 
 # The CPU priority of spawn_daemon's processes (the boot runs at 0).
 DAEMON_NICE = 10
+
+
+class NetlinkSocket(Protocol):
+    """Datagrams from a netlink multicast group, as the kernel sends them."""
+
+    def receive(self, timeout: float, limit: int = 256) -> list[bytes]:
+        """The messages that arrive within `timeout` s, at most `limit` of them.
+
+        b"" stands for messages the kernel dropped (ENOBUFS): the reader
+        must look at the whole state again.
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
+class _NetlinkSocket:
+    def __init__(self, protocol: int, groups: int) -> None:
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
+                                   protocol)
+        try:
+            # A burst of disks and partitions must not overflow the queue.
+            self._sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, 4 << 20)
+        except OSError:
+            pass
+        self._sock.bind((0, groups))
+
+    def receive(self, timeout: float, limit: int = 256) -> list[bytes]:
+        messages: list[bytes] = []
+        readable, _, _ = select.select([self._sock], [], [], max(timeout, 0.0))
+        while readable and len(messages) < limit:
+            try:
+                messages.append(self._sock.recv(65536, socket.MSG_DONTWAIT))
+            except BlockingIOError:
+                break
+            except OSError:  # ENOBUFS: messages were lost
+                messages.append(b"")
+        return messages
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 class KernelError(OSError):
@@ -382,13 +424,27 @@ class Kernel:
                 pass
         return reaped
 
-    # -- storage: kernel uevents and the random seed (hooks/storage.py) -------
+    # -- netlink sockets and libraries that talk to the kernel themselves ------
 
-    def uevents(self) -> UeventSource:
-        """Kernel uevents (block devices coming and going); OSError if none."""
-        from initpy.blockdev import UeventSocket
+    def netlink_socket(self, protocol: int, groups: int) -> NetlinkSocket:
+        """A datagram netlink socket bound to multicast `groups` (OSError if none).
 
-        return UeventSocket()
+        The hooks read kernel events through it: uevents
+        (NETLINK_KOBJECT_UEVENT) for block devices, link changes
+        (NETLINK_ROUTE, RTMGRP_LINK) for carrier.
+        """
+        return _NetlinkSocket(protocol, groups)
+
+    def library(self, name: str, real: Callable[[], T]) -> T:
+        """The handle of a library that makes its own syscalls (pyroute2's IPRoute).
+
+        A hook asks for it here rather than building it itself, so that the
+        whole machine stays behind this one seam: the real kernel calls
+        `real()`; a fake kernel hands out its scripted stand-in for `name`.
+        """
+        return real()
+
+    # -- the random seed -------------------------------------------------------
 
     def random_bytes(self, size: int) -> bytes:
         """Fresh random bytes that never block (a seed for the next boot).
@@ -405,13 +461,7 @@ class Kernel:
         with open("/dev/urandom", "wb", buffering=0) as f:
             f.write(data)
 
-    # -- network: netlink and the lease renewer (hooks/network.py) ------------
-
-    def netlink(self) -> Netlink:
-        """rtnetlink and DHCP clients; pyroute2 is imported on the first call."""
-        from initpy.netlink import IPRouteNetlink
-
-        return IPRouteNetlink()
+    # -- daemons that outlive the hand-off ---------------------------------------
 
     def spawn_daemon(self, name: str, target: Callable[[], None]) -> int:
         """Fork a process that outlives the hand-off and runs `target` forever.

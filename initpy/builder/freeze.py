@@ -28,25 +28,26 @@ import importlib.metadata
 import importlib.util
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from initpy import elf
+from initpy.builder import elf
+from initpy.builder.command import BuildError, run
+from initpy.runtime import layout
 
 # Inside the initrd.
-FROZEN_DIR = "/usr/lib/initpy/frozen"
-FROZEN_EXE = f"{FROZEN_DIR}/initpy"
-PRIVATE_LIB_DIR = "/usr/lib/initpy/lib"
-PRIVATE_LOADER = f"{PRIVATE_LIB_DIR}/ld-linux-x86-64.so.2"
+FROZEN_DIR = layout.FROZEN_DIR
+FROZEN_EXE = layout.FROZEN_EXE
+PRIVATE_LIB_DIR = layout.PRIVATE_LIB_DIR
+PRIVATE_LOADER = layout.PRIVATE_LOADER
 
 # Always frozen: what initpy and every boot needs, whatever the hooks say.
-BASE_IMPORTS = ("initpy", "initpy.nossl", "transitions", "json", "ctypes", "ctypes.util",
-                "sqlite3")
+BASE_IMPORTS = ("initpy.runtime", "initpy.runtime.nossl", "transitions", "json", "ctypes",
+                "ctypes.util", "sqlite3")
 # Never frozen: not used at boot, and large. (Not unittest: pyroute2 imports
-# unittest.mock at package import.) ssl is answered by initpy.nossl, so
+# unittest.mock at package import.) ssl is answered by initpy.runtime.nossl, so
 # OpenSSL (libssl, libcrypto: 1.9 MB of zstd) stays out.
 EXCLUDES = (
     "tkinter", "_tkinter", "pydoc", "pydoc_data", "lib2to3", "idlelib",
@@ -58,14 +59,12 @@ EXCLUDES = (
     # East Asian codecs, never used by a boot.
     "_codecs_jp", "_codecs_kr", "_codecs_cn", "_codecs_tw", "_codecs_hk", "_codecs_iso2022",
     "_multibytecodec",
-    # The builder's own modules: collected with initpy, never run at boot.
-    "initpy.mkinitrd", "initpy.freeze", "initpy.kmod", "initpy.elf", "initpy.cpio",
 )
 # Debian's libudev, for pyudev (found by the entry script's find_library).
 LIBUDEV = "/usr/lib/x86_64-linux-gnu/libudev.so.1"
 
 
-class FreezeError(Exception):
+class FreezeError(BuildError):
     """Freezing failed; the message says why and what to do."""
 
 
@@ -80,6 +79,11 @@ class Frozen:
 
 def _package_dir() -> str:
     return os.path.dirname(os.path.abspath(__file__))
+
+
+def runtime_dir() -> str:
+    """initpy/runtime: the package the freeze collects, and nothing else of initpy."""
+    return os.path.join(os.path.dirname(_package_dir()), "runtime")
 
 
 def hook_imports(hook_files: Sequence[str]) -> dict[str, list[str]]:
@@ -114,6 +118,8 @@ def hidden_imports(hook_files: Sequence[str]) -> list[str]:
     wanted = set(BASE_IMPORTS)
     for name, files in sorted(hook_imports(hook_files).items()):
         top = name.split(".")[0]
+        if top == "initpy":  # initpy.runtime is collected whole; nothing else may be
+            continue
         if _find_spec(top) is None:
             raise FreezeError(
                 f"{', '.join(sorted(set(files)))} imports {name!r}, which is not installed; "
@@ -143,7 +149,7 @@ def _tool_versions() -> str:
 
 def cache_key(imports: Sequence[str]) -> str:
     digest = hashlib.sha256()
-    top = _package_dir()
+    top = runtime_dir()
     for name in sorted(os.listdir(top)):
         if name.endswith(".py"):
             digest.update(name.encode() + b"\0")
@@ -223,12 +229,12 @@ DROPPED_RUNTIME_HOOKS = ("pyi_rth_inspect", "pyi_rth_multiprocessing")
 
 
 def _run_pyinstaller(imports: Sequence[str], work: str, log: bool) -> None:
-    entry = os.path.join(_package_dir(), "freeze_entry.py")
+    entry = os.path.join(runtime_dir(), "frozen.py")
     argv = [
         os.path.join(os.path.dirname(sys.executable), "pyi-makespec"), "--onedir",
         "--name", "initpy", "--contents-directory", "_internal",
-        "--specpath", work, "--collect-submodules", "initpy",
-        "--paths", os.path.dirname(_package_dir()),
+        "--specpath", work, "--collect-submodules", "initpy.runtime",
+        "--paths", os.path.dirname(os.path.dirname(_package_dir())),
     ]
     for name in imports:
         argv += ["--hidden-import", name]
@@ -248,7 +254,7 @@ def _run_pyinstaller(imports: Sequence[str], work: str, log: bool) -> None:
     anchor = "pyz = PYZ(a.pure)"
     if anchor not in text:
         raise FreezeError(f"{spec}: no {anchor!r} line; this PyInstaller's spec layout is "
-                          "unknown to initpy.freeze")
+                          "unknown to initpy.builder.freeze")
     text = text.replace(anchor, "a.scripts = [s for s in a.scripts if s[0] not in "
                         f"{DROPPED_RUNTIME_HOOKS!r}]\n{anchor}")
     with open(spec, "w") as f:
@@ -261,11 +267,8 @@ def _run_pyinstaller(imports: Sequence[str], work: str, log: bool) -> None:
 
 
 def _pyinstaller_step(argv: Sequence[str], env: dict[str, str], log: bool) -> None:
-    done = subprocess.run(list(argv), capture_output=not log, text=True, env=env, check=False)
-    if done.returncode != 0:
-        tail = "\n".join((done.stderr or "").strip().splitlines()[-15:])
-        raise FreezeError(f"{os.path.basename(argv[0])} failed (exit {done.returncode}):\n"
-                          f"{tail}\nrun scripts/bootstrap to install the build extras")
+    run(argv, env=env, capture=not log,
+        hint="run scripts/bootstrap to install the build extras (PyInstaller)")
 
 
 def _strip(tree: str) -> None:
@@ -277,8 +280,10 @@ def _strip(tree: str) -> None:
             if ".so" in name and not os.path.islink(path) and elf.is_elf(path):
                 files.append(path)
     if files and shutil.which("strip"):
-        subprocess.run(["strip", "--strip-unneeded", *sorted(files)], capture_output=True,
-                       check=False)
+        try:
+            run(["strip", "--strip-unneeded", *sorted(files)])
+        except BuildError:  # unstripped libraries still work, only larger
+            pass
 
 
 def _privatize(product: str) -> None:
@@ -324,13 +329,7 @@ def _privatize(product: str) -> None:
 
 
 def _patchelf(args: Sequence[str]) -> None:
-    argv = ["patchelf", *args]
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        raise FreezeError("patchelf is not installed; run scripts/bootstrap") from None
-    if done.returncode != 0:
-        raise FreezeError(f"{' '.join(argv)}: {done.stderr.strip()}")
+    run(["patchelf", *args])
 
 
 def patch_executable(path: str, rpath: str = PRIVATE_LIB_DIR) -> None:

@@ -1,35 +1,31 @@
 """Netlink for the network states: links, carrier, bridges, addresses, routes.
 
-The network hook never talks to pyroute2 directly: it asks the kernel seam
-(`Kernel.netlink()`) for a `Netlink`, a thin typed wrapper. The real one,
-`IPRouteNetlink`, drives pyroute2's `IPRoute` (imported only when the first
-network state runs: pyroute2's package import is slow under TCG) and keeps a
-plain rtnetlink socket subscribed to link events, so that waiting for
-carrier sleeps in `select()` until the kernel says something changed.
-`FakeNetlink` is a scripted machine for the unit tests and the no-root walk:
-NICs are "plugged" with a MAC, a carrier (now or later) and a DHCP answer,
-and every change the boot makes (bridges, masters, addresses, routes) is
-kept in a model the tests read back.
+The network states never talk to pyroute2 directly: `opened(kernel)` asks
+the kernel seam for the "rtnetlink" library (`Kernel.library`), a `Netlink`,
+this thin typed wrapper. The real one, `IPRouteNetlink`, drives pyroute2's
+`IPRoute` (imported only when the first network state runs: pyroute2's
+package import is slow under TCG) and reads link events from the seam's
+netlink socket, so that waiting for carrier sleeps in `select()` until the
+kernel says something changed. A fake kernel hands out its scripted
+network instead (initpy/devtools/fake_network.py).
 
 DHCP clients are handed out here as well (`dhcp_client()`): the real one is
-pyroute2's raw-socket client (see `initpy.dhcp`), the fake one answers from
-the script.
+pyroute2's raw-socket client (dhcpclient.py beside this file).
 """
 
 from __future__ import annotations
 
-import select
 import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from initpy.dhcp import DhcpClient, Lease
-    from initpy.kernel import Kernel
+from initpy.runtime.kernel import Kernel, NetlinkSocket
+
+from .lease import DhcpClient
 
 NETLINK_ROUTE = 0
 RTMGRP_LINK = 1
@@ -122,7 +118,7 @@ def _import_pyroute2() -> None:
 
         # The dhcp state's client (about 0.3 s of imports under TCG): here it
         # fills the main thread's waits on disks and carrier instead.
-        import initpy.dhcp  # noqa: F401
+        from . import dhcpclient  # noqa: F401
     except Exception:  # the state that needs it imports it again and reports
         pass
 
@@ -153,13 +149,14 @@ def wait_prefetch() -> None:
 class IPRouteNetlink:
     """rtnetlink through pyroute2's IPRoute, plus a raw socket for link events."""
 
-    def __init__(self) -> None:
+    def __init__(self, kernel: Kernel) -> None:
         wait_prefetch()
         lean_pyroute2()
         from pyroute2.iproute.linux import IPRoute
 
+        self._kernel = kernel
         self._ipr: Any = IPRoute()
-        self._events: socket.socket | None = None
+        self._events: NetlinkSocket | None = None
 
     def _index(self, name: str) -> int:
         found = self._ipr.link_lookup(ifname=name)
@@ -191,25 +188,14 @@ class IPRouteNetlink:
 
     def watch_links(self) -> None:
         if self._events is None:
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                 NETLINK_ROUTE)
-            sock.bind((0, RTMGRP_LINK))
-            sock.setblocking(False)
-            self._events = sock
+            self._events = self._kernel.netlink_socket(NETLINK_ROUTE, RTMGRP_LINK)
 
     def wait_link_change(self, timeout: float) -> bool:
         if self._events is None:
             raise RuntimeError("watch_links() first")
-        ready, _, _ = select.select([self._events], [], [], max(0.0, timeout))
-        if not ready:
-            return False
-        # The content does not matter: the caller re-reads every link.
-        try:
-            while self._events.recv(65536):
-                pass
-        except BlockingIOError:
-            pass
-        return True
+        # The content does not matter: the caller re-reads every link. The
+        # seam reads a bounded batch, so a flapping link cannot hold us here.
+        return bool(self._events.receive(timeout))
 
     def add_bridge(self, name: str, mac: str) -> None:
         # STP off and no forward delay: the port forwards at once, so the
@@ -247,7 +233,7 @@ class IPRouteNetlink:
         self._ipr.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=self._index(name))
 
     def dhcp_client(self, name: str, mac: str) -> DhcpClient:
-        from initpy.dhcp import PyrouteDhcpClient
+        from .dhcpclient import PyrouteDhcpClient
 
         return PyrouteDhcpClient(name, mac)
 
@@ -256,201 +242,6 @@ class IPRouteNetlink:
             self._events.close()
             self._events = None
         self._ipr.close()
-
-
-# -- the fake one ------------------------------------------------------------------
-
-
-class FakeClock(Protocol):
-    clock: float
-
-    def write_text(self, path: str, text: str, mode: int = 0o644) -> None: ...
-
-    def mkdir(self, path: str, mode: int = 0o755) -> None: ...
-
-
-@dataclass
-class FakeNic:
-    """A scripted interface: its MAC, when it gets carrier, what DHCP answers."""
-
-    name: str
-    mac: str
-    carrier_at: float | None = 0.0  # fake-clock time carrier appears; None: never
-    lease: Lease | None = None  # the DHCP answer; None: silence
-    lease_delay: float = 0.01  # real seconds before the answer
-    dhcp_error: str | None = None  # the client fails with this OSError text
-    kind: str = "ethernet"  # ethernet, wireless, virtual, bridge
-    appear_at: float = 0.0  # fake-clock time the driver registers the NIC
-
-
-@dataclass
-class FakeDhcpClient:
-    """Answers like a DHCP server on the scripted NIC would."""
-
-    nic: FakeNic
-    started: bool = False
-    stopped: bool = False
-    released: bool = False
-
-    async def start(self) -> None:
-        self.started = True
-
-    async def lease(self) -> Lease:
-        # Imported here: this module is imported on PID 1's start-up path
-        # (the network hook's prefetch), asyncio is not needed until dhcp.
-        import asyncio
-
-        if self.nic.dhcp_error:
-            raise OSError(self.nic.dhcp_error)
-        await asyncio.sleep(self.nic.lease_delay)
-        if self.nic.lease is None:
-            await asyncio.Event().wait()  # silence until cancelled
-        assert self.nic.lease is not None
-        return self.nic.lease
-
-    def progress(self) -> str:
-        return "no DHCP offer (DISCOVER sent, no answer)"
-
-    async def stop(self, release: bool) -> None:
-        self.stopped = True
-        self.released = release
-
-
-@dataclass
-class FakeNetlink:
-    """A scripted network: NICs, and the model of what the boot built."""
-
-    nics: list[FakeNic] = field(default_factory=list)
-    up: set[str] = field(default_factory=set)
-    bridges: dict[str, str] = field(default_factory=dict)  # name -> mac
-    masters: dict[str, str] = field(default_factory=dict)  # port -> bridge
-    addresses: dict[str, list[str]] = field(default_factory=dict)
-    routes: list[tuple[str, str, str]] = field(default_factory=list)  # dst, gateway, dev
-    clients: dict[str, FakeDhcpClient] = field(default_factory=dict)
-    watching: bool = False
-    closed: bool = False
-    kernel: FakeClock | None = None
-
-    @classmethod
-    def qemu_user(cls) -> FakeNetlink:
-        """One NIC answered like QEMU's user network, with router and DNS."""
-        from initpy.dhcp import Lease
-
-        lease = Lease(nic="eth0", mac="52:54:00:12:34:56", address="10.0.2.15", prefixlen=24,
-                      server="10.0.2.2", router="10.0.2.2", dns=("10.0.2.3",),
-                      lease_time=86400)
-        return cls(nics=[FakeNic("eth0", "52:54:00:12:34:56", lease=lease)])
-
-    def attach(self, kernel: FakeClock) -> None:
-        """Bind to the fake kernel: its clock, and /sys/class/net in its root."""
-        if self.kernel is kernel:
-            return
-        self.kernel = kernel
-        kernel.mkdir("/sys/class/net")
-        self._sysfs_link("lo", "00:00:00:00:00:00", "virtual", 772)
-        self._appear()
-
-    def _appear(self) -> None:
-        """Write /sys/class/net for every NIC whose driver has registered it by now."""
-        for nic in self.nics:
-            if nic.appear_at <= self._now():
-                self._sysfs(nic)
-
-    def _sysfs(self, nic: FakeNic) -> None:
-        self._sysfs_link(nic.name, nic.mac, nic.kind, 1)
-
-    def _sysfs_link(self, name: str, mac: str, kind: str, arp_type: int) -> None:
-        assert self.kernel is not None
-        base = f"/sys/class/net/{name}"
-        self.kernel.mkdir(base)
-        self.kernel.write_text(f"{base}/address", mac + "\n")
-        self.kernel.write_text(f"{base}/type", f"{arp_type}\n")
-        if kind in ("ethernet", "wireless"):
-            self.kernel.mkdir(f"{base}/device")
-        if kind == "wireless":
-            self.kernel.mkdir(f"{base}/wireless")
-        if kind == "bridge":
-            self.kernel.mkdir(f"{base}/bridge")
-
-    def _now(self) -> float:
-        return self.kernel.clock if self.kernel is not None else 0.0
-
-    def _nic(self, name: str) -> FakeNic:
-        for nic in self.nics:
-            if nic.name == name:
-                return nic
-        raise OSError(f"no network interface named {name}")
-
-    def links(self) -> list[Link]:
-        now = self._now()
-        found = [Link(1, "lo", "00:00:00:00:00:00", "lo" in self.up, "lo" in self.up)]
-        names = [n.name for n in self.nics] + list(self.bridges)
-        for i, name in enumerate(names, start=2):
-            if name in self.bridges:
-                found.append(Link(i, name, self.bridges[name], name in self.up, True))
-                continue
-            nic = self._nic(name)
-            carrier = (name in self.up and nic.carrier_at is not None
-                       and nic.carrier_at <= now)
-            master = names.index(self.masters[name]) + 2 if name in self.masters else None
-            found.append(Link(i, name, nic.mac, name in self.up, carrier, master))
-        return found
-
-    def set_up(self, name: str) -> None:
-        if name not in self.bridges and name != "lo":
-            self._nic(name)
-        self.up.add(name)
-
-    def watch_links(self) -> None:
-        self.watching = True
-
-    def wait_link_change(self, timeout: float) -> bool:
-        """Jump the fake clock to the next NIC or carrier change, or by `timeout`."""
-        assert self.watching, "watch_links() first"
-        now = self._now()
-        changes = [n.carrier_at for n in self.nics
-                   if n.name in self.up and n.carrier_at is not None]
-        changes += [n.appear_at for n in self.nics]
-        upcoming = sorted(t for t in changes if now < t <= now + timeout)
-        step = (upcoming[0] - now) if upcoming else timeout
-        if self.kernel is not None:
-            self.kernel.clock = now + step
-            self._appear()
-        return bool(upcoming)
-
-    def add_bridge(self, name: str, mac: str) -> None:
-        if name in self.bridges:
-            raise OSError(f"{name} exists")
-        self.bridges[name] = mac
-        self.up.add(name)
-        if self.kernel is not None:
-            self._sysfs_link(name, mac, "bridge", 1)
-
-    def set_master(self, port: str, bridge: str) -> None:
-        if bridge not in self.bridges:
-            raise OSError(f"no bridge named {bridge}")
-        self.masters[port] = bridge
-
-    def flush_ipv4(self, name: str) -> None:
-        self.addresses.pop(name, None)
-
-    def add_address(self, name: str, address: str, prefixlen: int,
-                    broadcast: str | None) -> None:
-        self.addresses.setdefault(name, []).append(f"{address}/{prefixlen}")
-
-    def ipv4_addresses(self, name: str) -> list[str]:
-        return list(self.addresses.get(name, []))
-
-    def add_default_route(self, gateway: str, name: str) -> None:
-        self.routes.append(("default", gateway, name))
-
-    def dhcp_client(self, name: str, mac: str) -> DhcpClient:
-        client = FakeDhcpClient(self._nic(name))
-        self.clients[name] = client
-        return client
-
-    def close(self) -> None:
-        self.closed = True
 
 
 def sysfs_is_ethernet(kernel: Kernel, name: str) -> tuple[bool, str]:
@@ -499,7 +290,7 @@ def wait_for_carrier(nl: Netlink, names: Sequence[str], timeout: float,
 @contextmanager
 def opened(kernel: Kernel) -> Iterator[Netlink]:
     """A netlink handle from the seam, closed afterwards."""
-    handle = kernel.netlink()
+    handle: Netlink = kernel.library("rtnetlink", lambda: IPRouteNetlink(kernel))
     try:
         yield handle
     finally:

@@ -7,7 +7,7 @@ everything after a lone `--` belongs to init, not to parameters; dashes and
 underscores in a name are the same.
 
 Which parameters exist, and their types, come from the hooks' declarations
-(`initpy.hook.Parameter`), so this module holds the mechanism and the core
+(`initpy.runtime.hook.Parameter`), so this module holds the mechanism and the core
 parameters only. The parser never raises: every problem (an unknown
 `buildos.*`/`initpy.*` name, a bad value, an unclosed quote) becomes a line
 in `BootConfig.problems` that says what was expected.

@@ -13,10 +13,10 @@ import signal
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from initpy.hook import BootFailure
+from initpy.runtime.hook import BootFailure
 
 if TYPE_CHECKING:
-    from initpy.kernel import Completed, Kernel
+    from initpy.runtime.kernel import Completed, Kernel
 
 
 class CommandFailed(BootFailure):

@@ -42,11 +42,12 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
-if TYPE_CHECKING:
-    from initpy.netlink import Netlink
+from .lease import DhcpClient, DhcpClients, Lease
+
+__all__ = ["DhcpClient", "Lease"]  # re-exported: the states and tests take them from here
 
 # Leases that arrive within this many seconds of the first one compete by MAC.
 WINDOW = 0.25
@@ -54,50 +55,6 @@ WINDOW = 0.25
 STOP_TIMEOUT = 2.0
 RENEWER_NAME = "initpy-dhcp"
 VENDOR_ID = "initpy"
-
-
-@dataclass(frozen=True)
-class Lease:
-    """What the winning DHCP server granted; every option may be absent."""
-
-    nic: str
-    mac: str
-    address: str
-    prefixlen: int
-    server: str | None = None
-    router: str | None = None
-    dns: tuple[str, ...] = ()
-    hostname: str | None = None
-    domain: str | None = None
-    broadcast: str | None = None
-    lease_time: int | None = None
-    # pyroute2's own lease object, kept so the renewer can carry it on.
-    raw: Any = field(default=None, compare=False, repr=False)
-
-    @property
-    def cidr(self) -> str:
-        return f"{self.address}/{self.prefixlen}"
-
-    @property
-    def broadcast_or_computed(self) -> str:
-        if self.broadcast:
-            return self.broadcast
-        net = ipaddress.IPv4Network(self.cidr, strict=False)
-        return str(net.broadcast_address)
-
-
-class DhcpClient(Protocol):
-    """One NIC's DHCP client, as the race drives it."""
-
-    async def start(self) -> None: ...
-
-    async def lease(self) -> Lease:
-        """Wait until the client is bound; return the lease."""
-
-    def progress(self) -> str:
-        """Where the client got to, in words, for a failure message."""
-
-    async def stop(self, release: bool) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -127,7 +84,7 @@ def choose(leases: Sequence[Lease]) -> Lease:
     return min(leases, key=lambda lease: mac_key(lease.mac))
 
 
-def race(netlink: Netlink, nics: Sequence[tuple[str, str]], timeout: float,
+def race(netlink: DhcpClients, nics: Sequence[tuple[str, str]], timeout: float,
          window: float = WINDOW) -> RaceResult:
     """DHCP on every (name, mac) at once; the first lease wins.
 
@@ -146,7 +103,7 @@ async def _obtain(client: DhcpClient) -> Lease:
     return await client.lease()
 
 
-async def _race(netlink: Netlink, nics: Sequence[tuple[str, str]], timeout: float,
+async def _race(netlink: DhcpClients, nics: Sequence[tuple[str, str]], timeout: float,
                 window: float) -> RaceResult:
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -215,7 +172,7 @@ async def _race(netlink: Netlink, nics: Sequence[tuple[str, str]], timeout: floa
     return RaceResult(winner, tuple(attempts), ended)
 
 
-def sequential(netlink: Netlink, nics: Sequence[tuple[str, str]],
+def sequential(netlink: DhcpClients, nics: Sequence[tuple[str, str]],
                per_nic_timeout: float) -> RaceResult:
     """The spec's "tried in (some) order": the baseline for benchmarks only."""
     start = time.monotonic()

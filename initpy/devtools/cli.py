@@ -1,0 +1,52 @@
+"""The `initpy` command: tools for people, never PID 1 (see initpy.runtime.entry).
+
+    initpy walk [--cmdline TEXT] [--root DIR] [--hooks-dir DIR]...
+        walk the whole boot against a fake kernel in a temporary root
+    initpy diagram [--hooks-dir DIR]...
+        print the state diagram (mermaid), derived from the hooks
+    initpy params [--hooks-dir DIR]...
+        print the command-line parameters as a markdown table
+"""
+
+from __future__ import annotations
+
+import sys
+
+from initpy.devtools import repo_hooks
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="initpy", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("walk", "diagram", "params"):
+        p = sub.add_parser(name)
+        p.add_argument("--hooks-dir", action="append", default=None,
+                       help="a hooks folder (repeatable; default: the repository's hooks/)")
+        p.add_argument("--hooks", default=None, help="comma-separated hook names (default: all)")
+        if name == "walk":
+            p.add_argument("--cmdline", default="console=ttyS0 initpy.exec=/sbin/init",
+                           help="the kernel command line to boot with")
+            p.add_argument("--root", default=None, help="the fake root (default: a temporary one)")
+    ns = parser.parse_args(args)
+    folders = ns.hooks_dir or [repo_hooks()]
+    names = [n for n in ns.hooks.split(",") if n] if ns.hooks is not None else None
+    if ns.command == "diagram":
+        from initpy.devtools.docgen import diagram
+
+        print(diagram(folders, names), end="")
+    elif ns.command == "params":
+        from initpy.devtools.docgen import parameters_table
+
+        print(parameters_table(folders, names), end="")
+    else:
+        from initpy.devtools.walk import walk
+
+        sys.exit(walk(ns.cmdline, folders, names, ns.root))
+
+
+if __name__ == "__main__":
+    main()

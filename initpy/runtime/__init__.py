@@ -1,0 +1,5 @@
+"""What runs as PID 1: the driver, the hook contract and registry, the kernel
+seam, the command line, the report, run() and the builder's contract
+(layout). It imports neither initpy.builder nor initpy.devtools, and it is
+all that the freeze puts into an initrd (with the hooks beside it).
+"""

@@ -68,17 +68,33 @@ class Boot:
 
 
 def kernel_files() -> tuple[Path, Path]:
-    folder = Path(subprocess.run([REPO / "scripts" / "fetch-kernel"], check=True,
-                                 capture_output=True, text=True).stdout.strip())
+    folder = Path(
+        subprocess.run(
+            [REPO / "scripts" / "fetch-kernel"], check=True, capture_output=True, text=True
+        ).stdout.strip()
+    )
     return folder / "vmlinuz", (folder / "modules").resolve()
 
 
 def build_initpy(vmlinuz: Path, modules: Path, outdir: Path, hooks: str | None) -> float:
     start = time.monotonic()
-    subprocess.run([sys.executable, str(REPO / "mkinitrd.py"), "--kernel", str(vmlinuz),
-                    "--modules", str(modules), "-o", str(outdir),
-                    "--include", f"{GUEST_PROGRAM}:{GUEST_PATH}",
-                    *(["--hooks", hooks] if hooks else [])], check=True, cwd=REPO)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "mkinitrd.py"),
+            "--kernel",
+            str(vmlinuz),
+            "--modules",
+            str(modules),
+            "-o",
+            str(outdir),
+            "--include",
+            f"{GUEST_PROGRAM}:{GUEST_PATH}",
+            *(["--hooks", hooks] if hooks else []),
+        ],
+        check=True,
+        cwd=REPO,
+    )
     return time.monotonic() - start
 
 
@@ -89,7 +105,9 @@ def modules_in_order(modules: Path, names: list[str]) -> list[Path]:
     for name in names:
         shown = subprocess.run(
             ["modprobe", "--show-depends", "-d", str(kernel_root), "-S", modules.name, name],
-            capture_output=True, text=True)
+            capture_output=True,
+            text=True,
+        )
         for line in shown.stdout.splitlines():
             words = line.split()
             if words and words[0] == "insmod":
@@ -138,8 +156,9 @@ exit 0
 def build_baseline(modules: Path, names: list[str], out: Path) -> list[str]:
     """A busybox-only initrd (zstd, like initpy's) with the same modules; their names."""
     busybox = "/bin/busybox"
-    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True,
-                             check=True).stdout.split()
+    applets = subprocess.run(
+        [busybox, "--list"], capture_output=True, text=True, check=True
+    ).stdout.split()
     kos = modules_in_order(modules, names)
     init = BASELINE_INIT.replace("MODULES", " ".join(p.name for p in kos))
     entries = [
@@ -150,7 +169,8 @@ def build_baseline(modules: Path, names: list[str], out: Path) -> list[str]:
         cpio.char_device("dev/console", 5, 1),
         cpio.char_device("dev/kmsg", 1, 11, 0o644),
         cpio.char_device("dev/null", 1, 3, 0o666),
-        cpio.directory("proc"), cpio.directory("sys"),
+        cpio.directory("proc"),
+        cpio.directory("sys"),
         *(cpio.regular(f"lib/modules/{p.name}", source=str(p)) for p in kos),
     ]
     data = cpio.compress(cpio.archive(cpio.with_parents(entries), 0), "zstd")
@@ -184,19 +204,29 @@ def boot_once(vmlinuz: Path, initrd: Path, args: BootArgs, name: str, initpy: bo
     # written to /dev/kmsg per 5 s and drops the rest, hand-off line included.
     append = " ".join([*args.append, "quiet", "printk.devkmsg=on"])
     handoff_line = r"initpy: handoff: exec" if initpy else r"baseline: handoff"
-    with qemu.boot(vmlinuz, initrd, append, disks=args.disks, nics=args.nics, extra=args.extra,
-                   memory=args.memory, name=name) as vm:
+    with qemu.boot(
+        vmlinuz,
+        initrd,
+        append,
+        disks=args.disks,
+        nics=args.nics,
+        extra=args.extra,
+        memory=args.memory,
+        name=name,
+    ) as vm:
         vm.expect(handoff_line, BOOT_TIMEOUT, fail_on=r"initpy: rescue: .*")
         wall = vm.seconds
         sections = read_sections(vm, BOOT_TIMEOUT)
         vm.wait_exit(60)
     if initpy:
-        to_init, to_first, to_handoff = kernel_times(sections["kmsg"], "initpy:",
-                                                     "initpy: handoff: exec")
+        to_init, to_first, to_handoff = kernel_times(
+            sections["kmsg"], "initpy:", "initpy: handoff: exec"
+        )
         states = {s["name"]: s["duration_ms"] for s in report(sections, vm)["states"]}
     else:
-        to_init, to_first, to_handoff = kernel_times(sections["kmsg"], "baseline: start",
-                                                     "baseline: handoff")
+        to_init, to_first, to_handoff = kernel_times(
+            sections["kmsg"], "baseline: start", "baseline: handoff"
+        )
         states = {}
     return Boot(to_init, to_first, to_handoff, wall, states)
 
@@ -218,13 +248,17 @@ def least(values: list[float | None]) -> float | None:
 
 def print_table(label: str, boots: list[Boot]) -> None:
     for i, b in enumerate(boots, 1):
-        print(f"{label + ' #' + str(i):<14}{seconds(b.to_init)}{seconds(b.to_first_line)}"
-              f"{seconds(b.to_handoff)}{seconds(b.wall)}")
+        print(
+            f"{label + ' #' + str(i):<14}{seconds(b.to_init)}{seconds(b.to_first_line)}"
+            f"{seconds(b.to_handoff)}{seconds(b.wall)}"
+        )
     for name, pick in (("median", median), ("min", least)):
-        print(f"{label + ' ' + name:<14}{seconds(pick([b.to_init for b in boots]))}"
-              f"{seconds(pick([b.to_first_line for b in boots]))}"
-              f"{seconds(pick([b.to_handoff for b in boots]))}"
-              f"{seconds(pick([b.wall for b in boots]))}")
+        print(
+            f"{label + ' ' + name:<14}{seconds(pick([b.to_init for b in boots]))}"
+            f"{seconds(pick([b.to_first_line for b in boots]))}"
+            f"{seconds(pick([b.to_handoff for b in boots]))}"
+            f"{seconds(pick([b.wall for b in boots]))}"
+        )
 
 
 @contextlib.contextmanager
@@ -241,18 +275,29 @@ def holding_both_slots() -> Iterator[None]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=3, help="boots of each initrd (default 3)")
-    parser.add_argument("--initrd-dir", type=Path, default=None,
-                        help="an mkinitrd OUTDIR built with the guest program (default: build)")
-    parser.add_argument("--hooks", default=None,
-                        help="mkinitrd --hooks NAMES (default: every hook); the baseline "
-                             "loads the same hooks' modules")
+    parser.add_argument(
+        "--initrd-dir",
+        type=Path,
+        default=None,
+        help="an mkinitrd OUTDIR built with the guest program (default: build)",
+    )
+    parser.add_argument(
+        "--hooks",
+        default=None,
+        help="mkinitrd --hooks NAMES (default: every hook); the baseline "
+        "loads the same hooks' modules",
+    )
     parser.add_argument("--no-baseline", action="store_true", help="boot initpy only")
-    parser.add_argument("--shared", action="store_true",
-                        help="take one VM slot, not both (default: hold the second slot too, "
-                             "so no other VM shares the 2 cores while we measure)")
+    parser.add_argument(
+        "--shared",
+        action="store_true",
+        help="take one VM slot, not both (default: hold the second slot too, "
+        "so no other VM shares the 2 cores while we measure)",
+    )
     ns = parser.parse_args()
 
     vmlinuz, modules = kernel_files()
@@ -265,9 +310,11 @@ def main() -> None:
             print(f"mkinitrd.py: {took:.1f} s")
         initrd = outdir / "buildos-initrd"
         args = full_boot_args(work)
-        print(f"kernel {vmlinuz}\nVM: -accel {os.environ.get('INITPY_QEMU_ACCEL', 'tcg')}, "
-              f"-m {args.memory}, append {' '.join(args.append)} quiet printk.devkmsg=on; "
-              f"{len(args.disks)} disk(s), {len(args.nics)} NIC(s)")
+        print(
+            f"kernel {vmlinuz}\nVM: -accel {os.environ.get('INITPY_QEMU_ACCEL', 'tcg')}, "
+            f"-m {args.memory}, append {' '.join(args.append)} quiet printk.devkmsg=on; "
+            f"{len(args.disks)} disk(s), {len(args.nics)} NIC(s)"
+        )
         print(f"initpy initrd:  {initrd.stat().st_size / 1e6:6.2f} MB")
 
         baseline = work / "baseline.cpio.zst"
@@ -275,8 +322,10 @@ def main() -> None:
         loaded: list[str] = []
         if not ns.no_baseline:
             loaded = build_baseline(modules, names, baseline)
-            print(f"busybox initrd: {baseline.stat().st_size / 1e6:6.2f} MB "
-                  f"({len(loaded)} modules: {' '.join(loaded) or 'none'})")
+            print(
+                f"busybox initrd: {baseline.stat().st_size / 1e6:6.2f} MB "
+                f"({len(loaded)} modules: {' '.join(loaded) or 'none'})"
+            )
 
         # Holding one slot here makes each boot below take the other: no VM
         # of anyone else's runs beside ours (builds and tests still may).
@@ -288,12 +337,21 @@ def main() -> None:
                 # Fresh disks for every boot, so that every boot does the same work.
                 (work / f"i{i}").mkdir()
                 (work / f"b{i}").mkdir()
-                ours.append(boot_once(vmlinuz, initrd, full_boot_args(work / f"i{i}"),
-                                      f"bench-initpy-{i}", True))
+                ours.append(
+                    boot_once(
+                        vmlinuz, initrd, full_boot_args(work / f"i{i}"), f"bench-initpy-{i}", True
+                    )
+                )
                 if not ns.no_baseline:
-                    theirs.append(boot_once(vmlinuz, baseline,
-                                            full_boot_args(work / f"b{i}", "/nonexistent"),
-                                            f"bench-busybox-{i}", False))
+                    theirs.append(
+                        boot_once(
+                            vmlinuz,
+                            baseline,
+                            full_boot_args(work / f"b{i}", "/nonexistent"),
+                            f"bench-busybox-{i}",
+                            False,
+                        )
+                    )
 
     print()
     print("seconds since kernel start   ->/init  ->first ->handoff  wall(QEMU start->handoff)")
@@ -305,8 +363,10 @@ def main() -> None:
     for state in ours[0].states:
         runs = [b.states.get(state) for b in ours]
         known = [r for r in runs if r is not None]
-        print(f"  {state:<20}{statistics.median(known) if known else '-':>8}   "
-              f"runs: {' '.join(str(r) for r in runs)}")
+        print(
+            f"  {state:<20}{statistics.median(known) if known else '-':>8}   "
+            f"runs: {' '.join(str(r) for r in runs)}"
+        )
 
 
 if __name__ == "__main__":

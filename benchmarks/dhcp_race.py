@@ -36,12 +36,25 @@ def outer(args: argparse.Namespace) -> int:
 
     with Netns("bench-host") as host, Netns("bench-lan") as lan:
         for i, nic in enumerate(NICS):
-            lan.veth(f"srv{i}", host, nic, address=f"10.77.{i}.1/24",
-                     peer_mac=f"02:00:00:00:00:0{i + 1}")
+            lan.veth(
+                f"srv{i}", host, nic, address=f"10.77.{i}.1/24", peer_mac=f"02:00:00:00:00:0{i + 1}"
+            )
         lan.dnsmasq("srv3", "10.77.3.50", "10.77.3.150", router="10.77.3.1", dns="10.77.3.1")
-        done = subprocess.run(["ip", "netns", "exec", host.name, sys.executable,
-                               os.path.abspath(__file__), "--inner",
-                               "--per-nic", str(args.per_nic), "--runs", str(args.runs)])
+        done = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                host.name,
+                sys.executable,
+                os.path.abspath(__file__),
+                "--inner",
+                "--per-nic",
+                str(args.per_nic),
+                "--runs",
+                str(args.runs),
+            ]
+        )
         if done.returncode != 0:
             print(lan.dnsmasq_log("srv3")[-2000:], file=sys.stderr)
         return done.returncode
@@ -53,11 +66,12 @@ def inner(args: argparse.Namespace) -> int:
 
     nl = IPRouteNetlink()
     links, waited = wait_for_carrier(nl, NICS, 10, time.monotonic)
-    print(f"carrier on {sum(links[n].carrier for n in NICS)} of {len(NICS)} NICs after "
-          f"{waited:.2f} s (link events, as find_nics)")
+    print(
+        f"carrier on {sum(links[n].carrier for n in NICS)} of {len(NICS)} NICs after "
+        f"{waited:.2f} s (link events, as find_nics)"
+    )
     macs = {name: link.mac for name, link in links.items()}
-    cases = {"1 NIC": [("nic3", macs["nic3"])],
-             "4 NICs": [(n, macs[n]) for n in NICS]}
+    cases = {"1 NIC": [("nic3", macs["nic3"])], "4 NICs": [(n, macs[n]) for n in NICS]}
     figures: dict[tuple[str, str], list[float]] = {}
     for run in range(1, args.runs + 1):
         for case, nics in cases.items():
@@ -67,13 +81,19 @@ def inner(args: argparse.Namespace) -> int:
                 else:
                     result = dhcp.sequential(nl, nics, args.per_nic)
                 assert result.winner is not None, result.attempts
-                lease_at = result.seconds if how == "sequential" else min(
-                    a.seconds for a in result.attempts if a.seconds is not None)
+                lease_at = (
+                    result.seconds
+                    if how == "sequential"
+                    else min(a.seconds for a in result.attempts if a.seconds is not None)
+                )
                 left = {n: nl.ipv4_addresses(n) for n, _ in nics}
-                print(f"run {run} {case:7} {how:10} first lease {lease_at:6.2f} s "
-                      f"(race ended {result.seconds:6.2f} s) winner {result.winner.nic} "
-                      f"{result.winner.cidr} router {result.winner.router}; addresses left "
-                      f"on NICs: {sum(len(v) for v in left.values())}", flush=True)
+                print(
+                    f"run {run} {case:7} {how:10} first lease {lease_at:6.2f} s "
+                    f"(race ended {result.seconds:6.2f} s) winner {result.winner.nic} "
+                    f"{result.winner.cidr} router {result.winner.router}; addresses left "
+                    f"on NICs: {sum(len(v) for v in left.values())}",
+                    flush=True,
+                )
                 figures.setdefault((case, how), []).append(lease_at)
     print()
     print(f"| case | parallel (median s) | sequential, {args.per_nic:g} s per NIC (median s) |")
@@ -87,10 +107,15 @@ def inner(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--per-nic", type=float, default=5.0,
-                        help="seconds the sequential baseline gives each NIC (default 5)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--per-nic",
+        type=float,
+        default=5.0,
+        help="seconds the sequential baseline gives each NIC (default 5)",
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

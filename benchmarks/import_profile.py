@@ -50,10 +50,18 @@ LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)$")
 
 
 def measure(code: str) -> tuple[float, list[tuple[int, int, str]]]:
-    timed = ("import time as _t; _s = _t.perf_counter(); " + code
-             + "; print(f'PHASE {_t.perf_counter() - _s:.6f}')")
-    done = subprocess.run([sys.executable, "-X", "importtime", "-c", timed], cwd=REPO,
-                          capture_output=True, text=True, check=True)
+    timed = (
+        "import time as _t; _s = _t.perf_counter(); "
+        + code
+        + "; print(f'PHASE {_t.perf_counter() - _s:.6f}')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", timed],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     seconds = float(done.stdout.split("PHASE ")[-1])
     rows = []
     for line in done.stderr.splitlines():
@@ -64,8 +72,9 @@ def measure(code: str) -> tuple[float, list[tuple[int, int, str]]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--top", type=int, default=12, help="largest self times shown per phase")
     parser.add_argument("--hooks-dir", default=str(REPO / "hooks"))
     ns = parser.parse_args()
@@ -75,10 +84,12 @@ def main() -> None:
         seconds, rows = measure(code.replace("HOOKS", repr(ns.hooks_dir)))
         ours = [r for r in rows if r[2] not in before]
         total_us = sum(self_us for self_us, _, _ in ours)
-        print(f"{phase:<8} {seconds * 1000:7.1f} ms wall, {len(ours):4d} modules, "
-              f"{total_us / 1000:7.1f} ms importing (about {total_us * 15 / 1e6:4.1f} s "
-              "under TCG)")
-        for self_us, _, name in sorted(ours, reverse=True)[:ns.top]:
+        print(
+            f"{phase:<8} {seconds * 1000:7.1f} ms wall, {len(ours):4d} modules, "
+            f"{total_us / 1000:7.1f} ms importing (about {total_us * 15 / 1e6:4.1f} s "
+            "under TCG)"
+        )
+        for self_us, _, name in sorted(ours, reverse=True)[: ns.top]:
             print(f"    {self_us / 1000:6.1f} ms  {name}")
 
 

@@ -43,8 +43,9 @@ HOOK = Hook(
 
 
 def fetch_kernel() -> str:
-    done = subprocess.run([os.path.join(TOP, "scripts", "fetch-kernel")], capture_output=True,
-                          text=True, check=True)
+    done = subprocess.run(
+        [os.path.join(TOP, "scripts", "fetch-kernel")], capture_output=True, text=True, check=True
+    )
     return done.stdout.strip().splitlines()[-1]
 
 
@@ -59,8 +60,10 @@ def show(title: str, result: mkinitrd.BuildResult) -> None:
     print(f"{title}: {total / 1e6:.2f} MB compressed ({total} bytes)")
     files = {part: sum(1 for _e, p in result.entries if p == part) for part, _r, _c in result.parts}
     for part, raw, packed in sorted(result.parts, key=lambda p: -p[2]):
-        print(f"  {part:<20} {packed / 1e6:6.2f} MB  (uncompressed {raw / 1e6:6.2f} MB, "
-              f"{files[part]} entries)")
+        print(
+            f"  {part:<20} {packed / 1e6:6.2f} MB  (uncompressed {raw / 1e6:6.2f} MB, "
+            f"{files[part]} entries)"
+        )
     modules = sum(1 for e, _p in result.entries if e.path.endswith(".ko"))
     print(f"  kernel modules: {modules}")
 
@@ -81,9 +84,13 @@ def main() -> int:
         for name in ("modules.py", "rescue_tools.py"):
             shutil.copy(os.path.join(TOP, "hooks", name), hooks)
         options = mkinitrd.Options(
-            kernel=os.path.join(kernel, "vmlinuz"), modules=os.path.join(kernel, "modules"),
-            outdir=os.path.join(work, "out"), hooks=("modules", "rescue_tools", "bench_minimal"),
-            base_hooks_dir=None, hook_dirs=(hooks,), compress=ns.compress,
+            kernel=os.path.join(kernel, "vmlinuz"),
+            modules=os.path.join(kernel, "modules"),
+            outdir=os.path.join(work, "out"),
+            hooks=("modules", "rescue_tools", "bench_minimal"),
+            base_hooks_dir=None,
+            hook_dirs=(hooks,),
+            compress=ns.compress,
             source_date_epoch=1_700_000_000,
         )
         saved = os.environ.get("INITPY_CACHE")
@@ -104,8 +111,14 @@ def main() -> int:
                 print(f"  warm {what}: {seconds:.2f} s")
         print(f"warm rebuild: {warm:.2f} s")
         if ns.full:
-            full = mkinitrd.Options(**{**options.__dict__, "hooks": None, "hook_dirs": (),
-                                       "base_hooks_dir": mkinitrd.repo_hooks_dir()})
+            full = mkinitrd.Options(
+                **{
+                    **options.__dict__,
+                    "hooks": None,
+                    "hook_dirs": (),
+                    "base_hooks_dir": mkinitrd.repo_hooks_dir(),
+                }
+            )
             seconds, result = timed_build(full)
             show(f"full initrd, every hook in hooks/ ({ns.compress})", result)
             print(f"full build (normal cache): {seconds:.1f} s")

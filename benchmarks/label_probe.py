@@ -51,10 +51,12 @@ def make_images(folder: str) -> list[tuple[str, str]]:
 def time_probes(images: list[tuple[str, str]]) -> None:
     print(f"{'image':8} {'hooks.storage.labels':>16} {'blkid -p':>12}  result")
     for name, path in images:
+
         def read(offset: int, size: int, path: str = path) -> bytes:
             with open(path, "rb", buffering=0) as f:
                 f.seek(offset)
                 return f.read(size)
+
         start = time.perf_counter()
         for _ in range(ROUNDS):
             found = probe_all(read)
@@ -65,8 +67,10 @@ def time_probes(images: list[tuple[str, str]]) -> None:
         theirs = (time.perf_counter() - start) / 20
         result = ", ".join(f"{s.fstype} {s.label!r}" for s in found)
         print(f"{name:8} {ours * 1e6:13.0f} us {theirs * 1e3:9.1f} ms  {result}")
-    print(f"(hooks.storage.labels: {ROUNDS} rounds, one {PROBE_BYTES}-byte read each, "
-          "page cache warm)")
+    print(
+        f"(hooks.storage.labels: {ROUNDS} rounds, one {PROBE_BYTES}-byte read each, "
+        "page cache warm)"
+    )
 
 
 def evidence(images: list[tuple[str, str]]) -> None:
@@ -78,34 +82,44 @@ def evidence(images: list[tuple[str, str]]) -> None:
     loops = []
     try:
         for name, path in images:
-            dev = subprocess.run(["losetup", "-f", "--show", "-r", path], check=True,
-                                 capture_output=True, text=True).stdout.strip()
+            dev = subprocess.run(
+                ["losetup", "-f", "--show", "-r", path], check=True, capture_output=True, text=True
+            ).stdout.strip()
             loops.append((name, dev))
-        print(f"{'device':12} {'lsblk LABEL':14} {'pyudev ID_FS_LABEL':20} {'blkid LABEL':18} "
-              "hooks.storage.labels")
+        print(
+            f"{'device':12} {'lsblk LABEL':14} {'pyudev ID_FS_LABEL':20} {'blkid LABEL':18} "
+            "hooks.storage.labels"
+        )
         try:
             import pyudev
+
             context = pyudev.Context()
         except Exception as exc:  # libudev missing
             context = None
             print(f"(pyudev unavailable: {exc})")
         for _name, dev in loops:
-            lsblk = subprocess.run(["lsblk", "-n", "-o", "LABEL", dev], capture_output=True,
-                                   text=True).stdout.strip()
+            lsblk = subprocess.run(
+                ["lsblk", "-n", "-o", "LABEL", dev], capture_output=True, text=True
+            ).stdout.strip()
             udev = ""
             if context is not None:
                 udev = pyudev.Devices.from_device_file(context, dev).properties.get(
-                    "ID_FS_LABEL", "")
-            blkid = subprocess.run(["blkid", "-o", "value", "-s", "LABEL", dev],
-                                   capture_output=True, text=True).stdout.strip()
+                    "ID_FS_LABEL", ""
+                )
+            blkid = subprocess.run(
+                ["blkid", "-o", "value", "-s", "LABEL", dev], capture_output=True, text=True
+            ).stdout.strip()
 
             def read(offset: int, size: int, dev: str = dev) -> bytes:
                 with open(dev, "rb", buffering=0) as f:
                     f.seek(offset)
                     return f.read(size)
+
             ours = ", ".join(s.label for s in probe_all(read))
-            print(f"{dev:12} {lsblk or '(none)':14} {udev or '(none)':20} "
-                  f"{blkid or '(none)':18} {ours}")
+            print(
+                f"{dev:12} {lsblk or '(none)':14} {udev or '(none)':20} "
+                f"{blkid or '(none)':18} {ours}"
+            )
     finally:
         for _name, dev in loops:
             subprocess.run(["losetup", "-d", dev], capture_output=True)

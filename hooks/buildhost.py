@@ -32,7 +32,9 @@ def _tmpfs_size(raw: str | None) -> str:
 
 
 TFTP_SIZE: Parameter[str] = Parameter(
-    "initpy.tftp_size", _tmpfs_size, "10%",
+    "initpy.tftp_size",
+    _tmpfs_size,
+    "10%",
     "size limit of the /build/tftp tmpfs (tmpfs size= syntax: bytes, k, M, G or % of RAM)",
     "initpy.tftp_size=4G",
 )
@@ -87,8 +89,9 @@ def build_user(ctx: BootContext) -> str:
         shell = "/bin/bash" if k.exists("/bin/bash") else "/bin/sh"
         if not passwd:
             passwd = [etc.ROOT_PASSWD.strip().split(":")]
-        passwd.append([BUILD_USER, "x" if shadowed else "*", str(uid), str(gid), "build",
-                       BUILD_HOME, shell])
+        passwd.append(
+            [BUILD_USER, "x" if shadowed else "*", str(uid), str(gid), "build", BUILD_HOME, shell]
+        )
         etc.write_table(ctx.kernel, "/etc/passwd", passwd, 0o644)
         if shadowed:
             shadow = etc.read_table(ctx.kernel, "/etc/shadow")
@@ -126,9 +129,12 @@ HOOK = Hook(
     name="buildhost",
     description="the build user and group, and the /build/tftp tmpfs",
     states=(
-        State("build_user", build_user,
-              "create the build user and group (1100, home /build) unless the OS has them",
-              wants=(Milestone.MACHINES, Milestone.NETWORK)),
+        State(
+            "build_user",
+            build_user,
+            "create the build user and group (1100, home /build) unless the OS has them",
+            wants=(Milestone.MACHINES, Milestone.NETWORK),
+        ),
         State("tftp", tftp, "mount /build/tftp, a tmpfs of initpy.tftp_size owned by build"),
     ),
     parameters=(TFTP_SIZE,),

@@ -116,26 +116,32 @@ def load_modules(ctx: BootContext) -> str:
     if failed:
         first = failed[0]
         raise BootFailure(
-            "cannot load module " + ", ".join(f"{n} ({results[n][2]})" for n in failed)
+            "cannot load module "
+            + ", ".join(f"{n} ({results[n][2]})" for n in failed)
             + (f"; not loaded because of it: {', '.join(skipped)}" if skipped else ""),
             f"read `dmesg | tail` for why {first} was refused; a module from another kernel "
             f"build is refused: rebuild the initrd with --modules of kernel {version}",
         )
     total_ms = sum(results[m.name][1] for m in modules)
     loaded = sum(1 for m in modules if results[m.name][0] == "loaded")
-    ctx.say(f"load_modules: {loaded} loaded, {len(modules) - loaded} already present, "
-            f"{total_ms} ms of loading across {WORKERS} threads")
+    ctx.say(
+        f"load_modules: {loaded} loaded, {len(modules) - loaded} already present, "
+        f"{total_ms} ms of loading across {WORKERS} threads"
+    )
     return f"{len(modules)} modules; autoload via {modprobe}"
 
 
 HOOK = Hook(
     name="modules",
     description="load the initrd's kernel modules in dependency order, concurrently",
-    states=(State(
-        "load_modules", load_modules,
-        "load the kernel modules listed by mkinitrd (finit_module), concurrently where the "
-        "dependency order allows; set the kernel's modprobe for autoloading",
-        provides=(Milestone.MODULES,),
-    ),),
+    states=(
+        State(
+            "load_modules",
+            load_modules,
+            "load the kernel modules listed by mkinitrd (finit_module), concurrently where the "
+            "dependency order allows; set the kernel's modprobe for autoloading",
+            provides=(Milestone.MODULES,),
+        ),
+    ),
     modules=("virtio_pci", "virtio_blk", "virtio_net"),
 )

@@ -60,8 +60,7 @@ def _generate_host_key(ctx: BootContext, kind: str) -> tuple[bytes, bytes]:
     argv = ["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", "root@buildos", "-f", path]
     if kind == "rsa":
         argv[4:4] = ["-b", "3072"]
-    run(k, argv, timeout=300,
-        fix="rebuild the initrd with the persist hook (it ships ssh-keygen)")
+    run(k, argv, timeout=300, fix="rebuild the initrd with the persist hook (it ships ssh-keygen)")
     try:
         private, public = k.read_bytes(path), k.read_bytes(path + ".pub")
     except OSError:
@@ -120,9 +119,14 @@ HOOK = Hook(
     name="persist",
     description="the random seed and the SSH host keys, kept on /state across boots",
     states=(
-        State("restore_state", restore_state,
-              "feed the saved random seed and save a fresh one; restore or generate the SSH "
-              "host keys", needs=(Milestone.STATE,), provides=(Milestone.RESTORED,)),
+        State(
+            "restore_state",
+            restore_state,
+            "feed the saved random seed and save a fresh one; restore or generate the SSH "
+            "host keys",
+            needs=(Milestone.STATE,),
+            provides=(Milestone.RESTORED,),
+        ),
     ),
     binaries=("ssh-keygen",),
 )

@@ -23,28 +23,42 @@ from initpy.runtime.cmdline import Parameter
 from initpy.runtime.hook import BootContext, Hook, Milestone, State
 
 SMTP_RELAY: Parameter[str | None] = Parameter(
-    "buildos.smtp_relay", cmdline.text("a host name", r"[A-Za-z0-9.\-\[\]:]+"), None,
-    "SMTP relay that postfix forwards all mail to", "buildos.smtp_relay=mail.example.org",
+    "buildos.smtp_relay",
+    cmdline.text("a host name", r"[A-Za-z0-9.\-\[\]:]+"),
+    None,
+    "SMTP relay that postfix forwards all mail to",
+    "buildos.smtp_relay=mail.example.org",
 )
 ADMIN_EMAIL: Parameter[str | None] = Parameter(
-    "buildos.admin_email", cmdline.text("an email address", r"[^@\s]+@[^@\s]+"), None,
+    "buildos.admin_email",
+    cmdline.text("an email address", r"[^@\s]+@[^@\s]+"),
+    None,
     "address that receives root's mail and notifications",
     "buildos.admin_email=admin@example.org",
 )
 BUILDID_URL: Parameter[str | None] = Parameter(
-    "buildos.buildid_url", cmdline.text("a URL", r"[a-z][a-z0-9+.\-]*://\S*"), None,
+    "buildos.buildid_url",
+    cmdline.text("a URL", r"[a-z][a-z0-9+.\-]*://\S*"),
+    None,
     "URL of buildos-buildid, polled by the monitor; a change reboots the host",
     "buildos.buildid_url=tftp://10.0.0.1/buildos/buildos-buildid",
 )
 SSH_KEY: Parameter[str | None] = Parameter(
-    "buildos.ssh_key", cmdline.text("an OpenSSH public key", r"(ssh|ecdsa|sk)-\S+ \S+.*"),
-    None, "public key added to root's authorized_keys (quote it: it has spaces)",
+    "buildos.ssh_key",
+    cmdline.text("an OpenSSH public key", r"(ssh|ecdsa|sk)-\S+ \S+.*"),
+    None,
+    "public key added to root's authorized_keys (quote it: it has spaces)",
     'buildos.ssh_key="ssh-ed25519 AAAA... user@host"',
 )
 
 KEY_TYPES = (
-    "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
-    "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
 )
 POSTFIX_MAIN = "/etc/postfix/main.cf"
 ALIASES = "/etc/aliases"
@@ -68,7 +82,7 @@ def check_ssh_key(key: str) -> str | None:
     if len(blob) < 4:
         return "the key is truncated"
     (length,) = struct.unpack(">I", blob[:4])
-    if blob[4:4 + length] != kind.encode():
+    if blob[4 : 4 + length] != kind.encode():
         return f"the key's data does not match its type {kind!r} (was it cut short?)"
     return None
 
@@ -97,18 +111,26 @@ def mail_relay(ctx: BootContext) -> str:
     _write_boot_env(ctx)
     if relay is None:
         if admin is not None:
-            ctx.warn("mail_relay: buildos.admin_email is set but buildos.smtp_relay is not, "
-                     "so mail stays on the host; add buildos.smtp_relay=HOST")
+            ctx.warn(
+                "mail_relay: buildos.admin_email is set but buildos.smtp_relay is not, "
+                "so mail stays on the host; add buildos.smtp_relay=HOST"
+            )
         return "no buildos.smtp_relay: mail stays local"
     k.mkdir("/etc/postfix")
     current = k.read_text(POSTFIX_MAIN) if k.exists(POSTFIX_MAIN) else ""
     host = relay if relay.startswith("[") else f"[{relay}]"
-    k.write_text(POSTFIX_MAIN, set_postfix_options(current, {
-        "relayhost": host,
-        "inet_interfaces": "loopback-only",
-        "mydestination": "",
-        "smtp_sasl_auth_enable": "no",
-    }))
+    k.write_text(
+        POSTFIX_MAIN,
+        set_postfix_options(
+            current,
+            {
+                "relayhost": host,
+                "inet_interfaces": "loopback-only",
+                "mydestination": "",
+                "smtp_sasl_auth_enable": "no",
+            },
+        ),
+    )
     detail = f"postfix relays through {host}"
     if admin is not None:
         aliases = k.read_text(ALIASES) if k.exists(ALIASES) else ""
@@ -132,15 +154,20 @@ def _write_boot_env(ctx: BootContext) -> None:
 def ssh_key(ctx: BootContext) -> str:
     k = ctx.kernel
     k.mkdir("/etc/ssh/sshd_config.d")
-    k.write_text(SSHD_DROPIN, "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-                              "PermitRootLogin prohibit-password\n")
+    k.write_text(
+        SSHD_DROPIN,
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PermitRootLogin prohibit-password\n",
+    )
     key = ctx.value(SSH_KEY)
     if key is None:
         return "no buildos.ssh_key: root has no key (passwords are refused)"
     problem = check_ssh_key(key)
     if problem is not None:
-        ctx.warn(f"ssh_key: buildos.ssh_key not installed: {problem}; pass the whole line "
-                 'of your id_*.pub, quoted: buildos.ssh_key="ssh-ed25519 AAAA... you@host"')
+        ctx.warn(
+            f"ssh_key: buildos.ssh_key not installed: {problem}; pass the whole line "
+            'of your id_*.pub, quoted: buildos.ssh_key="ssh-ed25519 AAAA... you@host"'
+        )
         return f"key rejected: {problem}"
     k.mkdir("/root/.ssh", 0o700)
     k.chmod("/root/.ssh", 0o700)
@@ -155,8 +182,13 @@ HOOK = Hook(
     name="services",
     description="postfix relay and root's mail; root's SSH key; the buildos environment file",
     states=(
-        State("mail_relay", mail_relay, "configure postfix to relay to buildos.smtp_relay and "
-              "root's mail to buildos.admin_email", wants=(Milestone.NETWORK,)),
+        State(
+            "mail_relay",
+            mail_relay,
+            "configure postfix to relay to buildos.smtp_relay and "
+            "root's mail to buildos.admin_email",
+            wants=(Milestone.NETWORK,),
+        ),
         State("ssh_key", ssh_key, "add buildos.ssh_key to root's authorized_keys; no passwords"),
     ),
     parameters=(SMTP_RELAY, ADMIN_EMAIL, BUILDID_URL, SSH_KEY),

@@ -70,17 +70,23 @@ def _br1_address(raw: str | None) -> ipaddress.IPv4Interface:
 
 
 CARRIER_TIMEOUT: Parameter[float] = Parameter(
-    "initpy.timeout.carrier", cmdline.seconds(0, 600), 5.0,
+    "initpy.timeout.carrier",
+    cmdline.seconds(0, 600),
+    5.0,
     "seconds to wait for carrier on the Ethernet NICs (the wait ends early once all have it)",
     "initpy.timeout.carrier=10",
 )
 DHCP_TIMEOUT: Parameter[float] = Parameter(
-    "initpy.timeout.dhcp", cmdline.seconds(1, 3600), 30.0,
+    "initpy.timeout.dhcp",
+    cmdline.seconds(1, 3600),
+    30.0,
     "seconds to wait for a DHCP lease on any NIC before rescue",
     "initpy.timeout.dhcp=60",
 )
 BR1_ADDRESS: Parameter[ipaddress.IPv4Interface] = Parameter(
-    "initpy.br1", _br1_address, ipaddress.IPv4Interface(DEFAULT_BR1),
+    "initpy.br1",
+    _br1_address,
+    ipaddress.IPv4Interface(DEFAULT_BR1),
     "address/prefix of br1, the private NAT bridge; dnsmasq serves DHCP in that subnet",
     "initpy.br1=192.168.77.1/24",
 )
@@ -149,22 +155,25 @@ def find_nics(ctx: BootContext) -> str:
         if not ethernet:
             raise BootFailure(
                 "no Ethernet interface found ("
-                + ("; ".join(skipped) if skipped else "/sys/class/net is empty") + ")",
+                + ("; ".join(skipped) if skipped else "/sys/class/net is empty")
+                + ")",
                 "the NIC's driver is missing from the initrd or failed to load (see the "
                 "load_modules lines); rebuild the initrd with its module, e.g. a hook that "
                 "declares it, then exit this shell to reboot",
             )
-        links, waited = wait_for_carrier(nl, ethernet, max(0.0, deadline - k.monotonic()),
-                                         k.monotonic)
+        links, waited = wait_for_carrier(
+            nl, ethernet, max(0.0, deadline - k.monotonic()), k.monotonic
+        )
     nics = tuple(
-        Nic(name, (links[name].mac if name in links else "").lower(),
-            name in links and links[name].carrier)
+        Nic(
+            name,
+            (links[name].mac if name in links else "").lower(),
+            name in links and links[name].carrier,
+        )
         for name in ethernet
     )
     ctx.put(NICS, nics)
-    _report(ctx)["nics"] = [
-        {"name": n.name, "mac": n.mac, "carrier": n.carrier} for n in nics
-    ]
+    _report(ctx)["nics"] = [{"name": n.name, "mac": n.mac, "carrier": n.carrier} for n in nics]
     if not any(n.carrier for n in nics):
         raise BootFailure(
             f"no Ethernet NIC has carrier after {timeout:g} s: "
@@ -172,8 +181,11 @@ def find_nics(ctx: BootContext) -> str:
             "plug a cable into a NIC whose switch port is up (check the link lights), or "
             "wait longer with initpy.timeout.carrier=SECONDS; then exit this shell to reboot",
         )
-    return (", ".join(n.label() for n in nics) + f" after {waited:.2f} s"
-            + (f"; skipped {', '.join(skipped)}" if skipped else ""))
+    return (
+        ", ".join(n.label() for n in nics)
+        + f" after {waited:.2f} s"
+        + (f"; skipped {', '.join(skipped)}" if skipped else "")
+    )
 
 
 # -- dhcp ------------------------------------------------------------------------------
@@ -204,12 +216,20 @@ def dhcp(ctx: BootContext) -> str:
     lease = result.winner
     ctx.put(LEASE, lease)
     _report(ctx)["lease"] = {
-        "nic": lease.nic, "mac": lease.mac, "address": lease.cidr, "server": lease.server,
-        "router": lease.router, "dns": list(lease.dns), "hostname": lease.hostname,
-        "domain": lease.domain, "lease_time": lease.lease_time,
+        "nic": lease.nic,
+        "mac": lease.mac,
+        "address": lease.cidr,
+        "server": lease.server,
+        "router": lease.router,
+        "dns": list(lease.dns),
+        "hostname": lease.hostname,
+        "domain": lease.domain,
+        "lease_time": lease.lease_time,
     }
-    return (f"{lease.nic} {lease.cidr} from {lease.server or '?'} in {result.seconds:.2f} s"
-            f" (router {lease.router or 'none'}, dns {' '.join(lease.dns) or 'none'})")
+    return (
+        f"{lease.nic} {lease.cidr} from {lease.server or '?'} in {result.seconds:.2f} s"
+        f" (router {lease.router or 'none'}, dns {' '.join(lease.dns) or 'none'})"
+    )
 
 
 # -- hostname ------------------------------------------------------------------------
@@ -240,8 +260,10 @@ def choose_hostname(lease: Lease) -> tuple[str, str | None, str]:
 def hostname(ctx: BootContext) -> str:
     lease = ctx.get(LEASE, None)
     if lease is None:
-        raise BootFailure("no DHCP lease to name the host from",
-                          "the dhcp state must run before hostname; this is a hook bug")
+        raise BootFailure(
+            "no DHCP lease to name the host from",
+            "the dhcp state must run before hostname; this is a hook bug",
+        )
     short, fqdn, source = choose_hostname(lease)
     k = ctx.kernel
     k.sethostname(short)
@@ -250,12 +272,14 @@ def hostname(ctx: BootContext) -> str:
     names = f"{fqdn} {short}" if fqdn else short
     # 127.0.1.1 is Debian's convention for the host's own name: it stays
     # right when the lease's address changes.
-    k.write_text("/etc/hosts",
-                 "127.0.0.1\tlocalhost\n"
-                 f"127.0.1.1\t{names}\n\n"
-                 "::1\tlocalhost ip6-localhost ip6-loopback\n"
-                 "ff02::1\tip6-allnodes\n"
-                 "ff02::2\tip6-allrouters\n")
+    k.write_text(
+        "/etc/hosts",
+        "127.0.0.1\tlocalhost\n"
+        f"127.0.1.1\t{names}\n\n"
+        "::1\tlocalhost ip6-localhost ip6-loopback\n"
+        "ff02::1\tip6-allnodes\n"
+        "ff02::2\tip6-allrouters\n",
+    )
     ctx.put(HOSTNAME, short)
     _report(ctx)["hostname"] = short
     return f"{short} ({source})"
@@ -279,7 +303,7 @@ def interfaces_file(lease: Lease, br1: ipaddress.IPv4Interface) -> str:
     return f"""\
 # Written by initpy at boot (hooks/network.py); see docs/network.md.
 # The init configured these interfaces itself: br0 holds {lease.nic} and its
-# DHCP lease ({lease.cidr} from {lease.server or '?'}), renewed after the
+# DHCP lease ({lease.cidr} from {lease.server or "?"}), renewed after the
 # hand-off by the {RENEWER_NAME} process (status: {RENEWER_STATUS}).
 # They are not "auto", so `ifup -a` leaves them alone.
 
@@ -319,8 +343,7 @@ table ip {NFT_TABLE} {{
 """
 
 
-def dhcp_pool(br1: ipaddress.IPv4Interface) -> tuple[ipaddress.IPv4Address,
-                                                    ipaddress.IPv4Address]:
+def dhcp_pool(br1: ipaddress.IPv4Interface) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
     """The pool dnsmasq hands out: the subnet less its bottom ten and br1's address."""
     net = br1.network
     first, last = net.network_address + 1, net.broadcast_address - 1
@@ -353,8 +376,10 @@ def bridges(ctx: BootContext) -> str:
 
     lease = ctx.get(LEASE, None)
     if lease is None:
-        raise BootFailure("no DHCP lease to configure br0 with",
-                          "the dhcp state must run before bridges; this is a hook bug")
+        raise BootFailure(
+            "no DHCP lease to configure br0 with",
+            "the dhcp state must run before bridges; this is a hook bug",
+        )
     br1 = ctx.value(BR1_ADDRESS)
     k = ctx.kernel
     with opened(k) as nl:
@@ -365,12 +390,13 @@ def bridges(ctx: BootContext) -> str:
         if lease.router:
             nl.add_default_route(lease.router, BR0)
         nl.add_bridge(BR1, "")
-        nl.add_address(BR1, str(br1.ip), br1.network.prefixlen,
-                       str(br1.network.broadcast_address))
+        nl.add_address(BR1, str(br1.ip), br1.network.prefixlen, str(br1.network.broadcast_address))
         left = nl.ipv4_addresses(lease.nic)
     if left:
-        raise BootFailure(f"{lease.nic} still has {', '.join(left)} after joining {BR0}",
-                          "this is a bug in the network hook; report it with report.json")
+        raise BootFailure(
+            f"{lease.nic} still has {', '.join(left)} after joining {BR0}",
+            "this is a bug in the network hook; report it with report.json",
+        )
     # A bridge port carries no addresses of its own, IPv6 link-local included.
     port_v6 = f"/proc/sys/net/ipv6/conf/{lease.nic}/disable_ipv6"
     if k.exists(port_v6):
@@ -378,20 +404,26 @@ def bridges(ctx: BootContext) -> str:
     k.write_text("/proc/sys/net/ipv4/ip_forward", "1\n")
     for folder in ("/etc/sysctl.d", "/etc/initpy", "/etc/dnsmasq.d", "/etc/network"):
         k.mkdir(folder)
-    k.write_text(SYSCTL_CONF, "# Written by initpy: br1's NAT needs forwarding.\n"
-                              "net.ipv4.ip_forward = 1\n")
+    k.write_text(
+        SYSCTL_CONF, "# Written by initpy: br1's NAT needs forwarding.\nnet.ipv4.ip_forward = 1\n"
+    )
     k.write_text(NFT_RULES, nft_ruleset(br1))
-    run(k, [_binary(ctx, "nft"), "-f", NFT_RULES],
+    run(
+        k,
+        [_binary(ctx, "nft"), "-f", NFT_RULES],
         fix="the initrd needs nft and the nf_tables, nft_chain_nat and nft_masq modules "
-            "(the network hook declares them); rebuild it, then exit this shell to reboot")
+        "(the network hook declares them); rebuild it, then exit this shell to reboot",
+    )
     k.write_text(DNSMASQ_CONF, dnsmasq_conf(br1))
     _write_resolv_conf(ctx, lease)
     k.write_text("/etc/network/interfaces", interfaces_file(lease, br1))
     pid = _start_renewer(ctx, lease)
     _report(ctx)["renewer_pid"] = pid
-    return (f"{BR0} = {lease.nic} + {lease.cidr}"
-            + (f" via {lease.router}" if lease.router else " (no router)")
-            + f"; {BR1} = {br1.with_prefixlen} with NAT; {RENEWER_NAME} pid {pid}")
+    return (
+        f"{BR0} = {lease.nic} + {lease.cidr}"
+        + (f" via {lease.router}" if lease.router else " (no router)")
+        + f"; {BR1} = {br1.with_prefixlen} with NAT; {RENEWER_NAME} pid {pid}"
+    )
 
 
 def _binary(ctx: BootContext, name: str) -> str:
@@ -435,8 +467,7 @@ def _start_renewer(ctx: BootContext, lease: Lease) -> int:
                 if fresh.cidr in nl.ipv4_addresses(BR0):
                     return
                 nl.flush_ipv4(BR0)
-                nl.add_address(BR0, fresh.address, fresh.prefixlen,
-                               fresh.broadcast_or_computed)
+                nl.add_address(BR0, fresh.address, fresh.prefixlen, fresh.broadcast_or_computed)
                 if fresh.router:
                     nl.add_default_route(fresh.router, BR0)
 
@@ -446,8 +477,14 @@ def _start_renewer(ctx: BootContext, lease: Lease) -> int:
         try:
             renew_forever(lease, BR0, write_status, apply_address)
         except BaseException as exc:  # noqa: B036 - say why renewal stopped, then exit
-            write_status({"pid": os.getpid(), "interface": BR0, "trigger": "stopped",
-                          "error": f"{type(exc).__name__}: {exc}"})
+            write_status(
+                {
+                    "pid": os.getpid(),
+                    "interface": BR0,
+                    "trigger": "stopped",
+                    "error": f"{type(exc).__name__}: {exc}",
+                }
+            )
             k.kmsg(f"initpy: {RENEWER_NAME}: stopped: {type(exc).__name__}: {exc}")
             raise
 
@@ -458,18 +495,31 @@ HOOK = Hook(
     name="network",
     description="Ethernet NICs, DHCP on all of them at once, hostname, br0 and br1 with NAT",
     states=(
-        State("find_nics", find_nics,
-              "bring up the Ethernet NICs and wait for carrier (by MAC, never by name)",
-              needs=(Milestone.MODULES,), wants=(Milestone.RESTORED,)),
-        State("dhcp", dhcp, "DHCP on every NIC with carrier at once; the first lease wins",
-),
-        State("hostname", hostname,
-              "hostname from DHCP, else build-<MAC>; kernel, /etc/hostname, /etc/hosts",
-              provides=(Milestone.HOSTNAME,)),
-        State("bridges", bridges,
-              "br0 with the NIC and the lease, br1 private with NAT and dnsmasq, "
-              "/etc/network/interfaces, the lease renewer",
-              provides=(Milestone.NETWORK,)),
+        State(
+            "find_nics",
+            find_nics,
+            "bring up the Ethernet NICs and wait for carrier (by MAC, never by name)",
+            needs=(Milestone.MODULES,),
+            wants=(Milestone.RESTORED,),
+        ),
+        State(
+            "dhcp",
+            dhcp,
+            "DHCP on every NIC with carrier at once; the first lease wins",
+        ),
+        State(
+            "hostname",
+            hostname,
+            "hostname from DHCP, else build-<MAC>; kernel, /etc/hostname, /etc/hosts",
+            provides=(Milestone.HOSTNAME,),
+        ),
+        State(
+            "bridges",
+            bridges,
+            "br0 with the NIC and the lease, br1 private with NAT and dnsmasq, "
+            "/etc/network/interfaces, the lease renewer",
+            provides=(Milestone.NETWORK,),
+        ),
     ),
     binaries=("nft",),
     modules=("virtio_pci", "virtio_net", "bridge", "nf_tables", "nft_chain_nat", "nft_masq"),

@@ -84,8 +84,9 @@ def choose(leases: Sequence[Lease]) -> Lease:
     return min(leases, key=lambda lease: mac_key(lease.mac))
 
 
-def race(netlink: DhcpClients, nics: Sequence[tuple[str, str]], timeout: float,
-         window: float = WINDOW) -> RaceResult:
+def race(
+    netlink: DhcpClients, nics: Sequence[tuple[str, str]], timeout: float, window: float = WINDOW
+) -> RaceResult:
     """DHCP on every (name, mac) at once; the first lease wins.
 
     Runs its own event loop (not `asyncio.run`, which would install a SIGINT
@@ -103,8 +104,9 @@ async def _obtain(client: DhcpClient) -> Lease:
     return await client.lease()
 
 
-async def _race(netlink: DhcpClients, nics: Sequence[tuple[str, str]], timeout: float,
-                window: float) -> RaceResult:
+async def _race(
+    netlink: DhcpClients, nics: Sequence[tuple[str, str]], timeout: float, window: float
+) -> RaceResult:
     loop = asyncio.get_running_loop()
     start = loop.time()
     hard_end = start + timeout
@@ -123,8 +125,9 @@ async def _race(netlink: DhcpClients, nics: Sequence[tuple[str, str]], timeout: 
         remaining = (window_end if window_end is not None else hard_end) - loop.time()
         if remaining <= 0:
             break
-        done, pending = await asyncio.wait(pending, timeout=remaining,
-                                           return_when=asyncio.FIRST_COMPLETED)
+        done, pending = await asyncio.wait(
+            pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+        )
         for task in done:
             name = tasks[task]
             exc = task.exception()
@@ -155,13 +158,20 @@ async def _race(netlink: DhcpClients, nics: Sequence[tuple[str, str]], timeout: 
     for name, mac in nics:
         if winner is not None and name == winner.nic:
             lease = leases[name]
-            rule = (f"lowest MAC among {len(leases)} leases within {window:g} s"
-                    if len(leases) > 1 else "first lease")
-            outcome = (f"lease {lease.cidr} from {lease.server or 'unknown server'} after "
-                       f"{arrived[name]:.2f} s: chosen ({rule})")
+            rule = (
+                f"lowest MAC among {len(leases)} leases within {window:g} s"
+                if len(leases) > 1
+                else "first lease"
+            )
+            outcome = (
+                f"lease {lease.cidr} from {lease.server or 'unknown server'} after "
+                f"{arrived[name]:.2f} s: chosen ({rule})"
+            )
         elif name in leases:
-            outcome = (f"lease {leases[name].cidr} after {arrived[name]:.2f} s: released, "
-                       f"{winner.nic if winner else '?'} has the lower MAC")
+            outcome = (
+                f"lease {leases[name].cidr} after {arrived[name]:.2f} s: released, "
+                f"{winner.nic if winner else '?'} has the lower MAC"
+            )
         elif name in errors:
             outcome = f"failed: {errors[name]}"
         elif winner is not None:
@@ -172,8 +182,9 @@ async def _race(netlink: DhcpClients, nics: Sequence[tuple[str, str]], timeout: 
     return RaceResult(winner, tuple(attempts), ended)
 
 
-def sequential(netlink: DhcpClients, nics: Sequence[tuple[str, str]],
-               per_nic_timeout: float) -> RaceResult:
+def sequential(
+    netlink: DhcpClients, nics: Sequence[tuple[str, str]], per_nic_timeout: float
+) -> RaceResult:
     """The spec's "tried in (some) order": the baseline for benchmarks only."""
     start = time.monotonic()
     attempts: list[Attempt] = []
@@ -228,9 +239,17 @@ def _memory_lease_type() -> type[Any]:
 def _requested() -> tuple[Any, ...]:
     from pyroute2.dhcp.enums.dhcp import Option
 
-    return (Option.SUBNET_MASK, Option.BROADCAST_ADDRESS, Option.ROUTER, Option.NAME_SERVER,
-            Option.HOST_NAME, Option.DOMAIN_NAME, Option.LEASE_TIME, Option.RENEWAL_TIME,
-            Option.REBINDING_TIME)
+    return (
+        Option.SUBNET_MASK,
+        Option.BROADCAST_ADDRESS,
+        Option.ROUTER,
+        Option.NAME_SERVER,
+        Option.HOST_NAME,
+        Option.DOMAIN_NAME,
+        Option.LEASE_TIME,
+        Option.RENEWAL_TIME,
+        Option.REBINDING_TIME,
+    )
 
 
 def classful_prefix(address: str) -> int:
@@ -247,21 +266,30 @@ def _text(value: object) -> str | None:
     return None
 
 
-def lease_from_options(nic: str, mac: str, address: str, options: Mapping[str, Any],
-                       raw: Any = None) -> Lease:
+def lease_from_options(
+    nic: str, mac: str, address: str, options: Mapping[str, Any], raw: Any = None
+) -> Lease:
     """A `Lease` from decoded DHCP options, none of which is required."""
     mask = options.get("subnet_mask")
-    prefixlen = (ipaddress.IPv4Network(f"0.0.0.0/{mask}").prefixlen if mask
-                 else classful_prefix(address))
+    prefixlen = (
+        ipaddress.IPv4Network(f"0.0.0.0/{mask}").prefixlen if mask else classful_prefix(address)
+    )
     routers = options.get("router") or []
     dns = tuple(str(s) for s in (options.get("name_server") or []))
     lease_time = options.get("lease_time")
     return Lease(
-        nic=nic, mac=mac.lower(), address=address, prefixlen=prefixlen,
-        server=_text(options.get("server_id")), router=str(routers[0]) if routers else None,
-        dns=dns, hostname=_text(options.get("host_name")),
-        domain=_text(options.get("domain_name")), broadcast=_text(options.get("broadcast_address")),
-        lease_time=int(lease_time) if lease_time is not None else None, raw=raw,
+        nic=nic,
+        mac=mac.lower(),
+        address=address,
+        prefixlen=prefixlen,
+        server=_text(options.get("server_id")),
+        router=str(routers[0]) if routers else None,
+        dns=dns,
+        hostname=_text(options.get("host_name")),
+        domain=_text(options.get("domain_name")),
+        broadcast=_text(options.get("broadcast_address")),
+        lease_time=int(lease_time) if lease_time is not None else None,
+        raw=raw,
     )
 
 
@@ -333,9 +361,12 @@ class PyrouteDhcpClient:
 # -- after the hand-off: the renewer -----------------------------------------------
 
 
-def renew_forever(lease: Lease, bridge: str,
-                  write_status: Callable[[Mapping[str, object]], None],
-                  apply_address: Callable[[Lease], Awaitable[None]] | None = None) -> None:
+def renew_forever(
+    lease: Lease,
+    bridge: str,
+    write_status: Callable[[Mapping[str, object]], None],
+    apply_address: Callable[[Lease], Awaitable[None]] | None = None,
+) -> None:
     """Keep the winning lease alive on the bridge, forever (the renewer process).
 
     The client starts in INIT-REBOOT with the boot's lease, so its first
@@ -348,9 +379,12 @@ def renew_forever(lease: Lease, bridge: str,
     loop.run_until_complete(_renew(lease, bridge, write_status, apply_address))
 
 
-async def _renew(lease: Lease, bridge: str,
-                 write_status: Callable[[Mapping[str, object]], None],
-                 apply_address: Callable[[Lease], Awaitable[None]] | None) -> None:
+async def _renew(
+    lease: Lease,
+    bridge: str,
+    write_status: Callable[[Mapping[str, object]], None],
+    apply_address: Callable[[Lease], Awaitable[None]] | None,
+) -> None:
     from pyroute2.dhcp.client import AsyncDHCPClient
     from pyroute2.dhcp.hooks import Trigger, hook
 
@@ -364,16 +398,25 @@ async def _renew(lease: Lease, bridge: str,
         def load(cls, interface: str) -> Any:
             if carried is None:
                 return None
-            return cls(ack=carried.ack, interface=interface, server_mac=carried.server_mac,
-                       obtained=carried.obtained)
+            return cls(
+                ack=carried.ack,
+                interface=interface,
+                server_mac=carried.server_mac,
+                obtained=carried.obtained,
+            )
 
     def status(raw: Any, trigger: str) -> dict[str, object]:
         events.append(f"{time.time():.0f} {trigger}")
         return {
-            "pid": os.getpid(), "interface": bridge, "trigger": trigger,
-            "address": raw.ip, "server": _text(raw.ack["options"].get("server_id")),
-            "obtained": raw.obtained, "renewal_in": raw.renewal_in,
-            "rebinding_in": raw.rebinding_in, "expiration_in": raw.expiration_in,
+            "pid": os.getpid(),
+            "interface": bridge,
+            "trigger": trigger,
+            "address": raw.ip,
+            "server": _text(raw.ack["options"].get("server_id")),
+            "obtained": raw.obtained,
+            "renewal_in": raw.renewal_in,
+            "rebinding_in": raw.rebinding_in,
+            "expiration_in": raw.expiration_in,
             "events": events[-20:],
         }
 
@@ -385,14 +428,23 @@ async def _renew(lease: Lease, bridge: str,
     bound_hook = hook(Trigger.BOUND)(on_bound)
     # One status hook per trigger, so the file names the step that happened.
     hooks = []
-    for trigger in (Trigger.BOUND, Trigger.RENEWED, Trigger.REBOUND, Trigger.EXPIRED,
-                    Trigger.UNBOUND):
+    for trigger in (
+        Trigger.BOUND,
+        Trigger.RENEWED,
+        Trigger.REBOUND,
+        Trigger.EXPIRED,
+        Trigger.UNBOUND,
+    ):
+
         async def named(lease: Any, _t: str = str(trigger)) -> None:
             write_status(status(lease, _t))
+
         named.__name__ = f"status_{trigger}"
         hooks.append(hook(trigger)(named))
     client_config = PyrouteDhcpClient(bridge, lease.mac)._config(
-        lease_type=CarriedLease, hooks=(bound_hook, *hooks), handle_signals=True,
+        lease_type=CarriedLease,
+        hooks=(bound_hook, *hooks),
+        handle_signals=True,
     )
     async with AsyncDHCPClient(client_config) as client:
         await client.bootstrap()

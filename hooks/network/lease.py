@@ -55,8 +55,6 @@ class DhcpClient(Protocol):
     async def stop(self, release: bool) -> None: ...
 
 
-
-
 class DhcpClients(Protocol):
     """Where DHCP clients come from: the netlink handle (real or scripted)."""
 

@@ -63,8 +63,9 @@ class Netlink(Protocol):
 
     def flush_ipv4(self, name: str) -> None: ...
 
-    def add_address(self, name: str, address: str, prefixlen: int,
-                    broadcast: str | None) -> None: ...
+    def add_address(
+        self, name: str, address: str, prefixlen: int, broadcast: str | None
+    ) -> None: ...
 
     def ipv4_addresses(self, name: str) -> list[str]:
         """The IPv4 addresses on a link, as "a.b.c.d/prefix"."""
@@ -132,8 +133,7 @@ def start_prefetch() -> None:
     """
     global _prefetch
     if _prefetch is None:
-        _prefetch = threading.Thread(target=_import_pyroute2, name="prefetch pyroute2",
-                                     daemon=True)
+        _prefetch = threading.Thread(target=_import_pyroute2, name="prefetch pyroute2", daemon=True)
         _prefetch.start()
 
 
@@ -168,19 +168,21 @@ class IPRouteNetlink:
         found = []
         for msg in self._ipr.get_links():
             master = msg.get("IFLA_MASTER")
-            found.append(Link(
-                index=int(msg["index"]),
-                name=str(msg.get("IFLA_IFNAME")),
-                mac=str(msg.get("IFLA_ADDRESS") or ""),
-                up=bool(msg["flags"] & IFF_UP),
-                # IFLA_CARRIER turns on before the kernel's linkwatch gives the
-                # link a real qdisc; until then packets are dropped (a lost
-                # first DISCOVER costs a 1 s retransmission). The operstate
-                # turns UP only after linkwatch, so carrier counts from then.
-                carrier=bool(msg.get("IFLA_CARRIER"))
-                and str(msg.get("IFLA_OPERSTATE")) in ("UP", "UNKNOWN"),
-                master=int(master) if master else None,
-            ))
+            found.append(
+                Link(
+                    index=int(msg["index"]),
+                    name=str(msg.get("IFLA_IFNAME")),
+                    mac=str(msg.get("IFLA_ADDRESS") or ""),
+                    up=bool(msg["flags"] & IFF_UP),
+                    # IFLA_CARRIER turns on before the kernel's linkwatch gives the
+                    # link a real qdisc; until then packets are dropped (a lost
+                    # first DISCOVER costs a 1 s retransmission). The operstate
+                    # turns UP only after linkwatch, so carrier counts from then.
+                    carrier=bool(msg.get("IFLA_CARRIER"))
+                    and str(msg.get("IFLA_OPERSTATE")) in ("UP", "UNKNOWN"),
+                    master=int(master) if master else None,
+                )
+            )
         return found
 
     def set_up(self, name: str) -> None:
@@ -200,8 +202,7 @@ class IPRouteNetlink:
     def add_bridge(self, name: str, mac: str) -> None:
         # STP off and no forward delay: the port forwards at once, so the
         # lease's first renewal and the OS's first packets are not dropped.
-        self._ipr.link("add", ifname=name, kind="bridge", br_stp_state=0,
-                       br_forward_delay=0)
+        self._ipr.link("add", ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0)
         index = self._index(name)
         if mac:
             self._ipr.link("set", index=index, address=mac)
@@ -213,10 +214,11 @@ class IPRouteNetlink:
     def flush_ipv4(self, name: str) -> None:
         self._ipr.flush_addr(index=self._index(name), family=socket.AF_INET)
 
-    def add_address(self, name: str, address: str, prefixlen: int,
-                    broadcast: str | None) -> None:
+    def add_address(self, name: str, address: str, prefixlen: int, broadcast: str | None) -> None:
         spec: dict[str, object] = {
-            "index": self._index(name), "address": address, "prefixlen": prefixlen,
+            "index": self._index(name),
+            "address": address,
+            "prefixlen": prefixlen,
         }
         if broadcast:
             spec["broadcast"] = broadcast
@@ -264,8 +266,9 @@ def sysfs_is_ethernet(kernel: Kernel, name: str) -> tuple[bool, str]:
     return True, ""
 
 
-def wait_for_carrier(nl: Netlink, names: Sequence[str], timeout: float,
-                     monotonic: Callable[[], float]) -> tuple[dict[str, Link], float]:
+def wait_for_carrier(
+    nl: Netlink, names: Sequence[str], timeout: float, monotonic: Callable[[], float]
+) -> tuple[dict[str, Link], float]:
     """Bring `names` up and wait until all have carrier or `timeout` passes.
 
     Sleeps in link events (`wait_link_change`), never in fixed steps.
@@ -295,4 +298,3 @@ def opened(kernel: Kernel) -> Iterator[Netlink]:
         yield handle
     finally:
         handle.close()
-

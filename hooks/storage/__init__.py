@@ -42,7 +42,9 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
 
 DISKS_TIMEOUT: Parameter[float] = Parameter(
-    "initpy.timeout.disks", cmdline.seconds(0, 3600), 10.0,
+    "initpy.timeout.disks",
+    cmdline.seconds(0, 3600),
+    10.0,
     "seconds to wait for the buildos.state and buildos.machines disks to appear",
     "initpy.timeout.disks=30",
 )
@@ -126,6 +128,8 @@ class StoragePlan:
 
 
 PLAN: Fact[StoragePlan | None] = Fact("storage_plan")
+
+
 def required_present(devices: list[BlockDevice]) -> bool:
     """The wait's goal: a state and a machines filesystem, with every btrfs member in."""
     found = [f for f in filesystems(devices) if _is_ours(f.label)]
@@ -186,8 +190,11 @@ def plan_storage(devices: tuple[BlockDevice, ...], waited: float) -> StoragePlan
             fixes.append("detach the copy, or give it a new fsid: btrfstune -u /dev/sdX")
 
     single = by_label.get(MACHINES_LABEL, [])
-    named = {label[len(MACHINES_PREFIX):]: group for label, group in by_label.items()
-             if label.startswith(MACHINES_PREFIX)}
+    named = {
+        label[len(MACHINES_PREFIX) :]: group
+        for label, group in by_label.items()
+        if label.startswith(MACHINES_PREFIX)
+    }
     for name, group in sorted(named.items()):
         if not SAFE_NAME.fullmatch(name):
             problems.append(
@@ -226,8 +233,9 @@ def plan_storage(devices: tuple[BlockDevice, ...], waited: float) -> StoragePlan
             )
             fixes.append(f"format it (this ERASES it): mkfs.ext4 -L {STATE_LABEL} {fs.device}")
         if fs.fstype == "btrfs" and not fs.complete:
-            have = ", ".join(f"{m.path} (devid {m.superblock.devid})"
-                             for m in fs.members if m.superblock)
+            have = ", ".join(
+                f"{m.path} (devid {m.superblock.devid})" for m in fs.members if m.superblock
+            )
             problems.append(
                 f"btrfs {fs.label} (fsid {fs.uuid}) has {len(fs.members)} of its "
                 f"{fs.num_devices} devices after {waited:.1f} s: {have}"
@@ -262,8 +270,10 @@ def plan_storage(devices: tuple[BlockDevice, ...], waited: float) -> StoragePlan
     if single:
         machines: tuple[MachinesMount, ...] = (MachinesMount(MACHINES_MOUNT, single[0]),)
     else:
-        machines = tuple(MachinesMount(f"{MACHINES_MOUNT}/{name}", group[0])
-                         for name, group in sorted(named.items()))
+        machines = tuple(
+            MachinesMount(f"{MACHINES_MOUNT}/{name}", group[0])
+            for name, group in sorted(named.items())
+        )
     return StoragePlan(state, machines)
 
 
@@ -279,9 +289,11 @@ def find_disks(ctx: BootContext) -> str:
     plan = plan_storage(waited.devices, waited.seconds)
     ctx.put(PLAN, plan)
     machines = "; ".join(f"{m.target} <- {m.filesystem.paths}" for m in plan.machines)
-    return (f"{len(waited.devices)} block device(s) in {waited.seconds:.2f} s "
-            f"({waited.uevents} uevent(s)); /state <- {plan.state.paths} "
-            f"({plan.state.fstype}); {machines}")
+    return (
+        f"{len(waited.devices)} block device(s) in {waited.seconds:.2f} s "
+        f"({waited.uevents} uevent(s)); /state <- {plan.state.paths} "
+        f"({plan.state.fstype}); {machines}"
+    )
 
 
 def _mount(ctx: BootContext, fs: Filesystem, target: str) -> str:
@@ -293,8 +305,7 @@ def _mount(ctx: BootContext, fs: Filesystem, target: str) -> str:
     try:
         k.mount(fs.device, target, fs.mount_type(), 0, fs.mount_options())
     except OSError as exc:
-        check = ("btrfs check --readonly" if fs.fstype == "btrfs"
-                 else f"fsck.{fs.fstype} -f")
+        check = "btrfs check --readonly" if fs.fstype == "btrfs" else f"fsck.{fs.fstype} -f"
         raise BootFailure(
             f"cannot mount {fs.paths} ({fs.fstype}, label {fs.label}) on {target}: "
             f"{exc.strerror or exc}",
@@ -307,8 +318,10 @@ def _mount(ctx: BootContext, fs: Filesystem, target: str) -> str:
 def _plan(ctx: BootContext) -> StoragePlan:
     plan = ctx.get(PLAN, None)
     if plan is None:
-        raise BootFailure("the disks were not looked at (find_disks did not run)",
-                          "rebuild the initrd with the storage hook's states in order")
+        raise BootFailure(
+            "the disks were not looked at (find_disks did not run)",
+            "rebuild the initrd with the storage hook's states in order",
+        )
     return plan
 
 
@@ -320,8 +333,10 @@ FSTAB_OPTIONS = "defaults,nofail"
 def mount_state(ctx: BootContext) -> str:
     plan = _plan(ctx)
     detail = _mount(ctx, plan.state, STATE_MOUNT)
-    etc.record_mount(ctx, etc.FstabEntry(f"LABEL={STATE_LABEL}", STATE_MOUNT,
-                                  plan.state.mount_type(), FSTAB_OPTIONS))
+    etc.record_mount(
+        ctx,
+        etc.FstabEntry(f"LABEL={STATE_LABEL}", STATE_MOUNT, plan.state.mount_type(), FSTAB_OPTIONS),
+    )
     return detail
 
 
@@ -330,8 +345,10 @@ def mount_machines(ctx: BootContext) -> str:
     details = []
     for mount in plan.machines:
         details.append(_mount(ctx, mount.filesystem, mount.target))
-        etc.record_mount(ctx, etc.FstabEntry(f"LABEL={mount.filesystem.label}", mount.target,
-                                      "btrfs", FSTAB_OPTIONS))
+        etc.record_mount(
+            ctx,
+            etc.FstabEntry(f"LABEL={mount.filesystem.label}", mount.target, "btrfs", FSTAB_OPTIONS),
+        )
     etc.write_fstab(ctx)
     return "; ".join(details)
 
@@ -340,16 +357,26 @@ HOOK = Hook(
     name="storage",
     description="disks by label: /state and the machines storage, listed in /etc/fstab",
     states=(
-        State("find_disks", find_disks,
-              "wait (kernel uevents) for the buildos.state and buildos.machines disks; read "
-              "their superblocks; rescue with a disk listing and the commands if wrong",
-              needs=(Milestone.MODULES,)),
-        State("mount_state", mount_state, "mount the buildos.state disk at /state",
-              provides=(Milestone.STATE,)),
-        State("mount_machines", mount_machines,
-              "mount buildos.machines (btrfs) at /build/machines or each "
-              "buildos.machines.<name> at /build/machines/<name>; write /etc/fstab",
-              provides=(Milestone.MACHINES,)),
+        State(
+            "find_disks",
+            find_disks,
+            "wait (kernel uevents) for the buildos.state and buildos.machines disks; read "
+            "their superblocks; rescue with a disk listing and the commands if wrong",
+            needs=(Milestone.MODULES,),
+        ),
+        State(
+            "mount_state",
+            mount_state,
+            "mount the buildos.state disk at /state",
+            provides=(Milestone.STATE,),
+        ),
+        State(
+            "mount_machines",
+            mount_machines,
+            "mount buildos.machines (btrfs) at /build/machines or each "
+            "buildos.machines.<name> at /build/machines/<name>; write /etc/fstab",
+            provides=(Milestone.MACHINES,),
+        ),
     ),
     modules=("virtio_blk", "virtio_scsi", "sd_mod", "btrfs"),
     parameters=(DISKS_TIMEOUT,),

@@ -58,16 +58,25 @@ def parse_uevent(message: bytes) -> Uevent | None:
         if sep:
             properties[key] = value
     action, _, devpath = header.partition("@")
-    return Uevent(properties.get("ACTION", action), properties.get("DEVPATH", devpath),
-                  properties.get("SUBSYSTEM", ""), properties)
+    return Uevent(
+        properties.get("ACTION", action),
+        properties.get("DEVPATH", devpath),
+        properties.get("SUBSYSTEM", ""),
+        properties,
+    )
 
 
 def uevent_message(event: Uevent) -> bytes:
     """The datagram the kernel would send for `event` (for fakes and tests)."""
-    fields = {"ACTION": event.action, "DEVPATH": event.devpath, "SUBSYSTEM": event.subsystem,
-              **event.properties}
-    return (f"{event.action}@{event.devpath}\0"
-            + "".join(f"{k}={v}\0" for k, v in fields.items())).encode()
+    fields = {
+        "ACTION": event.action,
+        "DEVPATH": event.devpath,
+        "SUBSYSTEM": event.subsystem,
+        **event.properties,
+    }
+    return (
+        f"{event.action}@{event.devpath}\0" + "".join(f"{k}={v}\0" for k, v in fields.items())
+    ).encode()
 
 
 # -- block devices in sysfs --------------------------------------------------------
@@ -190,8 +199,17 @@ def read_device(kernel: Kernel, name: str) -> BlockDevice | None:
         return kernel.read_bytes(path, offset, size)
 
     superblocks = tuple(probe_all(read)) if kernel.exists(path) else ()
-    return BlockDevice(name, path, size, partition, disk if partition else "", model, serial,
-                       rotational, superblocks)
+    return BlockDevice(
+        name,
+        path,
+        size,
+        partition,
+        disk if partition else "",
+        model,
+        serial,
+        rotational,
+        superblocks,
+    )
 
 
 def scan(kernel: Kernel) -> list[BlockDevice]:
@@ -233,8 +251,9 @@ def _block(events: list[Uevent]) -> bool:
     return any(e.subsystem == "block" for e in events)
 
 
-def wait_for_devices(kernel: Kernel, satisfied: Callable[[list[BlockDevice]], bool],
-                     timeout: float) -> Waited:
+def wait_for_devices(
+    kernel: Kernel, satisfied: Callable[[list[BlockDevice]], bool], timeout: float
+) -> Waited:
     """Scan, then rescan on every block uevent, until `satisfied` or `timeout`.
 
     Once satisfied, the events already queued are drained once more, so a
@@ -253,8 +272,9 @@ def wait_for_devices(kernel: Kernel, satisfied: Callable[[list[BlockDevice]], bo
         while not satisfied(devices):
             left = deadline - kernel.monotonic()
             if left <= 0:
-                return Waited(tuple(devices), kernel.monotonic() - start, False, seen,
-                              source is None)
+                return Waited(
+                    tuple(devices), kernel.monotonic() - start, False, seen, source is None
+                )
             if source is None:
                 kernel.sleep(min(POLL_SECONDS, left))
                 devices = scan(kernel)

@@ -117,7 +117,7 @@ def _u64(buf: bytes, offset: int) -> int:
 
 def _ext(head: bytes) -> Superblock | None:
     """ext2/3/4: superblock at 1024; magic at +56, uuid at +104, label at +120."""
-    sb = head[EXT_SUPERBLOCK:EXT_SUPERBLOCK + 1024]
+    sb = head[EXT_SUPERBLOCK : EXT_SUPERBLOCK + 1024]
     if len(sb) < 264 or _u16(sb, 56) != EXT_MAGIC:
         return None
     log_block_size = _u32(sb, 24)
@@ -142,15 +142,20 @@ def _btrfs(head: bytes) -> Superblock | None:
     The device item (devid, this member's own identity) starts at +0xc9,
     and num_devices at +0x88 says how many members the filesystem has.
     """
-    sb = head[BTRFS_SUPERBLOCK:BTRFS_SUPERBLOCK + 0x1000]
+    sb = head[BTRFS_SUPERBLOCK : BTRFS_SUPERBLOCK + 0x1000]
     if len(sb) < 0x12B + 256 or sb[0x40:0x48] != BTRFS_MAGIC:
         return None
     num_devices = _u64(sb, 0x88)
     devid = _u64(sb, 0xC9)
     if not 1 <= num_devices <= 65536 or not 1 <= devid:
         return None  # corrupt: a btrfs has at least one member, numbered from 1
-    return Superblock("btrfs", _text(sb[0x12B:0x12B + 256]), _uuid(sb[0x20:0x30]),
-                      devid=devid, num_devices=num_devices)
+    return Superblock(
+        "btrfs",
+        _text(sb[0x12B : 0x12B + 256]),
+        _uuid(sb[0x20:0x30]),
+        devid=devid,
+        num_devices=num_devices,
+    )
 
 
 def _xfs(head: bytes) -> Superblock | None:
@@ -195,4 +200,6 @@ def _swap(head: bytes) -> Superblock | None:
     """Linux swap (4 KiB pages): magic at 4096-10, label at 1024+28."""
     if len(head) < 4096 or head[4086:4096] not in SWAP_MAGICS:
         return None
-    return Superblock("swap", _text(head[1024 + 28:1024 + 44]), _uuid(head[1024 + 12:1024 + 28]))
+    return Superblock(
+        "swap", _text(head[1024 + 28 : 1024 + 44]), _uuid(head[1024 + 12 : 1024 + 28])
+    )

@@ -18,8 +18,13 @@ from typing import IO
 
 # The Debian package that provides each tool the builder runs.
 PACKAGES = {
-    "zstd": "zstd", "xz": "xz-utils", "gzip": "gzip", "depmod": "kmod",
-    "patchelf": "patchelf", "strip": "binutils", "busybox": "busybox-static",
+    "zstd": "zstd",
+    "xz": "xz-utils",
+    "gzip": "gzip",
+    "depmod": "kmod",
+    "patchelf": "patchelf",
+    "strip": "binutils",
+    "busybox": "busybox-static",
 }
 STDERR_TAIL_LINES = 15
 
@@ -38,12 +43,18 @@ class BuildError(Exception):
 
 def _install_hint(tool: str) -> str:
     package = PACKAGES.get(tool)
-    return ("run scripts/bootstrap" + (f" (Debian package {package})" if package else ""))
+    return "run scripts/bootstrap" + (f" (Debian package {package})" if package else "")
 
 
-def run(argv: Sequence[str], *, hint: str = "", input: bytes | None = None,
-        env: Mapping[str, str] | None = None, stdout: IO[bytes] | None = None,
-        capture: bool = True) -> bytes:
+def run(
+    argv: Sequence[str],
+    *,
+    hint: str = "",
+    input: bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    stdout: IO[bytes] | None = None,
+    capture: bool = True,
+) -> bytes:
     """Run `argv`; its standard output (b"" when `stdout` or not `capture`).
 
     Raises BuildError naming the command and how it ended.
@@ -51,16 +62,22 @@ def run(argv: Sequence[str], *, hint: str = "", input: bytes | None = None,
     tool = os.path.basename(argv[0])
     try:
         done = subprocess.run(
-            list(argv), input=input, env=None if env is None else dict(env),
+            list(argv),
+            input=input,
+            env=None if env is None else dict(env),
             stdout=stdout if stdout is not None else (subprocess.PIPE if capture else None),
-            stderr=subprocess.PIPE if capture else None, check=False,
+            stderr=subprocess.PIPE if capture else None,
+            check=False,
         )
     except FileNotFoundError:
-        raise BuildError(f"{tool} is not installed (wanted: {' '.join(argv[:3])} ...)",
-                         _install_hint(tool)) from None
+        raise BuildError(
+            f"{tool} is not installed (wanted: {' '.join(argv[:3])} ...)", _install_hint(tool)
+        ) from None
     except PermissionError as exc:
-        raise BuildError(f"{argv[0]} cannot be run: {exc.strerror}",
-                         f"check that {argv[0]} is an executable file") from None
+        raise BuildError(
+            f"{argv[0]} cannot be run: {exc.strerror}",
+            f"check that {argv[0]} is an executable file",
+        ) from None
     if done.returncode == 0:
         return done.stdout or b""
     if done.returncode < 0:
@@ -69,7 +86,9 @@ def run(argv: Sequence[str], *, hint: str = "", input: bytes | None = None,
         how = "exit 127 (a program it runs was not found)"
     else:
         how = f"exit {done.returncode}"
-    tail = "\n".join((done.stderr or b"").decode(errors="replace").strip().splitlines()
-                     [-STDERR_TAIL_LINES:])
-    raise BuildError(f"{' '.join(argv)}: {how}" + (f"\n{tail}" if tail else ""),
-                     hint or _install_hint(tool))
+    tail = "\n".join(
+        (done.stderr or b"").decode(errors="replace").strip().splitlines()[-STDERR_TAIL_LINES:]
+    )
+    raise BuildError(
+        f"{' '.join(argv)}: {how}" + (f"\n{tail}" if tail else ""), hint or _install_hint(tool)
+    )

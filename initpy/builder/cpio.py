@@ -62,8 +62,13 @@ def directory(path: str, perm: int = 0o755) -> Entry:
     return Entry(path.strip("/"), stat.S_IFDIR | perm)
 
 
-def regular(path: str, source: str | None = None, data: bytes = b"", perm: int = 0o644,
-            mtime: int | None = None) -> Entry:
+def regular(
+    path: str,
+    source: str | None = None,
+    data: bytes = b"",
+    perm: int = 0o644,
+    mtime: int | None = None,
+) -> Entry:
     return Entry(path.strip("/"), stat.S_IFREG | perm, data=data, source=source, mtime=mtime)
 
 
@@ -98,8 +103,19 @@ def _sort_key(entry: Entry) -> tuple[str, ...]:
 
 def _header(ino: int, entry: Entry, size: int, mtime: int, name: bytes) -> bytes:
     fields = (
-        ino, entry.mode, entry.uid, entry.gid, 1, mtime, size, 0, 0,
-        entry.rdevmajor, entry.rdevminor, len(name) + 1, 0,
+        ino,
+        entry.mode,
+        entry.uid,
+        entry.gid,
+        1,
+        mtime,
+        size,
+        0,
+        0,
+        entry.rdevmajor,
+        entry.rdevminor,
+        len(name) + 1,
+        0,
     )
     return NEWC_MAGIC + b"".join(b"%08X" % f for f in fields)
 
@@ -162,30 +178,34 @@ def read_newc(stream: bytes) -> list[Member]:
         if stream[pos] == 0:
             pos += 1
             continue
-        if stream[pos:pos + 6] != NEWC_MAGIC or pos + 110 > len(stream):
+        if stream[pos : pos + 6] != NEWC_MAGIC or pos + 110 > len(stream):
             raise ArchiveError(f"cpio: no newc header at offset {pos}")
-        fields = [int(stream[pos + 6 + 8 * i: pos + 14 + 8 * i], 16) for i in range(13)]
+        fields = [int(stream[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
         ino, mode, mtime, size = fields[0], fields[1], fields[5], fields[6]
         namesize = fields[11]
         name_start = pos + 110
-        name = stream[name_start:name_start + namesize - 1].decode()
+        name = stream[name_start : name_start + namesize - 1].decode()
         data_start = name_start + namesize
         data_start += -data_start % 4
-        data = stream[data_start:data_start + size]
+        data = stream[data_start : data_start + size]
         if len(data) != size:
             raise ArchiveError(f"cpio: {name}: truncated data")
         pos = data_start + size
         pos += -pos % 4
         if name != TRAILER:
-            members.append(Member(name, mode, mtime, ino, data, fields[9], fields[10],
-                                  fields[2], fields[3]))
+            members.append(
+                Member(name, mode, mtime, ino, data, fields[9], fields[10], fields[2], fields[3])
+            )
     return members
 
 
 def decompress(data: bytes) -> bytes:
     """Undo `compress` for concatenated parts (by each part's magic)."""
-    tools = ((b"\x28\xb5\x2f\xfd", ["zstd", "-d", "-c", "-q"]),
-             (b"\x1f\x8b", ["gzip", "-d", "-c"]), (b"\xfd7zXZ", ["xz", "-d", "-c"]))
+    tools = (
+        (b"\x28\xb5\x2f\xfd", ["zstd", "-d", "-c", "-q"]),
+        (b"\x1f\x8b", ["gzip", "-d", "-c"]),
+        (b"\xfd7zXZ", ["xz", "-d", "-c"]),
+    )
     for magic, argv in tools:
         if data.startswith(magic):
             # Each tool decompresses concatenated members/frames of its kind.
@@ -265,8 +285,9 @@ def entries_from_tree(top: str, prefix: str = "", keep_owners: bool = False) -> 
             elif stat.S_ISREG(st.st_mode):
                 entry = regular(path, source=host, perm=perm, mtime=int(st.st_mtime))
             elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-                entry = Entry(path, st.st_mode, rdevmajor=os.major(st.st_rdev),
-                              rdevminor=os.minor(st.st_rdev))
+                entry = Entry(
+                    path, st.st_mode, rdevmajor=os.major(st.st_rdev), rdevminor=os.minor(st.st_rdev)
+                )
             elif stat.S_ISFIFO(st.st_mode):
                 entry = Entry(path, st.st_mode)
             else:

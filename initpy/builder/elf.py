@@ -35,9 +35,14 @@ DT_RUNPATH = 29
 
 # Where Debian's loader looks when nothing else says (ld.so.conf.d order).
 DEFAULT_LIBRARY_DIRS = (
-    "/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu",
-    "/lib64", "/usr/lib64", "/lib", "/usr/lib",
-    "/usr/local/lib/x86_64-linux-gnu", "/usr/local/lib",
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib64",
+    "/usr/lib64",
+    "/lib",
+    "/usr/lib",
+    "/usr/local/lib/x86_64-linux-gnu",
+    "/usr/local/lib",
 )
 
 
@@ -98,12 +103,14 @@ def parse(data: bytes, path: str = "<bytes>") -> ElfInfo:
     e = "<" if data_enc == 1 else ">"
     wide = elf_class == 2
     if wide:
-        (e_type, e_machine, _v, _entry, e_phoff, _shoff, _flags, _ehsize, e_phentsize,
-         e_phnum) = _unpack(e + "HHIQQQIHHH", data, 16, "ELF header", path)
+        (e_type, e_machine, _v, _entry, e_phoff, _shoff, _flags, _ehsize, e_phentsize, e_phnum) = (
+            _unpack(e + "HHIQQQIHHH", data, 16, "ELF header", path)
+        )
         ph_fmt, dyn_fmt = e + "IIQQQQQQ", e + "qQ"
     else:
-        (e_type, e_machine, _v, _entry, e_phoff, _shoff, _flags, _ehsize, e_phentsize,
-         e_phnum) = _unpack(e + "HHIIIIIHHH", data, 16, "ELF header", path)
+        (e_type, e_machine, _v, _entry, e_phoff, _shoff, _flags, _ehsize, e_phentsize, e_phnum) = (
+            _unpack(e + "HHIIIIIHHH", data, 16, "ELF header", path)
+        )
         ph_fmt, dyn_fmt = e + "IIIIIIII", e + "iI"
     if e_phnum and e_phentsize < struct.calcsize(ph_fmt):
         raise ElfError(f"{path}: malformed ELF file (program header size {e_phentsize})")
@@ -119,7 +126,7 @@ def parse(data: bytes, path: str = "<bytes>") -> ElfInfo:
         if p_type == PT_INTERP:
             if p_offset + p_filesz > len(data):
                 raise ElfError(f"{path}: truncated ELF file (PT_INTERP past the end)")
-            interpreter = data[p_offset:p_offset + p_filesz].split(b"\0", 1)[0].decode()
+            interpreter = data[p_offset : p_offset + p_filesz].split(b"\0", 1)[0].decode()
         elif p_type == PT_DYNAMIC:
             dynamic = (p_offset, p_filesz)
         elif p_type == PT_LOAD:
@@ -149,8 +156,17 @@ def parse(data: bytes, path: str = "<bytes>") -> ElfInfo:
                     rpath.extend(p for p in _string(data, strtab + value, path).split(":") if p)
                 elif tag == DT_RUNPATH:
                     runpath.extend(p for p in _string(data, strtab + value, path).split(":") if p)
-    return ElfInfo(path, elf_class, data_enc == 1, e_machine, e_type, interpreter,
-                   tuple(needed), tuple(rpath), tuple(runpath))
+    return ElfInfo(
+        path,
+        elf_class,
+        data_enc == 1,
+        e_machine,
+        e_type,
+        interpreter,
+        tuple(needed),
+        tuple(rpath),
+        tuple(runpath),
+    )
 
 
 def _file_offset(vaddr: int, loads: Sequence[tuple[int, int, int]], path: str) -> int:
@@ -202,8 +218,11 @@ def _compatible(candidate: str, like: ElfInfo) -> bool:
     return head[4] == like.elf_class and machine == like.machine
 
 
-def resolve(paths: Sequence[str], extra_dirs: Sequence[str] = (),
-            default_dirs: Sequence[str] = DEFAULT_LIBRARY_DIRS) -> Closure:
+def resolve(
+    paths: Sequence[str],
+    extra_dirs: Sequence[str] = (),
+    default_dirs: Sequence[str] = DEFAULT_LIBRARY_DIRS,
+) -> Closure:
     """Resolve the libraries of `paths` recursively, as glibc's ld.so would.
 
     `extra_dirs` are searched before the default folders (like
@@ -242,7 +261,8 @@ def resolve(paths: Sequence[str], extra_dirs: Sequence[str] = (),
                     f"{info.path}: needs {soname}, which is in none of "
                     + ", ".join(dict.fromkeys(search))
                     + "; install the Debian package that provides it (apt-file search "
-                    + soname + ")"
+                    + soname
+                    + ")"
                 )
             closure.libraries[soname] = os.path.realpath(found)
             closure.wanted_by[soname] = info.path

@@ -44,20 +44,54 @@ PRIVATE_LIB_DIR = layout.PRIVATE_LIB_DIR
 PRIVATE_LOADER = layout.PRIVATE_LOADER
 
 # Always frozen: what initpy and every boot needs, whatever the hooks say.
-BASE_IMPORTS = ("initpy.runtime", "initpy.runtime.nossl", "transitions", "json", "ctypes",
-                "ctypes.util", "sqlite3")
+BASE_IMPORTS = (
+    "initpy.runtime",
+    "initpy.runtime.nossl",
+    "transitions",
+    "json",
+    "ctypes",
+    "ctypes.util",
+    "sqlite3",
+)
 # Never frozen: not used at boot, and large. (Not unittest: pyroute2 imports
 # unittest.mock at package import.) ssl is answered by initpy.runtime.nossl, so
 # OpenSSL (libssl, libcrypto: 1.9 MB of zstd) stays out.
 EXCLUDES = (
-    "tkinter", "_tkinter", "pydoc", "pydoc_data", "lib2to3", "idlelib",
-    "ensurepip", "distutils", "setuptools", "pip", "pkg_resources", "test",
-    "xmlrpc", "curses", "readline", "mypy", "pytest", "_pytest", "hypothesis",
-    "PyInstaller", "ruff", "IPython", "numpy", "ssl", "_ssl", "_hashlib",
+    "tkinter",
+    "_tkinter",
+    "pydoc",
+    "pydoc_data",
+    "lib2to3",
+    "idlelib",
+    "ensurepip",
+    "distutils",
+    "setuptools",
+    "pip",
+    "pkg_resources",
+    "test",
+    "xmlrpc",
+    "curses",
+    "readline",
+    "mypy",
+    "pytest",
+    "_pytest",
+    "hypothesis",
+    "PyInstaller",
+    "ruff",
+    "IPython",
+    "numpy",
+    "ssl",
+    "_ssl",
+    "_hashlib",
     # The C decimal module: decimal falls back to the pure-Python _pydecimal.
     "_decimal",
     # East Asian codecs, never used by a boot.
-    "_codecs_jp", "_codecs_kr", "_codecs_cn", "_codecs_tw", "_codecs_hk", "_codecs_iso2022",
+    "_codecs_jp",
+    "_codecs_kr",
+    "_codecs_cn",
+    "_codecs_tw",
+    "_codecs_hk",
+    "_codecs_iso2022",
     "_multibytecodec",
 )
 # Debian's libudev, for pyudev (found by the entry script's find_library).
@@ -141,7 +175,8 @@ def _tool_versions() -> str:
     import PyInstaller
 
     dists = sorted(
-        f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()
+        f"{d.metadata['Name']}=={d.version}"
+        for d in importlib.metadata.distributions()
         if d.metadata["Name"]
     )
     return "\n".join([sys.version, f"pyinstaller {PyInstaller.__version__}", *dists])
@@ -165,7 +200,8 @@ def cache_key(imports: Sequence[str]) -> str:
 
 def cache_root() -> str:
     base = os.environ.get("INITPY_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "initpy")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "initpy"
+    )
     return os.path.join(base, "freeze")
 
 
@@ -231,10 +267,18 @@ DROPPED_RUNTIME_HOOKS = ("pyi_rth_inspect", "pyi_rth_multiprocessing")
 def _run_pyinstaller(imports: Sequence[str], work: str, log: bool) -> None:
     entry = os.path.join(runtime_dir(), "frozen.py")
     argv = [
-        os.path.join(os.path.dirname(sys.executable), "pyi-makespec"), "--onedir",
-        "--name", "initpy", "--contents-directory", "_internal",
-        "--specpath", work, "--collect-submodules", "initpy.runtime",
-        "--paths", os.path.dirname(os.path.dirname(_package_dir())),
+        os.path.join(os.path.dirname(sys.executable), "pyi-makespec"),
+        "--onedir",
+        "--name",
+        "initpy",
+        "--contents-directory",
+        "_internal",
+        "--specpath",
+        work,
+        "--collect-submodules",
+        "initpy.runtime",
+        "--paths",
+        os.path.dirname(os.path.dirname(_package_dir())),
     ]
     for name in imports:
         argv += ["--hidden-import", name]
@@ -245,30 +289,55 @@ def _run_pyinstaller(imports: Sequence[str], work: str, log: bool) -> None:
     argv.append(entry)
     # PYZ entries stored, not zlib'ed: the initrd's zstd compresses them far
     # better as plain bytecode, and TCG-slow boots skip the inflate per import.
-    env = dict(os.environ, PYTHONHASHSEED="0", PYINSTALLER_ZLIB_COMPRESSION_LEVEL="0",
-               SOURCE_DATE_EPOCH=os.environ.get("SOURCE_DATE_EPOCH", "0"))
+    env = dict(
+        os.environ,
+        PYTHONHASHSEED="0",
+        PYINSTALLER_ZLIB_COMPRESSION_LEVEL="0",
+        SOURCE_DATE_EPOCH=os.environ.get("SOURCE_DATE_EPOCH", "0"),
+    )
     _pyinstaller_step(argv, env, log)
     spec = os.path.join(work, "initpy.spec")
     with open(spec) as f:
         text = f.read()
     anchor = "pyz = PYZ(a.pure)"
     if anchor not in text:
-        raise FreezeError(f"{spec}: no {anchor!r} line; this PyInstaller's spec layout is "
-                          "unknown to initpy.builder.freeze")
-    text = text.replace(anchor, "a.scripts = [s for s in a.scripts if s[0] not in "
-                        f"{DROPPED_RUNTIME_HOOKS!r}]\n{anchor}")
+        raise FreezeError(
+            f"{spec}: no {anchor!r} line; this PyInstaller's spec layout is "
+            "unknown to initpy.builder.freeze"
+        )
+    text = text.replace(
+        anchor,
+        f"a.scripts = [s for s in a.scripts if s[0] not in {DROPPED_RUNTIME_HOOKS!r}]\n{anchor}",
+    )
     with open(spec, "w") as f:
         f.write(text)
-    _pyinstaller_step([
-        sys.executable, "-m", "PyInstaller", "--noconfirm", "--clean", "--log-level", "WARN",
-        "--distpath", os.path.join(work, "dist"), "--workpath", os.path.join(work, "build"),
-        spec,
-    ], env, log)
+    _pyinstaller_step(
+        [
+            sys.executable,
+            "-m",
+            "PyInstaller",
+            "--noconfirm",
+            "--clean",
+            "--log-level",
+            "WARN",
+            "--distpath",
+            os.path.join(work, "dist"),
+            "--workpath",
+            os.path.join(work, "build"),
+            spec,
+        ],
+        env,
+        log,
+    )
 
 
 def _pyinstaller_step(argv: Sequence[str], env: dict[str, str], log: bool) -> None:
-    run(argv, env=env, capture=not log,
-        hint="run scripts/bootstrap to install the build extras (PyInstaller)")
+    run(
+        argv,
+        env=env,
+        capture=not log,
+        hint="run scripts/bootstrap to install the build extras (PyInstaller)",
+    )
 
 
 def _strip(tree: str) -> None:
@@ -310,8 +379,9 @@ def _privatize(product: str) -> None:
     elf_files += [os.path.join(lib, n) for n in sorted(os.listdir(lib))]
     closure = elf.resolve(sorted(elf_files), extra_dirs=[lib, internal])
     for soname, host in sorted(closure.libraries.items()):
-        if os.path.realpath(host).startswith((os.path.realpath(frozen) + os.sep,
-                                              os.path.realpath(lib) + os.sep)):
+        if os.path.realpath(host).startswith(
+            (os.path.realpath(frozen) + os.sep, os.path.realpath(lib) + os.sep)
+        ):
             continue
         shutil.copy2(host, os.path.join(lib, soname))
     for interpreter in closure.interpreters:
@@ -338,5 +408,4 @@ def patch_executable(path: str, rpath: str = PRIVATE_LIB_DIR) -> None:
     DT_RPATH (not RUNPATH) so that it also applies to the libraries'
     own dependencies, and to dlopen() from libraries without a RUNPATH.
     """
-    _patchelf(["--set-interpreter", PRIVATE_LOADER, "--force-rpath", "--set-rpath", rpath,
-               path])
+    _patchelf(["--set-interpreter", PRIVATE_LOADER, "--force-rpath", "--set-rpath", rpath, path])

@@ -102,8 +102,11 @@ class ModuleTree:
             with open(alias_file) as f:
                 for line in f:
                     words = line.split()
-                    if len(words) == 3 and words[0] == "alias" and not any(
-                            c in words[1] for c in "*?["):
+                    if (
+                        len(words) == 3
+                        and words[0] == "alias"
+                        and not any(c in words[1] for c in "*?[")
+                    ):
                         tree.aliases.setdefault(words[1].replace("-", "_"), canonical(words[2]))
         return tree
 
@@ -144,8 +147,9 @@ class Selection:
 
     def packed(self) -> tuple[PackedModule, ...]:
         """The modules as the manifest lists them for PID 1, in load order."""
-        return tuple(PackedModule(m.name, plain_path(m.relpath), tuple(m.deps))
-                     for m in self.modules)
+        return tuple(
+            PackedModule(m.name, plain_path(m.relpath), tuple(m.deps)) for m in self.modules
+        )
 
 
 def select(tree: ModuleTree, wanted: Mapping[str, Sequence[str]]) -> Selection:

@@ -59,14 +59,24 @@ MERGED_USR = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "
 # Debian kernels do not mount devtmpfs on the initramfs, and Python aborts
 # at start-up without /dev/urandom: the archive carries these.
 DEVICE_NODES = (
-    ("dev/console", 5, 1, 0o600), ("dev/tty", 5, 0, 0o666), ("dev/null", 1, 3, 0o666),
-    ("dev/zero", 1, 5, 0o666), ("dev/random", 1, 8, 0o666), ("dev/urandom", 1, 9, 0o666),
+    ("dev/console", 5, 1, 0o600),
+    ("dev/tty", 5, 0, 0o666),
+    ("dev/null", 1, 3, 0o666),
+    ("dev/zero", 1, 5, 0o666),
+    ("dev/random", 1, 8, 0o666),
+    ("dev/urandom", 1, 9, 0o666),
     ("dev/kmsg", 1, 11, 0o644),
 )
 EMPTY_DIRS = ("dev", "proc", "sys", "run", "tmp", "root", "mnt", "etc", "var", "usr/lib64")
 # The parts of the initrd, for the benchmark's size split.
 PART_INIT, PART_BINARIES, PART_MODULES, PART_ROOTFS, PART_OTHER, PART_MANIFEST = (
-    "frozen init", "binaries+libraries", "modules", "rootfs", "other", "manifest")
+    "frozen init",
+    "binaries+libraries",
+    "modules",
+    "rootfs",
+    "other",
+    "manifest",
+)
 
 
 class Compression(StrEnum):
@@ -123,8 +133,9 @@ Freezer = Callable[[Sequence[str]], freeze.Frozen]
 
 
 def repo_hooks_dir() -> str:
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__)))), "hooks")
+    return os.path.join(
+        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "hooks"
+    )
 
 
 def hook_files(folders: Sequence[str]) -> dict[str, str]:
@@ -132,8 +143,9 @@ def hook_files(folders: Sequence[str]) -> dict[str, str]:
     found: dict[str, str] = {}
     for folder in folders:
         if not os.path.isdir(folder):
-            raise BuildError(f"hooks folder {folder} does not exist",
-                             "name an existing folder with --hooks-dir")
+            raise BuildError(
+                f"hooks folder {folder} does not exist", "name an existing folder with --hooks-dir"
+            )
         for entry in hook_entries(folder):
             path = os.path.join(folder, entry)
             try:
@@ -141,8 +153,10 @@ def hook_files(folders: Sequence[str]) -> dict[str, str]:
             except HookError:
                 raise
             except Exception as exc:  # a hook's own import error, told as such
-                raise BuildError(f"hook {path} does not load: {type(exc).__name__}: {exc}",
-                                 "fix the hook, or leave it out with --hooks") from exc
+                raise BuildError(
+                    f"hook {path} does not load: {type(exc).__name__}: {exc}",
+                    "fix the hook, or leave it out with --hooks",
+                ) from exc
             found[hook.name] = path if os.path.isdir(path) else f"{path}.py"
     return found
 
@@ -165,8 +179,9 @@ def choose_hooks(files: dict[str, str], wanted: Sequence[str] | None) -> list[st
     return always + [n for n in names if n not in always]
 
 
-def build(options: Options, freezer: Freezer = freeze.freeze,
-          log: Callable[[str], None] = lambda s: None) -> BuildResult:
+def build(
+    options: Options, freezer: Freezer = freeze.freeze, log: Callable[[str], None] = lambda s: None
+) -> BuildResult:
     timings: list[tuple[str, float]] = []
     notes: list[str] = []
     clock = time.monotonic()
@@ -181,10 +196,10 @@ def build(options: Options, freezer: Freezer = freeze.freeze,
         if not os.path.exists(path):
             raise BuildError(f"{what} {path}: no such file or folder")
     if options.compress not in cpio.COMPRESSIONS:
-        raise BuildError(f"--compress {options.compress}: unknown",
-                         "use one of " + ", ".join(cpio.COMPRESSIONS))
-    folders = [*([options.base_hooks_dir] if options.base_hooks_dir else []),
-               *options.hook_dirs]
+        raise BuildError(
+            f"--compress {options.compress}: unknown", "use one of " + ", ".join(cpio.COMPRESSIONS)
+        )
+    folders = [*([options.base_hooks_dir] if options.base_hooks_dir else []), *options.hook_dirs]
     try:
         files = hook_files(folders)
         names = choose_hooks(files, options.hooks)
@@ -195,8 +210,7 @@ def build(options: Options, freezer: Freezer = freeze.freeze,
                 found[hook.name] = hook
         registry = build_registry(select(found, names), found.values())
     except HookError as exc:
-        raise BuildError(f"hooks: {exc}", "fix the hooks, or choose others with --hooks") \
-            from None
+        raise BuildError(f"hooks: {exc}", "fix the hooks, or choose others with --hooks") from None
     lap("registry")
 
     frozen = freezer([f for n in names for f in hook_sources(files[n])])
@@ -214,7 +228,8 @@ def build(options: Options, freezer: Freezer = freeze.freeze,
         _add_busybox(init, fallback)
         lap("binaries")
         module_notes, kernel_version, packed_modules = _add_modules(
-            init, fallback, registry, options.modules, work)
+            init, fallback, registry, options.modules, work
+        )
         notes += module_notes
         lap("modules")
         rootfs = Layer()
@@ -229,10 +244,16 @@ def build(options: Options, freezer: Freezer = freeze.freeze,
         # The build id covers everything but the manifest, which carries it.
         build_id = hashlib.sha256(b"".join(raw for _part, raw in archives)).hexdigest()
         manifest = layout.Manifest(build_id, tuple(names), kernel_version, packed_modules)
-        archives.append((PART_MANIFEST, cpio.archive(
-            [cpio.directory(p, 0o755) for p in _parents(layout.MANIFEST)]
-            + [cpio.regular(layout.MANIFEST.lstrip("/"), data=manifest.to_json())],
-            options.source_date_epoch)))
+        archives.append(
+            (
+                PART_MANIFEST,
+                cpio.archive(
+                    [cpio.directory(p, 0o755) for p in _parents(layout.MANIFEST)]
+                    + [cpio.regular(layout.MANIFEST.lstrip("/"), data=manifest.to_json())],
+                    options.source_date_epoch,
+                ),
+            )
+        )
         lap("archive")
         cache = None if options.no_cache else compressed_cache_dir()
         packed = [cpio.compress_cached(raw, options.compress, cache) for _part, raw in archives]
@@ -248,10 +269,10 @@ def build(options: Options, freezer: Freezer = freeze.freeze,
     _write(initrd, b"".join(packed))
     _write(buildid, (build_id + "\n").encode())
     lap("write")
-    sizes = tuple((part, len(raw), len(p)) for (part, raw), p in zip(archives, packed,
-                                                                     strict=True))
-    return BuildResult(image, initrd, buildid, tuple(merged), frozen, tuple(notes),
-                       tuple(timings), sizes)
+    sizes = tuple((part, len(raw), len(p)) for (part, raw), p in zip(archives, packed, strict=True))
+    return BuildResult(
+        image, initrd, buildid, tuple(merged), frozen, tuple(notes), tuple(timings), sizes
+    )
 
 
 def _write(path: str, data: bytes) -> None:
@@ -277,11 +298,9 @@ def _add_skeleton(layer: Layer, below: Layer) -> None:
 
 
 def _add_frozen(layer: Layer, frozen: freeze.Frozen) -> None:
-    for entry in cpio.entries_from_tree(os.path.join(frozen.tree, "frozen"),
-                                        freeze.FROZEN_DIR):
+    for entry in cpio.entries_from_tree(os.path.join(frozen.tree, "frozen"), freeze.FROZEN_DIR):
         layer.add(_no_mtime(entry), PART_INIT)
-    for entry in cpio.entries_from_tree(os.path.join(frozen.tree, "lib"),
-                                        freeze.PRIVATE_LIB_DIR):
+    for entry in cpio.entries_from_tree(os.path.join(frozen.tree, "lib"), freeze.PRIVATE_LIB_DIR):
         layer.add(_no_mtime(entry), PART_INIT)
     # The kernel runs /init as PID 1; PyInstaller finds _internal/ next to
     # the executable's real path, so a symlink is enough.
@@ -299,8 +318,9 @@ def _parents(path: str) -> list[str]:
     return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
-def _add_hooks(layer: Layer, registry: Registry, files: dict[str, str],
-               names: Sequence[str]) -> list[str]:
+def _add_hooks(
+    layer: Layer, registry: Registry, files: dict[str, str], names: Sequence[str]
+) -> list[str]:
     """The hooks' Python files with their bytecode; returns the hooks' `files` specs."""
     for name in names:
         source = files[name]
@@ -308,14 +328,19 @@ def _add_hooks(layer: Layer, registry: Registry, files: dict[str, str],
         for path in hook_sources(source):
             relative = os.path.relpath(path, top)
             layer.add(cpio.regular(f"{INITRD_HOOK_DIR}/{relative}", source=path), PART_OTHER)
-            layer.add(cpio.regular(hook_bytecode_path(relative), data=hook_bytecode(path,
-                                   relative)), PART_OTHER)
+            layer.add(
+                cpio.regular(hook_bytecode_path(relative), data=hook_bytecode(path, relative)),
+                PART_OTHER,
+            )
     for spec in registry.files():
         source, _dest = _split_spec(spec)
         if not os.path.exists(source):
             owners = [h.name for h in registry.hooks if spec in h.files]
-            raise BuildError(f"file {source} (wanted by hook {', '.join(owners)}) does not "
-                             "exist on the build host", "install it or fix the hook")
+            raise BuildError(
+                f"file {source} (wanted by hook {', '.join(owners)}) does not "
+                "exist on the build host",
+                "install it or fix the hook",
+            )
     # They go in as --include does: an ELF file brings its libraries.
     return registry.files()
 
@@ -323,9 +348,10 @@ def _add_hooks(layer: Layer, registry: Registry, files: dict[str, str],
 def hook_bytecode_path(relative: str) -> str:
     """Where the frozen init's import system looks for a hook file's bytecode."""
     folder, base = os.path.split(relative)
-    stem = base[:-len(".py")] if base.endswith(".py") else base
-    return posixpath.join(INITRD_HOOK_DIR, folder, "__pycache__",
-                          f"{stem}.{sys.implementation.cache_tag}.pyc")
+    stem = base[: -len(".py")] if base.endswith(".py") else base
+    return posixpath.join(
+        INITRD_HOOK_DIR, folder, "__pycache__", f"{stem}.{sys.implementation.cache_tag}.pyc"
+    )
 
 
 def hook_bytecode(source: str, relative: str | None = None) -> bytes:
@@ -344,8 +370,9 @@ def hook_bytecode(source: str, relative: str | None = None) -> bytes:
 
     with open(source, "rb") as f:
         text = f.read()
-    code = compile(text, f"{INITRD_HOOK_DIR}/{relative or os.path.basename(source)}", "exec",
-                   dont_inherit=True)
+    code = compile(
+        text, f"{INITRD_HOOK_DIR}/{relative or os.path.basename(source)}", "exec", dont_inherit=True
+    )
     return bytes(_code_to_hash_pyc(code, importlib.util.source_hash(text), checked=False))
 
 
@@ -361,8 +388,9 @@ def _add_host_path(layer: Layer, source: str, dest: str, part: str) -> None:
     elif os.path.islink(source):
         layer.add(cpio.symlink(dest, os.readlink(source)), part)
     else:
-        layer.add(cpio.regular(dest, source=source,
-                               perm=stat.S_IMODE(os.stat(source).st_mode)), part)
+        layer.add(
+            cpio.regular(dest, source=source, perm=stat.S_IMODE(os.stat(source).st_mode)), part
+        )
 
 
 def _find_binary(name: str) -> str | None:
@@ -387,7 +415,8 @@ def _wanted_binaries(registry: Registry) -> dict[str, str]:
         found[host] = _initrd_path(host)
     if missing:
         raise BuildError(
-            "binaries not found on the build host: " + "; ".join(missing)
+            "binaries not found on the build host: "
+            + "; ".join(missing)
             + f". Looked in {':'.join(BINARY_PATH)}; install the Debian packages that "
             "provide them (scripts/bootstrap lists them) or fix the hook"
         )
@@ -400,8 +429,9 @@ def _initrd_path(host: str) -> str:
     return os.path.join(folder, os.path.basename(host)).lstrip("/")
 
 
-def _add_elf_files(layer: Layer, binaries: dict[str, str], registry: Registry,
-                   includes: Sequence[str], work: str) -> None:
+def _add_elf_files(
+    layer: Layer, binaries: dict[str, str], registry: Registry, includes: Sequence[str], work: str
+) -> None:
     """Binaries and --include files; ELF ones bring their libraries."""
     todo: dict[str, str] = dict(binaries)
     for spec in includes:
@@ -421,8 +451,10 @@ def _add_elf_files(layer: Layer, binaries: dict[str, str], registry: Registry,
             layer.add(cpio.symlink(dest, target), PART_BINARIES)
             real_host = os.path.join(os.path.dirname(host), target)
             if not os.path.exists(real_host):
-                raise BuildError(f"{host} is a symlink to {target}, which does not exist; "
-                                 "reinstall the package that provides it")
+                raise BuildError(
+                    f"{host} is a symlink to {target}, which does not exist; "
+                    "reinstall the package that provides it"
+                )
             real_dest = posixpath.normpath(posixpath.join(posixpath.dirname(dest), target))
             if target.startswith("/"):
                 real_dest = _initrd_path(real_host)
@@ -440,8 +472,9 @@ def _add_elf_files(layer: Layer, binaries: dict[str, str], registry: Registry,
     for interpreter in sorted(closure.interpreters):
         if freeze.PRIVATE_LOADER.lstrip("/") in layer.entries:
             continue
-        layer.add(cpio.regular(freeze.PRIVATE_LOADER, source=interpreter, perm=0o755),
-                  PART_BINARIES)
+        layer.add(
+            cpio.regular(freeze.PRIVATE_LOADER, source=interpreter, perm=0o755), PART_BINARIES
+        )
     for host, dest in sorted(todo.items()):
         perm = stat.S_IMODE(os.stat(host).st_mode)
         source = host
@@ -456,12 +489,12 @@ def _add_elf_files(layer: Layer, binaries: dict[str, str], registry: Registry,
 def _add_busybox(init: Layer, applets: Layer) -> None:
     """The static busybox in the init's layer; its applets as a fallback layer."""
     if not os.path.exists(BUSYBOX):
-        raise BuildError(f"{BUSYBOX} is missing; install Debian busybox-static "
-                         "(scripts/bootstrap does)")
+        raise BuildError(
+            f"{BUSYBOX} is missing; install Debian busybox-static (scripts/bootstrap does)"
+        )
     info = elf.read(BUSYBOX)
     if info.is_dynamic:
-        raise BuildError(f"{BUSYBOX} is dynamically linked; install busybox-static, "
-                         "not busybox")
+        raise BuildError(f"{BUSYBOX} is dynamically linked; install busybox-static, not busybox")
     init.add(cpio.regular("usr/bin/busybox", source=BUSYBOX, perm=0o755), PART_BINARIES)
     listing = run([BUSYBOX, "--list-full"]).decode()
     for applet in sorted(listing.split()):
@@ -469,8 +502,7 @@ def _add_busybox(init: Layer, applets: Layer) -> None:
         if path != "usr/bin/busybox":
             applets.add(cpio.symlink(path, "/usr/bin/busybox"), PART_BINARIES)
     # The kernel's module autoloader (request_module) runs this; see hooks/modules.py.
-    init.add(cpio.symlink(layout.PRIVATE_MODPROBE.lstrip("/"), "/usr/bin/busybox"),
-             PART_BINARIES)
+    init.add(cpio.symlink(layout.PRIVATE_MODPROBE.lstrip("/"), "/usr/bin/busybox"), PART_BINARIES)
 
 
 def _merged(path: str) -> str:
@@ -480,8 +512,9 @@ def _merged(path: str) -> str:
     return path
 
 
-def _add_modules(init: Layer, applets: Layer, registry: Registry, modules_dir: str,
-                 work: str) -> tuple[list[str], str, tuple[layout.PackedModule, ...]]:
+def _add_modules(
+    init: Layer, applets: Layer, registry: Registry, modules_dir: str, work: str
+) -> tuple[list[str], str, tuple[layout.PackedModule, ...]]:
     """The modules the hooks want, with their dependencies; (notes, kernel, list)."""
     wanted: dict[str, list[str]] = {}
     for hook in registry.hooks:
@@ -500,8 +533,10 @@ def _add_modules(init: Layer, applets: Layer, registry: Registry, modules_dir: s
             applets.add(entry, PART_MODULES)
         else:
             init.add(entry, PART_MODULES)
-    notes = [f"module {name} is built into kernel {tree.version}; nothing to load"
-             for name in selection.builtin]
+    notes = [
+        f"module {name} is built into kernel {tree.version}; nothing to load"
+        for name in selection.builtin
+    ]
     return notes, tree.version, selection.packed()
 
 
@@ -516,8 +551,7 @@ def merge(layers: Sequence[Layer]) -> list[tuple[cpio.Entry, str]]:
     for rank, layer in enumerate(layers):
         for path, (entry, part) in layer.entries.items():
             top[path] = (entry, part, rank)
-    links = {p: e.data.decode() for p, (e, _part, _r) in top.items()
-             if stat.S_ISLNK(e.mode)}
+    links = {p: e.data.decode() for p, (e, _part, _r) in top.items() if stat.S_ISLNK(e.mode)}
     result: dict[str, tuple[cpio.Entry, str, int]] = {}
     for rank, layer in enumerate(layers):
         for path, (entry, part) in layer.entries.items():
@@ -537,8 +571,7 @@ def merge(layers: Sequence[Layer]) -> list[tuple[cpio.Entry, str]]:
 ARCHIVE_ORDER = (PART_ROOTFS, PART_OTHER, PART_MODULES, PART_BINARIES, PART_INIT)
 
 
-def split_archives(merged: Sequence[tuple[cpio.Entry, str]],
-                   mtime: int) -> list[tuple[str, bytes]]:
+def split_archives(merged: Sequence[tuple[cpio.Entry, str]], mtime: int) -> list[tuple[str, bytes]]:
     """One newc archive per part, to be compressed separately and concatenated.
 
     The kernel unpacks concatenated (compressed) archives in turn, so the
@@ -594,31 +627,57 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Build buildos-image, buildos-initrd and buildos-buildid into OUTDIR.",
     )
     parser.add_argument("--kernel", required=True, metavar="VMLINUZ")
-    parser.add_argument("--modules", required=True, metavar="DIR",
-                        help="the kernel's lib/modules/<version> folder")
+    parser.add_argument(
+        "--modules", required=True, metavar="DIR", help="the kernel's lib/modules/<version> folder"
+    )
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR")
-    parser.add_argument("--rootfs", metavar="DIR",
-                        help="an OS tree packed under the init's files (the init's files win)")
-    parser.add_argument("--include", action="append", default=[], metavar="SRC[:DST]",
-                        help="a host file or folder; an ELF file brings its libraries")
-    parser.add_argument("--hooks", metavar="NAMES",
-                        help="comma-separated hook names (default: every hook found); "
-                        + ", ".join(ALWAYS_HOOKS) + " are always included")
-    parser.add_argument("--hooks-dir", action="append", default=[], metavar="DIR",
-                        help="another hooks folder, after the repository's hooks/")
+    parser.add_argument(
+        "--rootfs",
+        metavar="DIR",
+        help="an OS tree packed under the init's files (the init's files win)",
+    )
+    parser.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="SRC[:DST]",
+        help="a host file or folder; an ELF file brings its libraries",
+    )
+    parser.add_argument(
+        "--hooks",
+        metavar="NAMES",
+        help="comma-separated hook names (default: every hook found); "
+        + ", ".join(ALWAYS_HOOKS)
+        + " are always included",
+    )
+    parser.add_argument(
+        "--hooks-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another hooks folder, after the repository's hooks/",
+    )
     parser.add_argument("--compress", choices=cpio.COMPRESSIONS, default="zstd")
-    parser.add_argument("--no-cache", action="store_true",
-                        help="compress every part again instead of reusing earlier output")
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="compress every part again instead of reusing earlier output",
+    )
     parser.add_argument("--verbose", action="store_true")
     ns = parser.parse_args(argv)
     epoch = os.environ.get("SOURCE_DATE_EPOCH", "0")
     if not epoch.isdigit():
         parser.error(f"SOURCE_DATE_EPOCH={epoch!r} is not a number of seconds")
     options = Options(
-        kernel=ns.kernel, modules=ns.modules, outdir=ns.output, rootfs=ns.rootfs,
+        kernel=ns.kernel,
+        modules=ns.modules,
+        outdir=ns.output,
+        rootfs=ns.rootfs,
         includes=tuple(ns.include),
         hooks=tuple(n for n in ns.hooks.split(",") if n) if ns.hooks else None,
-        hook_dirs=tuple(ns.hooks_dir), compress=ns.compress, source_date_epoch=int(epoch),
+        hook_dirs=tuple(ns.hooks_dir),
+        compress=ns.compress,
+        source_date_epoch=int(epoch),
         no_cache=ns.no_cache,
     )
 
@@ -636,16 +695,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     for note in result.notes:
         say(f"note: {note}")
     if ns.rootfs:
-        say(f"note: --rootfs {ns.rootfs} is packed under the init's files; where both have "
-            "a path, the init's file wins")
+        say(
+            f"note: --rootfs {ns.rootfs} is packed under the init's files; where both have "
+            "a path, the init's file wins"
+        )
     if ns.verbose:
         for what, seconds in result.timings:
             say(f"{what}: {seconds:.2f} s")
         for part, raw, packed in result.parts:
             say(f"part {part}: {raw / 1e6:.1f} MB -> {packed / 1e6:.1f} MB")
     size = os.path.getsize(result.initrd)
-    say(f"wrote {result.image}, {result.initrd} ({size / 1e6:.1f} MB, {ns.compress}), "
-        f"{result.buildid} in {time.monotonic() - started:.1f} s")
+    say(
+        f"wrote {result.image}, {result.initrd} ({size / 1e6:.1f} MB, {ns.compress}), "
+        f"{result.buildid} in {time.monotonic() - started:.1f} s"
+    )
     return 0
 
 

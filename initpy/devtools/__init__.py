@@ -8,5 +8,6 @@ import os
 
 def repo_hooks() -> str:
     """The repository's hooks/ folder."""
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__)))), "hooks")
+    return os.path.join(
+        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "hooks"
+    )

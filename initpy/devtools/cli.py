@@ -1,11 +1,11 @@
 """The `initpy` command: tools for people, never PID 1 (see initpy.runtime.entry).
 
-    initpy walk [--cmdline TEXT] [--root DIR] [--hooks-dir DIR]...
-        walk the whole boot against a fake kernel in a temporary root
-    initpy diagram [--hooks-dir DIR]...
-        print the state diagram (mermaid), derived from the hooks
-    initpy params [--hooks-dir DIR]...
-        print the command-line parameters as a markdown table
+initpy walk [--cmdline TEXT] [--root DIR] [--hooks-dir DIR]...
+    walk the whole boot against a fake kernel in a temporary root
+initpy diagram [--hooks-dir DIR]...
+    print the state diagram (mermaid), derived from the hooks
+initpy params [--hooks-dir DIR]...
+    print the command-line parameters as a markdown table
 """
 
 from __future__ import annotations
@@ -19,17 +19,25 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     import argparse
 
-    parser = argparse.ArgumentParser(prog="initpy", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="initpy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("walk", "diagram", "params"):
         p = sub.add_parser(name)
-        p.add_argument("--hooks-dir", action="append", default=None,
-                       help="a hooks folder (repeatable; default: the repository's hooks/)")
+        p.add_argument(
+            "--hooks-dir",
+            action="append",
+            default=None,
+            help="a hooks folder (repeatable; default: the repository's hooks/)",
+        )
         p.add_argument("--hooks", default=None, help="comma-separated hook names (default: all)")
         if name == "walk":
-            p.add_argument("--cmdline", default="console=ttyS0 initpy.exec=/sbin/init",
-                           help="the kernel command line to boot with")
+            p.add_argument(
+                "--cmdline",
+                default="console=ttyS0 initpy.exec=/sbin/init",
+                help="the kernel command line to boot with",
+            )
             p.add_argument("--root", default=None, help="the fake root (default: a temporary one)")
     ns = parser.parse_args(args)
     folders = ns.hooks_dir or [repo_hooks()]

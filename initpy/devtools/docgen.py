@@ -34,8 +34,13 @@ def diagram(folders: Sequence[str], names: Sequence[str] | None = None) -> str:
 
     model = Model()
     GraphMachine(
-        model=model, states=machine_states(registry), transitions=machine_transitions(registry),
-        initial="start", auto_transitions=False, graph_engine="mermaid", title="initpy boot",
+        model=model,
+        states=machine_states(registry),
+        transitions=machine_transitions(registry),
+        initial="start",
+        auto_transitions=False,
+        graph_engine="mermaid",
+        title="initpy boot",
     )
     graph: str = model.get_graph().draw(None)  # type: ignore[attr-defined]
     # transitions writes the title as a bare front-matter line, which is not
@@ -52,9 +57,15 @@ def states_table(registry: Registry) -> str:
         state = registry.states.get(name)
         if state is None:
             return ""
-        parts = [f"{word} {', '.join(f'`{m}`' for m in values)}"
-                 for word, values in (("needs", state.needs), ("wants", state.wants),
-                                      ("provides", state.provides)) if values]
+        parts = [
+            f"{word} {', '.join(f'`{m}`' for m in values)}"
+            for word, values in (
+                ("needs", state.needs),
+                ("wants", state.wants),
+                ("provides", state.provides),
+            )
+            if values
+        ]
         return "; ".join(parts)
 
     for i, name in enumerate(registry.order, 1):
@@ -83,8 +94,7 @@ def states_document(folders: Sequence[str], names: Sequence[str] | None = None) 
         "`tests/unit/test_docs.py` fails when this file is stale. Regenerate with\n"
         "`python -m initpy.devtools.docgen > docs/states.md`.\n\n"
         "Every state may fail into `rescue`; `advance` moves to the next state.\n\n"
-        "```mermaid\n" + diagram(folders, names) + "```\n\n"
-        + states_table(registry) + "\n"
+        "```mermaid\n" + diagram(folders, names) + "```\n\n" + states_table(registry) + "\n"
         "## Command-line parameters\n\n" + parameters_table(folders, names)
     )
 

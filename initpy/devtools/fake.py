@@ -76,11 +76,15 @@ class FakeKernel(Kernel):
 
     root: str
     cmdline: str = "console=ttyS0"
-    environment: dict[str, str] = field(default_factory=lambda: {
-        "HOME": "/", "TERM": "linux",
-        "LD_LIBRARY_PATH": "/usr/lib/initpy/_internal", "_PYI_ARCHIVE_FILE": "/init",
-        "_MEIPASS2": "/usr/lib/initpy/_internal",
-    })
+    environment: dict[str, str] = field(
+        default_factory=lambda: {
+            "HOME": "/",
+            "TERM": "linux",
+            "LD_LIBRARY_PATH": "/usr/lib/initpy/_internal",
+            "_PYI_ARCHIVE_FILE": "/init",
+            "_MEIPASS2": "/usr/lib/initpy/_internal",
+        }
+    )
     # Syscall failures to inject: call name -> {first argument -> errno}.
     failures: dict[str, dict[str, int]] = field(default_factory=dict)
     # Commands: the first argv word -> answer (a Completed or a function).
@@ -160,7 +164,7 @@ class FakeKernel(Kernel):
     def read_bytes(self, path: str, offset: int = 0, size: int = -1) -> bytes:
         if path in self.block_devices:
             image = self.block_devices[path]
-            return image[offset:] if size < 0 else image[offset:offset + size]
+            return image[offset:] if size < 0 else image[offset : offset + size]
         return super().read_bytes(self.path(path), offset, size)
 
     def read_text(self, path: str) -> str:
@@ -213,8 +217,9 @@ class FakeKernel(Kernel):
         with open(self.path(path), "w"):
             pass
 
-    def mount(self, source: str, target: str, fstype: str, flags: int = 0,
-              options: str = "") -> None:
+    def mount(
+        self, source: str, target: str, fstype: str, flags: int = 0, options: str = ""
+    ) -> None:
         self.calls.append(("mount", source, target, fstype, flags, options))
         self._fail("mount", target)
         if not os.path.isdir(self.path(target)):
@@ -265,16 +270,22 @@ class FakeKernel(Kernel):
     def kmsg(self, line: str) -> None:
         self.kmsg_lines.append(line)
 
-    def run(self, argv: Sequence[str], input: str | None = None, timeout: float | None = None,
-            env: Mapping[str, str] | None = None) -> Completed:
+    def run(
+        self,
+        argv: Sequence[str],
+        input: str | None = None,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Completed:
         self.calls.append(("run", tuple(argv)))
         answer = self.commands.get(argv[0]) or self.commands.get(os.path.basename(argv[0]))
         if answer is None:  # an unscripted command succeeds silently
             return Completed(tuple(argv), 0, "", "")
         return answer(argv) if callable(answer) else answer
 
-    def run_shell(self, argv: Sequence[str], env: Mapping[str, str],
-                  idle_timeout: float | None = None) -> ShellExit:
+    def run_shell(
+        self, argv: Sequence[str], env: Mapping[str, str], idle_timeout: float | None = None
+    ) -> ShellExit:
         self.calls.append(("shell", tuple(argv), idle_timeout, dict(env)))
         result = self.shells.pop(0) if self.shells else ShellExit(0)
         if result.idle_timeout and idle_timeout is None:
@@ -317,9 +328,16 @@ class FakeKernel(Kernel):
         with open(self.path("/dev/urandom"), "ab") as f:
             f.write(data)
 
-    def add_block_device(self, name: str, image: bytes, size: int = 1 << 30,
-                         parent: str | None = None, model: str = "",
-                         rotational: bool = True, serial: str = "") -> None:
+    def add_block_device(
+        self,
+        name: str,
+        image: bytes,
+        size: int = 1 << 30,
+        parent: str | None = None,
+        model: str = "",
+        rotational: bool = True,
+        serial: str = "",
+    ) -> None:
         """A disk (or, with `parent`, a partition) laid out in /sys as the kernel does.
 
         /sys/class/block/NAME links into /sys/devices/..., a partition sits in
@@ -331,8 +349,9 @@ class FakeKernel(Kernel):
             files["partition"] = "1"
         else:
             files["queue/rotational"] = "1" if rotational else "0"
-            files["device/model" if model else "device/modalias"] = \
+            files["device/model" if model else "device/modalias"] = (
                 model or "virtio:d00000002v00001AF4"
+            )
             if serial:
                 files["serial"] = serial
         for relative, text in files.items():

@@ -89,9 +89,16 @@ class FakeNetlink:
     def qemu_user(cls) -> FakeNetlink:
         """One NIC answered like QEMU's user network, with router and DNS."""
 
-        lease = Lease(nic="eth0", mac="52:54:00:12:34:56", address="10.0.2.15", prefixlen=24,
-                      server="10.0.2.2", router="10.0.2.2", dns=("10.0.2.3",),
-                      lease_time=86400)
+        lease = Lease(
+            nic="eth0",
+            mac="52:54:00:12:34:56",
+            address="10.0.2.15",
+            prefixlen=24,
+            server="10.0.2.2",
+            router="10.0.2.2",
+            dns=("10.0.2.3",),
+            lease_time=86400,
+        )
         return cls(nics=[FakeNic("eth0", "52:54:00:12:34:56", lease=lease)])
 
     def attach(self, kernel: FakeClock) -> None:
@@ -143,8 +150,7 @@ class FakeNetlink:
                 found.append(Link(i, name, self.bridges[name], name in self.up, True))
                 continue
             nic = self._nic(name)
-            carrier = (name in self.up and nic.carrier_at is not None
-                       and nic.carrier_at <= now)
+            carrier = name in self.up and nic.carrier_at is not None and nic.carrier_at <= now
             master = names.index(self.masters[name]) + 2 if name in self.masters else None
             found.append(Link(i, name, nic.mac, name in self.up, carrier, master))
         return found
@@ -161,8 +167,9 @@ class FakeNetlink:
         """Jump the fake clock to the next NIC or carrier change, or by `timeout`."""
         assert self.watching, "watch_links() first"
         now = self._now()
-        changes = [n.carrier_at for n in self.nics
-                   if n.name in self.up and n.carrier_at is not None]
+        changes = [
+            n.carrier_at for n in self.nics if n.name in self.up and n.carrier_at is not None
+        ]
         changes += [n.appear_at for n in self.nics]
         upcoming = sorted(t for t in changes if now < t <= now + timeout)
         step = (upcoming[0] - now) if upcoming else timeout
@@ -187,8 +194,7 @@ class FakeNetlink:
     def flush_ipv4(self, name: str) -> None:
         self.addresses.pop(name, None)
 
-    def add_address(self, name: str, address: str, prefixlen: int,
-                    broadcast: str | None) -> None:
+    def add_address(self, name: str, address: str, prefixlen: int, broadcast: str | None) -> None:
         self.addresses.setdefault(name, []).append(f"{address}/{prefixlen}")
 
     def ipv4_addresses(self, name: str) -> list[str]:
@@ -204,5 +210,3 @@ class FakeNetlink:
 
     def close(self) -> None:
         self.closed = True
-
-

@@ -21,19 +21,26 @@ from initpy.runtime.kernel import Completed
 
 def _fake_ssh_keygen(kernel: FakeKernel) -> Callable[[Sequence[str]], Completed]:
     """ssh-keygen -f PATH, as far as the walk needs: placeholder key files."""
+
     def keygen(argv: Sequence[str]) -> Completed:
         path = kernel.path(argv[list(argv).index("-f") + 1])
-        for suffix, text in (("", "-----BEGIN OPENSSH PRIVATE KEY-----\n(walk)\n"
-                                  "-----END OPENSSH PRIVATE KEY-----\n"),
-                             (".pub", "ssh-placeholder (walk) root@buildos\n")):
+        for suffix, text in (
+            (
+                "",
+                "-----BEGIN OPENSSH PRIVATE KEY-----\n(walk)\n-----END OPENSSH PRIVATE KEY-----\n",
+            ),
+            (".pub", "ssh-placeholder (walk) root@buildos\n"),
+        ):
             with open(path + suffix, "w") as f:
                 f.write(text)
         return Completed(tuple(argv), 0, "", "")
+
     return keygen
 
 
-def walk(cmdline: str, folders: Sequence[str], names: Sequence[str] | None,
-         root: str | None = None) -> int:
+def walk(
+    cmdline: str, folders: Sequence[str], names: Sequence[str] | None, root: str | None = None
+) -> int:
     """Returns 0 when the walk reached the hand-off, 1 when it went to rescue."""
     with tempfile.TemporaryDirectory(prefix="initpy-walk-") as tmp:
         root = root or tmp
@@ -46,18 +53,23 @@ def walk(cmdline: str, folders: Sequence[str], names: Sequence[str] | None,
             os.chmod(path, 0o755)
         # A state disk and a machines disk, so that the walk gets past storage.
         kernel.add_block_device("vda", minimal_image("ext4", "buildos.state"), serial="walk-state")
-        kernel.add_block_device("vdb", minimal_image("btrfs", "buildos.machines"),
-                                serial="walk-machines")
+        kernel.add_block_device(
+            "vdb", minimal_image("btrfs", "buildos.machines"), serial="walk-machines"
+        )
         kernel.commands["ssh-keygen"] = _fake_ssh_keygen(kernel)
         try:
             main(kernel, folders, names)
         except HandedOff as done:
-            print(f"(walk) the init would now exec {done.path}; "
-                  f"environment: {' '.join(sorted(done.env))}")
+            print(
+                f"(walk) the init would now exec {done.path}; "
+                f"environment: {' '.join(sorted(done.env))}"
+            )
         except Rebooted as done:
             print(f"(walk) the init would now {done.how}")
         report_path = kernel.path(layout.REPORT)
         report = json.load(open(report_path)) if os.path.exists(report_path) else {}
-        print(f"(walk) report.json outcome: {report.get('outcome')}; syscalls made: "
-              + ", ".join(sorted({str(c[0]) for c in kernel.calls})))
+        print(
+            f"(walk) report.json outcome: {report.get('outcome')}; syscalls made: "
+            + ", ".join(sorted({str(c[0]) for c in kernel.calls}))
+        )
         return 0 if report.get("outcome") == "handoff" else 1

@@ -160,7 +160,10 @@ def parse(cmdline: str, parameters: Iterable[Parameter[object]]) -> BootConfig:
         except Exception as exc:  # a hook's parser must not break the boot
             problems.append(f"{parameter.name}: value {value!r} rejected ({exc})")
     return BootConfig(
-        values=values, problems=tuple(problems), raw=raw, init_args=tuple(init_args),
+        values=values,
+        problems=tuple(problems),
+        raw=raw,
+        init_args=tuple(init_args),
         cmdline=cmdline.strip(),
     )
 

@@ -55,15 +55,21 @@ def _rescue_timeout(raw: str | None) -> float | None:
 
 
 EXEC: Parameter[str | None] = Parameter(
-    "initpy.exec", cmdline.absolute_path, None,
+    "initpy.exec",
+    cmdline.absolute_path,
+    None,
     "program to exec at the hand-off (default /lib/systemd/systemd, else /sbin/init)",
     "initpy.exec=/sbin/init",
 )
 BREAK: Parameter[str | None] = Parameter(
-    "initpy.break", _break_state, None,
+    "initpy.break",
+    _break_state,
+    None,
     "stop in a shell before this state; leaving the shell continues the boot",
     "initpy.break=handoff",
 )
+
+
 class RescuePolicy(StrEnum):
     """What a failure does."""
 
@@ -77,17 +83,25 @@ def _rescue_policy(raw: str | None) -> RescuePolicy:
 
 
 RESCUE_POLICY: Parameter[RescuePolicy] = Parameter(
-    "initpy.rescue", _rescue_policy, RescuePolicy.SHELL,
+    "initpy.rescue",
+    _rescue_policy,
+    RescuePolicy.SHELL,
     "what a failure does: shell (then reboot when it exits), reboot or poweroff",
     "initpy.rescue=reboot",
 )
 RESCUE_TIMEOUT: Parameter[float | None] = Parameter(
-    "initpy.rescue_timeout", _rescue_timeout, None,
+    "initpy.rescue_timeout",
+    _rescue_timeout,
+    None,
     "seconds a rescue shell may sit idle before the host reboots",
     "initpy.rescue_timeout=600",
 )
 DEBUG: Parameter[bool] = Parameter(
-    "initpy.debug", cmdline.flag, False, "show tracebacks on the console", "initpy.debug",
+    "initpy.debug",
+    cmdline.flag,
+    False,
+    "show tracebacks on the console",
+    "initpy.debug",
 )
 CORE_PARAMETERS: tuple[Parameter[Any], ...] = (EXEC, BREAK, RESCUE_POLICY, RESCUE_TIMEOUT, DEBUG)
 
@@ -104,7 +118,8 @@ def clean_environment(env: Mapping[str, str]) -> dict[str, str]:
     must not inherit them.
     """
     clean = {
-        k: v for k, v in env.items()
+        k: v
+        for k, v in env.items()
         if not k.startswith(("_PYI", "_MEI", "LD_LIBRARY_PATH", "PYTHON"))
     }
     if env.get("LD_LIBRARY_PATH_ORIG"):
@@ -124,8 +139,14 @@ def early_mounts(ctx: BootContext) -> str:
         ("proc", "/proc", "proc", 0o555, "", MS_NOSUID | MS_NODEV | MS_NOEXEC),
         ("sysfs", "/sys", "sysfs", 0o555, "", MS_NOSUID | MS_NODEV | MS_NOEXEC),
         ("devtmpfs", "/dev", "devtmpfs", 0o755, "mode=0755", MS_NOSUID),
-        ("devpts", "/dev/pts", "devpts", 0o755, "gid=5,mode=620,ptmxmode=000",
-         MS_NOSUID | MS_NOEXEC),
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            0o755,
+            "gid=5,mode=620,ptmxmode=000",
+            MS_NOSUID | MS_NOEXEC,
+        ),
         ("tmpfs", "/run", "tmpfs", 0o755, "mode=0755", MS_NOSUID | MS_NODEV),
     )
     for source, target, fstype, mode, options, flags in table:
@@ -180,8 +201,9 @@ class Boot:
 
     state: str  # set by transitions
 
-    def __init__(self, kernel: Kernel, registry: Registry,
-                 manifest: layout.Manifest | None = None) -> None:
+    def __init__(
+        self, kernel: Kernel, registry: Registry, manifest: layout.Manifest | None = None
+    ) -> None:
         from transitions import Machine
 
         self.kernel = kernel
@@ -195,8 +217,12 @@ class Boot:
             **{name: s.run for name, s in registry.states.items()},
         }
         self.machine = Machine(
-            model=self, states=machine_states(registry), transitions=machine_transitions(registry),
-            initial=START, auto_transitions=False, send_event=False,
+            model=self,
+            states=machine_states(registry),
+            transitions=machine_transitions(registry),
+            initial=START,
+            auto_transitions=False,
+            send_event=False,
         )
 
     # -- the states the driver owns -----------------------------------------
@@ -286,9 +312,15 @@ class Boot:
 
     def _finish(self, name: str, start: float, result: Result, detail: str | None) -> None:
         end = self.kernel.uptime()
-        self.report.record(StateRecord(
-            name, int(start * 1000), int((end - start) * 1000), result, detail,
-        ))
+        self.report.record(
+            StateRecord(
+                name,
+                int(start * 1000),
+                int((end - start) * 1000),
+                result,
+                detail,
+            )
+        )
         suffix = f": {detail}" if detail else ""
         if result == Result.OK:
             self.report.say(f"{name}: ok in {int((end - start) * 1000)} ms{suffix}")
@@ -313,8 +345,14 @@ class Boot:
         rescue(self.kernel, self.report, self.ctx, reason, fix, exc)
 
 
-def rescue(kernel: Kernel, report: Report, ctx: BootContext | None, reason: str, fix: str,
-           exc: BaseException | None = None) -> NoReturn:
+def rescue(
+    kernel: Kernel,
+    report: Report,
+    ctx: BootContext | None,
+    reason: str,
+    fix: str,
+    exc: BaseException | None = None,
+) -> NoReturn:
     """Tell the operator, keep the report, run the policy; never returns."""
     report.outcome = Outcome.RESCUE
     report.reason = reason
@@ -325,8 +363,11 @@ def rescue(kernel: Kernel, report: Report, ctx: BootContext | None, reason: str,
         report.traceback = "".join(traceback.format_exception(exc))
     policy, timeout, debug = RescuePolicy.SHELL, None, False
     if ctx is not None:
-        policy, timeout, debug = ctx.value(RESCUE_POLICY), ctx.value(RESCUE_TIMEOUT), \
-            ctx.value(DEBUG)
+        policy, timeout, debug = (
+            ctx.value(RESCUE_POLICY),
+            ctx.value(RESCUE_TIMEOUT),
+            ctx.value(DEBUG),
+        )
     report.say(f"{RESCUE}: {reason}")
     if fix:
         report.say(f"{RESCUE}: fix: {fix}")
@@ -371,8 +412,10 @@ def machine_states(registry: Registry) -> list[str]:
 
 def machine_transitions(registry: Registry) -> list[dict[str, str]]:
     order = [START, *registry.order]
-    moves = [{"trigger": "advance", "source": a, "dest": b}
-             for a, b in zip(order, order[1:], strict=False)]
+    moves = [
+        {"trigger": "advance", "source": a, "dest": b}
+        for a, b in zip(order, order[1:], strict=False)
+    ]
     moves += [{"trigger": "fail", "source": s, "dest": RESCUE} for s in registry.order]
     return moves
 
@@ -393,8 +436,9 @@ def read_manifest(kernel: Kernel) -> layout.Manifest | None:
     return layout.Manifest.from_json(kernel.read_bytes(layout.MANIFEST))
 
 
-def main(kernel: Kernel, folders: Sequence[str] = (layout.HOOKS_DIR,),
-         names: Sequence[str] | None = None) -> NoReturn:
+def main(
+    kernel: Kernel, folders: Sequence[str] = (layout.HOOKS_DIR,), names: Sequence[str] | None = None
+) -> NoReturn:
     """PID 1's whole life: never returns, whatever happens."""
     report = Report(kernel)
     try:
@@ -414,5 +458,11 @@ def main(kernel: Kernel, folders: Sequence[str] = (layout.HOOKS_DIR,),
             early_mounts(BootContext(kernel=kernel, report=report))
         except BaseException:  # noqa: B036
             pass
-        rescue(kernel, report, None, f"init failed to start: {type(exc).__name__}: {exc}",
-               "rebuild the initrd; the hooks or the frozen init are broken", exc)
+        rescue(
+            kernel,
+            report,
+            None,
+            f"init failed to start: {type(exc).__name__}: {exc}",
+            "rebuild the initrd; the hooks or the frozen init are broken",
+            exc,
+        )

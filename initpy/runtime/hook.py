@@ -248,8 +248,11 @@ def build_registry(selected: Sequence[Hook], known: Iterable[Hook] = ()) -> Regi
                 raise HookError(
                     f"hook {owner!r}: state {state.name!r} needs milestone {milestone!r}, "
                     "which no chosen hook provides"
-                    + (f"; add hook {', '.join(others)}" if others else
-                       "; no hook at all provides it")
+                    + (
+                        f"; add hook {', '.join(others)}"
+                        if others
+                        else "; no hook at all provides it"
+                    )
                 )
         for milestone in (*state.needs, *state.wants):
             source = provider.get(milestone)
@@ -258,12 +261,15 @@ def build_registry(selected: Sequence[Hook], known: Iterable[Hook] = ()) -> Regi
                     raise HookError(
                         f"hook {owner!r}: state {state.name!r} wants milestone "
                         f"{milestone!r}, which no hook provides (core milestones: "
-                        + ", ".join(m.value for m in Milestone) + ")"
+                        + ", ".join(m.value for m in Milestone)
+                        + ")"
                     )
                 continue
             if source.name == state.name:
-                raise HookError(f"hook {owner!r}: state {state.name!r} needs the milestone "
-                                f"{milestone!r} it provides itself")
+                raise HookError(
+                    f"hook {owner!r}: state {state.name!r} needs the milestone "
+                    f"{milestone!r} it provides itself"
+                )
             edges[source.name].add(state.name)
     # Kahn's algorithm; among the ready states, the last state's hook goes on.
     indegree = {name: 0 for name in edges}
@@ -286,7 +292,10 @@ def build_registry(selected: Sequence[Hook], known: Iterable[Hook] = ()) -> Regi
         hooks = sorted({declared[n] for n in stuck})
         raise HookError(
             "the hooks' milestones make a cycle among states "
-            + ", ".join(stuck) + " (hooks: " + ", ".join(hooks) + ")"
+            + ", ".join(stuck)
+            + " (hooks: "
+            + ", ".join(hooks)
+            + ")"
         )
     return Registry(tuple(selected), (*CORE_STATES, *order, HANDOFF))
 

@@ -68,8 +68,9 @@ class NetlinkSocket(Protocol):
 
 class _NetlinkSocket:
     def __init__(self, protocol: int, groups: int) -> None:
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
-                                   protocol)
+        self._sock = socket.socket(
+            socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, protocol
+        )
         try:
             # A burst of disks and partitions must not overflow the queue.
             self._sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, 4 << 20)
@@ -261,7 +262,10 @@ class Kernel:
         self, source: str, target: str, fstype: str, flags: int = 0, options: str = ""
     ) -> None:
         res = _libc().mount(
-            source.encode(), target.encode(), fstype.encode(), ctypes.c_ulong(flags),
+            source.encode(),
+            target.encode(),
+            fstype.encode(),
+            ctypes.c_ulong(flags),
             options.encode() if options else None,
         )
         _check(res, f"mount -t {fstype} {source} {target} -o {options or 'defaults'}")
@@ -334,8 +338,11 @@ class Kernel:
     ) -> Completed:
         """Run a command to completion, capturing its output."""
         proc = subprocess.Popen(
-            list(argv), stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            list(argv),
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
             env=dict(env) if env is not None else None,
         )
         self._adopt(proc.pid)
@@ -348,8 +355,9 @@ class Kernel:
             self._release(proc.pid)
         return Completed(tuple(argv), proc.returncode, out, err)
 
-    def run_shell(self, argv: Sequence[str], env: Mapping[str, str],
-                  idle_timeout: float | None = None) -> ShellExit:
+    def run_shell(
+        self, argv: Sequence[str], env: Mapping[str, str], idle_timeout: float | None = None
+    ) -> ShellExit:
         """Run an interactive program on the console and wait for it.
 
         With `idle_timeout`, the program is killed once the console has seen
@@ -492,7 +500,6 @@ class Kernel:
             status = 1
         finally:
             os._exit(status)
-
 
 
 def _console_loglevel() -> int:

@@ -69,8 +69,9 @@ class Manifest:
             "build_id": self.build_id,
             "hooks": list(self.hooks),
             "kernel_version": self.kernel_version,
-            "modules": [{"name": m.name, "path": m.path, "needs": list(m.needs)}
-                        for m in self.modules],
+            "modules": [
+                {"name": m.name, "path": m.path, "needs": list(m.needs)} for m in self.modules
+            ],
         }
         return (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
 
@@ -83,16 +84,24 @@ class Manifest:
         if not isinstance(body, dict):
             raise ManifestError("not a JSON object")
         if body.get("version") != MANIFEST_VERSION:
-            raise ManifestError(f"version {body.get('version')!r}, this init reads "
-                                f"{MANIFEST_VERSION}")
+            raise ManifestError(
+                f"version {body.get('version')!r}, this init reads {MANIFEST_VERSION}"
+            )
         modules = []
         for entry in _list(body, "modules"):
             if not isinstance(entry, dict):
                 raise ManifestError(f"modules: {entry!r} is not an object")
-            modules.append(PackedModule(_text(entry, "name"), _text(entry, "path"),
-                                        tuple(_strings(entry, "needs"))))
-        return Manifest(_text(body, "build_id"), tuple(_strings(body, "hooks")),
-                        _text(body, "kernel_version"), tuple(modules))
+            modules.append(
+                PackedModule(
+                    _text(entry, "name"), _text(entry, "path"), tuple(_strings(entry, "needs"))
+                )
+            )
+        return Manifest(
+            _text(body, "build_id"),
+            tuple(_strings(body, "hooks")),
+            _text(body, "kernel_version"),
+            tuple(modules),
+        )
 
 
 def _list(body: dict[str, object], key: str) -> list[object]:

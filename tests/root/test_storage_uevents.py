@@ -23,8 +23,10 @@ from initpy.runtime.kernel import Kernel
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.getuid() != 0, reason="needs root (losetup)"),
-    pytest.mark.skipif(shutil.which("losetup") is None or shutil.which("mkfs.ext4") is None,
-                       reason="needs losetup and mkfs.ext4"),
+    pytest.mark.skipif(
+        shutil.which("losetup") is None or shutil.which("mkfs.ext4") is None,
+        reason="needs losetup and mkfs.ext4",
+    ),
 ]
 
 
@@ -37,9 +39,14 @@ def test_a_late_loop_device_is_seen_through_a_uevent(tmp_path: Path) -> None:
     attached: list[str] = []
 
     def attach() -> None:
-        attached.append(subprocess.run(["losetup", "-f", "--show", "-r", str(image)],
-                                       check=True, capture_output=True,
-                                       text=True).stdout.strip())
+        attached.append(
+            subprocess.run(
+                ["losetup", "-f", "--show", "-r", str(image)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+        )
 
     def present(devices: list[BlockDevice]) -> bool:
         return any(d.label == label for d in devices)

@@ -29,8 +29,11 @@ def recorder(trail: list[str], name: str, **milestones: tuple[str, ...]) -> Stat
 
 
 def two_hooks(trail: list[str]) -> list[Hook]:
-    first = Hook("first", "first hook", (recorder(trail, "alpha"),
-                                         recorder(trail, "beta", provides=("betas",))))
+    first = Hook(
+        "first",
+        "first hook",
+        (recorder(trail, "alpha"), recorder(trail, "beta", provides=("betas",))),
+    )
     second = Hook("second", "second hook", (recorder(trail, "gamma", needs=("betas",)),))
     return [second, first]
 
@@ -94,8 +97,11 @@ def test_every_repository_state_runs_in_registry_order(
     with pytest.raises(HandedOff):
         boot.run()
     assert trail == [n for n in registry.order if n in registry.states]
-    assert [s["name"] for s in read_report(kernel)["states"]] == list(  # type: ignore[index]
-        registry.order[:-1]
+    assert (
+        [s["name"] for s in read_report(kernel)["states"]]
+        == list(  # type: ignore[index]
+            registry.order[:-1]
+        )
     )
 
 
@@ -118,6 +124,7 @@ def test_every_state_failing_ends_in_rescue_with_its_reason(
         os.unlink(kernel.path("/sbin/init"))
         expected += "hand-off failed: /lib/systemd/systemd: not found; /sbin/init: not found"
     else:
+
         def broken(ctx: BootContext) -> str:
             raise BootFailure(f"{failing} broke on purpose", f"mend {failing}")
 
@@ -176,8 +183,11 @@ def test_rescue_shell_then_reboot(kernel: FakeKernel) -> None:
 
 
 def test_rescue_timeout_reboots_an_idle_shell(tmp_path: os.PathLike[str]) -> None:
-    k = FakeKernel(root=str(tmp_path), cmdline="initpy.rescue_timeout=45 initpy.exec=/nope",
-                   shells=[ShellExit(-9, idle_timeout=True)])
+    k = FakeKernel(
+        root=str(tmp_path),
+        cmdline="initpy.rescue_timeout=45 initpy.exec=/nope",
+        shells=[ShellExit(-9, idle_timeout=True)],
+    )
     ended = run_boot(k, [])
     assert isinstance(ended, Rebooted) and ended.how == "reboot"
     (shell,) = k.syscalls("shell")
@@ -202,8 +212,9 @@ def test_break_gives_a_shell_before_the_state_and_continues(tmp_path: os.PathLik
     make_executable(k, "/sbin/init")
     trail: list[str] = []
 
-    def shell(argv: Sequence[str], env: dict[str, str],
-              idle_timeout: float | None = None) -> ShellExit:
+    def shell(
+        argv: Sequence[str], env: dict[str, str], idle_timeout: float | None = None
+    ) -> ShellExit:
         trail.append("shell")
         return ShellExit(0)
 
@@ -245,18 +256,29 @@ def test_failed_exec_of_named_program_goes_to_rescue(tmp_path: os.PathLike[str])
 
 
 def test_handoff_environment_is_scrubbed(kernel: FakeKernel) -> None:
-    kernel.environment.update({"_PYI_SPLASH_IPC": "1", "LD_LIBRARY_PATH_ORIG": "/opt/lib",
-                               "PYTHONPATH": "/x", "console": "ttyS0"})
+    kernel.environment.update(
+        {
+            "_PYI_SPLASH_IPC": "1",
+            "LD_LIBRARY_PATH_ORIG": "/opt/lib",
+            "PYTHONPATH": "/x",
+            "console": "ttyS0",
+        }
+    )
     ended = run_boot(kernel, [])
     assert isinstance(ended, HandedOff)
-    assert ended.env == {"HOME": "/", "TERM": "linux", "console": "ttyS0",
-                         "LD_LIBRARY_PATH": "/opt/lib",
-                         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+    assert ended.env == {
+        "HOME": "/",
+        "TERM": "linux",
+        "console": "ttyS0",
+        "LD_LIBRARY_PATH": "/opt/lib",
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    }
 
 
 def test_clean_environment_drops_every_frozen_runtime_trace() -> None:
-    env = clean_environment({"LD_LIBRARY_PATH": "/x", "_MEIPASS2": "/y", "_PYI_ARCHIVE": "z",
-                             "PATH": "/bin"})
+    env = clean_environment(
+        {"LD_LIBRARY_PATH": "/x", "_MEIPASS2": "/y", "_PYI_ARCHIVE": "z", "PATH": "/bin"}
+    )
     assert env == {"PATH": "/bin", "HOME": "/", "TERM": "linux"}
 
 
@@ -325,8 +347,9 @@ def test_real_kernel_reaps_orphans_but_not_its_own_children() -> None:
     thread = threading.Thread(target=reaper)
     thread.start()
     try:
-        results = [k.run([sys.executable, "-c", "import sys; sys.exit(7)"]).returncode
-                   for _ in range(5)]
+        results = [
+            k.run([sys.executable, "-c", "import sys; sys.exit(7)"]).returncode for _ in range(5)
+        ]
     finally:
         stop.set()
         thread.join()
@@ -355,9 +378,19 @@ def test_real_kernel_write_atomic_replaces_whole_files(tmp_path: os.PathLike[str
 
 def test_walk_command_runs_without_root() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "initpy", "walk", "--hooks", "", "--cmdline",
-         "initpy.exec=/sbin/init buildos.bogus=1"],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "initpy",
+            "walk",
+            "--hooks",
+            "",
+            "--cmdline",
+            "initpy.exec=/sbin/init buildos.bogus=1",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert "initpy: cmdline: warning: unknown parameter 'buildos.bogus'" in out.stdout
     assert "(walk) report.json outcome: handoff" in out.stdout

@@ -125,8 +125,10 @@ def test_report_form_is_plain_json_data() -> None:
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.text(alphabet=st.sampled_from(list('ab=" -.\t\nxyz_initpybuildos0123\\\x00é')),
-               max_size=120) | st.text(max_size=200))
+@given(
+    st.text(alphabet=st.sampled_from(list('ab=" -.\t\nxyz_initpybuildos0123\\\x00é')), max_size=120)
+    | st.text(max_size=200)
+)
 def test_parser_never_raises(text: str) -> None:
     config = parse(text)
     assert isinstance(config.problems, tuple)
@@ -135,8 +137,15 @@ def test_parser_never_raises(text: str) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["initpy.debug", "initpy.rescue", "x.y", "initpy.exec"]),
-                          st.text(alphabet="abc /=", max_size=8)), max_size=6))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["initpy.debug", "initpy.rescue", "x.y", "initpy.exec"]),
+            st.text(alphabet="abc /=", max_size=8),
+        ),
+        max_size=6,
+    )
+)
 def test_last_value_wins_for_any_sequence(pairs: list[tuple[str, str]]) -> None:
     text = " ".join(f'{k}="{v}"' for k, v in pairs)
     config = parse(text)

@@ -46,7 +46,7 @@ def test_mtimes_are_clamped_to_source_date_epoch() -> None:
 def test_owner_fields_are_root_and_nlink_one() -> None:
     raw = cpio.archive([cpio.regular("f", data=b"x")], mtime=0)
     header = raw[:110]
-    fields = [int(header[6 + 8 * i: 14 + 8 * i], 16) for i in range(13)]
+    fields = [int(header[6 + 8 * i : 14 + 8 * i], 16) for i in range(13)]
     assert fields[2:5] == [0, 0, 1]  # uid, gid, nlink
 
 

@@ -36,8 +36,9 @@ def test_the_lease_type_writes_and_reads_no_file(tmp_path, monkeypatch) -> None:
     config = PyrouteDhcpClient("eth0", "52:54:00:12:34:56")._config()
     (tmp_path / "eth0.lease.json").write_text("{}")  # a stale lease must not be loaded
     assert config.lease_type.load("eth0") is None
-    lease = config.lease_type(ack={"options": {}, "yiaddr": "10.0.0.5"}, interface="eth0",
-                              server_mac="52:54:00:00:00:01")
+    lease = config.lease_type(
+        ack={"options": {}, "yiaddr": "10.0.0.5"}, interface="eth0", server_mac="52:54:00:00:00:01"
+    )
     lease.dump()
     assert sorted(os.listdir(tmp_path)) == ["eth0.lease.json"]
 
@@ -47,8 +48,9 @@ def test_retransmission_starts_at_one_second() -> None:
 
 
 def test_a_lease_without_router_dns_or_mask_is_read_without_error() -> None:
-    lease = lease_from_options("eth0", "52:54:00:12:34:56", "192.168.5.9",
-                               {"server_id": "192.168.5.1", "lease_time": 3600})
+    lease = lease_from_options(
+        "eth0", "52:54:00:12:34:56", "192.168.5.9", {"server_id": "192.168.5.1", "lease_time": 3600}
+    )
     assert (lease.router, lease.dns, lease.hostname) == (None, (), None)
     assert lease.prefixlen == 24  # classful, as RFC 2131 clients do without option 1
     assert lease.cidr == "192.168.5.9/24"
@@ -56,10 +58,19 @@ def test_a_lease_without_router_dns_or_mask_is_read_without_error() -> None:
 
 
 def test_a_full_lease_is_read() -> None:
-    lease = lease_from_options("eth0", "52:54:00:12:34:56", "10.0.2.15", {
-        "subnet_mask": "255.255.0.0", "router": ["10.0.2.2", "10.0.2.3"],
-        "name_server": ["10.0.2.3"], "host_name": b"builder\x00", "domain_name": "lab.example",
-        "lease_time": 86400})
+    lease = lease_from_options(
+        "eth0",
+        "52:54:00:12:34:56",
+        "10.0.2.15",
+        {
+            "subnet_mask": "255.255.0.0",
+            "router": ["10.0.2.2", "10.0.2.3"],
+            "name_server": ["10.0.2.3"],
+            "host_name": b"builder\x00",
+            "domain_name": "lab.example",
+            "lease_time": 86400,
+        },
+    )
     assert lease.prefixlen == 16
     assert lease.router == "10.0.2.2"
     assert lease.dns == ("10.0.2.3",)
@@ -67,9 +78,11 @@ def test_a_full_lease_is_read() -> None:
 
 
 def test_the_lowest_mac_wins_whatever_its_spelling() -> None:
-    leases = [Lease("eth0", "52:54:00:00:00:0b", "10.0.0.2", 24),
-              Lease("eth1", "52:54:00:00:00:0A", "10.0.0.3", 24),
-              Lease("eth2", "52-54-00-00-01-00", "10.0.0.4", 24)]
+    leases = [
+        Lease("eth0", "52:54:00:00:00:0b", "10.0.0.2", 24),
+        Lease("eth1", "52:54:00:00:00:0A", "10.0.0.3", 24),
+        Lease("eth2", "52-54-00-00-01-00", "10.0.0.4", 24),
+    ]
     assert choose(leases).nic == "eth1"
 
 
@@ -104,10 +117,12 @@ class StuckNetwork(FakeNetlink):
 def test_a_client_that_will_not_stop_does_not_hold_the_boot(monkeypatch) -> None:
     monkeypatch.setattr(dhcp, "STOP_TIMEOUT", 0.05)
     won = Lease("eth0", "52:54:00:00:00:01", "10.0.0.2", 24)
-    network = StuckNetwork(nics=[FakeNic("eth0", won.mac, lease=won),
-                                 FakeNic("eth1", "52:54:00:00:00:02")])
-    result = race(network, [("eth0", won.mac), ("eth1", "52:54:00:00:00:02")], timeout=5,
-                  window=0.01)
+    network = StuckNetwork(
+        nics=[FakeNic("eth0", won.mac, lease=won), FakeNic("eth1", "52:54:00:00:00:02")]
+    )
+    result = race(
+        network, [("eth0", won.mac), ("eth1", "52:54:00:00:00:02")], timeout=5, window=0.01
+    )
     assert result.winner == won
     outcomes = {a.nic: a.outcome for a in result.attempts}
     assert outcomes["eth1"].startswith("failed: stopping failed: TimeoutError")
@@ -115,8 +130,12 @@ def test_a_client_that_will_not_stop_does_not_hold_the_boot(monkeypatch) -> None
 
 def test_a_nic_that_fails_does_not_stop_the_others() -> None:
     won = Lease("eth1", "52:54:00:00:00:02", "10.0.0.2", 24)
-    network = FakeNetlink(nics=[FakeNic("eth0", "52:54:00:00:00:01", dhcp_error="ENETDOWN"),
-                                FakeNic("eth1", won.mac, lease=won, lease_delay=0.02)])
+    network = FakeNetlink(
+        nics=[
+            FakeNic("eth0", "52:54:00:00:00:01", dhcp_error="ENETDOWN"),
+            FakeNic("eth1", won.mac, lease=won, lease_delay=0.02),
+        ]
+    )
     result = race(network, [("eth0", "52:54:00:00:00:01"), ("eth1", won.mac)], timeout=5)
     assert result.winner == won
     assert result.attempts[0].outcome == "failed: OSError: ENETDOWN"

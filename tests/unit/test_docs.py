@@ -19,8 +19,13 @@ def test_states_document_is_current() -> None:
 
 
 def test_initpy_diagram_matches_the_committed_diagram() -> None:
-    out = subprocess.run([sys.executable, "-m", "initpy", "diagram"], capture_output=True,
-                         text=True, check=True, cwd=REPO).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "initpy", "diagram"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    ).stdout
     assert out.startswith("---\ntitle: initpy boot\n---\nstateDiagram-v2")
     with open(os.path.join(REPO, "docs", "states.md")) as f:
         assert "```mermaid\n" + out + "```" in f.read()

@@ -12,8 +12,9 @@ import pytest
 from initpy.builder import elf
 
 LS = shutil.which("ls") or "/bin/ls"
-needs_patchelf = pytest.mark.skipif(shutil.which("patchelf") is None,
-                                    reason="patchelf missing: run scripts/bootstrap")
+needs_patchelf = pytest.mark.skipif(
+    shutil.which("patchelf") is None, reason="patchelf missing: run scripts/bootstrap"
+)
 
 
 def test_host_ls_names_its_loader_and_libc() -> None:
@@ -101,5 +102,4 @@ def test_origin_runpath_is_honoured(tmp_path: str) -> None:
     info = elf.read(binary)
     assert info.runpath == ("$ORIGIN/../lib",)
     closure = elf.resolve([binary])
-    assert closure.libraries["libprivate.so.1"] == os.path.join(tmp_path, "lib",
-                                                                "libprivate.so.1")
+    assert closure.libraries["libprivate.so.1"] == os.path.join(tmp_path, "lib", "libprivate.so.1")

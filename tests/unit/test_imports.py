@@ -68,8 +68,9 @@ def graph() -> dict[str, set[str]]:
         # A module's own parent packages are imported before it by Python
         # itself (`from . import sibling` names one): not an edge.
         ancestors = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
-        edges[name] = {t for t in imports_of(name, path)
-                       if t in modules and t != name and t not in ancestors}
+        edges[name] = {
+            t for t in imports_of(name, path) if t in modules and t != name and t not in ancestors
+        }
     return edges
 
 
@@ -99,7 +100,7 @@ def test_there_is_no_import_cycle() -> None:
         path.append(module)
         for target in sorted(GRAPH[module]):
             if state.get(target) == "open":
-                cycle = path[path.index(target):] + [target]
+                cycle = path[path.index(target) :] + [target]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if target not in state:
                 visit(target)
@@ -116,24 +117,29 @@ def test_the_runtime_imports_only_the_runtime(module: str) -> None:
     outside = sorted(t for t in GRAPH[module] if part(t) not in ("runtime", "initpy"))
     assert not outside, f"{module} (runs as PID 1) imports {outside}"
     if module == "initpy.runtime.kernel":
-        assert not GRAPH[module] - {"initpy", "initpy.runtime"}, \
-            "the kernel seam must be a leaf"
+        assert not GRAPH[module] - {"initpy", "initpy.runtime"}, "the kernel seam must be a leaf"
 
 
 @pytest.mark.parametrize("module", sorted(m for m in GRAPH if part(m) == "builder"))
 def test_the_builder_never_imports_the_driver_or_the_dev_tools(module: str) -> None:
-    bad = sorted(t for t in GRAPH[module]
-                 if t in ("initpy.runtime.driver", "initpy.runtime.entry")
-                 or part(t) in ("devtools", "hooks"))
+    bad = sorted(
+        t
+        for t in GRAPH[module]
+        if t in ("initpy.runtime.driver", "initpy.runtime.entry")
+        or part(t) in ("devtools", "hooks")
+    )
     assert not bad, f"{module} imports {bad}"
 
 
 @pytest.mark.parametrize("module", sorted(m for m in GRAPH if part(m) == "hooks"))
 def test_a_hook_imports_the_runtime_and_its_own_helpers_only(module: str) -> None:
     own = hook_of(module)
-    bad = sorted(t for t in GRAPH[module]
-                 if part(t) in ("builder", "devtools")
-                 or (part(t) == "hooks" and t != "hooks" and hook_of(t) != own))
+    bad = sorted(
+        t
+        for t in GRAPH[module]
+        if part(t) in ("builder", "devtools")
+        or (part(t) == "hooks" and t != "hooks" and hook_of(t) != own)
+    )
     assert not bad, f"{module} imports {bad}"
 
 

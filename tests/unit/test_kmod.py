@@ -22,14 +22,19 @@ def _tree(top: str) -> str:
         f.write(lzma.compress(b"module b", check=lzma.CHECK_CRC32))
     zst = os.path.join(mods, "kernel/drivers/c.ko.zst")
     with open(zst, "wb") as f:
-        f.write(subprocess.run(["zstd", "-q", "-c"], input=b"module c", capture_output=True,
-                               check=True).stdout)
+        f.write(
+            subprocess.run(
+                ["zstd", "-q", "-c"], input=b"module c", capture_output=True, check=True
+            ).stdout
+        )
     with open(os.path.join(mods, "kernel/drivers/unused.ko"), "wb") as f:
         f.write(b"unused")
     with open(os.path.join(mods, "modules.dep"), "w") as f:
-        f.write("kernel/drivers/a-mod.ko: kernel/drivers/b.ko.xz\n"
-                "kernel/drivers/b.ko.xz:\nkernel/drivers/c.ko.zst:\n"
-                "kernel/drivers/unused.ko:\n")
+        f.write(
+            "kernel/drivers/a-mod.ko: kernel/drivers/b.ko.xz\n"
+            "kernel/drivers/b.ko.xz:\nkernel/drivers/c.ko.zst:\n"
+            "kernel/drivers/unused.ko:\n"
+        )
     with open(os.path.join(mods, "modules.softdep"), "w") as f:
         f.write("# Soft dependencies\nsoftdep a_mod pre: c post: unused\n")
     with open(os.path.join(mods, "modules.builtin"), "w") as f:

@@ -27,11 +27,16 @@ from hooks.storage.labels import PROBE_BYTES, Superblock, probe, probe_all
 def _put(image: bytearray, offset: int, data: bytes) -> None:
     if len(image) < offset + len(data):
         image.extend(b"\0" * (offset + len(data) - len(image)))
-    image[offset:offset + len(data)] = data
+    image[offset : offset + len(data)] = data
 
 
-def ext_image(label: str, *, kind: str = "ext4", uuid: str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
-              size: int = 4096) -> bytes:
+def ext_image(
+    label: str,
+    *,
+    kind: str = "ext4",
+    uuid: str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
+    size: int = 4096,
+) -> bytes:
     image = bytearray(size)
     sb = 1024
     _put(image, sb + 24, struct.pack("<I", 2))  # log block size: 4 KiB
@@ -44,8 +49,14 @@ def ext_image(label: str, *, kind: str = "ext4", uuid: str = "0f1e2d3c-4b5a-6978
     return bytes(image)
 
 
-def btrfs_image(label: str, *, fsid: str = "11111111-2222-3333-4444-555555555555",
-                devid: int = 1, num_devices: int = 1, size: int = PROBE_BYTES) -> bytes:
+def btrfs_image(
+    label: str,
+    *,
+    fsid: str = "11111111-2222-3333-4444-555555555555",
+    devid: int = 1,
+    num_devices: int = 1,
+    size: int = PROBE_BYTES,
+) -> bytes:
     image = bytearray(size)
     sb = 0x10000
     _put(image, sb + 0x20, uuidlib.UUID(fsid).bytes)
@@ -87,7 +98,8 @@ def mbr_image() -> bytes:
 
 def reader(image: bytes):  # type: ignore[no-untyped-def]
     def read(offset: int, size: int) -> bytes:
-        return image[offset:offset + size]
+        return image[offset : offset + size]
+
     return read
 
 
@@ -121,10 +133,12 @@ def test_btrfs_with_a_corrupt_device_count_is_not_a_filesystem() -> None:
 
 def test_xfs_and_vfat() -> None:
     assert probe(reader(xfs_image("scratch"))) == Superblock(
-        "xfs", "scratch", "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee")
+        "xfs", "scratch", "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+    )
     assert probe(reader(vfat_image("EFI"))) == Superblock("vfat", "EFI", "1234-5678")
     assert probe(reader(vfat_image("BOOT32", fat32=True))) == Superblock(
-        "vfat", "BOOT32", "1234-5678")
+        "vfat", "BOOT32", "1234-5678"
+    )
     no_name = probe(reader(vfat_image("NO NAME")))
     assert no_name is not None and no_name.label == ""
 
@@ -146,7 +160,7 @@ def test_two_signatures_are_both_reported_btrfs_first() -> None:
 
 def test_a_label_that_is_not_utf8_is_replaced_not_fatal() -> None:
     image = bytearray(ext_image(""))
-    image[1024 + 120:1024 + 124] = b"\xff\xfe\x00\x00"
+    image[1024 + 120 : 1024 + 124] = b"\xff\xfe\x00\x00"
     found = probe(reader(bytes(image)))
     assert found is not None and found.label == "\ufffd\ufffd"
 
@@ -154,10 +168,17 @@ def test_a_label_that_is_not_utf8_is_replaced_not_fatal() -> None:
 # -- truncated and garbage ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("image", [
-    ext_image("buildos.state"), btrfs_image("buildos.machines"), xfs_image("x"),
-    vfat_image("X"), vfat_image("Y", fat32=True),
-], ids=["ext4", "btrfs", "xfs", "vfat16", "vfat32"])
+@pytest.mark.parametrize(
+    "image",
+    [
+        ext_image("buildos.state"),
+        btrfs_image("buildos.machines"),
+        xfs_image("x"),
+        vfat_image("X"),
+        vfat_image("Y", fat32=True),
+    ],
+    ids=["ext4", "btrfs", "xfs", "vfat16", "vfat32"],
+)
 def test_every_truncation_of_a_superblock_is_never_a_crash(image: bytes) -> None:
     # Cut at every byte around the fields the probes read.
     sb = 0x10000 if image[0x10040:0x10048] == b"_BHRfS_M" else 0
@@ -167,12 +188,13 @@ def test_every_truncation_of_a_superblock_is_never_a_crash(image: bytes) -> None
 
 
 def test_a_truncated_btrfs_superblock_is_no_filesystem() -> None:
-    assert probe(reader(btrfs_image("buildos.machines")[:0x10000 + 0x100])) is None
+    assert probe(reader(btrfs_image("buildos.machines")[: 0x10000 + 0x100])) is None
 
 
 def test_an_unreadable_device_is_no_filesystem() -> None:
     def broken(offset: int, size: int) -> bytes:
         raise OSError(5, "Input/output error")
+
     assert probe_all(broken) == []
 
 
@@ -180,7 +202,7 @@ def test_an_unreadable_device_is_no_filesystem() -> None:
 @given(st.binary(min_size=0, max_size=8192), st.sampled_from([0, 1024, 0x10000]))
 def test_garbage_is_never_a_crash(garbage: bytes, where: int) -> None:
     image = bytearray(PROBE_BYTES)
-    image[where:where + len(garbage)] = garbage
+    image[where : where + len(garbage)] = garbage
     probe_all(reader(bytes(image)))
 
 
@@ -190,9 +212,9 @@ def test_garbage_after_a_valid_magic_is_never_a_crash(garbage: bytes) -> None:
     for base in (ext_image("a"), btrfs_image("b"), xfs_image("c"), vfat_image("D")):
         image = bytearray(base)
         at = 0x10000 + 0x48 if len(base) > 0x10000 else (1024 + 58 if base[1080] else 4)
-        image[at:at + len(garbage)] = garbage
+        image[at : at + len(garbage)] = garbage
         probe_all(reader(bytes(image)))
-        probe_all(reader(bytes(image[:at + len(garbage) // 2])))
+        probe_all(reader(bytes(image[: at + len(garbage) // 2])))
 
 
 # -- real superblocks made by mkfs --------------------------------------------------------
@@ -201,8 +223,11 @@ def test_garbage_after_a_valid_magic_is_never_a_crash(garbage: bytes) -> None:
 MKFS = {
     "ext4": (["mkfs.ext4", "-q", "-F", "-L", "buildos.state"], 16, ("ext4", "buildos.state")),
     "ext2": (["mkfs.ext2", "-q", "-F", "-L", "old"], 16, ("ext2", "old")),
-    "btrfs": (["mkfs.btrfs", "-q", "-f", "-L", "buildos.machines"], 128,
-              ("btrfs", "buildos.machines")),
+    "btrfs": (
+        ["mkfs.btrfs", "-q", "-f", "-L", "buildos.machines"],
+        128,
+        ("btrfs", "buildos.machines"),
+    ),
     "xfs": (["mkfs.xfs", "-q", "-f", "-L", "scratch"], 320, ("xfs", "scratch")),
     "vfat": (["mkfs.vfat", "-n", "ESP"], 64, ("vfat", "ESP")),
 }
@@ -222,8 +247,9 @@ def test_real_mkfs_images_match_blkid(name: str, tmp_path: os.PathLike[str]) -> 
     found = probe(reader(head))
     assert found is not None and (found.fstype, found.label) == expected
     if shutil.which("blkid"):
-        blkid = subprocess.run(["blkid", "-p", "-o", "value", "-s", "UUID", image],
-                               capture_output=True, text=True).stdout.strip()
+        blkid = subprocess.run(
+            ["blkid", "-p", "-o", "value", "-s", "UUID", image], capture_output=True, text=True
+        ).stdout.strip()
         assert found.uuid.lower() == blkid.lower()
 
 
@@ -234,8 +260,22 @@ def test_real_two_device_btrfs(tmp_path: os.PathLike[str]) -> None:
     for image in images:
         with open(image, "wb") as f:
             f.truncate(128 << 20)
-    subprocess.run(["mkfs.btrfs", "-q", "-f", "-L", "buildos.machines", "-d", "single",
-                    "-m", "raid1", *images], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "mkfs.btrfs",
+            "-q",
+            "-f",
+            "-L",
+            "buildos.machines",
+            "-d",
+            "single",
+            "-m",
+            "raid1",
+            *images,
+        ],
+        check=True,
+        capture_output=True,
+    )
     found = []
     for image in images:
         with open(image, "rb") as f:
@@ -248,9 +288,11 @@ def test_real_two_device_btrfs(tmp_path: os.PathLike[str]) -> None:
 
 
 def test_a_kernel_uevent_is_parsed() -> None:
-    message = (b"add@/devices/pci0000:00/0000:00:04.0/virtio1/block/vda\0ACTION=add\0"
-               b"DEVPATH=/devices/pci0000:00/0000:00:04.0/virtio1/block/vda\0SUBSYSTEM=block\0"
-               b"MAJOR=254\0MINOR=0\0DEVNAME=vda\0DEVTYPE=disk\0SEQNUM=812\0")
+    message = (
+        b"add@/devices/pci0000:00/0000:00:04.0/virtio1/block/vda\0ACTION=add\0"
+        b"DEVPATH=/devices/pci0000:00/0000:00:04.0/virtio1/block/vda\0SUBSYSTEM=block\0"
+        b"MAJOR=254\0MINOR=0\0DEVNAME=vda\0DEVTYPE=disk\0SEQNUM=812\0"
+    )
     event = parse_uevent(message)
     assert event is not None
     assert (event.action, event.subsystem, event.properties["DEVNAME"]) == ("add", "block", "vda")

@@ -21,12 +21,13 @@ from initpy.builder.command import BuildError
 from initpy.runtime import layout
 
 pytestmark = pytest.mark.skipif(
-    not os.path.exists("/bin/busybox") or shutil.which("depmod") is None
+    not os.path.exists("/bin/busybox")
+    or shutil.which("depmod") is None
     or shutil.which("patchelf") is None,
     reason="busybox-static, kmod and patchelf are needed: run scripts/bootstrap",
 )
 VERSION = "9.9-test"
-HOOK = '''
+HOOK = """
 from initpy.runtime.hook import Hook, State
 
 def hello(ctx):
@@ -35,7 +36,7 @@ def hello(ctx):
 HOOK = Hook(name="{name}", description="a test hook", binaries={binaries!r},
             modules={modules!r}, files={files!r},
             states=(State("{name}_state", hello, "says hello", provides=("{name}d",)),))
-'''
+"""
 
 
 def fake_freezer(top: str) -> mkinitrd.Freezer:
@@ -51,11 +52,17 @@ def fake_freezer(top: str) -> mkinitrd.Freezer:
             with open(os.path.join(tree, "frozen", "_internal", "base_library.zip"), "wb") as f:
                 f.write(b"PK")
         return freeze.Frozen(tree, "test", True)
+
     return freezer
 
 
-def write_hook(folder: str, name: str, binaries: tuple[str, ...] = (),
-               modules: tuple[str, ...] = (), files: tuple[str, ...] = ()) -> str:
+def write_hook(
+    folder: str,
+    name: str,
+    binaries: tuple[str, ...] = (),
+    modules: tuple[str, ...] = (),
+    files: tuple[str, ...] = (),
+) -> str:
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"{name}.py")
     with open(path, "w") as f:
@@ -89,8 +96,12 @@ def setup(tmp_path: str) -> dict[str, str]:
 
 def build(setup: dict[str, str], out: str, **changes: object) -> mkinitrd.BuildResult:
     options = mkinitrd.Options(
-        kernel=setup["kernel"], modules=setup["modules"], outdir=os.path.join(setup["top"], out),
-        base_hooks_dir=None, hook_dirs=(setup["hooks"],), compress="gzip",
+        kernel=setup["kernel"],
+        modules=setup["modules"],
+        outdir=os.path.join(setup["top"], out),
+        base_hooks_dir=None,
+        hook_dirs=(setup["hooks"],),
+        compress="gzip",
         source_date_epoch=1_700_000_000,
     )
     options = mkinitrd.Options(**{**options.__dict__, **changes})  # type: ignore[arg-type]
@@ -115,9 +126,15 @@ def test_layout_of_the_initrd(setup: dict[str, str]) -> None:
     assert stat.S_ISLNK(init.mode) and init.data == b"/usr/lib/initpy/frozen/initpy"
     assert files["usr/lib/initpy/frozen/initpy"].data.startswith(b"#!/bin/sh")
     assert files["bin"].data == b"usr/bin" and files["lib"].data == b"usr/lib"
-    for node, numbers in (("dev/console", (5, 1)), ("dev/null", (1, 3)), ("dev/zero", (1, 5)),
-                          ("dev/random", (1, 8)), ("dev/urandom", (1, 9)), ("dev/tty", (5, 0)),
-                          ("dev/kmsg", (1, 11))):
+    for node, numbers in (
+        ("dev/console", (5, 1)),
+        ("dev/null", (1, 3)),
+        ("dev/zero", (1, 5)),
+        ("dev/random", (1, 8)),
+        ("dev/urandom", (1, 9)),
+        ("dev/tty", (5, 0)),
+        ("dev/kmsg", (1, 11)),
+    ):
         assert stat.S_ISCHR(files[node].mode)
         assert (files[node].rdevmajor, files[node].rdevminor) == numbers
     manifest = layout.Manifest.from_json(files[layout.MANIFEST.lstrip("/")].data)
@@ -125,8 +142,10 @@ def test_layout_of_the_initrd(setup: dict[str, str]) -> None:
     assert b'name="probe"' in files["usr/lib/initpy/hooks/probe.py"].data
     # Modules: the wanted one after its dependency; depmod's index of the subset.
     assert manifest.kernel_version == VERSION
-    assert manifest.modules == (layout.PackedModule("b", "kernel/b.ko"),
-                                layout.PackedModule("a", "kernel/a.ko", ("b",)))
+    assert manifest.modules == (
+        layout.PackedModule("b", "kernel/b.ko"),
+        layout.PackedModule("a", "kernel/a.ko", ("b",)),
+    )
     # The build id names the content, and the manifest carries it.
     assert read(result.buildid).decode().strip() == manifest.build_id
     assert files[f"usr/lib/modules/{VERSION}/kernel/a.ko"].data == b"module a"
@@ -145,8 +164,7 @@ def test_layout_of_the_initrd(setup: dict[str, str]) -> None:
     assert read(result.buildid).decode().strip().isalnum()
 
 
-def test_two_builds_are_byte_identical_and_buildid_follows_content(
-        setup: dict[str, str]) -> None:
+def test_two_builds_are_byte_identical_and_buildid_follows_content(setup: dict[str, str]) -> None:
     one = build(setup, "one")
     two = build(setup, "two", no_cache=True)
     assert read(one.initrd) == read(two.initrd)
@@ -179,8 +197,12 @@ def test_rootfs_goes_under_the_init_and_through_merged_usr(setup: dict[str, str]
     rootfs = os.path.join(setup["top"], "rootfs")
     for folder in ("bin", "usr/bin", "etc", "sbin"):
         os.makedirs(os.path.join(rootfs, folder))
-    for path, text in (("bin/tool", "old layout"), ("usr/bin/ls", "rootfs ls"),
-                       ("etc/hostname", "rootfs"), ("sbin/init", "systemd")):
+    for path, text in (
+        ("bin/tool", "old layout"),
+        ("usr/bin/ls", "rootfs ls"),
+        ("etc/hostname", "rootfs"),
+        ("sbin/init", "systemd"),
+    ):
         with open(os.path.join(rootfs, path), "w") as f:
             f.write(text)
     os.symlink("dash", os.path.join(rootfs, "bin", "sh"))
@@ -228,13 +250,29 @@ def test_missing_include_is_an_error(setup: dict[str, str]) -> None:
         build(setup, "out", includes=("/nope",))
 
 
-def test_the_command_line_writes_the_three_files(setup: dict[str, str],
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_command_line_writes_the_three_files(
+    setup: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(mkinitrd.freeze, "freeze", fake_freezer(setup["top"]))
     monkeypatch.setattr(mkinitrd, "build", _build_with(setup))
     out = os.path.join(setup["top"], "cli")
-    assert mkinitrd.main(["--kernel", setup["kernel"], "--modules", setup["modules"], "-o", out,
-                          "--hooks-dir", setup["hooks"], "--compress", "none"]) == 0
+    assert (
+        mkinitrd.main(
+            [
+                "--kernel",
+                setup["kernel"],
+                "--modules",
+                setup["modules"],
+                "-o",
+                out,
+                "--hooks-dir",
+                setup["hooks"],
+                "--compress",
+                "none",
+            ]
+        )
+        == 0
+    )
     assert sorted(os.listdir(out)) == ["buildos-buildid", "buildos-image", "buildos-initrd"]
     assert read(os.path.join(out, "buildos-initrd")).startswith(b"070701")
 
@@ -245,6 +283,7 @@ def _build_with(setup: dict[str, str]) -> object:
     def fake(options: mkinitrd.Options, **kwargs: object) -> mkinitrd.BuildResult:
         options = mkinitrd.Options(**{**options.__dict__, "base_hooks_dir": None})
         return real(options, freezer=fake_freezer(setup["top"]))
+
     return fake
 
 
@@ -258,8 +297,9 @@ def real_kernel() -> str:
     Fetched when the test runs, not when the module is imported: an empty
     cache must never turn these tests into skips.
     """
-    done = subprocess.run([os.path.join(REPO, "scripts", "fetch-kernel")], capture_output=True,
-                          text=True, check=False)
+    done = subprocess.run(
+        [os.path.join(REPO, "scripts", "fetch-kernel")], capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0, f"scripts/fetch-kernel failed:\n{done.stderr}"
     return done.stdout.strip().splitlines()[-1]
 
@@ -275,8 +315,12 @@ def test_the_initrd_freezes_the_runtime_and_nothing_else_of_initpy() -> None:
     modules = set(archive.open_embedded_archive("PYZ.pyz").toc)
     ours = sorted(m for m in modules if m.split(".")[0] in ("initpy", "hooks"))
     print("frozen initpy modules:", ", ".join(ours))
-    assert {"initpy.runtime.driver", "initpy.runtime.kernel", "initpy.runtime.entry",
-            "initpy.runtime.layout"} <= modules
+    assert {
+        "initpy.runtime.driver",
+        "initpy.runtime.kernel",
+        "initpy.runtime.entry",
+        "initpy.runtime.layout",
+    } <= modules
     assert [m for m in ours if not m.startswith("initpy.runtime") and m != "initpy"] == []
     # The hooks are files beside the frozen init, loaded at boot; the libraries
     # they import are frozen (pyroute2 for the network hook).
@@ -294,12 +338,25 @@ def test_the_real_mkinitrd_twice_is_byte_identical(tmp_path: str, real_kernel: s
 
     def mkinitrd_cli(out: str) -> str:
         done = subprocess.run(
-            [os.path.join(top, ".venv", "bin", "python"), os.path.join(top, "mkinitrd.py"),
-             "--kernel", os.path.join(real_kernel, "vmlinuz"),
-             "--modules", os.path.join(real_kernel, "modules"), "-o", out,
-             "--hooks", "modules,rescue_tools", "--compress", "none"],
-            capture_output=True, text=True, env=dict(os.environ, SOURCE_DATE_EPOCH="1700000000"),
-            check=False)
+            [
+                os.path.join(top, ".venv", "bin", "python"),
+                os.path.join(top, "mkinitrd.py"),
+                "--kernel",
+                os.path.join(real_kernel, "vmlinuz"),
+                "--modules",
+                os.path.join(real_kernel, "modules"),
+                "-o",
+                out,
+                "--hooks",
+                "modules,rescue_tools",
+                "--compress",
+                "none",
+            ],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, SOURCE_DATE_EPOCH="1700000000"),
+            check=False,
+        )
         assert done.returncode == 0, done.stderr
         return done.stderr
 
@@ -311,12 +368,15 @@ def test_the_real_mkinitrd_twice_is_byte_identical(tmp_path: str, real_kernel: s
     for name in ("buildos-initrd", "buildos-buildid", "buildos-image"):
         assert read(os.path.join(first, name)) == read(os.path.join(second, name))
 
+
 def test_hook_imports_become_hidden_imports(tmp_path: str) -> None:
     hook = os.path.join(tmp_path, "net.py")
     with open(hook, "w") as f:
-        f.write("import json\n\ndef up(ctx):\n"
-                "    from concurrent.futures import ThreadPoolExecutor\n"
-                "    from email import message_from_string\n")
+        f.write(
+            "import json\n\ndef up(ctx):\n"
+            "    from concurrent.futures import ThreadPoolExecutor\n"
+            "    from email import message_from_string\n"
+        )
     wanted = freeze.hidden_imports([hook])
     assert {"json", "concurrent.futures", "email", "initpy.runtime", "sqlite3"} <= set(wanted)
     assert "concurrent.futures.ThreadPoolExecutor" not in wanted  # a class, not a module
@@ -349,26 +409,33 @@ def test_frozen_find_library_looks_in_the_initrd_folders(tmp_path: str) -> None:
         "print(find_library('udev'))\n"
         "print(find_library('no-such-library-xyz'))\n"
     )
-    done = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True,
-                          check=True)
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", script], capture_output=True, text=True, check=True
+    )
     assert done.stdout.split() == [os.path.join(folder, "libudev.so.1"), "None"]
 
 
 def test_a_subset_of_hooks_builds_and_a_missing_need_is_a_build_error(
-        setup: dict[str, str]) -> None:
+    setup: dict[str, str],
+) -> None:
     # A hook that only wants another's milestone boots without it; one that
     # needs it is refused at build time, naming the hook to add.
     with open(os.path.join(setup["hooks"], "late.py"), "w") as f:
-        f.write("from initpy.runtime.hook import Hook, State\n"
-                "HOOK = Hook('late', 'x', (State('late', lambda ctx: None, 'x', "
-                "wants=('probed',)),))\n")
+        f.write(
+            "from initpy.runtime.hook import Hook, State\n"
+            "HOOK = Hook('late', 'x', (State('late', lambda ctx: None, 'x', "
+            "wants=('probed',)),))\n"
+        )
     with open(os.path.join(setup["hooks"], "strict.py"), "w") as f:
-        f.write("from initpy.runtime.hook import Hook, State\n"
-                "HOOK = Hook('strict', 'x', (State('strict', lambda ctx: None, 'x', "
-                "needs=('probed',)),))\n")
+        f.write(
+            "from initpy.runtime.hook import Hook, State\n"
+            "HOOK = Hook('strict', 'x', (State('strict', lambda ctx: None, 'x', "
+            "needs=('probed',)),))\n"
+        )
     files = members(build(setup, "out", hooks=("late",)))
     manifest = layout.Manifest.from_json(files[layout.MANIFEST.lstrip("/")].data)
     assert manifest.hooks == ("late",)
-    with pytest.raises(BuildError, match="needs milestone 'probed', which no chosen hook "
-                                         "provides; add hook probe"):
+    with pytest.raises(
+        BuildError, match="needs milestone 'probed', which no chosen hook provides; add hook probe"
+    ):
         build(setup, "out2", hooks=("strict",))

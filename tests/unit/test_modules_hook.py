@@ -52,18 +52,29 @@ def test_modules_load_after_what_they_need_and_are_reported(tmp_path: str) -> No
     assert isinstance(kernel, FakeKernel)
     loaded = [str(c[1]).rsplit("/", 1)[1] for c in kernel.syscalls("finit_module")]
     assert sorted(loaded) == sorted(
-        ["virtio.ko", "failover.ko", "virtio_blk.ko", "net_failover.ko", "virtio_net.ko"])
-    for before, after in (("virtio.ko", "virtio_blk.ko"), ("failover.ko", "net_failover.ko"),
-                          ("net_failover.ko", "virtio_net.ko"), ("virtio.ko", "virtio_net.ko")):
+        ["virtio.ko", "failover.ko", "virtio_blk.ko", "net_failover.ko", "virtio_net.ko"]
+    )
+    for before, after in (
+        ("virtio.ko", "virtio_blk.ko"),
+        ("failover.ko", "net_failover.ko"),
+        ("net_failover.ko", "virtio_net.ko"),
+        ("virtio.ko", "virtio_net.ko"),
+    ):
         assert loaded.index(before) < loaded.index(after)
-    assert all(str(c[1]).startswith(f"/lib/modules/{VERSION}/kernel/")
-               for c in kernel.syscalls("finit_module"))
+    assert all(
+        str(c[1]).startswith(f"/lib/modules/{VERSION}/kernel/")
+        for c in kernel.syscalls("finit_module")
+    )
     assert [m["name"] for m in ctx.report.modules] == [
-        "virtio", "failover", "virtio_blk", "net_failover", "virtio_net"]
+        "virtio",
+        "failover",
+        "virtio_blk",
+        "net_failover",
+        "virtio_net",
+    ]
     assert {m["result"] for m in ctx.report.modules} == {"loaded"}
     assert all(isinstance(m["ms"], int) for m in ctx.report.modules)
-    assert any("load_modules: 5 loaded, 0 already present" in line
-               for line in kernel.console_lines)
+    assert any("load_modules: 5 loaded, 0 already present" in line for line in kernel.console_lines)
     assert detail is not None and detail.startswith("5 modules")
     # No /sbin/modprobe in this root: the kernel autoloads through busybox's.
     assert kernel.read_text("/proc/sys/kernel/modprobe") == "/usr/lib/initpy/bin/modprobe\n"
@@ -78,8 +89,13 @@ def test_a_failed_module_names_itself_and_skips_its_dependents(tmp_path: str) ->
     assert "net_failover, virtio_net" in failure.value.reason
     assert "--modules of kernel 6.1.0-test" in failure.value.fix
     results = {m["name"]: m["result"] for m in ctx.report.modules}
-    assert results == {"virtio": "loaded", "failover": "failed", "virtio_blk": "loaded",
-                       "net_failover": "skipped", "virtio_net": "skipped"}
+    assert results == {
+        "virtio": "loaded",
+        "failover": "failed",
+        "virtio_blk": "loaded",
+        "net_failover": "skipped",
+        "virtio_net": "skipped",
+    }
 
 
 def test_already_loaded_or_built_in_is_not_an_error(tmp_path: str) -> None:
@@ -89,13 +105,14 @@ def test_already_loaded_or_built_in_is_not_an_error(tmp_path: str) -> None:
     results = {m["name"]: m["result"] for m in ctx.report.modules}
     assert results["virtio"] == "already loaded"
     # A module the kernel has built in shows in /sys/module; the file is refused.
-    ctx = _machine(str(tmp_path / "second"), listing="crc32c\tkernel/crc32c.ko\t\n",
-                   failures={"finit_module": {
-                       f"/lib/modules/{VERSION}/kernel/crc32c.ko": errno.ENOENT}})
+    ctx = _machine(
+        str(tmp_path / "second"),
+        listing="crc32c\tkernel/crc32c.ko\t\n",
+        failures={"finit_module": {f"/lib/modules/{VERSION}/kernel/crc32c.ko": errno.ENOENT}},
+    )
     ctx.kernel.mkdir("/sys/module/crc32c")
     _load(ctx)
-    assert [(m["name"], m["result"]) for m in ctx.report.modules] == [
-        ("crc32c", "already loaded")]
+    assert [(m["name"], m["result"]) for m in ctx.report.modules] == [("crc32c", "already loaded")]
 
 
 def test_modules_of_another_kernel_are_a_rescue_with_the_fix(tmp_path: str) -> None:

@@ -34,8 +34,11 @@ def lease(nic: str, mac: str, address: str = "10.0.0.50", **options: object) -> 
 
 
 def machine(tmp_path: os.PathLike[str], *nics: FakeNic, cmdline_text: str = "") -> FakeKernel:
-    k = FakeKernel(root=os.path.join(str(tmp_path), "root"), cmdline=cmdline_text,
-                   network=FakeNetlink(nics=list(nics)))
+    k = FakeKernel(
+        root=os.path.join(str(tmp_path), "root"),
+        cmdline=cmdline_text,
+        network=FakeNetlink(nics=list(nics)),
+    )
     return k
 
 
@@ -54,17 +57,21 @@ def read(k: FakeKernel, path: str) -> str:
 
 
 def test_find_nics_takes_ethernet_only_and_records_mac_and_carrier(tmp_path, net) -> None:
-    k = machine(tmp_path,
-                FakeNic("eth0", "52:54:00:00:00:0A"),
-                FakeNic("wlan0", "52:54:00:00:00:0B", kind="wireless"),
-                FakeNic("dummy0", "52:54:00:00:00:0C", kind="virtual"),
-                FakeNic("virbr0", "52:54:00:00:00:0D", kind="bridge"),
-                FakeNic("eth1", "52:54:00:00:00:0E", carrier_at=None))
+    k = machine(
+        tmp_path,
+        FakeNic("eth0", "52:54:00:00:00:0A"),
+        FakeNic("wlan0", "52:54:00:00:00:0B", kind="wireless"),
+        FakeNic("dummy0", "52:54:00:00:00:0C", kind="virtual"),
+        FakeNic("virbr0", "52:54:00:00:00:0D", kind="bridge"),
+        FakeNic("eth1", "52:54:00:00:00:0E", carrier_at=None),
+    )
     ctx = context(k, net)
     detail = net.find_nics(ctx)
     nics = ctx.get(net.NICS, ())
     assert [(n.name, n.mac, n.carrier) for n in nics] == [
-        ("eth0", "52:54:00:00:00:0a", True), ("eth1", "52:54:00:00:00:0e", False)]
+        ("eth0", "52:54:00:00:00:0a", True),
+        ("eth1", "52:54:00:00:00:0e", False),
+    ]
     assert "wlan0: wireless" in detail and "dummy0: virtual" in detail
     assert "virbr0: bridge" in detail and "lo: loopback" in detail
     # Only the Ethernet NICs were brought up.
@@ -72,9 +79,12 @@ def test_find_nics_takes_ethernet_only_and_records_mac_and_carrier(tmp_path, net
 
 
 def test_carrier_wait_ends_when_every_nic_has_carrier(tmp_path, net) -> None:
-    k = machine(tmp_path, FakeNic("eth0", "52:54:00:00:00:01", carrier_at=2.0),
-                FakeNic("eth1", "52:54:00:00:00:02", carrier_at=2.5),
-                cmdline_text="initpy.timeout.carrier=30")
+    k = machine(
+        tmp_path,
+        FakeNic("eth0", "52:54:00:00:00:01", carrier_at=2.0),
+        FakeNic("eth1", "52:54:00:00:00:02", carrier_at=2.5),
+        cmdline_text="initpy.timeout.carrier=30",
+    )
     ctx = context(k, net)
     start = k.clock
     detail = net.find_nics(ctx)
@@ -86,9 +96,12 @@ def test_carrier_wait_ends_when_every_nic_has_carrier(tmp_path, net) -> None:
 
 
 def test_carrier_wait_stops_at_the_deadline(tmp_path, net) -> None:
-    k = machine(tmp_path, FakeNic("eth0", "52:54:00:00:00:01"),
-                FakeNic("eth1", "52:54:00:00:00:02", carrier_at=None),
-                cmdline_text="initpy.timeout.carrier=3")
+    k = machine(
+        tmp_path,
+        FakeNic("eth0", "52:54:00:00:00:01"),
+        FakeNic("eth1", "52:54:00:00:00:02", carrier_at=None),
+        cmdline_text="initpy.timeout.carrier=3",
+    )
     ctx = context(k, net)
     start = k.clock
     net.find_nics(ctx)
@@ -97,8 +110,11 @@ def test_carrier_wait_stops_at_the_deadline(tmp_path, net) -> None:
 
 
 def test_no_carrier_anywhere_is_a_failure_naming_each_nic(tmp_path, net) -> None:
-    k = machine(tmp_path, FakeNic("eth0", "52:54:00:00:00:01", carrier_at=None),
-                cmdline_text="initpy.timeout.carrier=1")
+    k = machine(
+        tmp_path,
+        FakeNic("eth0", "52:54:00:00:00:01", carrier_at=None),
+        cmdline_text="initpy.timeout.carrier=1",
+    )
     with pytest.raises(BootFailure) as failed:
         net.find_nics(context(k, net))
     assert "eth0 (52:54:00:00:00:01, no carrier): not tried" in failed.value.reason
@@ -106,8 +122,11 @@ def test_no_carrier_anywhere_is_a_failure_naming_each_nic(tmp_path, net) -> None
 
 
 def test_a_nic_registered_late_is_awaited(tmp_path, net) -> None:
-    k = machine(tmp_path, FakeNic("eth0", "52:54:00:00:00:01", appear_at=3.0, carrier_at=3.5),
-                cmdline_text="initpy.timeout.carrier=10")
+    k = machine(
+        tmp_path,
+        FakeNic("eth0", "52:54:00:00:00:01", appear_at=3.0, carrier_at=3.5),
+        cmdline_text="initpy.timeout.carrier=10",
+    )
     ctx = context(k, net)
     start = k.clock
     net.find_nics(ctx)
@@ -146,8 +165,9 @@ def test_lowest_mac_wins_among_leases_within_the_window(tmp_path, net) -> None:
     assert k.network.clients["eth0"].released is True
     assert k.network.clients["eth1"].released is False
     assert all(c.stopped for c in k.network.clients.values())
-    assert any("eth1" in line and "chosen (lowest MAC among 2 leases" in line
-               for line in k.console_lines)
+    assert any(
+        "eth1" in line and "chosen (lowest MAC among 2 leases" in line for line in k.console_lines
+    )
 
 
 def test_first_lease_wins_when_the_other_comes_after_the_window(tmp_path, net) -> None:
@@ -163,15 +183,21 @@ def test_first_lease_wins_when_the_other_comes_after_the_window(tmp_path, net) -
     # The slow NIC's client was stopped without waiting for its answer.
     assert k.network.clients["eth1"].stopped
     report = ctx.report.extra["network"]["dhcp"]
-    assert any(line.startswith("eth1") and "stopped after" in line and "eth0 won" in line
-               for line in report)
+    assert any(
+        line.startswith("eth1") and "stopped after" in line and "eth0 won" in line
+        for line in report
+    )
 
 
 def test_nics_without_carrier_are_not_tried(tmp_path, net) -> None:
     up = FakeNic("eth0", "52:54:00:00:00:02")
     up.lease = lease("eth0", up.mac)
-    k = machine(tmp_path, up, FakeNic("eth1", "52:54:00:00:00:01", carrier_at=None),
-                cmdline_text="initpy.timeout.carrier=1")
+    k = machine(
+        tmp_path,
+        up,
+        FakeNic("eth1", "52:54:00:00:00:01", carrier_at=None),
+        cmdline_text="initpy.timeout.carrier=1",
+    )
     ctx = context(k, net)
     found(ctx, net)
     net.dhcp(ctx)
@@ -181,9 +207,13 @@ def test_nics_without_carrier_are_not_tried(tmp_path, net) -> None:
 
 def test_no_lease_anywhere_rescues_with_each_nics_story(tmp_path, net) -> None:
     broken = FakeNic("eth2", "52:54:00:00:00:03", dhcp_error="[Errno 100] Network is down")
-    k = machine(tmp_path, FakeNic("eth0", "52:54:00:00:00:01"),
-                FakeNic("eth1", "52:54:00:00:00:02", carrier_at=None), broken,
-                cmdline_text="initpy.timeout.carrier=1 initpy.timeout.dhcp=1")
+    k = machine(
+        tmp_path,
+        FakeNic("eth0", "52:54:00:00:00:01"),
+        FakeNic("eth1", "52:54:00:00:00:02", carrier_at=None),
+        broken,
+        cmdline_text="initpy.timeout.carrier=1 initpy.timeout.dhcp=1",
+    )
     ctx = context(k, net)
     found(ctx, net)
     with pytest.raises(BootFailure) as failed:
@@ -192,8 +222,9 @@ def test_no_lease_anywhere_rescues_with_each_nics_story(tmp_path, net) -> None:
     assert reason.startswith("no DHCP lease on any NIC within 1 s: ")
     assert "eth0 (52:54:00:00:00:01, carrier): no lease within 1 s: no DHCP offer" in reason
     assert "eth1 (52:54:00:00:00:02, no carrier): not tried" in reason
-    assert "eth2 (52:54:00:00:00:03, carrier): failed: OSError: [Errno 100] Network is down" \
-        in reason
+    assert (
+        "eth2 (52:54:00:00:00:03, carrier): failed: OSError: [Errno 100] Network is down" in reason
+    )
     assert "initpy.timeout.dhcp" in failed.value.fix
 
 
@@ -209,8 +240,9 @@ def named(tmp_path, net, winner: Lease) -> FakeKernel:
 
 
 def test_hostname_from_dhcp_everywhere(tmp_path, net) -> None:
-    k = named(tmp_path, net, lease("eth0", "52:54:00:12:34:56", hostname="builder7",
-                                   domain="example.org"))
+    k = named(
+        tmp_path, net, lease("eth0", "52:54:00:12:34:56", hostname="builder7", domain="example.org")
+    )
     assert k.syscalls("sethostname") == [("sethostname", "builder7")]
     assert read(k, "/etc/hostname") == "builder7\n"
     assert "127.0.1.1\tbuilder7.example.org builder7\n" in read(k, "/etc/hosts")
@@ -248,8 +280,15 @@ def bridged(tmp_path, net, winner: Lease, cmdline_text: str = "") -> FakeKernel:
 
 
 def test_br0_holds_the_nic_with_its_mac_and_the_lease(tmp_path, net) -> None:
-    winner = lease("eth0", "52:54:00:12:34:56", "10.0.2.15", server="10.0.2.2",
-                   router="10.0.2.2", dns=("10.0.2.3", "10.0.2.4"), domain="example.org")
+    winner = lease(
+        "eth0",
+        "52:54:00:12:34:56",
+        "10.0.2.15",
+        server="10.0.2.2",
+        router="10.0.2.2",
+        dns=("10.0.2.3", "10.0.2.4"),
+        domain="example.org",
+    )
     k = bridged(tmp_path, net, winner)
     fake = k.network
     assert fake.bridges["br0"] == "52:54:00:12:34:56"
@@ -258,7 +297,10 @@ def test_br0_holds_the_nic_with_its_mac_and_the_lease(tmp_path, net) -> None:
     assert fake.ipv4_addresses("eth0") == []  # nothing left on the NIC
     assert fake.routes == [("default", "10.0.2.2", "br0")]
     assert read(k, "/etc/resolv.conf").splitlines()[1:] == [
-        "search example.org", "nameserver 10.0.2.3", "nameserver 10.0.2.4"]
+        "search example.org",
+        "nameserver 10.0.2.3",
+        "nameserver 10.0.2.4",
+    ]
 
 
 def test_a_lease_without_options_is_valid(tmp_path, net) -> None:
@@ -283,20 +325,23 @@ def test_br1_nat_forwarding_dnsmasq_and_interfaces(tmp_path, net) -> None:
     assert "interface=br1" in dnsmasq and "no-dhcp-interface=br0" in dnsmasq
     assert "dhcp-range=172.23.0.11,172.23.255.254,255.255.0.0,12h" in dnsmasq
     interfaces = read(k, "/etc/network/interfaces")
-    assert "iface br0 inet dhcp\n    bridge_ports eth0\n    bridge_hw 52:54:00:12:34:56\n" \
+    assert (
+        "iface br0 inet dhcp\n    bridge_ports eth0\n    bridge_hw 52:54:00:12:34:56\n"
         in interfaces
-    assert "iface br1 inet static\n    address 172.23.0.1/16\n    bridge_ports none\n" \
-        in interfaces
+    )
+    assert "iface br1 inet static\n    address 172.23.0.1/16\n    bridge_ports none\n" in interfaces
     # The renewer that keeps br0's lease after the hand-off was started.
     assert "initpy-dhcp" in k.daemons
 
 
 def test_br1_subnet_from_the_command_line(tmp_path, net) -> None:
-    k = bridged(tmp_path, net, lease("eth0", "52:54:00:12:34:56"),
-                cmdline_text="initpy.br1=192.168.77.1/24")
+    k = bridged(
+        tmp_path, net, lease("eth0", "52:54:00:12:34:56"), cmdline_text="initpy.br1=192.168.77.1/24"
+    )
     assert k.network.addresses["br1"] == ["192.168.77.1/24"]
     assert "dhcp-range=192.168.77.11,192.168.77.254,255.255.255.0,12h" in read(
-        k, "/etc/dnsmasq.d/initpy-br1.conf")
+        k, "/etc/dnsmasq.d/initpy-br1.conf"
+    )
     assert "ip saddr 192.168.77.0/24" in read(k, "/etc/initpy/nat.nft")
 
 
@@ -311,8 +356,9 @@ def test_a_failing_nft_is_a_rescue_with_the_fix(tmp_path, net) -> None:
     from initpy.runtime.kernel import Completed
 
     k = machine(tmp_path, FakeNic("eth0", "52:54:00:12:34:56"))
-    k.commands["nft"] = Completed(("nft",), 1, "", "Error: Could not process rule: No such "
-                                  "file or directory")
+    k.commands["nft"] = Completed(
+        ("nft",), 1, "", "Error: Could not process rule: No such file or directory"
+    )
     ctx = context(k, net)
     k.network.attach(k)
     ctx.put(net.LEASE, lease("eth0", "52:54:00:12:34:56"))
@@ -333,13 +379,18 @@ def stub_hooks() -> list[Hook]:
 
 
 def test_whole_boot_hands_off_with_the_network_in_the_report(kernel, net) -> None:
-    kernel.network.nics[0].lease = lease("eth0", "52:54:00:12:34:56", "10.0.2.15",
-                                         hostname="qemu-host", server="10.0.2.2")
+    kernel.network.nics[0].lease = lease(
+        "eth0", "52:54:00:12:34:56", "10.0.2.15", hostname="qemu-host", server="10.0.2.2"
+    )
     ended = run_boot(kernel, [*stub_hooks(), net.HOOK])
     assert isinstance(ended, HandedOff)
     report = read_report(kernel)
     assert [s["name"] for s in report["states"]][-4:] == [
-        "find_nics", "dhcp", "hostname", "bridges"]
+        "find_nics",
+        "dhcp",
+        "hostname",
+        "bridges",
+    ]
     network = report["network"]
     assert network["lease"]["address"] == "10.0.2.15/24"
     assert network["hostname"] == "qemu-host"

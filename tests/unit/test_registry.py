@@ -17,8 +17,12 @@ from initpy.runtime.hook import (
 )
 
 
-def state(name: str, provides: tuple[str, ...] = (), needs: tuple[str, ...] = (),
-          wants: tuple[str, ...] = ()) -> State:
+def state(
+    name: str,
+    provides: tuple[str, ...] = (),
+    needs: tuple[str, ...] = (),
+    wants: tuple[str, ...] = (),
+) -> State:
     return State(name, lambda ctx: None, f"does {name}", provides, needs, wants)
 
 
@@ -33,7 +37,14 @@ def test_order_follows_milestones_and_wraps_core_states() -> None:
     late = hook("late", state("late", needs=("up",)))
     registry = build_registry([late, net, disk, mods])
     assert registry.order == (
-        "early_mounts", "cmdline", "modules", "mount", "dhcp", "bridges", "late", "handoff",
+        "early_mounts",
+        "cmdline",
+        "modules",
+        "mount",
+        "dhcp",
+        "bridges",
+        "late",
+        "handoff",
     )
 
 
@@ -41,10 +52,12 @@ def test_a_hook_keeps_its_declared_order_and_is_not_interleaved() -> None:
     registry = build_registry([hook("a", state("x"), state("y")), hook("b", state("z"))])
     assert registry.order[2:5] == ("x", "y", "z")
     # Once b is ready after x, a's chain still goes on first.
-    registry = build_registry([
-        hook("a", state("x", provides=("m",)), state("y")),
-        hook("b", state("z", needs=("m",))),
-    ])
+    registry = build_registry(
+        [
+            hook("a", state("x", provides=("m",)), state("y")),
+            hook("b", state("z", needs=("m",))),
+        ]
+    )
     assert registry.order[2:5] == ("x", "y", "z")
 
 
@@ -60,9 +73,12 @@ def test_wants_orders_after_a_provider_and_is_dropped_without_one() -> None:
 def test_a_need_nobody_provides_is_an_error_naming_who_could() -> None:
     storage = hook("storage", state("mount", provides=("state",)))
     keys = hook("keys", state("restore", needs=("state",)))
-    with pytest.raises(HookError, match="hook 'keys': state 'restore' needs milestone "
-                                        "'state', which no chosen hook provides; add hook "
-                                        "storage"):
+    with pytest.raises(
+        HookError,
+        match="hook 'keys': state 'restore' needs milestone "
+        "'state', which no chosen hook provides; add hook "
+        "storage",
+    ):
         build_registry([keys], known=[storage, keys])
     with pytest.raises(HookError, match="no hook at all provides it"):
         build_registry([hook("alpha", state("x", needs=("nowhere",)))])
@@ -77,8 +93,9 @@ def test_a_want_of_a_milestone_no_hook_has_is_a_typo() -> None:
 
 def test_a_milestone_is_provided_once() -> None:
     with pytest.raises(HookError, match="milestone 'up' is provided twice: by hook 'a'"):
-        build_registry([hook("a", state("x", provides=("up",))),
-                        hook("b", state("y", provides=("up",)))])
+        build_registry(
+            [hook("a", state("x", provides=("up",))), hook("b", state("y", provides=("up",)))]
+        )
 
 
 def test_cycle_names_states_and_hooks() -> None:
@@ -138,8 +155,10 @@ def test_a_hook_may_be_a_folder_with_its_helpers(tmp_path: os.PathLike[str]) -> 
     with open(os.path.join(folder, "words.py"), "w") as f:
         f.write("WORD = 'hello'\n")
     with open(os.path.join(folder, "__init__.py"), "w") as f:
-        f.write("from initpy.runtime.hook import Hook, State\n"
-                "from .words import WORD\n"
-                "HOOK = Hook('greeter', WORD, (State('greet', lambda ctx: WORD, 'hi'),))\n")
+        f.write(
+            "from initpy.runtime.hook import Hook, State\n"
+            "from .words import WORD\n"
+            "HOOK = Hook('greeter', WORD, (State('greet', lambda ctx: WORD, 'hi'),))\n"
+        )
     found = discover([os.path.join(tmp_path, "extra")])
     assert found["greeter"].description == "hello"

@@ -72,21 +72,29 @@ def test_bad_keys_are_named_and_not_installed(tmp_path: os.PathLike[str]) -> Non
         assert not ctx.kernel.exists("/root/.ssh/authorized_keys")
         assert any(problem in w for w in ctx.report.warnings)
         assert isinstance(ctx.kernel, FakeKernel)
-        assert any("buildos.ssh_key=\"ssh-ed25519 AAAA... you@host\"" in line
-                   for line in ctx.kernel.console_lines)
+        assert any(
+            'buildos.ssh_key="ssh-ed25519 AAAA... you@host"' in line
+            for line in ctx.kernel.console_lines
+        )
 
 
 def test_postfix_relay_and_root_alias_keep_the_rest(tmp_path: os.PathLike[str]) -> None:
-    ctx = context(str(tmp_path), "buildos.smtp_relay=mail.example.org "
-                                 "buildos.admin_email=admin@example.org "
-                                 "buildos.buildid_url=tftp://10.0.0.1/buildos/buildos-buildid")
+    ctx = context(
+        str(tmp_path),
+        "buildos.smtp_relay=mail.example.org "
+        "buildos.admin_email=admin@example.org "
+        "buildos.buildid_url=tftp://10.0.0.1/buildos/buildos-buildid",
+    )
     ctx.kernel.mkdir("/etc/postfix")
     ctx.kernel.write_text("/etc/postfix/main.cf", "# debian\nmyhostname = x\nrelayhost =\n")
     ctx.kernel.write_text("/etc/aliases", "postmaster: root\nroot: nobody\n")
     detail = services.mail_relay(ctx)
     main_cf = read(ctx, "/etc/postfix/main.cf")
     assert main_cf.splitlines()[:3] == [
-        "# debian", "myhostname = x", "relayhost = [mail.example.org]"]
+        "# debian",
+        "myhostname = x",
+        "relayhost = [mail.example.org]",
+    ]
     assert "inet_interfaces = loopback-only" in main_cf
     assert read(ctx, "/etc/aliases") == "postmaster: root\nroot: admin@example.org\n"
     assert "relays through [mail.example.org]" in detail

@@ -74,8 +74,9 @@ def test_hook_files_import_nothing_heavy() -> None:
         "print(' '.join(m for m in ('asyncio', 'pyroute2', 'hooks.network.dhcpclient', 'ssl',"
         " 'concurrent.futures') if m in sys.modules))"
     )
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True).stdout.split()
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert loaded == []
 
 
@@ -89,8 +90,9 @@ def test_lean_pyroute2_skips_the_package_init_and_still_talks_netlink() -> None:
         "'pyroute2.dhcp.client' in sys.modules, "
         "bool(logging.getLogger('pyroute2').handlers))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out == ["True", "False", "True", "True"]
 
 
@@ -99,7 +101,8 @@ def test_a_daemon_runs_below_the_boot(tmp_path) -> None:
 
     seen = tmp_path / "priority"
     pid = Kernel(watch_orphans=False).spawn_daemon(
-        "initpy-test", lambda: seen.write_text(str(os.getpriority(os.PRIO_PROCESS, 0))))
+        "initpy-test", lambda: seen.write_text(str(os.getpriority(os.PRIO_PROCESS, 0)))
+    )
     os.waitpid(pid, 0)
     assert int(seen.read_text()) == max(DAEMON_NICE, os.getpriority(os.PRIO_PROCESS, 0))
 
@@ -111,12 +114,15 @@ def test_an_initrd_hook_loads_from_its_bytecode_not_its_source(tmp_path) -> None
     hooks = tmp_path / "usr/lib/initpy/hooks"
     hooks.mkdir(parents=True)
     source = hooks / "probe_bytecode.py"
-    hook_text = ('from initpy.runtime.hook import Hook\n'
-                 'HOOK = Hook(name="probe_bytecode", description="{}")\n')
+    hook_text = (
+        "from initpy.runtime.hook import Hook\n"
+        'HOOK = Hook(name="probe_bytecode", description="{}")\n'
+    )
     source.write_text(hook_text.format("compiled by mkinitrd"))
     pyc = tmp_path / hook_bytecode_path(source.name).lstrip("/")
     assert hook_bytecode_path("network/netlink.py") == (
-        f"/usr/lib/initpy/hooks/network/__pycache__/netlink.{sys.implementation.cache_tag}.pyc")
+        f"/usr/lib/initpy/hooks/network/__pycache__/netlink.{sys.implementation.cache_tag}.pyc"
+    )
     pyc.parent.mkdir()
     pyc.write_bytes(hook_bytecode(str(source)))
     assert hook_bytecode(str(source)) == pyc.read_bytes()  # reproducible

@@ -30,9 +30,17 @@ HOOKS = (modules.HOOK, storage, persist.HOOK, buildhost.HOOK)
 _minor = [0]
 
 
-def add_disk(k: FakeKernel, name: str, image: bytes, *, parent: str | None = None,
-             size: int = 1 << 30, model: str | None = None, rotational: str = "1",
-             serial: str = "") -> None:
+def add_disk(
+    k: FakeKernel,
+    name: str,
+    image: bytes,
+    *,
+    parent: str | None = None,
+    size: int = 1 << 30,
+    model: str | None = None,
+    rotational: str = "1",
+    serial: str = "",
+) -> None:
     """A block device as sysfs shows it, with `image` as its first bytes."""
     folder = f"sys/devices/pci0000:00/virtio{len(name)}/block/"
     folder += f"{parent}/{name}" if parent else name
@@ -64,9 +72,11 @@ def add_disk(k: FakeKernel, name: str, image: bytes, *, parent: str | None = Non
 
 def arrives(k: FakeKernel, name: str, image: bytes, **kw: object) -> Callable[[], list[Uevent]]:
     """A uevent step: the disk appears in /sys, and the kernel says so."""
+
     def step() -> list[Uevent]:
         add_disk(k, name, image, **kw)  # type: ignore[arg-type]
         return [Uevent("add", f"/devices/virtual/block/{name}", "block", {"DEVNAME": name})]
+
     return step
 
 
@@ -85,11 +95,14 @@ def fake_ssh_keygen(k: FakeKernel) -> Callable[[Sequence[str]], Completed]:
         path = argv[argv.index("-f") + 1]
         kind = argv[argv.index("-t") + 1]
         with open(k.path(path), "w") as f:
-            f.write(f"-----BEGIN OPENSSH PRIVATE KEY-----\n{kind} {len(k.calls)}\n"
-                    "-----END OPENSSH PRIVATE KEY-----\n")
+            f.write(
+                f"-----BEGIN OPENSSH PRIVATE KEY-----\n{kind} {len(k.calls)}\n"
+                "-----END OPENSSH PRIVATE KEY-----\n"
+            )
         with open(k.path(path + ".pub"), "w") as f:
             f.write(f"ssh-{kind} AAAA{len(k.calls)} root@buildos\n")
         return Completed(tuple(argv), 0, "", "")
+
     return keygen
 
 
@@ -105,8 +118,15 @@ def standard_disks(k: FakeKernel) -> None:
 
 
 def mounts(k: FakeKernel) -> list[tuple[object, ...]]:
-    return [c[1:] for c in k.syscalls("mount") if c[2] != "/run" and str(c[2]).startswith("/")
-            and c[3] != "proc" and c[3] != "sysfs" and c[3] not in ("devtmpfs", "devpts")]
+    return [
+        c[1:]
+        for c in k.syscalls("mount")
+        if c[2] != "/run"
+        and str(c[2]).startswith("/")
+        and c[3] != "proc"
+        and c[3] != "sysfs"
+        and c[3] not in ("devtmpfs", "devpts")
+    ]
 
 
 # -- the happy paths ----------------------------------------------------------------------
@@ -150,12 +170,12 @@ def test_named_machines_disks_mount_below_build_machines(k: FakeKernel) -> None:
 def test_two_device_btrfs_waits_for_both_and_names_both_to_the_mount(k: FakeKernel) -> None:
     add_disk(k, "vda", ext_image("buildos.state"))
     add_disk(k, "vdb", btrfs_image("buildos.machines", devid=1, num_devices=2))
-    k.uevent_script = [arrives(k, "vdc", btrfs_image("buildos.machines", devid=2,
-                                                      num_devices=2))]
+    k.uevent_script = [arrives(k, "vdc", btrfs_image("buildos.machines", devid=2, num_devices=2))]
     assert isinstance(boot(k), HandedOff)
     machines = [c for c in mounts(k) if c[1] == "/build/machines"]
-    assert machines == [("/dev/vdb", "/build/machines", "btrfs", 0,
-                         "device=/dev/vdb,device=/dev/vdc")]
+    assert machines == [
+        ("/dev/vdb", "/build/machines", "btrfs", 0, "device=/dev/vdb,device=/dev/vdc")
+    ]
     # Members of one filesystem share its label: that is not a duplicate.
     assert rescue_text(k) == ""
 
@@ -168,17 +188,19 @@ def test_partitions_are_probed_like_disks(k: FakeKernel) -> None:
     assert [c[0] for c in mounts(k)][:2] == ["/dev/sda1", "/dev/sda2"]
     disks = read_report(k)["disks"]
     assert isinstance(disks, list)
-    assert "/dev/sda1, 1.0 GiB, partition of /dev/sda, model 'Samsung SSD 870', " \
+    assert (
+        "/dev/sda1, 1.0 GiB, partition of /dev/sda, model 'Samsung SSD 870', "
         "non-rotational, ext4, label 'buildos.state'" in disks
-    assert "/dev/sda, 1.0 GiB, model 'Samsung SSD 870', non-rotational, partitions sda1, sda2" \
-        in disks
+    )
+    assert (
+        "/dev/sda, 1.0 GiB, model 'Samsung SSD 870', non-rotational, partitions sda1, sda2" in disks
+    )
 
 
 # -- waiting ---------------------------------------------------------------------------------
 
 
-def test_waiting_stops_at_the_uevent_that_completes_the_set_without_sleeping(
-        k: FakeKernel) -> None:
+def test_waiting_stops_at_the_uevent_that_completes_the_set_without_sleeping(k: FakeKernel) -> None:
     add_disk(k, "vda", ext_image("buildos.state"))
     k.uevent_script = [
         [Uevent("add", "/devices/virtual/net/eth0", "net")],  # not a disk: no rescan
@@ -220,6 +242,7 @@ def test_polling_finds_a_late_disk(k: FakeKernel) -> None:
         original_sleep(seconds)
         if len(k.syscalls("sleep")) == 3:
             add_disk(k, "vdb", btrfs_image("buildos.machines"))
+
     k.sleep = sleep  # type: ignore[method-assign]
     result = wait_for_devices(k, MODULE.required_present, 10.0)
     assert result.satisfied and result.polled and len(result.devices) == 2
@@ -243,14 +266,18 @@ def test_blank_disks_rescue_with_the_listing_and_the_commands(k: FakeKernel) -> 
     text = rescue_text(k)
     assert "no disk labelled buildos.state (for /state)" in text
     assert "no disk labelled buildos.machines or buildos.machines.<name>" in text
-    assert ("  /dev/vda, 2.0 GiB, model 'virtio disk', serial 'blank-a', rotational, "
-            "no filesystem initpy knows") in text
+    assert (
+        "  /dev/vda, 2.0 GiB, model 'virtio disk', serial 'blank-a', rotational, "
+        "no filesystem initpy knows"
+    ) in text
     assert "  /dev/vdb, 8.0 GiB, model 'QEMU HARDDISK', non-rotational" in text
-    for command in ("mkfs.ext4 -L buildos.state /dev/sdX",
-                    "mkfs.btrfs -L buildos.machines -m single /dev/sdY",
-                    "e2label /dev/sdX buildos.state",
-                    "btrfs filesystem label /dev/sdY buildos.machines",
-                    "leave this shell (exit or Ctrl-D) to reboot"):
+    for command in (
+        "mkfs.ext4 -L buildos.state /dev/sdX",
+        "mkfs.btrfs -L buildos.machines -m single /dev/sdY",
+        "e2label /dev/sdX buildos.state",
+        "btrfs filesystem label /dev/sdY buildos.machines",
+        "leave this shell (exit or Ctrl-D) to reboot",
+    ):
         assert command in text
     report = read_report(k)
     assert report["outcome"] == "rescue"
@@ -283,8 +310,9 @@ def test_machines_disk_that_is_not_btrfs(k: FakeKernel) -> None:
     start = k.clock
     assert isinstance(boot(k), Rebooted)
     text = rescue_text(k)
-    assert "/dev/vdb is labelled buildos.machines but holds ext4; machines disks must be btrfs" \
-        in text
+    assert (
+        "/dev/vdb is labelled buildos.machines but holds ext4; machines disks must be btrfs" in text
+    )
     assert "mkfs.btrfs -f -L buildos.machines -m single /dev/vdb" in text
     assert k.clock - start < 1.0  # the labels were there: no waiting for the deadline
 
@@ -295,8 +323,10 @@ def test_single_and_named_forms_together(k: FakeKernel) -> None:
     add_disk(k, "vdc", btrfs_image("buildos.machines.x", fsid="b" * 32))
     boot(k)
     text = rescue_text(k)
-    assert ("both buildos.machines (/dev/vdb) and buildos.machines.<name> (/dev/vdc as "
-            "buildos.machines.x) are present; use one form") in text
+    assert (
+        "both buildos.machines (/dev/vdb) and buildos.machines.<name> (/dev/vdc as "
+        "buildos.machines.x) are present; use one form"
+    ) in text
     assert "btrfs filesystem label /dev/vdb buildos.machines.NAME" in text
 
 
@@ -345,8 +375,10 @@ def test_an_incomplete_multi_device_btrfs_names_what_is_there(k: FakeKernel) -> 
     add_disk(k, "vda", ext_image("buildos.state"))
     add_disk(k, "vdb", btrfs_image("buildos.machines", devid=2, num_devices=3))
     boot(k)
-    assert "btrfs buildos.machines (fsid 11111111-2222-3333-4444-555555555555) has 1 of its " \
+    assert (
+        "btrfs buildos.machines (fsid 11111111-2222-3333-4444-555555555555) has 1 of its "
         "3 devices after 2.0 s: /dev/vdb (devid 2)" in rescue_text(k)
+    )
 
 
 def test_a_failed_mount_is_a_rescue_with_the_check_command(k: FakeKernel) -> None:
@@ -373,13 +405,15 @@ def _state_files(k: FakeKernel) -> dict[str, bytes]:
 
 
 def test_first_boot_generates_keys_and_a_seed_second_boot_restores(
-        k: FakeKernel, tmp_path: os.PathLike[str]) -> None:
+    k: FakeKernel, tmp_path: os.PathLike[str]
+) -> None:
     standard_disks(k)
     boot(k)
     first = _state_files(k)
     keys = {n for n in first if n.startswith("initpy/ssh/")}
-    assert keys == {f"initpy/ssh/ssh_host_{t}_key{e}" for t in ("ed25519", "ecdsa", "rsa")
-                    for e in ("", ".pub")}
+    assert keys == {
+        f"initpy/ssh/ssh_host_{t}_key{e}" for t in ("ed25519", "ecdsa", "rsa") for e in ("", ".pub")
+    }
     for name in keys:
         assert os.stat(k.path(f"/state/{name}")).st_mode & 0o777 == 0o600
     assert os.stat(k.path("/etc/ssh/ssh_host_ed25519_key")).st_mode & 0o777 == 0o600
@@ -484,8 +518,9 @@ def test_build_user_is_created_in_passwd_group_and_shadow(k: FakeKernel) -> None
 def test_build_user_without_any_passwd_file(k: FakeKernel) -> None:
     standard_disks(k)
     boot(k)
-    assert _etc(k, "passwd") == ("root:*:0:0:root:/root:/bin/sh\n"
-                                 "build:*:1100:1100:build:/build:/bin/sh\n")
+    assert _etc(k, "passwd") == (
+        "root:*:0:0:root:/root:/bin/sh\nbuild:*:1100:1100:build:/build:/bin/sh\n"
+    )
     assert _etc(k, "group") == "root:x:0:\nbuild:x:1100:\n"
     assert not os.path.exists(k.path("/etc/shadow"))
 
@@ -496,15 +531,18 @@ def test_build_user_is_idempotent_and_an_existing_one_is_kept(k: FakeKernel) -> 
     _write_etc(k, "group", "root:x:0:\nbuild:x:2000:\n")
     boot(k)
     assert [ln for ln in _etc(k, "passwd").splitlines() if ln.startswith("build:")] == [
-        "build:x:2000:2000::/build:/bin/sh"]
+        "build:x:2000:2000::/build:/bin/sh"
+    ]
     assert [ln for ln in _etc(k, "group").splitlines() if ln.startswith("build:")] == [
-        "build:x:2000:"]
+        "build:x:2000:"
+    ]
     tftp = [c for c in mounts(k) if c[1] == "/build/tftp"]
     assert tftp[0][4] == "size=10%,mode=0755,uid=2000,gid=2000"
     # And running the state again changes nothing.
     passwd, group = _etc(k, "passwd"), _etc(k, "group")
     from initpy.runtime.hook import BootContext
     from initpy.runtime.report import Report
+
     buildhost.build_user(BootContext(kernel=k, report=Report(k)))
     assert (_etc(k, "passwd"), _etc(k, "group")) == (passwd, group)
 
@@ -530,8 +568,12 @@ def test_tftp_size_parameter_and_a_bad_value(k: FakeKernel) -> None:
 
 def test_fstab_keeps_the_images_own_entries(k: FakeKernel) -> None:
     standard_disks(k)
-    _write_etc(k, "fstab", "# UNCONFIGURED FSTAB FOR BASE SYSTEM\nproc /proc proc defaults 0 0\n"
-               "/dev/old /state ext4 defaults 0 2\n")
+    _write_etc(
+        k,
+        "fstab",
+        "# UNCONFIGURED FSTAB FOR BASE SYSTEM\nproc /proc proc defaults 0 0\n"
+        "/dev/old /state ext4 defaults 0 2\n",
+    )
     boot(k)
     text = _etc(k, "fstab")
     assert "proc /proc proc defaults 0 0" in text
@@ -542,7 +584,18 @@ def test_fstab_keeps_the_images_own_entries(k: FakeKernel) -> None:
 def test_the_states_are_in_the_agreed_order() -> None:
     from hooks import network
     from initpy.runtime.hook import build_registry
+
     order = build_registry([*HOOKS, network.HOOK]).order
-    names = ["load_modules", "find_disks", "mount_state", "mount_machines", "restore_state",
-             "find_nics", "bridges", "build_user", "tftp", "handoff"]
+    names = [
+        "load_modules",
+        "find_disks",
+        "mount_state",
+        "mount_machines",
+        "restore_state",
+        "find_nics",
+        "bridges",
+        "build_user",
+        "tftp",
+        "handoff",
+    ]
     assert [n for n in order if n in names] == names

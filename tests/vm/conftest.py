@@ -63,34 +63,44 @@ class InitrdFiles:
 
 def _run(argv: Sequence[str], what: str, timeout: float) -> str:
     try:
-        done = subprocess.run(argv, cwd=qemu.REPO, capture_output=True, text=True,
-                              timeout=timeout)
+        done = subprocess.run(argv, cwd=qemu.REPO, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as exc:
         pytest.fail(f"{what}: {' '.join(argv)}: {exc}", pytrace=False)
     if done.returncode != 0:
-        pytest.fail(f"{what} failed (exit {done.returncode}): {' '.join(argv)}\n"
-                    f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}", pytrace=False)
+        pytest.fail(
+            f"{what} failed (exit {done.returncode}): {' '.join(argv)}\n"
+            f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}",
+            pytrace=False,
+        )
     return done.stdout
 
 
 @pytest.fixture(scope="session")
 def vm_kernel() -> KernelFiles:
-    folder = Path(_run([str(qemu.REPO / "scripts" / "fetch-kernel")], "fetching the kernel",
-                       BUILD_TIMEOUT).strip().splitlines()[-1])
+    folder = Path(
+        _run([str(qemu.REPO / "scripts" / "fetch-kernel")], "fetching the kernel", BUILD_TIMEOUT)
+        .strip()
+        .splitlines()[-1]
+    )
     files = KernelFiles(folder, folder / "vmlinuz", (folder / "modules").resolve())
     if not files.vmlinuz.is_file() or not files.modules.is_dir():
-        pytest.fail(f"scripts/fetch-kernel gave {folder} without vmlinuz and modules/; "
-                    f"remove it and run scripts/fetch-kernel again", pytrace=False)
+        pytest.fail(
+            f"scripts/fetch-kernel gave {folder} without vmlinuz and modules/; "
+            f"remove it and run scripts/fetch-kernel again",
+            pytrace=False,
+        )
     return files
 
 
 def _initrd_files(outdir: Path) -> InitrdFiles:
-    files = InitrdFiles(outdir, outdir / "buildos-image", outdir / "buildos-initrd",
-                        outdir / "buildos-buildid")
+    files = InitrdFiles(
+        outdir, outdir / "buildos-image", outdir / "buildos-initrd", outdir / "buildos-buildid"
+    )
     missing = [p.name for p in (files.image, files.initrd, files.buildid) if not p.is_file()]
     if missing:
-        pytest.fail(f"{outdir} lacks {', '.join(missing)} (mkinitrd.py writes all three)",
-                    pytrace=False)
+        pytest.fail(
+            f"{outdir} lacks {', '.join(missing)} (mkinitrd.py writes all three)", pytrace=False
+        )
     return files
 
 
@@ -101,12 +111,24 @@ def vm_initrd(vm_kernel: KernelFiles, tmp_path_factory: pytest.TempPathFactory) 
         return _initrd_files(Path(prebuilt))
     builder = qemu.REPO / "mkinitrd.py"
     if not builder.is_file():
-        pytest.fail(f"{builder} is missing: the VM tier needs the initrd builder",
-                    pytrace=False)
+        pytest.fail(f"{builder} is missing: the VM tier needs the initrd builder", pytrace=False)
     outdir = tmp_path_factory.mktemp("initrd")
-    _run([sys.executable, str(builder), "--kernel", str(vm_kernel.vmlinuz),
-          "--modules", str(vm_kernel.modules), "-o", str(outdir),
-          "--include", f"{GUEST_PROGRAM}:{GUEST_PATH}"], "building the initrd", BUILD_TIMEOUT)
+    _run(
+        [
+            sys.executable,
+            str(builder),
+            "--kernel",
+            str(vm_kernel.vmlinuz),
+            "--modules",
+            str(vm_kernel.modules),
+            "-o",
+            str(outdir),
+            "--include",
+            f"{GUEST_PROGRAM}:{GUEST_PATH}",
+        ],
+        "building the initrd",
+        BUILD_TIMEOUT,
+    )
     return _initrd_files(outdir)
 
 
@@ -119,9 +141,16 @@ def boot_vm(vm_initrd: InitrdFiles, request: pytest.FixtureRequest) -> BootVm:
 
     @contextlib.contextmanager
     def boot(args: BootArgs) -> Iterator[qemu.Vm]:
-        with qemu.boot(vm_initrd.image, vm_initrd.initrd, " ".join(args.append),
-                       disks=args.disks, nics=args.nics, extra=args.extra,
-                       memory=args.memory, name=request.node.name) as vm:
+        with qemu.boot(
+            vm_initrd.image,
+            vm_initrd.initrd,
+            " ".join(args.append),
+            disks=args.disks,
+            nics=args.nics,
+            extra=args.extra,
+            memory=args.memory,
+            name=request.node.name,
+        ) as vm:
             yield vm
 
     return boot

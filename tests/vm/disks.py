@@ -56,8 +56,7 @@ def state_contents(folder: Path) -> Path:
     for kind in HOST_KEY_TYPES:
         key = keys / f"ssh_host_{kind}_key"
         if not key.exists():
-            _mkfs(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", "root@buildos", "-f",
-                   str(key)])
+            _mkfs(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", "root@buildos", "-f", str(key)])
         key.chmod(0o600)
         key.with_suffix(".pub").chmod(0o600)
     return folder
@@ -79,5 +78,7 @@ def state_and_machines(folder: Path, host_keys: bool = True) -> list[str]:
     and later boots); without, the boot generates them (the first boot).
     """
     contents = state_contents(folder / "state-tree") if host_keys else None
-    return [ext4(folder / "state.img", "buildos.state", contents=contents),
-            *btrfs([folder / "machines.img"], "buildos.machines")]
+    return [
+        ext4(folder / "state.img", "buildos.state", contents=contents),
+        *btrfs([folder / "machines.img"], "buildos.machines"),
+    ]

@@ -31,8 +31,7 @@ def report(sections: dict[str, str], vm: Vm) -> dict[str, Any]:
     try:
         parsed: dict[str, Any] = json.loads(sections["report"])
     except (KeyError, ValueError) as exc:
-        raise VmError(f"no readable report.json on the console ({exc}); "
-                      f"see {vm.log_path}") from exc
+        raise VmError(f"no readable report.json on the console ({exc}); see {vm.log_path}") from exc
     return parsed
 
 

@@ -50,17 +50,36 @@ class Netns:
         self.close()
 
     def run(self, argv: Sequence[str], check: bool = True) -> str:
-        done = subprocess.run(["ip", "netns", "exec", self.name, *argv],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["ip", "netns", "exec", self.name, *argv], capture_output=True, text=True
+        )
         if check and done.returncode != 0:
             raise RuntimeError(f"in {self.name}: {' '.join(argv)}: {done.stderr.strip()}")
         return done.stdout
 
-    def veth(self, name: str, peer: Netns, peer_name: str, address: str | None = None,
-             peer_mac: str | None = None) -> None:
+    def veth(
+        self,
+        name: str,
+        peer: Netns,
+        peer_name: str,
+        address: str | None = None,
+        peer_mac: str | None = None,
+    ) -> None:
         """A veth pair: `name` here (with `address`, up) and `peer_name` in `peer`."""
-        _ip("-n", self.name, "link", "add", name, "type", "veth", "peer", "name", peer_name,
-            "netns", peer.name)
+        _ip(
+            "-n",
+            self.name,
+            "link",
+            "add",
+            name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer_name,
+            "netns",
+            peer.name,
+        )
         if peer_mac:
             _ip("-n", peer.name, "link", "set", peer_name, "address", peer_mac)
         if address:
@@ -74,19 +93,39 @@ class Netns:
             _ip("-n", self.name, "addr", "add", address, "dev", name)
         _ip("-n", self.name, "link", "set", name, "up")
 
-    def dnsmasq(self, interface: str, first: str, last: str, *, router: str | None = None,
-                dns: str | None = None, hostname_for: tuple[str, str] | None = None,
-                lease_time: str = "1h") -> subprocess.Popen[bytes]:
+    def dnsmasq(
+        self,
+        interface: str,
+        first: str,
+        last: str,
+        *,
+        router: str | None = None,
+        dns: str | None = None,
+        hostname_for: tuple[str, str] | None = None,
+        lease_time: str = "1h",
+    ) -> subprocess.Popen[bytes]:
         """Serve DHCP on `interface` only; no DNS service (port 0)."""
-        argv = ["ip", "netns", "exec", self.name, "dnsmasq", "--keep-in-foreground",
-                "--conf-file=/dev/null", f"--interface={interface}", "--bind-interfaces",
-                "--except-interface=lo", "--port=0", "--log-dhcp", "--log-facility=-",
-                # dnsmasq pings a new address for 3 s before offering it: a
-                # lab without strangers needs no such check.
-                "--no-ping",
-                f"--dhcp-leasefile={self._tmp.name}/{interface}.leases",
-                f"--pid-file={self._tmp.name}/{interface}.pid",
-                f"--dhcp-range={first},{last},255.255.255.0,{lease_time}"]
+        argv = [
+            "ip",
+            "netns",
+            "exec",
+            self.name,
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            f"--interface={interface}",
+            "--bind-interfaces",
+            "--except-interface=lo",
+            "--port=0",
+            "--log-dhcp",
+            "--log-facility=-",
+            # dnsmasq pings a new address for 3 s before offering it: a
+            # lab without strangers needs no such check.
+            "--no-ping",
+            f"--dhcp-leasefile={self._tmp.name}/{interface}.leases",
+            f"--pid-file={self._tmp.name}/{interface}.pid",
+            f"--dhcp-range={first},{last},255.255.255.0,{lease_time}",
+        ]
         # dnsmasq offers itself as router and DNS unless told otherwise;
         # an empty option 3/6 sends none.
         argv.append(f"--dhcp-option=3{',' + router if router else ''}")
@@ -94,16 +133,16 @@ class Netns:
         if hostname_for:
             argv.append(f"--dhcp-host={hostname_for[0]},{hostname_for[1]}")
         log = open(f"{self._tmp.name}/{interface}.log", "wb")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         self._daemons.append(proc)
         # Ready once it has logged its DHCP range (it binds before that).
         deadline = time.monotonic() + 10
         while "DHCP, IP range" not in self.dnsmasq_log(interface):
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"dnsmasq in {self.name} did not start: "
-                                   f"{self.dnsmasq_log(interface)[-500:]}")
+                raise RuntimeError(
+                    f"dnsmasq in {self.name} did not start: {self.dnsmasq_log(interface)[-500:]}"
+                )
             time.sleep(0.05)
         return proc
 

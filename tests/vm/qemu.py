@@ -69,25 +69,29 @@ class Nic:
     device: str
 
     @staticmethod
-    def user(id: str, mac: str | None = None, model: str = "virtio-net-pci",
-             options: str = "") -> Nic:
+    def user(
+        id: str, mac: str | None = None, model: str = "virtio-net-pci", options: str = ""
+    ) -> Nic:
         """QEMU's user network, restricted: DHCP answers, no way out."""
         extra = f",{options}" if options else ""
         return Nic(f"user,id={id},restrict=on{extra}", _device(model, id, mac))
 
     @staticmethod
-    def socket_link(id: str, path: str, listen: bool, mac: str | None = None,
-                    model: str = "virtio-net-pci") -> Nic:
+    def socket_link(
+        id: str, path: str, listen: bool, mac: str | None = None, model: str = "virtio-net-pci"
+    ) -> Nic:
         """A point-to-point link to another local QEMU over a unix stream socket."""
-        role = f"server=on,addr.type=unix,addr.path={path}" if listen else \
-            f"server=off,addr.type=unix,addr.path={path}"
+        role = (
+            f"server=on,addr.type=unix,addr.path={path}"
+            if listen
+            else f"server=off,addr.type=unix,addr.path={path}"
+        )
         return Nic(f"stream,id={id},{role}", _device(model, id, mac))
 
     @staticmethod
     def tap(id: str, ifname: str, mac: str | None = None, model: str = "virtio-net-pci") -> Nic:
         """A tap link; the test must have made `ifname` inside its own namespace."""
-        return Nic(f"tap,id={id},ifname={ifname},script=no,downscript=no",
-                   _device(model, id, mac))
+        return Nic(f"tap,id={id},ifname={ifname},script=no,downscript=no", _device(model, id, mac))
 
 
 def _device(model: str, id: str, mac: str | None) -> str:
@@ -114,8 +118,10 @@ def check_netdev(spec: str) -> None:
         if "ifname" not in options:
             raise ValueError(f"-netdev {spec}: name the tap you made (ifname=...)")
         return
-    raise ValueError(f"-netdev {spec}: only user (restrict=on), unix stream/dgram and tap "
-                     "links are allowed on this machine")
+    raise ValueError(
+        f"-netdev {spec}: only user (restrict=on), unix stream/dgram and tap "
+        "links are allowed on this machine"
+    )
 
 
 def check_extra(extra: Sequence[str]) -> None:
@@ -134,9 +140,18 @@ def drive_args(disk: str | Sequence[str]) -> list[str]:
     return list(disk)
 
 
-def qemu_argv(kernel: str, initrd: str, append: str, *, serial: str, monitor_path: str,
-              disks: Sequence[str | Sequence[str]] = (), nics: Sequence[Nic] = (),
-              extra: Sequence[str] = (), memory: int = 1024) -> list[str]:
+def qemu_argv(
+    kernel: str,
+    initrd: str,
+    append: str,
+    *,
+    serial: str,
+    monitor_path: str,
+    disks: Sequence[str | Sequence[str]] = (),
+    nics: Sequence[Nic] = (),
+    extra: Sequence[str] = (),
+    memory: int = 1024,
+) -> list[str]:
     """The whole QEMU command line; every rule of this machine is applied here."""
     words = append.split()
     for required in REQUIRED_APPEND:
@@ -145,11 +160,26 @@ def qemu_argv(kernel: str, initrd: str, append: str, *, serial: str, monitor_pat
             append = f"{required} {append}"
     accel = os.environ.get("INITPY_QEMU_ACCEL", "tcg")
     argv = [
-        QEMU, "-accel", accel, "-m", str(memory), "-smp", "1",
-        "-nodefaults", "-nographic", "-no-reboot",
-        "-serial", serial,
-        "-monitor", f"unix:{monitor_path},server=on,wait=off",
-        "-kernel", kernel, "-initrd", initrd, "-append", append.strip(),
+        QEMU,
+        "-accel",
+        accel,
+        "-m",
+        str(memory),
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-nographic",
+        "-no-reboot",
+        "-serial",
+        serial,
+        "-monitor",
+        f"unix:{monitor_path},server=on,wait=off",
+        "-kernel",
+        kernel,
+        "-initrd",
+        initrd,
+        "-append",
+        append.strip(),
     ]
     for disk in disks:
         argv += drive_args(disk)
@@ -183,8 +213,10 @@ def vm_slot(timeout: float = 3600) -> Iterator[int]:
                     fcntl.flock(fd, fcntl.LOCK_UN)
                 return
             if time.monotonic() > deadline:
-                raise VmError(f"no free VM slot in {timeout:g} s ({', '.join(SLOT_LOCKS)} "
-                              "held; `cat` them for the holders' PIDs)")
+                raise VmError(
+                    f"no free VM slot in {timeout:g} s ({', '.join(SLOT_LOCKS)} "
+                    "held; `cat` them for the holders' PIDs)"
+                )
             time.sleep(0.2)
     finally:
         for fd in handles:
@@ -210,8 +242,14 @@ _used_logs: set[Path] = set()
 class Vm:
     """A running guest: its serial console, its monitor, its QEMU process."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], monitor_path: str, log_path: Path,
-                 argv: list[str], stderr: IO[bytes]) -> None:
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        monitor_path: str,
+        log_path: Path,
+        argv: list[str],
+        stderr: IO[bytes],
+    ) -> None:
         self.proc = proc
         self._stderr = stderr
         self.monitor_path = monitor_path
@@ -226,8 +264,9 @@ class Vm:
         self._log = open(log_path, "w", encoding="utf-8")  # closed in close()
         self._log.write("# " + " ".join(argv) + "\n")
         self._log.flush()
-        self._reader = threading.Thread(target=self._read_console, daemon=True,
-                                        name=f"serial:{log_path.name}")
+        self._reader = threading.Thread(
+            target=self._read_console, daemon=True, name=f"serial:{log_path.name}"
+        )
         self._reader.start()
 
     # -- the serial console ------------------------------------------------------
@@ -260,8 +299,13 @@ class Vm:
         with self._changed:
             return self._text
 
-    def expect(self, pattern: str | re.Pattern[str], timeout: float = 60,
-               flags: int = 0, fail_on: str | None = None) -> re.Match[str]:
+    def expect(
+        self,
+        pattern: str | re.Pattern[str],
+        timeout: float = 60,
+        flags: int = 0,
+        fail_on: str | None = None,
+    ) -> re.Match[str]:
         """Wait for `pattern` on the console, after the previous match; return the match.
 
         Fails with the log's tail and path when the pattern does not come in
@@ -281,8 +325,7 @@ class Vm:
                 if failure is not None and (bad := failure.search(self._text, self._cursor)):
                     # Let the lines after it (the reason, the fix) arrive.
                     self._changed.wait(2.0)
-                    raise VmError(self._failure(
-                        f"{bad.group(0)!r} came before {regex.pattern!r}"))
+                    raise VmError(self._failure(f"{bad.group(0)!r} came before {regex.pattern!r}"))
                 left = deadline - time.monotonic()
                 if self._eof or left <= 0:
                     why = "QEMU ended" if self._eof else f"{timeout:g} s passed"
@@ -312,8 +355,7 @@ class Vm:
                 except OSError:
                     sock.close()
                     if time.monotonic() > deadline or self.proc.poll() is not None:
-                        raise VmError(self._failure("the QEMU monitor does not answer")) \
-                            from None
+                        raise VmError(self._failure("the QEMU monitor does not answer")) from None
                     time.sleep(0.1)
             sock.settimeout(timeout)
             self._monitor = sock
@@ -380,14 +422,24 @@ class Vm:
 
     def _failure(self, what: str) -> str:
         tail = "\n".join(self._text.splitlines()[-LOG_TAIL_LINES:])
-        return (f"{what}\n--- last {LOG_TAIL_LINES} console lines (whole log: {self.log_path})"
-                f" ---\n{tail}\n---")
+        return (
+            f"{what}\n--- last {LOG_TAIL_LINES} console lines (whole log: {self.log_path})"
+            f" ---\n{tail}\n---"
+        )
 
 
 @contextlib.contextmanager
-def boot(kernel: str | os.PathLike[str], initrd: str | os.PathLike[str], append: str = "", *,
-         disks: Sequence[str | Sequence[str]] = (), nics: Sequence[Nic] = (),
-         extra: Sequence[str] = (), memory: int = 1024, name: str = "vm") -> Iterator[Vm]:
+def boot(
+    kernel: str | os.PathLike[str],
+    initrd: str | os.PathLike[str],
+    append: str = "",
+    *,
+    disks: Sequence[str | Sequence[str]] = (),
+    nics: Sequence[Nic] = (),
+    extra: Sequence[str] = (),
+    memory: int = 1024,
+    name: str = "vm",
+) -> Iterator[Vm]:
     """Boot `kernel` with `initrd` in QEMU, holding a machine-wide VM slot.
 
     `disks` are raw image paths (virtio) or argument lists; `nics` are `Nic`s.
@@ -398,13 +450,26 @@ def boot(kernel: str | os.PathLike[str], initrd: str | os.PathLike[str], append:
     log_path = artefact_path(name)
     with vm_slot(), tempfile.TemporaryDirectory(prefix="initpy-vm-") as tmp:
         monitor_path = os.path.join(tmp, "monitor.sock")
-        argv = qemu_argv(os.fspath(kernel), os.fspath(initrd), append, serial="stdio",
-                         monitor_path=monitor_path, disks=disks, nics=nics, extra=extra,
-                         memory=memory)
+        argv = qemu_argv(
+            os.fspath(kernel),
+            os.fspath(initrd),
+            append,
+            serial="stdio",
+            monitor_path=monitor_path,
+            disks=disks,
+            nics=nics,
+            extra=extra,
+            memory=memory,
+        )
         # stderr to a file: a pipe nobody reads could fill and stall QEMU.
         with open(os.path.join(tmp, "stderr"), "w+b") as stderr:
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=stderr, start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                start_new_session=True,
+            )
             vm = Vm(proc, monitor_path, log_path, argv, stderr)
             try:
                 yield vm
@@ -415,9 +480,16 @@ def boot(kernel: str | os.PathLike[str], initrd: str | os.PathLike[str], append:
                 vm.close()
 
 
-def run_interactive(kernel: str, initrd: str, append: str, *,
-                    disks: Sequence[str | Sequence[str]] = (), nics: Sequence[Nic] = (),
-                    extra: Sequence[str] = (), memory: int = 1024) -> int:
+def run_interactive(
+    kernel: str,
+    initrd: str,
+    append: str,
+    *,
+    disks: Sequence[str | Sequence[str]] = (),
+    nics: Sequence[Nic] = (),
+    extra: Sequence[str] = (),
+    memory: int = 1024,
+) -> int:
     """Boot on this terminal (serial on stdio) under a VM slot; QEMU's exit code.
 
     For people (scripts/demo): the same rules as `boot()`, but the console is
@@ -426,9 +498,17 @@ def run_interactive(kernel: str, initrd: str, append: str, *,
     if shutil.which(QEMU) is None:
         raise VmError(f"{QEMU} not found; install qemu-system-x86 (scripts/bootstrap does)")
     with vm_slot(), tempfile.TemporaryDirectory(prefix="initpy-vm-") as tmp:
-        argv = qemu_argv(kernel, initrd, append, serial="mon:stdio",
-                         monitor_path=os.path.join(tmp, "monitor.sock"), disks=disks,
-                         nics=nics, extra=extra, memory=memory)
+        argv = qemu_argv(
+            kernel,
+            initrd,
+            append,
+            serial="mon:stdio",
+            monitor_path=os.path.join(tmp, "monitor.sock"),
+            disks=disks,
+            nics=nics,
+            extra=extra,
+            memory=memory,
+        )
         proc = subprocess.Popen(argv)
         try:
             return proc.wait()

@@ -45,8 +45,9 @@ def boot_order(hook_names: list[str]) -> tuple[str, ...]:
 
 def assert_handed_off(vm: qemu.Vm) -> tuple[str, ...]:
     """The guest program ran as PID 1, clean, with a report of a whole boot."""
-    vm.expect(rf"initpy: {HANDOFF}: exec {re.escape(GUEST_PATH)}", BOOT_TIMEOUT,
-              fail_on=RESCUE_LINE)
+    vm.expect(
+        rf"initpy: {HANDOFF}: exec {re.escape(GUEST_PATH)}", BOOT_TIMEOUT, fail_on=RESCUE_LINE
+    )
     sections = read_sections(vm, BOOT_TIMEOUT)
     pid1 = key_values(sections["pid1"], ":")
     assert key_values(sections["pid1"], "=")["shell_pid"] == "1", sections["pid1"]
@@ -81,14 +82,16 @@ def test_whole_boot_hands_off_to_pid1(boot_vm: BootVm, full_boot: BootArgs) -> N
         assert vm.wait_exit(SHELL_TIMEOUT) == 0
 
 
-def test_failure_gives_a_rescue_shell_and_exit_reboots(boot_vm: BootVm,
-                                                       full_boot: BootArgs) -> None:
+def test_failure_gives_a_rescue_shell_and_exit_reboots(
+    boot_vm: BootVm, full_boot: BootArgs
+) -> None:
     # The whole boot, but the hand-off target does not exist.
     full_boot.append = [w for w in full_boot.append if not w.startswith("initpy.exec=")]
     full_boot.append.append("initpy.exec=/nonexistent")
     with boot_vm(full_boot) as vm:
-        vm.expect(r"initpy: rescue: handoff: hand-off failed: /nonexistent: not found",
-                  BOOT_TIMEOUT)
+        vm.expect(
+            r"initpy: rescue: handoff: hand-off failed: /nonexistent: not found", BOOT_TIMEOUT
+        )
         vm.expect(r"initpy: rescue: fix: .*initpy\.exec=PATH")
         vm.expect(r"initpy: rescue: starting /bin/sh")
         # Typing before the prompt works too (the tty buffers it), but waiting
@@ -97,26 +100,27 @@ def test_failure_gives_a_rescue_shell_and_exit_reboots(boot_vm: BootVm,
         vm.send(PROBE)
         vm.expect(rf"^{PROBE_ANSWER}$", SHELL_TIMEOUT, re.M)
         # The report is there for the operator, and says why.
-        vm.send("grep -c '\"outcome\": \"rescue\"' /run/initpy/report.json")
+        vm.send('grep -c \'"outcome": "rescue"\' /run/initpy/report.json')
         vm.expect(r"^1$", SHELL_TIMEOUT, re.M)
         vm.leave_rescue_shell(SHELL_TIMEOUT)
 
 
-def test_break_gives_a_shell_and_the_boot_continues(boot_vm: BootVm,
-                                                    full_boot: BootArgs) -> None:
+def test_break_gives_a_shell_and_the_boot_continues(boot_vm: BootVm, full_boot: BootArgs) -> None:
     # load_modules: the modules hook is in every initrd; the state runs
     # after the break, so it shows the boot truly continues.
     state = "load_modules"
     full_boot.append.append(f"initpy.break={state}")
     with boot_vm(full_boot) as vm:
-        vm.expect(rf"initpy: break: before {state}; leave the shell", BOOT_TIMEOUT,
-                  fail_on=RESCUE_LINE)
+        vm.expect(
+            rf"initpy: break: before {state}; leave the shell", BOOT_TIMEOUT, fail_on=RESCUE_LINE
+        )
         vm.expect(re.escape(f"(initpy break before {state}) # "), SHELL_TIMEOUT)
         vm.send(PROBE)
         vm.expect(rf"^{PROBE_ANSWER}$", SHELL_TIMEOUT, re.M)
         vm.send("exit")
-        vm.expect(rf"initpy: break: shell left with status 0; continuing with {state}",
-                  SHELL_TIMEOUT)
+        vm.expect(
+            rf"initpy: break: shell left with status 0; continuing with {state}", SHELL_TIMEOUT
+        )
         vm.expect(rf"initpy: {state}: ok", BOOT_TIMEOUT)
         assert_handed_off(vm)
         vm.expect(r"reboot: Power down", SHELL_TIMEOUT)

@@ -102,8 +102,9 @@ def state(boot: dict[str, Any], name: str) -> dict[str, Any]:
 MAC = "52:54:00:5e:00:01"
 
 
-def test_user_network_hostname_bridges_nat_files_and_renewer(boot_vm: BootVm,
-                                                             full_boot: BootArgs) -> None:
+def test_user_network_hostname_bridges_nat_files_and_renewer(
+    boot_vm: BootVm, full_boot: BootArgs
+) -> None:
     args = with_nics(full_boot, Nic.user("n0", mac=MAC, options="hostname=vmhost1"))
     with boot_vm(args) as vm:
         facts, boot = network(vm)
@@ -137,12 +138,16 @@ def test_user_network_hostname_bridges_nat_files_and_renewer(boot_vm: BootVm,
     assert status["renewal_in"] and status["renewal_in"] > 0
 
 
-def test_only_the_nic_with_carrier_is_used_and_named_by_its_mac(boot_vm: BootVm,
-                                                               full_boot: BootArgs) -> None:
+def test_only_the_nic_with_carrier_is_used_and_named_by_its_mac(
+    boot_vm: BootVm, full_boot: BootArgs
+) -> None:
     dhcp_deadline = 120
     macs = ["52:54:00:00:00:01", "52:54:00:00:00:02", "52:54:00:00:00:03"]
-    args = with_nics(full_boot, *(Nic.user(f"n{i}", mac=mac) for i, mac in enumerate(macs)),
-                     append=("initpy.timeout.carrier=3", f"initpy.timeout.dhcp={dhcp_deadline}"))
+    args = with_nics(
+        full_boot,
+        *(Nic.user(f"n{i}", mac=mac) for i, mac in enumerate(macs)),
+        append=("initpy.timeout.carrier=3", f"initpy.timeout.dhcp={dhcp_deadline}"),
+    )
     with boot_vm(args) as vm:
         # Before the guest's kernel even finds the NICs.
         vm.monitor("set_link n0 off")
@@ -150,8 +155,7 @@ def test_only_the_nic_with_carrier_is_used_and_named_by_its_mac(boot_vm: BootVm,
         facts, boot = network(vm)
     assert boot["outcome"] == "handoff", boot["reason"]
     nics = links(facts)
-    winner = next(name for name, link in nics.items()
-                  if link["mac"] == macs[1] and name != "br0")
+    winner = next(name for name, link in nics.items() if link["mac"] == macs[1] and name != "br0")
     assert nics[winner]["master"] == "br0"
     assert [n for n, link in nics.items() if link.get("master") == "br0"] == [winner]
     assert facts["hostname"] == ["build-5400000002"]
@@ -163,19 +167,21 @@ def test_only_the_nic_with_carrier_is_used_and_named_by_its_mac(boot_vm: BootVm,
     assert state(boot, "dhcp")["duration_ms"] < dhcp_deadline * 1000 / 2
 
 
-def test_no_dhcp_server_anywhere_rescues_with_the_reason(boot_vm: BootVm, full_boot: BootArgs,
-                                                         tmp_path: Path) -> None:
+def test_no_dhcp_server_anywhere_rescues_with_the_reason(
+    boot_vm: BootVm, full_boot: BootArgs, tmp_path: Path
+) -> None:
     deadline = 5
     # A point-to-point unix datagram link whose far end nobody opens: the
     # NIC has carrier, and every DISCOVER goes nowhere.
-    nowhere = Nic(f"dgram,id=n0,local.type=unix,local.path={tmp_path}/guest.sock,"
-                  f"remote.type=unix,remote.path={tmp_path}/nobody.sock",
-                  f"virtio-net-pci,netdev=n0,mac={MAC}")
+    nowhere = Nic(
+        f"dgram,id=n0,local.type=unix,local.path={tmp_path}/guest.sock,"
+        f"remote.type=unix,remote.path={tmp_path}/nobody.sock",
+        f"virtio-net-pci,netdev=n0,mac={MAC}",
+    )
     # loglevel=8: the console also shows the kernel log's copy of each
     # initpy line (kept at debug priority so it is not printed twice
     # normally), whose timestamps measure the wait below.
-    args = with_nics(full_boot, nowhere,
-                     append=(f"initpy.timeout.dhcp={deadline}", "loglevel=8"))
+    args = with_nics(full_boot, nowhere, append=(f"initpy.timeout.dhcp={deadline}", "loglevel=8"))
     with boot_vm(args) as vm:
         vm.expect(r"initpy: find_nics: ok", BOOT_TIMEOUT)
         # Up to the line's end: a match on a half-received line would be cut.
@@ -184,23 +190,35 @@ def test_no_dhcp_server_anywhere_rescues_with_the_reason(boot_vm: BootVm, full_b
         vm.wait_exit(60)
     reason = rescue.group(1)
     assert reason.startswith(f"no DHCP lease on any NIC within {deadline} s: "), reason
-    assert re.search(rf"eth0 \({MAC}, carrier\): no lease within {deadline} s: "
-                     r"no DHCP offer \(DISCOVER sent, no answer\)", reason), reason
+    assert re.search(
+        rf"eth0 \({MAC}, carrier\): no lease within {deadline} s: "
+        r"no DHCP offer \(DISCOVER sent, no answer\)",
+        reason,
+    ), reason
     # Within the deadline: the kernel log's clock between the carrier and the
     # rescue lines (each initpy line is echoed from /dev/kmsg with its time).
-    stamps = [re.search(rf"^\[\s*([\d.]+)\] initpy: {line}", vm.console, re.M)
-              for line in ("find_nics: ok", "rescue: dhcp:")]
+    stamps = [
+        re.search(rf"^\[\s*([\d.]+)\] initpy: {line}", vm.console, re.M)
+        for line in ("find_nics: ok", "rescue: dhcp:")
+    ]
     assert stamps[0] and stamps[1], "no kernel-log echo of the initpy lines on the console"
     waited = float(stamps[1].group(1)) - float(stamps[0].group(1))
     assert deadline <= waited <= deadline + 3, waited
 
 
-def test_dnsmasq_in_a_namespace_gives_route_and_dns_on_br0(boot_vm: BootVm,
-                                                           full_boot: BootArgs) -> None:
+def test_dnsmasq_in_a_namespace_gives_route_and_dns_on_br0(
+    boot_vm: BootVm, full_boot: BootArgs
+) -> None:
     with Netns("vmlan") as lan:
         lan.tap("tap0", "10.99.0.1/24")
-        lan.dnsmasq("tap0", "10.99.0.50", "10.99.0.150", router="10.99.0.1",
-                    dns="10.99.0.1", hostname_for=(MAC, "labhost"))
+        lan.dnsmasq(
+            "tap0",
+            "10.99.0.50",
+            "10.99.0.150",
+            router="10.99.0.1",
+            dns="10.99.0.1",
+            hostname_for=(MAC, "labhost"),
+        )
         args = with_nics(full_boot, Nic.tap("n0", "tap0", mac=MAC))
         with contextlib.ExitStack() as stack:
             # QEMU opens the tap by name in its own namespace: start it inside
@@ -214,12 +232,12 @@ def test_dnsmasq_in_a_namespace_gives_route_and_dns_on_br0(boot_vm: BootVm,
     lease = boot["network"]["lease"]
     assert lease["router"] == "10.99.0.1" and lease["dns"] == ["10.99.0.1"]
     assert addresses(facts)["br0"] == [lease["address"]]
-    assert any(re.match(r"default via 10\.99\.0\.1 dev br0", r) for r in facts["route"]), \
-        facts["route"]
+    assert any(re.match(r"default via 10\.99\.0\.1 dev br0", r) for r in facts["route"]), facts[
+        "route"
+    ]
     assert "nameserver 10.99.0.1" in file_lines(facts, "/etc/resolv.conf")
     assert facts["hostname"] == ["labhost"]
     # The renewer re-confirmed the lease from br0 (the same MAC): dnsmasq
     # acknowledged the address twice, once for the boot, once for it.
-    acks = re.findall(rf"DHCPACK\(tap0\) {re.escape(lease['address'].split('/')[0])} {MAC}",
-                      served)
+    acks = re.findall(rf"DHCPACK\(tap0\) {re.escape(lease['address'].split('/')[0])} {MAC}", served)
     assert len(acks) >= 2, served[-2000:]

@@ -16,12 +16,14 @@ from . import qemu
 
 
 def _argv(**kwargs: object) -> list[str]:
-    return qemu.qemu_argv("vmlinuz", "initrd", "initpy.debug", serial="stdio",
-                          monitor_path="/tmp/m.sock", **kwargs)  # type: ignore[arg-type]
+    return qemu.qemu_argv(
+        "vmlinuz", "initrd", "initpy.debug", serial="stdio", monitor_path="/tmp/m.sock", **kwargs
+    )  # type: ignore[arg-type]
 
 
 def test_argv_is_tcg_without_default_devices_and_with_the_console(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv("INITPY_QEMU_ACCEL", raising=False)
     argv = _argv()
     assert argv[argv.index("-accel") + 1] == "tcg"
@@ -44,9 +46,11 @@ def test_a_given_console_is_kept() -> None:
 
 def test_allowed_nics_and_disks_become_arguments() -> None:
     argv = _argv(
-        nics=[qemu.Nic.user("net0", mac="52:54:00:12:34:56", options="hostname=h1"),
-              qemu.Nic.socket_link("net1", "/tmp/l.sock", listen=True),
-              qemu.Nic.tap("net2", "tap-initpy0")],
+        nics=[
+            qemu.Nic.user("net0", mac="52:54:00:12:34:56", options="hostname=h1"),
+            qemu.Nic.socket_link("net1", "/tmp/l.sock", listen=True),
+            qemu.Nic.tap("net2", "tap-initpy0"),
+        ],
         disks=["/tmp/state.img"],
     )
     joined = " ".join(argv)
@@ -57,28 +61,31 @@ def test_allowed_nics_and_disks_become_arguments() -> None:
     assert "-drive file=/tmp/state.img,if=virtio,format=raw" in joined
 
 
-@pytest.mark.parametrize("netdev", [
-    "user,id=n0",                                  # not restricted: the guest could reach out
-    "user,id=n0,restrict=off",
-    "socket,id=n0,mcast=230.0.0.1:1234",           # multicast
-    "stream,id=n0,server=off,addr.type=inet,addr.host=10.0.0.1,addr.port=1",
-    "tap,id=n0,ifname=t0,script=/etc/qemu-ifup",   # a script that changes the host
-    "bridge,id=n0,br=br0",
-])
+@pytest.mark.parametrize(
+    "netdev",
+    [
+        "user,id=n0",  # not restricted: the guest could reach out
+        "user,id=n0,restrict=off",
+        "socket,id=n0,mcast=230.0.0.1:1234",  # multicast
+        "stream,id=n0,server=off,addr.type=inet,addr.host=10.0.0.1,addr.port=1",
+        "tap,id=n0,ifname=t0,script=/etc/qemu-ifup",  # a script that changes the host
+        "bridge,id=n0,br=br0",
+    ],
+)
 def test_forbidden_networks_are_refused(netdev: str) -> None:
     with pytest.raises(ValueError):
         _argv(nics=[qemu.Nic(netdev, "virtio-net-pci,netdev=n0")])
 
 
-@pytest.mark.parametrize("extra", [["-nic", "user"], ["-net", "user"],
-                                   ["-netdev", "user,id=x"]])
+@pytest.mark.parametrize("extra", [["-nic", "user"], ["-net", "user"], ["-netdev", "user,id=x"]])
 def test_extra_arguments_cannot_add_a_network(extra: list[str]) -> None:
     with pytest.raises(ValueError):
         _argv(extra=extra)
 
 
-def test_slots_allow_two_vms_and_no_third(tmp_path: os.PathLike[str],
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_slots_allow_two_vms_and_no_third(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     locks = tuple(os.path.join(os.fspath(tmp_path), f"slot{i}.lock") for i in range(2))
     monkeypatch.setattr(qemu, "SLOT_LOCKS", locks)
     with qemu.vm_slot() as first, qemu.vm_slot() as second:

@@ -41,17 +41,29 @@ Boot = Callable[..., contextlib.AbstractContextManager[qemu.Vm]]
 
 
 @pytest.fixture(scope="module")
-def storage_initrd(vm_kernel: KernelFiles,
-                   tmp_path_factory: pytest.TempPathFactory) -> InitrdFiles:
+def storage_initrd(vm_kernel: KernelFiles, tmp_path_factory: pytest.TempPathFactory) -> InitrdFiles:
     prebuilt = os.environ.get("INITPY_VM_STORAGE_INITRD")
     if prebuilt:
         return _initrd_files(Path(prebuilt))
     outdir = tmp_path_factory.mktemp("storage-initrd")
-    _run([sys.executable, str(qemu.REPO / "mkinitrd.py"), "--kernel", str(vm_kernel.vmlinuz),
-          "--modules", str(vm_kernel.modules), "-o", str(outdir),
-          "--hooks", "storage,persist,buildhost",
-          "--include", f"{GUEST_PROGRAM}:{GUEST_PATH}"], "building the storage initrd",
-         BUILD_TIMEOUT)
+    _run(
+        [
+            sys.executable,
+            str(qemu.REPO / "mkinitrd.py"),
+            "--kernel",
+            str(vm_kernel.vmlinuz),
+            "--modules",
+            str(vm_kernel.modules),
+            "-o",
+            str(outdir),
+            "--hooks",
+            "storage,persist,buildhost",
+            "--include",
+            f"{GUEST_PROGRAM}:{GUEST_PATH}",
+        ],
+        "building the storage initrd",
+        BUILD_TIMEOUT,
+    )
     return _initrd_files(outdir)
 
 
@@ -61,10 +73,17 @@ def boot(storage_initrd: InitrdFiles, request: pytest.FixtureRequest) -> Boot:
 
     @contextlib.contextmanager
     def run(disk_paths: list[str], *words: str) -> Iterator[qemu.Vm]:
-        args = BootArgs(append=[f"initpy.exec={GUEST_PATH}", "initpy.debug", *words],
-                        disks=list(disk_paths))
-        with qemu.boot(storage_initrd.image, storage_initrd.initrd, " ".join(args.append),
-                       disks=args.disks, memory=args.memory, name=request.node.name) as vm:
+        args = BootArgs(
+            append=[f"initpy.exec={GUEST_PATH}", "initpy.debug", *words], disks=list(disk_paths)
+        )
+        with qemu.boot(
+            storage_initrd.image,
+            storage_initrd.initrd,
+            " ".join(args.append),
+            disks=args.disks,
+            memory=args.memory,
+            name=request.node.name,
+        ) as vm:
             yield vm
 
     return run
@@ -96,7 +115,8 @@ def mounts(found: dict[str, list[str]]) -> dict[str, tuple[str, str, str]]:
 
 
 def test_state_and_machines_mount_and_keys_and_seed_survive_a_reboot(
-        boot: Boot, tmp_path: Path) -> None:
+    boot: Boot, tmp_path: Path
+) -> None:
     images = disks.state_and_machines(tmp_path, host_keys=False)  # the first boot
     with boot(images) as vm:
         first = storage_lines(vm)
@@ -132,8 +152,11 @@ def test_state_and_machines_mount_and_keys_and_seed_survive_a_reboot(
 
 def test_named_machines_disks_and_a_two_device_btrfs(boot: Boot, tmp_path: Path) -> None:
     images = [
-        disks.ext4(tmp_path / "state.img", "buildos.state",
-                   contents=disks.state_contents(tmp_path / "state-tree")),
+        disks.ext4(
+            tmp_path / "state.img",
+            "buildos.state",
+            contents=disks.state_contents(tmp_path / "state-tree"),
+        ),
         *disks.btrfs([tmp_path / "fast.img"], "buildos.machines.fast"),
         *disks.btrfs([tmp_path / "big1.img", tmp_path / "big2.img"], "buildos.machines.big"),
     ]
@@ -145,27 +168,39 @@ def test_named_machines_disks_and_a_two_device_btrfs(boot: Boot, tmp_path: Path)
     assert table["/build/machines/big"][0] in ("/dev/vdc", "/dev/vdd")
     assert "/build/machines" not in table
     assert "/build/machines/big <- /dev/vdc, /dev/vdd" in found["report"][0]
-    assert "LABEL=buildos.machines.big /build/machines/big btrfs defaults,nofail 0 0" \
+    assert (
+        "LABEL=buildos.machines.big /build/machines/big btrfs defaults,nofail 0 0" in found["fstab"]
+    )
+    assert (
+        "LABEL=buildos.machines.fast /build/machines/fast btrfs defaults,nofail 0 0"
         in found["fstab"]
-    assert "LABEL=buildos.machines.fast /build/machines/fast btrfs defaults,nofail 0 0" \
-        in found["fstab"]
+    )
 
 
 # -- 4: the labelling story ---------------------------------------------------------------
 
 
 def test_blank_disks_rescue_then_label_them_in_the_shell_and_the_next_boot_mounts(
-        boot: Boot, tmp_path: Path) -> None:
+    boot: Boot, tmp_path: Path
+) -> None:
     images = [disks.blank(tmp_path / "a.img", 64), disks.blank(tmp_path / "b.img", 256)]
     with boot(images, "initpy.timeout.disks=3") as vm:
-        vm.expect(r"initpy: rescue: find_disks: no disk labelled buildos\.state \(for /state\); "
-                  r"no disk labelled buildos\.machines or buildos\.machines\.<name>",
-                  BOOT_TIMEOUT)
+        vm.expect(
+            r"initpy: rescue: find_disks: no disk labelled buildos\.state \(for /state\); "
+            r"no disk labelled buildos\.machines or buildos\.machines\.<name>",
+            BOOT_TIMEOUT,
+        )
         vm.expect(r"Disks found \(after waiting 3\.\d s\):")
-        vm.expect(re.escape("  /dev/vda, 64.0 MiB, model 'virtio disk', rotational, "
-                            "no filesystem initpy knows"))
-        vm.expect(re.escape("  /dev/vdb, 256.0 MiB, model 'virtio disk', rotational, "
-                            "no filesystem initpy knows"))
+        vm.expect(
+            re.escape(
+                "  /dev/vda, 64.0 MiB, model 'virtio disk', rotational, no filesystem initpy knows"
+            )
+        )
+        vm.expect(
+            re.escape(
+                "  /dev/vdb, 256.0 MiB, model 'virtio disk', rotational, no filesystem initpy knows"
+            )
+        )
         vm.expect(re.escape("mkfs.ext4 -L buildos.state /dev/sdX"))
         vm.expect(re.escape("mkfs.btrfs -L buildos.machines -m single /dev/sdY"))
         vm.expect(RESCUE_PROMPT, SHELL_TIMEOUT)
@@ -188,21 +223,30 @@ def test_blank_disks_rescue_then_label_them_in_the_shell_and_the_next_boot_mount
 
 
 def test_an_ext4_machines_disk_is_a_rescue_that_says_btrfs(boot: Boot, tmp_path: Path) -> None:
-    images = [disks.ext4(tmp_path / "state.img", "buildos.state"),
-              disks.ext4(tmp_path / "machines.img", "buildos.machines")]
+    images = [
+        disks.ext4(tmp_path / "state.img", "buildos.state"),
+        disks.ext4(tmp_path / "machines.img", "buildos.machines"),
+    ]
     with boot(images) as vm:
-        vm.expect(r"initpy: rescue: find_disks: /dev/vdb is labelled buildos\.machines but "
-                  r"holds ext4; machines disks must be btrfs", BOOT_TIMEOUT)
+        vm.expect(
+            r"initpy: rescue: find_disks: /dev/vdb is labelled buildos\.machines but "
+            r"holds ext4; machines disks must be btrfs",
+            BOOT_TIMEOUT,
+        )
         vm.expect(re.escape("mkfs.btrfs -f -L buildos.machines -m single /dev/vdb"))
         vm.expect(RESCUE_PROMPT, SHELL_TIMEOUT)
 
 
 def test_a_duplicated_label_is_a_rescue_naming_both_devices(boot: Boot, tmp_path: Path) -> None:
-    images = [disks.ext4(tmp_path / "state1.img", "buildos.state"),
-              *disks.btrfs([tmp_path / "machines.img"], "buildos.machines"),
-              disks.ext4(tmp_path / "state2.img", "buildos.state")]
+    images = [
+        disks.ext4(tmp_path / "state1.img", "buildos.state"),
+        *disks.btrfs([tmp_path / "machines.img"], "buildos.machines"),
+        disks.ext4(tmp_path / "state2.img", "buildos.state"),
+    ]
     with boot(images) as vm:
-        vm.expect(r"initpy: rescue: find_disks: 2 filesystems are labelled buildos\.state: "
-                  r"/dev/vda \(ext4, uuid [0-9a-f-]+\); /dev/vdc \(ext4, uuid [0-9a-f-]+\)",
-                  BOOT_TIMEOUT)
+        vm.expect(
+            r"initpy: rescue: find_disks: 2 filesystems are labelled buildos\.state: "
+            r"/dev/vda \(ext4, uuid [0-9a-f-]+\); /dev/vdc \(ext4, uuid [0-9a-f-]+\)",
+            BOOT_TIMEOUT,
+        )
         vm.expect(RESCUE_PROMPT, SHELL_TIMEOUT)

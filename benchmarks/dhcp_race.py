@@ -61,10 +61,11 @@ def outer(args: argparse.Namespace) -> int:
 
 
 def inner(args: argparse.Namespace) -> int:
+    from hooks.network import dhcpclient as dhcp
     from hooks.network.netlink import IPRouteNetlink, wait_for_carrier
-    from initpy import dhcp
+    from initpy.runtime.kernel import Kernel
 
-    nl = IPRouteNetlink()
+    nl = IPRouteNetlink(Kernel())
     links, waited = wait_for_carrier(nl, NICS, 10, time.monotonic)
     print(
         f"carrier on {sum(links[n].carrier for n in NICS)} of {len(NICS)} NICs after "

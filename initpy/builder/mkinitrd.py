@@ -205,8 +205,8 @@ def build(
         names = choose_hooks(files, options.hooks)
         found = {}
         for folder in folders:
-            for entry in hook_entries(folder):
-                hook = load_hook(folder, entry)
+            for hook_entry in hook_entries(folder):
+                hook = load_hook(folder, hook_entry)
                 found[hook.name] = hook
         registry = build_registry(select(found, names), found.values())
     except HookError as exc:

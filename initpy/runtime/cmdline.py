@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar, cast
 
 T = TypeVar("T")
+# A Parameter is frozen, its value only read: a Parameter[float] is a
+# Parameter[object], so hooks can list parameters of different types.
+T_co = TypeVar("T_co", covariant=True)
 
 OWN_PREFIXES = ("buildos.", "initpy.")
 
@@ -30,12 +33,12 @@ class BadValue(ValueError):
 
 
 @dataclass(frozen=True)
-class Parameter(Generic[T]):
+class Parameter(Generic[T_co]):
     """One command-line parameter: its name, type, default and meaning."""
 
     name: str
-    parse: Callable[[str | None], T]
-    default: T
+    parse: Callable[[str | None], T_co]
+    default: T_co
     help: str
     example: str = ""
 

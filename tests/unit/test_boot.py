@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pytest
 from pytest_mock import MockerFixture
@@ -97,12 +97,9 @@ def test_every_repository_state_runs_in_registry_order(
     with pytest.raises(HandedOff):
         boot.run()
     assert trail == [n for n in registry.order if n in registry.states]
-    assert (
-        [s["name"] for s in read_report(kernel)["states"]]
-        == list(  # type: ignore[index]
-            registry.order[:-1]
-        )
-    )
+    states = read_report(kernel)["states"]
+    assert isinstance(states, list)
+    assert [s["name"] for s in states] == list(registry.order[:-1])
 
 
 @pytest.mark.parametrize("failing", repo_states())
@@ -213,7 +210,7 @@ def test_break_gives_a_shell_before_the_state_and_continues(tmp_path: os.PathLik
     trail: list[str] = []
 
     def shell(
-        argv: Sequence[str], env: dict[str, str], idle_timeout: float | None = None
+        argv: Sequence[str], env: Mapping[str, str], idle_timeout: float | None = None
     ) -> ShellExit:
         trail.append("shell")
         return ShellExit(0)
@@ -231,7 +228,9 @@ def test_break_on_unknown_state_is_a_warning(tmp_path: os.PathLike[str]) -> None
     make_executable(k, "/sbin/init")
     run_boot(k, [])
     assert "no state named 'nowhere'" in console(k)
-    warnings = read_report(k)["command_line"]["warnings"]  # type: ignore[index]
+    command_line = read_report(k)["command_line"]
+    assert isinstance(command_line, dict)
+    warnings = command_line["warnings"]
     assert any("nowhere" in w for w in warnings)
 
 
@@ -398,10 +397,10 @@ def test_walk_command_runs_without_root() -> None:
 
 
 def test_reports_are_kept_on_state_and_rotated_once_per_boot(kernel: FakeKernel) -> None:
-    from initpy.runtime.report import Report
+    from initpy.runtime.report import Outcome, Report
 
     for boot_number in range(12):
-        report = Report(kernel, outcome=f"boot {boot_number}")
+        report = Report(kernel, outcome=Outcome.HANDOFF, reason=f"boot {boot_number}")
         report.write(state_mounted=True)
         report.write(state_mounted=True)  # a second write in one boot does not rotate
     folder = kernel.path("/state/initpy/reports")

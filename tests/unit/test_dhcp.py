@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -31,7 +32,9 @@ def test_the_client_leaves_pid1s_signals_and_the_lease_alone() -> None:
     assert config.write_pidfile is False
 
 
-def test_the_lease_type_writes_and_reads_no_file(tmp_path, monkeypatch) -> None:
+def test_the_lease_type_writes_and_reads_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     config = PyrouteDhcpClient("eth0", "52:54:00:12:34:56")._config()
     (tmp_path / "eth0.lease.json").write_text("{}")  # a stale lease must not be loaded
@@ -109,12 +112,14 @@ class StuckClient:
 
 
 class StuckNetwork(FakeNetlink):
-    def dhcp_client(self, name: str, mac: str) -> StuckClient:  # type: ignore[override]
+    def dhcp_client(self, name: str, mac: str) -> StuckClient:
         nic = self._nic(name)
         return StuckClient(nic.lease)
 
 
-def test_a_client_that_will_not_stop_does_not_hold_the_boot(monkeypatch) -> None:
+def test_a_client_that_will_not_stop_does_not_hold_the_boot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(dhcp, "STOP_TIMEOUT", 0.05)
     won = Lease("eth0", "52:54:00:00:00:01", "10.0.0.2", 24)
     network = StuckNetwork(
@@ -142,7 +147,7 @@ def test_a_nic_that_fails_does_not_stop_the_others() -> None:
 
 
 @pytest.mark.parametrize("count", [0, 1])
-def test_no_nic_no_lease(count) -> None:
+def test_no_nic_no_lease(count: int) -> None:
     nics = [FakeNic(f"eth{i}", f"52:54:00:00:00:0{i}") for i in range(count)]
     result = race(FakeNetlink(nics=nics), [(n.name, n.mac) for n in nics], timeout=0.05)
     assert result.winner is None

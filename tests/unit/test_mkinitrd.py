@@ -101,10 +101,10 @@ def build(setup: dict[str, str], out: str, **changes: object) -> mkinitrd.BuildR
         outdir=os.path.join(setup["top"], out),
         base_hooks_dir=None,
         hook_dirs=(setup["hooks"],),
-        compress="gzip",
+        compress=mkinitrd.Compression.GZIP,
         source_date_epoch=1_700_000_000,
     )
-    options = mkinitrd.Options(**{**options.__dict__, **changes})  # type: ignore[arg-type]
+    options = mkinitrd.Options(**{**options.__dict__, **changes})
     return mkinitrd.build(options, freezer=fake_freezer(setup["top"]))
 
 
@@ -253,7 +253,7 @@ def test_missing_include_is_an_error(setup: dict[str, str]) -> None:
 def test_the_command_line_writes_the_three_files(
     setup: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(mkinitrd.freeze, "freeze", fake_freezer(setup["top"]))
+    monkeypatch.setattr(freeze, "freeze", fake_freezer(setup["top"]))
     monkeypatch.setattr(mkinitrd, "build", _build_with(setup))
     out = os.path.join(setup["top"], "cli")
     assert (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+from pathlib import Path
 
 import pytest
 
@@ -24,8 +25,10 @@ LISTING = (
 )
 
 
-def _machine(tmp_path: str, listing: str = LISTING, **kwargs: object) -> BootContext:
-    kernel = FakeKernel(root=os.path.join(tmp_path, "root"), **kwargs)  # type: ignore[arg-type]
+def _machine(
+    tmp_path: str, listing: str = LISTING, failures: dict[str, dict[str, int]] | None = None
+) -> BootContext:
+    kernel = FakeKernel(root=os.path.join(tmp_path, "root"), failures=failures or {})
     kernel.write_text("/proc/sys/kernel/osrelease", VERSION + "\n")
     packed = []
     for line in listing.splitlines():
@@ -45,7 +48,7 @@ def _load(ctx: BootContext) -> str | None:
     return state.run(ctx)
 
 
-def test_modules_load_after_what_they_need_and_are_reported(tmp_path: str) -> None:
+def test_modules_load_after_what_they_need_and_are_reported(tmp_path: Path) -> None:
     ctx = _machine(str(tmp_path))
     detail = _load(ctx)
     kernel = ctx.kernel
@@ -80,7 +83,7 @@ def test_modules_load_after_what_they_need_and_are_reported(tmp_path: str) -> No
     assert kernel.read_text("/proc/sys/kernel/modprobe") == "/usr/lib/initpy/bin/modprobe\n"
 
 
-def test_a_failed_module_names_itself_and_skips_its_dependents(tmp_path: str) -> None:
+def test_a_failed_module_names_itself_and_skips_its_dependents(tmp_path: Path) -> None:
     path = f"/lib/modules/{VERSION}/kernel/failover.ko"
     ctx = _machine(str(tmp_path), failures={"finit_module": {path: errno.ENOEXEC}})
     with pytest.raises(BootFailure) as failure:
@@ -98,7 +101,7 @@ def test_a_failed_module_names_itself_and_skips_its_dependents(tmp_path: str) ->
     }
 
 
-def test_already_loaded_or_built_in_is_not_an_error(tmp_path: str) -> None:
+def test_already_loaded_or_built_in_is_not_an_error(tmp_path: Path) -> None:
     path = f"/lib/modules/{VERSION}/kernel/virtio.ko"
     ctx = _machine(str(tmp_path), failures={"finit_module": {path: errno.EEXIST}})
     _load(ctx)
@@ -115,7 +118,7 @@ def test_already_loaded_or_built_in_is_not_an_error(tmp_path: str) -> None:
     assert [(m["name"], m["result"]) for m in ctx.report.modules] == [("crc32c", "already loaded")]
 
 
-def test_modules_of_another_kernel_are_a_rescue_with_the_fix(tmp_path: str) -> None:
+def test_modules_of_another_kernel_are_a_rescue_with_the_fix(tmp_path: Path) -> None:
     ctx = _machine(str(tmp_path))
     ctx.kernel.write_text("/proc/sys/kernel/osrelease", "6.9.9-other\n")
     with pytest.raises(BootFailure) as failure:
@@ -125,7 +128,7 @@ def test_modules_of_another_kernel_are_a_rescue_with_the_fix(tmp_path: str) -> N
     assert "--modules of kernel 6.9.9-other" in failure.value.fix
 
 
-def test_no_module_list_is_fine(tmp_path: str) -> None:
+def test_no_module_list_is_fine(tmp_path: Path) -> None:
     ctx = _machine(str(tmp_path))
     ctx.manifest = None
     ctx.kernel.mkdir("/sbin")

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import types
+from pathlib import Path
 
 import pytest
+from pytest_mock import MockerFixture
 
 from hooks.network.dhcpclient import Lease
 from initpy.devtools.fake import FakeKernel, HandedOff
@@ -56,7 +58,9 @@ def read(k: FakeKernel, path: str) -> str:
 # -- find_nics ---------------------------------------------------------------------
 
 
-def test_find_nics_takes_ethernet_only_and_records_mac_and_carrier(tmp_path, net) -> None:
+def test_find_nics_takes_ethernet_only_and_records_mac_and_carrier(
+    tmp_path: Path, net: types.ModuleType
+) -> None:
     k = machine(
         tmp_path,
         FakeNic("eth0", "52:54:00:00:00:0A"),
@@ -78,7 +82,9 @@ def test_find_nics_takes_ethernet_only_and_records_mac_and_carrier(tmp_path, net
     assert k.network.up == {"eth0", "eth1"}
 
 
-def test_carrier_wait_ends_when_every_nic_has_carrier(tmp_path, net) -> None:
+def test_carrier_wait_ends_when_every_nic_has_carrier(
+    tmp_path: Path, net: types.ModuleType
+) -> None:
     k = machine(
         tmp_path,
         FakeNic("eth0", "52:54:00:00:00:01", carrier_at=2.0),
@@ -95,7 +101,7 @@ def test_carrier_wait_ends_when_every_nic_has_carrier(tmp_path, net) -> None:
     assert "after 1.50 s" in detail
 
 
-def test_carrier_wait_stops_at_the_deadline(tmp_path, net) -> None:
+def test_carrier_wait_stops_at_the_deadline(tmp_path: Path, net: types.ModuleType) -> None:
     k = machine(
         tmp_path,
         FakeNic("eth0", "52:54:00:00:00:01"),
@@ -109,7 +115,9 @@ def test_carrier_wait_stops_at_the_deadline(tmp_path, net) -> None:
     assert [n.carrier for n in ctx.get(net.NICS, ())] == [True, False]
 
 
-def test_no_carrier_anywhere_is_a_failure_naming_each_nic(tmp_path, net) -> None:
+def test_no_carrier_anywhere_is_a_failure_naming_each_nic(
+    tmp_path: Path, net: types.ModuleType
+) -> None:
     k = machine(
         tmp_path,
         FakeNic("eth0", "52:54:00:00:00:01", carrier_at=None),
@@ -121,7 +129,7 @@ def test_no_carrier_anywhere_is_a_failure_naming_each_nic(tmp_path, net) -> None
     assert "initpy.timeout.carrier" in failed.value.fix
 
 
-def test_a_nic_registered_late_is_awaited(tmp_path, net) -> None:
+def test_a_nic_registered_late_is_awaited(tmp_path: Path, net: types.ModuleType) -> None:
     k = machine(
         tmp_path,
         FakeNic("eth0", "52:54:00:00:00:01", appear_at=3.0, carrier_at=3.5),
@@ -134,7 +142,7 @@ def test_a_nic_registered_late_is_awaited(tmp_path, net) -> None:
     assert k.clock - start == pytest.approx(2.5)  # up to the carrier, not the deadline
 
 
-def test_no_ethernet_nic_is_a_failure_with_the_fix(tmp_path, net) -> None:
+def test_no_ethernet_nic_is_a_failure_with_the_fix(tmp_path: Path, net: types.ModuleType) -> None:
     k = machine(tmp_path, FakeNic("wlan0", "52:54:00:00:00:01", kind="wireless"))
     with pytest.raises(BootFailure) as failed:
         net.find_nics(context(k, net))
@@ -150,7 +158,9 @@ def found(ctx: BootContext, net: types.ModuleType) -> None:
     net.find_nics(ctx)
 
 
-def test_lowest_mac_wins_among_leases_within_the_window(tmp_path, net) -> None:
+def test_lowest_mac_wins_among_leases_within_the_window(
+    tmp_path: Path, net: types.ModuleType
+) -> None:
     high = FakeNic("eth0", "52:54:00:00:00:02", lease_delay=0.01)
     low = FakeNic("eth1", "52:54:00:00:00:01", lease_delay=0.06)
     high.lease = lease("eth0", high.mac, "10.0.0.2")
@@ -170,7 +180,9 @@ def test_lowest_mac_wins_among_leases_within_the_window(tmp_path, net) -> None:
     )
 
 
-def test_first_lease_wins_when_the_other_comes_after_the_window(tmp_path, net) -> None:
+def test_first_lease_wins_when_the_other_comes_after_the_window(
+    tmp_path: Path, net: types.ModuleType
+) -> None:
     first = FakeNic("eth0", "52:54:00:00:00:02", lease_delay=0.01)
     late = FakeNic("eth1", "52:54:00:00:00:01", lease_delay=5.0)
     first.lease = lease("eth0", first.mac)
@@ -182,14 +194,16 @@ def test_first_lease_wins_when_the_other_comes_after_the_window(tmp_path, net) -
     assert ctx.get(net.LEASE, None).nic == "eth0"
     # The slow NIC's client was stopped without waiting for its answer.
     assert k.network.clients["eth1"].stopped
-    report = ctx.report.extra["network"]["dhcp"]
+    network = ctx.report.extra["network"]
+    assert isinstance(network, dict)
+    report = network["dhcp"]
     assert any(
         line.startswith("eth1") and "stopped after" in line and "eth0 won" in line
         for line in report
     )
 
 
-def test_nics_without_carrier_are_not_tried(tmp_path, net) -> None:
+def test_nics_without_carrier_are_not_tried(tmp_path: Path, net: types.ModuleType) -> None:
     up = FakeNic("eth0", "52:54:00:00:00:02")
     up.lease = lease("eth0", up.mac)
     k = machine(
@@ -205,7 +219,9 @@ def test_nics_without_carrier_are_not_tried(tmp_path, net) -> None:
     assert ctx.get(net.LEASE, None).nic == "eth0"
 
 
-def test_no_lease_anywhere_rescues_with_each_nics_story(tmp_path, net) -> None:
+def test_no_lease_anywhere_rescues_with_each_nics_story(
+    tmp_path: Path, net: types.ModuleType
+) -> None:
     broken = FakeNic("eth2", "52:54:00:00:00:03", dhcp_error="[Errno 100] Network is down")
     k = machine(
         tmp_path,
@@ -231,7 +247,7 @@ def test_no_lease_anywhere_rescues_with_each_nics_story(tmp_path, net) -> None:
 # -- hostname ------------------------------------------------------------------------
 
 
-def named(tmp_path, net, winner: Lease) -> FakeKernel:
+def named(tmp_path: Path, net: types.ModuleType, winner: Lease) -> FakeKernel:
     k = machine(tmp_path)
     ctx = context(k, net)
     ctx.put(net.LEASE, winner)
@@ -239,7 +255,7 @@ def named(tmp_path, net, winner: Lease) -> FakeKernel:
     return k
 
 
-def test_hostname_from_dhcp_everywhere(tmp_path, net) -> None:
+def test_hostname_from_dhcp_everywhere(tmp_path: Path, net: types.ModuleType) -> None:
     k = named(
         tmp_path, net, lease("eth0", "52:54:00:12:34:56", hostname="builder7", domain="example.org")
     )
@@ -249,19 +265,21 @@ def test_hostname_from_dhcp_everywhere(tmp_path, net) -> None:
     assert "127.0.0.1\tlocalhost\n" in read(k, "/etc/hosts")
 
 
-def test_hostname_falls_back_to_the_mac(tmp_path, net) -> None:
+def test_hostname_falls_back_to_the_mac(tmp_path: Path, net: types.ModuleType) -> None:
     k = named(tmp_path, net, lease("eth0", "de:ad:be:ef:b8:da"))
     assert k.syscalls("sethostname") == [("sethostname", "build-adbeefb8da")]
     assert read(k, "/etc/hostname") == "build-adbeefb8da\n"
     assert "127.0.1.1\tbuild-adbeefb8da\n" in read(k, "/etc/hosts")
 
 
-def test_an_invalid_dhcp_hostname_falls_back_to_the_mac(tmp_path, net) -> None:
+def test_an_invalid_dhcp_hostname_falls_back_to_the_mac(
+    tmp_path: Path, net: types.ModuleType
+) -> None:
     k = named(tmp_path, net, lease("eth0", "52:54:00:12:34:56", hostname="bad name;rm"))
     assert read(k, "/etc/hostname") == "build-5400123456\n"
 
 
-def test_a_fully_qualified_dhcp_hostname_is_split(tmp_path, net) -> None:
+def test_a_fully_qualified_dhcp_hostname_is_split(tmp_path: Path, net: types.ModuleType) -> None:
     k = named(tmp_path, net, lease("eth0", "52:54:00:12:34:56", hostname="b1.lab.example"))
     assert read(k, "/etc/hostname") == "b1\n"
     assert "127.0.1.1\tb1.lab.example b1\n" in read(k, "/etc/hosts")
@@ -270,7 +288,9 @@ def test_a_fully_qualified_dhcp_hostname_is_split(tmp_path, net) -> None:
 # -- bridges and files ---------------------------------------------------------------
 
 
-def bridged(tmp_path, net, winner: Lease, cmdline_text: str = "") -> FakeKernel:
+def bridged(
+    tmp_path: Path, net: types.ModuleType, winner: Lease, cmdline_text: str = ""
+) -> FakeKernel:
     k = machine(tmp_path, FakeNic(winner.nic, winner.mac), cmdline_text=cmdline_text)
     ctx = context(k, net)
     k.network.attach(k)
@@ -279,7 +299,9 @@ def bridged(tmp_path, net, winner: Lease, cmdline_text: str = "") -> FakeKernel:
     return k
 
 
-def test_br0_holds_the_nic_with_its_mac_and_the_lease(tmp_path, net) -> None:
+def test_br0_holds_the_nic_with_its_mac_and_the_lease(
+    tmp_path: Path, net: types.ModuleType
+) -> None:
     winner = lease(
         "eth0",
         "52:54:00:12:34:56",
@@ -303,7 +325,7 @@ def test_br0_holds_the_nic_with_its_mac_and_the_lease(tmp_path, net) -> None:
     ]
 
 
-def test_a_lease_without_options_is_valid(tmp_path, net) -> None:
+def test_a_lease_without_options_is_valid(tmp_path: Path, net: types.ModuleType) -> None:
     k = bridged(tmp_path, net, lease("eth0", "52:54:00:12:34:56", "10.0.2.15"))
     assert k.network.addresses["br0"] == ["10.0.2.15/24"]
     assert k.network.routes == []  # no router: no default route
@@ -312,7 +334,7 @@ def test_a_lease_without_options_is_valid(tmp_path, net) -> None:
     assert "no DNS servers" in resolv
 
 
-def test_br1_nat_forwarding_dnsmasq_and_interfaces(tmp_path, net) -> None:
+def test_br1_nat_forwarding_dnsmasq_and_interfaces(tmp_path: Path, net: types.ModuleType) -> None:
     k = bridged(tmp_path, net, lease("eth0", "52:54:00:12:34:56", "10.0.2.15"))
     assert k.network.addresses["br1"] == ["172.23.0.1/16"]
     assert read(k, "/proc/sys/net/ipv4/ip_forward") == "1\n"
@@ -334,7 +356,7 @@ def test_br1_nat_forwarding_dnsmasq_and_interfaces(tmp_path, net) -> None:
     assert "initpy-dhcp" in k.daemons
 
 
-def test_br1_subnet_from_the_command_line(tmp_path, net) -> None:
+def test_br1_subnet_from_the_command_line(tmp_path: Path, net: types.ModuleType) -> None:
     k = bridged(
         tmp_path, net, lease("eth0", "52:54:00:12:34:56"), cmdline_text="initpy.br1=192.168.77.1/24"
     )
@@ -346,13 +368,15 @@ def test_br1_subnet_from_the_command_line(tmp_path, net) -> None:
 
 
 @pytest.mark.parametrize("raw", ["8.8.8.0/24", "172.23.0.0/16", "10.1.1.1/31", "x"])
-def test_a_bad_br1_value_is_a_warning_and_the_default_stays(net, raw) -> None:
+def test_a_bad_br1_value_is_a_warning_and_the_default_stays(
+    net: types.ModuleType, raw: str
+) -> None:
     config = cmdline.parse(f"initpy.br1={raw}", net.HOOK.parameters)
     assert str(config.value(net.BR1_ADDRESS)) == "172.23.0.1/16"
     assert any(p.startswith("initpy.br1: expected") for p in config.problems)
 
 
-def test_a_failing_nft_is_a_rescue_with_the_fix(tmp_path, net) -> None:
+def test_a_failing_nft_is_a_rescue_with_the_fix(tmp_path: Path, net: types.ModuleType) -> None:
     from initpy.runtime.kernel import Completed
 
     k = machine(tmp_path, FakeNic("eth0", "52:54:00:12:34:56"))
@@ -378,26 +402,33 @@ def stub_hooks() -> list[Hook]:
     return [modules.HOOK]
 
 
-def test_whole_boot_hands_off_with_the_network_in_the_report(kernel, net) -> None:
+def test_whole_boot_hands_off_with_the_network_in_the_report(
+    kernel: FakeKernel, net: types.ModuleType
+) -> None:
     kernel.network.nics[0].lease = lease(
         "eth0", "52:54:00:12:34:56", "10.0.2.15", hostname="qemu-host", server="10.0.2.2"
     )
     ended = run_boot(kernel, [*stub_hooks(), net.HOOK])
     assert isinstance(ended, HandedOff)
     report = read_report(kernel)
-    assert [s["name"] for s in report["states"]][-4:] == [
+    states = report["states"]
+    assert isinstance(states, list)
+    assert [s["name"] for s in states][-4:] == [
         "find_nics",
         "dhcp",
         "hostname",
         "bridges",
     ]
     network = report["network"]
+    assert isinstance(network, dict)
     assert network["lease"]["address"] == "10.0.2.15/24"
     assert network["hostname"] == "qemu-host"
     assert read(kernel, "/etc/hostname") == "qemu-host\n"
 
 
-def test_the_renewer_says_why_it_stopped(tmp_path, net, mocker) -> None:
+def test_the_renewer_says_why_it_stopped(
+    tmp_path: Path, net: types.ModuleType, mocker: MockerFixture
+) -> None:
     mocker.patch("hooks.network.dhcpclient.renew_forever", side_effect=OSError("br0 is gone"))
     k = bridged(tmp_path, net, lease("eth0", "52:54:00:12:34:56", "10.0.2.15"))
     with pytest.raises(OSError):

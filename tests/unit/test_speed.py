@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -96,18 +97,20 @@ def test_lean_pyroute2_skips_the_package_init_and_still_talks_netlink() -> None:
     assert out == ["True", "False", "True", "True"]
 
 
-def test_a_daemon_runs_below_the_boot(tmp_path) -> None:
+def test_a_daemon_runs_below_the_boot(tmp_path: Path) -> None:
     from initpy.runtime.kernel import DAEMON_NICE
 
     seen = tmp_path / "priority"
-    pid = Kernel(watch_orphans=False).spawn_daemon(
-        "initpy-test", lambda: seen.write_text(str(os.getpriority(os.PRIO_PROCESS, 0)))
-    )
+
+    def write_priority() -> None:
+        seen.write_text(str(os.getpriority(os.PRIO_PROCESS, 0)))
+
+    pid = Kernel(watch_orphans=False).spawn_daemon("initpy-test", write_priority)
     os.waitpid(pid, 0)
     assert int(seen.read_text()) == max(DAEMON_NICE, os.getpriority(os.PRIO_PROCESS, 0))
 
 
-def test_an_initrd_hook_loads_from_its_bytecode_not_its_source(tmp_path) -> None:
+def test_an_initrd_hook_loads_from_its_bytecode_not_its_source(tmp_path: Path) -> None:
     from initpy.builder.mkinitrd import hook_bytecode, hook_bytecode_path
     from initpy.runtime.hook import load_hook
 

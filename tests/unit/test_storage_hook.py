@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import pytest
 
@@ -127,6 +128,11 @@ def mounts(k: FakeKernel) -> list[tuple[object, ...]]:
         and c[3] != "sysfs"
         and c[3] not in ("devtmpfs", "devpts")
     ]
+
+
+def commands_run(k: FakeKernel) -> list[tuple[str, ...]]:
+    """The argv of every command the boot ran (the fake kernel records it as a tuple)."""
+    return [cast(tuple[str, ...], c[1]) for c in k.syscalls("run")]
 
 
 # -- the happy paths ----------------------------------------------------------------------
@@ -420,7 +426,7 @@ def test_first_boot_generates_keys_and_a_seed_second_boot_restores(
     assert os.stat(k.path("/etc/ssh/ssh_host_ed25519_key.pub")).st_mode & 0o777 == 0o644
     assert len(first["initpy/random-seed"]) == 512
     assert not os.path.exists(k.path("/dev/urandom"))  # nothing saved yet to feed
-    assert len([c for c in k.syscalls("run") if c[1][0] == "ssh-keygen"]) == 3
+    assert len([argv for argv in commands_run(k) if argv[0] == "ssh-keygen"]) == 3
 
     # Second boot: same /state (the fake root), a fresh RAM root otherwise.
     second = FakeKernel(root=k.root)
@@ -431,7 +437,7 @@ def test_first_boot_generates_keys_and_a_seed_second_boot_restores(
         f.write("rootfs / rootfs rw 0 0\n")
     boot(second)
     again = _state_files(second)
-    assert [c for c in second.syscalls("run") if c[1][0] == "ssh-keygen"] == []
+    assert [argv for argv in commands_run(second) if argv[0] == "ssh-keygen"] == []
     assert {n: again[n] for n in keys} == {n: first[n] for n in keys}
     with open(second.path("/dev/urandom"), "rb") as f:
         assert f.read() == first["initpy/random-seed"]  # the old seed fed to the kernel
@@ -461,7 +467,7 @@ def test_every_write_to_state_is_atomic_and_only_in_its_own_folder(k: FakeKernel
         assert f.read() == "a machine\n"
     assert not any(str(c[1]).startswith("/build/machines") for c in k.syscalls("chown"))
     # No mkfs, wipefs or rm was ever run.
-    assert not [c for c in k.syscalls("run") if c[1][0] != "ssh-keygen"]
+    assert not [argv for argv in commands_run(k) if argv[0] != "ssh-keygen"]
 
 
 def test_a_half_saved_key_pair_is_completed_not_replaced(k: FakeKernel) -> None:
@@ -472,7 +478,7 @@ def test_a_half_saved_key_pair_is_completed_not_replaced(k: FakeKernel) -> None:
         with open(k.path(f"/state/initpy/ssh/ssh_host_ed25519_key{suffix}"), "w") as f:
             f.write(text)
     boot(k)
-    generated = [c[1][c[1].index("-t") + 1] for c in k.syscalls("run") if c[1][0] == "ssh-keygen"]
+    generated = [a[a.index("-t") + 1] for a in commands_run(k) if a[0] == "ssh-keygen"]
     assert generated == ["ecdsa", "rsa"]
     with open(k.path("/etc/ssh/ssh_host_ed25519_key.pub")) as f:
         assert f.read() == "ssh-ed25519 OLD\n"
@@ -561,7 +567,8 @@ def test_tftp_size_parameter_and_a_bad_value(k: FakeKernel) -> None:
     with open(k.path("/proc/cmdline"), "w") as f:
         f.write(k.cmdline + "\n")
     boot(k)
-    assert [c for c in mounts(k) if c[1] == "/build/tftp"][0][4].startswith("size=4G,")
+    tftp_options = [c for c in mounts(k) if c[1] == "/build/tftp"][0][4]
+    assert isinstance(tftp_options, str) and tftp_options.startswith("size=4G,")
     with pytest.raises(Exception, match="tmpfs size like 2G"):
         buildhost.TFTP_SIZE.parse("lots")
 

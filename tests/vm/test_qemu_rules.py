@@ -9,16 +9,29 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Sequence
 
 import pytest
 
 from . import qemu
 
 
-def _argv(**kwargs: object) -> list[str]:
+def _argv(
+    *,
+    nics: Sequence[qemu.Nic] = (),
+    disks: Sequence[str] = (),
+    extra: Sequence[str] = (),
+) -> list[str]:
     return qemu.qemu_argv(
-        "vmlinuz", "initrd", "initpy.debug", serial="stdio", monitor_path="/tmp/m.sock", **kwargs
-    )  # type: ignore[arg-type]
+        "vmlinuz",
+        "initrd",
+        "initpy.debug",
+        serial="stdio",
+        monitor_path="/tmp/m.sock",
+        nics=nics,
+        disks=disks,
+        extra=extra,
+    )
 
 
 def test_argv_is_tcg_without_default_devices_and_with_the_console(

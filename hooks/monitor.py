@@ -90,6 +90,7 @@ RuntimeDirectory={RUN_DIR_NAME}
 RuntimeDirectoryPreserve=restart
 Environment=PYTHONPATH={layout.HOST_PYTHONPATH}
 ExecStart={PYTHON3} -s -B -P -m initpy.host.monitor
+SyslogIdentifier=initpy-monitor
 Restart=always
 RestartSec=10
 TimeoutStopSec=30

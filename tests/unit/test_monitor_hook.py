@@ -73,6 +73,7 @@ def test_the_units_are_written_and_enabled_when_systemd_comes_next(
         "RuntimeDirectory=initpy-monitor",
         f"Environment=PYTHONPATH={layout.HOST_PYTHONPATH}",
         "ExecStart=/usr/bin/python3 -s -B -P -m initpy.host.monitor",
+        "SyslogIdentifier=initpy-monitor",
         "Restart=always",
         "Wants=network-online.target initpy-reboot.path",
         "WantedBy=multi-user.target",

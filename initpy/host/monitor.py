@@ -246,8 +246,9 @@ class Monitor:
         else:
             self.log(f"<4>still running {self.running_id[:12]}: asking for the reboot again")
         self.state = f"rebooting onto build {new_id[:12]} (running {self.running_id[:12]})"
+        # Not STOPPING=1: systemd would take it as the service's own stop,
+        # and kill the monitor if the reboot never came.
         self._status(self.state)
-        self.notify("STOPPING=1")
         try:
             self.reboot(f"initpy-monitor: build {self.running_id} -> {new_id}")
             self.reboots += 1

@@ -98,6 +98,27 @@ def test_the_units_are_written_and_enabled_when_systemd_comes_next(
     )
 
 
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_systemd_reads_the_units_without_a_complaint(tmp_path: os.PathLike[str]) -> None:
+    units = {
+        "initpy-monitor.service": monitor.MONITOR_SERVICE,
+        "initpy-reboot.path": monitor.REBOOT_PATH,
+        "initpy-reboot.service": monitor.REBOOT_SERVICE,
+    }
+    for name, text in units.items():
+        with open(os.path.join(str(tmp_path), name), "w") as f:
+            f.write(text)
+    done = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *(f"./{name}" for name in units)],
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # An unknown key or a bad value is only a warning on stderr.
+    assert (done.returncode, done.stderr) == (0, "")
+
+
 def test_sbin_init_that_is_systemd_counts_and_a_second_boot_rewrites(
     tmp_path: os.PathLike[str],
 ) -> None:

@@ -13,7 +13,9 @@ import functools
 import http.server
 import os
 import random
+import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -403,6 +405,51 @@ def test_without_a_url_or_a_running_id_it_never_polls(servers: Servers) -> None:
     m.running_id = None
     m.run(stop=lambda: m.clock() > 10 * INTERVAL + 1000)
     assert m.polls == 0
+
+
+# -- https ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def https_url(servers: Servers, tmp_path: os.PathLike[str]) -> Iterator[tuple[str, str]]:
+    """An HTTPS server for the servers' folder, and the certificate to trust it by."""
+    top = str(tmp_path)
+    cert, key = os.path.join(top, "cert.pem"), os.path.join(top, "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+        + ["-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    handler = functools.partial(QuietHandler, directory=servers.root)
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    web.socket = context.wrap_socket(web.socket, server_side=True)
+    thread = threading.Thread(target=web.serve_forever, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{web.server_address[1]}", cert
+    web.shutdown()
+    web.server_close()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_https_is_read_only_from_a_server_the_host_trusts(
+    servers: Servers, https_url: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, cert = https_url
+    servers.put(f"tls/{BUILDID}", (NEW + "\n").encode())
+    url = f"{base}/tls/{BUILDID}"
+    # Not in the system's CAs: a server that cannot prove itself reboots nothing.
+    monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent")
+    world = World()
+    run_polls(make_monitor(world, url), 2)
+    assert world.reboots == [] and "CERTIFICATE_VERIFY_FAILED" in world.lines[-1]
+    monkeypatch.setenv("SSL_CERT_FILE", cert)
+    world = World()
+    run_polls(make_monitor(world, url), 1)
+    assert world.reboots == [f"initpy-monitor: build {OLD} -> {NEW}"]
 
 
 # -- the jitter law ---------------------------------------------------------------------

@@ -9,6 +9,7 @@ mkinitrd puts them into the initrd.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shlex
 import shutil
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from importlib.machinery import ModuleSpec
 
 import pytest
 import tftpy
@@ -167,6 +169,21 @@ def test_inside_the_frozen_init_the_hook_lists_no_host_files(
     monkeypatch.setattr(sys, "frozen", True, raising=False)
     assert monitor.host_python_files() == ()
     assert monitor.HOOK.files  # computed on the build host, when mkinitrd imported it
+
+
+def test_a_build_host_without_tftpy_gets_a_path_that_names_the_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = importlib.util.find_spec
+
+    def without_tftpy(name: str, package: str | None = None) -> ModuleSpec | None:
+        return None if name == "tftpy" else real(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_tftpy)
+    files = monitor.host_python_files()
+    # mkinitrd stops on a source that does not exist, quoting it.
+    assert files[-1] == "tftpy-not-installed-in-the-build-venv--run-scripts/bootstrap"
+    assert not os.path.exists(files[-1])
 
 
 # -- what the image gets ----------------------------------------------------------------

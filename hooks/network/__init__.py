@@ -33,6 +33,7 @@ from initpy.runtime import cmdline
 from initpy.runtime.cmdline import BadValue, Parameter
 from initpy.runtime.hook import BootContext, BootFailure, Fact, Hook, Milestone, State
 from initpy.runtime.layout import DEFAULT_PATH
+from initpy.runtime.report import printable
 from initpy.runtime.run import run
 
 # The DHCP client (dhcpclient.py) pulls in asyncio (about 0.5 s under TCG): the
@@ -485,7 +486,7 @@ def _start_renewer(ctx: BootContext, lease: Lease) -> int:
                     "error": f"{type(exc).__name__}: {exc}",
                 }
             )
-            k.kmsg(f"initpy: {RENEWER_NAME}: stopped: {type(exc).__name__}: {exc}")
+            k.kmsg(printable(f"initpy: {RENEWER_NAME}: stopped: {type(exc).__name__}: {exc}"))
             raise
 
     return k.spawn_daemon(RENEWER_NAME, renewer)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +38,7 @@ from initpy.runtime.run import run
 # The DHCP client (dhcpclient.py) pulls in asyncio (about 0.5 s under TCG): the
 # states import it when they run, in the prefetch thread's shadow; the
 # lease type alone is light.
-from .lease import Lease
+from .lease import Lease, is_hostname
 from .netlink import opened, start_prefetch, sysfs_is_ethernet, wait_for_carrier
 
 # As PID 1, start importing pyroute2 now, in the shadow of the states that
@@ -215,6 +214,10 @@ def dhcp(ctx: BootContext) -> str:
             "shell to reboot",
         )
     lease = result.winner
+    # The race checked the lease (hooks/network/lease.py); what it dropped is
+    # said here, the value escaped, with what was expected.
+    for problem in lease.problems:
+        ctx.warn(f"dhcp: {problem}")
     ctx.put(LEASE, lease)
     _report(ctx)["lease"] = {
         "nic": lease.nic,
@@ -235,9 +238,6 @@ def dhcp(ctx: BootContext) -> str:
 
 # -- hostname ------------------------------------------------------------------------
 
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
-
 
 def fallback_hostname(mac: str) -> str:
     """`build-` and the last 10 hex digits of the MAC (spec: Network)."""
@@ -246,13 +246,15 @@ def fallback_hostname(mac: str) -> str:
 
 def choose_hostname(lease: Lease) -> tuple[str, str | None, str]:
     """(short name, fully qualified name or None, where it came from)."""
+    # The lease was checked (lease.checked); checked again here, because the
+    # name goes into the kernel and /etc/hosts whoever built the lease.
     offered = (lease.hostname or "").strip().rstrip(".")
-    if offered and len(offered) <= 253 and _HOSTNAME.fullmatch(offered):
+    if offered and is_hostname(offered):
         short = offered.split(".")[0]
         if "." in offered:
             return short, offered, "DHCP"
         domain = (lease.domain or "").strip().rstrip(".")
-        fqdn = f"{short}.{domain}" if domain and _HOSTNAME.fullmatch(domain) else None
+        fqdn = f"{short}.{domain}" if domain and is_hostname(f"{short}.{domain}") else None
         return short, fqdn, "DHCP"
     why = "no hostname offered" if not offered else f"offered hostname {offered!r} is invalid"
     return fallback_hostname(lease.mac), None, f"{why}: from the MAC of {lease.nic}"

@@ -405,3 +405,44 @@ def test_the_renewer_says_why_it_stopped(tmp_path, net, mocker) -> None:
     status = json.loads(read(k, "/run/initpy/dhcp-br0.json"))
     assert status["trigger"] == "stopped" and status["error"] == "OSError: br0 is gone"
     assert "initpy: initpy-dhcp: stopped: OSError: br0 is gone" in k.kmsg_lines
+
+
+# -- a hostile DHCP server --------------------------------------------------------------
+
+
+def test_a_hostile_lease_leaves_files_and_routes_clean_and_warns(
+    tmp_path: os.PathLike[str], net: types.ModuleType
+) -> None:
+    mac = "52:54:00:12:34:56"
+    hostile = Lease(
+        nic="eth0",
+        mac=mac,
+        address="10.0.2.15",
+        prefixlen=24,
+        server="10.0.2.2",
+        router="10.0.2.15",  # the host's own address
+        dns=("10.0.2.3", "0.0.0.0"),
+        hostname="evil\x1b[2J;reboot",
+        domain="lab.example\nnameserver 6.6.6.6\noptions ndots:15",
+        lease_time=0,
+    )
+    k = machine(tmp_path, FakeNic("eth0", mac, lease=hostile))
+    ctx = context(k, net)
+    for state in (net.find_nics, net.dhcp, net.hostname, net.bridges):
+        state(ctx)
+    assert read(k, "/etc/resolv.conf").splitlines()[1:] == ["nameserver 10.0.2.3"]
+    assert read(k, "/etc/hostname") == "build-5400123456\n"
+    assert "127.0.1.1\tbuild-5400123456\n" in read(k, "/etc/hosts")
+    assert k.network.routes == []  # no default route through ourselves
+    assert "6.6.6.6" not in read(k, "/etc/network/interfaces")
+    lease_report = ctx.report.extra["network"]["lease"]  # type: ignore[index]
+    assert lease_report["domain"] is None and lease_report["hostname"] is None
+    warnings = "\n".join(ctx.report.warnings)
+    assert (
+        "dhcp: eth0: domain name 'lab.example\\nnameserver 6.6.6.6\\noptions ndots:15' "
+        "dropped: expected a domain name"
+    ) in warnings
+    assert "dhcp: eth0: host name 'evil\\x1b[2J;reboot' dropped" in warnings
+    assert "dhcp: eth0: router '10.0.2.15' dropped" in warnings
+    assert "dhcp: eth0: DNS server '0.0.0.0' dropped" in warnings
+    assert all(line.isprintable() for line in k.console_lines)

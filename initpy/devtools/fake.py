@@ -85,6 +85,10 @@ class FakeKernel(Kernel):
             "_MEIPASS2": "/usr/lib/initpy/_internal",
         }
     )
+    # The arguments the kernel started init with (Kernel.init_args): the
+    # bare words and the words after `--` of `cmdline`, as a real kernel
+    # would pass them; a test sets both.
+    kernel_argv: tuple[str, ...] = ()
     # Syscall failures to inject: call name -> {first argument -> errno}.
     failures: dict[str, dict[str, int]] = field(default_factory=dict)
     # Commands: the first argv word -> answer (a Completed or a function).
@@ -149,6 +153,9 @@ class FakeKernel(Kernel):
 
     def environ(self) -> dict[str, str]:
         return dict(self.environment)
+
+    def init_args(self) -> tuple[str, ...]:
+        return self.kernel_argv
 
     # -- files ---------------------------------------------------------------------
 

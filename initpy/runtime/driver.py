@@ -238,12 +238,22 @@ class Boot:
                 f"initpy.break: no state named {wanted_break!r}; states are "
                 + ", ".join(self.registry.order)
             )
+        # What the hand-off passes on is the argv the kernel gave us; the
+        # words after `--` in /proc/cmdline must be its tail.
+        init_argv = ctx.kernel.init_args()
+        after_dashes = config.init_args
+        if after_dashes and init_argv[-len(after_dashes) :] != after_dashes:
+            problems.append(
+                f"the kernel started init with the arguments {list(init_argv)}, which do not "
+                f"end with the words after -- in /proc/cmdline {list(after_dashes)}; the "
+                "hand-off passes on what the kernel gave"
+            )
         if problems != list(config.problems):
             config = cmdline.BootConfig(
                 config.values, tuple(problems), config.raw, config.init_args, config.cmdline
             )
         ctx.config = config
-        self.report.command_line = config.as_report()
+        self.report.command_line = {**config.as_report(), "init_argv": list(init_argv)}
         for problem in config.problems:
             ctx.say(f"{CMDLINE}: warning: {problem}")
         given = ", ".join(sorted(config.values)) or "no initpy/buildos parameters"
@@ -253,7 +263,9 @@ class Boot:
         target = ctx.value(EXEC)
         candidates = (target,) if target else DEFAULT_EXEC
         env = clean_environment(ctx.kernel.environ())
-        argv_tail = list(ctx.config.init_args)
+        # Exactly the words the kernel gave init (its bare words and those
+        # after `--`): what systemd would have received as init.
+        argv_tail = list(ctx.kernel.init_args())
         errors = []
         for path in candidates:
             if not ctx.kernel.exists(path):

@@ -171,6 +171,16 @@ class Kernel:
     def environ(self) -> dict[str, str]:
         return dict(os.environ)
 
+    def init_args(self) -> tuple[str, ...]:
+        """The arguments the kernel started init with, as it passed them.
+
+        The kernel gives init, as argv, every word of its command line it
+        did not take itself and that has no `=` or `.` (`splash`, `single`,
+        `3`), then every word after `--`. They are never parsed here: the
+        hand-off passes them on, as systemd expects.
+        """
+        return tuple(sys.argv[1:])
+
     # -- files ---------------------------------------------------------------
 
     def exists(self, path: str) -> bool:

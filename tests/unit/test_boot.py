@@ -235,14 +235,68 @@ def test_break_on_unknown_state_is_a_warning(tmp_path: os.PathLike[str]) -> None
     assert any("nowhere" in w for w in warnings)
 
 
+def set_cmdline(kernel: FakeKernel, text: str, init_args: Sequence[str]) -> None:
+    """A command line, and the argv a real kernel would give init for it."""
+    kernel.cmdline = text
+    kernel.kernel_argv = tuple(init_args)
+    with open(kernel.path("/proc/cmdline"), "w") as f:
+        f.write(text + "\n")
+
+
 def test_exec_prefers_systemd_and_passes_init_args(kernel: FakeKernel) -> None:
     make_executable(kernel, "/lib/systemd/systemd")
-    kernel.cmdline = "quiet -- --unit=rescue.target"
-    with open(kernel.path("/proc/cmdline"), "w") as f:
-        f.write(kernel.cmdline)
+    set_cmdline(kernel, "quiet -- --unit=rescue.target", ["--unit=rescue.target"])
     ended = run_boot(kernel, [])
     assert isinstance(ended, HandedOff)
     assert ended.argv == ["/lib/systemd/systemd", "--unit=rescue.target"]
+
+
+def test_handoff_passes_every_word_the_kernel_gave_init(kernel: FakeKernel) -> None:
+    """Issue 9, finding 1: bare words (splash, 3) reach systemd, not only those after --."""
+    make_executable(kernel, "/lib/systemd/systemd")
+    # The kernel keeps `quiet` and drops `initpy.debug` (a dot: a module
+    # parameter); `splash` and `3` are unknown bare words: init gets them.
+    set_cmdline(
+        kernel,
+        "quiet splash initpy.debug 3 -- single --log-level=debug",
+        ["splash", "3", "single", "--log-level=debug"],
+    )
+    ended = run_boot(kernel, [])
+    assert isinstance(ended, HandedOff)
+    assert ended.argv == [
+        "/lib/systemd/systemd",
+        "splash",
+        "3",
+        "single",
+        "--log-level=debug",
+    ]
+    command_line = read_report(kernel)["command_line"]
+    assert command_line["init_argv"] == ["splash", "3", "single", "--log-level=debug"]  # type: ignore[index]
+    assert command_line["warnings"] == []  # type: ignore[index]
+
+
+def test_init_args_that_disagree_with_the_command_line_are_a_warning(
+    kernel: FakeKernel,
+) -> None:
+    set_cmdline(kernel, "-- single", ["splash"])
+    ended = run_boot(kernel, [])
+    assert isinstance(ended, HandedOff) and ended.argv == ["/sbin/init", "splash"]
+    assert "do not end with the words after -- in /proc/cmdline ['single']" in console(kernel)
+
+
+def test_the_cli_as_pid1_boots_and_never_parses_argv(mocker: MockerFixture) -> None:
+    """Issue 9, finding 1: argparse would exit 2 on `splash`; PID 1 must boot instead."""
+    from initpy.devtools import cli
+
+    class Booted(Exception):
+        pass
+
+    mocker.patch("os.getpid", return_value=1)
+    boot = mocker.patch("initpy.runtime.entry.main", side_effect=Booted)
+    mocker.patch.object(sys, "argv", ["/init", "splash", "single", "--help"])
+    with pytest.raises(Booted):
+        cli.main()
+    boot.assert_called_once_with()
 
 
 def test_failed_exec_of_named_program_goes_to_rescue(tmp_path: os.PathLike[str]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn, TypeVar, cast
@@ -19,7 +20,7 @@ from typing import NoReturn, TypeVar, cast
 from hooks.storage.blockdev import NETLINK_KOBJECT_UEVENT, Uevent, uevent_message
 from initpy.devtools.fake_network import FakeNetlink
 from initpy.runtime.driver import Halted
-from initpy.runtime.kernel import Completed, Kernel, ShellExit
+from initpy.runtime.kernel import Completed, Kernel, ShellExit, SignalHandler, signal_handlers
 
 T = TypeVar("T")
 
@@ -109,6 +110,8 @@ class FakeKernel(Kernel):
     # Storage: uevents delivered one step per receive (see ScriptedUevents);
     # failures={"uevents": {"netlink": errno}} makes the socket unavailable.
     uevent_script: list[UeventStep] = field(default_factory=list)
+    # What take_signals installed: `deliver(signo)` runs it as the kernel would.
+    signal_table: dict[int, SignalHandler] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         Kernel.__init__(self)
@@ -267,6 +270,23 @@ class FakeKernel(Kernel):
             raise OSError(errno.EACCES, os.strerror(errno.EACCES))
         raise HandedOff(path, argv, env)
 
+    # -- signals -------------------------------------------------------------------
+
+    def take_signals(self, on_interrupt: Callable[[], None]) -> None:
+        """The real seam's handlers, kept here instead of installed in the test process."""
+        self.calls.append(("take_signals",))
+        self.signal_table = signal_handlers(on_interrupt)
+
+    def deliver(self, signo: int) -> None:
+        """A signal arrives now, in the middle of whatever the boot is doing."""
+        self.calls.append(("signal", signo))
+        handler = self.signal_table.get(signo)
+        if handler is not None:
+            handler(signo, None)
+        elif signo == signal.SIGINT:  # CPython's own handler, until take_signals
+            raise KeyboardInterrupt
+        # any other: SIG_DFL, which the kernel never delivers to init
+
     # -- console and processes ----------------------------------------------------
 
     def console(self, line: str) -> None:
@@ -294,6 +314,7 @@ class FakeKernel(Kernel):
         self, argv: Sequence[str], env: Mapping[str, str], idle_timeout: float | None = None
     ) -> ShellExit:
         self.calls.append(("shell", tuple(argv), idle_timeout, dict(env)))
+        self._fail("shell", argv[0])  # e.g. {"shell": {"/bin/sh": ENOENT}}: no busybox
         result = self.shells.pop(0) if self.shells else ShellExit(0)
         if result.idle_timeout and idle_timeout is None:
             raise AssertionError("fake kernel: an idle shell timed out without a timeout set")

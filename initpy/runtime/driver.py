@@ -10,7 +10,7 @@ PID 1 therefore never exits.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any, NoReturn
 
@@ -308,10 +308,12 @@ class Boot:
         except BootFailure as exc:
             self._finish(name, start, Result.FAILED, exc.reason)
             self.rescue(f"{name}: {exc.reason}", exc.fix, exc)
-        except Exception as exc:
-            self._finish(name, start, Result.FAILED, f"{type(exc).__name__}: {exc}")
+        except Halted:
+            raise
+        except BaseException as exc:  # noqa: B036 - KeyboardInterrupt too: the policy decides
+            self._finish(name, start, Result.FAILED, _describe(exc))
             self.rescue(
-                f"{name}: unexpected error: {type(exc).__name__}: {exc}",
+                f"{name}: unexpected error: {_describe(exc)}",
                 "this is a bug in initpy or a hook; boot with initpy.debug for the traceback "
                 "and report it with /run/initpy/report.json",
                 exc,
@@ -340,6 +342,9 @@ class Boot:
     def _maybe_break(self, name: str) -> None:
         if self.ctx.value(BREAK) != name:
             return
+        self._break_shell(name)
+
+    def _break_shell(self, name: str) -> None:
         self.report.say(f"break: before {name}; leave the shell (exit or Ctrl-D) to continue")
         self.report.write(_state_mounted(self.ctx))
         env = clean_environment(self.kernel.environ())
@@ -365,7 +370,31 @@ def rescue(
     fix: str,
     exc: BaseException | None = None,
 ) -> NoReturn:
-    """Tell the operator, keep the report, run the policy; never returns."""
+    """Tell the operator, keep the report, run the policy; never returns.
+
+    Whatever goes wrong on the way (the console, the report, the shell, a
+    stray exception) only shortens the way to `halt`.
+    """
+    policy = RescuePolicy.SHELL
+    if ctx is not None:
+        try:
+            policy = ctx.value(RESCUE_POLICY)
+        except Exception:  # a broken config: the default policy stands
+            pass
+    _guarded(lambda: _offer_rescue(kernel, report, ctx, reason, fix, exc, policy))
+    halt(kernel, report, RescuePolicy.REBOOT if policy == RescuePolicy.SHELL else policy)
+
+
+def _offer_rescue(
+    kernel: Kernel,
+    report: Report,
+    ctx: BootContext | None,
+    reason: str,
+    fix: str,
+    exc: BaseException | None,
+    policy: RescuePolicy,
+) -> None:
+    """The rescue's lines, its report and, by policy, its shell (until it is left)."""
     report.outcome = Outcome.RESCUE
     report.reason = reason
     report.fix = fix or None
@@ -373,13 +402,9 @@ def rescue(
         import traceback  # only a failure needs it: not on the path to the first state
 
         report.traceback = "".join(traceback.format_exception(exc))
-    policy, timeout, debug = RescuePolicy.SHELL, None, False
+    timeout, debug = None, False
     if ctx is not None:
-        policy, timeout, debug = (
-            ctx.value(RESCUE_POLICY),
-            ctx.value(RESCUE_TIMEOUT),
-            ctx.value(DEBUG),
-        )
+        timeout, debug = ctx.value(RESCUE_TIMEOUT), ctx.value(DEBUG)
     report.say(f"{RESCUE}: {reason}")
     if fix:
         report.say(f"{RESCUE}: fix: {fix}")
@@ -387,35 +412,76 @@ def rescue(
         for line in report.traceback.rstrip().splitlines():
             kernel.console(line)
     report.write(_state_mounted(ctx) if ctx is not None else False)
-    if policy == RescuePolicy.SHELL:
-        report.say(
-            f"{RESCUE}: starting /bin/sh on the console; the report is /run/initpy/report.json;"
-            " leave the shell (exit or Ctrl-D) to reboot"
-        )
-        env = clean_environment(kernel.environ())
-        env["PS1"] = "(initpy rescue) # "
-        try:
-            result = kernel.run_shell(["/bin/sh"], env, idle_timeout=timeout)
-            if result.idle_timeout:
-                report.say(f"{RESCUE}: the shell was idle for {timeout:g} s; rebooting")
-            else:
-                report.say(f"{RESCUE}: shell left with status {result.status}; rebooting")
-        except OSError as shell_error:
-            report.say(f"{RESCUE}: cannot start /bin/sh ({shell_error}); rebooting in 30 s")
-            kernel.sleep(30)
-        policy = RescuePolicy.REBOOT
-    halt(kernel, report, policy)
+    if policy != RescuePolicy.SHELL:
+        return
+    report.say(
+        f"{RESCUE}: starting /bin/sh on the console; the report is /run/initpy/report.json;"
+        " leave the shell (exit or Ctrl-D) to reboot"
+    )
+    env = clean_environment(kernel.environ())
+    env["PS1"] = "(initpy rescue) # "
+    try:
+        result = kernel.run_shell(["/bin/sh"], env, idle_timeout=timeout)
+    except OSError as shell_error:
+        report.say(f"{RESCUE}: cannot start /bin/sh ({shell_error}); rebooting in 30 s")
+        kernel.sleep(30)
+        return
+    if result.idle_timeout:
+        report.say(f"{RESCUE}: the shell was idle for {timeout:g} s; rebooting")
+    else:
+        report.say(f"{RESCUE}: shell left with status {result.status}; rebooting")
 
 
 def halt(kernel: Kernel, report: Report, how: str) -> NoReturn:
-    """Reboot or power off, retrying forever: PID 1 must not return."""
+    """Reboot or power off, retrying forever: PID 1 must not return.
+
+    Nothing raised here (but a fake kernel's Halted) ends the loop: a
+    failed reboot, a broken console, an exception from a signal handler
+    during the sleep all lead to the next try.
+    """
     while True:
-        report.say(f"{RESCUE}: {how}")
-        try:
-            kernel.reboot(how)
-        except OSError as exc:
-            report.say(f"{RESCUE}: {how} failed: {exc}; retrying in 10 s")
-        kernel.sleep(10)
+        _guarded(lambda: report.say(f"{RESCUE}: {how}"))
+        failed = _guarded(lambda: kernel.reboot(how))
+        if failed is not None:
+            line = f"{RESCUE}: {how} failed: {_describe_error(failed)}; retrying in 10 s"
+            _guarded(lambda: report.say(line))  # noqa: B023 - called at once
+        _guarded(lambda: kernel.sleep(10))
+
+
+def _guarded(action: Callable[[], object]) -> BaseException | None:
+    """Run `action`; what it raises is returned, never raised (but Halted).
+
+    PID 1 must survive anything, KeyboardInterrupt and SystemExit included:
+    an exception that leaves main() ends init, and the kernel panics.
+    """
+    try:
+        action()
+    except Halted:
+        raise
+    except BaseException as exc:  # noqa: B036 - PID 1 must survive anything
+        return exc
+    return None
+
+
+def ctrl_alt_del(kernel: Kernel) -> Callable[[], None]:
+    """What SIGINT does: a clean reboot (sync, reboot), as systemd does for Ctrl-Alt-Del.
+
+    The kernel sends init SIGINT for Ctrl-Alt-Del once it is told to
+    (Kernel.take_signals). A second SIGINT while the first is rebooting
+    changes nothing.
+    """
+    rebooting = False
+
+    def on_interrupt() -> None:
+        nonlocal rebooting
+        if rebooting:
+            return
+        rebooting = True
+        report = Report(kernel)
+        _guarded(lambda: report.say(f"{RESCUE}: SIGINT (Ctrl-Alt-Del): rebooting cleanly"))
+        halt(kernel, report, "reboot")
+
+    return on_interrupt
 
 
 def machine_states(registry: Registry) -> list[str]:
@@ -453,8 +519,12 @@ def main(
 ) -> NoReturn:
     """PID 1's whole life: never returns, whatever happens."""
     report = Report(kernel)
+    signals_failed = _guarded(lambda: kernel.take_signals(ctrl_alt_del(kernel)))
+    failure: BaseException = RuntimeError("the boot returned")
     try:
         report.say(f"starting (pid {kernel.getpid()}, uptime {kernel.uptime():.2f}s)")
+        if signals_failed is not None:
+            report.say(f"warning: signals keep their defaults: {signals_failed}")
         manifest = read_manifest(kernel)
         if names is None and manifest is not None:
             names = manifest.hooks
@@ -465,16 +535,30 @@ def main(
     except Halted:
         raise
     except BaseException as exc:  # noqa: B036 - PID 1 must survive anything
-        # Mounts may be missing if we failed before or during early mounts.
-        try:
-            early_mounts(BootContext(kernel=kernel, report=report))
-        except BaseException:  # noqa: B036
-            pass
-        rescue(
-            kernel,
-            report,
-            None,
-            f"init failed to start: {type(exc).__name__}: {exc}",
-            "rebuild the initrd; the hooks or the frozen init are broken",
-            exc,
-        )
+        failure = exc
+    # Mounts may be missing if we failed before or during early mounts.
+    _guarded(lambda: early_mounts(BootContext(kernel=kernel, report=report)))
+    rescue(
+        kernel,
+        report,
+        None,
+        f"init failed to start: {_describe(failure)}",
+        "rebuild the initrd; the hooks or the frozen init are broken",
+        failure,
+    )
+
+
+def _describe_error(exc: BaseException) -> str:
+    """str() of an exception, even one whose str() raises."""
+    try:
+        return str(exc)
+    except Exception:
+        return type(exc).__name__
+
+
+def _describe(exc: BaseException) -> str:
+    """`Type: text` of an exception, even one whose str() raises."""
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except Exception:
+        return type(exc).__name__

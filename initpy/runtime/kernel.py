@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import FrameType
 from typing import NoReturn, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -42,6 +43,10 @@ REBOOT_COMMANDS = {
     "poweroff": _LINUX_REBOOT_CMD_POWER_OFF,
     "halt": _LINUX_REBOOT_CMD_HALT,
 }
+# Ctrl-Alt-Del sends SIGINT to init instead of rebooting at once.
+_LINUX_REBOOT_CMD_CAD_OFF = 0
+
+SignalHandler = Callable[[int, FrameType | None], None]
 
 _SO_RCVBUFFORCE = 33
 _SYS_FINIT_MODULE = 313  # x86_64
@@ -135,7 +140,9 @@ class Kernel:
         self._children_lock = threading.Lock()
         self._kmsg: int | None = None
         self._kmsg_priority = 6
-        self._console_lock = threading.Lock()
+        # Reentrant: the SIGINT handler prints from the main thread, perhaps
+        # while that thread is inside console() already.
+        self._console_lock = threading.RLock()
         # -- speed: reap only after SIGCHLD ------------------------------------
         # Scanning /proc after every state cost tens of ms each under TCG.
         # PID 1 gets SIGCHLD whenever a child of its own or an adopted orphan
@@ -307,9 +314,36 @@ class Kernel:
         _check(_libc().reboot(ctypes.c_int(REBOOT_COMMANDS[how])), f"reboot({how})")
 
     def execve(self, path: str, argv: Sequence[str], env: Mapping[str, str]) -> NoReturn:
+        """Replace PID 1 with `path`, with the signal state a fresh init expects.
+
+        Caught signals fall back to their defaults by themselves; CPython's
+        SIG_IGN for SIGPIPE and SIGXFSZ, and a blocked mask, would be
+        inherited, so they are put back first.
+        """
         sys.stdout.flush()
         sys.stderr.flush()
+        for signo in (signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(signo, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
         os.execve(path, list(argv), dict(env))
+
+    # -- signals ---------------------------------------------------------------
+
+    def take_signals(self, on_interrupt: Callable[[], None]) -> None:
+        """Decide what every signal means to PID 1 (see `signal_handlers`).
+
+        Also asks the kernel to turn Ctrl-Alt-Del into a SIGINT to init
+        rather than an immediate reboot without a sync, as systemd and
+        busybox init do; outside the first PID namespace the kernel refuses,
+        which does not matter.
+        """
+        for signo, handler in signal_handlers(on_interrupt).items():
+            signal.signal(signo, handler)
+            # SIGTERM and SIGHUP mean nothing: they must not make a ctypes
+            # syscall fail with EINTR. SIGINT reboots, so it may interrupt.
+            signal.siginterrupt(signo, signo == signal.SIGINT)
+        if os.getpid() == 1:
+            _libc().reboot(ctypes.c_int(_LINUX_REBOOT_CMD_CAD_OFF))
 
     # -- console and kernel log ---------------------------------------------
 
@@ -318,7 +352,7 @@ class Kernel:
             try:
                 sys.stdout.write(line + "\n")
                 sys.stdout.flush()
-            except OSError:
+            except Exception:  # OSError, or a reentrant write from a signal handler
                 pass
 
     def kmsg(self, line: str) -> None:
@@ -496,6 +530,10 @@ class Kernel:
             return pid
         status = 0
         try:
+            # PID 1's handlers are not for a daemon: SIGTERM must end it
+            # (systemd's shutdown sends it), SIGINT must not reboot.
+            for signo in signal_handlers(lambda: None):
+                signal.signal(signo, signal.SIG_DFL)
             os.setsid()
             try:
                 os.setpriority(os.PRIO_PROCESS, 0, DAEMON_NICE)
@@ -510,6 +548,34 @@ class Kernel:
             status = 1
         finally:
             os._exit(status)
+
+
+def signal_handlers(on_interrupt: Callable[[], None]) -> dict[int, SignalHandler]:
+    """What each signal means to PID 1; `Kernel.take_signals` installs them.
+
+    - SIGINT, what the kernel sends init for Ctrl-Alt-Del: `on_interrupt`
+      (the driver reboots cleanly, as systemd does). CPython's own handler
+      would raise KeyboardInterrupt anywhere in the boot.
+    - SIGTERM, SIGHUP: nothing. A handler that does nothing, not SIG_IGN,
+      which every child would inherit across exec.
+    - Every other signal keeps SIG_DFL, which the kernel never delivers to
+      init (SIGKILL and SIGSTOP only from an outer PID namespace).
+
+    A forked copy of PID 1 that kept these handlers gets the default action.
+    """
+    owner = os.getpid()
+
+    def interrupt(signo: int, frame: FrameType | None) -> None:
+        if os.getpid() != owner:
+            signal.signal(signo, signal.SIG_DFL)
+            os.kill(os.getpid(), signo)
+            return
+        on_interrupt()
+
+    def ignore(signo: int, frame: FrameType | None) -> None:
+        pass
+
+    return {signal.SIGINT: interrupt, signal.SIGTERM: ignore, signal.SIGHUP: ignore}
 
 
 def _console_loglevel() -> int:

@@ -340,9 +340,27 @@ class Boot:
             self.report.say(f"{name}: ok in {int((end - start) * 1000)} ms{suffix}")
 
     def _maybe_break(self, name: str) -> None:
+        """The `initpy.break` shell before `name`; a failure is the state's, for rescue."""
         if self.ctx.value(BREAK) != name:
             return
-        self._break_shell(name)
+        try:
+            self._break_shell(name)
+        except Halted:
+            raise
+        except OSError as exc:
+            self.rescue(
+                f"{name}: break: cannot start /bin/sh: {exc}",
+                "put busybox into the initrd (mkinitrd's rescue_tools hook, in every default "
+                f"build), or boot without initpy.break={name}",
+                exc,
+            )
+        except BaseException as exc:  # noqa: B036 - the rescue policy decides, as for a state
+            self.rescue(
+                f"{name}: break: unexpected error: {_describe(exc)}",
+                "this is a bug in initpy; boot with initpy.debug for the traceback and report "
+                "it with /run/initpy/report.json",
+                exc,
+            )
 
     def _break_shell(self, name: str) -> None:
         self.report.say(f"break: before {name}; leave the shell (exit or Ctrl-D) to continue")

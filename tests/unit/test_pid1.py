@@ -1,6 +1,6 @@
-"""PID 1 never ends: signals, exceptions anywhere.
+"""PID 1 never ends: signals, exceptions anywhere, a break shell that fails.
 
-Issue 9, finding 4. The whole of driver.main runs on the fake
+Issue 9, findings 4 and 6. The whole of driver.main runs on the fake
 kernel (with the hooks given here instead of a hooks folder); a signal is
 delivered through the fake kernel's `deliver`, which runs the handler the
 real seam would have installed, or CPython's KeyboardInterrupt when none
@@ -221,6 +221,43 @@ def test_a_state_raising_keyboard_interrupt_follows_the_rescue_policy(
     ended = boot_main(k, [one_state("work", interrupted)])
     assert isinstance(ended, Rebooted) and ended.how == "poweroff"
     assert "initpy: rescue: work: unexpected error: KeyboardInterrupt" in console(k)
+
+
+# -- finding 6: a break shell that cannot start -------------------------------------
+
+
+def test_a_break_shell_that_cannot_start_follows_the_rescue_policy(
+    tmp_path: os.PathLike[str],
+) -> None:
+    k = FakeKernel(
+        root=str(tmp_path),
+        cmdline="initpy.break=work initpy.rescue=poweroff",
+        failures={"shell": {"/bin/sh": errno.ENOENT}},
+    )
+    make_executable(k, "/sbin/init")
+    ended = boot_main(k, [one_state("work", lambda ctx: "done")])
+    assert isinstance(ended, Rebooted) and ended.how == "poweroff"
+    states = read_report(k)["states"]
+    assert isinstance(states, list) and "work" not in [s["name"] for s in states]
+    assert "initpy: rescue: work: break: cannot start /bin/sh" in console(k)
+    assert "initpy: rescue: fix: " in console(k)
+    report = read_report(k)
+    assert report["outcome"] == "rescue"
+    assert str(report["reason"]).startswith("work: break: cannot start /bin/sh")
+
+
+def test_a_break_shell_that_cannot_start_gives_the_rescue_shell_its_try(
+    tmp_path: os.PathLike[str],
+) -> None:
+    k = FakeKernel(
+        root=str(tmp_path),
+        cmdline="initpy.break=work",
+        failures={"shell": {"/bin/sh": errno.ENOENT}},
+    )
+    ended = boot_main(k, [one_state("work", lambda ctx: "done")])
+    assert isinstance(ended, Rebooted) and ended.how == "reboot"
+    assert len(k.syscalls("shell")) == 2  # the break's, then the rescue's
+    assert "cannot start /bin/sh" in console(k) and ("sleep", 30) in k.calls
 
 
 # -- the real seam: handlers in this very process ------------------------------------

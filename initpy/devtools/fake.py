@@ -41,6 +41,9 @@ class HandedOff(Halted):
 
 CommandAnswer = Completed | Callable[[Sequence[str]], Completed]
 
+# Errors a disk gives in the middle of a write, after part of the data.
+WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG})
+
 # A scripted step of uevents: the events, or a function that changes the
 # fake machine (adds a disk to its /sys) and returns them.
 UeventStep = list[Uevent] | Callable[[], list[Uevent]]
@@ -91,6 +94,11 @@ class FakeKernel(Kernel):
     # would pass them; a test sets both.
     kernel_argv: tuple[str, ...] = ()
     # Syscall failures to inject: call name -> {first argument -> errno}.
+    # "mkdir": {path: errno} fails mkdir. "write": {path: errno} fails a write
+    # of path where a disk would: ENOSPC, EDQUOT, EIO, EFBIG after part of the
+    # data (write_atomic then holds a partial temporary file); EEXIST leaves a
+    # stale temporary file at write_atomic's temporary path first; any other
+    # (EROFS, EACCES) when the file is created.
     failures: dict[str, dict[str, int]] = field(default_factory=dict)
     # Commands: the first argv word -> answer (a Completed or a function).
     commands: dict[str, CommandAnswer] = field(default_factory=dict)
@@ -115,6 +123,7 @@ class FakeKernel(Kernel):
 
     def __post_init__(self) -> None:
         Kernel.__init__(self)
+        self._write_fault: int | None = None
         os.makedirs(self.root, exist_ok=True)
         self._write_seed("proc/cmdline", self.cmdline + "\n")
         self._write_seed("proc/self/mounts", "rootfs / rootfs rw 0 0\n")
@@ -168,6 +177,9 @@ class FakeKernel(Kernel):
     def is_dir(self, path: str) -> bool:
         return os.path.isdir(self.path(path))
 
+    def is_symlink(self, path: str) -> bool:
+        return os.path.islink(self.path(path))
+
     def listdir(self, path: str) -> list[str]:
         return sorted(os.listdir(self.path(path)))
 
@@ -180,25 +192,55 @@ class FakeKernel(Kernel):
     def read_text(self, path: str) -> str:
         return super().read_text(self.path(path))
 
+    def read_file(self, path: str, limit: int) -> bytes:
+        self.calls.append(("read_file", path, limit))
+        return super().read_file(self.path(path), limit)
+
     def readlink(self, path: str) -> str:
         return os.readlink(self.path(path))
 
     def write_text(self, path: str, text: str, mode: int = 0o644) -> None:
-        self._fail("write", path)
+        fault = self.failures.get("write", {}).get(path)
+        if fault is not None and fault not in WRITE_ERRORS:
+            self._fail("write", path)
         os.makedirs(os.path.dirname(self.path(path)), exist_ok=True)
         with open(self.path(path), "w", encoding="utf-8") as f:
-            f.write(text)
+            f.write(text[: len(text) // 2] if fault is not None else text)
+        if fault is not None:  # the disk filled up halfway
+            self._fail("write", path)
         os.chmod(self.path(path), mode)
 
     def write_atomic(self, path: str, data: bytes, mode: int = 0o644) -> None:
-        self._fail("write", path)
+        """The real seam's write_atomic in the fake root, with the scripted fault."""
         self.calls.append(("write_atomic", path))
-        super().write_atomic(self.path(path), data, mode)
+        self._write_fault = self.failures.get("write", {}).get(path)
+        if self._write_fault == errno.EEXIST:
+            with open(self.path(path) + ".initpy-tmp", "wb") as f:
+                f.write(b"left by a power cut\n")
+        try:
+            super().write_atomic(self.path(path), data, mode)
+        finally:
+            self._write_fault = None
+
+    def _create_new(self, path: str, mode: int) -> int:
+        fault = self._write_fault
+        if fault is not None and fault not in WRITE_ERRORS and fault != errno.EEXIST:
+            raise OSError(fault, f"open {path}: {os.strerror(fault)}")
+        return super()._create_new(path, mode)
+
+    def _write_some(self, fd: int, data: memoryview) -> int:
+        fault = self._write_fault
+        if fault in WRITE_ERRORS:
+            if os.lseek(fd, 0, os.SEEK_CUR) > 0 or len(data) < 2:
+                raise OSError(fault, f"write: {os.strerror(fault)}")
+            return super()._write_some(fd, data[: len(data) // 2])
+        return super()._write_some(fd, data)
 
     def append_text(self, path: str, text: str) -> None:
         super().append_text(self.path(path), text)
 
     def mkdir(self, path: str, mode: int = 0o755) -> None:
+        self._fail("mkdir", path)
         os.makedirs(self.path(path), mode=mode, exist_ok=True)
 
     def remove(self, path: str) -> None:

@@ -18,6 +18,7 @@ import os
 import select
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -196,6 +197,9 @@ class Kernel:
     def is_dir(self, path: str) -> bool:
         return os.path.isdir(path)
 
+    def is_symlink(self, path: str) -> bool:
+        return os.path.islink(path)
+
     def listdir(self, path: str) -> list[str]:
         return sorted(os.listdir(path))
 
@@ -209,6 +213,29 @@ class Kernel:
     def read_text(self, path: str) -> str:
         with open(path, encoding="utf-8", errors="replace") as f:
             return f.read()
+
+    def read_file(self, path: str, limit: int) -> bytes:
+        """At most `limit` bytes of a regular file that is not a symlink.
+
+        For files on a disk the init does not trust (/state): a symlink
+        could point anywhere, a FIFO would block PID 1, a huge file would
+        fill its memory. Each is an OSError instead.
+        """
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, f"{path}: not a regular file")
+            chunks: list[bytes] = []
+            left = limit
+            while left > 0:
+                chunk = os.read(fd, left)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
 
     def readlink(self, path: str) -> str:
         return os.readlink(path)
@@ -224,26 +251,49 @@ class Kernel:
         """Replace a file so that a power cut leaves the old or the new one.
 
         The data goes to a temporary file in the same folder, is fsync'ed,
-        renamed over the target, and the folder is fsync'ed.
+        renamed over the target, and the folder is fsync'ed. The temporary
+        file is created afresh (O_EXCL, O_NOFOLLOW): whatever sits at its
+        path, a leftover of a power cut or a symlink planted on the disk,
+        is removed, never written through. On any failure (ENOSPC, EIO) it
+        is removed again, and the target keeps its old contents.
         """
         folder = os.path.dirname(path) or "."
         tmp = f"{path}.initpy-tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        fd = self._create_new(tmp, mode)
         try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
+            try:
+                os.fchmod(fd, mode)
+                view = memoryview(data)
+                while view:
+                    view = view[self._write_some(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
         dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+    def _create_new(self, path: str, mode: int) -> int:
+        """A new, empty file at `path` (see write_atomic); the fake injects EROFS here."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            return os.open(path, flags, mode)
+        except FileExistsError:
+            os.unlink(path)  # a file or a symlink: the link itself goes, not its target
+            return os.open(path, flags, mode)
+
+    def _write_some(self, fd: int, data: memoryview) -> int:
+        """One write(2); the fake injects ENOSPC here, after part of the data."""
+        return os.write(fd, data)
 
     def append_text(self, path: str, text: str) -> None:
         with open(path, "a", encoding="utf-8") as f:

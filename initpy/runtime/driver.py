@@ -10,6 +10,7 @@ PID 1 therefore never exits.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any, NoReturn
@@ -36,7 +37,14 @@ from initpy.runtime.report import Outcome, Report, Result, StateRecord
 # The initial state of the machine, before early mounts.
 START = "start"
 
-DEFAULT_EXEC = ("/lib/systemd/systemd", "/sbin/init")
+# The hand-off's programs when initpy.exec is not given: systemd, else an
+# /sbin/init that is not busybox's (sysvinit, OpenRC, a link to systemd).
+# busybox's init, the applet every initrd has without --rootfs, would give
+# anyone at the console a root shell: that is a rescue, with the fix.
+SYSTEMD = "/lib/systemd/systemd"
+OTHER_INIT = "/sbin/init"
+DEFAULT_EXEC = (SYSTEMD, OTHER_INIT)
+BUSYBOX_PATHS = ("/usr/bin/busybox", "/bin/busybox")
 DEFAULT_PATH = layout.DEFAULT_PATH
 
 # The kernel's /dev/kmsg rate limit as we found it, restored at the hand-off.
@@ -58,7 +66,8 @@ EXEC: Parameter[str | None] = Parameter(
     "initpy.exec",
     cmdline.absolute_path,
     None,
-    "program to exec at the hand-off (default /lib/systemd/systemd, else /sbin/init)",
+    "program to exec at the hand-off (default /lib/systemd/systemd, else /sbin/init "
+    "unless it is busybox)",
     "initpy.exec=/sbin/init",
 )
 BREAK: Parameter[str | None] = Parameter(
@@ -108,6 +117,31 @@ CORE_PARAMETERS: tuple[Parameter[Any], ...] = (EXEC, BREAK, RESCUE_POLICY, RESCU
 
 class Halted(BaseException):
     """Raised by a fake kernel where a real one would never return."""
+
+
+def is_busybox(kernel: Kernel, path: str) -> bool:
+    """Whether `path` is busybox: its symlinks end at a file named busybox, or a hard link."""
+    resolved = path
+    for _ in range(40):  # the kernel's own limit on nested links
+        try:
+            link = kernel.readlink(resolved)
+        except OSError:
+            break
+        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(resolved), link))
+    if posixpath.basename(resolved) == "busybox":
+        return True
+    try:
+        found = kernel.stat(path)
+    except OSError:
+        return False
+    for busybox in BUSYBOX_PATHS:
+        try:
+            other = kernel.stat(busybox)
+        except OSError:
+            continue
+        if (found.st_dev, found.st_ino) == (other.st_dev, other.st_ino):
+            return True
+    return False
 
 
 def clean_environment(env: Mapping[str, str]) -> dict[str, str]:
@@ -271,6 +305,12 @@ class Boot:
             if not ctx.kernel.exists(path):
                 errors.append(f"{path}: not found")
                 continue
+            if not target and path == OTHER_INIT and is_busybox(ctx.kernel, path):
+                errors.append(
+                    f"{path}: busybox's init, not taken (it would give an unprotected root "
+                    "shell on the console)"
+                )
+                continue
             self.report.outcome = Outcome.HANDOFF
             self.report.write(_state_mounted(ctx))
             ctx.say(f"{HANDOFF}: exec {path} (uptime {ctx.kernel.uptime():.2f}s)")
@@ -280,10 +320,17 @@ class Boot:
             except OSError as exc:
                 errors.append(f"{path}: {exc.strerror or exc}")
                 self.report.outcome = None
+        if target:
+            raise BootFailure(
+                "hand-off failed: " + "; ".join(errors),
+                "put the program into the initrd (mkinitrd --include SRC:DST, or --rootfs), or "
+                "name an existing one with initpy.exec=PATH",
+            )
         raise BootFailure(
-            "hand-off failed: " + "; ".join(errors),
-            "put the init program into the initrd (mkinitrd --rootfs or --include), or name "
-            "an existing one with initpy.exec=PATH",
+            "hand-off failed: no init to exec: " + "; ".join(errors),
+            "build the initrd with mkinitrd --rootfs DIR (a root file system with systemd), or "
+            "name the program with initpy.exec=PATH (initpy.exec=/sbin/init runs busybox's "
+            "init all the same)",
         )
 
     # -- driving -----------------------------------------------------------------

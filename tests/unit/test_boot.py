@@ -122,7 +122,10 @@ def test_every_state_failing_ends_in_rescue_with_its_reason(
         expected += "unexpected error: FileNotFoundError"
     elif failing == "handoff":
         os.unlink(kernel.path("/sbin/init"))
-        expected += "hand-off failed: /lib/systemd/systemd: not found; /sbin/init: not found"
+        expected += (
+            "hand-off failed: no init to exec: /lib/systemd/systemd: not found; "
+            "/sbin/init: not found"
+        )
     else:
 
         def broken(ctx: BootContext) -> str:
@@ -297,6 +300,47 @@ def test_the_cli_as_pid1_boots_and_never_parses_argv(mocker: MockerFixture) -> N
     with pytest.raises(Booted):
         cli.main()
     boot.assert_called_once_with()
+
+
+def busybox_as_sbin_init(kernel: FakeKernel, how: str) -> None:
+    """/sbin/init as mkinitrd makes it without --rootfs: busybox's applet."""
+    os.unlink(kernel.path("/sbin/init"))
+    make_executable(kernel, "/usr/bin/busybox", "#!/bin/sh\n# busybox\n")
+    if how == "symlink":  # mkinitrd's applets: absolute links to /usr/bin/busybox
+        os.symlink("/usr/bin/busybox", kernel.path("/sbin/init"))
+    else:
+        os.link(kernel.path("/usr/bin/busybox"), kernel.path("/sbin/init"))
+
+
+@pytest.mark.parametrize("how", ["symlink", "hard link"])
+def test_busybox_init_is_never_the_default_hand_off(kernel: FakeKernel, how: str) -> None:
+    """Issue 9, finding 10: without --rootfs, busybox's init gave a root shell to the console."""
+    busybox_as_sbin_init(kernel, how)
+    ended = run_boot(kernel, [])
+    assert isinstance(ended, Rebooted)
+    assert kernel.syscalls("execve") == []
+    out = console(kernel)
+    assert (
+        "initpy: rescue: handoff: hand-off failed: no init to exec: /lib/systemd/systemd: "
+        "not found; /sbin/init: busybox's init, not taken" in out
+    )
+    assert "fix: build the initrd with mkinitrd --rootfs DIR" in out
+    assert "initpy.exec=PATH" in out
+    assert read_report(kernel)["outcome"] == "rescue"
+
+
+def test_busybox_init_named_with_initpy_exec_is_handed_off(kernel: FakeKernel) -> None:
+    busybox_as_sbin_init(kernel, "symlink")
+    set_cmdline(kernel, "initpy.exec=/sbin/init", [])
+    ended = run_boot(kernel, [])
+    assert isinstance(ended, HandedOff) and ended.path == "/sbin/init"
+
+
+def test_systemd_goes_first_even_beside_busybox(kernel: FakeKernel) -> None:
+    busybox_as_sbin_init(kernel, "symlink")
+    make_executable(kernel, "/lib/systemd/systemd")
+    ended = run_boot(kernel, [])
+    assert isinstance(ended, HandedOff) and ended.path == "/lib/systemd/systemd"
 
 
 def test_failed_exec_of_named_program_goes_to_rescue(tmp_path: os.PathLike[str]) -> None:

@@ -130,6 +130,24 @@ def test_an_idle_rescue_shell_reboots_the_host(boot_vm: BootVm) -> None:
         assert vm.wait_exit(SHELL_TIMEOUT) == 0
 
 
+def test_ctrl_alt_del_at_the_rescue_shell_reboots_cleanly(boot_vm: BootVm) -> None:
+    """Ctrl-Alt-Del is SIGINT to PID 1 (the init turned the kernel's CAD off): a clean reboot.
+
+    Before issue 9 CPython's KeyboardInterrupt broke out of the shell's wait
+    and a second shell started; with CAD on, the kernel would reboot at
+    once without a sync and without this line.
+    """
+    args = BootArgs(append=["initpy.timeout.disks=0"])
+    with boot_vm(args) as vm:
+        vm.expect(r"initpy: rescue: find_disks: ", BOOT_TIMEOUT)
+        vm.expect(re.escape("(initpy rescue) # "), SHELL_TIMEOUT)
+        vm.monitor("sendkey ctrl-alt-delete")
+        vm.expect(r"initpy: rescue: SIGINT \(Ctrl-Alt-Del\): rebooting cleanly", SHELL_TIMEOUT)
+        vm.expect(r"reboot: Restarting system", SHELL_TIMEOUT)
+        assert vm.wait_exit(SHELL_TIMEOUT) == 0
+        assert vm.console.count("(initpy rescue) # ") == 1  # no second shell
+
+
 def test_break_gives_a_shell_and_the_boot_continues(boot_vm: BootVm, full_boot: BootArgs) -> None:
     # load_modules: the modules hook is in every initrd; the state runs
     # after the break, so it shows the boot truly continues.

@@ -495,6 +495,22 @@ def test_walk_command_runs_without_root() -> None:
     assert out.returncode == 0
 
 
+def test_walk_shows_the_words_for_init_on_the_hand_off(
+    capsys: pytest.CaptureFixture[str], tmp_path: os.PathLike[str]
+) -> None:
+    from initpy.devtools.walk import init_args_for, walk
+
+    assert init_args_for('quiet splash 3 initpy.debug a=b "x y" -- single "-c z"') == (
+        "splash",
+        "3",
+        "x y",
+        "single",
+        "-c z",
+    )
+    walk("quiet splash initpy.exec=/sbin/init -- single", [HOOKS_DIR], [], str(tmp_path))
+    assert "(walk) the init would now exec /sbin/init splash single;" in capsys.readouterr().out
+
+
 def test_reports_are_kept_on_state_and_rotated_once_per_boot(kernel: FakeKernel) -> None:
     from initpy.runtime.report import Report
 

@@ -105,6 +105,9 @@ class FakeKernel(Kernel):
     # Storage: uevents delivered one step per receive (see ScriptedUevents);
     # failures={"uevents": {"netlink": errno}} makes the socket unavailable.
     uevent_script: list[UeventStep] = field(default_factory=list)
+    # Threads the boot started (start_thread), by name: recorded, not run;
+    # a test runs one when it wants.
+    threads: dict[str, Callable[[], None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         Kernel.__init__(self)
@@ -308,6 +311,10 @@ class FakeKernel(Kernel):
             self.clock += seconds
 
         return ScriptedUevents(self.uevent_script, advance)
+
+    def start_thread(self, name: str, target: Callable[[], None]) -> None:
+        self.calls.append(("thread", name))
+        self.threads[name] = target
 
     def library(self, name: str, real: Callable[[], T]) -> T:
         """The scripted stand-in: "rtnetlink" is `self.network`, bound to this clock."""

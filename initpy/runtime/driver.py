@@ -254,6 +254,7 @@ class Boot:
         candidates = (target,) if target else DEFAULT_EXEC
         env = clean_environment(ctx.kernel.environ())
         argv_tail = list(ctx.config.init_args)
+        ctx.exiting()
         errors = []
         for path in candidates:
             if not ctx.kernel.exists(path):
@@ -342,6 +343,7 @@ class Boot:
             self.trigger("fail")  # type: ignore[attr-defined]
         except Exception:  # already in rescue, or the machine is broken
             pass
+        self.ctx.exiting()
         rescue(self.kernel, self.report, self.ctx, reason, fix, exc)
 
 

@@ -144,7 +144,7 @@ def test_layout_of_the_initrd(setup: dict[str, str]) -> None:
     assert manifest.kernel_version == VERSION
     assert manifest.modules == (
         layout.PackedModule("b", "kernel/b.ko"),
-        layout.PackedModule("a", "kernel/a.ko", ("b",)),
+        layout.PackedModule("a", "kernel/a.ko", ("b",), hooks=("probe",)),
     )
     # The build id names the content, and the manifest carries it.
     assert read(result.buildid).decode().strip() == manifest.build_id

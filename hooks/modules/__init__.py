@@ -199,7 +199,7 @@ class Follower:
         for name in names:
             entry = self.loader.entry(name)
             self.ctx.report.modules.append(entry)
-            if entry["result"] == "failed":
+            if entry["result"] == "failed" and not str(entry["why"]).startswith("needed by"):
                 self.ctx.warn(f"load_modules: {name} ({entry['why']}) failed: {entry['error']}")
             else:
                 self.ctx.say(f"load_modules: {name} {entry['result']} ({entry['why']})")
@@ -305,7 +305,8 @@ def load_modules(ctx: BootContext) -> str:
             f"build is refused: rebuild the initrd with --modules of kernel {version}",
         )
     for name in [*failed, *skipped]:
-        ctx.warn(f"load_modules: driver {name} ({loader.why[name]}): {results[name][2]}")
+        if not loader.why[name].startswith("needed by"):  # a softdep may refuse this CPU
+            ctx.warn(f"load_modules: driver {name} ({loader.why[name]}): {results[name][2]}")
     if source is not None and index is not None:
         follower = Follower(ctx, loader, index, source)
         k.start_thread("initpy-uevents", follower.run)

@@ -103,20 +103,26 @@ def plan(
 ) -> list[str]:
     """Modules to load for `modules`, dependencies first, none already tried.
 
-    `tried` holds every module tried before, loaded or not: an optional
-    softdep such as crct10dif_pclmul fails with ENODEV on a CPU without
-    PCLMUL (QEMU's default TCG CPU) and must not be tried again for every
-    device that arrives. A module the initrd does not hold (a built-in one,
-    a driver left out of this image) is not planned.
+    A module's `needs` holds its modules.dep (already transitive) and its
+    softdeps; the softdeps of those are followed too (nvme needs crc_t10dif,
+    which softdeps crct10dif_pclmul). `tried` holds every module tried
+    before, loaded or not: an optional softdep such as crct10dif_pclmul
+    fails with ENODEV on a CPU without PCLMUL (QEMU's default TCG CPU) and
+    must not be tried again for every device that arrives. A module the
+    initrd does not hold (a built-in one, a driver left out of this image)
+    is not planned.
     """
     done = set(tried)
     order: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in done or name not in packed:
+            return
+        done.add(name)
+        for need in packed[name].needs:
+            visit(need)
+        order.append(name)
+
     for module in modules:
-        entry = packed.get(module)
-        if entry is None:
-            continue
-        for name in (*entry.needs, module):
-            if name not in done and name in packed:
-                done.add(name)
-                order.append(name)
+        visit(module)
     return order

@@ -393,8 +393,9 @@ HOOK = Hook(
             provides=(Milestone.MACHINES,),
         ),
     ),
-    # Disk drivers come from the devices' modaliases (hooks/modules); ext4 is
-    # built into Debian's kernels; btrfs is what the machines disks need.
-    modules=("btrfs",),
+    # Disk drivers come from the devices' modaliases (hooks/modules); these are
+    # the filesystems: ext4 for /state (built into the cloud kernel, a module
+    # of the generic one), btrfs for the machines disks.
+    modules=("ext4", "btrfs"),
     parameters=(DISKS_TIMEOUT,),
 )

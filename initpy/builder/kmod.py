@@ -165,7 +165,7 @@ class ModuleTree:
     deps: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> dep names
     softdeps_pre: dict[str, tuple[str, ...]] = field(default_factory=dict)
     builtin: set[str] = field(default_factory=set)
-    aliases: dict[str, str] = field(default_factory=dict)  # exact alias -> module name
+    aliases: dict[str, list[str]] = field(default_factory=dict)  # exact alias -> modules
     # Every alias glob of modules.alias and of the built-in modules' modinfo.
     globs: list[tuple[str, str]] = field(default_factory=list)  # (glob, module)
 
@@ -202,7 +202,7 @@ class ModuleTree:
                     module = canonical(words[2])
                     tree.globs.append((words[1], module))
                     if not any(c in words[1] for c in "*?["):
-                        tree.aliases.setdefault(words[1].replace("-", "_"), module)
+                        tree.aliases.setdefault(words[1].replace("-", "_"), []).append(module)
         modinfo = os.path.join(top, "modules.builtin.modinfo")
         if os.path.exists(modinfo):
             with open(modinfo, "rb") as f:
@@ -214,10 +214,17 @@ class ModuleTree:
         return tree
 
     def lookup(self, wanted: str) -> str | None:
+        """A module name, or the first module of an exact alias (`crc32c`)."""
+        found = self.lookup_all(wanted)
+        return found[0] if found else None
+
+    def lookup_all(self, wanted: str) -> list[str]:
+        """Every module a name or exact alias stands for, as modprobe loads them all:
+        `crc32c` is crc32c_generic and crc32c_intel (which refuses a CPU without SSE4.2)."""
         name = canonical(wanted)
         if name in self.paths or name in self.builtin:
-            return name
-        return self.aliases.get(name)
+            return [name]
+        return list(self.aliases.get(name, ()))
 
     def full_index(self) -> AliasIndex:
         """Every alias of the kernel, for choosing the build machine's drivers."""
@@ -382,11 +389,15 @@ def select(
     state: dict[str, str] = {}  # name -> "visiting" | "done"
 
     def soft(name: str) -> list[str]:
+        # The softdeps, and the crypto drivers of a library that wraps one
+        # (crc64_rocksoft asks the crypto API for crc64-rocksoft, which only
+        # crc64_rocksoft_generic provides, through request_module at init).
+        words = [*tree.softdeps_pre.get(name, ()), f"crypto-{name}"]
         found = []
-        for word in tree.softdeps_pre.get(name, ()):
-            pre = tree.lookup(word)
-            if pre is not None and pre in tree.paths and pre != name and pre not in found:
-                found.append(pre)
+        for word in words:
+            for pre in tree.lookup_all(word):
+                if pre in tree.paths and pre != name and pre not in found:
+                    found.append(pre)
         return found
 
     def needs(name: str) -> list[str]:

@@ -113,10 +113,13 @@ class Loader:
 
         with self.lock:
             names = modalias.plan(self.packed, list(asked), self.why)
+            needers: dict[str, list[str]] = {}
+            for wanted in asked:
+                for name in modalias.plan(self.packed, [wanted]):
+                    if name != wanted:
+                        needers.setdefault(name, []).append(wanted)
             for name in names:
-                self.why[name] = asked.get(name) or "needed by " + ", ".join(
-                    m for m in asked if name in self.packed[m].needs
-                )
+                self.why[name] = asked.get(name) or "needed by " + ", ".join(needers[name])
                 self.order.append(name)
         pending = {n: self.packed[n] for n in names}
         running: dict[Future[tuple[str, int, str]], str] = {}

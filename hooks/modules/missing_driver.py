@@ -134,12 +134,12 @@ def rescue_text(devices: Sequence[Driverless], kernel_release: str) -> str:
         return ""
     lines = ["devices without a driver (a disk or NIC may be behind one):"]
     lines += [f"  - {device.line()}" for device in devices]
-    first = next((d.modalias for d in devices if not d.packed and d.modalias), "")
-    if first:
+    unpacked = list(dict.fromkeys(d.modalias for d in devices if not d.packed and d.modalias))
+    if unpacked:
+        lines.append("To find their drivers, on the build machine run")
+        lines += [f"  modprobe -S {kernel_release} -R '{alias}'" for alias in unpacked]
         lines += [
-            "To find the driver, on the build machine run",
-            f"  modprobe -S {kernel_release} -R '{first}'",
-            "(add -d ROOT for an unpacked kernel), then rebuild the initrd with that module:",
+            "(add -d ROOT for an unpacked kernel), then rebuild the initrd with those modules:",
             "  mkinitrd.py ... --driver NAME   (or --drivers generic, the default)",
             "If modprobe names nothing, this kernel has no driver for the device: use a "
             "newer kernel.",

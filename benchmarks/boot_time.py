@@ -178,12 +178,17 @@ def build_baseline(modules: Path, names: list[str], out: Path) -> list[str]:
     return [p.name for p in kos]
 
 
+# The drivers of the whole-boot scenario's devices (virtio NIC and disks), which
+# initpy loads from their modaliases and the baseline must name.
+SCENARIO_DRIVERS = ("virtio_pci", "virtio_net", "virtio_blk")
+
+
 def hook_modules(hooks: str | None) -> list[str]:
-    """The modules initpy loads: those of the packed hooks, with mkinitrd's always-on ones."""
+    """The modules initpy loads: the scenario's drivers and those the packed hooks name."""
     names = hooks.split(",") if hooks else None
     if names is not None:
         names = list(dict.fromkeys([*names, *ALWAYS_HOOKS]))
-    return load_registry([str(REPO / "hooks")], names).modules()
+    return [*SCENARIO_DRIVERS, *load_registry([str(REPO / "hooks")], names).modules()]
 
 
 def kernel_times(kmsg: str, first: str, handoff: str) -> tuple[float | None, ...]:

@@ -183,6 +183,9 @@ class FakeKernel(Kernel):
     flood_until: float = 600.0
     # What take_signals installed: `deliver(signo)` runs it as the kernel would.
     signal_table: dict[int, SignalHandler] = field(default_factory=dict)
+    # Threads the boot started (start_thread), by name: recorded, not run;
+    # a test runs one when it wants.
+    threads: dict[str, Callable[[], None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         Kernel.__init__(self)
@@ -456,6 +459,10 @@ class FakeKernel(Kernel):
         self.calls.append(("uevents",))
         self._fail("uevents", "netlink")
         return ScriptedUevents(self.uevent_script, advance)
+
+    def start_thread(self, name: str, target: Callable[[], None]) -> None:
+        self.calls.append(("thread", name))
+        self.threads[name] = target
 
     def library(self, name: str, real: Callable[[], T]) -> T:
         """The scripted stand-in: "rtnetlink" is `self.network`, bound to this clock."""

@@ -300,6 +300,7 @@ class Boot:
         # Exactly the words the kernel gave init (its bare words and those
         # after `--`): what systemd would have received as init.
         argv_tail = list(ctx.kernel.init_args())
+        ctx.exiting()
         errors = []
         for path in candidates:
             if not ctx.kernel.exists(path):
@@ -423,6 +424,10 @@ class Boot:
         try:
             self.trigger("fail")  # type: ignore[attr-defined]
         except Exception:  # already in rescue, or the machine is broken
+            pass
+        try:
+            self.ctx.exiting()
+        except BaseException:  # noqa: B036 - a stop that fails must not keep us from rescue
             pass
         rescue(self.kernel, self.report, self.ctx, reason, fix, exc)
 

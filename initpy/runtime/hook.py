@@ -77,6 +77,8 @@ class BootContext:
     _facts: dict[str, object] = field(default_factory=dict)
     # The milestones the states that ran so far provided.
     reached: set[str] = field(default_factory=set)
+    # What to stop before the hand-off and before a rescue shell (see on_exit).
+    _on_exit: list[Callable[[], None]] = field(default_factory=list)
 
     def put(self, fact: Fact[T], value: T) -> None:
         self._facts[fact.name] = value
@@ -95,6 +97,31 @@ class BootContext:
         """A problem that does not stop the boot, kept in the report's warnings."""
         self.report.warn(message)
 
+    def on_exit(self, stop: Callable[[], None]) -> None:
+        """Run `stop` before the hand-off and before a rescue shell, before the report.
+
+        For work a state leaves running in a background thread (the modules
+        hook's uevent loader): it ends, and says what it did, before the
+        report is written and before systemd or the shell takes the console.
+        """
+        self._on_exit.append(stop)
+
+    def exiting(self) -> None:
+        """The driver's call: run every on_exit function once, the last first."""
+        while self._on_exit:
+            stop = self._on_exit.pop()
+            try:
+                stop()
+            except Exception as exc:  # noqa: BLE001 - the hand-off must go on
+                self.warn(f"stopping background work failed: {type(exc).__name__}: {exc}")
+
+
+# Core facts: results that several hooks use, named here so that no hook
+# imports another. DRIVERLESS: set by the modules hook; given "network" or
+# "storage", the lines naming the NICs or storage controllers that have no
+# driver and how to add one ("" when every one has a driver). The network
+# and storage hooks add it to their rescue reasons.
+DRIVERLESS: Fact[Callable[[str], str] | None] = Fact("driverless")
 
 # A state function returns a short detail for the report, or None.
 StateFunction = Callable[[BootContext], "str | None"]

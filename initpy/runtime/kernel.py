@@ -567,6 +567,14 @@ class Kernel:
         """
         return real()
 
+    def start_thread(self, name: str, target: Callable[[], None]) -> None:
+        """Run `target` in a daemon thread of PID 1 (work that outlives a state).
+
+        Through the seam so that a fake kernel can record it and run it when
+        the test says, instead of racing the scripted boot.
+        """
+        threading.Thread(target=target, name=name, daemon=True).start()
+
     # -- the random seed -------------------------------------------------------
 
     def random_bytes(self, size: int) -> bytes:

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import os
 import signal
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn, TypeVar, cast
@@ -183,6 +184,11 @@ class FakeKernel(Kernel):
     flood_until: float = 600.0
     # What take_signals installed: `deliver(signo)` runs it as the kernel would.
     signal_table: dict[int, SignalHandler] = field(default_factory=dict)
+    # TCP: "host:port" the boot connects to -> the real (address, port) the
+    # fake connects to instead (a test's SMTP sink on 127.0.0.1); any other
+    # is refused, so a walk never reaches a real server.
+    # failures={"connect": {"host:port": errno}} fails one.
+    tcp_routes: dict[str, tuple[str, int]] = field(default_factory=dict)
     # Threads the boot started (start_thread), by name: recorded, not run;
     # a test runs one when it wants.
     threads: dict[str, Callable[[], None]] = field(default_factory=dict)
@@ -463,6 +469,15 @@ class FakeKernel(Kernel):
     def start_thread(self, name: str, target: Callable[[], None]) -> None:
         self.calls.append(("thread", name))
         self.threads[name] = target
+
+    def connect_tcp(self, host: str, port: int, timeout: float) -> socket.socket:
+        key = f"{host}:{port}"
+        self.calls.append(("connect", key, timeout))
+        self._fail("connect", key)
+        route = self.tcp_routes.get(key)
+        if route is None:
+            raise ConnectionRefusedError(errno.ECONNREFUSED, f"fake kernel: no route to {key}")
+        return socket.create_connection(route, timeout=timeout)
 
     def library(self, name: str, real: Callable[[], T]) -> T:
         """The scripted stand-in: "rtnetlink" is `self.network`, bound to this clock."""

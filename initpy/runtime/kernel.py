@@ -558,6 +558,17 @@ class Kernel:
         """
         return BatchReader(_netlink(protocol, groups))
 
+    def connect_tcp(self, host: str, port: int, timeout: float) -> socket.socket:
+        """A TCP connection to `host`:`port` (the rescue's mail to the relay).
+
+        Through the seam so that a fake kernel (unit tests, `initpy walk` on
+        a laptop) never reaches the real relay: it connects where its script
+        says, or is refused. `timeout` bounds the connect and every later
+        send and receive; a host name is resolved by the C library first,
+        as /etc/resolv.conf says (the network hook writes it from the lease).
+        """
+        return socket.create_connection((host, port), timeout=timeout)
+
     def library(self, name: str, real: Callable[[], T]) -> T:
         """The handle of a library that makes its own syscalls (pyroute2's IPRoute).
 

@@ -320,7 +320,7 @@ def main() -> None:
             took = build_initpy(vmlinuz, modules, outdir, ns.hooks)
             print(f"mkinitrd.py: {took:.1f} s")
         initrd = outdir / "buildos-initrd"
-        args = full_boot_args(work)
+        args = full_boot_args(work, SYSTEMD_STANDIN if ns.first_boot else GUEST_PATH)
         print(
             f"kernel {vmlinuz}\nVM: -accel {os.environ.get('INITPY_QEMU_ACCEL', 'tcg')}, "
             f"-m {args.memory}, append {' '.join(args.append)} quiet printk.devkmsg=on; "

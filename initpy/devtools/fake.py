@@ -23,6 +23,7 @@ from hooks.storage.blockdev import NETLINK_KOBJECT_UEVENT, Uevent, uevent_messag
 from initpy.devtools.fake_network import FakeNetlink
 from initpy.runtime.driver import Halted
 from initpy.runtime.kernel import (
+    DAEMON_NICE,
     BatchReader,
     Completed,
     Kernel,
@@ -171,6 +172,8 @@ class FakeKernel(Kernel):
     # daemons the boot forked (the DHCP renewer), by name, not run.
     network: FakeNetlink = field(default_factory=FakeNetlink.qemu_user)
     daemons: dict[str, Callable[[], None]] = field(default_factory=dict)
+    # the joinable ones not yet joined, by pid: join_daemon runs them
+    joinable: dict[int, Callable[[], None]] = field(default_factory=dict)
     # Storage: uevents delivered one step per receive (see ScriptedUevents);
     # failures={"uevents": {"netlink": errno}} makes the socket unavailable.
     uevent_script: list[UeventStep] = field(default_factory=list)
@@ -535,11 +538,30 @@ class FakeKernel(Kernel):
 
     # -- network: netlink and the lease renewer (hooks/network.py) ----------
 
-    def spawn_daemon(self, name: str, target: Callable[[], None]) -> int:
-        """Recorded, not run: the daemon would run forever."""
+    def spawn_daemon(
+        self,
+        name: str,
+        target: Callable[[], None],
+        nice: int = DAEMON_NICE,
+        joinable: bool = False,
+    ) -> int:
+        """Recorded, not run: the daemon would run forever; a joinable one runs when joined."""
         self.calls.append(("spawn_daemon", name))
         self.daemons[name] = target
-        return 4242
+        pid = 4242 + len(self.calls)
+        if joinable:
+            self.joinable[pid] = target
+        return pid
+
+    def join_daemon(self, pid: int) -> int:
+        """Run the joinable daemon's `target` now, in this process, as the fork would have."""
+        self.calls.append(("join_daemon", pid))
+        target = self.joinable.pop(pid)
+        try:
+            target()
+        except Exception:
+            return 1
+        return 0
 
     def syscalls(self, name: str) -> list[tuple[object, ...]]:
         return [c for c in self.calls if c[0] == name]

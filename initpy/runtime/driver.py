@@ -241,6 +241,26 @@ def _mounted_targets(k: Kernel) -> set[str]:
     return {line.split()[1] for line in text.splitlines() if len(line.split()) > 1}
 
 
+def handoff_to_systemd(ctx: BootContext) -> tuple[bool, str]:
+    """Whether the hand-off will exec systemd (as the driver chooses), and what it execs."""
+    k = ctx.kernel
+    chosen = ctx.value(EXEC)
+    candidates = (chosen,) if chosen else DEFAULT_EXEC
+    target = next((p for p in candidates if k.exists(p)), None)
+    if target is None:
+        return False, "nothing to hand off to"
+    path = target
+    for _ in range(8):  # /sbin/init -> /lib/systemd/systemd
+        if posixpath.basename(path) == "systemd":
+            return True, target
+        try:
+            link = k.readlink(path)
+        except OSError:
+            break
+        path = posixpath.normpath(posixpath.join(posixpath.dirname(path), link))
+    return False, target
+
+
 class Boot:
     """One boot: drives the registry's states through a `transitions` machine."""
 

@@ -164,7 +164,7 @@ class Milestone(StrEnum):
     MODULES = "modules"  # the initrd's kernel modules are loaded
     STATE = "state"  # /state is mounted (the driver keeps report copies there)
     MACHINES = "machines"  # the machines storage is mounted under /build/machines
-    RESTORED = "restored"  # the saved random seed is fed, the host keys are in place
+    RESTORED = "restored"  # the seed is fed, the saved host keys in place, new ones on the way
     HOSTNAME = "hostname"  # the host has its name
     NETWORK = "network"  # br0 holds the lease, br1 and the NAT are up
 

@@ -22,7 +22,7 @@ import base64
 import binascii
 import struct
 
-from initpy.runtime import cmdline
+from initpy.runtime import cmdline, layout
 from initpy.runtime.cmdline import Parameter
 from initpy.runtime.hook import BootContext, Hook, Milestone, State
 
@@ -69,7 +69,7 @@ ALIASES = "/etc/aliases"
 POSTFIX_ADMIN_MAP = "/etc/postfix/admin"
 AUTHORIZED_KEYS = "/root/.ssh/authorized_keys"
 SSHD_DROPIN = "/etc/ssh/sshd_config.d/initpy.conf"
-BOOT_ENV = "/etc/initpy/buildos.env"
+BOOT_ENV = layout.BUILDOS_ENV
 
 
 def check_ssh_key(key: str) -> str | None:
@@ -214,7 +214,7 @@ def _write_boot_env(ctx: BootContext) -> None:
         "BUILDOS_BUILD_ID": (ctx.manifest.build_id or None) if ctx.manifest else None,
     }
     lines = [f"{k}={v}" for k, v in values.items() if v is not None]
-    ctx.kernel.mkdir("/etc/initpy")
+    ctx.kernel.mkdir(layout.ETC_DIR)
     ctx.kernel.write_text(BOOT_ENV, "".join(f"{line}\n" for line in lines))
 
 

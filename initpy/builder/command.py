@@ -25,6 +25,9 @@ PACKAGES = {
     "patchelf": "patchelf",
     "strip": "binutils",
     "busybox": "busybox-static",
+    "apt-get": "apt",
+    "apt-cache": "apt",
+    "dpkg-deb": "dpkg",
 }
 STDERR_TAIL_LINES = 15
 
@@ -54,6 +57,7 @@ def run(
     env: Mapping[str, str] | None = None,
     stdout: IO[bytes] | None = None,
     capture: bool = True,
+    cwd: str | None = None,
 ) -> bytes:
     """Run `argv`; its standard output (b"" when `stdout` or not `capture`).
 
@@ -68,6 +72,7 @@ def run(
             stdout=stdout if stdout is not None else (subprocess.PIPE if capture else None),
             stderr=subprocess.PIPE if capture else None,
             check=False,
+            cwd=cwd,
         )
     except FileNotFoundError:
         raise BuildError(

@@ -31,6 +31,16 @@ MODULES_ROOT = "/lib/modules"
 # What PID 1 writes while it runs, for the rescue shell and the OS.
 RUN_DIR = "/run/initpy"
 REPORT = f"{RUN_DIR}/report.json"
+# The Python tree of what runs on the booted host after the hand-off (the
+# monitor: initpy/host, this module, tftpy), run by the OS's python3 with
+# this folder as its PYTHONPATH; the monitor hook puts it into the image.
+HOST_PYTHONPATH = f"{LIB}/python"
+# What PID 1 leaves for the OS's services, KEY=VALUE lines from the parsed
+# command line: the buildos.* values (hooks/services.py) and the monitor's
+# own (hooks/monitor.py). The monitor reads both.
+ETC_DIR = "/etc/initpy"
+BUILDOS_ENV = f"{ETC_DIR}/buildos.env"
+MONITOR_ENV = f"{ETC_DIR}/monitor.env"
 # The state disk's mount point and the init's own folder on it.
 STATE_MOUNT = "/state"
 STATE_OWN_DIR = f"{STATE_MOUNT}/initpy"

@@ -6,13 +6,17 @@
   nor a hook; the kernel seam imports nothing of initpy at all.
 - The builder never imports the PID 1 driver.
 - A hook imports the runtime and its own helpers, never the builder, the
-  dev tools or another hook.
+  dev tools, the host's monitor or another hook.
+- What runs on the booted host (initpy/host, under the OS's python3) imports
+  the standard library, tftpy and initpy.runtime.layout, and nothing else:
+  only those go into the image with it (hooks/monitor.py).
 """
 
 from __future__ import annotations
 
 import ast
 import os
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -80,7 +84,7 @@ GRAPH = graph()
 def part(module: str) -> str:
     if module.startswith("hooks"):
         return "hooks"
-    for name in ("runtime", "builder", "devtools"):
+    for name in ("runtime", "builder", "devtools", "host"):
         if module.startswith(f"initpy.{name}"):
             return name
     return "initpy"
@@ -137,13 +141,45 @@ def test_a_hook_imports_the_runtime_and_its_own_helpers_only(module: str) -> Non
     bad = sorted(
         t
         for t in GRAPH[module]
-        if part(t) in ("builder", "devtools")
+        if part(t) in ("builder", "devtools", "host")
         or (part(t) == "hooks" and t != "hooks" and hook_of(t) != own)
     )
     assert not bad, f"{module} imports {bad}"
+
+
+HOST_MAY_IMPORT = {"initpy", "initpy.runtime", "initpy.runtime.layout"}
+HOST_THIRD_PARTY = {"tftpy"}
+
+
+def top_level_imports(path: str) -> set[str]:
+    """The top-level name of every absolute import in a file."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("module", sorted(m for m in GRAPH if part(m) == "host"))
+def test_the_host_imports_the_stdlib_tftpy_and_layout_only(module: str) -> None:
+    outside = sorted(t for t in GRAPH[module] if part(t) != "host" and t not in HOST_MAY_IMPORT)
+    assert not outside, f"{module} (runs on the booted host) imports {outside}"
+    path = dict(sources())[module]
+    foreign = sorted(
+        name
+        for name in top_level_imports(path)
+        if name not in sys.stdlib_module_names and name not in HOST_THIRD_PARTY | {"initpy"}
+    )
+    assert not foreign, f"{module} imports {foreign}, which the image does not get"
 
 
 def test_the_check_sees_relative_and_function_level_imports() -> None:
     assert "hooks.network.dhcpclient" in GRAPH["hooks.network"]  # inside a state function
     assert "hooks.network.lease" in GRAPH["hooks.network.dhcpclient"]  # `from .lease import`
     assert "initpy.runtime.kernel" in GRAPH["initpy.runtime.driver"]
+    assert "initpy.runtime.layout" in GRAPH["initpy.host.monitor"]
+    assert "tftpy" in top_level_imports(dict(sources())["initpy.host.fetch"])  # in a function

@@ -1,0 +1,230 @@
+"""The monitor: installs initpy-monitor into the OS that the init hands off to.
+
+One state, `monitor`, when the hand-off goes to systemd and the image has
+python3:
+- writes `initpy-monitor.service` (Type=notify, User=build, Restart=always)
+  and enables it (a link in multi-user.target.wants);
+- writes `initpy-reboot.path` and `initpy-reboot.service`, root's half of a
+  reboot: the monitor, unprivileged, drops a request file and systemd runs
+  `systemctl reboot` (initpy/host/systemd.py says why);
+- writes `/etc/initpy/monitor.env` with `initpy.monitor.interval` and
+  `initpy.monitor.agent`, which the monitor reads with the
+  `buildos.env` of hooks/services.py.
+
+The monitor itself (initpy/host, initpy/runtime/layout.py and tftpy) is
+not frozen: `files` copies its .py files from the build host into the
+image at `layout.HOST_PYTHONPATH`, and the OS's python3 runs them. Those
+host paths are computed when the hook is imported, and the hook is also
+imported at every boot, inside the frozen init, where they mean nothing:
+there the list is empty and nothing is looked up.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import posixpath
+import sys
+
+from initpy.runtime import cmdline, layout
+from initpy.runtime.cmdline import BadValue, Parameter
+from initpy.runtime.driver import DEFAULT_EXEC, EXEC
+from initpy.runtime.hook import BootContext, Hook, State
+
+UNIT_DIR = "/etc/systemd/system"
+MONITOR_UNIT = "initpy-monitor.service"
+REBOOT_PATH_UNIT = "initpy-reboot.path"
+REBOOT_SERVICE_UNIT = "initpy-reboot.service"
+WANTS_DIR = f"{UNIT_DIR}/multi-user.target.wants"
+PYTHON3 = "/usr/bin/python3"
+HOST_ENTRY = f"{layout.HOST_PYTHONPATH}/initpy/host/monitor.py"
+# hooks/buildhost.py creates this user (or the image has it).
+BUILD_USER = "build"
+BUILD_HOME = "/build"
+# initpy/host/systemd.py: the monitor's runtime folder and its request file.
+RUN_DIR_NAME = "initpy-monitor"
+REBOOT_REQUEST = f"/run/{RUN_DIR_NAME}/reboot"
+
+
+def _agent(raw: str | None) -> str:
+    if raw is None or not raw.strip():
+        raise BadValue("expected a program of the image, e.g. /usr/local/bin/bbot-agent")
+    if not raw.startswith("/"):
+        raise BadValue(f"expected an absolute path first, got {raw!r}")
+    if any(c in raw for c in "\n\r\0"):
+        raise BadValue("expected one line")
+    return raw
+
+
+INTERVAL: Parameter[float] = Parameter(
+    "initpy.monitor.interval",
+    cmdline.seconds(1, 86400),
+    600.0,
+    "seconds between the monitor's polls of buildos.buildid_url (each wait jittered by ±25%)",
+    "initpy.monitor.interval=600",
+)
+AGENT: Parameter[str | None] = Parameter(
+    "initpy.monitor.agent",
+    _agent,
+    None,
+    "the build agent: a program of the image (with arguments, quoted) that the monitor "
+    "runs as the build user and starts again whenever it ends",
+    'initpy.monitor.agent="/usr/local/bin/bbot-agent --verbose 3"',
+)
+
+MONITOR_SERVICE = f"""\
+# Written at boot by initpy (hooks/monitor.py).
+[Unit]
+Description=initpy monitor: reboot onto a new build, keep the build agent running
+Wants=network-online.target {REBOOT_PATH_UNIT}
+After=network-online.target postfix.service {REBOOT_PATH_UNIT}
+StartLimitIntervalSec=0
+
+[Service]
+Type=notify
+User={BUILD_USER}
+Group={BUILD_USER}
+WorkingDirectory={BUILD_HOME}
+RuntimeDirectory={RUN_DIR_NAME}
+RuntimeDirectoryPreserve=restart
+Environment=PYTHONPATH={layout.HOST_PYTHONPATH}
+ExecStart={PYTHON3} -s -B -P -m initpy.host.monitor
+SyslogIdentifier=initpy-monitor
+Restart=always
+RestartSec=10
+TimeoutStopSec=30
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+REBOOT_PATH = f"""\
+# Written at boot by initpy (hooks/monitor.py): initpy-monitor, which runs
+# as {BUILD_USER} and may not reboot, asks for a reboot with this file.
+[Unit]
+Description=initpy monitor's reboot request
+
+[Path]
+PathExists={REBOOT_REQUEST}
+Unit={REBOOT_SERVICE_UNIT}
+"""
+
+REBOOT_SERVICE = f"""\
+# Written at boot by initpy (hooks/monitor.py).
+[Unit]
+Description=initpy monitor: reboot onto the new build
+
+[Service]
+Type=oneshot
+ExecStartPre=-/bin/cat {REBOOT_REQUEST}
+ExecStart=/bin/systemctl reboot
+"""
+
+
+def handoff_to_systemd(ctx: BootContext) -> tuple[bool, str]:
+    """Whether the hand-off will exec systemd (as the driver chooses), and what it execs."""
+    k = ctx.kernel
+    chosen = ctx.value(EXEC)
+    candidates = (chosen,) if chosen else DEFAULT_EXEC
+    target = next((p for p in candidates if k.exists(p)), None)
+    if target is None:
+        return False, "nothing to hand off to"
+    path = target
+    for _ in range(8):  # /sbin/init -> /lib/systemd/systemd
+        if posixpath.basename(path) == "systemd":
+            return True, target
+        try:
+            link = k.readlink(path)
+        except OSError:
+            break
+        path = posixpath.normpath(posixpath.join(posixpath.dirname(path), link))
+    return False, target
+
+
+def install_monitor(ctx: BootContext) -> str:
+    k = ctx.kernel
+    systemd, target = handoff_to_systemd(ctx)
+    if not systemd:
+        return f"not installed: the hand-off goes to {target}, not systemd"
+    if not k.exists(PYTHON3):
+        ctx.warn(
+            f"monitor: {PYTHON3} is not in the image, so initpy-monitor is not installed and "
+            "this host will not follow new builds; add python3 to the OS image"
+        )
+        return f"not installed: no {PYTHON3}"
+    if not k.exists(HOST_ENTRY):
+        ctx.warn(
+            f"monitor: {HOST_ENTRY} is not in the image, so initpy-monitor is not installed; "
+            "build the initrd with the monitor hook (mkinitrd copies its files)"
+        )
+        return f"not installed: no {HOST_ENTRY}"
+    k.mkdir(WANTS_DIR)
+    k.write_text(f"{UNIT_DIR}/{MONITOR_UNIT}", MONITOR_SERVICE)
+    k.write_text(f"{UNIT_DIR}/{REBOOT_PATH_UNIT}", REBOOT_PATH)
+    k.write_text(f"{UNIT_DIR}/{REBOOT_SERVICE_UNIT}", REBOOT_SERVICE)
+    link = f"{WANTS_DIR}/{MONITOR_UNIT}"
+    if k.exists(link):
+        k.remove(link)
+    k.symlink(f"{UNIT_DIR}/{MONITOR_UNIT}", link)
+    interval, agent = ctx.value(INTERVAL), ctx.value(AGENT)
+    settings = [f"INITPY_MONITOR_INTERVAL={interval:g}"]
+    if agent is not None:
+        settings.append(f"INITPY_MONITOR_AGENT={agent}")
+    k.mkdir(layout.ETC_DIR)
+    k.write_text(layout.MONITOR_ENV, "".join(f"{line}\n" for line in settings))
+    return f"{MONITOR_UNIT} enabled (poll every {interval:g} s, " + (
+        f"agent {agent.split()[0]})" if agent else "no agent)"
+    )
+
+
+# -- what mkinitrd copies into the image ------------------------------------------
+
+
+def host_python_files() -> tuple[str, ...]:
+    """ "SRC:DST" for the monitor's Python: initpy/host, layout.py, tftpy.
+
+    Empty inside the frozen init (PID 1 never reads a hook's files). A
+    tftpy missing on the build host gives a source that does not exist,
+    so that mkinitrd stops and names it.
+    """
+    if getattr(sys, "frozen", False):
+        return ()
+    package = os.path.dirname(os.path.dirname(os.path.abspath(layout.__file__)))  # initpy/
+    sources = [
+        os.path.join(package, "__init__.py"),
+        os.path.join(package, "runtime", "__init__.py"),
+        os.path.join(package, "runtime", "layout.py"),
+        *sorted(glob.glob(os.path.join(package, "host", "*.py"))),
+    ]
+    specs = [
+        f"{path}:{layout.HOST_PYTHONPATH}/initpy/{os.path.relpath(path, package)}"
+        for path in sources
+    ]
+    try:
+        found = importlib.util.find_spec("tftpy")
+    except (ImportError, ValueError):
+        found = None
+    locations = list(found.submodule_search_locations or []) if found is not None else []
+    if not locations:
+        return (*specs, "tftpy-not-installed-in-the-build-venv--run-scripts/bootstrap")
+    tftpy = locations[0]
+    for path in sorted(glob.glob(os.path.join(tftpy, "*.py"))):
+        specs.append(f"{path}:{layout.HOST_PYTHONPATH}/tftpy/{os.path.basename(path)}")
+    return tuple(specs)
+
+
+HOOK = Hook(
+    name="monitor",
+    description="initpy-monitor on the booted host: polls buildos.buildid_url, reboots onto "
+    "a new build, runs the build agent",
+    states=(
+        State(
+            "monitor",
+            install_monitor,
+            "install and enable initpy-monitor.service (when the hand-off is systemd)",
+        ),
+    ),
+    files=host_python_files(),
+    parameters=(INTERVAL, AGENT),
+)

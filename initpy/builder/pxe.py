@@ -1,0 +1,426 @@
+"""The PXE layout: a TFTP folder that boots mkinitrd's three files, as the spec shows it.
+
+`scripts/pxe-layout OUTDIR TFTPDIR [options]` (this module's `main`) lays
+out, from mkinitrd's OUTDIR:
+
+```
+TFTPDIR/pxelinux.0                 Debian pxelinux (the network boot program)
+TFTPDIR/ldlinux.c32                Debian syslinux-common (pxelinux's core module)
+TFTPDIR/pxelinux.cfg/default       or 01-<mac> per --mac: one `label buildos`
+TFTPDIR/buildos/buildos-image      the kernel
+TFTPDIR/buildos/buildos-initrd
+TFTPDIR/buildos/buildos-buildid    what initpy-monitor polls; written last
+```
+
+pxelinux.0 and ldlinux.c32 come from Debian's packages, fetched with
+`apt-get download` and unpacked with `dpkg-deb -x` into the cache
+(~/.cache/initpy/syslinux/<version>), never installed on the host;
+`--syslinux DIR` takes them from a folder instead.
+
+**The append line.** pxelinux hands it to the kernel verbatim, and the
+kernel splits it at spaces, with double quotes grouping. So a value that
+holds a space or a double quote cannot be carried, and is refused here,
+except `buildos.ssh_key`, which is written quoted (and may not hold a
+quote). Each value is also checked with the very parameter the boot
+parses it with (the hooks' declarations), and the whole line is
+tokenised as the boot will tokenise it: what the host reads is what the
+operator typed, or the layout is not written.
+
+**Writing.** Every file is written under a temporary name in its folder
+and renamed into place, and the three buildos files are renamed image,
+initrd, buildid: a host never sees half a file, and the build id (what
+makes the fleet reboot) changes only once the files it names are there.
+`--build-only` does just that step: rolling out, or back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from initpy.builder import freeze
+from initpy.builder.command import BuildError, run
+from initpy.builder.mkinitrd import repo_hooks_dir
+from initpy.runtime import cmdline
+from initpy.runtime.cmdline import BadValue, Parameter
+from initpy.runtime.hook import HookError, discover
+
+BUILD_FILES = ("buildos-image", "buildos-initrd", "buildos-buildid")  # the order of renaming
+BUILD_DIR = "buildos"
+CONFIG_DIR = "pxelinux.cfg"
+# What the network boot program needs, and where Debian's packages keep it.
+SYSLINUX_FILES = {
+    "pxelinux.0": ("pxelinux", "usr/lib/PXELINUX/pxelinux.0"),
+    "ldlinux.c32": ("syslinux-common", "usr/lib/syslinux/modules/bios/ldlinux.c32"),
+}
+# x86's COMMAND_LINE_SIZE is 2048, and pxelinux adds BOOT_IMAGE= and
+# initrd= to what we write.
+APPEND_LIMIT = 1900
+MAC = re.compile(r"[0-9a-f]{2}([:-][0-9a-f]{2}){5}")
+QUOTED = "buildos.ssh_key"
+DEFAULT_TIMEOUT = 50  # tenths of a second, as in the spec's example
+
+
+@dataclass(frozen=True)
+class BootValues:
+    """The buildos.* parameters for the append line (None: left out)."""
+
+    buildid_url: str | None = None
+    smtp_relay: str | None = None
+    admin_email: str | None = None
+    ssh_key: str | None = None
+    extra: tuple[str, ...] = ()  # further words, as given (console=ttyS0, initpy.*)
+
+
+def mac_config_name(mac: str) -> str:
+    """pxelinux's per-host file name: `01-` (Ethernet) and the MAC with dashes."""
+    lowered = mac.strip().lower()
+    if not MAC.fullmatch(lowered):
+        raise BuildError(
+            f"--mac {mac!r} is not a MAC address", "give six hex pairs: de:ad:be:ef:b8:da"
+        )
+    return "01-" + lowered.replace(":", "-")
+
+
+def boot_parameters(hooks_dirs: Sequence[str]) -> dict[str, Parameter[object]]:
+    """Every parameter the hooks declare, by name: the boot's own parsers."""
+    try:
+        hooks = discover(hooks_dirs)
+    except HookError as exc:
+        raise BuildError(f"hooks: {exc}") from None
+    return {p.name: p for hook in hooks.values() for p in hook.parameters}
+
+
+def append_line(values: BootValues, parameters: dict[str, Parameter[object]]) -> str:
+    """The kernel command line for `append`, or BuildError naming what cannot be carried."""
+    words: list[str] = []
+    wanted: list[tuple[str, str | None]] = []
+    given = (
+        ("buildos.smtp_relay", values.smtp_relay),
+        ("buildos.admin_email", values.admin_email),
+        ("buildos.buildid_url", values.buildid_url),
+        ("buildos.ssh_key", values.ssh_key),
+    )
+    for name, value in given:
+        if value is None:
+            continue
+        _check_carriable(name, value, quoted=name == QUOTED)
+        parameter = parameters.get(name)
+        if parameter is not None:
+            try:
+                parameter.parse(value)
+            except BadValue as exc:
+                raise BuildError(
+                    f"{name}: {exc}", f"the boot would ignore it: {parameter.help}"
+                ) from None
+        words.append(f'{name}="{value}"' if name == QUOTED else f"{name}={value}")
+        wanted.append((name, value))
+    for word in values.extra:
+        _check_carriable("--append", word, quoted=False)
+        words.append(word)
+    line = " ".join(words)
+    if len(line) > APPEND_LIMIT:
+        raise BuildError(
+            f"the append line is {len(line)} characters; the kernel takes about {APPEND_LIMIT}",
+            "shorten it (a shorter URL, an ed25519 key rather than RSA)",
+        )
+    pairs, after, problems = cmdline.tokenize(line)
+    read = dict(pairs)
+    lost = [name for name, value in wanted if read.get(name) != value]
+    if problems or after or lost:
+        raise BuildError(
+            f"the boot would not read the append line as given: {line!r}"
+            + (f" ({'; '.join(problems)})" if problems else "")
+            + (f"; wrong: {', '.join(lost)}" if lost else ""),
+            "drop the words that hold quotes or a lone --",
+        )
+    return line
+
+
+def _check_carriable(name: str, value: str, quoted: bool) -> None:
+    if not value:
+        raise BuildError(f"{name}: empty value")
+    if '"' in value:
+        raise BuildError(
+            f"{name}: {value!r} holds a double quote, which neither pxelinux nor the kernel "
+            "can carry inside a value",
+            "remove it",
+        )
+    bad = [c for c in value if not (" " <= c <= "~")]
+    if bad:
+        raise BuildError(
+            f"{name}: {value!r} holds {bad[0]!r}; the append line carries printable ASCII only"
+        )
+    if " " in value and not quoted:
+        raise BuildError(
+            f"{name}: {value!r} holds a space, and the kernel would split it there",
+            "give the value without spaces"
+            + (" (only buildos.ssh_key is quoted)" if name.startswith("buildos.") else ""),
+        )
+
+
+def config_text(append: str, timeout: int = DEFAULT_TIMEOUT) -> str:
+    """A pxelinux.cfg file as the spec's Network Boot section writes it."""
+    prompt = 1 if timeout > 0 else 0
+    return (
+        "# Written by initpy's scripts/pxe-layout; `append` is one line.\n"
+        "default buildos\n"
+        f"prompt {prompt}\n"
+        f"timeout {timeout}\n"
+        "label buildos\n"
+        "  menu label buildos\n"
+        f"  kernel /{BUILD_DIR}/buildos-image\n"
+        f"  initrd /{BUILD_DIR}/buildos-initrd\n"
+        f"  append {append}\n"
+    )
+
+
+# -- syslinux from Debian ---------------------------------------------------------------
+
+
+def cache_root() -> str:
+    return os.path.join(os.path.dirname(freeze.cache_root()), "syslinux")
+
+
+def _candidates(packages: Sequence[str]) -> dict[str, str]:
+    """Each package's candidate version (one apt-cache call; apt-get update if unknown)."""
+    for attempt in range(2):
+        policy = run(["apt-cache", "policy", *packages]).decode()
+        found = dict(re.findall(r"(?m)^(\S+):\n\s+Installed:.*\n\s+Candidate:\s*(\S+)", policy))
+        versions = {p: found[p] for p in packages if found.get(p, "(none)") != "(none)"}
+        if len(versions) == len(packages):
+            return versions
+        if attempt == 0:
+            run(["apt-get", "update", "-qq"], hint="apt-get update must reach Debian's mirror")
+    missing = [p for p in packages if p not in versions]
+    raise BuildError(
+        f"apt knows no package {', '.join(missing)}",
+        "check /etc/apt/sources.list (Debian main), or give --syslinux DIR",
+    )
+
+
+def fetch_syslinux(cache: str | None = None) -> str:
+    """A folder with pxelinux.0 and ldlinux.c32 from Debian's packages, cached by version."""
+    cache = cache or cache_root()
+    versions = _candidates(sorted({package for package, _ in SYSLINUX_FILES.values()}))
+    key = "_".join(sorted(set(versions.values()))).replace(":", "%3a")
+    dest = os.path.join(cache, key)
+    if os.path.exists(os.path.join(dest, ".complete")):
+        return dest
+    os.makedirs(cache, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".fetch.", dir=cache) as work:
+        run(
+            ["apt-get", "download", "-q", *(f"{p}={v}" for p, v in sorted(versions.items()))],
+            cwd=work,
+            hint="apt-get must reach Debian's mirror (or give --syslinux DIR)",
+        )
+        unpacked = os.path.join(work, "root")
+        for deb in sorted(n for n in os.listdir(work) if n.endswith(".deb")):
+            run(["dpkg-deb", "-x", os.path.join(work, deb), unpacked])
+        product = os.path.join(work, "product")
+        os.makedirs(product)
+        for name, (package, path) in SYSLINUX_FILES.items():
+            source = os.path.join(unpacked, path)
+            if not os.path.isfile(source):
+                raise BuildError(f"{package} {versions[package]} has no /{path}")
+            shutil.copyfile(source, os.path.join(product, name))
+        with open(os.path.join(product, ".complete"), "w") as f:
+            f.write("".join(f"{p} {v}\n" for p, v in sorted(versions.items())))
+        shutil.rmtree(dest, ignore_errors=True)
+        os.rename(product, dest)
+    return dest
+
+
+# -- writing ------------------------------------------------------------------------------
+
+
+def _staged(source: str | None, dest: str, text: str | None = None) -> str:
+    """A copy of `source` (or `text`) beside `dest`, under a temporary name."""
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dest)}.", dir=os.path.dirname(dest))
+    with os.fdopen(fd, "wb") as f:
+        if source is not None:
+            with open(source, "rb") as src:
+                shutil.copyfileobj(src, f, 1 << 20)
+        else:
+            f.write((text or "").encode())
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
+    return tmp
+
+
+def check_outdir(outdir: str) -> str:
+    """mkinitrd's OUTDIR has the three files and a build id; the build id."""
+    missing = [n for n in BUILD_FILES if not os.path.isfile(os.path.join(outdir, n))]
+    if missing:
+        raise BuildError(
+            f"{outdir} has no {', '.join(missing)}", "give mkinitrd's -o folder (mkinitrd.py -o)"
+        )
+    with open(os.path.join(outdir, "buildos-buildid"), "rb") as f:
+        build_id = f.read().decode(errors="replace").strip()
+    if not re.fullmatch(r"[0-9a-f]{64}", build_id):
+        raise BuildError(
+            f"{outdir}/buildos-buildid holds {build_id[:80]!r}, not a build id",
+            "build again with mkinitrd.py",
+        )
+    return build_id
+
+
+def install_build(
+    outdir: str, tftp_dir: str, rename: Callable[[str, str], None] = os.replace
+) -> str:
+    """Copy the three files into TFTPDIR/buildos, the build id last; the build id."""
+    build_id = check_outdir(outdir)
+    folder = os.path.join(tftp_dir, BUILD_DIR)
+    staged = [
+        (_staged(os.path.join(outdir, n), os.path.join(folder, n)), os.path.join(folder, n))
+        for n in BUILD_FILES
+    ]
+    for tmp, dest in staged:
+        rename(tmp, dest)
+    return build_id
+
+
+def lay_out(
+    outdir: str,
+    tftp_dir: str,
+    values: BootValues,
+    *,
+    macs: Sequence[str] = (),
+    timeout: int = DEFAULT_TIMEOUT,
+    syslinux: str,
+    parameters: dict[str, Parameter[object]],
+    rename: Callable[[str, str], None] = os.replace,
+) -> tuple[str, list[str]]:
+    """The whole folder; returns the append line and the config files written."""
+    check_outdir(outdir)
+    append = append_line(values, parameters)
+    names = [mac_config_name(m) for m in macs] or ["default"]
+    for name in SYSLINUX_FILES:
+        if not os.path.isfile(os.path.join(syslinux, name)):
+            raise BuildError(f"{syslinux} has no {name}", "give the folder that holds both")
+    staged = [
+        (_staged(os.path.join(syslinux, n), os.path.join(tftp_dir, n)), os.path.join(tftp_dir, n))
+        for n in SYSLINUX_FILES
+    ]
+    text = config_text(append, timeout)
+    configs = [os.path.join(tftp_dir, CONFIG_DIR, n) for n in names]
+    staged += [(_staged(None, path, text), path) for path in configs]
+    for tmp, dest in staged:
+        rename(tmp, dest)
+    install_build(outdir, tftp_dir, rename)
+    return append, configs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="scripts/pxe-layout",
+        description="Lay out a TFTP folder that PXE-boots mkinitrd's OUTDIR with pxelinux.",
+    )
+    parser.add_argument("outdir", metavar="OUTDIR", help="mkinitrd's output folder")
+    parser.add_argument("tftp_dir", metavar="TFTPDIR", help="the TFTP server's root folder")
+    parser.add_argument(
+        "--mac",
+        action="append",
+        default=[],
+        help="a host's MAC: write pxelinux.cfg/01-<mac> (repeatable); default: "
+        "pxelinux.cfg/default, for every host",
+    )
+    url = parser.add_mutually_exclusive_group()
+    url.add_argument("--buildid-url", metavar="URL", help="buildos.buildid_url")
+    url.add_argument(
+        "--server",
+        metavar="HOST",
+        help="the TFTP server's address as hosts reach it: buildos.buildid_url becomes "
+        f"tftp://HOST/{BUILD_DIR}/buildos-buildid",
+    )
+    parser.add_argument("--smtp-relay", metavar="HOST", help="buildos.smtp_relay")
+    parser.add_argument("--admin-email", metavar="ADDR", help="buildos.admin_email")
+    parser.add_argument(
+        "--ssh-key", metavar="KEY|@FILE", help="buildos.ssh_key: the key, or @ and a .pub file"
+    )
+    parser.add_argument(
+        "--append",
+        action="append",
+        default=[],
+        metavar="WORDS",
+        help="more kernel parameters (console=ttyS0, initpy.monitor.interval=60, ...)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=int,
+        default=DEFAULT_TIMEOUT,
+        metavar="TENTHS",
+        help="pxelinux's prompt timeout in tenths of a second (0: boot at once); "
+        "default %(default)s",
+    )
+    parser.add_argument(
+        "--syslinux", metavar="DIR", help="take pxelinux.0 and ldlinux.c32 from DIR"
+    )
+    parser.add_argument(
+        "--build-only",
+        action="store_true",
+        help="only replace the three buildos/ files, the build id last (a rollout or a "
+        "rollback); pxelinux and its configs stay as they are",
+    )
+    ns = parser.parse_args(argv)
+
+    def say(message: str) -> None:
+        print(f"pxe-layout: {message}", file=sys.stderr)
+
+    try:
+        if ns.build_only:
+            build_id = install_build(ns.outdir, ns.tftp_dir)
+            say(f"{ns.tftp_dir}/{BUILD_DIR}: build {build_id}")
+            return 0
+        key = ns.ssh_key
+        if key is not None and key.startswith("@"):
+            try:
+                with open(key[1:]) as f:
+                    key = f.read().strip()
+            except OSError as exc:
+                raise BuildError(f"--ssh-key {key}: {exc.strerror or exc}") from None
+        buildid_url = ns.buildid_url or (
+            f"tftp://{ns.server}/{BUILD_DIR}/buildos-buildid" if ns.server else None
+        )
+        if buildid_url is None:
+            say("note: no --buildid-url or --server: the hosts will not follow new builds")
+        values = BootValues(
+            buildid_url=buildid_url,
+            smtp_relay=ns.smtp_relay,
+            admin_email=ns.admin_email,
+            ssh_key=key,
+            extra=tuple(w for words in ns.append for w in words.split()),
+        )
+        parameters = boot_parameters([repo_hooks_dir()])
+        syslinux = ns.syslinux or fetch_syslinux()
+        append, configs = lay_out(
+            ns.outdir,
+            ns.tftp_dir,
+            values,
+            macs=ns.mac,
+            timeout=ns.timeout,
+            syslinux=syslinux,
+            parameters=parameters,
+        )
+    except BuildError as exc:
+        say(f"error: {exc.message}")
+        if exc.hint:
+            say(f"hint: {exc.hint}")
+        return 1
+    for path in configs:
+        say(f"wrote {path}")
+    say(f"append {append}")
+    say(f"{ns.tftp_dir}: pxelinux.0, ldlinux.c32, {BUILD_DIR}/ ({', '.join(BUILD_FILES)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""The monitor hook: the units it writes at boot (fake kernel), and what it ships.
+
+The boot side runs on the fake kernel: the unit files, the enabling link
+and monitor.env appear only when the hand-off goes to systemd. The build
+side: the files the hook asks mkinitrd for are enough for Debian's python3
+to run the monitor from the image's tree alone, tftp:// included, and
+mkinitrd puts them into the initrd.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from importlib.machinery import ModuleSpec
+
+import pytest
+import tftpy
+
+from initpy.builder import cpio, mkinitrd
+from initpy.devtools.fake import FakeKernel, HandedOff
+from initpy.host import monitor as host_monitor
+from initpy.runtime import layout
+from tests.unit.conftest import HOOKS_DIR, hook_module, make_executable, read_report, run_boot
+from tests.unit.test_mkinitrd import fake_freezer, module_tree
+
+monitor = hook_module("monitor")
+services = hook_module("services")
+BUILD_ID = "c" * 64
+SYSTEMD = "/lib/systemd/systemd"
+UNITS = "/etc/systemd/system"
+
+
+def booted_host(root: str, cmdline: str, *, python3: bool = True) -> FakeKernel:
+    kernel = FakeKernel(root=root, cmdline=cmdline)
+    make_executable(kernel, SYSTEMD)
+    if python3:
+        make_executable(kernel, monitor.PYTHON3)
+    make_executable(kernel, monitor.HOST_ENTRY, "# the monitor\n")
+    return kernel
+
+
+def read(kernel: FakeKernel, path: str) -> str:
+    with open(kernel.path(path)) as f:
+        return f.read()
+
+
+def test_the_units_are_written_and_enabled_when_systemd_comes_next(
+    tmp_path: os.PathLike[str],
+) -> None:
+    kernel = booted_host(
+        str(tmp_path),
+        "buildos.buildid_url=tftp://10.0.2.2/buildos/buildos-buildid "
+        "buildos.admin_email=admin@example.org initpy.monitor.interval=30 "
+        'initpy.monitor.agent="/opt/bbot/agent --mode agent"',
+    )
+    ended = run_boot(kernel, [services.HOOK, monitor.HOOK])
+    assert isinstance(ended, HandedOff) and ended.path == SYSTEMD
+    assert any(
+        line.startswith("initpy: monitor: ok in ")
+        and line.endswith("initpy-monitor.service enabled (poll every 30 s, agent /opt/bbot/agent)")
+        for line in kernel.console_lines
+    )
+    unit = read(kernel, f"{UNITS}/initpy-monitor.service")
+    for line in (
+        "Type=notify",
+        "User=build",
+        "Group=build",
+        "WorkingDirectory=/build",
+        "RuntimeDirectory=initpy-monitor",
+        f"Environment=PYTHONPATH={layout.HOST_PYTHONPATH}",
+        "ExecStart=/usr/bin/python3 -s -B -P -m initpy.host.monitor",
+        "SyslogIdentifier=initpy-monitor",
+        "Restart=always",
+        "Wants=network-online.target initpy-reboot.path",
+        "WantedBy=multi-user.target",
+    ):
+        assert f"\n{line}\n" in unit, line
+    link = f"{UNITS}/multi-user.target.wants/initpy-monitor.service"
+    assert kernel.readlink(link) == f"{UNITS}/initpy-monitor.service"
+    path_unit = read(kernel, f"{UNITS}/initpy-reboot.path")
+    assert "\nPathExists=/run/initpy-monitor/reboot\n" in path_unit
+    assert "\nUnit=initpy-reboot.service\n" in path_unit
+    assert "\nExecStart=/bin/systemctl reboot\n" in read(kernel, f"{UNITS}/initpy-reboot.service")
+    # What the monitor will read is what the command line said.
+    settings, problems = host_monitor.load_settings(
+        kernel.path(layout.BUILDOS_ENV), kernel.path(layout.MONITOR_ENV)
+    )
+    assert problems == []
+    assert settings == host_monitor.Settings(
+        "tftp://10.0.2.2/buildos/buildos-buildid",
+        "admin@example.org",
+        30.0,
+        ("/opt/bbot/agent", "--mode", "agent"),
+    )
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_systemd_reads_the_units_without_a_complaint(tmp_path: os.PathLike[str]) -> None:
+    units = {
+        "initpy-monitor.service": monitor.MONITOR_SERVICE,
+        "initpy-reboot.path": monitor.REBOOT_PATH,
+        "initpy-reboot.service": monitor.REBOOT_SERVICE,
+    }
+    for name, text in units.items():
+        with open(os.path.join(str(tmp_path), name), "w") as f:
+            f.write(text)
+    done = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *(f"./{name}" for name in units)],
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # An unknown key or a bad value is only a warning on stderr.
+    assert (done.returncode, done.stderr) == (0, "")
+
+
+def test_sbin_init_that_is_systemd_counts_and_a_second_boot_rewrites(
+    tmp_path: os.PathLike[str],
+) -> None:
+    kernel = booted_host(str(tmp_path), "initpy.exec=/sbin/init")
+    kernel.mkdir("/sbin")
+    kernel.symlink(SYSTEMD, "/sbin/init")
+    for _ in range(2):
+        ended = run_boot(kernel, [monitor.HOOK])
+        assert isinstance(ended, HandedOff) and ended.path == "/sbin/init"
+        assert read(kernel, layout.MONITOR_ENV) == "INITPY_MONITOR_INTERVAL=600\n"
+    assert kernel.exists(f"{UNITS}/multi-user.target.wants/initpy-monitor.service")
+
+
+@pytest.mark.parametrize(
+    "cmdline, why",
+    [
+        ("", "the hand-off goes to /sbin/init, not systemd"),
+        ("initpy.exec=/bin/sh", "the hand-off goes to /bin/sh, not systemd"),
+    ],
+)
+def test_nothing_is_installed_when_something_else_comes_next(
+    tmp_path: os.PathLike[str], cmdline: str, why: str
+) -> None:
+    kernel = FakeKernel(root=str(tmp_path), cmdline=cmdline)
+    make_executable(kernel, "/sbin/init")
+    make_executable(kernel, "/bin/sh")
+    make_executable(kernel, monitor.PYTHON3)
+    run_boot(kernel, [monitor.HOOK])
+    assert any(line.endswith(f"not installed: {why}") for line in kernel.console_lines)
+    assert not kernel.exists(UNITS) and not kernel.exists(layout.MONITOR_ENV)
+
+
+def test_an_image_without_python3_boots_with_a_warning(tmp_path: os.PathLike[str]) -> None:
+    kernel = booted_host(str(tmp_path), "", python3=False)
+    ended = run_boot(kernel, [monitor.HOOK])
+    assert isinstance(ended, HandedOff)
+    warnings = read_report(kernel)["warnings"]
+    assert isinstance(warnings, list)
+    assert any("/usr/bin/python3 is not in the image" in w for w in warnings)
+    assert not kernel.exists(f"{UNITS}/initpy-monitor.service")
+
+
+def test_inside_the_frozen_init_the_hook_lists_no_host_files(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    assert monitor.host_python_files() == ()
+    assert monitor.HOOK.files  # computed on the build host, when mkinitrd imported it
+
+
+def test_a_build_host_without_tftpy_gets_a_path_that_names_the_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = importlib.util.find_spec
+
+    def without_tftpy(name: str, package: str | None = None) -> ModuleSpec | None:
+        return None if name == "tftpy" else real(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_tftpy)
+    files = monitor.host_python_files()
+    # mkinitrd stops on a source that does not exist, quoting it.
+    assert files[-1] == "tftpy-not-installed-in-the-build-venv--run-scripts/bootstrap"
+    assert not os.path.exists(files[-1])
+
+
+# -- what the image gets ----------------------------------------------------------------
+
+
+def shipped(files: tuple[str, ...]) -> dict[str, str]:
+    """Image path -> build host path, from the hook's "SRC:DST" list."""
+    found = {}
+    for spec in files:
+        source, _, dest = spec.partition(":")
+        assert os.path.isfile(source), spec
+        found[dest] = source
+    return found
+
+
+@pytest.fixture
+def tftp_root(tmp_path: os.PathLike[str]) -> Iterator[tuple[str, int]]:
+    root = os.path.join(str(tmp_path), "tftp")
+    os.makedirs(os.path.join(root, "buildos"))
+    server = tftpy.TftpServer(root)
+    thread = threading.Thread(
+        target=server.listen,
+        kwargs={"listenip": "127.0.0.1", "listenport": 0, "timeout": 0.2},
+        daemon=True,
+    )
+    thread.start()
+    assert server.is_running.wait(10)
+    yield root, server.listenport
+    server.stop(now=True)
+    thread.join(10)
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/python3"), reason="needs Debian's python3")
+def test_debian_python3_runs_the_monitor_from_the_shipped_files_alone(
+    tmp_path: os.PathLike[str], tftp_root: tuple[str, int]
+) -> None:
+    files = shipped(monitor.HOOK.files)
+    python = layout.HOST_PYTHONPATH
+    for needed in ("initpy/host/monitor.py", "initpy/runtime/layout.py", "tftpy/__init__.py"):
+        assert f"{python}/{needed}" in files
+    image = os.path.join(str(tmp_path), "image")
+    for dest, source in files.items():
+        os.makedirs(os.path.dirname(image + dest), exist_ok=True)
+        shutil.copyfile(source, image + dest)
+    manifest = os.path.join(image, layout.MANIFEST.lstrip("/"))
+    with open(manifest, "wb") as f:
+        f.write(layout.Manifest(BUILD_ID, ("monitor",)).to_json())
+    root, port = tftp_root
+    with open(os.path.join(root, "buildos", "buildos-buildid"), "w") as f:
+        f.write(BUILD_ID + "\n")
+    env_file = os.path.join(str(tmp_path), "buildos.env")
+    with open(env_file, "w") as f:
+        f.write(f"BUILDOS_BUILDID_URL=tftp://127.0.0.1:{port}/buildos/buildos-buildid\n")
+    (exec_start,) = [
+        line for line in monitor.MONITOR_SERVICE.splitlines() if line.startswith("ExecStart=")
+    ]
+    argv = shlex.split(exec_start.removeprefix("ExecStart="))
+    assert argv[0] == "/usr/bin/python3"
+    done = subprocess.run(
+        [*argv, "--check", "--buildos-env", env_file, "--monitor-env", "/nonexistent"]
+        + ["--manifest", manifest],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": image + python},
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"running build: {BUILD_ID}" in done.stdout
+    assert "the same build: nothing to do" in done.stdout
+
+
+@pytest.mark.skipif(
+    not os.path.exists("/bin/busybox") or shutil.which("depmod") is None,
+    reason="busybox-static and kmod are needed: run scripts/bootstrap",
+)
+def test_mkinitrd_puts_the_monitor_into_the_initrd(tmp_path: os.PathLike[str]) -> None:
+    top = str(tmp_path)
+    kernel = os.path.join(top, "vmlinuz")
+    with open(kernel, "wb") as f:
+        f.write(b"kernel image")
+    # The hook alone, from a folder of its own (the shipped modules hook
+    # wants a real kernel's modules): its files still come from this initpy.
+    hooks = os.path.join(top, "hooks")
+    os.makedirs(hooks)
+    shutil.copy(os.path.join(HOOKS_DIR, "monitor.py"), hooks)
+    result = mkinitrd.build(
+        mkinitrd.Options(
+            kernel=kernel,
+            modules=module_tree(top),
+            outdir=os.path.join(top, "out"),
+            base_hooks_dir=None,
+            hook_dirs=(hooks,),
+            compress=mkinitrd.Compression.NONE,
+        ),
+        freezer=fake_freezer(top),
+    )
+    with open(result.initrd, "rb") as f:
+        members = {m.path: m for m in cpio.read_newc(cpio.decompress(f.read()))}
+    for dest, source in shipped(monitor.HOOK.files).items():
+        with open(source, "rb") as f:
+            assert members[dest.lstrip("/")].data == f.read(), dest
+    assert "usr/lib/initpy/hooks/monitor.py" in members
+    manifest = layout.Manifest.from_json(members[layout.MANIFEST.lstrip("/")].data)
+    assert "monitor" in manifest.hooks

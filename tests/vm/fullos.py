@@ -60,12 +60,17 @@ def build_tree(modules: Path) -> Path:
 
 
 def build_image(
-    vmlinuz: Path, modules: Path, tree: Path, outdir: Path, compress: str = TEST_COMPRESS
+    vmlinuz: Path,
+    modules: Path,
+    tree: Path,
+    outdir: Path,
+    compress: str = TEST_COMPRESS,
+    no_cache: bool = False,
 ) -> Path:
     """mkinitrd.py --rootfs TREE into `outdir` (buildos-image, -initrd, -buildid)."""
     argv = [sys.executable, str(REPO / "mkinitrd.py"), "--kernel", str(vmlinuz)]
     argv += ["--modules", str(modules), "--rootfs", str(tree), "-o", str(outdir)]
-    argv += ["--compress", compress]
+    argv += ["--compress", compress, *(["--no-cache"] if no_cache else [])]
     _run(argv, 1800)
     return outdir
 
@@ -144,17 +149,27 @@ class Ssh:
                 raise AssertionError(f"no SSH login in {timeout:g} s: {done.stderr}")
             time.sleep(3)
 
-    def host_keys(self) -> dict[str, str]:
-        """The host keys sshd presents, by type (ssh-keyscan from the host)."""
-        done = subprocess.run(
-            ["ssh-keyscan", "-p", str(self.port), "-T", "20", "127.0.0.1"],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        keys = {}
-        for line in done.stdout.splitlines():
-            words = line.split()
-            if len(words) >= 3 and not line.startswith("#"):
-                keys[words[1]] = words[2]
+    def host_keys(self, types: tuple[str, ...] = ("ed25519", "ecdsa", "rsa")) -> dict[str, str]:
+        """The host keys sshd presents, by key type (ssh-keyscan from the host).
+
+        One type at a time, each tried a few times: under TCG a scan of all
+        three at once sometimes loses one to its timeout.
+        """
+        keys: dict[str, str] = {}
+        for kind in types:
+            for _attempt in range(3):
+                done = subprocess.run(
+                    ["ssh-keyscan", "-t", kind, "-p", str(self.port), "-T", "30", "127.0.0.1"],
+                    capture_output=True, text=True, timeout=120,
+                )  # fmt: skip
+                found = [
+                    line.split()[1:3]
+                    for line in done.stdout.splitlines()
+                    if len(line.split()) >= 3 and not line.startswith("#")
+                ]
+                if found:
+                    keys.update(dict(found))
+                    break
         return keys
 
 

@@ -27,7 +27,7 @@ import os
 import posixpath
 import sys
 
-from initpy.runtime import cmdline, layout
+from initpy.runtime import cmdline, etc, layout
 from initpy.runtime.cmdline import BadValue, Parameter
 from initpy.runtime.driver import DEFAULT_EXEC, EXEC
 from initpy.runtime.hook import BootContext, Hook, State
@@ -168,11 +168,11 @@ def install_monitor(ctx: BootContext) -> str:
         k.remove(link)
     k.symlink(f"{UNIT_DIR}/{MONITOR_UNIT}", link)
     interval, agent = ctx.value(INTERVAL), ctx.value(AGENT)
-    settings = [f"INITPY_MONITOR_INTERVAL={interval:g}"]
+    settings = {"INITPY_MONITOR_INTERVAL": f"{interval:g}"}
     if agent is not None:
-        settings.append(f"INITPY_MONITOR_AGENT={agent}")
+        settings["INITPY_MONITOR_AGENT"] = agent
     k.mkdir(layout.ETC_DIR)
-    k.write_text(layout.MONITOR_ENV, "".join(f"{line}\n" for line in settings))
+    k.write_text(layout.MONITOR_ENV, etc.env_file(settings))
     return f"{MONITOR_UNIT} enabled (poll every {interval:g} s, " + (
         f"agent {agent.split()[0]})" if agent else "no agent)"
     )

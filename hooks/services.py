@@ -20,29 +20,81 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import struct
+from dataclasses import dataclass
 
-from initpy.runtime import cmdline, layout
-from initpy.runtime.cmdline import Parameter
+from initpy.runtime import cmdline, etc, layout
+from initpy.runtime.cmdline import BadValue, Parameter
 from initpy.runtime.hook import BootContext, Hook, Milestone, State
 
-SMTP_RELAY: Parameter[str | None] = Parameter(
+# -- the relay and the admin address: strict, because postfix reads them as syntax
+
+# A host name (RFC 1123) or a dotted IPv4 address.
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST = rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*"
+_RELAY = re.compile(
+    rf"(?:\[(?P<bracketed>{_HOST})\]|(?P<host>{_HOST}))(?::(?P<port>[0-9]{{1,5}}))?"
+)
+# local@domain: no commas, pipes, slashes, quotes, spaces or colons, which
+# /etc/aliases would read as more recipients, a command, a file or an include.
+_ADDRESS = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_+-]*(?:\.[A-Za-z0-9_+-]+)*@{_HOST}")
+
+
+@dataclass(frozen=True)
+class Relay:
+    """buildos.smtp_relay: a host and, if given, a port."""
+
+    host: str
+    port: int | None = None
+
+    @property
+    def relayhost(self) -> str:
+        """postfix's form: [host] or [host]:port (brackets: no MX lookup)."""
+        return f"[{self.host}]" + (f":{self.port}" if self.port is not None else "")
+
+    def __str__(self) -> str:
+        return self.host + (f":{self.port}" if self.port is not None else "")
+
+
+def relay(raw: str | None) -> Relay:
+    expected = "a host, host:port, [host] or [host]:port such as mail.example.org:587"
+    match = _RELAY.fullmatch(raw or "")
+    if match is None or len(match.group("bracketed") or match.group("host")) > 253:
+        raise BadValue(f"expected {expected}, got {raw!r}")
+    port = int(match.group("port")) if match.group("port") else None
+    if port is not None and not 1 <= port <= 65535:
+        raise BadValue(f"expected {expected} (a port of 1 to 65535), got {raw!r}")
+    return Relay(match.group("bracketed") or match.group("host"), port)
+
+
+def address(raw: str | None) -> str:
+    if raw is None or len(raw) > 254 or not _ADDRESS.fullmatch(raw):
+        raise BadValue(
+            "expected an email address such as admin@example.org (letters, digits, '.', '_', "
+            f"'+' and '-' before the @; no commas, pipes, quotes or spaces), got {raw!r}"
+        )
+    return raw
+
+
+SMTP_RELAY: Parameter[Relay | None] = Parameter(
     "buildos.smtp_relay",
-    cmdline.text("a host name", r"[A-Za-z0-9.\-\[\]:]+"),
+    relay,
     None,
-    "SMTP relay that postfix forwards all mail to",
+    "SMTP relay that postfix forwards all mail to: host, host:port, [host] or [host]:port",
     "buildos.smtp_relay=mail.example.org",
 )
 ADMIN_EMAIL: Parameter[str | None] = Parameter(
     "buildos.admin_email",
-    cmdline.text("an email address", r"[^@\s]+@[^@\s]+"),
+    address,
     None,
     "address that receives root's mail and notifications",
     "buildos.admin_email=admin@example.org",
 )
 BUILDID_URL: Parameter[str | None] = Parameter(
     "buildos.buildid_url",
-    cmdline.text("a URL", r"[a-z][a-z0-9+.\-]*://\S*"),
+    # Visible ASCII only: \S would let ESC and other controls through.
+    cmdline.text("a URL", r"[a-z][a-z0-9+.\-]*://[\x21-\x7e]*"),
     None,
     "URL of buildos-buildid, polled by the monitor; a change reboots the host",
     "buildos.buildid_url=tftp://10.0.0.1/buildos/buildos-buildid",
@@ -123,7 +175,7 @@ def mail_relay(ctx: BootContext) -> str:
         return "no buildos.smtp_relay: mail stays local"
     k.mkdir("/etc/postfix")
     current = k.read_text(POSTFIX_MAIN) if k.exists(POSTFIX_MAIN) else ""
-    host = relay if relay.startswith("[") else f"[{relay}]"
+    host = relay.relayhost
     k.write_text(
         POSTFIX_MAIN,
         set_postfix_options(
@@ -206,16 +258,20 @@ def _search_domain(ctx: BootContext) -> str:
 
 def _write_boot_env(ctx: BootContext) -> None:
     """The buildos parameters for the OS's services (the monitor reads it)."""
+    relay = ctx.value(SMTP_RELAY)
     values = {
-        "BUILDOS_SMTP_RELAY": ctx.value(SMTP_RELAY),
+        "BUILDOS_SMTP_RELAY": str(relay) if relay is not None else None,
         "BUILDOS_ADMIN_EMAIL": ctx.value(ADMIN_EMAIL),
         "BUILDOS_BUILDID_URL": ctx.value(BUILDID_URL),
         # What mkinitrd wrote into buildos-buildid; the boot mail names it.
         "BUILDOS_BUILD_ID": (ctx.manifest.build_id or None) if ctx.manifest else None,
     }
-    lines = [f"{k}={v}" for k, v in values.items() if v is not None]
     ctx.kernel.mkdir(layout.ETC_DIR)
-    ctx.kernel.write_text(BOOT_ENV, "".join(f"{line}\n" for line in lines))
+    # Quoted: a service that sources it (`. /etc/initpy/buildos.env`) must
+    # run nothing a URL's $( ) or ; would otherwise say.
+    ctx.kernel.write_text(
+        BOOT_ENV, etc.env_file({k: v for k, v in values.items() if v is not None})
+    )
 
 
 def ssh_key(ctx: BootContext) -> str:

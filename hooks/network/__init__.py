@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,12 +32,13 @@ from initpy.runtime import cmdline
 from initpy.runtime.cmdline import BadValue, Parameter
 from initpy.runtime.hook import BootContext, BootFailure, Fact, Hook, Milestone, State
 from initpy.runtime.layout import DEFAULT_PATH
+from initpy.runtime.report import printable
 from initpy.runtime.run import run
 
 # The DHCP client (dhcpclient.py) pulls in asyncio (about 0.5 s under TCG): the
 # states import it when they run, in the prefetch thread's shadow; the
 # lease type alone is light.
-from .lease import Lease
+from .lease import Lease, is_hostname
 from .netlink import opened, start_prefetch, sysfs_is_ethernet, wait_for_carrier
 
 # As PID 1, start importing pyroute2 now, in the shadow of the states that
@@ -214,6 +214,10 @@ def dhcp(ctx: BootContext) -> str:
             "shell to reboot",
         )
     lease = result.winner
+    # The race checked the lease (hooks/network/lease.py); what it dropped is
+    # said here, the value escaped, with what was expected.
+    for problem in lease.problems:
+        ctx.warn(f"dhcp: {problem}")
     ctx.put(LEASE, lease)
     _report(ctx)["lease"] = {
         "nic": lease.nic,
@@ -234,9 +238,6 @@ def dhcp(ctx: BootContext) -> str:
 
 # -- hostname ------------------------------------------------------------------------
 
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
-
 
 def fallback_hostname(mac: str) -> str:
     """`build-` and the last 10 hex digits of the MAC (spec: Network)."""
@@ -245,13 +246,15 @@ def fallback_hostname(mac: str) -> str:
 
 def choose_hostname(lease: Lease) -> tuple[str, str | None, str]:
     """(short name, fully qualified name or None, where it came from)."""
+    # The lease was checked (lease.checked); checked again here, because the
+    # name goes into the kernel and /etc/hosts whoever built the lease.
     offered = (lease.hostname or "").strip().rstrip(".")
-    if offered and len(offered) <= 253 and _HOSTNAME.fullmatch(offered):
+    if offered and is_hostname(offered):
         short = offered.split(".")[0]
         if "." in offered:
             return short, offered, "DHCP"
         domain = (lease.domain or "").strip().rstrip(".")
-        fqdn = f"{short}.{domain}" if domain and _HOSTNAME.fullmatch(domain) else None
+        fqdn = f"{short}.{domain}" if domain and is_hostname(f"{short}.{domain}") else None
         return short, fqdn, "DHCP"
     why = "no hostname offered" if not offered else f"offered hostname {offered!r} is invalid"
     return fallback_hostname(lease.mac), None, f"{why}: from the MAC of {lease.nic}"
@@ -371,6 +374,69 @@ dhcp-authoritative
 """
 
 
+# Where br1 may go when its default subnet collides with the lease: the
+# default first, then the rest of 172.16.0.0/12, then 10/8 and 192.168/16.
+BR1_CANDIDATES = (
+    *(f"172.{n}.0.1/16" for n in (*range(23, 32), *range(16, 23))),
+    *(f"10.{n}.0.1/16" for n in (*range(23, 256), *range(0, 23))),
+    *(f"192.168.{n}.1/24" for n in range(256)),
+)
+
+
+def br1_conflicts(br1: ipaddress.IPv4Interface, lease: Lease) -> list[str]:
+    """What of the lease lies inside br1's subnet (then br0's traffic would go to br1)."""
+    subnet = br1.network
+    found = []
+    lease_subnet = ipaddress.IPv4Network(lease.cidr, strict=False)
+    if subnet.overlaps(lease_subnet):
+        found.append(f"the lease's subnet {lease_subnet}")
+    for what, address in (
+        ("router", lease.router),
+        ("DHCP server", lease.server),
+        *(("DNS server", dns) for dns in lease.dns),
+    ):
+        if address is not None and ipaddress.IPv4Address(address) in subnet:
+            found.append(f"its {what} {address}")
+    return found
+
+
+def free_br1(lease: Lease) -> ipaddress.IPv4Interface | None:
+    """The first of BR1_CANDIDATES clear of the lease."""
+    for candidate in map(ipaddress.IPv4Interface, BR1_CANDIDATES):
+        if not br1_conflicts(candidate, lease):
+            return candidate
+    return None
+
+
+def choose_br1(ctx: BootContext, lease: Lease) -> ipaddress.IPv4Interface:
+    """initpy.br1, or the default moved clear of the lease (docs/network.md says why).
+
+    A subnet the operator chose is never moved: an overlap is a rescue with
+    the fix. The default nobody chose moves to a free private subnet, and the
+    report says so.
+    """
+    br1 = ctx.value(BR1_ADDRESS)
+    conflicts = br1_conflicts(br1, lease)
+    if not conflicts:
+        return br1
+    free = free_br1(lease)
+    overlap = (
+        f"br1's subnet {br1.network} overlaps the DHCP lease on {lease.nic} "
+        f"({lease.cidr}): " + ", ".join(conflicts)
+    )
+    if BR1_ADDRESS.key in ctx.config.values or free is None:
+        raise BootFailure(
+            f"{overlap} (from initpy.br1)" if free else f"{overlap}; no free private subnet",
+            f"boot with initpy.br1={free or 'ADDRESS/PREFIX'} (any private subnet clear of "
+            f"{lease.cidr} and its servers), then exit this shell to reboot",
+        )
+    ctx.warn(
+        f"bridges: {overlap}; br1 moved to {free.with_prefixlen}; to choose its subnet, "
+        "boot with initpy.br1=ADDRESS/PREFIX"
+    )
+    return free
+
+
 def bridges(ctx: BootContext) -> str:
     from .dhcpclient import RENEWER_NAME
 
@@ -380,7 +446,9 @@ def bridges(ctx: BootContext) -> str:
             "no DHCP lease to configure br0 with",
             "the dhcp state must run before bridges; this is a hook bug",
         )
-    br1 = ctx.value(BR1_ADDRESS)
+    # Before any link changes: an overlap is found, and the fix said, first.
+    br1 = choose_br1(ctx, lease)
+    _report(ctx)["br1"] = br1.with_prefixlen
     k = ctx.kernel
     with opened(k) as nl:
         nl.add_bridge(BR0, lease.mac)
@@ -485,7 +553,7 @@ def _start_renewer(ctx: BootContext, lease: Lease) -> int:
                     "error": f"{type(exc).__name__}: {exc}",
                 }
             )
-            k.kmsg(f"initpy: {RENEWER_NAME}: stopped: {type(exc).__name__}: {exc}")
+            k.kmsg(printable(f"initpy: {RENEWER_NAME}: stopped: {type(exc).__name__}: {exc}"))
             raise
 
     return k.spawn_daemon(RENEWER_NAME, renewer)

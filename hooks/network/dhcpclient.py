@@ -45,9 +45,18 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .lease import DhcpClient, DhcpClients, Lease
+from .lease import (
+    INFINITE_LEASE,
+    BadLease,
+    DhcpClient,
+    DhcpClients,
+    Lease,
+    checked,
+    classful_prefix,
+)
 
-__all__ = ["DhcpClient", "Lease"]  # re-exported: the states and tests take them from here
+# Re-exported: the states and tests take them from here.
+__all__ = ["BadLease", "DhcpClient", "Lease", "classful_prefix"]
 
 # Leases that arrive within this many seconds of the first one compete by MAC.
 WINDOW = 0.25
@@ -101,7 +110,9 @@ def race(
 
 async def _obtain(client: DhcpClient) -> Lease:
     await client.start()
-    return await client.lease()
+    # Checked here whatever the client (a scripted one too): a lease whose
+    # address the host cannot take fails this NIC, and another may win.
+    return checked(await client.lease())
 
 
 async def _race(
@@ -252,12 +263,8 @@ def _requested() -> tuple[Any, ...]:
     )
 
 
-def classful_prefix(address: str) -> int:
-    first = int(address.split(".")[0])
-    return 8 if first < 128 else 16 if first < 192 else 24
-
-
 def _text(value: object) -> str | None:
+    """A DHCP string option as pyroute2 decodes it (str, or bytes), padding removed."""
     if isinstance(value, bytes):
         value = value.rstrip(b"\0").decode("ascii", "replace")
     if isinstance(value, str):
@@ -269,27 +276,63 @@ def _text(value: object) -> str | None:
 def lease_from_options(
     nic: str, mac: str, address: str, options: Mapping[str, Any], raw: Any = None
 ) -> Lease:
-    """A `Lease` from decoded DHCP options, none of which is required."""
+    """A checked `Lease` from decoded DHCP options, none of which is required.
+
+    A value of the wrong shape (pyroute2 hands a string that is not UTF-8 over
+    as a list of byte values) is dropped here, one that fails its check in
+    `checked()`; either way the lease's `problems` say so. Raises BadLease
+    for an address the host cannot take.
+    """
+    problems: list[str] = []
+
+    def dropped(what: str, value: object, expected: str) -> None:
+        problems.append(f"{nic}: {what} {value!r} dropped: expected {expected}")
+
+    prefixlen = classful_prefix(address)
     mask = options.get("subnet_mask")
-    prefixlen = (
-        ipaddress.IPv4Network(f"0.0.0.0/{mask}").prefixlen if mask else classful_prefix(address)
-    )
-    routers = options.get("router") or []
-    dns = tuple(str(s) for s in (options.get("name_server") or []))
+    if mask:
+        try:
+            prefixlen = ipaddress.IPv4Network(f"0.0.0.0/{mask}").prefixlen
+        except (ValueError, TypeError):
+            dropped("subnet mask", mask, f"a contiguous netmask; using the classful /{prefixlen}")
+
+    def strings(key: str, what: str) -> list[str]:
+        value = options.get(key) or []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            dropped(what, value, "a list of IPv4 addresses")
+            return []
+        return value
+
+    def text(key: str, what: str) -> str | None:
+        value = options.get(key)
+        found = _text(value)
+        if value is not None and found is None and value not in ("", b""):
+            dropped(what, value, "text (it is not UTF-8)")
+        return found
+
+    routers = strings("router", "router")
     lease_time = options.get("lease_time")
-    return Lease(
-        nic=nic,
-        mac=mac.lower(),
-        address=address,
-        prefixlen=prefixlen,
-        server=_text(options.get("server_id")),
-        router=str(routers[0]) if routers else None,
-        dns=dns,
-        hostname=_text(options.get("host_name")),
-        domain=_text(options.get("domain_name")),
-        broadcast=_text(options.get("broadcast_address")),
-        lease_time=int(lease_time) if lease_time is not None else None,
-        raw=raw,
+    if lease_time == -1:
+        lease_time = INFINITE_LEASE  # pyroute2 reads option 51 as signed: all ones
+    elif lease_time is not None and not isinstance(lease_time, int):
+        dropped("lease time", lease_time, "a number of seconds")
+        lease_time = None
+    return checked(
+        Lease(
+            nic=nic,
+            mac=mac.lower(),
+            address=address,
+            prefixlen=prefixlen,
+            server=text("server_id", "server identifier"),
+            router=routers[0] if routers else None,
+            dns=tuple(strings("name_server", "DNS servers")),
+            hostname=text("host_name", "host name"),
+            domain=text("domain_name", "domain name"),
+            broadcast=text("broadcast_address", "broadcast address"),
+            lease_time=lease_time,
+            raw=raw,
+            problems=tuple(problems),
+        )
     )
 
 
@@ -392,6 +435,7 @@ async def _renew(
     carried = lease.raw
     base = _memory_lease_type()
     events: list[str] = []
+    refused: list[str] = []  # what the last BOUND answer had that was not used
 
     class CarriedLease(base):  # type: ignore[misc, valid-type]
         @classmethod
@@ -418,11 +462,19 @@ async def _renew(
             "rebinding_in": raw.rebinding_in,
             "expiration_in": raw.expiration_in,
             "events": events[-20:],
+            "dropped": list(refused),
         }
 
     async def on_bound(lease: Any) -> None:
-        if apply_address is not None:
+        # The renewal's answer is checked as the boot's was: what fails is
+        # not applied, and the status file says what was dropped or refused.
+        try:
             fresh = lease_from_options(bridge, "", lease.ip, lease.ack["options"], lease)
+        except BadLease as exc:
+            refused[:] = [str(exc)]
+            return
+        refused[:] = list(fresh.problems)
+        if apply_address is not None:
             await apply_address(fresh)
 
     bound_hook = hook(Trigger.BOUND)(on_bound)

@@ -1,14 +1,33 @@
-"""A DHCP lease and the client interface the race drives: types only.
+"""A DHCP lease, its checks, and the client interface the race drives.
 
 Kept apart from dhcpclient.py (pyroute2's client, asyncio) and netlink.py
 (IPRoute) so that neither needs the other to name them.
+
+Whoever answers DHCP on a build host's network decides every value of a
+lease, so `checked()` holds each one to what it must be before any of it
+reaches a file (/etc/resolv.conf, /etc/hosts, /etc/hostname,
+/etc/network/interfaces) or a route: a value that fails is dropped and the
+lease says so in `problems` (the dhcp state turns each into a warning); an
+address the host cannot take makes the whole lease unusable (`BadLease`).
+docs/security.md lists the checks.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
+
+# A host name (RFC 1123): dot-separated labels of letters, digits and '-',
+# neither starting nor ending with '-', 63 characters each, 253 in all.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+HOSTNAME_MAX = 253
+# DHCP's lease time is 32 bits; all ones is "infinite" (RFC 2131).
+INFINITE_LEASE = 0xFFFFFFFF
+# Prefixes a lease may carry: a subnet mask shorter than /8 is no LAN.
+PREFIXES = range(8, 33)
 
 
 @dataclass(frozen=True)
@@ -28,6 +47,8 @@ class Lease:
     lease_time: int | None = None
     # pyroute2's own lease object, kept so the renewer can carry it on.
     raw: Any = field(default=None, compare=False, repr=False)
+    # What checked() dropped, each naming the value (escaped) and what was expected.
+    problems: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def cidr(self) -> str:
@@ -39,6 +60,135 @@ class Lease:
             return self.broadcast
         net = ipaddress.IPv4Network(self.cidr, strict=False)
         return str(net.broadcast_address)
+
+
+class BadLease(ValueError):
+    """A lease the host cannot take at all (its address); the text says why."""
+
+
+def classful_prefix(address: str) -> int:
+    """The prefix RFC 2131 clients assume without option 1: the address's class."""
+    try:
+        first = int(ipaddress.IPv4Address(address)) >> 24
+    except ValueError:
+        return 24  # no address at all: checked() refuses the lease anyway
+    return 8 if first < 128 else 16 if first < 192 else 24
+
+
+def is_hostname(text: str) -> bool:
+    return len(text) <= HOSTNAME_MAX and HOSTNAME.fullmatch(text) is not None
+
+
+def _unicast(text: str) -> ipaddress.IPv4Address | None:
+    """The address if it is one a host or server on a LAN may have, else None."""
+    try:
+        ip = ipaddress.IPv4Address(text)
+    except ValueError:
+        return None
+    if ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip.is_reserved:
+        return None  # is_reserved: 240.0.0.0/4, 255.255.255.255 included
+    if ip.is_link_local:
+        return None  # a DHCP server never hands out 169.254/16 (RFC 3927)
+    return ip
+
+
+def checked(lease: Lease) -> Lease:
+    """`lease` with every value that fails its check dropped, and a problem naming it.
+
+    Idempotent: a checked lease passes again unchanged. Raises BadLease when
+    the address cannot be the host's (then nothing of the lease is used).
+    """
+    problems = list(lease.problems)
+
+    def dropped(what: str, value: object, expected: str) -> None:
+        # repr() escapes what a console or a file must not get raw.
+        problems.append(f"{lease.nic}: {what} {value!r} dropped: expected {expected}")
+
+    address = _unicast(lease.address)
+    if address is None:
+        raise BadLease(
+            f"{lease.nic}: the offered address {lease.address!r} is not one a host may have "
+            "(unspecified, loopback, link-local, multicast or reserved)"
+        )
+    prefixlen = lease.prefixlen
+    if prefixlen not in PREFIXES:
+        prefixlen = classful_prefix(lease.address)
+        dropped(
+            "prefix", lease.prefixlen, f"a subnet of /8 to /32; using the classful /{prefixlen}"
+        )
+    subnet = ipaddress.IPv4Network(f"{address}/{prefixlen}", strict=False)
+    # /31 and /32 have no network or broadcast address to avoid (RFC 3021).
+    ends = (subnet.network_address, subnet.broadcast_address) if prefixlen <= 30 else ()
+    if address in ends:
+        raise BadLease(
+            f"{lease.nic}: the offered address {lease.address!r} is the network or broadcast "
+            f"address of its subnet {subnet}"
+        )
+
+    broadcast = lease.broadcast
+    if broadcast is not None and broadcast != str(subnet.broadcast_address):
+        dropped("broadcast address", broadcast, f"{subnet.broadcast_address}, that of {subnet}")
+        broadcast = None
+
+    router = lease.router
+    if router is not None:
+        ip = _unicast(router)
+        if ip is None or ip not in subnet or ip == address or ip in ends:
+            dropped(
+                "router",
+                router,
+                f"another host's address inside {subnet}; no default route is set",
+            )
+            router = None
+
+    dns = []
+    for server in lease.dns:
+        if _unicast(server) is None:
+            dropped("DNS server", server, "a unicast IPv4 address")
+        else:
+            dns.append(server)
+
+    server_id = lease.server
+    if server_id is not None and _unicast(server_id) is None:
+        dropped("server identifier", server_id, "a unicast IPv4 address")
+        server_id = None
+
+    hostname = lease.hostname
+    if hostname is not None and not is_hostname(hostname.rstrip(".")):
+        dropped(
+            "host name",
+            hostname,
+            "a host name: letters, digits and '-' in dot-separated labels; "
+            "the name comes from the MAC instead",
+        )
+        hostname = None
+
+    domain = lease.domain
+    if domain is not None and not is_hostname(domain.rstrip(".")):
+        dropped(
+            "domain name", domain, "a domain name: letters, digits and '-' in dot-separated labels"
+        )
+        domain = None
+
+    lease_time = lease.lease_time
+    if lease_time is not None and (
+        isinstance(lease_time, bool) or not 1 <= lease_time <= INFINITE_LEASE
+    ):
+        dropped("lease time", lease_time, f"1 to {INFINITE_LEASE} seconds")
+        lease_time = None
+
+    return replace(
+        lease,
+        prefixlen=prefixlen,
+        broadcast=broadcast,
+        router=router,
+        dns=tuple(dns),
+        server=server_id,
+        hostname=hostname,
+        domain=domain,
+        lease_time=lease_time,
+        problems=tuple(problems),
+    )
 
 
 class DhcpClient(Protocol):

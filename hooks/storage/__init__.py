@@ -20,11 +20,13 @@ machines disk. docs/storage.md is the operator's side of this file.
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass
 
 from initpy.runtime import cmdline, etc, layout
 from initpy.runtime.cmdline import Parameter
 from initpy.runtime.hook import BootContext, BootFailure, Fact, Hook, Milestone, State
+from initpy.runtime.report import one_line, printable
 
 from .blockdev import BlockDevice, listing, wait_for_devices
 
@@ -39,6 +41,8 @@ MACHINES_MOUNT = "/build/machines"
 STATE_FILESYSTEMS = ("ext2", "ext3", "ext4", "btrfs")
 # A <name> of buildos.machines.<name> becomes a folder name.
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+# A label that a fix command may show as it is.
+SHELL_SAFE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 
 DISKS_TIMEOUT: Parameter[float] = Parameter(
@@ -64,6 +68,21 @@ class Filesystem:
     @property
     def device(self) -> str:
         return self.members[0].path
+
+    @property
+    def shown_label(self) -> str:
+        """The label as a message quotes it: from the disk, so it brings no line break.
+
+        say() escapes its other control characters when it prints the message.
+        """
+        return one_line(self.label)
+
+    @property
+    def label_word(self) -> str:
+        """The label as one shell word, for a fix the operator may paste."""
+        if SHELL_SAFE.fullmatch(self.label):
+            return self.label
+        return shlex.quote(printable(self.label))
 
     @property
     def paths(self) -> str:
@@ -171,11 +190,11 @@ def plan_storage(devices: tuple[BlockDevice, ...], waited: float) -> StoragePlan
     for label, group in sorted(by_label.items()):
         if len(group) > 1:
             problems.append(
-                f"{len(group)} filesystems are labelled {label}: "
+                f"{len(group)} filesystems are labelled {one_line(label)}: "
                 + "; ".join(f"{fs.paths} ({fs.fstype}, uuid {fs.uuid})" for fs in group)
             )
             fixes.append(
-                f"keep one {label} and relabel the others, e.g. "
+                f"keep one {one_line(label)} and relabel the others, e.g. "
                 + ("btrfs filesystem label" if group[1].fstype == "btrfs" else "e2label")
                 + f" {group[1].device} OTHER-LABEL (or detach that disk)"
             )
@@ -184,7 +203,7 @@ def plan_storage(devices: tuple[BlockDevice, ...], waited: float) -> StoragePlan
         clones = sorted({d for d in devids if devids.count(d) > 1})
         if clones:
             problems.append(
-                f"{fs.paths} are copies of the same btrfs device (label {fs.label}, fsid "
+                f"{fs.paths} are copies of the same btrfs device (label {fs.shown_label}, fsid "
                 f"{fs.uuid}, devid {', '.join(map(str, clones))})"
             )
             fixes.append("detach the copy, or give it a new fsid: btrfstune -u /dev/sdX")
@@ -198,7 +217,7 @@ def plan_storage(devices: tuple[BlockDevice, ...], waited: float) -> StoragePlan
     for name, group in sorted(named.items()):
         if not SAFE_NAME.fullmatch(name):
             problems.append(
-                f"{group[0].paths} is labelled {MACHINES_PREFIX}{name}, but {name!r} is not a "
+                f"{group[0].paths} is labelled {group[0].shown_label}, but {name!r} is not a "
                 "safe folder name under /build/machines"
             )
             fixes.append(
@@ -209,7 +228,7 @@ def plan_storage(devices: tuple[BlockDevice, ...], waited: float) -> StoragePlan
         problems.append(
             f"both {MACHINES_LABEL} ({', '.join(f.paths for f in single)}) and "
             f"{MACHINES_PREFIX}<name> ("
-            + ", ".join(f"{f.paths} as {f.label}" for g in named.values() for f in g)
+            + ", ".join(f"{f.paths} as {f.shown_label}" for g in named.values() for f in g)
             + ") are present; use one form"
         )
         fixes.append(
@@ -219,11 +238,11 @@ def plan_storage(devices: tuple[BlockDevice, ...], waited: float) -> StoragePlan
     for fs in ours:
         if _is_machines(fs.label) and fs.fstype != "btrfs":
             problems.append(
-                f"{fs.paths} is labelled {fs.label} but holds {fs.fstype}; machines disks "
+                f"{fs.paths} is labelled {fs.shown_label} but holds {fs.fstype}; machines disks "
                 "must be btrfs"
             )
             fixes.append(
-                f"format it as btrfs (this ERASES it): mkfs.btrfs -f -L {fs.label} -m single "
+                f"format it as btrfs (this ERASES it): mkfs.btrfs -f -L {fs.label_word} -m single "
                 f"{fs.device}"
             )
         if fs.label == STATE_LABEL and fs.fstype not in STATE_FILESYSTEMS:
@@ -237,7 +256,7 @@ def plan_storage(devices: tuple[BlockDevice, ...], waited: float) -> StoragePlan
                 f"{m.path} (devid {m.superblock.devid})" for m in fs.members if m.superblock
             )
             problems.append(
-                f"btrfs {fs.label} (fsid {fs.uuid}) has {len(fs.members)} of its "
+                f"btrfs {fs.shown_label} (fsid {fs.uuid}) has {len(fs.members)} of its "
                 f"{fs.num_devices} devices after {waited:.1f} s: {have}"
             )
             fixes.append(
@@ -307,7 +326,7 @@ def _mount(ctx: BootContext, fs: Filesystem, target: str) -> str:
     except OSError as exc:
         check = "btrfs check --readonly" if fs.fstype == "btrfs" else f"fsck.{fs.fstype} -f"
         raise BootFailure(
-            f"cannot mount {fs.paths} ({fs.fstype}, label {fs.label}) on {target}: "
+            f"cannot mount {fs.paths} ({fs.fstype}, label {fs.shown_label}) on {target}: "
             f"{exc.strerror or exc}",
             f"look at dmesg, then check the filesystem: {check} {fs.device}; "
             "leave this shell (exit or Ctrl-D) to reboot",

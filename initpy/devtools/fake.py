@@ -10,6 +10,7 @@ where a real kernel would never return.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -19,7 +20,7 @@ from typing import NoReturn, TypeVar, cast
 from hooks.storage.blockdev import NETLINK_KOBJECT_UEVENT, Uevent, uevent_message
 from initpy.devtools.fake_network import FakeNetlink
 from initpy.runtime.driver import Halted
-from initpy.runtime.kernel import Completed, Kernel, ShellExit
+from initpy.runtime.kernel import BatchReader, Completed, Kernel, NetlinkSocket, ShellExit
 
 T = TypeVar("T")
 
@@ -61,13 +62,59 @@ class ScriptedUevents:
         if self.script:
             step = self.script.pop(0)
             events = step() if callable(step) else list(step)
-            return [b"" if e.action == "overflow" else uevent_message(e) for e in events]
+            return [b"" if e.action == "overflow" else uevent_message(e) for e in events][:limit]
         if timeout > 0:
             self.advance(timeout)
         return []
 
     def close(self) -> None:
         self.closed = True
+
+
+# How many datagrams one receive() may take from a flooding socket before the
+# flood calls it a drain without a bound (the seam's bound is 256).
+FLOOD_TRIPWIRE = 100_000
+
+
+class FloodingSocket:
+    """A netlink socket that is never empty: a device flapping forever.
+
+    The seam's own BatchReader reads it, so a test drives the real batching.
+    select() always finds it readable (a pipe with a byte in it stands for
+    its fd), and every recv() returns `datagram` and lets the fake clock run
+    `every` seconds, the time between two events. A receive() that took
+    FLOOD_TRIPWIRE datagrams without returning to its caller fails the test,
+    where a reader without a bound would hang it.
+    """
+
+    def __init__(self, datagram: bytes, advance: Callable[[float], None], every: float) -> None:
+        self.datagram = datagram
+        self.advance = advance
+        self.every = every
+        self.received = 0
+        self._in_a_row = 0
+        self._read, self._write = os.pipe()
+        os.write(self._write, b"x")
+
+    def fileno(self) -> int:
+        self._in_a_row = 0  # select() comes first in every receive()
+        return self._read
+
+    def recv(self, bufsize: int, flags: int = 0, /) -> bytes:
+        self._in_a_row += 1
+        if self._in_a_row > FLOOD_TRIPWIRE:
+            raise AssertionError(
+                f"one receive() drained {FLOOD_TRIPWIRE} events of an endless stream: "
+                "the reader has no bound"
+            )
+        self.received += 1
+        self.advance(self.every)
+        return self.datagram[:bufsize]
+
+    def close(self) -> None:
+        for fd in (self._read, self._write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 @dataclass
@@ -105,6 +152,14 @@ class FakeKernel(Kernel):
     # Storage: uevents delivered one step per receive (see ScriptedUevents);
     # failures={"uevents": {"netlink": errno}} makes the socket unavailable.
     uevent_script: list[UeventStep] = field(default_factory=list)
+    # Netlink protocol -> the datagram a FloodingSocket repeats forever, one
+    # each `flood_every` fake seconds (a device that never stops flapping).
+    floods: dict[int, bytes] = field(default_factory=dict)
+    flood_every: float = 0.001
+    flooding: list[FloodingSocket] = field(default_factory=list)
+    # A flood past this fake time fails the test: a wait that ignores its
+    # deadline would otherwise read the endless stream forever.
+    flood_until: float = 600.0
 
     def __post_init__(self) -> None:
         Kernel.__init__(self)
@@ -297,16 +352,31 @@ class FakeKernel(Kernel):
 
     # -- storage: kernel uevents and the random seed (hooks/storage.py) -----
 
-    def netlink_socket(self, protocol: int, groups: int) -> ScriptedUevents:
-        """Uevents from `uevent_script`; failures={"uevents": {"netlink": errno}} denies it."""
-        if protocol != NETLINK_KOBJECT_UEVENT:
-            raise OSError(errno.EPROTONOSUPPORT, f"fake kernel: no netlink protocol {protocol}")
-        self.calls.append(("uevents",))
-        self._fail("uevents", "netlink")
+    def netlink_socket(self, protocol: int, groups: int) -> NetlinkSocket:
+        """Uevents from `uevent_script`, or a flood from `floods` read by the seam's BatchReader.
+
+        failures={"uevents": {"netlink": errno}} denies the uevent socket.
+        """
 
         def advance(seconds: float) -> None:
             self.clock += seconds
 
+        def flow(seconds: float) -> None:
+            advance(seconds)
+            if self.clock > self.flood_until:
+                raise AssertionError(
+                    f"the event flood ran to {self.clock:g} s of fake time: a wait went "
+                    "past its deadline"
+                )
+
+        if protocol in self.floods:
+            flood = FloodingSocket(self.floods[protocol], flow, self.flood_every)
+            self.flooding.append(flood)
+            return BatchReader(flood)
+        if protocol != NETLINK_KOBJECT_UEVENT:
+            raise OSError(errno.EPROTONOSUPPORT, f"fake kernel: no netlink protocol {protocol}")
+        self.calls.append(("uevents",))
+        self._fail("uevents", "netlink")
         return ScriptedUevents(self.uevent_script, advance)
 
     def library(self, name: str, real: Callable[[], T]) -> T:

@@ -96,7 +96,10 @@ class Poll:
 
 
 def read_env_file(path: str) -> dict[str, str]:
-    """`KEY=VALUE` lines (the value verbatim); a missing file is empty."""
+    """`KEY=VALUE` lines, each value unquoted as a shell would; a missing file is empty.
+
+    PID 1 writes them with initpy.runtime.etc.env_file (shlex-quoted).
+    """
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -106,7 +109,11 @@ def read_env_file(path: str) -> dict[str, str]:
     for line in lines:
         key, sep, value = line.partition("=")
         if sep and key.strip() and not key.lstrip().startswith("#"):
-            found[key.strip()] = value
+            try:
+                words = shlex.split(value)
+            except ValueError:  # unbalanced quotes: not ours; keep it as written
+                words = [value]
+            found[key.strip()] = words[0] if len(words) == 1 else value
     return found
 
 

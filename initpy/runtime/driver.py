@@ -31,7 +31,7 @@ from initpy.runtime.hook import (
     select,
 )
 from initpy.runtime.kernel import MS_NODEV, MS_NOEXEC, MS_NOSUID, Kernel
-from initpy.runtime.report import Outcome, Report, Result, StateRecord
+from initpy.runtime.report import Outcome, Report, Result, StateRecord, printable
 
 # The initial state of the machine, before early mounts.
 START = "start"
@@ -368,12 +368,14 @@ def rescue(
             ctx.value(RESCUE_TIMEOUT),
             ctx.value(DEBUG),
         )
-    report.say(f"{RESCUE}: {reason}")
+    # Every line of the reason and the fix is an `initpy: rescue:` line,
+    # escaped by say(): a label or a DHCP option quoted in them stays text.
+    report.say(f"{RESCUE}: {reason}", continuation=f"{RESCUE}: ")
     if fix:
-        report.say(f"{RESCUE}: fix: {fix}")
+        report.say(f"{RESCUE}: fix: {fix}", continuation=f"{RESCUE}: ")
     if debug and report.traceback:
         for line in report.traceback.rstrip().splitlines():
-            kernel.console(line)
+            kernel.console(printable(line))
     report.write(_state_mounted(ctx) if ctx is not None else False)
     if policy == RescuePolicy.SHELL:
         report.say(

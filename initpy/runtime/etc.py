@@ -1,13 +1,17 @@
-"""The host's system files that several hooks write: fstab and the account tables.
+"""The host's system files that several hooks write: fstab, account tables, env files.
 
 /etc/fstab lists what the init mounted (the storage and build host hooks
 record their mounts here, and each writes the file again); /etc/passwd and
 /etc/group are read and written as tables, keeping the mode and owner an
-OS image gave them. Nothing here is specific to one hook.
+OS image gave them; `env_file` is the one way to write KEY=VALUE files that
+a shell sources. Nothing here is specific to one hook.
 """
 
 from __future__ import annotations
 
+import re
+import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from initpy.runtime.hook import BootContext, Fact
@@ -112,3 +116,26 @@ def ensure_root_account(kernel: Kernel) -> None:
     for path, line in (("/etc/passwd", ROOT_PASSWD), ("/etc/group", ROOT_GROUP)):
         if not kernel.exists(path):
             kernel.write_atomic(path, line.encode(), 0o644)
+
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def env_file(values: Mapping[str, str]) -> str:
+    """KEY=VALUE lines that run nothing when a shell sources them (`. FILE`).
+
+    Each value is quoted for the shell (shlex.quote: single quotes unless it
+    is all safe characters), which systemd's EnvironmentFile= reads the
+    same way. A name that is not a variable name, or a value with a control
+    character (a newline would split the line for a reader that is not a
+    shell), is a bug in the caller: ValueError, never a file that means
+    something else.
+    """
+    lines = []
+    for name, value in values.items():
+        if not ENV_NAME.fullmatch(name):
+            raise ValueError(f"not an environment variable name: {name!r}")
+        if not value.isprintable():
+            raise ValueError(f"{name}: a control character in {value!r}")
+        lines.append(f"{name}={shlex.quote(value)}\n")
+    return "".join(lines)

@@ -66,17 +66,38 @@ class NetlinkSocket(Protocol):
     def close(self) -> None: ...
 
 
-class _NetlinkSocket:
-    def __init__(self, protocol: int, groups: int) -> None:
-        self._sock = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, protocol
-        )
-        try:
-            # A burst of disks and partitions must not overflow the queue.
-            self._sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, 4 << 20)
-        except OSError:
-            pass
-        self._sock.bind((0, groups))
+class DatagramSocket(Protocol):
+    """What BatchReader reads: a socket, or a fake one (initpy.devtools.fake)."""
+
+    def fileno(self) -> int: ...
+
+    def recv(self, bufsize: int, flags: int = 0, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+def _netlink(protocol: int, groups: int) -> socket.socket:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, protocol)
+    try:
+        # A burst of disks and partitions must not overflow the queue.
+        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, 4 << 20)
+    except OSError:
+        pass
+    sock.bind((0, groups))
+    return sock
+
+
+class BatchReader:
+    """A NetlinkSocket: at most `limit` datagrams per receive, whatever keeps arriving.
+
+    A device that flaps forever keeps the socket readable; a reader that
+    drained it "until empty" never came back to its caller's deadline, and
+    held every message in memory. The fake kernel drives this same class
+    with a socket that is never empty (tests/unit/test_drains.py).
+    """
+
+    def __init__(self, sock: DatagramSocket) -> None:
+        self._sock = sock
 
     def receive(self, timeout: float, limit: int = 256) -> list[bytes]:
         messages: list[bytes] = []
@@ -441,7 +462,7 @@ class Kernel:
         (NETLINK_KOBJECT_UEVENT) for block devices, link changes
         (NETLINK_ROUTE, RTMGRP_LINK) for carrier.
         """
-        return _NetlinkSocket(protocol, groups)
+        return BatchReader(_netlink(protocol, groups))
 
     def library(self, name: str, real: Callable[[], T]) -> T:
         """The handle of a library that makes its own syscalls (pyroute2's IPRoute).

@@ -4,6 +4,12 @@ Every state prints `initpy: <state>: ...` on the console and in the kernel
 log, and is recorded with its timing and result. The report is written to
 /run/initpy/report.json before the hand-off and before any rescue shell,
 and copied to /state/initpy/ (rotated) when /state is mounted.
+
+What reaches the console and the kernel log passes through `printable()`
+here, at one place: a disk label, a DHCP option or a command's output
+quoted in a message cannot move the cursor, clear the screen or start a
+line of its own (docs/security.md). report.json keeps the text as it was:
+JSON escapes control characters by itself.
 """
 
 from __future__ import annotations
@@ -19,6 +25,36 @@ REPORT_DIR = layout.RUN_DIR
 REPORT_PATH = layout.REPORT
 STATE_REPORT_DIR = f"{layout.STATE_OWN_DIR}/reports"
 KEEP_REPORTS = 10
+
+
+def printable(text: str) -> str:
+    """`text` with every character that is not printable escaped as Python escapes it.
+
+    ESC, CR, backspace, newline, DEL, the C1 controls and Unicode's
+    invisible and line-breaking characters (bidi overrides, U+2028) become
+    `\\x1b`, `\\r`, `\\u202e`...; everything else, spaces and non-ASCII
+    letters included, is kept. `repr()` of a string is printable already.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+# What str.splitlines() breaks a line at: any of them could start a line of
+# its own in a viewer, not only "\n".
+LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+_ESCAPED_BREAKS = {ord(c): repr(c)[1:-1] for c in LINE_BREAKS}
+
+
+def one_line(text: str) -> str:
+    """`text` with its line breaks escaped (`\\n`, `\\r`, `\\u2028`...), the rest kept.
+
+    For a value from a disk or the network quoted in a message: the lines
+    of a message are its author's (say() prints each as a line of its own),
+    so a quoted value must not bring one. Other control characters stay, for
+    report.json to keep them as they were; say() escapes them when printing.
+    """
+    return text.translate(_ESCAPED_BREAKS)
 
 
 class Outcome(StrEnum):
@@ -59,16 +95,23 @@ class Report:
     extra: dict[str, object] = field(default_factory=dict)
     rotated: bool = False  # the copies on /state are rotated once per boot
 
-    def say(self, message: str) -> None:
-        """One `initpy:` line on the console and in the kernel log."""
-        line = f"initpy: {message}"
-        self.kernel.console(line)
-        self.kernel.kmsg(line)
+    def say(self, message: str, continuation: str = "") -> None:
+        """`initpy:` lines on the console and in the kernel log, escaped.
+
+        Each line of `message` is one console line (lines after the first
+        begin with `continuation`); any other control character is escaped,
+        so no console line can begin with anything but `initpy: `.
+        """
+        first, *rest = message.split("\n")
+        for text in (first, *(continuation + r for r in rest)):
+            line = f"initpy: {printable(text)}"
+            self.kernel.console(line)
+            self.kernel.kmsg(line)
 
     def warn(self, message: str) -> None:
-        """A problem that does not stop the boot: a console line and the report."""
+        """A problem that does not stop the boot: console lines and the report."""
         self.warnings.append(message)
-        self.say(f"warning: {message}")
+        self.say(f"warning: {message}", continuation="warning: ")
 
     def now_ms(self) -> int:
         return int(self.kernel.uptime() * 1000)
@@ -96,7 +139,7 @@ class Report:
             self.kernel.mkdir(REPORT_DIR)
             self.kernel.write_atomic(REPORT_PATH, data)
         except OSError as exc:
-            self.kernel.console(f"initpy: report: cannot write {REPORT_PATH}: {exc}")
+            self.kernel.console(printable(f"initpy: report: cannot write {REPORT_PATH}: {exc}"))
         if state_mounted:
             self._keep_on_state(data)
 
@@ -112,4 +155,4 @@ class Report:
             self.rotated = True
             k.write_atomic(f"{STATE_REPORT_DIR}/report.json.0", data)
         except OSError as exc:
-            self.kernel.console(f"initpy: report: cannot keep a copy on /state: {exc}")
+            self.kernel.console(printable(f"initpy: report: cannot keep a copy on /state: {exc}"))

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from initpy.runtime.hook import BootFailure
+from initpy.runtime.report import printable
 
 if TYPE_CHECKING:
     from initpy.runtime.kernel import Completed, Kernel
@@ -52,7 +53,7 @@ def run(
 ) -> Completed:
     """Run `argv` through the kernel seam; raise `CommandFailed` if it fails."""
     command = " ".join(argv)
-    kernel.kmsg(f"initpy: run: {command}")
+    kernel.kmsg(printable(f"initpy: run: {command}"))
     try:
         completed = kernel.run(argv, input=input, timeout=timeout, env=env)
     except FileNotFoundError:

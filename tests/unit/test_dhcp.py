@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hooks.network import dhcpclient as dhcp
 from hooks.network.dhcpclient import Lease, PyrouteDhcpClient, choose, lease_from_options, race
+from hooks.network.lease import BadLease, checked
 from initpy.devtools.fake_network import FakeNetlink, FakeNic
 
 
@@ -152,3 +156,121 @@ def test_no_nic_no_lease(count: int) -> None:
     result = race(FakeNetlink(nics=nics), [(n.name, n.mac) for n in nics], timeout=0.05)
     assert result.winner is None
     assert all("no lease within 0.05 s" in a.outcome for a in result.attempts)
+
+
+# -- every value a lease carries is checked before it is used ------------------------------
+
+HOSTILE_OPTIONS: dict[str, object] = {
+    "subnet_mask": "255.255.255.0",
+    "server_id": "10.0.2.2",
+    "router": ["10.0.3.1"],  # not in the lease's subnet
+    "name_server": ["10.0.2.3", "0.0.0.0", "224.0.0.251", "127.0.0.53", "6.6.6.6"],
+    "host_name": "x;reboot\x1b[2J",
+    "domain_name": "lab.example\nnameserver 6.6.6.6\noptions ndots:15",
+    "broadcast_address": "10.0.2.7",
+    "lease_time": 0,
+}
+
+
+def test_hostile_values_are_dropped_each_with_a_problem_naming_it_escaped() -> None:
+    lease = lease_from_options("eth0", "52:54:00:12:34:56", "10.0.2.15", HOSTILE_OPTIONS)
+    assert (lease.address, lease.prefixlen, lease.server) == ("10.0.2.15", 24, "10.0.2.2")
+    assert lease.router is None and lease.hostname is None and lease.domain is None
+    assert lease.broadcast is None and lease.lease_time is None
+    # 6.6.6.6 is a unicast address: a DHCP server may name any DNS server it likes.
+    assert lease.dns == ("10.0.2.3", "6.6.6.6")
+    problems = "\n".join(lease.problems)
+    for expected in (
+        "eth0: router '10.0.3.1' dropped: expected another host's address inside 10.0.2.0/24",
+        "eth0: DNS server '0.0.0.0' dropped: expected a unicast IPv4 address",
+        "eth0: DNS server '224.0.0.251' dropped",
+        "eth0: DNS server '127.0.0.53' dropped",
+        "eth0: host name 'x;reboot\\x1b[2J' dropped: expected a host name",
+        "eth0: domain name 'lab.example\\nnameserver 6.6.6.6\\noptions ndots:15' dropped: "
+        "expected a domain name",
+        "eth0: broadcast address '10.0.2.7' dropped: expected 10.0.2.255",
+        "eth0: lease time 0 dropped: expected 1 to 4294967295 seconds",
+    ):
+        assert expected in problems
+    assert all(p.isprintable() for p in lease.problems)  # repr() escaped the values
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ({"subnet_mask": "255.0.255.0"}, "subnet mask '255.0.255.0' dropped"),
+        ({"subnet_mask": "128.0.0.0"}, "prefix 1 dropped: expected a subnet of /8 to /32"),
+        ({"router": ["10.0.2.15"]}, "router '10.0.2.15' dropped"),  # the host's own
+        ({"router": ["10.0.2.255"]}, "router '10.0.2.255' dropped"),  # the broadcast
+        ({"router": [1, 2]}, "router [1, 2] dropped: expected a list of IPv4 addresses"),
+        ({"host_name": [0xFF, 0xFE]}, "host name [255, 254] dropped: expected text"),
+        ({"host_name": "-leading.dash"}, "host name '-leading.dash' dropped"),
+        ({"host_name": "a" * 64}, "dropped: expected a host name"),
+        ({"server_id": "255.255.255.255"}, "server identifier '255.255.255.255' dropped"),
+        ({"lease_time": "forever"}, "lease time 'forever' dropped"),
+        ({"lease_time": -7}, "lease time -7 dropped"),
+    ],
+)
+def test_each_bad_value_is_dropped(options: dict[str, object], problem: str) -> None:
+    full: dict[str, object] = {"subnet_mask": "255.255.255.0", **options}
+    lease = lease_from_options("eth0", "52:54:00:12:34:56", "10.0.2.15", full)
+    assert any(problem in p for p in lease.problems), lease.problems
+
+
+def test_an_infinite_lease_is_kept() -> None:
+    # pyroute2 reads option 51 as signed: 0xffffffff arrives as -1.
+    lease = lease_from_options("eth0", "52:54:00:12:34:56", "10.0.2.15", {"lease_time": -1})
+    assert lease.lease_time == 0xFFFFFFFF and lease.problems == ()
+
+
+@pytest.mark.parametrize(
+    "address", ["0.0.0.0", "127.0.0.1", "169.254.7.7", "224.0.0.5", "250.1.1.1", "10.0.2.0"]
+)
+def test_an_address_the_host_cannot_take_refuses_the_lease(address: str) -> None:
+    with pytest.raises(BadLease, match=re.escape(repr(address))):
+        lease_from_options("eth0", "52:54:00:12:34:56", address, {"subnet_mask": "255.255.255.0"})
+
+
+def test_a_checked_lease_passes_again_unchanged() -> None:
+    lease = lease_from_options("eth0", "52:54:00:12:34:56", "10.0.2.15", HOSTILE_OPTIONS)
+    again = checked(lease)
+    assert again == lease and again.problems == lease.problems
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(), st.text(), st.lists(st.text(max_size=20), max_size=4))
+def test_no_checked_name_or_server_can_carry_a_space_or_a_control(
+    hostname: str, domain: str, servers: list[str]
+) -> None:
+    raw = Lease(
+        "eth0",
+        "52:54:00:12:34:56",
+        "10.0.2.15",
+        24,
+        router=servers[0] if servers else None,
+        dns=tuple(servers),
+        hostname=hostname,
+        domain=domain,
+    )
+    lease = checked(raw)
+    for value in (lease.hostname, lease.domain, lease.router, *lease.dns):
+        assert value is None or (value.isprintable() and " " not in value and value)
+    # Dropped or kept, never both, and every problem is one printable line.
+    assert len(lease.problems) == (lease.hostname is None) + (lease.domain is None) + (
+        (len(raw.dns) - len(lease.dns)) + (raw.router is not None and lease.router is None)
+    )
+    assert all(p.isprintable() for p in lease.problems)
+
+
+def test_a_nic_whose_lease_is_refused_loses_the_race_to_one_that_is_not() -> None:
+    bad = Lease("eth0", "52:54:00:00:00:01", "0.0.0.0", 24)
+    good = Lease("eth1", "52:54:00:00:00:02", "10.0.0.2", 24)
+    network = FakeNetlink(
+        nics=[
+            FakeNic("eth0", bad.mac, lease=bad, lease_delay=0.0),
+            FakeNic("eth1", good.mac, lease=good, lease_delay=0.05),
+        ]
+    )
+    result = race(network, [("eth0", bad.mac), ("eth1", good.mac)], timeout=5)
+    assert result.winner == good
+    assert result.attempts[0].outcome.startswith("failed: BadLease: eth0: the offered address")

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 import tftpy
@@ -746,3 +747,17 @@ def test_the_monitor_runs_as_a_program(tmp_path: os.PathLike[str], servers: Serv
     # The agent went with the monitor.
     (pid,) = runs(top)
     assert not os.path.exists(f"/proc/{pid}")
+
+
+def test_the_env_files_pid1_writes_read_back_whole(tmp_path: Path) -> None:
+    """PID 1 quotes every value for the shell; the monitor reads the same values back."""
+    from initpy.runtime.etc import env_file
+
+    values = {
+        "BUILDOS_BUILDID_URL": "http://10.0.0.1/buildos/buildos-buildid?a=1&b=$(x)",
+        "INITPY_MONITOR_AGENT": "/usr/local/bin/agent --name 'build host'",
+        "INITPY_MONITOR_INTERVAL": "600",
+    }
+    path = tmp_path / "buildos.env"
+    path.write_text(env_file(values))
+    assert monitor.read_env_file(str(path)) == values

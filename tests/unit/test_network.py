@@ -436,3 +436,108 @@ def test_the_renewer_says_why_it_stopped(
     status = json.loads(read(k, "/run/initpy/dhcp-br0.json"))
     assert status["trigger"] == "stopped" and status["error"] == "OSError: br0 is gone"
     assert "initpy: initpy-dhcp: stopped: OSError: br0 is gone" in k.kmsg_lines
+
+
+# -- a hostile DHCP server --------------------------------------------------------------
+
+
+def test_a_hostile_lease_leaves_files_and_routes_clean_and_warns(
+    tmp_path: Path, net: types.ModuleType
+) -> None:
+    mac = "52:54:00:12:34:56"
+    hostile = Lease(
+        nic="eth0",
+        mac=mac,
+        address="10.0.2.15",
+        prefixlen=24,
+        server="10.0.2.2",
+        router="10.0.2.15",  # the host's own address
+        dns=("10.0.2.3", "0.0.0.0"),
+        hostname="evil\x1b[2J;reboot",
+        domain="lab.example\nnameserver 6.6.6.6\noptions ndots:15",
+        lease_time=0,
+    )
+    k = machine(tmp_path, FakeNic("eth0", mac, lease=hostile))
+    ctx = context(k, net)
+    for state in (net.find_nics, net.dhcp, net.hostname, net.bridges):
+        state(ctx)
+    assert read(k, "/etc/resolv.conf").splitlines()[1:] == ["nameserver 10.0.2.3"]
+    assert read(k, "/etc/hostname") == "build-5400123456\n"
+    assert "127.0.1.1\tbuild-5400123456\n" in read(k, "/etc/hosts")
+    assert k.network.routes == []  # no default route through ourselves
+    assert "6.6.6.6" not in read(k, "/etc/network/interfaces")
+    lease_report = ctx.report.extra["network"]["lease"]  # type: ignore[index]
+    assert lease_report["domain"] is None and lease_report["hostname"] is None
+    warnings = "\n".join(ctx.report.warnings)
+    assert (
+        "dhcp: eth0: domain name 'lab.example\\nnameserver 6.6.6.6\\noptions ndots:15' "
+        "dropped: expected a domain name"
+    ) in warnings
+    assert "dhcp: eth0: host name 'evil\\x1b[2J;reboot' dropped" in warnings
+    assert "dhcp: eth0: router '10.0.2.15' dropped" in warnings
+    assert "dhcp: eth0: DNS server '0.0.0.0' dropped" in warnings
+    assert all(line.isprintable() for line in k.console_lines)
+
+
+# -- a lease inside br1's subnet -----------------------------------------------------------
+
+
+def test_a_lease_inside_the_default_br1_subnet_moves_br1_and_says_so(
+    tmp_path: Path, net: types.ModuleType
+) -> None:
+    winner = Lease(
+        "eth0", "52:54:00:12:34:56", "172.23.5.9", 16, router="172.23.0.1", dns=("172.23.0.1",)
+    )
+    k = machine(tmp_path, FakeNic(winner.nic, winner.mac))
+    ctx = context(k, net)
+    k.network.attach(k)
+    ctx.put(net.LEASE, winner)
+    detail = net.bridges(ctx)
+    # The default route leads to the site's router on br0, not to br1's own address.
+    assert k.network.routes == [("default", "172.23.0.1", "br0")]
+    assert k.network.addresses["br1"] == ["172.24.0.1/16"]
+    assert "br1 = 172.24.0.1/16 with NAT" in detail
+    assert 'ip saddr 172.24.0.0/16 oifname "br0" masquerade' in read(k, "/etc/initpy/nat.nft")
+    assert "dhcp-option=option:router,172.24.0.1" in read(k, "/etc/dnsmasq.d/initpy-br1.conf")
+    assert "    address 172.24.0.1/16" in read(k, "/etc/network/interfaces")
+    assert ctx.report.extra["network"]["br1"] == "172.24.0.1/16"  # type: ignore[index]
+    assert any(
+        w.startswith(
+            "bridges: br1's subnet 172.23.0.0/16 overlaps the DHCP lease on eth0 "
+            "(172.23.5.9/16): the lease's subnet 172.23.0.0/16, its router 172.23.0.1"
+        )
+        and "br1 moved to 172.24.0.1/16" in w
+        and "initpy.br1=ADDRESS/PREFIX" in w
+        for w in ctx.report.warnings
+    ), ctx.report.warnings
+
+
+def test_a_dns_server_inside_br1_is_an_overlap_too(tmp_path: Path, net: types.ModuleType) -> None:
+    k = bridged(tmp_path, net, lease("eth0", "52:54:00:12:34:56", dns=("172.23.9.9",)))
+    assert k.network.addresses["br1"] == ["172.24.0.1/16"]
+
+
+def test_a_lease_over_all_of_172_16_moves_br1_to_ten(tmp_path: Path, net: types.ModuleType) -> None:
+    winner = Lease("eth0", "52:54:00:12:34:56", "172.20.0.9", 12)
+    k = bridged(tmp_path, net, winner)
+    assert k.network.addresses["br1"] == ["10.23.0.1/16"]
+
+
+def test_an_overlapping_br1_the_operator_chose_is_a_rescue_with_a_free_subnet(
+    tmp_path: Path, net: types.ModuleType
+) -> None:
+    winner = lease("eth0", "52:54:00:12:34:56", "192.168.77.50", router="192.168.77.254")
+    k = machine(
+        tmp_path, FakeNic(winner.nic, winner.mac), cmdline_text="initpy.br1=192.168.77.1/24"
+    )
+    ctx = context(k, net)
+    k.network.attach(k)
+    ctx.put(net.LEASE, winner)
+    with pytest.raises(BootFailure) as failed:
+        net.bridges(ctx)
+    assert failed.value.reason == (
+        "br1's subnet 192.168.77.0/24 overlaps the DHCP lease on eth0 (192.168.77.50/24): "
+        "the lease's subnet 192.168.77.0/24, its router 192.168.77.254 (from initpy.br1)"
+    )
+    assert failed.value.fix.startswith("boot with initpy.br1=172.23.0.1/16 ")
+    assert k.network.bridges == {} and k.network.routes == []  # nothing half-built

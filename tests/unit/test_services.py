@@ -5,8 +5,14 @@ from __future__ import annotations
 import base64
 import os
 import struct
+import subprocess
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from initpy.devtools.fake import FakeKernel
+from initpy.runtime import etc
 from initpy.runtime.cmdline import parse
 from initpy.runtime.driver import CORE_PARAMETERS
 from initpy.runtime.hook import BootContext
@@ -159,3 +165,127 @@ def test_the_lease_domain_names_the_host_in_mail(tmp_path: os.PathLike[str]) -> 
     ctx.kernel.write_text("/etc/resolv.conf", "search dhcp.example\nnameserver 10.0.2.3\n")
     services.mail_relay(ctx)
     assert "myhostname = host7.dhcp.example\n" in read(ctx, "/etc/postfix/main.cf")
+
+
+# -- what postfix and a shell would read as syntax --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "ops@example.org,|/usr/bin/touch${IFS}/tmp/pwned",
+        "ops@example.org,root",
+        "|/bin/sh@example.org",
+        "/etc/passwd@example.org",
+        ":include:/etc/x@example.org",
+        "it's@example.org",
+        "ops@example.org\x1b[2J",
+        "-oQ@example.org",
+        "ops@exa mple.org",
+        "ops@@example.org",
+        "ops.@example.org",
+    ],
+)
+def test_an_admin_address_with_alias_syntax_is_refused_and_aliases_untouched(
+    tmp_path: os.PathLike[str], raw: str
+) -> None:
+    ctx = context(str(tmp_path), f'buildos.smtp_relay=mail.example.org "buildos.admin_email={raw}"')
+    assert ctx.value(services.ADMIN_EMAIL) is None
+    assert any(
+        p.startswith("buildos.admin_email: expected an email address such as admin@example.org")
+        and repr(raw) in p
+        for p in ctx.config.problems
+    ), ctx.config.problems
+    ctx.kernel.mkdir("/etc")
+    ctx.kernel.write_text("/etc/aliases", "postmaster: root\n")
+    services.mail_relay(ctx)
+    assert read(ctx, "/etc/aliases") == "postmaster: root\n"
+
+
+@pytest.mark.parametrize(
+    "raw", ["ops@example.org", "first.last+builds@mail.example.org", "a_b-c@host", "x@10.0.0.1"]
+)
+def test_a_plain_admin_address_goes_to_aliases(tmp_path: os.PathLike[str], raw: str) -> None:
+    ctx = context(str(tmp_path), f"buildos.smtp_relay=mail.example.org buildos.admin_email={raw}")
+    services.mail_relay(ctx)
+    assert read(ctx, "/etc/aliases") == f"root: {raw}\n"
+
+
+@pytest.mark.parametrize(
+    ("raw", "relayhost"),
+    [
+        ("mail.example.org", "[mail.example.org]"),
+        ("mail.example.org:587", "[mail.example.org]:587"),
+        ("[mail.example.org]", "[mail.example.org]"),
+        ("[mail.example.org]:587", "[mail.example.org]:587"),
+        ("10.0.0.25:25", "[10.0.0.25]:25"),
+    ],
+)
+def test_the_relay_becomes_postfixs_host_and_port(
+    tmp_path: os.PathLike[str], raw: str, relayhost: str
+) -> None:
+    ctx = context(str(tmp_path), f"buildos.smtp_relay={raw}")
+    services.mail_relay(ctx)
+    assert f"relayhost = {relayhost}\n" in read(ctx, "/etc/postfix/main.cf")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["host:0", "host:65536", "host:", "[host", "host]:25", "a,b", "-host", "[host:587]", "h;x"],
+)
+def test_a_bad_relay_is_a_warning_and_postfix_is_left_alone(
+    tmp_path: os.PathLike[str], raw: str
+) -> None:
+    ctx = context(str(tmp_path), f"buildos.smtp_relay={raw}")
+    assert ctx.value(services.SMTP_RELAY) is None
+    assert any(p.startswith("buildos.smtp_relay: expected a host") for p in ctx.config.problems)
+    services.mail_relay(ctx)
+    assert not ctx.kernel.exists("/etc/postfix/main.cf")
+
+
+def sourced(path: str, names: list[str], cwd: str) -> list[str]:
+    """The variables as `sh` sees them after `. PATH`, each value exactly."""
+    shown = "".join(f'printf "%s\\0" "${name}"; ' for name in names)
+    done = subprocess.run(
+        ["sh", "-c", f'. "$1" && {shown}', "sh", path],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        check=True,
+    )
+    return done.stdout.split("\0")[:-1]
+
+
+def test_the_env_file_runs_nothing_when_a_shell_sources_it(tmp_path: os.PathLike[str]) -> None:
+    url = "http://x/$(touch${IFS}pwned)`touch${IFS}pwned2`;touch${IFS}pwned3&a='b'\"c\"\\d"
+    ctx = context(
+        str(tmp_path),
+        f"buildos.buildid_url={url} buildos.smtp_relay=mail.example.org:587 "
+        "buildos.admin_email=ops@example.org",
+    )
+    assert ctx.value(services.BUILDID_URL) == url
+    services.mail_relay(ctx)
+    assert isinstance(ctx.kernel, FakeKernel)
+    env = ctx.kernel.path("/etc/initpy/buildos.env")
+    names = ["BUILDOS_SMTP_RELAY", "BUILDOS_ADMIN_EMAIL", "BUILDOS_BUILDID_URL"]
+    assert sourced(env, names, str(tmp_path)) == ["mail.example.org:587", "ops@example.org", url]
+    assert not [n for n in os.listdir(tmp_path) if n.startswith("pwned")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E)))
+def test_any_printable_value_comes_back_whole_from_a_sourced_env_file(
+    tmp_path_factory: pytest.TempPathFactory, value: str
+) -> None:
+    folder = tmp_path_factory.mktemp("env")
+    path = folder / "x.env"
+    path.write_text(etc.env_file({"VALUE": value}))
+    assert sourced(str(path), ["VALUE"], str(folder)) == [value]
+    assert os.listdir(folder) == ["x.env"]
+
+
+def test_the_env_file_refuses_what_it_cannot_write_safely() -> None:
+    with pytest.raises(ValueError, match="control character"):
+        etc.env_file({"A": "x\ny=1"})
+    with pytest.raises(ValueError, match="not an environment variable name"):
+        etc.env_file({"A;B": "x"})

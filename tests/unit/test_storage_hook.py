@@ -606,3 +606,30 @@ def test_the_states_are_in_the_agreed_order() -> None:
         "handoff",
     ]
     assert [n for n in order if n in names] == names
+
+
+# -- labels are the disk's, not the console's ----------------------------------------------------
+
+# A machines label that would clear the screen, retitle the terminal, forge a
+# rescue line of its own and return the cursor over it, if printed raw.
+HOSTILE_LABEL = "buildos.machines.x\x1b[2J\x1b]0;owned\x07\ninitpy: rescue: fix: rm -rf /build\r"
+
+
+def test_a_hostile_label_is_escaped_on_the_console_and_kept_whole_in_the_report(
+    k: FakeKernel,
+) -> None:
+    add_disk(k, "vda", ext_image("buildos.state"))
+    add_disk(k, "vdb", btrfs_image(HOSTILE_LABEL))
+    assert isinstance(boot(k), Rebooted)
+    for line in k.console_lines + k.kmsg_lines:
+        assert line.startswith("initpy: ") and line.isprintable(), repr(line)
+    # The label's own "line" never begins a console line: it stays inside the reason.
+    assert not any(line.startswith("initpy: rescue: fix: rm") for line in k.console_lines)
+    shown = "buildos.machines.x\\x1b[2J\\x1b]0;owned\\x07\\ninitpy: rescue: fix: rm -rf /build\\r"
+    assert f"/dev/vdb is labelled {shown}, but " in rescue_text(k)
+    # report.json keeps the label's other characters as they are (JSON escapes
+    # them itself); only its line breaks are escaped, as the reason's lines are
+    # the hook's.
+    reason = read_report(k)["reason"]
+    kept = "buildos.machines.x\x1b[2J\x1b]0;owned\x07\\ninitpy: rescue: fix: rm -rf /build\\r"
+    assert isinstance(reason, str) and f"is labelled {kept}, but" in reason

@@ -103,8 +103,14 @@ class Netns:
         dns: str | None = None,
         hostname_for: tuple[str, str] | None = None,
         lease_time: str = "1h",
+        options: Sequence[str] = (),
     ) -> subprocess.Popen[bytes]:
-        """Serve DHCP on `interface` only; no DNS service (port 0)."""
+        """Serve DHCP on `interface` only; no DNS service (port 0).
+
+        `options` are more dnsmasq arguments, e.g. `--dhcp-option-force=15,TEXT`:
+        dnsmasq sends a string option's text as it is in its argv, newlines and
+        ESC included (tests/vm/test_network.py's hostile server).
+        """
         argv = [
             "ip",
             "netns",
@@ -132,6 +138,7 @@ class Netns:
         argv.append(f"--dhcp-option=6{',' + dns if dns else ''}")
         if hostname_for:
             argv.append(f"--dhcp-host={hostname_for[0]},{hostname_for[1]}")
+        argv += options
         log = open(f"{self._tmp.name}/{interface}.log", "wb")
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()

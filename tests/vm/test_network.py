@@ -12,7 +12,11 @@ run after storage's) with the test's own NICs in place of the standard one.
 4. a NIC on a unix dgram socket with no peer (no DHCP server anywhere):
    rescue with the per-NIC reason, within the deadline;
 5. a namespace of the test's own with dnsmasq (router, DNS, host name) over
-   a tap: default route and resolv.conf on br0.
+   a tap: default route and resolv.conf on br0;
+6. (issue 9) the same, with a hostile dnsmasq: a domain that carries a
+   newline and `nameserver`/`options` lines, a host name with ESC and shell
+   metacharacters, a router outside the subnet, a multicast DNS server. The
+   guest's files stay clean, and the report warns about each value.
 """
 
 from __future__ import annotations
@@ -241,3 +245,58 @@ def test_dnsmasq_in_a_namespace_gives_route_and_dns_on_br0(
     # acknowledged the address twice, once for the boot, once for it.
     acks = re.findall(rf"DHCPACK\(tap0\) {re.escape(lease['address'].split('/')[0])} {MAC}", served)
     assert len(acks) >= 2, served[-2000:]
+
+
+# What a rogue DHCP server offers (dnsmasq sends its argv's text as it is).
+HOSTILE_DOMAIN = "lab.example\nnameserver 6.6.6.6\noptions ndots:15"
+HOSTILE_HOSTNAME = "evil\x1b[2J;reboot$(id)"
+
+
+def test_a_hostile_dhcp_server_leaves_the_guests_files_clean_and_the_report_warns(
+    boot_vm: BootVm, full_boot: BootArgs
+) -> None:
+    with Netns("vmrogue") as lan:
+        lan.tap("tap0", "10.99.0.1/24")
+        lan.dnsmasq(
+            "tap0",
+            "10.99.0.50",
+            "10.99.0.150",
+            router="10.98.0.1",  # not on the guest's subnet
+            dns="10.99.0.1,224.0.0.251",
+            options=(
+                f"--dhcp-option-force=15,{HOSTILE_DOMAIN}",
+                f"--dhcp-option-force=12,{HOSTILE_HOSTNAME}",
+            ),
+        )
+        args = with_nics(full_boot, Nic.tap("n0", "tap0", mac=MAC))
+        with contextlib.ExitStack() as stack:
+            with entered(lan):
+                vm = stack.enter_context(boot_vm(args))
+            facts, boot = network(vm)
+        served = lan.dnsmasq_log("tap0")
+    # The server did send the raw values (its log shows the option's text).
+    assert "option: 15 domain-name  lab.example" in served, served[-2000:]
+    assert boot["outcome"] == "handoff", boot["reason"]
+    resolv = file_lines(facts, "/etc/resolv.conf")
+    assert [line for line in resolv if not line.startswith("#")] == ["nameserver 10.99.0.1"], resolv
+    assert file_lines(facts, "/etc/hostname") == ["build-54005e0001"]
+    assert facts["hostname"] == ["build-54005e0001"]
+    hosts = file_lines(facts, "/etc/hosts")
+    assert "127.0.1.1\tbuild-54005e0001" in hosts and not any("evil" in h for h in hosts), hosts
+    assert not any(r.startswith("default") for r in facts.get("route", [])), facts.get("route")
+    lease = boot["network"]["lease"]
+    assert (lease["domain"], lease["hostname"], lease["router"]) == (None, None, None)
+    assert lease["dns"] == ["10.99.0.1"]
+    warnings = boot["warnings"]
+    for expected in (
+        f"dhcp: eth0: domain name {HOSTILE_DOMAIN!r} dropped: expected a domain name",
+        f"dhcp: eth0: host name {HOSTILE_HOSTNAME!r} dropped: expected a host name",
+        "dhcp: eth0: router '10.98.0.1' dropped: expected another host's address inside "
+        "10.99.0.0/24",
+        "dhcp: eth0: DNS server '224.0.0.251' dropped: expected a unicast IPv4 address",
+    ):
+        assert any(w.startswith(expected) for w in warnings), (expected, warnings)
+    # On the console, the warning shows the host name escaped: no raw ESC from initpy.
+    initpy_lines = [ln for ln in vm.console.splitlines() if "initpy: warning: dhcp:" in ln]
+    assert any("'evil\\x1b[2J;reboot$(id)'" in ln for ln in initpy_lines), initpy_lines
+    assert not any("\x1b" in ln for ln in initpy_lines), initpy_lines

@@ -132,7 +132,7 @@ def test_1_systemd_reaches_multi_user_with_no_failed_unit_and_the_services_up(
         {
             "pid1": "cat /proc/1/comm; readlink /proc/1/exe",
             "failed": "systemctl --failed --no-legend --plain",
-            "active": "systemctl is-active ssh postfix dnsmasq",
+            "active": "systemctl is-active ssh postfix dnsmasq initpy-monitor",
             "renewer": "systemctl is-active initpy-dhcp.scope; "
             "cat /proc/$(pgrep -x initpy-dhcp)/cgroup",
             "modules": "lsmod | awk 'NR > 1 {print $1}' | sort | tr '\\n' ' '",
@@ -140,7 +140,7 @@ def test_1_systemd_reaches_multi_user_with_no_failed_unit_and_the_services_up(
     )
     assert out["pid1"].splitlines() == ["systemd", "/usr/lib/systemd/systemd"]
     assert out["failed"] == ""
-    assert out["active"].split() == ["active"] * 3
+    assert out["active"].split() == ["active"] * 4
     # The renewer initpy forked is a unit systemd knows, not a stray in init.scope.
     assert out["renewer"].splitlines()[0] == "active"
     assert out["renewer"].endswith("/initpy-dhcp.scope"), out["renewer"]

@@ -9,6 +9,12 @@ the report, never a rescue.
 The init writes only its own files in /state/initpy/, each replaced
 atomically (Kernel.write_atomic: temp file, fsync, rename, fsync of the
 folder); it never formats, deletes or overwrites anything else there.
+
+Nothing on /state is trusted: a file is read only if it is a regular file
+and not a symlink, and only up to a size (Kernel.read_file); the own
+folders must be real folders. A read-only, full or odd /state costs the
+saved seed or keys, with a warning; the host keys are still made, and
+installed in /etc/ssh.
 """
 
 from __future__ import annotations
@@ -24,17 +30,32 @@ OWN_FOLDER = layout.STATE_OWN_DIR
 SEED_PATH = f"{OWN_FOLDER}/random-seed"
 HOST_KEY_FOLDER = f"{OWN_FOLDER}/ssh"
 SEED_BYTES = 512  # as systemd-random-seed: the pool's size
+SEED_READ_LIMIT = 4096  # more is never fed: a 64 MiB "seed" must not fill PID 1's memory
+KEY_READ_LIMIT = 64 << 10  # an RSA-16384 private key is about 12 KiB
 HOST_KEY_TYPES = ("ed25519", "ecdsa", "rsa")  # what sshd loads by default
 KEYGEN_FOLDER = f"{layout.RUN_DIR}/hostkeys"
 SSH_FOLDER = "/etc/ssh"
 
 
+def _own_folder(ctx: BootContext, path: str) -> None:
+    """Make one of the init's folders on /state; OSError if it is not a real folder.
+
+    A symlink there (a disk prepared elsewhere, or by someone else) would
+    send the writes anywhere.
+    """
+    k = ctx.kernel
+    if k.is_symlink(path):
+        raise OSError(f"{path} is a symlink to {k.readlink(path)}, not a folder")
+    k.mkdir(path, 0o700)
+
+
 def _feed_seed(ctx: BootContext) -> str:
     k = ctx.kernel
+    _own_folder(ctx, OWN_FOLDER)
     fed = "no saved seed (first boot on this state disk)"
     if k.exists(SEED_PATH):
         try:
-            old = k.read_bytes(SEED_PATH)
+            old = k.read_file(SEED_PATH, SEED_READ_LIMIT)
             k.feed_urandom(old)
             fed = f"fed {len(old)} saved bytes to the kernel"
         except OSError as exc:
@@ -70,46 +91,79 @@ def _generate_host_key(ctx: BootContext, kind: str) -> tuple[bytes, bytes]:
     return private, public
 
 
+def _saved_key(ctx: BootContext, saved: str) -> tuple[bytes, bytes]:
+    """The key pair saved on /state, or empty halves (a warning if unreadable)."""
+    k = ctx.kernel
+    if not (k.exists(saved) and k.exists(saved + ".pub")):
+        return b"", b""
+    try:
+        return k.read_file(saved, KEY_READ_LIMIT), k.read_file(saved + ".pub", KEY_READ_LIMIT)
+    except OSError as exc:
+        ctx.warn(f"restore_state: cannot read {saved}: {exc}; generating a new one")
+        return b"", b""
+
+
 def _host_keys(ctx: BootContext) -> str:
     k = ctx.kernel
-    k.mkdir(HOST_KEY_FOLDER, 0o700)
     k.mkdir(SSH_FOLDER)
-    restored, generated = [], []
+    try:
+        _own_folder(ctx, OWN_FOLDER)
+        _own_folder(ctx, HOST_KEY_FOLDER)
+        unsaved: OSError | None = None
+    except OSError as exc:
+        ctx.warn(f"restore_state: host keys cannot be kept on /state: {exc}")
+        unsaved = exc
+    restored, generated, not_saved = [], [], []
     for kind in HOST_KEY_TYPES:
         name = f"ssh_host_{kind}_key"
         saved = f"{HOST_KEY_FOLDER}/{name}"
-        private = public = b""
-        if k.exists(saved) and k.exists(saved + ".pub"):
-            private, public = k.read_bytes(saved), k.read_bytes(saved + ".pub")
+        private, public = _saved_key(ctx, saved) if unsaved is None else (b"", b"")
         if _looks_like_key(private) and public.strip():
             restored.append(kind)
         else:
             if private:
                 ctx.warn(f"restore_state: {saved} is not a key; generating a new one")
             private, public = _generate_host_key(ctx, kind)
-            # Public first: a private key on /state always has its .pub beside it.
-            k.write_atomic(saved + ".pub", public, 0o600)
-            k.write_atomic(saved, private, 0o600)
             generated.append(kind)
+            if unsaved is None:
+                try:
+                    # Public first: a private key on /state always has its .pub beside it.
+                    k.write_atomic(saved + ".pub", public, 0o600)
+                    k.write_atomic(saved, private, 0o600)
+                except OSError as exc:
+                    ctx.warn(f"restore_state: cannot save {saved}: {exc}")
+                    not_saved.append(kind)
+            else:
+                not_saved.append(kind)
         k.write_atomic(f"{SSH_FOLDER}/{name}", private, 0o600)
         k.write_atomic(f"{SSH_FOLDER}/{name}.pub", public, 0o644)
     parts = []
     if restored:
         parts.append("restored " + ", ".join(restored))
-    if generated:
-        parts.append("generated and saved " + ", ".join(generated))
+    saved_now = [kind for kind in generated if kind not in not_saved]
+    if saved_now:
+        parts.append("generated and saved " + ", ".join(saved_now))
+    if not_saved:
+        parts.append("generated, NOT saved on /state " + ", ".join(not_saved))
     return "host keys: " + "; ".join(parts)
 
 
 def restore_state(ctx: BootContext) -> str:
-    """The state is persistent but not precious: a problem is a warning, not a rescue."""
+    """The state is persistent but not precious: a problem is a warning, not a rescue.
+
+    Whatever /state holds (a read-only or full filesystem, a file where a
+    folder belongs, a symlink, a giant file), each step ends in a warning.
+    """
     details = []
-    ctx.kernel.mkdir(OWN_FOLDER, 0o700)
     for what, step in (("random seed", _feed_seed), ("host keys", _host_keys)):
         try:
             details.append(step(ctx))
         except (OSError, CommandFailed) as exc:
             text = exc.reason if isinstance(exc, CommandFailed) else str(exc)
+            ctx.warn(f"restore_state: {what}: {text}")
+            details.append(f"{what}: failed ({text})")
+        except Exception as exc:  # a disk's contents must never send the boot to rescue
+            text = f"{type(exc).__name__}: {exc}"
             ctx.warn(f"restore_state: {what}: {text}")
             details.append(f"{what}: failed ({text})")
     return "; ".join(details)

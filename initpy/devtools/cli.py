@@ -10,12 +10,20 @@ initpy params [--hooks-dir DIR]...
 
 from __future__ import annotations
 
+import os
 import sys
 
 from initpy.devtools import repo_hooks
 
 
 def main(argv: list[str] | None = None) -> None:
+    if os.getpid() == 1:
+        # Started as init (an initrd or init= that names this command): the
+        # kernel's bare words in argv would meet argparse, which exits, and
+        # PID 1 exiting panics the kernel. Boot instead; never returns.
+        from initpy.runtime.entry import main as boot
+
+        boot()
     args = sys.argv[1:] if argv is None else argv
     import argparse
 

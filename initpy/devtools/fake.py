@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn, TypeVar, cast
@@ -20,7 +21,15 @@ from typing import NoReturn, TypeVar, cast
 from hooks.storage.blockdev import NETLINK_KOBJECT_UEVENT, Uevent, uevent_message
 from initpy.devtools.fake_network import FakeNetlink
 from initpy.runtime.driver import Halted
-from initpy.runtime.kernel import BatchReader, Completed, Kernel, NetlinkSocket, ShellExit
+from initpy.runtime.kernel import (
+    BatchReader,
+    Completed,
+    Kernel,
+    NetlinkSocket,
+    ShellExit,
+    SignalHandler,
+    signal_handlers,
+)
 
 T = TypeVar("T")
 
@@ -40,6 +49,9 @@ class HandedOff(Halted):
 
 
 CommandAnswer = Completed | Callable[[Sequence[str]], Completed]
+
+# Errors a disk gives in the middle of a write, after part of the data.
+WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG})
 
 # A scripted step of uevents: the events, or a function that changes the
 # fake machine (adds a disk to its /sys) and returns them.
@@ -132,7 +144,16 @@ class FakeKernel(Kernel):
             "_MEIPASS2": "/usr/lib/initpy/_internal",
         }
     )
+    # The arguments the kernel started init with (Kernel.init_args): the
+    # bare words and the words after `--` of `cmdline`, as a real kernel
+    # would pass them; a test sets both.
+    kernel_argv: tuple[str, ...] = ()
     # Syscall failures to inject: call name -> {first argument -> errno}.
+    # "mkdir": {path: errno} fails mkdir. "write": {path: errno} fails a write
+    # of path where a disk would: ENOSPC, EDQUOT, EIO, EFBIG after part of the
+    # data (write_atomic then holds a partial temporary file); EEXIST leaves a
+    # stale temporary file at write_atomic's temporary path first; any other
+    # (EROFS, EACCES) when the file is created.
     failures: dict[str, dict[str, int]] = field(default_factory=dict)
     # Commands: the first argv word -> answer (a Completed or a function).
     commands: dict[str, CommandAnswer] = field(default_factory=dict)
@@ -160,9 +181,12 @@ class FakeKernel(Kernel):
     # A flood past this fake time fails the test: a wait that ignores its
     # deadline would otherwise read the endless stream forever.
     flood_until: float = 600.0
+    # What take_signals installed: `deliver(signo)` runs it as the kernel would.
+    signal_table: dict[int, SignalHandler] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         Kernel.__init__(self)
+        self._write_fault: int | None = None
         os.makedirs(self.root, exist_ok=True)
         self._write_seed("proc/cmdline", self.cmdline + "\n")
         self._write_seed("proc/self/mounts", "rootfs / rootfs rw 0 0\n")
@@ -205,6 +229,9 @@ class FakeKernel(Kernel):
     def environ(self) -> dict[str, str]:
         return dict(self.environment)
 
+    def init_args(self) -> tuple[str, ...]:
+        return self.kernel_argv
+
     # -- files ---------------------------------------------------------------------
 
     def exists(self, path: str) -> bool:
@@ -212,6 +239,9 @@ class FakeKernel(Kernel):
 
     def is_dir(self, path: str) -> bool:
         return os.path.isdir(self.path(path))
+
+    def is_symlink(self, path: str) -> bool:
+        return os.path.islink(self.path(path))
 
     def listdir(self, path: str) -> list[str]:
         return sorted(os.listdir(self.path(path)))
@@ -225,25 +255,55 @@ class FakeKernel(Kernel):
     def read_text(self, path: str) -> str:
         return super().read_text(self.path(path))
 
+    def read_file(self, path: str, limit: int) -> bytes:
+        self.calls.append(("read_file", path, limit))
+        return super().read_file(self.path(path), limit)
+
     def readlink(self, path: str) -> str:
         return os.readlink(self.path(path))
 
     def write_text(self, path: str, text: str, mode: int = 0o644) -> None:
-        self._fail("write", path)
+        fault = self.failures.get("write", {}).get(path)
+        if fault is not None and fault not in WRITE_ERRORS:
+            self._fail("write", path)
         os.makedirs(os.path.dirname(self.path(path)), exist_ok=True)
         with open(self.path(path), "w", encoding="utf-8") as f:
-            f.write(text)
+            f.write(text[: len(text) // 2] if fault is not None else text)
+        if fault is not None:  # the disk filled up halfway
+            self._fail("write", path)
         os.chmod(self.path(path), mode)
 
     def write_atomic(self, path: str, data: bytes, mode: int = 0o644) -> None:
-        self._fail("write", path)
+        """The real seam's write_atomic in the fake root, with the scripted fault."""
         self.calls.append(("write_atomic", path))
-        super().write_atomic(self.path(path), data, mode)
+        self._write_fault = self.failures.get("write", {}).get(path)
+        if self._write_fault == errno.EEXIST:
+            with open(self.path(path) + ".initpy-tmp", "wb") as f:
+                f.write(b"left by a power cut\n")
+        try:
+            super().write_atomic(self.path(path), data, mode)
+        finally:
+            self._write_fault = None
+
+    def _create_new(self, path: str, mode: int) -> int:
+        fault = self._write_fault
+        if fault is not None and fault not in WRITE_ERRORS and fault != errno.EEXIST:
+            raise OSError(fault, f"open {path}: {os.strerror(fault)}")
+        return super()._create_new(path, mode)
+
+    def _write_some(self, fd: int, data: memoryview) -> int:
+        fault = self._write_fault
+        if fault in WRITE_ERRORS:
+            if os.lseek(fd, 0, os.SEEK_CUR) > 0 or len(data) < 2:
+                raise OSError(fault, f"write: {os.strerror(fault)}")
+            return super()._write_some(fd, data[: len(data) // 2])
+        return super()._write_some(fd, data)
 
     def append_text(self, path: str, text: str) -> None:
         super().append_text(self.path(path), text)
 
     def mkdir(self, path: str, mode: int = 0o755) -> None:
+        self._fail("mkdir", path)
         os.makedirs(self.path(path), mode=mode, exist_ok=True)
 
     def remove(self, path: str) -> None:
@@ -315,6 +375,23 @@ class FakeKernel(Kernel):
             raise OSError(errno.EACCES, os.strerror(errno.EACCES))
         raise HandedOff(path, argv, env)
 
+    # -- signals -------------------------------------------------------------------
+
+    def take_signals(self, on_interrupt: Callable[[], None]) -> None:
+        """The real seam's handlers, kept here instead of installed in the test process."""
+        self.calls.append(("take_signals",))
+        self.signal_table = signal_handlers(on_interrupt)
+
+    def deliver(self, signo: int) -> None:
+        """A signal arrives now, in the middle of whatever the boot is doing."""
+        self.calls.append(("signal", signo))
+        handler = self.signal_table.get(signo)
+        if handler is not None:
+            handler(signo, None)
+        elif signo == signal.SIGINT:  # CPython's own handler, until take_signals
+            raise KeyboardInterrupt
+        # any other: SIG_DFL, which the kernel never delivers to init
+
     # -- console and processes ----------------------------------------------------
 
     def console(self, line: str) -> None:
@@ -342,6 +419,7 @@ class FakeKernel(Kernel):
         self, argv: Sequence[str], env: Mapping[str, str], idle_timeout: float | None = None
     ) -> ShellExit:
         self.calls.append(("shell", tuple(argv), idle_timeout, dict(env)))
+        self._fail("shell", argv[0])  # e.g. {"shell": {"/bin/sh": ENOENT}}: no busybox
         result = self.shells.pop(0) if self.shells else ShellExit(0)
         if result.idle_timeout and idle_timeout is None:
             raise AssertionError("fake kernel: an idle shell timed out without a timeout set")

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from initpy.devtools.disk_images import minimal_image
 from initpy.devtools.fake import FakeKernel, HandedOff, Rebooted
-from initpy.runtime import layout
+from initpy.runtime import cmdline, layout
 from initpy.runtime.driver import main
 from initpy.runtime.kernel import Completed
 
@@ -38,13 +38,34 @@ def _fake_ssh_keygen(kernel: FakeKernel) -> Callable[[Sequence[str]], Completed]
     return keygen
 
 
+# A few bare words the kernel takes for itself; the real kernel knows
+# hundreds, so the walk's argv for init is an approximation.
+KERNEL_FLAGS = frozenset({"quiet", "ro", "rw", "debug", "nosmp", "noapic", "nolapic", "nomodeset"})
+
+
+def init_args_for(command_line: str) -> tuple[str, ...]:
+    """Roughly what the kernel gives init as argv for this command line.
+
+    Every bare word it does not know that has no `.`, then every word
+    after `--`. (A `name=value` it does not know goes to init's environment.)
+    """
+    pairs, after_dashes, _ = cmdline.tokenize(command_line)
+    bare = [k for k, v in pairs if v is None and "." not in k and k not in KERNEL_FLAGS]
+    return (*bare, *after_dashes)
+
+
 def walk(
-    cmdline: str, folders: Sequence[str], names: Sequence[str] | None, root: str | None = None
+    command_line: str,
+    folders: Sequence[str],
+    names: Sequence[str] | None,
+    root: str | None = None,
 ) -> int:
     """Returns 0 when the walk reached the hand-off, 1 when it went to rescue."""
     with tempfile.TemporaryDirectory(prefix="initpy-walk-") as tmp:
         root = root or tmp
-        kernel = FakeKernel(root=root, cmdline=cmdline, echo=True)
+        kernel = FakeKernel(
+            root=root, cmdline=command_line, kernel_argv=init_args_for(command_line), echo=True
+        )
         for program in ("/sbin/init", "/lib/systemd/systemd"):
             path = kernel.path(program)
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -61,7 +82,7 @@ def walk(
             main(kernel, folders, names)
         except HandedOff as done:
             print(
-                f"(walk) the init would now exec {done.path}; "
+                f"(walk) the init would now exec {' '.join(done.argv)}; "
                 f"environment: {' '.join(sorted(done.env))}"
             )
         except Rebooted as done:

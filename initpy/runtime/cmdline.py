@@ -90,10 +90,13 @@ def tokenize(cmdline: str) -> tuple[list[tuple[str, str | None]], list[str], lis
     """Split a command line as the kernel does.
 
     Returns the (key, value) pairs (value None for a flag), the words after
-    `--`, and any problems (an unclosed quote).
+    `--`, and any problems (an unclosed quote). The words after `--` are
+    what the kernel hands init as arguments (set_init_arg): the same
+    quoting rules, quotes removed, `key=value` joined again.
     """
     problems: list[str] = []
     pairs: list[tuple[str, str | None]] = []
+    after_dashes: list[str] | None = None
     text = cmdline.replace("\n", " ").replace("\t", " ")
     i, n = 0, len(text)
     while i < n:
@@ -114,11 +117,13 @@ def tokenize(cmdline: str) -> tuple[list[tuple[str, str | None]], list[str], lis
                 f"unclosed double quote in {word[:60]!r}: the value runs to the end of "
                 "the command line; close the quote in the boot loader's append line"
             )
-        if word == "--":
-            rest = text[i:].split()
-            return pairs, rest, problems
+        if word == "--" and after_dashes is None:
+            after_dashes = []
+            continue
+        key: str
+        value: str | None
         if equals < 0:
-            pairs.append((word.replace('"', ""), None))
+            key, value = word.replace('"', ""), None
         else:
             key = word[: equals - start].replace('"', "")
             value = word[equals - start + 1 :]
@@ -128,8 +133,11 @@ def tokenize(cmdline: str) -> tuple[list[tuple[str, str | None]], list[str], lis
                     value = value[:-1]
             elif word.startswith('"') and value.endswith('"'):
                 value = value[:-1]
+        if after_dashes is not None:
+            after_dashes.append(key if value is None else f"{key}={value}")
+        else:
             pairs.append((key, value))
-    return pairs, [], problems
+    return pairs, after_dashes or [], problems
 
 
 def parse(cmdline: str, parameters: Iterable[Parameter[object]]) -> BootConfig:

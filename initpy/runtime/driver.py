@@ -10,7 +10,8 @@ PID 1 therefore never exits.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import posixpath
+from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any, NoReturn
 
@@ -36,7 +37,14 @@ from initpy.runtime.report import Outcome, Report, Result, StateRecord, printabl
 # The initial state of the machine, before early mounts.
 START = "start"
 
-DEFAULT_EXEC = ("/lib/systemd/systemd", "/sbin/init")
+# The hand-off's programs when initpy.exec is not given: systemd, else an
+# /sbin/init that is not busybox's (sysvinit, OpenRC, a link to systemd).
+# busybox's init, the applet every initrd has without --rootfs, would give
+# anyone at the console a root shell: that is a rescue, with the fix.
+SYSTEMD = "/lib/systemd/systemd"
+OTHER_INIT = "/sbin/init"
+DEFAULT_EXEC = (SYSTEMD, OTHER_INIT)
+BUSYBOX_PATHS = ("/usr/bin/busybox", "/bin/busybox")
 DEFAULT_PATH = layout.DEFAULT_PATH
 
 # The kernel's /dev/kmsg rate limit as we found it, restored at the hand-off.
@@ -58,7 +66,8 @@ EXEC: Parameter[str | None] = Parameter(
     "initpy.exec",
     cmdline.absolute_path,
     None,
-    "program to exec at the hand-off (default /lib/systemd/systemd, else /sbin/init)",
+    "program to exec at the hand-off (default /lib/systemd/systemd, else /sbin/init "
+    "unless it is busybox)",
     "initpy.exec=/sbin/init",
 )
 BREAK: Parameter[str | None] = Parameter(
@@ -108,6 +117,31 @@ CORE_PARAMETERS: tuple[Parameter[Any], ...] = (EXEC, BREAK, RESCUE_POLICY, RESCU
 
 class Halted(BaseException):
     """Raised by a fake kernel where a real one would never return."""
+
+
+def is_busybox(kernel: Kernel, path: str) -> bool:
+    """Whether `path` is busybox: its symlinks end at a file named busybox, or a hard link."""
+    resolved = path
+    for _ in range(40):  # the kernel's own limit on nested links
+        try:
+            link = kernel.readlink(resolved)
+        except OSError:
+            break
+        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(resolved), link))
+    if posixpath.basename(resolved) == "busybox":
+        return True
+    try:
+        found = kernel.stat(path)
+    except OSError:
+        return False
+    for busybox in BUSYBOX_PATHS:
+        try:
+            other = kernel.stat(busybox)
+        except OSError:
+            continue
+        if (found.st_dev, found.st_ino) == (other.st_dev, other.st_ino):
+            return True
+    return False
 
 
 def clean_environment(env: Mapping[str, str]) -> dict[str, str]:
@@ -238,12 +272,22 @@ class Boot:
                 f"initpy.break: no state named {wanted_break!r}; states are "
                 + ", ".join(self.registry.order)
             )
+        # What the hand-off passes on is the argv the kernel gave us; the
+        # words after `--` in /proc/cmdline must be its tail.
+        init_argv = ctx.kernel.init_args()
+        after_dashes = config.init_args
+        if after_dashes and init_argv[-len(after_dashes) :] != after_dashes:
+            problems.append(
+                f"the kernel started init with the arguments {list(init_argv)}, which do not "
+                f"end with the words after -- in /proc/cmdline {list(after_dashes)}; the "
+                "hand-off passes on what the kernel gave"
+            )
         if problems != list(config.problems):
             config = cmdline.BootConfig(
                 config.values, tuple(problems), config.raw, config.init_args, config.cmdline
             )
         ctx.config = config
-        self.report.command_line = config.as_report()
+        self.report.command_line = {**config.as_report(), "init_argv": list(init_argv)}
         for problem in config.problems:
             ctx.say(f"{CMDLINE}: warning: {problem}")
         given = ", ".join(sorted(config.values)) or "no initpy/buildos parameters"
@@ -253,11 +297,19 @@ class Boot:
         target = ctx.value(EXEC)
         candidates = (target,) if target else DEFAULT_EXEC
         env = clean_environment(ctx.kernel.environ())
-        argv_tail = list(ctx.config.init_args)
+        # Exactly the words the kernel gave init (its bare words and those
+        # after `--`): what systemd would have received as init.
+        argv_tail = list(ctx.kernel.init_args())
         errors = []
         for path in candidates:
             if not ctx.kernel.exists(path):
                 errors.append(f"{path}: not found")
+                continue
+            if not target and path == OTHER_INIT and is_busybox(ctx.kernel, path):
+                errors.append(
+                    f"{path}: busybox's init, not taken (it would give an unprotected root "
+                    "shell on the console)"
+                )
                 continue
             self.report.outcome = Outcome.HANDOFF
             self.report.write(_state_mounted(ctx))
@@ -268,10 +320,17 @@ class Boot:
             except OSError as exc:
                 errors.append(f"{path}: {exc.strerror or exc}")
                 self.report.outcome = None
+        if target:
+            raise BootFailure(
+                "hand-off failed: " + "; ".join(errors),
+                "put the program into the initrd (mkinitrd --include SRC:DST, or --rootfs), or "
+                "name an existing one with initpy.exec=PATH",
+            )
         raise BootFailure(
-            "hand-off failed: " + "; ".join(errors),
-            "put the init program into the initrd (mkinitrd --rootfs or --include), or name "
-            "an existing one with initpy.exec=PATH",
+            "hand-off failed: no init to exec: " + "; ".join(errors),
+            "build the initrd with mkinitrd --rootfs DIR (a root file system with systemd), or "
+            "name the program with initpy.exec=PATH (initpy.exec=/sbin/init runs busybox's "
+            "init all the same)",
         )
 
     # -- driving -----------------------------------------------------------------
@@ -296,10 +355,12 @@ class Boot:
         except BootFailure as exc:
             self._finish(name, start, Result.FAILED, exc.reason)
             self.rescue(f"{name}: {exc.reason}", exc.fix, exc)
-        except Exception as exc:
-            self._finish(name, start, Result.FAILED, f"{type(exc).__name__}: {exc}")
+        except Halted:
+            raise
+        except BaseException as exc:  # noqa: B036 - KeyboardInterrupt too: the policy decides
+            self._finish(name, start, Result.FAILED, _describe(exc))
             self.rescue(
-                f"{name}: unexpected error: {type(exc).__name__}: {exc}",
+                f"{name}: unexpected error: {_describe(exc)}",
                 "this is a bug in initpy or a hook; boot with initpy.debug for the traceback "
                 "and report it with /run/initpy/report.json",
                 exc,
@@ -326,8 +387,29 @@ class Boot:
             self.report.say(f"{name}: ok in {int((end - start) * 1000)} ms{suffix}")
 
     def _maybe_break(self, name: str) -> None:
+        """The `initpy.break` shell before `name`; a failure is the state's, for rescue."""
         if self.ctx.value(BREAK) != name:
             return
+        try:
+            self._break_shell(name)
+        except Halted:
+            raise
+        except OSError as exc:
+            self.rescue(
+                f"{name}: break: cannot start /bin/sh: {exc}",
+                "put busybox into the initrd (mkinitrd's rescue_tools hook, in every default "
+                f"build), or boot without initpy.break={name}",
+                exc,
+            )
+        except BaseException as exc:  # noqa: B036 - the rescue policy decides, as for a state
+            self.rescue(
+                f"{name}: break: unexpected error: {_describe(exc)}",
+                "this is a bug in initpy; boot with initpy.debug for the traceback and report "
+                "it with /run/initpy/report.json",
+                exc,
+            )
+
+    def _break_shell(self, name: str) -> None:
         self.report.say(f"break: before {name}; leave the shell (exit or Ctrl-D) to continue")
         self.report.write(_state_mounted(self.ctx))
         env = clean_environment(self.kernel.environ())
@@ -353,7 +435,31 @@ def rescue(
     fix: str,
     exc: BaseException | None = None,
 ) -> NoReturn:
-    """Tell the operator, keep the report, run the policy; never returns."""
+    """Tell the operator, keep the report, run the policy; never returns.
+
+    Whatever goes wrong on the way (the console, the report, the shell, a
+    stray exception) only shortens the way to `halt`.
+    """
+    policy = RescuePolicy.SHELL
+    if ctx is not None:
+        try:
+            policy = ctx.value(RESCUE_POLICY)
+        except Exception:  # a broken config: the default policy stands
+            pass
+    _guarded(lambda: _offer_rescue(kernel, report, ctx, reason, fix, exc, policy))
+    halt(kernel, report, RescuePolicy.REBOOT if policy == RescuePolicy.SHELL else policy)
+
+
+def _offer_rescue(
+    kernel: Kernel,
+    report: Report,
+    ctx: BootContext | None,
+    reason: str,
+    fix: str,
+    exc: BaseException | None,
+    policy: RescuePolicy,
+) -> None:
+    """The rescue's lines, its report and, by policy, its shell (until it is left)."""
     report.outcome = Outcome.RESCUE
     report.reason = reason
     report.fix = fix or None
@@ -361,13 +467,9 @@ def rescue(
         import traceback  # only a failure needs it: not on the path to the first state
 
         report.traceback = "".join(traceback.format_exception(exc))
-    policy, timeout, debug = RescuePolicy.SHELL, None, False
+    timeout, debug = None, False
     if ctx is not None:
-        policy, timeout, debug = (
-            ctx.value(RESCUE_POLICY),
-            ctx.value(RESCUE_TIMEOUT),
-            ctx.value(DEBUG),
-        )
+        timeout, debug = ctx.value(RESCUE_TIMEOUT), ctx.value(DEBUG)
     # Every line of the reason and the fix is an `initpy: rescue:` line,
     # escaped by say(): a label or a DHCP option quoted in them stays text.
     report.say(f"{RESCUE}: {reason}", continuation=f"{RESCUE}: ")
@@ -377,35 +479,76 @@ def rescue(
         for line in report.traceback.rstrip().splitlines():
             kernel.console(printable(line))
     report.write(_state_mounted(ctx) if ctx is not None else False)
-    if policy == RescuePolicy.SHELL:
-        report.say(
-            f"{RESCUE}: starting /bin/sh on the console; the report is /run/initpy/report.json;"
-            " leave the shell (exit or Ctrl-D) to reboot"
-        )
-        env = clean_environment(kernel.environ())
-        env["PS1"] = "(initpy rescue) # "
-        try:
-            result = kernel.run_shell(["/bin/sh"], env, idle_timeout=timeout)
-            if result.idle_timeout:
-                report.say(f"{RESCUE}: the shell was idle for {timeout:g} s; rebooting")
-            else:
-                report.say(f"{RESCUE}: shell left with status {result.status}; rebooting")
-        except OSError as shell_error:
-            report.say(f"{RESCUE}: cannot start /bin/sh ({shell_error}); rebooting in 30 s")
-            kernel.sleep(30)
-        policy = RescuePolicy.REBOOT
-    halt(kernel, report, policy)
+    if policy != RescuePolicy.SHELL:
+        return
+    report.say(
+        f"{RESCUE}: starting /bin/sh on the console; the report is /run/initpy/report.json;"
+        " leave the shell (exit or Ctrl-D) to reboot"
+    )
+    env = clean_environment(kernel.environ())
+    env["PS1"] = "(initpy rescue) # "
+    try:
+        result = kernel.run_shell(["/bin/sh"], env, idle_timeout=timeout)
+    except OSError as shell_error:
+        report.say(f"{RESCUE}: cannot start /bin/sh ({shell_error}); rebooting in 30 s")
+        kernel.sleep(30)
+        return
+    if result.idle_timeout:
+        report.say(f"{RESCUE}: the shell was idle for {timeout:g} s; rebooting")
+    else:
+        report.say(f"{RESCUE}: shell left with status {result.status}; rebooting")
 
 
 def halt(kernel: Kernel, report: Report, how: str) -> NoReturn:
-    """Reboot or power off, retrying forever: PID 1 must not return."""
+    """Reboot or power off, retrying forever: PID 1 must not return.
+
+    Nothing raised here (but a fake kernel's Halted) ends the loop: a
+    failed reboot, a broken console, an exception from a signal handler
+    during the sleep all lead to the next try.
+    """
     while True:
-        report.say(f"{RESCUE}: {how}")
-        try:
-            kernel.reboot(how)
-        except OSError as exc:
-            report.say(f"{RESCUE}: {how} failed: {exc}; retrying in 10 s")
-        kernel.sleep(10)
+        _guarded(lambda: report.say(f"{RESCUE}: {how}"))
+        failed = _guarded(lambda: kernel.reboot(how))
+        if failed is not None:
+            line = f"{RESCUE}: {how} failed: {_describe_error(failed)}; retrying in 10 s"
+            _guarded(lambda: report.say(line))  # noqa: B023 - called at once
+        _guarded(lambda: kernel.sleep(10))
+
+
+def _guarded(action: Callable[[], object]) -> BaseException | None:
+    """Run `action`; what it raises is returned, never raised (but Halted).
+
+    PID 1 must survive anything, KeyboardInterrupt and SystemExit included:
+    an exception that leaves main() ends init, and the kernel panics.
+    """
+    try:
+        action()
+    except Halted:
+        raise
+    except BaseException as exc:  # noqa: B036 - PID 1 must survive anything
+        return exc
+    return None
+
+
+def ctrl_alt_del(kernel: Kernel) -> Callable[[], None]:
+    """What SIGINT does: a clean reboot (sync, reboot), as systemd does for Ctrl-Alt-Del.
+
+    The kernel sends init SIGINT for Ctrl-Alt-Del once it is told to
+    (Kernel.take_signals). A second SIGINT while the first is rebooting
+    changes nothing.
+    """
+    rebooting = False
+
+    def on_interrupt() -> None:
+        nonlocal rebooting
+        if rebooting:
+            return
+        rebooting = True
+        report = Report(kernel)
+        _guarded(lambda: report.say(f"{RESCUE}: SIGINT (Ctrl-Alt-Del): rebooting cleanly"))
+        halt(kernel, report, "reboot")
+
+    return on_interrupt
 
 
 def machine_states(registry: Registry) -> list[str]:
@@ -443,8 +586,12 @@ def main(
 ) -> NoReturn:
     """PID 1's whole life: never returns, whatever happens."""
     report = Report(kernel)
+    signals_failed = _guarded(lambda: kernel.take_signals(ctrl_alt_del(kernel)))
+    failure: BaseException = RuntimeError("the boot returned")
     try:
         report.say(f"starting (pid {kernel.getpid()}, uptime {kernel.uptime():.2f}s)")
+        if signals_failed is not None:
+            report.say(f"warning: signals keep their defaults: {signals_failed}")
         manifest = read_manifest(kernel)
         if names is None and manifest is not None:
             names = manifest.hooks
@@ -455,16 +602,30 @@ def main(
     except Halted:
         raise
     except BaseException as exc:  # noqa: B036 - PID 1 must survive anything
-        # Mounts may be missing if we failed before or during early mounts.
-        try:
-            early_mounts(BootContext(kernel=kernel, report=report))
-        except BaseException:  # noqa: B036
-            pass
-        rescue(
-            kernel,
-            report,
-            None,
-            f"init failed to start: {type(exc).__name__}: {exc}",
-            "rebuild the initrd; the hooks or the frozen init are broken",
-            exc,
-        )
+        failure = exc
+    # Mounts may be missing if we failed before or during early mounts.
+    _guarded(lambda: early_mounts(BootContext(kernel=kernel, report=report)))
+    rescue(
+        kernel,
+        report,
+        None,
+        f"init failed to start: {_describe(failure)}",
+        "rebuild the initrd; the hooks or the frozen init are broken",
+        failure,
+    )
+
+
+def _describe_error(exc: BaseException) -> str:
+    """str() of an exception, even one whose str() raises."""
+    try:
+        return str(exc)
+    except Exception:
+        return type(exc).__name__
+
+
+def _describe(exc: BaseException) -> str:
+    """`Type: text` of an exception, even one whose str() raises."""
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except Exception:
+        return type(exc).__name__

@@ -5,12 +5,16 @@ understand as argv (`splash`, `single`, the words after `--`). They are
 never parsed as options here: the boot reads /proc/cmdline itself and
 hands the arguments for init on to the program it execs. Outside PID 1
 this refuses to run, since the boot mounts, execs and reboots.
+
+driver.main never returns; should it ever, or raise, PID 1 still does not
+exit (the kernel would panic): it reboots, and retries forever.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 
 from initpy.runtime.driver import DEFAULT_PATH
 from initpy.runtime.driver import main as boot_main
@@ -27,4 +31,17 @@ def main() -> None:
     # The kernel starts init with no PATH, and Python's fallback lacks
     # the sbin folders: every command a hook runs by name needs one.
     os.environ.setdefault("PATH", DEFAULT_PATH)
-    boot_main(Kernel())
+    kernel = Kernel()
+    try:
+        boot_main(kernel)
+    except BaseException:  # noqa: B036 - PID 1 must not exit
+        pass
+    while True:  # the last resort: driver.main broke its promise
+        try:
+            kernel.reboot("reboot")
+        except BaseException:  # noqa: B036
+            pass
+        try:
+            time.sleep(10)
+        except BaseException:  # noqa: B036
+            pass

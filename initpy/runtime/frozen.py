@@ -105,6 +105,12 @@ class NoSslOnImport:
 
 
 if __name__ == "__main__":
+    # Until the driver installs PID 1's handlers (Kernel.take_signals), a
+    # SIGINT must not raise KeyboardInterrupt during the imports: that
+    # would end PID 1, and the kernel would panic.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.meta_path.insert(0, NoSslOnImport())
     sys.meta_path.insert(0, PatchOnImport())
     from initpy.runtime.entry import main

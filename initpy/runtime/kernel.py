@@ -18,12 +18,14 @@ import os
 import select
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import FrameType
 from typing import NoReturn, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -42,6 +44,10 @@ REBOOT_COMMANDS = {
     "poweroff": _LINUX_REBOOT_CMD_POWER_OFF,
     "halt": _LINUX_REBOOT_CMD_HALT,
 }
+# Ctrl-Alt-Del sends SIGINT to init instead of rebooting at once.
+_LINUX_REBOOT_CMD_CAD_OFF = 0
+
+SignalHandler = Callable[[int, FrameType | None], None]
 
 _SO_RCVBUFFORCE = 33
 _SYS_FINIT_MODULE = 313  # x86_64
@@ -156,7 +162,9 @@ class Kernel:
         self._children_lock = threading.Lock()
         self._kmsg: int | None = None
         self._kmsg_priority = 6
-        self._console_lock = threading.Lock()
+        # Reentrant: the SIGINT handler prints from the main thread, perhaps
+        # while that thread is inside console() already.
+        self._console_lock = threading.RLock()
         # -- speed: reap only after SIGCHLD ------------------------------------
         # Scanning /proc after every state cost tens of ms each under TCG.
         # PID 1 gets SIGCHLD whenever a child of its own or an adopted orphan
@@ -192,6 +200,16 @@ class Kernel:
     def environ(self) -> dict[str, str]:
         return dict(os.environ)
 
+    def init_args(self) -> tuple[str, ...]:
+        """The arguments the kernel started init with, as it passed them.
+
+        The kernel gives init, as argv, every word of its command line it
+        did not take itself and that has no `=` or `.` (`splash`, `single`,
+        `3`), then every word after `--`. They are never parsed here: the
+        hand-off passes them on, as systemd expects.
+        """
+        return tuple(sys.argv[1:])
+
     # -- files ---------------------------------------------------------------
 
     def exists(self, path: str) -> bool:
@@ -199,6 +217,9 @@ class Kernel:
 
     def is_dir(self, path: str) -> bool:
         return os.path.isdir(path)
+
+    def is_symlink(self, path: str) -> bool:
+        return os.path.islink(path)
 
     def listdir(self, path: str) -> list[str]:
         return sorted(os.listdir(path))
@@ -214,6 +235,29 @@ class Kernel:
         with open(path, encoding="utf-8", errors="replace") as f:
             return f.read()
 
+    def read_file(self, path: str, limit: int) -> bytes:
+        """At most `limit` bytes of a regular file that is not a symlink.
+
+        For files on a disk the init does not trust (/state): a symlink
+        could point anywhere, a FIFO would block PID 1, a huge file would
+        fill its memory. Each is an OSError instead.
+        """
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, f"{path}: not a regular file")
+            chunks: list[bytes] = []
+            left = limit
+            while left > 0:
+                chunk = os.read(fd, left)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
     def readlink(self, path: str) -> str:
         return os.readlink(path)
 
@@ -228,26 +272,49 @@ class Kernel:
         """Replace a file so that a power cut leaves the old or the new one.
 
         The data goes to a temporary file in the same folder, is fsync'ed,
-        renamed over the target, and the folder is fsync'ed.
+        renamed over the target, and the folder is fsync'ed. The temporary
+        file is created afresh (O_EXCL, O_NOFOLLOW): whatever sits at its
+        path, a leftover of a power cut or a symlink planted on the disk,
+        is removed, never written through. On any failure (ENOSPC, EIO) it
+        is removed again, and the target keeps its old contents.
         """
         folder = os.path.dirname(path) or "."
         tmp = f"{path}.initpy-tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        fd = self._create_new(tmp, mode)
         try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
+            try:
+                os.fchmod(fd, mode)
+                view = memoryview(data)
+                while view:
+                    view = view[self._write_some(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
         dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+    def _create_new(self, path: str, mode: int) -> int:
+        """A new, empty file at `path` (see write_atomic); the fake injects EROFS here."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            return os.open(path, flags, mode)
+        except FileExistsError:
+            os.unlink(path)  # a file or a symlink: the link itself goes, not its target
+            return os.open(path, flags, mode)
+
+    def _write_some(self, fd: int, data: memoryview) -> int:
+        """One write(2); the fake injects ENOSPC here, after part of the data."""
+        return os.write(fd, data)
 
     def append_text(self, path: str, text: str) -> None:
         with open(path, "a", encoding="utf-8") as f:
@@ -318,9 +385,36 @@ class Kernel:
         _check(_libc().reboot(ctypes.c_int(REBOOT_COMMANDS[how])), f"reboot({how})")
 
     def execve(self, path: str, argv: Sequence[str], env: Mapping[str, str]) -> NoReturn:
+        """Replace PID 1 with `path`, with the signal state a fresh init expects.
+
+        Caught signals fall back to their defaults by themselves; CPython's
+        SIG_IGN for SIGPIPE and SIGXFSZ, and a blocked mask, would be
+        inherited, so they are put back first.
+        """
         sys.stdout.flush()
         sys.stderr.flush()
+        for signo in (signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(signo, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
         os.execve(path, list(argv), dict(env))
+
+    # -- signals ---------------------------------------------------------------
+
+    def take_signals(self, on_interrupt: Callable[[], None]) -> None:
+        """Decide what every signal means to PID 1 (see `signal_handlers`).
+
+        Also asks the kernel to turn Ctrl-Alt-Del into a SIGINT to init
+        rather than an immediate reboot without a sync, as systemd and
+        busybox init do; outside the first PID namespace the kernel refuses,
+        which does not matter.
+        """
+        for signo, handler in signal_handlers(on_interrupt).items():
+            signal.signal(signo, handler)
+            # SIGTERM and SIGHUP mean nothing: they must not make a ctypes
+            # syscall fail with EINTR. SIGINT reboots, so it may interrupt.
+            signal.siginterrupt(signo, signo == signal.SIGINT)
+        if os.getpid() == 1:
+            _libc().reboot(ctypes.c_int(_LINUX_REBOOT_CMD_CAD_OFF))
 
     # -- console and kernel log ---------------------------------------------
 
@@ -329,7 +423,7 @@ class Kernel:
             try:
                 sys.stdout.write(line + "\n")
                 sys.stdout.flush()
-            except OSError:
+            except Exception:  # OSError, or a reentrant write from a signal handler
                 pass
 
     def kmsg(self, line: str) -> None:
@@ -507,6 +601,10 @@ class Kernel:
             return pid
         status = 0
         try:
+            # PID 1's handlers are not for a daemon: SIGTERM must end it
+            # (systemd's shutdown sends it), SIGINT must not reboot.
+            for signo in signal_handlers(lambda: None):
+                signal.signal(signo, signal.SIG_DFL)
             os.setsid()
             try:
                 os.setpriority(os.PRIO_PROCESS, 0, DAEMON_NICE)
@@ -521,6 +619,34 @@ class Kernel:
             status = 1
         finally:
             os._exit(status)
+
+
+def signal_handlers(on_interrupt: Callable[[], None]) -> dict[int, SignalHandler]:
+    """What each signal means to PID 1; `Kernel.take_signals` installs them.
+
+    - SIGINT, what the kernel sends init for Ctrl-Alt-Del: `on_interrupt`
+      (the driver reboots cleanly, as systemd does). CPython's own handler
+      would raise KeyboardInterrupt anywhere in the boot.
+    - SIGTERM, SIGHUP: nothing. A handler that does nothing, not SIG_IGN,
+      which every child would inherit across exec.
+    - Every other signal keeps SIG_DFL, which the kernel never delivers to
+      init (SIGKILL and SIGSTOP only from an outer PID namespace).
+
+    A forked copy of PID 1 that kept these handlers gets the default action.
+    """
+    owner = os.getpid()
+
+    def interrupt(signo: int, frame: FrameType | None) -> None:
+        if os.getpid() != owner:
+            signal.signal(signo, signal.SIG_DFL)
+            os.kill(os.getpid(), signo)
+            return
+        on_interrupt()
+
+    def ignore(signo: int, frame: FrameType | None) -> None:
+        pass
+
+    return {signal.SIGINT: interrupt, signal.SIGTERM: ignore, signal.SIGHUP: ignore}
 
 
 def _console_loglevel() -> int:

@@ -147,6 +147,9 @@ class Report:
         """Keep report.json.0 (this boot) .. report.json.9 (nine boots ago) on /state."""
         try:
             k = self.kernel
+            for folder in (layout.STATE_OWN_DIR, STATE_REPORT_DIR):
+                if k.is_symlink(folder):  # /state is not trusted: never write through one
+                    raise OSError(f"{folder} is a symlink, not a folder")
             k.mkdir(STATE_REPORT_DIR)
             for i in range(KEEP_REPORTS - 1, 0, -1):
                 older = f"{STATE_REPORT_DIR}/report.json.{i - 1}"

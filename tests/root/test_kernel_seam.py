@@ -73,3 +73,21 @@ def test_kmsg_rate_limit_can_be_lifted_and_restored() -> None:
     finally:
         k.write_text(path, found + "\n")
     assert k.read_text(path).strip() == found
+
+
+def test_write_atomic_on_a_really_full_filesystem_leaves_no_temporary(tmp_path: Path) -> None:
+    """Issue 9, finding 5, on a real ENOSPC: a 64 KiB tmpfs and a 1 MiB write."""
+    k = Kernel()
+    target = str(tmp_path / "state")
+    k.mkdir(target)
+    k.mount("tmpfs", target, "tmpfs", 2 | 4, "mode=0700,size=64k")
+    try:
+        seed = f"{target}/random-seed"
+        k.write_atomic(seed, b"old seed", 0o600)
+        with pytest.raises(OSError) as full:
+            k.write_atomic(seed, b"x" * (1 << 20), 0o600)
+        assert full.value.errno == errno.ENOSPC
+        assert os.listdir(target) == ["random-seed"]
+        assert (tmp_path / "state" / "random-seed").read_bytes() == b"old seed"
+    finally:
+        k.umount(target)

@@ -119,7 +119,10 @@ def test_every_state_failing_ends_in_rescue_with_its_reason(
         expected += "unexpected error: FileNotFoundError"
     elif failing == "handoff":
         os.unlink(kernel.path("/sbin/init"))
-        expected += "hand-off failed: /lib/systemd/systemd: not found; /sbin/init: not found"
+        expected += (
+            "hand-off failed: no init to exec: /lib/systemd/systemd: not found; "
+            "/sbin/init: not found"
+        )
     else:
 
         def broken(ctx: BootContext) -> str:
@@ -234,14 +237,109 @@ def test_break_on_unknown_state_is_a_warning(tmp_path: os.PathLike[str]) -> None
     assert any("nowhere" in w for w in warnings)
 
 
+def set_cmdline(kernel: FakeKernel, text: str, init_args: Sequence[str]) -> None:
+    """A command line, and the argv a real kernel would give init for it."""
+    kernel.cmdline = text
+    kernel.kernel_argv = tuple(init_args)
+    with open(kernel.path("/proc/cmdline"), "w") as f:
+        f.write(text + "\n")
+
+
 def test_exec_prefers_systemd_and_passes_init_args(kernel: FakeKernel) -> None:
     make_executable(kernel, "/lib/systemd/systemd")
-    kernel.cmdline = "quiet -- --unit=rescue.target"
-    with open(kernel.path("/proc/cmdline"), "w") as f:
-        f.write(kernel.cmdline)
+    set_cmdline(kernel, "quiet -- --unit=rescue.target", ["--unit=rescue.target"])
     ended = run_boot(kernel, [])
     assert isinstance(ended, HandedOff)
     assert ended.argv == ["/lib/systemd/systemd", "--unit=rescue.target"]
+
+
+def test_handoff_passes_every_word_the_kernel_gave_init(kernel: FakeKernel) -> None:
+    """Issue 9, finding 1: bare words (splash, 3) reach systemd, not only those after --."""
+    make_executable(kernel, "/lib/systemd/systemd")
+    # The kernel keeps `quiet` and drops `initpy.debug` (a dot: a module
+    # parameter); `splash` and `3` are unknown bare words: init gets them.
+    set_cmdline(
+        kernel,
+        "quiet splash initpy.debug 3 -- single --log-level=debug",
+        ["splash", "3", "single", "--log-level=debug"],
+    )
+    ended = run_boot(kernel, [])
+    assert isinstance(ended, HandedOff)
+    assert ended.argv == [
+        "/lib/systemd/systemd",
+        "splash",
+        "3",
+        "single",
+        "--log-level=debug",
+    ]
+    command_line = read_report(kernel)["command_line"]
+    assert command_line["init_argv"] == ["splash", "3", "single", "--log-level=debug"]  # type: ignore[index]
+    assert command_line["warnings"] == []  # type: ignore[index]
+
+
+def test_init_args_that_disagree_with_the_command_line_are_a_warning(
+    kernel: FakeKernel,
+) -> None:
+    set_cmdline(kernel, "-- single", ["splash"])
+    ended = run_boot(kernel, [])
+    assert isinstance(ended, HandedOff) and ended.argv == ["/sbin/init", "splash"]
+    assert "do not end with the words after -- in /proc/cmdline ['single']" in console(kernel)
+
+
+def test_the_cli_as_pid1_boots_and_never_parses_argv(mocker: MockerFixture) -> None:
+    """Issue 9, finding 1: argparse would exit 2 on `splash`; PID 1 must boot instead."""
+    from initpy.devtools import cli
+
+    class Booted(Exception):
+        pass
+
+    mocker.patch("os.getpid", return_value=1)
+    boot = mocker.patch("initpy.runtime.entry.main", side_effect=Booted)
+    mocker.patch.object(sys, "argv", ["/init", "splash", "single", "--help"])
+    with pytest.raises(Booted):
+        cli.main()
+    boot.assert_called_once_with()
+
+
+def busybox_as_sbin_init(kernel: FakeKernel, how: str) -> None:
+    """/sbin/init as mkinitrd makes it without --rootfs: busybox's applet."""
+    os.unlink(kernel.path("/sbin/init"))
+    make_executable(kernel, "/usr/bin/busybox", "#!/bin/sh\n# busybox\n")
+    if how == "symlink":  # mkinitrd's applets: absolute links to /usr/bin/busybox
+        os.symlink("/usr/bin/busybox", kernel.path("/sbin/init"))
+    else:
+        os.link(kernel.path("/usr/bin/busybox"), kernel.path("/sbin/init"))
+
+
+@pytest.mark.parametrize("how", ["symlink", "hard link"])
+def test_busybox_init_is_never_the_default_hand_off(kernel: FakeKernel, how: str) -> None:
+    """Issue 9, finding 10: without --rootfs, busybox's init gave a root shell to the console."""
+    busybox_as_sbin_init(kernel, how)
+    ended = run_boot(kernel, [])
+    assert isinstance(ended, Rebooted)
+    assert kernel.syscalls("execve") == []
+    out = console(kernel)
+    assert (
+        "initpy: rescue: handoff: hand-off failed: no init to exec: /lib/systemd/systemd: "
+        "not found; /sbin/init: busybox's init, not taken" in out
+    )
+    assert "fix: build the initrd with mkinitrd --rootfs DIR" in out
+    assert "initpy.exec=PATH" in out
+    assert read_report(kernel)["outcome"] == "rescue"
+
+
+def test_busybox_init_named_with_initpy_exec_is_handed_off(kernel: FakeKernel) -> None:
+    busybox_as_sbin_init(kernel, "symlink")
+    set_cmdline(kernel, "initpy.exec=/sbin/init", [])
+    ended = run_boot(kernel, [])
+    assert isinstance(ended, HandedOff) and ended.path == "/sbin/init"
+
+
+def test_systemd_goes_first_even_beside_busybox(kernel: FakeKernel) -> None:
+    busybox_as_sbin_init(kernel, "symlink")
+    make_executable(kernel, "/lib/systemd/systemd")
+    ended = run_boot(kernel, [])
+    assert isinstance(ended, HandedOff) and ended.path == "/lib/systemd/systemd"
 
 
 def test_failed_exec_of_named_program_goes_to_rescue(tmp_path: os.PathLike[str]) -> None:
@@ -394,6 +492,22 @@ def test_walk_command_runs_without_root() -> None:
     assert "initpy: cmdline: warning: unknown parameter 'buildos.bogus'" in out.stdout
     assert "(walk) report.json outcome: handoff" in out.stdout
     assert out.returncode == 0
+
+
+def test_walk_shows_the_words_for_init_on_the_hand_off(
+    capsys: pytest.CaptureFixture[str], tmp_path: os.PathLike[str]
+) -> None:
+    from initpy.devtools.walk import init_args_for, walk
+
+    assert init_args_for('quiet splash 3 initpy.debug a=b "x y" -- single "-c z"') == (
+        "splash",
+        "3",
+        "x y",
+        "single",
+        "-c z",
+    )
+    walk("quiet splash initpy.exec=/sbin/init -- single", [HOOKS_DIR], [], str(tmp_path))
+    assert "(walk) the init would now exec /sbin/init splash single;" in capsys.readouterr().out
 
 
 def test_reports_are_kept_on_state_and_rotated_once_per_boot(kernel: FakeKernel) -> None:

@@ -57,6 +57,13 @@ def test_everything_after_double_dash_belongs_to_init() -> None:
     assert config.init_args == ("initpy.rescue=reboot", "single")
 
 
+def test_words_after_double_dash_are_unquoted_as_the_kernel_passes_them() -> None:
+    # set_init_arg: next_arg's quoting, quotes dropped, key=value joined again;
+    # only the first -- ends the parameters.
+    config = parse('initpy.debug -- "a b" x="c d" "y=e f" --')
+    assert config.init_args == ("a b", "x=c d", "y=e f", "--")
+
+
 def test_value_may_contain_equals() -> None:
     config = parse("initpy.exec=/bin/x=y")
     assert config.value(EXEC) == "/bin/x=y"

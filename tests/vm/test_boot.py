@@ -43,8 +43,11 @@ def boot_order(hook_names: list[str]) -> tuple[str, ...]:
     return load_registry([str(qemu.REPO / "hooks")], hook_names).order
 
 
-def assert_handed_off(vm: qemu.Vm) -> tuple[str, ...]:
-    """The guest program ran as PID 1, clean, with a report of a whole boot."""
+def assert_handed_off(vm: qemu.Vm) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The guest program ran as PID 1, clean, with a report of a whole boot.
+
+    Returns the boot's states in order and the guest's sections.
+    """
     vm.expect(
         rf"initpy: {HANDOFF}: exec {re.escape(GUEST_PATH)}", BOOT_TIMEOUT, fail_on=RESCUE_LINE
     )
@@ -68,12 +71,19 @@ def assert_handed_off(vm: qemu.Vm) -> tuple[str, ...]:
     assert [s["name"] for s in boot["states"]] == list(order[:-1])
     assert [s for s in boot["states"] if s["result"] != "ok"] == []
     assert order[-1] == HANDOFF
-    return order
+    return order, sections
 
 
 def test_whole_boot_hands_off_to_pid1(boot_vm: BootVm, full_boot: BootArgs) -> None:
+    # Words for init (issue 9): a bare word the kernel does not know, and
+    # one after `--`; the kernel gives both to PID 1, which hands them on.
+    full_boot.append += ["splash", "--", "single"]
     with boot_vm(full_boot) as vm:
-        order = assert_handed_off(vm)
+        order, sections = assert_handed_off(vm)
+        assert sections["args"].split() == ["argc=2", "arg=splash", "arg=single"], sections
+        command_line = report(sections, vm)["command_line"]
+        assert command_line["init_argv"] == ["splash", "single"], command_line
+        assert command_line["init_args"] == ["single"], command_line
         # Every state printed its `initpy: <state>: ok` line, in order (the
         # kernel log echoes each line once more: keep the first of each).
         lines = re.findall(r"^(?:\[[ \d.]+\] )?initpy: (\w+): ok in \d+ ms", vm.console, re.M)
@@ -103,6 +113,39 @@ def test_failure_gives_a_rescue_shell_and_exit_reboots(
         vm.send('grep -c \'"outcome": "rescue"\' /run/initpy/report.json')
         vm.expect(r"^1$", SHELL_TIMEOUT, re.M)
         vm.leave_rescue_shell(SHELL_TIMEOUT)
+
+
+def test_an_idle_rescue_shell_reboots_the_host(boot_vm: BootVm) -> None:
+    """initpy.rescue_timeout: a headless host does not sit in a shell forever (issue 9)."""
+    idle = 3
+    # No disks and no wait for them: find_disks fails at once, the cheapest rescue.
+    args = BootArgs(append=["initpy.timeout.disks=0", f"initpy.rescue_timeout={idle}"])
+    with boot_vm(args) as vm:
+        vm.expect(r"initpy: rescue: find_disks: ", BOOT_TIMEOUT)
+        vm.expect(re.escape("(initpy rescue) # "), SHELL_TIMEOUT)
+        prompt_at = vm.seconds
+        vm.expect(rf"initpy: rescue: the shell was idle for {idle} s; rebooting", SHELL_TIMEOUT)
+        assert vm.seconds - prompt_at >= idle - 1  # nobody typed; it waited its time
+        vm.expect(r"reboot: Restarting system", SHELL_TIMEOUT)
+        assert vm.wait_exit(SHELL_TIMEOUT) == 0
+
+
+def test_ctrl_alt_del_at_the_rescue_shell_reboots_cleanly(boot_vm: BootVm) -> None:
+    """Ctrl-Alt-Del is SIGINT to PID 1 (the init turned the kernel's CAD off): a clean reboot.
+
+    Before issue 9 CPython's KeyboardInterrupt broke out of the shell's wait
+    and a second shell started; with CAD on, the kernel would reboot at
+    once without a sync and without this line.
+    """
+    args = BootArgs(append=["initpy.timeout.disks=0"])
+    with boot_vm(args) as vm:
+        vm.expect(r"initpy: rescue: find_disks: ", BOOT_TIMEOUT)
+        vm.expect(re.escape("(initpy rescue) # "), SHELL_TIMEOUT)
+        vm.monitor("sendkey ctrl-alt-delete")
+        vm.expect(r"initpy: rescue: SIGINT \(Ctrl-Alt-Del\): rebooting cleanly", SHELL_TIMEOUT)
+        vm.expect(r"reboot: Restarting system", SHELL_TIMEOUT)
+        assert vm.wait_exit(SHELL_TIMEOUT) == 0
+        assert vm.console.count("(initpy rescue) # ") == 1  # no second shell
 
 
 def test_break_gives_a_shell_and_the_boot_continues(boot_vm: BootVm, full_boot: BootArgs) -> None:

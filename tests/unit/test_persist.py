@@ -1,0 +1,229 @@
+"""What /state holds cannot stop the boot (issue 9, finding 5).
+
+/state is a disk the init does not trust: read-only, full, with a file
+where a folder belongs, a symlink, a FIFO or a 64 MiB "seed". Every one is
+a warning, the boot hands off, and the SSH host keys still reach /etc/ssh.
+The fake kernel injects the failures a disk gives (EROFS at create, ENOSPC
+halfway through a write, a stale temporary file), and write_atomic is the
+real seam's code running in the fake root.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from collections.abc import Iterator
+from types import FrameType
+
+import pytest
+
+from hooks import persist
+from initpy.devtools.fake import FakeKernel, HandedOff
+from initpy.runtime.kernel import Kernel
+from tests.unit.conftest import make_executable, read_report
+from tests.unit.test_storage_hook import boot, fake_ssh_keygen, standard_disks
+
+SEED = persist.SEED_PATH
+KEYS = [f"ssh_host_{kind}_key{end}" for kind in persist.HOST_KEY_TYPES for end in ("", ".pub")]
+
+
+@pytest.fixture
+def k(kernel: FakeKernel) -> FakeKernel:
+    kernel.commands["ssh-keygen"] = fake_ssh_keygen(kernel)
+    standard_disks(kernel)
+    return kernel
+
+
+def warnings(k: FakeKernel) -> list[str]:
+    found = read_report(k)["warnings"]
+    assert isinstance(found, list)
+    return [str(w) for w in found]
+
+
+def assert_handed_off_with_host_keys(k: FakeKernel) -> None:
+    assert isinstance(boot(k), HandedOff), "\n".join(k.console_lines)
+    assert read_report(k)["outcome"] == "handoff"
+    for name in KEYS:
+        assert os.path.getsize(k.path(f"/etc/ssh/{name}")) > 0, name
+
+
+def next_boot(k: FakeKernel) -> FakeKernel:
+    """The same disks and /state (the fake root), a fresh RAM root otherwise."""
+    second = FakeKernel(root=k.root)
+    make_executable(second, "/sbin/init")
+    second.commands["ssh-keygen"] = fake_ssh_keygen(second)
+    second.block_devices = k.block_devices
+    with open(second.path("/proc/self/mounts"), "w") as f:
+        f.write("rootfs / rootfs rw 0 0\n")
+    return second
+
+
+def leftovers(k: FakeKernel) -> list[str]:
+    return [
+        os.path.join(folder, name)
+        for folder, _, names in os.walk(k.path("/state"))
+        for name in names
+        if name.endswith(".initpy-tmp")
+    ]
+
+
+def test_state_initpy_a_regular_file_is_a_warning_not_a_bug(k: FakeKernel) -> None:
+    os.makedirs(k.path("/state"), exist_ok=True)
+    with open(k.path("/state/initpy"), "w") as f:
+        f.write("someone's file\n")
+    assert_handed_off_with_host_keys(k)
+    assert any(w.startswith("restore_state: random seed:") for w in warnings(k))
+    assert any("host keys cannot be kept on /state" in w for w in warnings(k))
+    assert open(k.path("/state/initpy")).read() == "someone's file\n"
+    assert "generated, NOT saved on /state ed25519, ecdsa, rsa" in "\n".join(k.console_lines)
+
+
+def test_a_read_only_state_is_a_warning_and_sshd_still_gets_keys(k: FakeKernel) -> None:
+    k.failures["mkdir"] = {
+        folder: errno.EROFS for folder in ("/state/initpy", "/state/initpy/reports")
+    }
+    assert_handed_off_with_host_keys(k)
+    assert any("Read-only file system" in w for w in warnings(k))
+    assert not os.path.exists(k.path("/state/initpy"))
+
+
+def test_a_state_folder_that_is_a_symlink_is_not_written_through(
+    k: FakeKernel, tmp_path: os.PathLike[str]
+) -> None:
+    elsewhere = os.path.join(str(tmp_path), "elsewhere")
+    os.makedirs(elsewhere)
+    os.makedirs(k.path("/state"), exist_ok=True)
+    os.symlink(elsewhere, k.path("/state/initpy"))
+    assert_handed_off_with_host_keys(k)
+    assert os.listdir(elsewhere) == []
+    assert any("is a symlink to" in w for w in warnings(k))
+
+
+def test_a_full_state_keeps_the_old_seed_and_no_temporary_file(k: FakeKernel) -> None:
+    assert isinstance(boot(k), HandedOff)
+    first_seed = open(k.path(SEED), "rb").read()
+    second = next_boot(k)
+    second.failures["write"] = {SEED: errno.ENOSPC, f"{persist.HOST_KEY_FOLDER}/x": errno.ENOSPC}
+    assert_handed_off_with_host_keys(second)
+    assert open(second.path(SEED), "rb").read() == first_seed
+    assert leftovers(second) == []
+    assert any("No space left on device" in w for w in warnings(second))
+
+
+def test_a_full_state_while_saving_new_keys_still_installs_them(k: FakeKernel) -> None:
+    saved = f"{persist.HOST_KEY_FOLDER}/ssh_host_rsa_key"
+    k.failures["write"] = {saved: errno.ENOSPC}
+    assert_handed_off_with_host_keys(k)
+    assert leftovers(k) == []
+    assert not os.path.exists(k.path(saved))
+    assert any(f"cannot save {saved}" in w for w in warnings(k))
+
+
+def test_a_stale_temporary_file_is_replaced_not_a_failure(k: FakeKernel) -> None:
+    k.failures["write"] = {SEED: errno.EEXIST}
+    assert_handed_off_with_host_keys(k)
+    assert len(open(k.path(SEED), "rb").read()) == persist.SEED_BYTES
+    assert leftovers(k) == [] and warnings(k) == []
+
+
+def test_a_64_mib_seed_is_fed_only_its_first_bytes(k: FakeKernel) -> None:
+    os.makedirs(k.path("/state/initpy"), mode=0o700)
+    with open(k.path(SEED), "wb") as f:
+        f.truncate(64 << 20)  # sparse: no 64 MiB on the test machine's disk
+    assert_handed_off_with_host_keys(k)
+    assert k.syscalls("feed_urandom") == [("feed_urandom", persist.SEED_READ_LIMIT)]
+    assert os.path.getsize(k.path(SEED)) == persist.SEED_BYTES
+
+
+def test_a_symlinked_seed_is_not_followed(k: FakeKernel, tmp_path: os.PathLike[str]) -> None:
+    secret = os.path.join(str(tmp_path), "secret")
+    with open(secret, "wb") as f:
+        f.write(b"not for the kernel's pool\n")
+    os.makedirs(k.path("/state/initpy"), mode=0o700)
+    os.symlink(secret, k.path(SEED))
+    assert_handed_off_with_host_keys(k)
+    assert k.syscalls("feed_urandom") == []
+    assert any(f"cannot feed {SEED}" in w for w in warnings(k))
+    assert open(secret, "rb").read() == b"not for the kernel's pool\n"
+    assert not os.path.islink(k.path(SEED))  # replaced by a fresh seed, the target untouched
+
+
+@pytest.fixture
+def alarm() -> Iterator[None]:
+    """Fail a test that blocks (a FIFO opened for reading) instead of hanging the run."""
+
+    def blocked(signo: int, frame: FrameType | None) -> None:
+        raise TimeoutError("blocked for 10 s")
+
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(10)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_fifo_as_seed_does_not_block_pid1(k: FakeKernel, alarm: None) -> None:
+    os.makedirs(k.path("/state/initpy"), mode=0o700)
+    os.mkfifo(k.path(SEED))
+    assert_handed_off_with_host_keys(k)
+    assert any("not a regular file" in w for w in warnings(k))
+
+
+def test_a_huge_saved_host_key_is_not_read_whole(k: FakeKernel) -> None:
+    folder = k.path(persist.HOST_KEY_FOLDER)
+    os.makedirs(folder, mode=0o700)
+    for name in ("ssh_host_rsa_key", "ssh_host_rsa_key.pub"):
+        with open(os.path.join(folder, name), "wb") as f:
+            f.truncate(64 << 20)
+    assert_handed_off_with_host_keys(k)
+    reads = [c for c in k.syscalls("read_file") if "rsa" in str(c[1])]
+    assert reads and all(c[2] == persist.KEY_READ_LIMIT for c in reads)
+
+
+# -- the real seam's write_atomic, in a temporary folder ----------------------------------
+
+
+def test_write_atomic_removes_a_planted_symlink_and_never_writes_through_it(
+    tmp_path: os.PathLike[str],
+) -> None:
+    top = str(tmp_path)
+    victim = os.path.join(top, "victim")
+    with open(victim, "w") as f:
+        f.write("precious\n")
+    target = os.path.join(top, "random-seed")
+    os.symlink(victim, target + ".initpy-tmp")
+    Kernel().write_atomic(target, b"fresh", 0o600)
+    assert open(victim).read() == "precious\n"
+    assert open(target, "rb").read() == b"fresh"
+    assert sorted(os.listdir(top)) == ["random-seed", "victim"]
+
+
+def test_write_atomic_on_a_full_disk_keeps_the_old_file_and_no_temporary(
+    kernel: FakeKernel,
+) -> None:
+    os.makedirs(kernel.path("/state/initpy"))
+    kernel.write_atomic("/state/initpy/seed", b"old contents")
+    kernel.failures["write"] = {"/state/initpy/seed": errno.ENOSPC}
+    with pytest.raises(OSError) as failed:
+        kernel.write_atomic("/state/initpy/seed", b"new contents that do not fit")
+    assert failed.value.errno == errno.ENOSPC
+    assert os.listdir(kernel.path("/state/initpy")) == ["seed"]
+    assert open(kernel.path("/state/initpy/seed"), "rb").read() == b"old contents"
+
+
+@pytest.mark.parametrize("err", [errno.EROFS, errno.EACCES, errno.EIO, errno.EDQUOT])
+def test_write_atomic_failures_leave_nothing_behind(kernel: FakeKernel, err: int) -> None:
+    kernel.failures["write"] = {"/state/x": err}
+    os.makedirs(kernel.path("/state"), exist_ok=True)
+    with pytest.raises(OSError) as failed:
+        kernel.write_atomic("/state/x", b"data")
+    assert failed.value.errno == err
+    assert os.listdir(kernel.path("/state")) == []
+
+
+def test_the_fake_injects_mkdir_failures(kernel: FakeKernel) -> None:
+    kernel.failures["mkdir"] = {"/state/initpy": errno.EROFS}
+    with pytest.raises(OSError) as failed:
+        kernel.mkdir("/state/initpy")
+    assert failed.value.errno == errno.EROFS

@@ -131,6 +131,7 @@ def test_1_systemd_reaches_multi_user_with_no_failed_unit_and_the_services_up(
     out = host1.sections(
         {
             "pid1": "cat /proc/1/comm; readlink /proc/1/exe",
+            "environ": "tr '\\0' '\\n' < /proc/1/environ",
             "failed": "systemctl --failed --no-legend --plain",
             "active": "systemctl is-active ssh postfix dnsmasq initpy-monitor",
             "renewer": "systemctl is-active initpy-dhcp.scope; "
@@ -139,6 +140,11 @@ def test_1_systemd_reaches_multi_user_with_no_failed_unit_and_the_services_up(
         }
     )
     assert out["pid1"].splitlines() == ["systemd", "/usr/lib/systemd/systemd"]
+    # systemd got a clean environment: none of the frozen init's variables.
+    leaked = [
+        v for v in out["environ"].split() if v.startswith(("LD_LIBRARY_PATH", "_PYI", "_MEI"))
+    ]
+    assert not leaked, out["environ"]
     assert out["failed"] == ""
     assert out["active"].split() == ["active"] * 4
     # The renewer initpy forked is a unit systemd knows, not a stray in init.scope.

@@ -51,6 +51,7 @@ from tests.vm.guest_output import read_sections, report  # noqa: E402
 from tests.vm.scenario import GUEST_PATH, GUEST_PROGRAM, BootArgs, full_boot_args  # noqa: E402
 
 BOOT_TIMEOUT = 300
+SYSTEMD_STANDIN = "/lib/systemd/systemd"
 # mkinitrd packs these whatever --hooks says.
 ALWAYS_HOOKS = ("modules", "rescue_tools")
 KMSG_LINE = re.compile(r"^\[\s*(\d+\.\d+)\]\s?(.*)$", re.M)
@@ -90,6 +91,10 @@ def build_initpy(vmlinuz: Path, modules: Path, outdir: Path, hooks: str | None) 
             str(outdir),
             "--include",
             f"{GUEST_PROGRAM}:{GUEST_PATH}",
+            # A stand-in for systemd, for --first-boot: the hand-off persist
+            # treats as systemd (RSA may go on past it). Unused otherwise.
+            "--include",
+            f"{GUEST_PROGRAM}:{SYSTEMD_STANDIN}",
             *(["--hooks", hooks] if hooks else []),
         ],
         check=True,
@@ -178,12 +183,17 @@ def build_baseline(modules: Path, names: list[str], out: Path) -> list[str]:
     return [p.name for p in kos]
 
 
+# The drivers of the whole-boot scenario's devices (virtio NIC and disks), which
+# initpy loads from their modaliases and the baseline must name.
+SCENARIO_DRIVERS = ("virtio_pci", "virtio_net", "virtio_blk")
+
+
 def hook_modules(hooks: str | None) -> list[str]:
-    """The modules initpy loads: those of the packed hooks, with mkinitrd's always-on ones."""
+    """The modules initpy loads: the scenario's drivers and those the packed hooks name."""
     names = hooks.split(",") if hooks else None
     if names is not None:
         names = list(dict.fromkeys([*names, *ALWAYS_HOOKS]))
-    return load_registry([str(REPO / "hooks")], names).modules()
+    return [*SCENARIO_DRIVERS, *load_registry([str(REPO / "hooks")], names).modules()]
 
 
 def kernel_times(kmsg: str, first: str, handoff: str) -> tuple[float | None, ...]:
@@ -293,6 +303,12 @@ def main() -> None:
     )
     parser.add_argument("--no-baseline", action="store_true", help="boot initpy only")
     parser.add_argument(
+        "--first-boot",
+        action="store_true",
+        help="also boot initpy on a state disk without SSH host keys (a host's first boot) "
+        "each round; initpy then hands off to the guest program as /lib/systemd/systemd",
+    )
+    parser.add_argument(
         "--shared",
         action="store_true",
         help="take one VM slot, not both (default: hold the second slot too, "
@@ -309,7 +325,7 @@ def main() -> None:
             took = build_initpy(vmlinuz, modules, outdir, ns.hooks)
             print(f"mkinitrd.py: {took:.1f} s")
         initrd = outdir / "buildos-initrd"
-        args = full_boot_args(work)
+        args = full_boot_args(work, SYSTEMD_STANDIN if ns.first_boot else GUEST_PATH)
         print(
             f"kernel {vmlinuz}\nVM: -accel {os.environ.get('INITPY_QEMU_ACCEL', 'tcg')}, "
             f"-m {args.memory}, append {' '.join(args.append)} quiet printk.devkmsg=on; "
@@ -332,16 +348,33 @@ def main() -> None:
         # The two kinds take turns, so that both see the same load on the host.
         ours: list[Boot] = []
         theirs: list[Boot] = []
+        firsts: list[Boot] = []
         with contextlib.nullcontext() if ns.shared else holding_both_slots():
             for i in range(ns.runs):
                 # Fresh disks for every boot, so that every boot does the same work.
                 (work / f"i{i}").mkdir()
                 (work / f"b{i}").mkdir()
+                exec_path = SYSTEMD_STANDIN if ns.first_boot else GUEST_PATH
                 ours.append(
                     boot_once(
-                        vmlinuz, initrd, full_boot_args(work / f"i{i}"), f"bench-initpy-{i}", True
+                        vmlinuz,
+                        initrd,
+                        full_boot_args(work / f"i{i}", exec_path),
+                        f"bench-initpy-{i}",
+                        True,
                     )
                 )
+                if ns.first_boot:
+                    (work / f"f{i}").mkdir()
+                    firsts.append(
+                        boot_once(
+                            vmlinuz,
+                            initrd,
+                            full_boot_args(work / f"f{i}", exec_path, host_keys=False),
+                            f"bench-first-{i}",
+                            True,
+                        )
+                    )
                 if not ns.no_baseline:
                     theirs.append(
                         boot_once(
@@ -358,15 +391,47 @@ def main() -> None:
     print_table("initpy", ours)
     if theirs:
         print_table("busybox", theirs)
+    if firsts:
+        print_table("first boot", firsts)
     print()
-    print("initpy per state, ms (median of runs):")
-    for state in ours[0].states:
-        runs = [b.states.get(state) for b in ours]
-        known = [r for r in runs if r is not None]
-        print(
-            f"  {state:<20}{statistics.median(known) if known else '-':>8}   "
-            f"runs: {' '.join(str(r) for r in runs)}"
-        )
+    if theirs:
+        # Acceptance 1 of issue 13: the hand-off's uptime, initpy over busybox.
+        ratios = [
+            a.to_handoff / b.to_handoff
+            for a, b in zip(ours, theirs, strict=True)
+            if a.to_handoff is not None and b.to_handoff
+        ]
+        mine, base = median([b.to_handoff for b in ours]), median([b.to_handoff for b in theirs])
+        if ratios and mine is not None and base:
+            print(
+                f"hand-off uptime, initpy/busybox: median of per-round ratios "
+                f"{statistics.median(ratios):.2f} (rounds: {' '.join(f'{r:.2f}' for r in ratios)});"
+                f" ratio of medians {mine / base:.2f}"
+            )
+    if firsts:
+        # Acceptance 2: a first boot on a blank state disk against a usual one.
+        gaps = [
+            f.to_handoff - u.to_handoff
+            for f, u in zip(firsts, ours, strict=True)
+            if f.to_handoff is not None and u.to_handoff is not None
+        ]
+        if gaps:
+            print(
+                f"first boot - usual boot, hand-off: median {statistics.median(gaps):+.2f} s "
+                f"(rounds: {' '.join(f'{g:+.2f}' for g in gaps)})"
+            )
+    for label, boots in (("initpy", ours), ("first boot", firsts)):
+        if not boots:
+            continue
+        print()
+        print(f"{label} per state, ms (median of runs):")
+        for state in boots[0].states:
+            runs = [b.states.get(state) for b in boots]
+            known = [r for r in runs if r is not None]
+            print(
+                f"  {state:<20}{statistics.median(known) if known else '-':>8}   "
+                f"runs: {' '.join(str(r) for r in runs)}"
+            )
 
 
 if __name__ == "__main__":

@@ -24,12 +24,11 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
-import posixpath
 import sys
 
 from initpy.runtime import cmdline, etc, layout
 from initpy.runtime.cmdline import BadValue, Parameter
-from initpy.runtime.driver import DEFAULT_EXEC, EXEC
+from initpy.runtime.driver import handoff_to_systemd
 from initpy.runtime.hook import BootContext, Hook, State
 
 UNIT_DIR = "/etc/systemd/system"
@@ -120,26 +119,6 @@ Type=oneshot
 ExecStartPre=-/bin/cat {REBOOT_REQUEST}
 ExecStart=/bin/systemctl reboot
 """
-
-
-def handoff_to_systemd(ctx: BootContext) -> tuple[bool, str]:
-    """Whether the hand-off will exec systemd (as the driver chooses), and what it execs."""
-    k = ctx.kernel
-    chosen = ctx.value(EXEC)
-    candidates = (chosen,) if chosen else DEFAULT_EXEC
-    target = next((p for p in candidates if k.exists(p)), None)
-    if target is None:
-        return False, "nothing to hand off to"
-    path = target
-    for _ in range(8):  # /sbin/init -> /lib/systemd/systemd
-        if posixpath.basename(path) == "systemd":
-            return True, target
-        try:
-            link = k.readlink(path)
-        except OSError:
-            break
-        path = posixpath.normpath(posixpath.join(posixpath.dirname(path), link))
-    return False, target
 
 
 def install_monitor(ctx: BootContext) -> str:

@@ -301,6 +301,39 @@ def ssh_key(ctx: BootContext) -> str:
     return f"{key.split()[0]} key added for root ({len(present)} in authorized_keys)"
 
 
+def mail_rescue(ctx: BootContext) -> None:
+    """At a rescue after the network is up: mail the report to the admin through the relay.
+
+    A headless host says why it stopped. There is no postfix yet, so the
+    init speaks SMTP itself (initpy.runtime.mail), bounded to 10 s in all;
+    whatever goes wrong is one console line, and the rescue goes on.
+    """
+    if Milestone.NETWORK not in ctx.reached:
+        return
+    relay, admin = ctx.value(SMTP_RELAY), ctx.value(ADMIN_EMAIL)
+    if relay is None or admin is None:
+        ctx.say("rescue: the report is not mailed: set buildos.smtp_relay and buildos.admin_email")
+        return
+    import smtplib  # smtplib and email: only a rescue needs them, not every boot
+
+    from initpy.runtime import mail
+
+    host = mail.hostname(ctx.kernel)
+    port = relay.port or mail.SMTP_PORT
+    ctx.say(f"rescue: mailing the report to {admin} through {relay}")
+    start = ctx.kernel.monotonic()
+    try:
+        message = mail.rescue_message(ctx.report, host, admin)
+        mail.send(ctx.kernel, relay.host, port, message, host)
+    except (OSError, smtplib.SMTPException) as exc:
+        ctx.say(
+            f"rescue: cannot mail the report through {relay}: {type(exc).__name__}: {exc} "
+            f"(after {ctx.kernel.monotonic() - start:.1f} s)"
+        )
+        return
+    ctx.say(f"rescue: report mailed to {admin} ({ctx.kernel.monotonic() - start:.1f} s)")
+
+
 HOOK = Hook(
     name="services",
     description="postfix relay and root's mail; root's SSH key; the buildos environment file",
@@ -315,4 +348,5 @@ HOOK = Hook(
         State("ssh_key", ssh_key, "add buildos.ssh_key to root's authorized_keys; no passwords"),
     ),
     parameters=(SMTP_RELAY, ADMIN_EMAIL, BUILDID_URL, SSH_KEY),
+    on_rescue=(mail_rescue,),
 )

@@ -30,7 +30,15 @@ from typing import Any
 
 from initpy.runtime import cmdline
 from initpy.runtime.cmdline import BadValue, Parameter
-from initpy.runtime.hook import BootContext, BootFailure, Fact, Hook, Milestone, State
+from initpy.runtime.hook import (
+    DRIVERLESS,
+    BootContext,
+    BootFailure,
+    Fact,
+    Hook,
+    Milestone,
+    State,
+)
 from initpy.runtime.layout import DEFAULT_PATH
 from initpy.runtime.report import printable
 from initpy.runtime.run import run
@@ -153,13 +161,17 @@ def find_nics(ctx: BootContext) -> str:
                 break
             nl.wait_link_change(remaining)
         if not ethernet:
+            explain = ctx.get(DRIVERLESS, None)
+            missing = explain("network") if explain is not None else ""
             raise BootFailure(
                 "no Ethernet interface found ("
                 + ("; ".join(skipped) if skipped else "/sys/class/net is empty")
-                + ")",
+                + ")"
+                + (f"; {missing}" if missing else ""),
                 "the NIC's driver is missing from the initrd or failed to load (see the "
-                "load_modules lines); rebuild the initrd with its module, e.g. a hook that "
-                "declares it, then exit this shell to reboot",
+                "load_modules lines); rebuild the initrd with its module (mkinitrd.py "
+                "--driver NAME, or the default --drivers generic), then exit this shell to "
+                "reboot",
             )
         links, waited = wait_for_carrier(
             nl, ethernet, max(0.0, deadline - k.monotonic()), k.monotonic
@@ -590,6 +602,8 @@ HOOK = Hook(
         ),
     ),
     binaries=("nft",),
-    modules=("virtio_pci", "virtio_net", "bridge", "nf_tables", "nft_chain_nat", "nft_masq"),
+    # NIC drivers come from the devices' modaliases (hooks/modules); these are
+    # the features the network states use, loaded at every boot.
+    modules=("bridge", "nf_tables", "nft_chain_nat", "nft_masq"),
     parameters=PARAMETERS,
 )

@@ -25,7 +25,15 @@ from dataclasses import dataclass
 
 from initpy.runtime import cmdline, etc, layout
 from initpy.runtime.cmdline import Parameter
-from initpy.runtime.hook import BootContext, BootFailure, Fact, Hook, Milestone, State
+from initpy.runtime.hook import (
+    DRIVERLESS,
+    BootContext,
+    BootFailure,
+    Fact,
+    Hook,
+    Milestone,
+    State,
+)
 from initpy.runtime.report import one_line, printable
 
 from .blockdev import BlockDevice, listing, wait_for_devices
@@ -177,7 +185,9 @@ LABELLING_FIX = (
 )
 
 
-def plan_storage(devices: tuple[BlockDevice, ...], waited: float) -> StoragePlan:
+def plan_storage(
+    devices: tuple[BlockDevice, ...], waited: float, driverless: str = ""
+) -> StoragePlan:
     """Check the disks against the spec's rules; every problem at once, or the plan."""
     problems: list[str] = []
     fixes: list[str] = []
@@ -280,6 +290,8 @@ def plan_storage(devices: tuple[BlockDevice, ...], waited: float) -> StoragePlan
             "  (none: no block device appeared; is the disk driver in the initrd? "
             "virtio_blk, sd_mod, nvme ...)"
         )
+        if missing and driverless:
+            lines += "\n" + driverless
         raise BootFailure(
             "; ".join(problems) + f".\nDisks found (after waiting {waited:.1f} s):\n" + lines,
             "\n".join(fixes),
@@ -305,7 +317,10 @@ def find_disks(ctx: BootContext) -> str:
     if waited.polled:
         ctx.warn("find_disks: no uevent socket; polled /sys/class/block instead")
     ctx.report.extra["disks"] = listing(waited.devices)
-    plan = plan_storage(waited.devices, waited.seconds)
+    explain = ctx.get(DRIVERLESS, None)
+    satisfied = required_present(list(waited.devices))
+    missing = explain("storage") if explain is not None and not satisfied else ""
+    plan = plan_storage(waited.devices, waited.seconds, missing)
     ctx.put(PLAN, plan)
     machines = "; ".join(f"{m.target} <- {m.filesystem.paths}" for m in plan.machines)
     return (
@@ -397,6 +412,9 @@ HOOK = Hook(
             provides=(Milestone.MACHINES,),
         ),
     ),
-    modules=("virtio_blk", "virtio_scsi", "sd_mod", "btrfs"),
+    # Disk drivers come from the devices' modaliases (hooks/modules); these are
+    # the filesystems: ext4 for /state (built into the cloud kernel, a module
+    # of the generic one), btrfs for the machines disks.
+    modules=("ext4", "btrfs"),
     parameters=(DISKS_TIMEOUT,),
 )

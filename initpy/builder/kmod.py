@@ -1,12 +1,25 @@
 """Kernel modules for the initrd: choose, order, stage and index them.
 
-Owned by the builder (mkinitrd); at boot, hooks/modules.py reads the list
-written here. From a `lib/modules/<version>` folder it takes the modules
-the hooks ask for, adds their dependencies (modules.dep, which depmod
-writes transitively) and their `softdep ... pre:` modules, notes the ones
-that are built into the kernel (not an error), and fails on an unknown one,
-naming the hook that wanted it. Names match as the kernel does: `-` and `_`
-are the same, and an exact alias from modules.alias (e.g. `crc32c`) counts.
+Owned by the builder (mkinitrd); at boot, hooks/modules/ reads what is
+written here (the manifest's module list and the modalias index). From a
+`lib/modules/<version>` folder it takes
+
+- the modules the hooks name (btrfs, bridge, nf_tables...: loaded at every
+  boot), failing on an unknown one with the hook that wanted it;
+- the drivers (`--drivers`): `generic`, every driver a build host may
+  boot from or network through, chosen by where the module lives in the
+  kernel tree (`RULES`); `host`, of those the ones the build machine's own
+  devices ask for (their modaliases) or that it has loaded; `none`; plus
+  `--driver NAME`s. At boot a driver loads only when a device asks for it;
+
+adds their dependencies (modules.dep, which depmod writes transitively)
+and their `softdep ... pre:` modules, and notes the ones built into the
+kernel (not an error). Names match as the kernel does: `-` and `_` are the
+same, and an exact alias from modules.alias (e.g. `crc32c`) counts. The
+firmware files the packed modules declare (`.modinfo` `firmware=`) are
+packed when the build machine has them. `alias_index()` writes the boot's
+modalias index (initpy.runtime.layout.AliasIndex) for exactly the packed
+modules and the built-in ones.
 
 `.ko.xz` and `.ko.zst` are decompressed at build time and shipped as plain
 `.ko`: Debian's 6.1 cloud kernel is built without CONFIG_MODULE_DECOMPRESS,
@@ -24,23 +37,101 @@ from __future__ import annotations
 import lzma
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+import struct
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from initpy.builder.command import BuildError, run
-from initpy.runtime.layout import PackedModule
+from initpy.runtime.layout import AliasIndex, PackedModule
 
 INDEX_FILES_COPIED = ("modules.builtin", "modules.builtin.modinfo", "modules.order")
+COMPRESSED_SUFFIXES = (".ko.xz", ".ko.zst", ".ko.gz", ".ko")
 
 
 class ModuleError(BuildError):
     """A module cannot be provided; the message names it, the hook and the fix."""
 
 
+class Drivers(StrEnum):
+    """mkinitrd --drivers: which device drivers the initrd packs."""
+
+    GENERIC = "generic"
+    HOST = "host"
+    NONE = "none"
+
+
+# (kernel-tree path prefix, why): a module whose path starts with a prefix is
+# in the generic set, unless an EXCLUDE prefix matches.
+RULES: tuple[tuple[str, str], ...] = (
+    ("kernel/drivers/net/ethernet/", "Ethernet NIC"),
+    ("kernel/drivers/net/phy/", "Ethernet PHY"),
+    ("kernel/drivers/net/mdio/", "Ethernet PHY bus"),
+    ("kernel/drivers/net/virtio_net.ko", "virtio NIC"),
+    ("kernel/drivers/net/vmxnet3/", "VMware NIC"),
+    ("kernel/drivers/net/hyperv/", "Hyper-V NIC"),
+    ("kernel/drivers/net/xen-netfront.ko", "Xen NIC"),
+    ("kernel/drivers/net/usb/r8152.ko", "USB Ethernet"),
+    ("kernel/drivers/net/usb/ax88179_178a.ko", "USB Ethernet"),
+    ("kernel/drivers/net/usb/asix.ko", "USB Ethernet"),
+    ("kernel/drivers/net/usb/cdc_ether.ko", "USB Ethernet"),
+    ("kernel/drivers/net/usb/cdc_ncm.ko", "USB Ethernet"),
+    ("kernel/drivers/net/usb/smsc95xx.ko", "USB Ethernet"),
+    ("kernel/drivers/net/usb/lan78xx.ko", "USB Ethernet"),
+    ("kernel/drivers/net/usb/aqc111.ko", "USB Ethernet"),
+    ("kernel/drivers/ata/", "SATA/PATA controller"),
+    ("kernel/drivers/nvme/host/nvme.ko", "NVMe controller"),
+    ("kernel/drivers/scsi/", "SCSI/SAS/RAID HBA"),
+    ("kernel/drivers/message/fusion/", "LSI Fusion SAS/SPI HBA"),
+    ("kernel/drivers/usb/host/", "USB host controller"),
+    ("kernel/drivers/usb/storage/", "USB storage"),
+    ("kernel/drivers/block/virtio_blk.ko", "virtio disk"),
+    ("kernel/drivers/block/xen-blkfront.ko", "Xen disk"),
+    ("kernel/drivers/virtio/virtio_pci.ko", "virtio PCI transport"),
+    ("kernel/drivers/hv/hv_vmbus.ko", "Hyper-V bus"),
+)
+EXCLUDE: tuple[str, ...] = (
+    "kernel/drivers/ata/pata_pcmcia.ko",
+    "kernel/drivers/scsi/pcmcia/",
+    # SAN and offload (Fibre Channel, FCoE, iSCSI): not how a build host boots;
+    # lpfc and qla2xxx alone are about 3 MB.
+    "kernel/drivers/scsi/lpfc/",
+    "kernel/drivers/scsi/qla2xxx/",
+    "kernel/drivers/scsi/qla4xxx/",
+    "kernel/drivers/scsi/bfa/",
+    "kernel/drivers/scsi/csiostor/",
+    "kernel/drivers/scsi/fcoe/",
+    "kernel/drivers/scsi/fnic/",
+    "kernel/drivers/scsi/bnx2fc/",
+    "kernel/drivers/scsi/qedf/",
+    "kernel/drivers/scsi/libfc/",
+    "kernel/drivers/scsi/bnx2i/",
+    "kernel/drivers/scsi/qedi/",
+    "kernel/drivers/scsi/be2iscsi/",
+    "kernel/drivers/scsi/cxgbi/",
+    "kernel/drivers/scsi/iscsi_",
+    "kernel/drivers/scsi/libiscsi",
+    "kernel/drivers/scsi/scsi_transport_iscsi.ko",
+    "kernel/drivers/scsi/scsi_transport_fc.ko",
+    "kernel/drivers/scsi/snic/",
+    # SCSI upper-level drivers other than disks
+    "kernel/drivers/scsi/st.ko",
+    "kernel/drivers/scsi/ch.ko",
+    "kernel/drivers/scsi/sr_mod.ko",
+    "kernel/drivers/scsi/sg.ko",
+    "kernel/drivers/scsi/ses.ko",
+    "kernel/drivers/scsi/scsi_debug.ko",
+    # the USB debug-capability driver living under usb/host
+    "kernel/drivers/usb/host/xhci-dbc",
+)
+# A SCSI host driver (ahci, usb-storage, an HBA) finds disks that only this reads.
+SCSI_DISK = "sd_mod"
+
+
 def canonical(name: str) -> str:
     """The kernel's module name: file stem, with `-` as `_`."""
     base = os.path.basename(name)
-    for suffix in (".ko.xz", ".ko.zst", ".ko.gz", ".ko"):
+    for suffix in COMPRESSED_SUFFIXES:
         if base.endswith(suffix):
             base = base[: -len(suffix)]
             break
@@ -60,6 +151,8 @@ class Module:
     name: str
     relpath: str  # as in the source tree (maybe compressed)
     deps: tuple[str, ...]  # module names that must be loaded first
+    optional: tuple[str, ...] = ()  # of deps, the softdep pre: ones
+    hooks: tuple[str, ...] = ()  # the hooks that named it; () for a driver
 
 
 @dataclass
@@ -72,7 +165,9 @@ class ModuleTree:
     deps: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> dep names
     softdeps_pre: dict[str, tuple[str, ...]] = field(default_factory=dict)
     builtin: set[str] = field(default_factory=set)
-    aliases: dict[str, str] = field(default_factory=dict)  # exact alias -> module name
+    aliases: dict[str, list[str]] = field(default_factory=dict)  # exact alias -> modules
+    # Every alias glob of modules.alias and of the built-in modules' modinfo.
+    globs: list[tuple[str, str]] = field(default_factory=list)  # (glob, module)
 
     @classmethod
     def load(cls, top: str) -> ModuleTree:
@@ -102,19 +197,38 @@ class ModuleTree:
             with open(alias_file) as f:
                 for line in f:
                     words = line.split()
-                    if (
-                        len(words) == 3
-                        and words[0] == "alias"
-                        and not any(c in words[1] for c in "*?[")
-                    ):
-                        tree.aliases.setdefault(words[1].replace("-", "_"), canonical(words[2]))
+                    if len(words) != 3 or words[0] != "alias":
+                        continue
+                    module = canonical(words[2])
+                    tree.globs.append((words[1], module))
+                    if not any(c in words[1] for c in "*?["):
+                        tree.aliases.setdefault(words[1].replace("-", "_"), []).append(module)
+        modinfo = os.path.join(top, "modules.builtin.modinfo")
+        if os.path.exists(modinfo):
+            with open(modinfo, "rb") as f:
+                for entry in f.read().split(b"\0"):
+                    key, _, value = entry.decode(errors="replace").partition("=")
+                    module, _, what = key.partition(".")
+                    if what == "alias" and value:
+                        tree.globs.append((value, canonical(module)))
         return tree
 
     def lookup(self, wanted: str) -> str | None:
+        """A module name, or the first module of an exact alias (`crc32c`)."""
+        found = self.lookup_all(wanted)
+        return found[0] if found else None
+
+    def lookup_all(self, wanted: str) -> list[str]:
+        """Every module a name or exact alias stands for, as modprobe loads them all:
+        `crc32c` is crc32c_generic and crc32c_intel (which refuses a CPU without SSE4.2)."""
         name = canonical(wanted)
         if name in self.paths or name in self.builtin:
-            return name
-        return self.aliases.get(name)
+            return [name]
+        return list(self.aliases.get(name, ()))
+
+    def full_index(self) -> AliasIndex:
+        """Every alias of the kernel, for choosing the build machine's drivers."""
+        return AliasIndex.build(self.version, self.globs, self.builtin)
 
 
 def _softdeps(path: str) -> dict[str, tuple[str, ...]]:
@@ -134,8 +248,115 @@ def _softdeps(path: str) -> dict[str, tuple[str, ...]]:
                 elif mode == "pre":
                     pre.append(canonical(word))
             if pre:
-                found[canonical(words[1])] = tuple(pre)
+                key = canonical(words[1])
+                found[key] = found.get(key, ()) + tuple(pre)
     return found
+
+
+# -- which drivers -------------------------------------------------------------------
+
+
+def generic_drivers(tree: ModuleTree) -> dict[str, str]:
+    """Module -> why it is in the generic set (the rule its path matched)."""
+    chosen: dict[str, str] = {}
+    for name, path in sorted(tree.paths.items()):
+        if any(path.startswith(prefix) for prefix in EXCLUDE) or name.endswith("_cs"):
+            continue  # _cs: PCMCIA cards
+        for prefix, why in RULES:
+            if path.startswith(prefix):
+                chosen[name] = why
+                break
+    if SCSI_DISK in tree.paths:
+        chosen[SCSI_DISK] = "SCSI disk"
+    return chosen
+
+
+def read_modalias(device_dir: str) -> str | None:
+    """A device's modalias: its `modalias` file, else MODALIAS= in `uevent`."""
+    try:
+        with open(os.path.join(device_dir, "modalias")) as f:
+            return f.read().strip() or None
+    except OSError:
+        pass
+    try:
+        with open(os.path.join(device_dir, "uevent")) as f:
+            for line in f:
+                if line.startswith("MODALIAS="):
+                    return line[9:].strip() or None
+    except OSError:
+        pass
+    return None
+
+
+def host_modaliases(sys_root: str = "/sys") -> list[tuple[str, str]]:
+    """(bus/device, modalias) of every device of the build machine."""
+    found = []
+    bus_root = os.path.join(sys_root, "bus")
+    for bus in sorted(os.listdir(bus_root)) if os.path.isdir(bus_root) else []:
+        folder = os.path.join(bus_root, bus, "devices")
+        for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            modalias = read_modalias(os.path.join(folder, name))
+            if modalias:
+                found.append((f"{bus}/{name}", modalias))
+    return found
+
+
+def loaded_modules(proc_modules: str = "/proc/modules") -> list[str]:
+    try:
+        with open(proc_modules) as f:
+            return [line.split()[0] for line in f if line.strip()]
+    except OSError:
+        return []
+
+
+def host_drivers(
+    tree: ModuleTree,
+    devices: Iterable[tuple[str, str]],
+    loaded: Iterable[str] = (),
+) -> dict[str, str]:
+    """Of the generic set, the drivers these devices ask for or that are loaded."""
+    candidates = generic_drivers(tree)
+    index = tree.full_index()
+    chosen: dict[str, str] = {}
+    for where, modalias in devices:
+        for module in index.modules_for(modalias):
+            if module in candidates:
+                chosen.setdefault(module, f"{candidates[module]} for {where}")
+    for name in loaded:
+        name = canonical(name)
+        if name in candidates:
+            chosen.setdefault(name, f"{candidates[name]}, loaded on the build machine")
+    return chosen
+
+
+def choose_drivers(
+    tree: ModuleTree,
+    mode: Drivers,
+    extra: Sequence[str] = (),
+    sys_root: str = "/sys",
+    proc_modules: str = "/proc/modules",
+) -> dict[str, str]:
+    """Driver -> why, for --drivers MODE plus --driver EXTRA names."""
+    if mode == Drivers.GENERIC:
+        chosen = generic_drivers(tree)
+    elif mode == Drivers.HOST:
+        chosen = host_drivers(tree, host_modaliases(sys_root), loaded_modules(proc_modules))
+    else:
+        chosen = {}
+    for word in extra:
+        name = tree.lookup(word)
+        if name is None:
+            raise ModuleError(
+                f"--driver {word}: no such module in {tree.top}/modules.dep, and not built "
+                f"into kernel {tree.version}",
+                f"find the driver for a device with `modprobe -S {tree.version} -R MODALIAS` "
+                "on a machine with this kernel",
+            )
+        chosen.setdefault(name, "--driver")
+    return chosen
+
+
+# -- the selection -------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -144,24 +365,45 @@ class Selection:
 
     modules: tuple[Module, ...]
     builtin: tuple[str, ...]
+    drivers: dict[str, str] = field(default_factory=dict)  # driver -> why
 
     def packed(self) -> tuple[PackedModule, ...]:
         """The modules as the manifest lists them for PID 1, in load order."""
         return tuple(
-            PackedModule(m.name, plain_path(m.relpath), tuple(m.deps)) for m in self.modules
+            PackedModule(m.name, plain_path(m.relpath), m.deps, m.optional, m.hooks)
+            for m in self.modules
         )
 
+    def names(self) -> list[str]:
+        return [m.name for m in self.modules]
 
-def select(tree: ModuleTree, wanted: Mapping[str, Sequence[str]]) -> Selection:
-    """`wanted`: module name -> the hooks asking for it."""
+
+def select(
+    tree: ModuleTree,
+    wanted: Mapping[str, Sequence[str]],
+    drivers: Mapping[str, str] | None = None,
+) -> Selection:
+    """`wanted`: module name -> the hooks naming it; `drivers`: driver -> why."""
     builtin: dict[str, None] = {}
     order: list[str] = []
     state: dict[str, str] = {}  # name -> "visiting" | "done"
 
+    def soft(name: str) -> list[str]:
+        # The softdeps, and the crypto drivers of a library that wraps one
+        # (crc64_rocksoft asks the crypto API for crc64-rocksoft, which only
+        # crc64_rocksoft_generic provides, through request_module at init).
+        words = [*tree.softdeps_pre.get(name, ()), f"crypto-{name}"]
+        found = []
+        for word in words:
+            for pre in tree.lookup_all(word):
+                if pre in tree.paths and pre != name and pre not in found:
+                    found.append(pre)
+        return found
+
     def needs(name: str) -> list[str]:
         # softdep pre: modules that exist; modules.dep lists real ones.
-        pre = [p for p in tree.softdeps_pre.get(name, ()) if p in tree.paths and p != name]
-        return [*pre, *tree.deps.get(name, ())]
+        hard = [d for d in tree.deps.get(name, ()) if d in tree.paths]
+        return list(dict.fromkeys([*soft(name), *hard]))
 
     def visit(name: str) -> None:
         if state.get(name) == "done":
@@ -170,11 +412,11 @@ def select(tree: ModuleTree, wanted: Mapping[str, Sequence[str]]) -> Selection:
             return
         state[name] = "visiting"
         for dep in needs(name):
-            if dep in tree.paths:
-                visit(dep)
+            visit(dep)
         state[name] = "done"
         order.append(name)
 
+    named: dict[str, list[str]] = {}
     for wanted_name, hooks in wanted.items():
         name = tree.lookup(wanted_name)
         if name is None:
@@ -186,11 +428,104 @@ def select(tree: ModuleTree, wanted: Mapping[str, Sequence[str]]) -> Selection:
         if name not in tree.paths:
             builtin[name] = None
             continue
+        named.setdefault(name, []).extend(h for h in hooks if h not in named.get(name, []))
         visit(name)
+    chosen = dict(drivers or {})
+    for name in sorted(chosen):
+        if name in tree.paths:
+            visit(name)
+    if any(n in state for n in ("scsi_mod", "libata")) and SCSI_DISK in tree.paths:
+        chosen.setdefault(SCSI_DISK, "SCSI disk, for the SCSI host drivers")
+        visit(SCSI_DISK)
     modules = tuple(
-        Module(n, tree.paths[n], tuple(d for d in needs(n) if d in tree.paths)) for n in order
+        Module(
+            n,
+            tree.paths[n],
+            tuple(needs(n)),
+            tuple(p for p in soft(n) if p not in tree.deps.get(n, ())),
+            tuple(named.get(n, ())),
+        )
+        for n in order
     )
-    return Selection(modules, tuple(builtin))
+    return Selection(modules, tuple(builtin), {n: w for n, w in chosen.items() if n in state})
+
+
+def alias_index(tree: ModuleTree, selection: Selection) -> AliasIndex:
+    """The boot's index: the aliases of the packed modules and of the built-in ones."""
+    packed = set(selection.names())
+    return AliasIndex.build(
+        tree.version,
+        ((g, m) for g, m in tree.globs if m in packed or m in tree.builtin),
+        tree.builtin,
+    )
+
+
+# -- firmware --------------------------------------------------------------------------
+
+
+def module_bytes(path: str) -> bytes:
+    if path.endswith(".xz"):
+        with lzma.open(path) as f:
+            return f.read()
+    if path.endswith(".zst"):
+        return run(["zstd", "-q", "-d", "-c", path])
+    if path.endswith(".gz"):
+        import gzip
+
+        with gzip.open(path) as f:
+            return f.read()
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def modinfo(elf: bytes, key: str) -> list[str]:
+    """Values of `key=` in an ELF64 module's .modinfo section (`modinfo -F key`)."""
+    if elf[:4] != b"\x7fELF" or elf[4] != 2:
+        return []
+    (shoff,) = struct.unpack_from("<Q", elf, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", elf, 0x3A)
+
+    def section(i: int) -> tuple[int, int, int]:
+        base = shoff + i * shentsize
+        (name,) = struct.unpack_from("<I", elf, base)
+        offset, size = struct.unpack_from("<QQ", elf, base + 0x18)
+        return name, offset, size
+
+    _, names, _ = section(shstrndx)
+    prefix = key.encode() + b"="
+    for i in range(shnum):
+        name, offset, size = section(i)
+        end = elf.index(b"\0", names + name)
+        if elf[names + name : end] == b".modinfo":
+            return [
+                e[len(prefix) :].decode(errors="replace")
+                for e in elf[offset : offset + size].split(b"\0")
+                if e.startswith(prefix)
+            ]
+    return []
+
+
+@dataclass(frozen=True)
+class Firmware:
+    """The firmware files the packed modules declare: found (name -> host file), missing."""
+
+    present: dict[str, str]
+    missing: dict[str, str]  # firmware name -> the module that declares it
+
+
+def firmware(tree: ModuleTree, selection: Selection, firmware_dir: str) -> Firmware:
+    present: dict[str, str] = {}
+    missing: dict[str, str] = {}
+    for module in selection.modules:
+        for name in modinfo(module_bytes(os.path.join(tree.top, module.relpath)), "firmware"):
+            for suffix in ("", ".zst", ".xz"):
+                host = os.path.join(firmware_dir, name + suffix)
+                if os.path.isfile(host):
+                    present[name + suffix] = host
+                    break
+            else:
+                missing.setdefault(name, module.name)
+    return Firmware(dict(sorted(present.items())), dict(sorted(missing.items())))
 
 
 def stage(tree: ModuleTree, selection: Selection, root: str) -> str:

@@ -104,6 +104,10 @@ class Options:
     compress_level: int | None = None  # None: the method's default (zstd 19)
     source_date_epoch: int = 0
     no_cache: bool = False  # compress every part again (the freeze cache stays)
+    drivers: kmod.Drivers = kmod.Drivers.GENERIC
+    extra_drivers: tuple[str, ...] = ()  # --driver NAME
+    firmware_dir: str = "/lib/firmware"
+    sys_root: str = "/sys"  # the build machine's devices, for --drivers host
     # The folder whose hooks come first; None for none (tests use their own).
     base_hooks_dir: str | None = field(default_factory=lambda: repo_hooks_dir())
 
@@ -229,7 +233,7 @@ def build(
         _add_busybox(init, fallback)
         lap("binaries")
         module_notes, kernel_version, packed_modules = _add_modules(
-            init, fallback, registry, options.modules, work
+            init, fallback, registry, options, work
         )
         notes += module_notes
         lap("modules")
@@ -244,7 +248,14 @@ def build(
         archives = split_archives(merged, options.source_date_epoch)
         # The build id covers everything but the manifest, which carries it.
         build_id = hashlib.sha256(b"".join(raw for _part, raw in archives)).hexdigest()
-        manifest = layout.Manifest(build_id, tuple(names), kernel_version, packed_modules)
+        manifest = layout.Manifest(
+            build_id,
+            tuple(names),
+            kernel_version,
+            packed_modules,
+            str(options.drivers),
+            options.extra_drivers,
+        )
         archives.append(
             (
                 PART_MANIFEST,
@@ -517,15 +528,19 @@ def _merged(path: str) -> str:
 
 
 def _add_modules(
-    init: Layer, applets: Layer, registry: Registry, modules_dir: str, work: str
+    init: Layer, applets: Layer, registry: Registry, options: Options, work: str
 ) -> tuple[list[str], str, tuple[layout.PackedModule, ...]]:
-    """The modules the hooks want, with their dependencies; (notes, kernel, list)."""
+    """The hooks' modules and the drivers, with their dependencies, the modalias
+    index and the firmware found; (notes, kernel, list)."""
     wanted: dict[str, list[str]] = {}
     for hook in registry.hooks:
         for module in hook.modules:
             wanted.setdefault(module, []).append(hook.name)
-    tree = kmod.ModuleTree.load(modules_dir)
-    selection = kmod.select(tree, wanted)
+    tree = kmod.ModuleTree.load(options.modules)
+    drivers = kmod.choose_drivers(
+        tree, kmod.Drivers(options.drivers), options.extra_drivers, options.sys_root
+    )
+    selection = kmod.select(tree, wanted, drivers)
     stage_root = os.path.join(work, "modules")
     staged = kmod.stage(tree, selection, stage_root)
     rel = os.path.relpath(staged, stage_root)
@@ -537,10 +552,24 @@ def _add_modules(
             applets.add(entry, PART_MODULES)
         else:
             init.add(entry, PART_MODULES)
+    index = kmod.alias_index(tree, selection)
+    init.add(cpio.regular(layout.MODALIAS_INDEX.lstrip("/"), data=index.to_json()), PART_MODULES)
+    found = kmod.firmware(tree, selection, options.firmware_dir)
+    for name, host in found.present.items():
+        path = posixpath.join(_merged(layout.FIRMWARE_ROOT.lstrip("/")), name)
+        init.add(cpio.regular(path, source=host, perm=0o644), PART_MODULES)
     notes = [
         f"module {name} is built into kernel {tree.version}; nothing to load"
         for name in selection.builtin
     ]
+    named = sum(1 for m in selection.modules if m.hooks)
+    notes.append(
+        f"drivers {options.drivers}"
+        + (f" + {', '.join(options.extra_drivers)}" if options.extra_drivers else "")
+        + f": {len(selection.drivers)} drivers, {len(selection.modules)} modules with "
+        f"dependencies ({named} named by hooks); firmware: {len(found.present)} file(s) "
+        f"packed, {len(found.missing)} declared but not in {options.firmware_dir}"
+    )
     return notes, tree.version, selection.packed()
 
 
@@ -662,6 +691,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="another hooks folder, after the repository's hooks/",
     )
     parser.add_argument(
+        "--drivers",
+        choices=[d.value for d in kmod.Drivers],
+        default=kmod.Drivers.GENERIC.value,
+        help="device drivers to pack: generic (NICs and storage controllers a build host "
+        "may have), host (those this machine's devices use), none (default: generic)",
+    )
+    parser.add_argument(
+        "--driver",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another driver module to pack (repeatable), e.g. one that "
+        "`modprobe -R MODALIAS` names for a device",
+    )
+    parser.add_argument(
+        "--firmware-dir",
+        default="/lib/firmware",
+        metavar="DIR",
+        help="where the firmware the packed drivers declare is looked for (default "
+        "/lib/firmware); files found are packed",
+    )
+    parser.add_argument(
         "--compress",
         default="zstd",
         metavar="METHOD[:LEVEL]",
@@ -694,6 +745,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         compress_level=level,
         source_date_epoch=int(epoch),
         no_cache=ns.no_cache,
+        drivers=kmod.Drivers(ns.drivers),
+        extra_drivers=tuple(ns.driver),
+        firmware_dir=ns.firmware_dir,
     )
 
     def say(message: str) -> None:

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import os
 import signal
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn, TypeVar, cast
@@ -22,6 +23,7 @@ from hooks.storage.blockdev import NETLINK_KOBJECT_UEVENT, Uevent, uevent_messag
 from initpy.devtools.fake_network import FakeNetlink
 from initpy.runtime.driver import Halted
 from initpy.runtime.kernel import (
+    DAEMON_NICE,
     BatchReader,
     Completed,
     Kernel,
@@ -170,6 +172,8 @@ class FakeKernel(Kernel):
     # daemons the boot forked (the DHCP renewer), by name, not run.
     network: FakeNetlink = field(default_factory=FakeNetlink.qemu_user)
     daemons: dict[str, Callable[[], None]] = field(default_factory=dict)
+    # the joinable ones not yet joined, by pid: join_daemon runs them
+    joinable: dict[int, Callable[[], None]] = field(default_factory=dict)
     # Storage: uevents delivered one step per receive (see ScriptedUevents);
     # failures={"uevents": {"netlink": errno}} makes the socket unavailable.
     uevent_script: list[UeventStep] = field(default_factory=list)
@@ -183,6 +187,14 @@ class FakeKernel(Kernel):
     flood_until: float = 600.0
     # What take_signals installed: `deliver(signo)` runs it as the kernel would.
     signal_table: dict[int, SignalHandler] = field(default_factory=dict)
+    # TCP: "host:port" the boot connects to -> the real (address, port) the
+    # fake connects to instead (a test's SMTP sink on 127.0.0.1); any other
+    # is refused, so a walk never reaches a real server.
+    # failures={"connect": {"host:port": errno}} fails one.
+    tcp_routes: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # Threads the boot started (start_thread), by name: recorded, not run;
+    # a test runs one when it wants.
+    threads: dict[str, Callable[[], None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         Kernel.__init__(self)
@@ -457,6 +469,19 @@ class FakeKernel(Kernel):
         self._fail("uevents", "netlink")
         return ScriptedUevents(self.uevent_script, advance)
 
+    def start_thread(self, name: str, target: Callable[[], None]) -> None:
+        self.calls.append(("thread", name))
+        self.threads[name] = target
+
+    def connect_tcp(self, host: str, port: int, timeout: float) -> socket.socket:
+        key = f"{host}:{port}"
+        self.calls.append(("connect", key, timeout))
+        self._fail("connect", key)
+        route = self.tcp_routes.get(key)
+        if route is None:
+            raise ConnectionRefusedError(errno.ECONNREFUSED, f"fake kernel: no route to {key}")
+        return socket.create_connection(route, timeout=timeout)
+
     def library(self, name: str, real: Callable[[], T]) -> T:
         """The scripted stand-in: "rtnetlink" is `self.network`, bound to this clock."""
         if name == "rtnetlink":
@@ -513,11 +538,30 @@ class FakeKernel(Kernel):
 
     # -- network: netlink and the lease renewer (hooks/network.py) ----------
 
-    def spawn_daemon(self, name: str, target: Callable[[], None]) -> int:
-        """Recorded, not run: the daemon would run forever."""
+    def spawn_daemon(
+        self,
+        name: str,
+        target: Callable[[], None],
+        nice: int = DAEMON_NICE,
+        joinable: bool = False,
+    ) -> int:
+        """Recorded, not run: the daemon would run forever; a joinable one runs when joined."""
         self.calls.append(("spawn_daemon", name))
         self.daemons[name] = target
-        return 4242
+        pid = 4242 + len(self.calls)
+        if joinable:
+            self.joinable[pid] = target
+        return pid
+
+    def join_daemon(self, pid: int) -> int:
+        """Run the joinable daemon's `target` now, in this process, as the fork would have."""
+        self.calls.append(("join_daemon", pid))
+        target = self.joinable.pop(pid)
+        try:
+            target()
+        except Exception:
+            return 1
+        return 0
 
     def syscalls(self, name: str) -> list[tuple[object, ...]]:
         return [c for c in self.calls if c[0] == name]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any, NoReturn
 
-from initpy.runtime import cmdline, layout
+from initpy.runtime import cmdline, failed_boots, layout
 from initpy.runtime.cmdline import BadValue, Parameter
 from initpy.runtime.hook import (
     CMDLINE,
@@ -112,7 +112,18 @@ DEBUG: Parameter[bool] = Parameter(
     "show tracebacks on the console",
     "initpy.debug",
 )
-CORE_PARAMETERS: tuple[Parameter[Any], ...] = (EXEC, BREAK, RESCUE_POLICY, RESCUE_TIMEOUT, DEBUG)
+MAX_FAILED_BOOTS = failed_boots.MAX_FAILED_BOOTS
+CORE_PARAMETERS: tuple[Parameter[Any], ...] = (
+    EXEC,
+    BREAK,
+    RESCUE_POLICY,
+    RESCUE_TIMEOUT,
+    MAX_FAILED_BOOTS,
+    DEBUG,
+)
+# Failed boots in a row, this one included, once /state is mounted (None:
+# not mounted yet, or the count could not be kept).
+FAILED_BOOTS: Fact[int | None] = Fact("failed_boots")
 
 
 class Halted(BaseException):
@@ -230,6 +241,26 @@ def _mounted_targets(k: Kernel) -> set[str]:
     return {line.split()[1] for line in text.splitlines() if len(line.split()) > 1}
 
 
+def handoff_to_systemd(ctx: BootContext) -> tuple[bool, str]:
+    """Whether the hand-off will exec systemd (as the driver chooses), and what it execs."""
+    k = ctx.kernel
+    chosen = ctx.value(EXEC)
+    candidates = (chosen,) if chosen else DEFAULT_EXEC
+    target = next((p for p in candidates if k.exists(p)), None)
+    if target is None:
+        return False, "nothing to hand off to"
+    path = target
+    for _ in range(8):  # /sbin/init -> /lib/systemd/systemd
+        if posixpath.basename(path) == "systemd":
+            return True, target
+        try:
+            link = k.readlink(path)
+        except OSError:
+            break
+        path = posixpath.normpath(posixpath.join(posixpath.dirname(path), link))
+    return False, target
+
+
 class Boot:
     """One boot: drives the registry's states through a `transitions` machine."""
 
@@ -258,6 +289,9 @@ class Boot:
             auto_transitions=False,
             send_event=False,
         )
+        for hook in registry.hooks:
+            for tell in hook.on_rescue:
+                self.ctx.on_rescue(tell)
 
     # -- the states the driver owns -----------------------------------------
 
@@ -300,6 +334,7 @@ class Boot:
         # Exactly the words the kernel gave init (its bare words and those
         # after `--`): what systemd would have received as init.
         argv_tail = list(ctx.kernel.init_args())
+        ctx.exiting()
         errors = []
         for path in candidates:
             if not ctx.kernel.exists(path):
@@ -312,6 +347,9 @@ class Boot:
                 )
                 continue
             self.report.outcome = Outcome.HANDOFF
+            count = ctx.get(FAILED_BOOTS, None)
+            if count is not None:
+                failed_boots.reset(ctx.kernel, self.report)
             self.report.write(_state_mounted(ctx))
             ctx.say(f"{HANDOFF}: exec {path} (uptime {ctx.kernel.uptime():.2f}s)")
             _restore_kmsg_ratelimit(ctx)
@@ -320,6 +358,8 @@ class Boot:
             except OSError as exc:
                 errors.append(f"{path}: {exc.strerror or exc}")
                 self.report.outcome = None
+                if count is not None:
+                    failed_boots.restore(ctx.kernel, self.report, count)
         if target:
             raise BootFailure(
                 "hand-off failed: " + "; ".join(errors),
@@ -369,6 +409,8 @@ class Boot:
         state = self.registry.states.get(name)
         if state is not None:
             self.ctx.reached.update(state.provides)
+            if Milestone.STATE in state.provides:  # failed until the hand-off
+                self.ctx.put(FAILED_BOOTS, failed_boots.count_this_boot(self.kernel, self.report))
         self.kernel.reap_orphans()
 
     def _finish(self, name: str, start: float, result: Result, detail: str | None) -> None:
@@ -424,6 +466,10 @@ class Boot:
             self.trigger("fail")  # type: ignore[attr-defined]
         except Exception:  # already in rescue, or the machine is broken
             pass
+        try:
+            self.ctx.exiting()
+        except BaseException:  # noqa: B036 - a stop that fails must not keep us from rescue
+            pass
         rescue(self.kernel, self.report, self.ctx, reason, fix, exc)
 
 
@@ -446,8 +492,22 @@ def rescue(
             policy = ctx.value(RESCUE_POLICY)
         except Exception:  # a broken config: the default policy stands
             pass
-    _guarded(lambda: _offer_rescue(kernel, report, ctx, reason, fix, exc, policy))
-    halt(kernel, report, RescuePolicy.REBOOT if policy == RescuePolicy.SHELL else policy)
+    guard = failed_boots.decide(None, 0)
+    if ctx is not None:
+        try:
+            guard = failed_boots.decide(ctx.get(FAILED_BOOTS, None), ctx.value(MAX_FAILED_BOOTS))
+        except Exception:  # a broken config: no guard, the policy stands
+            pass
+    # The guard stops a reboot, not a power-off: a host switched off does not loop.
+    stays = guard.stays and policy != RescuePolicy.POWEROFF
+    left = _guarded(lambda: _offer_rescue(kernel, report, ctx, reason, fix, exc, policy, guard))
+    if stays and isinstance(left, _NoShell):
+        halt(kernel, report, RescuePolicy.POWEROFF)  # no shell to stay in: stop, do not loop
+    halt(kernel, report, RescuePolicy.REBOOT if policy == RescuePolicy.SHELL or stays else policy)
+
+
+class _NoShell(Exception):
+    """The rescue shell could not start."""
 
 
 def _offer_rescue(
@@ -458,8 +518,13 @@ def _offer_rescue(
     fix: str,
     exc: BaseException | None,
     policy: RescuePolicy,
+    guard: failed_boots.Guard,
 ) -> None:
-    """The rescue's lines, its report and, by policy, its shell (until it is left)."""
+    """The rescue's lines, its report, the hooks' word and, by policy, its shell.
+
+    The shell runs until it is left; with the loop guard tripped, whatever
+    the policy but poweroff, and with no idle timeout.
+    """
     report.outcome = Outcome.RESCUE
     report.reason = reason
     report.fix = fix or None
@@ -478,9 +543,15 @@ def _offer_rescue(
     if debug and report.traceback:
         for line in report.traceback.rstrip().splitlines():
             kernel.console(printable(line))
+    stays = guard.stays and policy != RescuePolicy.POWEROFF
+    _tell_failed_boots(kernel, report, guard, policy, stays)
     report.write(_state_mounted(ctx) if ctx is not None else False)
-    if policy != RescuePolicy.SHELL:
+    if ctx is not None:
+        ctx.rescuing()
+    if policy != RescuePolicy.SHELL and not stays:
         return
+    if stays:
+        timeout = None  # an idle reboot would be the loop the guard stops
     report.say(
         f"{RESCUE}: starting /bin/sh on the console; the report is /run/initpy/report.json;"
         " leave the shell (exit or Ctrl-D) to reboot"
@@ -490,6 +561,9 @@ def _offer_rescue(
     try:
         result = kernel.run_shell(["/bin/sh"], env, idle_timeout=timeout)
     except OSError as shell_error:
+        if stays:
+            report.say(f"{RESCUE}: cannot start /bin/sh ({shell_error}); powering off")
+            raise _NoShell() from shell_error
         report.say(f"{RESCUE}: cannot start /bin/sh ({shell_error}); rebooting in 30 s")
         kernel.sleep(30)
         return
@@ -497,6 +571,48 @@ def _offer_rescue(
         report.say(f"{RESCUE}: the shell was idle for {timeout:g} s; rebooting")
     else:
         report.say(f"{RESCUE}: shell left with status {result.status}; rebooting")
+
+
+def _tell_failed_boots(
+    kernel: Kernel,
+    report: Report,
+    guard: failed_boots.Guard,
+    policy: RescuePolicy,
+    stays: bool,
+) -> None:
+    """The loop guard's lines: the count, and the history when the host stays."""
+    if guard.count is None:
+        if policy != RescuePolicy.SHELL:
+            report.say(
+                f"{RESCUE}: /state is not mounted, so this failed boot is not counted "
+                "(initpy.max_failed_boots cannot stop a reboot loop before /state)"
+            )
+        return
+    report.extra["failed_boots"] = guard.count
+    if not stays:
+        report.say(
+            f"{RESCUE}: failed boots in a row: {guard.count} (a rescue stays in the shell "
+            f"after {guard.limit}: initpy.max_failed_boots)"
+            if guard.limit
+            else f"{RESCUE}: failed boots in a row: {guard.count}"
+        )
+        return
+    report.extra["stayed"] = True
+    report.say(
+        f"{RESCUE}: {guard.count} boots in a row have failed (more than "
+        f"initpy.max_failed_boots={guard.limit}): staying in rescue instead of "
+        + ("rebooting" if policy == RescuePolicy.REBOOT else "rebooting when idle")
+        + ", so that a broken image cannot reboot the host in a loop"
+    )
+    history = failed_boots.history(kernel, report, guard.count)
+    report.extra["failed_boots_history"] = history
+    for line in history:
+        report.say(f"{RESCUE}: history: {line}")
+    report.say(
+        f"{RESCUE}: fix the image or the host, then leave the shell to reboot; the count "
+        f"goes back to 0 at the next hand-off (rm {failed_boots.COUNT_PATH} gives "
+        f"{guard.limit} more reboots)"
+    )
 
 
 def halt(kernel: Kernel, report: Report, how: str) -> NoReturn:

@@ -77,6 +77,10 @@ class BootContext:
     _facts: dict[str, object] = field(default_factory=dict)
     # The milestones the states that ran so far provided.
     reached: set[str] = field(default_factory=set)
+    # What to stop before the hand-off and before a rescue shell (see on_exit).
+    _on_exit: list[Callable[[], None]] = field(default_factory=list)
+    # What the hooks do at a rescue, once its report is written (see Hook.on_rescue).
+    _on_rescue: list[Callable[[BootContext], None]] = field(default_factory=list)
 
     def put(self, fact: Fact[T], value: T) -> None:
         self._facts[fact.name] = value
@@ -95,9 +99,58 @@ class BootContext:
         """A problem that does not stop the boot, kept in the report's warnings."""
         self.report.warn(message)
 
+    def on_exit(self, stop: Callable[[], None]) -> None:
+        """Run `stop` before the hand-off and before a rescue shell, before the report.
+
+        For work a state leaves running in a background thread (the modules
+        hook's uevent loader): it ends, and says what it did, before the
+        report is written and before systemd or the shell takes the console.
+        """
+        self._on_exit.append(stop)
+
+    def on_rescue(self, tell: Callable[[BootContext], None]) -> None:
+        """Run `tell(ctx)` at a rescue, after its report is written, before the shell."""
+        self._on_rescue.append(tell)
+
+    def rescuing(self) -> None:
+        """The driver's call at a rescue: each on_rescue function once, in order.
+
+        A function must bound its own time (the mail of hooks/services.py
+        gives up after 10 s); what it raises is a console line, never the
+        end of the rescue.
+        """
+        while self._on_rescue:
+            tell = self._on_rescue.pop(0)
+            try:
+                tell(self)
+            except Exception as exc:  # noqa: BLE001 - the rescue must go on
+                self.say(
+                    f"rescue: {getattr(tell, '__name__', 'a hook')} failed: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+
+    def exiting(self) -> None:
+        """The driver's call: run every on_exit function once, the last first."""
+        while self._on_exit:
+            stop = self._on_exit.pop()
+            try:
+                stop()
+            except Exception as exc:  # noqa: BLE001 - the hand-off must go on
+                self.warn(f"stopping background work failed: {type(exc).__name__}: {exc}")
+
+
+# Core facts: results that several hooks use, named here so that no hook
+# imports another. DRIVERLESS: set by the modules hook; given "network" or
+# "storage", the lines naming the NICs or storage controllers that have no
+# driver and how to add one ("" when every one has a driver). The network
+# and storage hooks add it to their rescue reasons.
+DRIVERLESS: Fact[Callable[[str], str] | None] = Fact("driverless")
 
 # A state function returns a short detail for the report, or None.
 StateFunction = Callable[[BootContext], "str | None"]
+# What a hook does at a rescue (BootContext.on_rescue): say why the host
+# stopped, elsewhere than on the console (the services hook mails the admin).
+RescueFunction = Callable[[BootContext], None]
 
 
 class Milestone(StrEnum):
@@ -111,7 +164,7 @@ class Milestone(StrEnum):
     MODULES = "modules"  # the initrd's kernel modules are loaded
     STATE = "state"  # /state is mounted (the driver keeps report copies there)
     MACHINES = "machines"  # the machines storage is mounted under /build/machines
-    RESTORED = "restored"  # the saved random seed is fed, the host keys are in place
+    RESTORED = "restored"  # the seed is fed, the saved host keys in place, new ones on the way
     HOSTNAME = "hostname"  # the host has its name
     NETWORK = "network"  # br0 holds the lease, br1 and the NAT are up
 
@@ -150,6 +203,11 @@ class Hook:
     modules: tuple[str, ...] = ()
     files: tuple[str, ...] = ()  # "SRC" or "SRC:DST", host paths
     parameters: tuple[Parameter[object], ...] = ()
+    # Run at any rescue of a boot that chose this hook, whatever state
+    # failed (the driver registers them with BootContext.on_rescue). Each
+    # checks for itself what it needs (ctx.reached, ctx.value) and bounds
+    # its own time.
+    on_rescue: tuple[RescueFunction, ...] = ()
 
 
 @dataclass(frozen=True)

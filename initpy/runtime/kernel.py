@@ -558,6 +558,17 @@ class Kernel:
         """
         return BatchReader(_netlink(protocol, groups))
 
+    def connect_tcp(self, host: str, port: int, timeout: float) -> socket.socket:
+        """A TCP connection to `host`:`port` (the rescue's mail to the relay).
+
+        Through the seam so that a fake kernel (unit tests, `initpy walk` on
+        a laptop) never reaches the real relay: it connects where its script
+        says, or is refused. `timeout` bounds the connect and every later
+        send and receive; a host name is resolved by the C library first,
+        as /etc/resolv.conf says (the network hook writes it from the lease).
+        """
+        return socket.create_connection((host, port), timeout=timeout)
+
     def library(self, name: str, real: Callable[[], T]) -> T:
         """The handle of a library that makes its own syscalls (pyroute2's IPRoute).
 
@@ -566,6 +577,14 @@ class Kernel:
         `real()`; a fake kernel hands out its scripted stand-in for `name`.
         """
         return real()
+
+    def start_thread(self, name: str, target: Callable[[], None]) -> None:
+        """Run `target` in a daemon thread of PID 1 (work that outlives a state).
+
+        Through the seam so that a fake kernel can record it and run it when
+        the test says, instead of racing the scripted boot.
+        """
+        threading.Thread(target=target, name=name, daemon=True).start()
 
     # -- the random seed -------------------------------------------------------
 
@@ -586,18 +605,29 @@ class Kernel:
 
     # -- daemons that outlive the hand-off ---------------------------------------
 
-    def spawn_daemon(self, name: str, target: Callable[[], None]) -> int:
+    def spawn_daemon(
+        self,
+        name: str,
+        target: Callable[[], None],
+        nice: int = DAEMON_NICE,
+        joinable: bool = False,
+    ) -> int:
         """Fork a process that outlives the hand-off and runs `target` forever.
 
         The child leaves PID 1's session, names itself `name` (what ps shows),
         reads nothing from the console and never returns into the boot: it
         exits when `target` ends. After the exec, systemd inherits it. It
-        runs at nice DAEMON_NICE: the boot it was forked from keeps the CPU
-        (one vCPU under TCG: the renewer's first DHCP exchange took a quarter
-        of a second from the states after it).
+        runs at nice `nice` (DAEMON_NICE): the boot it was forked from keeps
+        the CPU (one vCPU under TCG: the renewer's first DHCP exchange took a
+        quarter of a second from the states after it).
+
+        A `joinable` one is work the boot may wait for (`join_daemon`): the
+        reaper leaves its exit status alone until then.
         """
         pid = os.fork()
         if pid:
+            if joinable:
+                self._adopt(pid)
             return pid
         status = 0
         try:
@@ -607,7 +637,7 @@ class Kernel:
                 signal.signal(signo, signal.SIG_DFL)
             os.setsid()
             try:
-                os.setpriority(os.PRIO_PROCESS, 0, DAEMON_NICE)
+                os.setpriority(os.PRIO_PROCESS, 0, nice)
             except OSError:  # already nicer, without the right to go back up
                 pass
             ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
@@ -619,6 +649,14 @@ class Kernel:
             status = 1
         finally:
             os._exit(status)
+
+    def join_daemon(self, pid: int) -> int:
+        """Wait for a joinable daemon to end; its exit status (0: `target` returned)."""
+        try:
+            _, status = os.waitpid(pid, 0)
+        finally:
+            self._release(pid)
+        return os.waitstatus_to_exitcode(status)
 
 
 def signal_handlers(on_interrupt: Callable[[], None]) -> dict[int, SignalHandler]:

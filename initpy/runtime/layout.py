@@ -13,7 +13,8 @@ path, and the builder imports it too.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 # -- paths inside the initrd ---------------------------------------------------------
 
@@ -28,6 +29,12 @@ PRIVATE_LOADER = f"{PRIVATE_LIB_DIR}/ld-linux-x86-64.so.2"
 PRIVATE_BIN_DIR = f"{LIB}/bin"
 PRIVATE_MODPROBE = f"{PRIVATE_BIN_DIR}/modprobe"
 MODULES_ROOT = "/lib/modules"
+# The modalias index of the packed drivers (format in hooks/modules/modalias.py),
+# written by initpy.builder.kmod.alias_index. A file of its own rather than a
+# manifest field: the manifest is read at every boot before the hooks load,
+# the index (about 300 kB for the generic set) only by load_modules.
+MODALIAS_INDEX = f"{LIB}/modalias.json"
+FIRMWARE_ROOT = "/lib/firmware"
 # What PID 1 writes while it runs, for the rescue shell and the OS.
 RUN_DIR = "/run/initpy"
 REPORT = f"{RUN_DIR}/report.json"
@@ -61,7 +68,13 @@ class PackedModule:
 
     name: str
     path: str  # relative to /lib/modules/<version>
-    needs: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()  # every module to load first (deps and softdeps)
+    # Of `needs`, the softdep `pre:` ones: their failure does not stop this one
+    # (crct10dif_pclmul refuses a CPU without PCLMUL; crc_t10dif works without it).
+    optional: tuple[str, ...] = ()
+    # The hooks that named it: loaded at every boot. None: a driver, loaded
+    # when a device's modalias asks for it (or a dependency of one).
+    hooks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,10 @@ class Manifest:
     hooks: tuple[str, ...]
     kernel_version: str = ""
     modules: tuple[PackedModule, ...] = ()  # in an order that loads dependencies first
+    # How the drivers were chosen: "generic", "host" or "none" (mkinitrd --drivers),
+    # and the --driver names added to that.
+    drivers: str = ""
+    extra_drivers: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
         body = {
@@ -80,8 +97,17 @@ class Manifest:
             "hooks": list(self.hooks),
             "kernel_version": self.kernel_version,
             "modules": [
-                {"name": m.name, "path": m.path, "needs": list(m.needs)} for m in self.modules
+                {
+                    "name": m.name,
+                    "path": m.path,
+                    "needs": list(m.needs),
+                    "optional": list(m.optional),
+                    "hooks": list(m.hooks),
+                }
+                for m in self.modules
             ],
+            "drivers": self.drivers,
+            "extra_drivers": list(self.extra_drivers),
         }
         return (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
 
@@ -103,7 +129,11 @@ class Manifest:
                 raise ManifestError(f"modules: {entry!r} is not an object")
             modules.append(
                 PackedModule(
-                    _text(entry, "name"), _text(entry, "path"), tuple(_strings(entry, "needs"))
+                    _text(entry, "name"),
+                    _text(entry, "path"),
+                    tuple(_strings(entry, "needs")),
+                    tuple(_strings(entry, "optional")),
+                    tuple(_strings(entry, "hooks")),
                 )
             )
         return Manifest(
@@ -111,6 +141,8 @@ class Manifest:
             tuple(_strings(body, "hooks")),
             _text(body, "kernel_version"),
             tuple(modules),
+            _text(body, "drivers"),
+            tuple(_strings(body, "extra_drivers")),
         )
 
 
@@ -133,3 +165,157 @@ def _text(body: dict[str, object], key: str) -> str:
     if not isinstance(value, str):
         raise ManifestError(f"{key}: expected a string, got {type(value).__name__}")
     return value
+
+
+# -- the modalias index (MODALIAS_INDEX) ----------------------------------------------
+
+INDEX_FORMAT = "initpy-modalias/1"
+WILDCARDS = "*?["
+
+
+class AliasIndexError(ValueError):
+    """The modalias index is missing or not of this init's format."""
+
+
+def literal_prefix(glob: str) -> str:
+    """The text of a modules.alias glob before its first wildcard."""
+    cut = min((i for i in (glob.find(c) for c in WILDCARDS) if i >= 0), default=len(glob))
+    return glob[:cut]
+
+
+@dataclass
+class AliasIndex:
+    """modules.alias for the packed drivers, grouped so a modalias is matched fast.
+
+    The generic kernel has about 26,000 aliases, and Python under TCG runs
+    about 15 times slower than natively: fnmatch over all of them per device
+    costs seconds. Each alias is a glob whose text before the first wildcard
+    is literal (`pci:v00008086d0000100Esv` for e1000's 82540EM); the index
+    groups the globs by that prefix. A modalias is sliced at each distinct
+    prefix length (a few dozen) and each slice is one dict lookup, so only
+    the few globs that share a prefix are matched (hypothesis-tested to
+    equal fnmatch in tests/unit/test_modalias.py).
+
+    JSON, `"format": "initpy-modalias/1"`:
+        kernel    the kernel release
+        lengths   sorted distinct prefix lengths
+        buckets   {prefix: "GLOB MODULE\\nGLOB MODULE..."}: one string per
+                  prefix, split only when a device hits it (few objects to
+                  decode at boot)
+        builtin   modules built into the kernel; their aliases are in the
+                  buckets, so a device they drive is explained, not "missing"
+    """
+
+    kernel: str
+    lengths: tuple[int, ...]
+    buckets: dict[str, str]
+    builtin: frozenset[str] = frozenset()
+    _split: dict[str, tuple[tuple[str, str, str], ...]] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls, kernel: str, aliases: Iterable[tuple[str, str]], builtin: Iterable[str] = ()
+    ) -> AliasIndex:
+        """From (glob, module) pairs; aliases that name no device (no `:`) are dropped."""
+        groups: dict[str, set[str]] = {}
+        for glob, module in aliases:
+            if ":" not in glob or glob.startswith(("devname:", "symbol:")):
+                continue
+            groups.setdefault(literal_prefix(glob), set()).add(f"{glob} {module}")
+        return cls(
+            kernel,
+            tuple(sorted({len(p) for p in groups})),
+            {p: "\n".join(sorted(rows)) for p, rows in sorted(groups.items())},
+            frozenset(builtin),
+        )
+
+    def to_json(self) -> bytes:
+        body = {
+            "format": INDEX_FORMAT,
+            "kernel": self.kernel,
+            "lengths": list(self.lengths),
+            "buckets": self.buckets,
+            "builtin": sorted(self.builtin),
+        }
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> AliasIndex:
+        try:
+            body = json.loads(text)
+        except ValueError as exc:
+            raise AliasIndexError(f"not JSON: {exc}") from None
+        if not isinstance(body, dict) or body.get("format") != INDEX_FORMAT:
+            raise AliasIndexError(f"not {INDEX_FORMAT}; rebuild the initrd with this mkinitrd")
+        buckets = body.get("buckets")
+        if not isinstance(buckets, dict):
+            raise AliasIndexError("buckets: expected an object")
+        return cls(
+            str(body.get("kernel", "")),
+            tuple(int(n) for n in _list(body, "lengths")),  # type: ignore[call-overload]
+            {str(k): str(v) for k, v in buckets.items()},
+            frozenset(_strings(body, "builtin")),
+        )
+
+    def _bucket(self, prefix: str) -> tuple[tuple[str, str, str], ...]:
+        rows = self._split.get(prefix)
+        if rows is None:
+            found = []
+            for line in self.buckets[prefix].split("\n"):
+                glob, _, module = line.rpartition(" ")
+                found.append((glob, glob[len(prefix) :], module))
+            rows = self._split[prefix] = tuple(found)
+        return rows
+
+    def match(self, modalias: str) -> list[tuple[str, str]]:
+        """(module, glob) for every alias that matches the whole modalias."""
+        found: list[tuple[str, str]] = []
+        size = len(modalias)
+        for length in self.lengths:
+            if length > size:
+                break
+            prefix = modalias[:length]
+            if prefix not in self.buckets:
+                continue
+            tail = modalias[length:]
+            for glob, rest, module in self._bucket(prefix):
+                if glob_tail_matches(rest, tail):
+                    found.append((module, glob))
+        return found
+
+    def modules_for(self, modalias: str) -> dict[str, str]:
+        """module -> the first glob that matched, each module once."""
+        found: dict[str, str] = {}
+        for module, glob in self.match(modalias):
+            found.setdefault(module, glob)
+        return found
+
+
+def glob_tail_matches(rest: str, tail: str) -> bool:
+    """Whether `rest` (a glob's part from its first wildcard, or "") matches `tail`.
+
+    `*`-only globs, nearly all of modules.alias, are matched with str.find
+    (leftmost placement of each literal piece is exact for `*`); the few
+    with `?` or `[...]` (mdio PHY ids, some USB bcdDevice ranges) go to
+    fnmatch.
+    """
+    if not rest:
+        return not tail
+    if "?" in rest or "[" in rest:
+        import fnmatch
+
+        return fnmatch.fnmatchcase(tail, rest)
+    pieces = rest.split("*")
+    last = pieces[-1]
+    if last and not tail.endswith(last):
+        return False
+    end = len(tail) - len(last)
+    pos = 0
+    for piece in pieces[1:-1]:
+        if not piece:
+            continue
+        i = tail.find(piece, pos, end)
+        if i < 0:
+            return False
+        pos = i + len(piece)
+    return pos <= end

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from initpy.builder import cpio, elf, freeze, mkinitrd
+from initpy.builder import cpio, elf, freeze, kmod, mkinitrd
 from initpy.builder.command import BuildError
 from initpy.runtime import layout
 
@@ -144,7 +144,7 @@ def test_layout_of_the_initrd(setup: dict[str, str]) -> None:
     assert manifest.kernel_version == VERSION
     assert manifest.modules == (
         layout.PackedModule("b", "kernel/b.ko"),
-        layout.PackedModule("a", "kernel/a.ko", ("b",)),
+        layout.PackedModule("a", "kernel/a.ko", ("b",), hooks=("probe",)),
     )
     # The build id names the content, and the manifest carries it.
     assert read(result.buildid).decode().strip() == manifest.build_id
@@ -457,3 +457,42 @@ def test_a_subset_of_hooks_builds_and_a_missing_need_is_a_build_error(
         BuildError, match="needs milestone 'probed', which no chosen hook provides; add hook probe"
     ):
         build(setup, "out2", hooks=("strict",))
+
+
+def test_drivers_the_index_and_firmware_go_into_the_initrd(setup: dict[str, str]) -> None:
+    from tests.unit.test_kmod import _driver_tree
+
+    modules = _driver_tree(os.path.join(setup["top"], "hw"))
+    firmware = os.path.join(setup["top"], "firmware")
+    os.makedirs(os.path.join(firmware, "e1000"))
+    with open(os.path.join(firmware, "e1000/fw.bin"), "wb") as f:
+        f.write(b"firmware")
+    write_hook(setup["hooks"], "probe", binaries=("ls",), modules=("libata",))
+    result = build(
+        setup,
+        "out",
+        modules=modules,
+        drivers=kmod.Drivers.NONE,
+        extra_drivers=("e1000",),
+        firmware_dir=firmware,
+    )
+    files = members(result)
+    manifest = layout.Manifest.from_json(files[layout.MANIFEST.lstrip("/")].data)
+    assert (manifest.drivers, manifest.extra_drivers) == ("none", ("e1000",))
+    packed = {m.name: m for m in manifest.modules}
+    assert packed["libata"].hooks == ("probe",) and packed["e1000"].hooks == ()
+    assert "sd_mod" in packed  # libata is a SCSI host: the disk driver comes along
+    index = layout.AliasIndex.from_json(files[layout.MODALIAS_INDEX.lstrip("/")].data)
+    assert set(index.modules_for("pci:v00008086d0000100Esv1sd2bc02sc00i00")) == {"e1000"}
+    assert files["usr/lib/firmware/e1000/fw.bin"].data == b"firmware"
+    assert any("firmware: 1 file(s) packed, 1 declared" in n for n in result.notes)
+    # Reproducible with drivers too.
+    again = build(
+        setup,
+        "again",
+        modules=modules,
+        drivers=kmod.Drivers.NONE,
+        extra_drivers=("e1000",),
+        firmware_dir=firmware,
+    )
+    assert read(again.initrd) == read(result.initrd)

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from hooks import modules
+from hooks.storage.blockdev import Uevent
 from initpy.devtools.fake import FakeKernel
 from initpy.runtime import layout
 from initpy.runtime.driver import read_manifest
-from initpy.runtime.hook import BootContext, BootFailure, Milestone
+from initpy.runtime.hook import DRIVERLESS, BootContext, BootFailure, Milestone
 from initpy.runtime.report import Report
 
 VERSION = "6.1.0-test"
@@ -135,3 +136,113 @@ def test_no_module_list_is_fine(tmp_path: Path) -> None:
     ctx.kernel.write_text("/sbin/modprobe", "")
     assert "no modules" in (_load(ctx) or "")
     assert ctx.kernel.read_text("/proc/sys/kernel/modprobe") == "/sbin/modprobe\n"
+
+
+# -- drivers from the devices' modaliases ------------------------------------------------
+
+HW_VERSION = VERSION
+HW_MODULES = (
+    layout.PackedModule("btrfs", "kernel/btrfs.ko", (), (), ("storage",)),
+    layout.PackedModule("crct10dif_pclmul", "kernel/pclmul.ko"),
+    layout.PackedModule(
+        "crc_t10dif", "kernel/crc.ko", ("crct10dif_pclmul",), ("crct10dif_pclmul",)
+    ),
+    layout.PackedModule("nvme", "kernel/nvme.ko", ("crc_t10dif",)),
+    layout.PackedModule("e1000", "kernel/e1000.ko"),
+    layout.PackedModule("usb_storage", "kernel/usb-storage.ko"),
+    layout.PackedModule("ahci", "kernel/ahci.ko"),  # packed, but no device asks
+)
+HW_ALIASES = [
+    ("pci:v00008086d0000100Esv*", "e1000"),
+    ("pci:v*d*sv*sd*bc01sc08i02*", "nvme"),
+    ("pci:v*d*sv*sd*bc01sc06i01*", "ahci"),
+    ("usb:v*p*d*dc*dsc*dp*ic08isc06ip50in*", "usb_storage"),
+]
+E1000 = "pci:v00008086d0000100Esv00001AF4sd00001100bc02sc00i00"
+NVME = "pci:v00001B36d00000010sv00001AF4sd00001100bc01sc08i02"
+USB_DISK = "usb:v46F4p0001d0000dc00dsc00dp00ic08isc06ip50in00"
+
+
+def _hardware(tmp_path: str, failures: dict[str, dict[str, int]] | None = None) -> BootContext:
+    kernel = FakeKernel(root=os.path.join(tmp_path, "root"), failures=failures or {})
+    kernel.write_text("/proc/sys/kernel/osrelease", HW_VERSION + "\n")
+    manifest = layout.Manifest("b", ("modules", "storage"), HW_VERSION, HW_MODULES, "generic")
+    kernel.mkdir(os.path.dirname(layout.MANIFEST))
+    kernel.write_text(layout.MANIFEST, manifest.to_json().decode())
+    index = layout.AliasIndex.build(HW_VERSION, HW_ALIASES)
+    kernel.write_text(layout.MODALIAS_INDEX, index.to_json().decode())
+    kernel.mkdir(f"/lib/modules/{HW_VERSION}")
+    kernel.mkdir("/sys/module")
+    for slot, alias, pci_class in (
+        ("0000:00:02.0", E1000, "0x020000"),
+        ("0000:00:05.0", NVME, "0x010802"),
+    ):
+        kernel.mkdir(f"/sys/bus/pci/devices/{slot}")
+        kernel.write_text(f"/sys/bus/pci/devices/{slot}/modalias", alias + "\n")
+        kernel.write_text(f"/sys/bus/pci/devices/{slot}/class", pci_class + "\n")
+    return BootContext(kernel=kernel, report=Report(kernel), manifest=read_manifest(kernel))
+
+
+def _loaded(kernel: FakeKernel) -> list[str]:
+    return [str(c[1]).rsplit("/", 1)[1] for c in kernel.syscalls("finit_module")]
+
+
+def test_the_devices_modaliases_choose_the_drivers_and_the_report_says_why(
+    tmp_path: Path,
+) -> None:
+    path = f"/lib/modules/{HW_VERSION}/kernel/pclmul.ko"
+    ctx = _hardware(str(tmp_path), failures={"finit_module": {path: errno.ENODEV}})
+    detail = _load(ctx) or ""
+    kernel = ctx.kernel
+    assert isinstance(kernel, FakeKernel)
+    loaded = _loaded(kernel)
+    assert "ahci.ko" not in loaded and "usb-storage.ko" not in loaded  # no device asked
+    assert loaded.index("crc.ko") < loaded.index("nvme.ko")
+    why = {m["name"]: (m["result"], m["why"]) for m in ctx.report.modules}
+    assert why == {
+        "btrfs": ("loaded", "hook storage"),
+        "e1000": ("loaded", "device pci/0000:00:02.0"),
+        "crct10dif_pclmul": ("failed", "needed by nvme"),  # an optional softdep: fine
+        "crc_t10dif": ("loaded", "needed by nvme"),
+        "nvme": ("loaded", "device pci/0000:00:05.0"),
+    }
+    assert ctx.report.warnings == []
+    assert "2 for devices, 1 named by hooks" in detail
+    # The uevent loader runs in a thread of its own, until the hand-off.
+    assert "initpy-uevents" in kernel.threads
+
+
+def test_a_late_device_gets_its_driver_from_its_uevent(tmp_path: Path) -> None:
+    ctx = _hardware(str(tmp_path))
+    kernel = ctx.kernel
+    assert isinstance(kernel, FakeKernel)
+    devpath = "/devices/pci0000:00/0000:00:03.0/usb2/2-1/2-1:1.0"
+    kernel.uevent_script = [
+        [Uevent("add", devpath, "usb", {"MODALIAS": USB_DISK})],
+        [Uevent("bind", devpath, "usb", {"MODALIAS": USB_DISK})],
+    ]
+    _load(ctx)
+    follower = kernel.threads["initpy-uevents"]
+    stopped: list[str] = []
+    ctx.on_exit(lambda: stopped.append("stopped"))
+    # Run the thread's loop for the scripted events, then hand off.
+    runner = follower.__self__  # type: ignore[attr-defined]
+    assert runner.step(1.0) == ["usb_storage"]
+    assert runner.step(1.0) == []  # `bind` repeats the MODALIAS: nothing new
+    assert _loaded(kernel)[-1] == "usb-storage.ko"
+    assert ctx.report.modules[-1]["why"] == f"device {devpath}"
+    ctx.exiting()
+    assert stopped == ["stopped"] and runner.stop.is_set()
+
+
+def test_a_driverless_nic_is_named_for_the_network_rescue(tmp_path: Path) -> None:
+    ctx = _hardware(str(tmp_path))
+    _load(ctx)
+    explain = ctx.get(DRIVERLESS, None)
+    assert explain is not None
+    # Nothing bound the fake e1000 (no driver link): it is named, as packed but not taking it.
+    text = explain("network")
+    assert "Ethernet controller at PCI 0000:00:02.0" in text
+    assert "the initrd's e1000 did not take it" in text
+    ctx.kernel.mkdir("/sys/bus/pci/devices/0000:00:02.0/driver")
+    assert explain("network") == ""

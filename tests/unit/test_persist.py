@@ -227,3 +227,90 @@ def test_the_fake_injects_mkdir_failures(kernel: FakeKernel) -> None:
     with pytest.raises(OSError) as failed:
         kernel.mkdir("/state/initpy")
     assert failed.value.errno == errno.EROFS
+
+
+# -- the host keys off the critical path (issue 13) ---------------------------------------
+
+
+def _calls_index(k: FakeKernel, name: str) -> list[int]:
+    return [i for i, c in enumerate(k.calls) if c[0] == name]
+
+
+def test_new_host_keys_are_made_in_the_background_and_in_etc_ssh_before_the_hand_off(
+    k: FakeKernel,
+) -> None:
+    """restore_state only starts the generators; host_keys joins them before the exec."""
+    assert_handed_off_with_host_keys(k)
+    lines = "\n".join(k.console_lines)
+    assert "generating ed25519, ecdsa, rsa in the background" in lines
+    assert "host keys: generated and saved ed25519, ecdsa, rsa" in lines
+    assert [c[1] for c in k.syscalls("spawn_daemon")] == [
+        "initpy-keygen-quick",
+        "initpy-keygen-slow",
+    ]
+    keygens = [
+        i for i, c in enumerate(k.calls) if c[0] == "run" and str(c[1]).startswith("('ssh-keygen'")
+    ]
+    joins, execs = _calls_index(k, "join_daemon"), _calls_index(k, "execve")
+    # No key is made in restore_state itself; every one is in place before the exec.
+    assert len(joins) == 2 and joins[0] < keygens[0] and keygens[-1] < execs[0]
+    assert k.joinable == {}
+    for kind in persist.HOST_KEY_TYPES:
+        name = f"ssh_host_{kind}_key"
+        saved = open(k.path(f"{persist.HOST_KEY_FOLDER}/{name}"), "rb").read()
+        assert open(k.path(f"/etc/ssh/{name}"), "rb").read() == saved
+    # The drop-ins are for a hand-off to systemd only.
+    assert not os.path.exists(k.path(persist.UNIT_DIR))
+
+
+def test_with_systemd_next_rsa_goes_on_past_the_hand_off_and_sshd_waits_for_it(
+    k: FakeKernel,
+) -> None:
+    make_executable(k, "/lib/systemd/systemd")
+    assert isinstance(boot(k), HandedOff), "\n".join(k.console_lines)
+    lines = "\n".join(k.console_lines)
+    assert "generated and saved ed25519, ecdsa" in lines
+    assert "still generating rsa (after the hand-off; sshd waits for it)" in lines
+    for kind in ("ed25519", "ecdsa"):
+        assert os.path.getsize(k.path(f"/etc/ssh/ssh_host_{kind}_key")) > 0
+    assert not os.path.exists(k.path("/etc/ssh/ssh_host_rsa_key"))
+    done = f"{persist.KEYGEN_FOLDER}/slow.done"
+    for unit in persist.SSHD_UNITS:
+        dropin = open(k.path(f"{persist.UNIT_DIR}/{unit}.d/{persist.DROPIN_NAME}")).read()
+        assert f"[ ! -e {done} ]" in dropin and dropin.startswith("#")
+    # After the exec, the RSA generator (a child systemd inherits) finishes its work.
+    assert not os.path.exists(k.path(done))
+    [pid] = k.joinable
+    assert k.join_daemon(pid) == 0
+    assert os.path.exists(k.path(done))
+    private = open(k.path("/etc/ssh/ssh_host_rsa_key"), "rb").read()
+    assert private == open(k.path(f"{persist.HOST_KEY_FOLDER}/ssh_host_rsa_key"), "rb").read()
+
+
+def test_restored_keys_start_no_generator(k: FakeKernel) -> None:
+    assert isinstance(boot(k), HandedOff)
+    second = next_boot(k)
+    assert_handed_off_with_host_keys(second)
+    assert second.syscalls("spawn_daemon") == []
+    assert "no host key to generate" in "\n".join(second.console_lines)
+
+
+def test_a_joinable_daemon_is_joined_not_reaped(tmp_path: os.PathLike[str]) -> None:
+    """The reaper leaves a joinable daemon's status to join_daemon (real fork)."""
+    k = Kernel(watch_orphans=False)
+    out = os.path.join(str(tmp_path), "out")
+
+    def work() -> None:
+        with open(out, "w") as f:
+            f.write("done")
+
+    def broken() -> None:
+        raise RuntimeError("a bug in the generator")
+
+    pid = k.spawn_daemon("initpy-test", work, joinable=True)
+    failing = k.spawn_daemon("initpy-test", broken, joinable=True)
+    for _ in range(3):
+        assert pid not in k.reap_orphans() and failing not in k.reap_orphans()
+    assert k.join_daemon(pid) == 0
+    assert k.join_daemon(failing) == 1
+    assert open(out).read() == "done"

@@ -488,7 +488,10 @@ def test_a_failing_ssh_keygen_is_a_warning_not_a_rescue(k: FakeKernel) -> None:
     standard_disks(k)
     k.commands["ssh-keygen"] = Completed(("ssh-keygen",), 127, "", "not found")
     assert isinstance(boot(k), HandedOff)
-    assert any("warning: restore_state: host keys" in line for line in k.console_lines)
+    assert any(
+        "warning: host_keys: cannot generate the rsa key" in line for line in k.console_lines
+    )
+    assert "host keys: FAILED ed25519, ecdsa, rsa" in "\n".join(k.console_lines)
     assert os.path.exists(k.path("/state/initpy/random-seed"))
 
 

@@ -55,6 +55,12 @@ class KernelFiles:
     folder: Path
     vmlinuz: Path
     modules: Path  # lib/modules/<version>
+    vmlinux: Path | None = None  # the uncompressed ELF, when fetch-kernel made one
+
+    @property
+    def boot_image(self) -> Path:
+        """What QEMU boots fastest: vmlinux (PVH entry, no xz under TCG), else vmlinuz."""
+        return self.vmlinux or self.vmlinuz
 
 
 @dataclass(frozen=True)
@@ -79,14 +85,23 @@ def _run(argv: Sequence[str], what: str, timeout: float) -> str:
     return done.stdout
 
 
-@pytest.fixture(scope="session")
-def vm_kernel() -> KernelFiles:
+def fetch_kernel(*package: str) -> KernelFiles:
     folder = Path(
-        _run([str(qemu.REPO / "scripts" / "fetch-kernel")], "fetching the kernel", BUILD_TIMEOUT)
+        _run(
+            [str(qemu.REPO / "scripts" / "fetch-kernel"), *package],
+            "fetching the kernel",
+            BUILD_TIMEOUT,
+        )
         .strip()
         .splitlines()[-1]
     )
-    files = KernelFiles(folder, folder / "vmlinuz", (folder / "modules").resolve())
+    vmlinux = folder / "vmlinux"
+    files = KernelFiles(
+        folder,
+        folder / "vmlinuz",
+        (folder / "modules").resolve(),
+        vmlinux if vmlinux.is_file() else None,
+    )
     if not files.vmlinuz.is_file() or not files.modules.is_dir():
         pytest.fail(
             f"scripts/fetch-kernel gave {folder} without vmlinuz and modules/; "
@@ -94,6 +109,43 @@ def vm_kernel() -> KernelFiles:
             pytrace=False,
         )
     return files
+
+
+@pytest.fixture(scope="session")
+def vm_kernel() -> KernelFiles:
+    """Debian's cloud kernel: virtio only, the quick tiers' kernel."""
+    return fetch_kernel()
+
+
+# Debian's generic kernel: every driver (e1000, AHCI, xHCI, usb-storage, NVMe).
+GENERIC_KERNEL = "linux-image-amd64"
+
+
+@pytest.fixture(scope="session")
+def generic_kernel() -> KernelFiles:
+    return fetch_kernel(GENERIC_KERNEL)
+
+
+def build_initrd(kernel: KernelFiles, outdir: Path, *options: str) -> InitrdFiles:
+    """mkinitrd.py for `kernel` into `outdir`, with the guest program and `options`."""
+    _run(
+        [
+            sys.executable,
+            str(qemu.REPO / "mkinitrd.py"),
+            "--kernel",
+            str(kernel.vmlinuz),
+            "--modules",
+            str(kernel.modules),
+            "-o",
+            str(outdir),
+            "--include",
+            f"{GUEST_PROGRAM}:{GUEST_PATH}",
+            *options,
+        ],
+        "building the initrd",
+        BUILD_TIMEOUT,
+    )
+    return _initrd_files(outdir)
 
 
 def _initrd_files(outdir: Path) -> InitrdFiles:

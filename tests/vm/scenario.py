@@ -30,14 +30,14 @@ class BootArgs:
     memory: int = 1024
 
 
-def full_boot_args(workdir: Path, exec_path: str = GUEST_PATH) -> BootArgs:
+def full_boot_args(workdir: Path, exec_path: str = GUEST_PATH, host_keys: bool = True) -> BootArgs:
     """The whole boot: `workdir` is a scratch folder for disk images and sockets."""
     args = BootArgs(append=[f"initpy.exec={exec_path}"])
     # -- storage: an ext4 buildos.state (SSH host keys already saved, as on
     # any boot but a host's first) and a btrfs buildos.machines disk.
     from .disks import state_and_machines
 
-    args.disks += state_and_machines(workdir)
+    args.disks += state_and_machines(workdir, host_keys)
     # -- network: one NIC on QEMU's restricted user network, whose DHCP
     # server answers (no router or DNS offered to the guest's use: restrict).
     args.nics.append(Nic.user("net0", mac=FULL_BOOT_MAC))

@@ -1,0 +1,347 @@
+"""Kernel modules: the drivers the hardware asks for, and the modules hooks name.
+
+Owns the `load_modules` state, right after cmdline. mkinitrd lists every
+module it packed in the manifest (initpy.runtime.layout.Manifest), each with
+the modules it needs first and the hooks that named it, and writes the
+modalias index of the drivers (layout.MODALIAS_INDEX). At boot:
+
+1. a kernel uevent socket is opened, then every device's modalias is read
+   from sysfs (modalias.py) and matched against the index: each match
+   is a driver to load, with the device that asked for it;
+2. those drivers and the modules the hooks name (btrfs, bridge, nf_tables:
+   loaded at every boot, whatever the hardware) are loaded with
+   finit_module through the kernel seam, concurrently where the
+   dependency graph allows (a module starts as soon as everything it needs
+   is in), since loading is mostly waiting on the kernel;
+3. a background thread (`Kernel.start_thread`) keeps reading the socket
+   until the hand-off (`ctx.on_exit`): every `add` uevent with a MODALIAS
+   loads its drivers. That is how the devices behind a bus driver arrive
+   (virtio devices after virtio_pci, USB interfaces after xhci_pci, SCSI
+   disks after ahci or usb-storage), and a USB disk plugged in late: the
+   storage hook's wait only sees the block device appear, and the network
+   hook's the link; no hook knows of another.
+
+Every module goes to the boot report with its result, time and what asked
+for it (`device pci/0000:00:03.0`, `hook storage`, or `needed by ahci`).
+A module a hook named that fails is a BootFailure; a driver that fails is
+a warning (an optional softdep such as crct10dif_pclmul refuses QEMU's
+CPU), and a device left without a driver is named by find_nics or
+find_disks through the core fact DRIVERLESS (missing_driver.py).
+/proc/sys/kernel/modprobe is pointed at a modprobe that exists in the
+initrd, so the kernel can autoload (crc32c, nft expressions) through
+request_module.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from initpy.runtime import layout
+from initpy.runtime.hook import DRIVERLESS, BootContext, BootFailure, Hook, Milestone, State
+from initpy.runtime.layout import AliasIndex, AliasIndexError, PackedModule
+
+from . import missing_driver, modalias
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+    from initpy.runtime.kernel import Kernel, NetlinkSocket
+
+MODPROBE_SETTING = "/proc/sys/kernel/modprobe"
+# The kernel's default; busybox's applet there when there is no --rootfs.
+SYSTEM_MODPROBE = "/sbin/modprobe"
+PRIVATE_MODPROBE = layout.PRIVATE_MODPROBE
+# Loading is syscall-bound; a few threads overlap the kernel's waits without
+# starving the boot on a 1-CPU VM.
+WORKERS = 4
+NETLINK_KOBJECT_UEVENT = 15
+KERNEL_GROUP = 1
+# How often the background loader looks whether the boot is handing off.
+FOLLOW_POLL = 0.25
+# How long the hand-off waits for a module being loaded in the background.
+STOP_WAIT = 10.0
+
+
+def _modprobe(ctx: BootContext) -> str:
+    k = ctx.kernel
+    chosen = SYSTEM_MODPROBE if k.exists(SYSTEM_MODPROBE) else PRIVATE_MODPROBE
+    try:
+        k.write_text(MODPROBE_SETTING, chosen + "\n")
+    except OSError as exc:
+        ctx.say(f"load_modules: warning: cannot set {MODPROBE_SETTING}: {exc}")
+    return chosen
+
+
+@dataclass
+class Loader:
+    """Loads packed modules, dependencies first, each once, and keeps the record."""
+
+    kernel: Kernel
+    folder: str  # /lib/modules/<version>
+    packed: Mapping[str, PackedModule]
+    results: dict[str, tuple[str, int, str]] = field(default_factory=dict)  # name -> (r, ms, e)
+    why: dict[str, str] = field(default_factory=dict)  # name -> what asked for it
+    order: list[str] = field(default_factory=list)  # in the order they were planned
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def tried(self) -> set[str]:
+        with self.lock:
+            return set(self.why)
+
+    def _load_one(self, module: PackedModule) -> tuple[str, int, str]:
+        k = self.kernel
+        start = k.uptime()
+        try:
+            k.finit_module(f"{self.folder}/{module.path}")
+            result, error = "loaded", ""
+        except OSError as exc:
+            if exc.errno == errno.EEXIST or k.exists(f"/sys/module/{module.name}"):
+                result, error = "already loaded", ""
+            else:
+                result = "failed"
+                error = os.strerror(exc.errno) if exc.errno else str(exc)
+        return result, int((k.uptime() - start) * 1000), error
+
+    def load(self, asked: Mapping[str, str], workers: int = WORKERS) -> list[str]:
+        """Load what `asked` (module -> why) needs, concurrently; returns what was planned."""
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        with self.lock:
+            names = modalias.plan(self.packed, list(asked), self.why)
+            needers: dict[str, list[str]] = {}
+            for wanted in asked:
+                for name in modalias.plan(self.packed, [wanted]):
+                    if name != wanted:
+                        needers.setdefault(name, []).append(wanted)
+            for name in names:
+                self.why[name] = asked.get(name) or "needed by " + ", ".join(needers[name])
+                self.order.append(name)
+        pending = {n: self.packed[n] for n in names}
+        running: dict[Future[tuple[str, int, str]], str] = {}
+
+        def blocked(module: PackedModule) -> list[str]:
+            hard = [n for n in module.needs if n not in module.optional]
+            return [n for n in hard if self.results.get(n, ("",))[0] in ("failed", "skipped")]
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modules") as pool:
+            while pending or running:
+                for name, module in list(pending.items()):
+                    bad = blocked(module)
+                    if bad:
+                        self.results[name] = ("skipped", 0, "needs " + ", ".join(bad))
+                        del pending[name]
+                    elif all(n in self.results for n in module.needs if n in self.packed):
+                        running[pool.submit(self._load_one, module)] = name
+                        del pending[name]
+                if not running:
+                    for name in pending:  # a cycle in the list: nothing can start
+                        self.results[name] = ("skipped", 0, "dependency cycle in the manifest")
+                    pending.clear()
+                    continue
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in done:
+                    self.results[running.pop(future)] = future.result()
+        return names
+
+    def entry(self, name: str) -> dict[str, object]:
+        result, ms, error = self.results[name]
+        entry: dict[str, object] = {"name": name, "result": result, "ms": ms, "why": self.why[name]}
+        if error:
+            entry["error"] = error
+        return entry
+
+
+def _device_reasons(index: AliasIndex, devices: Sequence[modalias.Device]) -> dict[str, str]:
+    return {w.module: f"device {w.device.where}" for w in modalias.wanted(index, devices)}
+
+
+def _read_index(ctx: BootContext) -> AliasIndex | None:
+    k = ctx.kernel
+    if not k.exists(layout.MODALIAS_INDEX):
+        return None
+    try:
+        return AliasIndex.from_json(k.read_bytes(layout.MODALIAS_INDEX))
+    except AliasIndexError as exc:
+        ctx.warn(f"load_modules: {layout.MODALIAS_INDEX}: {exc}; drivers load by name only")
+        return None
+
+
+@dataclass
+class Follower:
+    """The background loader: `add` uevents with a MODALIAS load their drivers."""
+
+    ctx: BootContext
+    loader: Loader
+    index: AliasIndex
+    source: NetlinkSocket
+    stop: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    loaded: list[str] = field(default_factory=list)
+
+    def step(self, timeout: float) -> list[str]:
+        """Read the uevents of up to `timeout` s; load what their devices ask for."""
+        from .modalias import uevent_device
+
+        devices = []
+        for message in self.source.receive(timeout):
+            properties = _properties(message)
+            device = uevent_device(properties)
+            if device is not None:
+                devices.append(device)
+        if not devices:
+            return []
+        asked = {
+            m: r for m, r in _device_reasons(self.index, devices).items() if m in self.loader.packed
+        }
+        names = self.loader.load(asked, workers=1)
+        for name in names:
+            entry = self.loader.entry(name)
+            self.ctx.report.modules.append(entry)
+            if entry["result"] == "failed" and not str(entry["why"]).startswith("needed by"):
+                self.ctx.warn(f"load_modules: {name} ({entry['why']}) failed: {entry['error']}")
+            else:
+                self.ctx.say(f"load_modules: {name} {entry['result']} ({entry['why']})")
+        self.loaded += names
+        return names
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                self.step(FOLLOW_POLL)
+        except Exception as exc:  # noqa: BLE001 - a background thread must not die silently
+            self.ctx.warn(f"load_modules: the uevent loader stopped: {type(exc).__name__}: {exc}")
+        finally:
+            self.source.close()
+            self.done.set()
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.done.wait(STOP_WAIT)
+
+
+def _properties(message: bytes) -> dict[str, str]:
+    """A kernel uevent datagram "action@devpath\\0KEY=VALUE\\0..." as its properties."""
+    parts = message.split(b"\0")
+    if b"@" not in parts[0]:
+        return {}  # udevd's messages, or a lost burst (b"")
+    found: dict[str, str] = {}
+    for part in parts[1:]:
+        key, sep, value = part.decode("utf-8", errors="replace").partition("=")
+        if sep:
+            found[key] = value
+    return found
+
+
+def load_modules(ctx: BootContext) -> str:
+    k = ctx.kernel
+    modprobe = _modprobe(ctx)
+    modules = list(ctx.manifest.modules) if ctx.manifest is not None else []
+    if not modules:
+        return f"no modules in the initrd; autoload via {modprobe}"
+    version = k.read_text("/proc/sys/kernel/osrelease").strip()
+    folder = f"{layout.MODULES_ROOT}/{version}"
+    if not k.is_dir(folder):
+        shipped = k.listdir("/lib/modules") if k.is_dir("/lib/modules") else []
+        raise BootFailure(
+            f"this kernel is {version}, but the initrd's modules are for "
+            f"{', '.join(shipped) or 'no kernel'}",
+            f"rebuild the initrd with --modules of kernel {version} "
+            "(its lib/modules/<version> folder), or boot the kernel it was built for",
+        )
+    packed = {m.name: m for m in modules}
+    index = _read_index(ctx)
+    loader = Loader(k, folder, packed)
+
+    def driverless(kind: str) -> str:
+        def drivers_for(alias: str) -> list[str]:
+            hits = index.modules_for(alias) if index is not None and alias else {}
+            return [m for m in hits if m in packed or m in index.builtin] if index else []
+
+        found = list(missing_driver.driverless(k, kind, drivers_for))
+        return missing_driver.rescue_text(found, version)
+
+    ctx.put(DRIVERLESS, driverless)
+
+    asked: dict[str, str] = {}
+    for module in modules:
+        if module.hooks:
+            asked[module.name] = "hook " + ", ".join(module.hooks)
+    source: NetlinkSocket | None = None
+    devices: list[modalias.Device] = []
+    if index is None:  # an initrd without an index: every packed module, as named
+        asked = {m.name: asked.get(m.name, "packed") for m in modules}
+    else:
+        try:
+            # Opened before the scan: a device that appears meanwhile is not lost.
+            source = k.netlink_socket(NETLINK_KOBJECT_UEVENT, KERNEL_GROUP)
+        except OSError as exc:
+            ctx.warn(f"load_modules: no uevent socket ({exc}); late devices get no driver")
+        start = k.uptime()
+        devices = modalias.sysfs_devices(k)
+        scan_ms = int((k.uptime() - start) * 1000)
+        for name, reason in _device_reasons(index, devices).items():
+            if name in packed:
+                asked.setdefault(name, reason)
+        ctx.say(f"load_modules: {len(devices)} devices with a modalias read in {scan_ms} ms")
+    names = loader.load(asked)
+    for name in names:
+        ctx.report.modules.append(loader.entry(name))
+    results = loader.results
+    failed = [n for n in names if results[n][0] == "failed"]
+    skipped = [n for n in names if results[n][0] == "skipped"]
+    # Without an index (a hand-made manifest) every packed module was asked for by name.
+    required = {n for n, m in packed.items() if m.hooks or index is None}
+    named_failed = [n for n in failed if n in required]
+    named_skipped = [n for n in skipped if n in required]
+    if named_failed or named_skipped:
+        bad = named_failed or named_skipped
+        raise BootFailure(
+            "cannot load module "
+            + ", ".join(f"{n} ({results[n][2]})" for n in bad)
+            + (f"; not loaded because of it: {', '.join(skipped)}" if skipped else ""),
+            f"read `dmesg | tail` for why {bad[0]} was refused; a module from another kernel "
+            f"build is refused: rebuild the initrd with --modules of kernel {version}",
+        )
+    for name in [*failed, *skipped]:
+        if not loader.why[name].startswith("needed by"):  # a softdep may refuse this CPU
+            ctx.warn(f"load_modules: driver {name} ({loader.why[name]}): {results[name][2]}")
+    if source is not None and index is not None:
+        follower = Follower(ctx, loader, index, source)
+        k.start_thread("initpy-uevents", follower.run)
+        ctx.on_exit(follower.finish)
+    total_ms = sum(results[n][1] for n in names)
+    loaded = sum(1 for n in names if results[n][0] == "loaded")
+    by_device = sum(1 for n in names if loader.why[n].startswith("device "))
+    ctx.say(
+        f"load_modules: {loaded} loaded, {len(names) - loaded} already present or failed, "
+        f"{total_ms} ms of loading across {WORKERS} threads"
+    )
+    return (
+        f"{len(names)} modules ({by_device} for devices, "
+        f"{sum(1 for n in names if packed[n].hooks)} named by hooks); "
+        + ("late devices followed by uevents; " if source is not None else "")
+        + f"autoload via {modprobe}"
+    )
+
+
+HOOK = Hook(
+    name="modules",
+    description="load the drivers the devices' modaliases ask for and the modules hooks "
+    "name, concurrently; follow uevents for late devices",
+    states=(
+        State(
+            "load_modules",
+            load_modules,
+            "match every device's modalias against the initrd's drivers and load them with "
+            "the modules the hooks name (finit_module), concurrently where the dependency "
+            "order allows; keep loading drivers for devices that arrive later (uevents) until "
+            "the hand-off; set the kernel's modprobe for autoloading",
+            provides=(Milestone.MODULES,),
+        ),
+    ),
+)

@@ -51,7 +51,6 @@ BASE_IMPORTS = (
     "json",
     "ctypes",
     "ctypes.util",
-    "sqlite3",
 )
 # Never frozen: not used at boot, and large. (Not unittest: pyroute2 imports
 # unittest.mock at package import.) ssl is answered by initpy.runtime.nossl, so
@@ -93,6 +92,51 @@ EXCLUDES = (
     "_codecs_hk",
     "_codecs_iso2022",
     "_multibytecodec",
+    # Issue 13 (the minimal initrd to 8 MB): none of these is imported by PID 1's
+    # start, the hooks' files, the network states' pyroute2 and DHCP client or
+    # the rescue mail (tests/unit/test_speed.py blocks them and runs that path).
+    # sqlite3: only pyroute2's package __init__ (NDB) needs it, and the boot
+    # skips that __init__ (hooks.network.netlink.lean_pyroute2). 0.69 MB zstd.
+    "sqlite3",
+    "_sqlite3",
+    # unicodedata: only the idna codec needs it, and Kernel.connect_tcp hands
+    # getaddrinfo the host as ASCII bytes, so that codec is never looked up.
+    "unicodedata",
+    "stringprep",
+    "encodings.idna",
+    # Pure-Python stdlib that only the static graph reaches.
+    "_pydecimal",
+    "decimal",
+    "statistics",
+    "fractions",
+    "tarfile",
+    "gzip",
+    "csv",
+    "_csv",
+    "tracemalloc",
+    "py_compile",
+    "getopt",
+    "mmap",
+    "_multiprocessing",
+    # pyroute2 imports the multiprocessing package (context, process,
+    # reduction); pools, managers and process starters are never used.
+    "multiprocessing.pool",
+    "multiprocessing.managers",
+    "multiprocessing.shared_memory",
+    "multiprocessing.sharedctypes",
+    "multiprocessing.dummy",
+    "multiprocessing.connection",
+    "multiprocessing.synchronize",
+    "multiprocessing.queues",
+    "multiprocessing.heap",
+    "multiprocessing.forkserver",
+    "multiprocessing.popen_fork",
+    "multiprocessing.popen_forkserver",
+    "multiprocessing.popen_spawn_posix",
+    "multiprocessing.popen_spawn_win32",
+    "multiprocessing.resource_sharer",
+    "multiprocessing.resource_tracker",
+    "multiprocessing.spawn",
 )
 # Debian's libudev, for pyudev (found by the entry script's find_library).
 LIBUDEV = "/usr/lib/x86_64-linux-gnu/libudev.so.1"

@@ -567,7 +567,13 @@ class Kernel:
         send and receive; a host name is resolved by the C library first,
         as /etc/resolv.conf says (the network hook writes it from the lease).
         """
-        return socket.create_connection((host, port), timeout=timeout)
+        # As ASCII bytes: a str host would go through the idna codec, which
+        # needs unicodedata, and the freeze leaves that out (1.1 MB).
+        try:
+            name = host.encode("ascii")
+        except UnicodeEncodeError:
+            raise OSError(f"host name {host!r} is not ASCII; give its punycode form") from None
+        return socket.create_connection((name, port), timeout=timeout)  # type: ignore[arg-type]
 
     def library(self, name: str, real: Callable[[], T]) -> T:
         """The handle of a library that makes its own syscalls (pyroute2's IPRoute).

@@ -133,3 +133,97 @@ def test_an_initrd_hook_loads_from_its_bytecode_not_its_source(tmp_path: Path) -
     # changed source shows that the .pyc, not a fresh compile, was used.
     source.write_text(hook_text.format("compiled at boot"))
     assert load_hook(str(hooks), "probe_bytecode").description == "compiled by mkinitrd"
+
+
+# The boot's path, run in a fresh interpreter that refuses what the freeze
+# excludes (initpy.builder.freeze.EXCLUDES), as the frozen init would: PID 1's
+# imports and every hook file, the transitions machine, the thread pool of
+# load_modules, the network states' pyroute2 (IPRoute talks to the kernel) and
+# DHCP client, and the rescue's mail through the real Kernel.connect_tcp to a
+# host name. ssl is answered by nossl, as in the frozen init (frozen.py).
+_BOOT_PATH = """
+import socket, sys, threading
+from initpy.runtime.frozen import NoSslOnImport
+EXCLUDES = sys.argv[1].split()
+
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if any(name == x or name.startswith(x + ".") for x in EXCLUDES if x != "ssl"):
+            raise ImportError(f"excluded from the freeze: {name}")
+        return None
+
+sys.meta_path.insert(0, NoSslOnImport())
+sys.meta_path.insert(0, Refuse())
+
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(1)
+
+def relay():
+    conn, _ = srv.accept()
+    lines = conn.makefile("rb")
+    conn.sendall(b"220 relay\\r\\n")
+    data = False
+    for line in lines:
+        if data:
+            if line == b".\\r\\n":
+                data = False
+                conn.sendall(b"250 queued\\r\\n")
+        elif line[:4].upper() == b"DATA":
+            data = True
+            conn.sendall(b"354 go on\\r\\n")
+        elif line[:4].upper() == b"QUIT":
+            conn.sendall(b"221 bye\\r\\n")
+            break
+        else:
+            conn.sendall(b"250 ok\\r\\n")
+    conn.close()
+
+threading.Thread(target=relay, daemon=True).start()
+
+import initpy.runtime.entry, initpy.runtime.driver
+from transitions import Machine
+from initpy.runtime.driver import load_registry
+load_registry(["hooks"])
+from concurrent.futures import ThreadPoolExecutor
+with ThreadPoolExecutor(2) as pool:
+    pool.submit(int).result()
+from hooks.network.netlink import _import_pyroute2
+_import_pyroute2()  # swallows errors: the imports follow again, bare
+import hooks.network.dhcpclient, pyroute2.dhcp.client, pyroute2.dhcp.hooks
+from pyroute2.iproute.linux import IPRoute
+ipr = IPRoute()
+assert ipr.get_links()
+ipr.close()
+import smtplib
+from initpy.runtime import mail
+from initpy.runtime.kernel import Kernel
+from initpy.runtime.report import Report
+kernel = Kernel(watch_orphans=False)
+mail.send(kernel, "localhost", srv.getsockname()[1],
+          mail.rescue_message(Report(kernel), "build-1", "admin@example.org"), "build-1")
+leaked = sorted(m for m in sys.modules
+                if any(m == x or m.startswith(x + ".") for x in EXCLUDES if x != "ssl"))
+print("ok", " ".join(leaked))
+"""
+
+
+def test_the_boot_path_imports_nothing_the_freeze_excludes() -> None:
+    from initpy.builder.freeze import EXCLUDES  # here: the builder imports csv, hashlib
+
+    done = subprocess.run(
+        # -S: no site module, so no .pth file imports anything before the
+        # refusing finder is in place; site-packages comes by PYTHONPATH.
+        [sys.executable, "-S", "-c", _BOOT_PATH, " ".join(EXCLUDES)],
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(HOOKS_DIR),
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if "-packages" in p)),
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["ok"]
+
+
+def test_connect_tcp_refuses_a_host_name_the_idna_codec_would_need() -> None:
+    with pytest.raises(OSError, match="not ASCII"):
+        Kernel(watch_orphans=False).connect_tcp("bücher.example", 25, 1.0)

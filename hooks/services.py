@@ -2,7 +2,11 @@
 
 The spec's Email and SSH sections. postfix relays everything through
 `buildos.smtp_relay`, with no authentication, and root's mail goes to
-`buildos.admin_email`. `buildos.ssh_key` is added to root's
+`buildos.admin_email`: postfix is a null client (nothing is delivered on
+the host), so aliases, which apply only to local delivery, cannot do it;
+/etc/postfix/admin rewrites root and postmaster to the admin, in the
+envelope (virtual_alias_maps) and in the To: header
+(recipient_canonical_maps). `buildos.ssh_key` is added to root's
 authorized_keys, and sshd refuses passwords. The init only writes the
 configuration into the in-memory root; systemd starts the daemons.
 
@@ -114,6 +118,7 @@ KEY_TYPES = (
 )
 POSTFIX_MAIN = "/etc/postfix/main.cf"
 ALIASES = "/etc/aliases"
+POSTFIX_ADMIN_MAP = "/etc/postfix/admin"
 AUTHORIZED_KEYS = "/root/.ssh/authorized_keys"
 SSHD_DROPIN = "/etc/ssh/sshd_config.d/initpy.conf"
 BOOT_ENV = layout.BUILDOS_ENV
@@ -177,18 +182,78 @@ def mail_relay(ctx: BootContext) -> str:
             current,
             {
                 "relayhost": host,
+                **_mail_names(ctx, admin),
                 "inet_interfaces": "loopback-only",
                 "mydestination": "",
+                "local_transport": "error:local delivery is disabled on a buildos host",
+                "alias_maps": "",
+                "virtual_alias_maps": f"texthash:{POSTFIX_ADMIN_MAP}",
+                "recipient_canonical_maps": f"texthash:{POSTFIX_ADMIN_MAP}",
                 "smtp_sasl_auth_enable": "no",
             },
         ),
     )
+    k.write_text(POSTFIX_ADMIN_MAP, admin_map(admin))
     detail = f"postfix relays through {host}"
     if admin is not None:
         aliases = k.read_text(ALIASES) if k.exists(ALIASES) else ""
         k.write_text(ALIASES, set_alias(aliases, "root", admin))
         detail += f"; root's mail goes to {admin}"
     return detail
+
+
+def admin_map(admin: str | None) -> str:
+    """/etc/postfix/admin: root and postmaster of this host -> the admin.
+
+    A bare key matches the local part in any domain that is this host's
+    ($myorigin, $myhostname), which is where postfix puts a bare `root`.
+    """
+    head = "# Written by initpy from buildos.admin_email (hooks/services.py).\n"
+    if admin is None:
+        return (
+            head + "# No buildos.admin_email: root's mail goes to root@ the host, via the relay.\n"
+        )
+    return head + "".join(f"{name}\t{admin}\n" for name in ("root", "postmaster"))
+
+
+def _mail_names(ctx: BootContext, admin: str | None) -> dict[str, str]:
+    """myhostname and mydomain: the host's name, fully qualified.
+
+    The mail names the host as <name>.<domain>, where the domain is the
+    DHCP lease's (in /etc/hosts, or the resolver's search domain), else the
+    admin address's: a relay may refuse a sender without a dot, and postfix
+    would otherwise add `.localdomain`. Nothing is set before the network
+    hook has named the host.
+    """
+    k = ctx.kernel
+    short = k.read_text("/etc/hostname").strip() if k.exists("/etc/hostname") else ""
+    if not short:
+        return {}
+    names: list[str] = []
+    if k.exists("/etc/hosts"):
+        for line in k.read_text("/etc/hosts").splitlines():
+            words = line.split()
+            if words and words[0] == "127.0.1.1":
+                names += words[1:]
+    fqdn = next((n for n in names if "." in n and n.split(".")[0] == short), None)
+    if fqdn is None:
+        domain = _search_domain(ctx) or (admin.rpartition("@")[2] if admin else "")
+        fqdn = f"{short}.{domain}" if domain else short
+    options = {"myhostname": fqdn}
+    if "." in fqdn:
+        options["mydomain"] = fqdn.partition(".")[2]
+    return options
+
+
+def _search_domain(ctx: BootContext) -> str:
+    k = ctx.kernel
+    if not k.exists("/etc/resolv.conf"):
+        return ""
+    for line in k.read_text("/etc/resolv.conf").splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] in ("search", "domain"):
+            return words[1]
+    return ""
 
 
 def _write_boot_env(ctx: BootContext) -> None:
@@ -198,6 +263,8 @@ def _write_boot_env(ctx: BootContext) -> None:
         "BUILDOS_SMTP_RELAY": str(relay) if relay is not None else None,
         "BUILDOS_ADMIN_EMAIL": ctx.value(ADMIN_EMAIL),
         "BUILDOS_BUILDID_URL": ctx.value(BUILDID_URL),
+        # What mkinitrd wrote into buildos-buildid; the boot mail names it.
+        "BUILDOS_BUILD_ID": (ctx.manifest.build_id or None) if ctx.manifest else None,
     }
     ctx.kernel.mkdir(layout.ETC_DIR)
     # Quoted: a service that sources it (`. /etc/initpy/buildos.env`) must

@@ -24,6 +24,9 @@ from initpy.builder.command import BuildError, run
 NEWC_MAGIC = b"070701"
 TRAILER = "TRAILER!!!"
 COMPRESSIONS = ("zstd", "gzip", "xz", "none")
+# The levels each tool accepts, and the level used when none is given: the
+# smallest output the kernel's unpacker still reads fast (release images).
+LEVELS = {"zstd": (1, 19, 19), "gzip": (1, 9, 9), "xz": (0, 9, 6)}
 
 
 class ArchiveError(BuildError):
@@ -213,6 +216,27 @@ def decompress(data: bytes) -> bytes:
     return data
 
 
+def parse_compression(spec: str) -> tuple[str, int | None]:
+    """`METHOD` or `METHOD:LEVEL` (`zstd:3`) -> (method, level or None for the default).
+
+    Raises ArchiveError naming the methods or the level range.
+    """
+    method, colon, level_text = spec.partition(":")
+    if method not in COMPRESSIONS:
+        raise ArchiveError(
+            f"unknown compression {method!r}; use one of {', '.join(COMPRESSIONS)}, "
+            "optionally with a level, e.g. zstd:3"
+        )
+    if not colon:
+        return method, None
+    if method == "none":
+        raise ArchiveError(f"compression {spec!r}: 'none' takes no level")
+    low, high, _default = LEVELS[method]
+    if not level_text.isdigit() or not low <= int(level_text) <= high:
+        raise ArchiveError(f"compression {spec!r}: {method}'s level is {low} to {high}")
+    return method, int(level_text)
+
+
 def compress(data: bytes, method: str, level: int | None = None) -> bytes:
     """Compress with the command-line tool (zstd, gzip, xz) or not at all.
 
@@ -224,16 +248,18 @@ def compress(data: bytes, method: str, level: int | None = None) -> bytes:
     if method == "none":
         return data
     argv = {
-        "zstd": ["zstd", "-q", "-c", f"-{level or 19}", "-T0"],
-        "gzip": ["gzip", "-n", "-c", f"-{level or 9}"],
-        "xz": ["xz", "-c", "--check=crc32", f"-{level or 6}", "-T1"],
+        "zstd": ["zstd", "-q", "-c", "-T0"],
+        "gzip": ["gzip", "-n", "-c"],
+        "xz": ["xz", "-c", "--check=crc32", "-T1"],
     }.get(method)
     if argv is None:
         raise ArchiveError(f"unknown compression {method!r}; use one of {', '.join(COMPRESSIONS)}")
-    return run(argv, input=data)
+    return run([*argv, f"-{LEVELS[method][2] if level is None else level}"], input=data)
 
 
-def compress_cached(data: bytes, method: str, cache_dir: str | None) -> bytes:
+def compress_cached(
+    data: bytes, method: str, cache_dir: str | None, level: int | None = None
+) -> bytes:
     """`compress`, remembered by the sha256 of the input, method and level.
 
     A warm rebuild recompresses only the parts whose bytes changed: the
@@ -241,9 +267,11 @@ def compress_cached(data: bytes, method: str, cache_dir: str | None) -> bytes:
     given input is deterministic, so the cache cannot change the bytes.
     """
     if method == "none" or cache_dir is None:
-        return compress(data, method)
+        return compress(data, method, level)
+    # The default level keeps the name it always had, so old entries still serve.
+    suffix = method if level is None else f"{method}{level}"
     key = hashlib.sha256(data + method.encode()).hexdigest()
-    path = os.path.join(cache_dir, f"{key}.{method}")
+    path = os.path.join(cache_dir, f"{key}.{suffix}")
     try:
         with open(path, "rb") as f:
             packed = f.read()
@@ -251,7 +279,7 @@ def compress_cached(data: bytes, method: str, cache_dir: str | None) -> bytes:
         return packed
     except OSError:
         pass
-    packed = compress(data, method)
+    packed = compress(data, method, level)
     os.makedirs(cache_dir, exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "wb") as f:

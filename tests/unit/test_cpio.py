@@ -89,6 +89,35 @@ def test_unknown_compression_is_refused() -> None:
         cpio.compress(b"x", "lz4")
 
 
+@pytest.mark.parametrize(
+    ("spec", "parsed"),
+    [("zstd", ("zstd", None)), ("zstd:3", ("zstd", 3)), ("gzip:1", ("gzip", 1)),
+     ("xz:0", ("xz", 0)), ("none", ("none", None))],
+)  # fmt: skip
+def test_a_compression_may_name_its_level(spec: str, parsed: tuple[str, int | None]) -> None:
+    assert cpio.parse_compression(spec) == parsed
+
+
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [("lz4", "unknown compression 'lz4'"), ("zstd:20", "level is 1 to 19"),
+     ("zstd:0", "level is 1 to 19"), ("gzip:x", "level is 1 to 9"), ("none:1", "no level")],
+)  # fmt: skip
+def test_a_bad_compression_or_level_is_refused(spec: str, says: str) -> None:
+    with pytest.raises(cpio.ArchiveError, match=says):
+        cpio.parse_compression(spec)
+
+
+def test_levels_are_cached_apart_and_a_low_level_is_bigger(tmp_path: str) -> None:
+    raw = cpio.archive(_entries(), 0) * 50
+    cache = os.path.join(tmp_path, "c")
+    fast = cpio.compress_cached(raw, "zstd", cache, 1)
+    best = cpio.compress_cached(raw, "zstd", cache)
+    assert len(os.listdir(cache)) == 2
+    assert cpio.decompress(fast) == cpio.decompress(best) == raw
+    assert fast == cpio.compress(raw, "zstd", 1) and best == cpio.compress(raw, "zstd", 19)
+
+
 def test_compress_cache_returns_the_same_bytes(tmp_path: str) -> None:
     raw = cpio.archive(_entries(), 0)
     cache = os.path.join(tmp_path, "c")

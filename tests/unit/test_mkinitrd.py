@@ -277,6 +277,24 @@ def test_the_command_line_writes_the_three_files(
     assert read(os.path.join(out, "buildos-initrd")).startswith(b"070701")
 
 
+def test_the_command_line_takes_a_compression_level(
+    setup: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(freeze, "freeze", fake_freezer(setup["top"]))
+    monkeypatch.setattr(mkinitrd, "build", _build_with(setup))
+    base = ["--kernel", setup["kernel"], "--modules", setup["modules"]]
+    base += ["--hooks-dir", setup["hooks"], "--no-cache"]
+    fast = os.path.join(setup["top"], "fast")
+    assert mkinitrd.main([*base, "-o", fast, "--compress", "gzip:1"]) == 0
+    packed = read(os.path.join(fast, "buildos-initrd"))
+    assert packed.startswith(b"\x1f\x8b")
+    assert cpio.decompress(packed).startswith(b"070701")
+    with pytest.raises(SystemExit) as exit_info:
+        mkinitrd.main([*base, "-o", fast, "--compress", "zstd:20"])
+    assert exit_info.value.code == 2
+    assert "zstd's level is 1 to 19" in capsys.readouterr().err
+
+
 def _build_with(setup: dict[str, str]) -> object:
     real = mkinitrd.build
 

@@ -16,6 +16,7 @@ from initpy.runtime import etc
 from initpy.runtime.cmdline import parse
 from initpy.runtime.driver import CORE_PARAMETERS
 from initpy.runtime.hook import BootContext
+from initpy.runtime.layout import Manifest
 from initpy.runtime.report import Report
 from tests.unit.conftest import hook_module
 
@@ -113,6 +114,57 @@ def test_admin_without_relay_is_a_warning(tmp_path: os.PathLike[str]) -> None:
     assert services.mail_relay(ctx) == "no buildos.smtp_relay: mail stays local"
     assert not ctx.kernel.exists("/etc/postfix/main.cf")
     assert any("add buildos.smtp_relay=HOST" in w for w in ctx.report.warnings)
+
+
+def test_postfix_is_a_null_client_that_rewrites_root_to_the_admin(
+    tmp_path: os.PathLike[str],
+) -> None:
+    ctx = context(
+        str(tmp_path), "buildos.smtp_relay=10.0.2.100 buildos.admin_email=ops@corp.example"
+    )
+    ctx.kernel.mkdir("/etc/postfix")
+    ctx.kernel.write_text("/etc/hostname", "build-5400123456\n")
+    ctx.manifest = Manifest(build_id="ab" * 32, hooks=("services",))
+    services.mail_relay(ctx)
+    options = dict(
+        (key.strip(), value.strip())
+        for key, _, value in (
+            line.partition("=") for line in read(ctx, "/etc/postfix/main.cf").splitlines()
+        )
+    )
+    assert options["relayhost"] == "[10.0.2.100]"
+    # Nothing is delivered on the host; root is rewritten before routing,
+    # in the envelope and in the To: header.
+    assert options["mydestination"] == ""
+    assert options["local_transport"].startswith("error:")
+    assert options["virtual_alias_maps"] == "texthash:/etc/postfix/admin"
+    assert options["recipient_canonical_maps"] == "texthash:/etc/postfix/admin"
+    # No lease domain: the admin's domain qualifies the host (no .localdomain).
+    assert options["myhostname"] == "build-5400123456.corp.example"
+    assert options["mydomain"] == "corp.example"
+    rows = [line.split("\t") for line in read(ctx, "/etc/postfix/admin").splitlines()]
+    assert [r for r in rows if not r[0].startswith("#")] == [
+        ["root", "ops@corp.example"],
+        ["postmaster", "ops@corp.example"],
+    ]
+    assert f"BUILDOS_BUILD_ID={'ab' * 32}\n" in read(ctx, "/etc/initpy/buildos.env")
+
+
+def test_the_lease_domain_names_the_host_in_mail(tmp_path: os.PathLike[str]) -> None:
+    ctx = context(str(tmp_path), "buildos.smtp_relay=relay buildos.admin_email=a@b.example")
+    ctx.kernel.mkdir("/etc/postfix")
+    ctx.kernel.write_text("/etc/hostname", "host7\n")
+    ctx.kernel.write_text(
+        "/etc/hosts", "127.0.0.1\tlocalhost\n127.0.1.1\thost7.lab.example host7\n"
+    )
+    services.mail_relay(ctx)
+    main_cf = read(ctx, "/etc/postfix/main.cf")
+    assert "myhostname = host7.lab.example\n" in main_cf
+    assert "mydomain = lab.example\n" in main_cf
+    ctx.kernel.write_text("/etc/hosts", "127.0.1.1\thost7\n")
+    ctx.kernel.write_text("/etc/resolv.conf", "search dhcp.example\nnameserver 10.0.2.3\n")
+    services.mail_relay(ctx)
+    assert "myhostname = host7.dhcp.example\n" in read(ctx, "/etc/postfix/main.cf")
 
 
 # -- what postfix and a shell would read as syntax --------------------------------------

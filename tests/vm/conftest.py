@@ -7,6 +7,10 @@
   before instead (for quick reruns while working on the tests only).
 - `boot_vm`: boots that kernel and initrd; the serial log is
   artifacts/vm/<test name>.log.
+- `vm_rootfs`, `vm_full_image`: the Debian OS tree (scripts/mkrootfs,
+  cached in ~/.cache/initpy/rootfs) and the full image packed with it
+  (mkinitrd --rootfs, zstd:3), once per session; INITPY_VM_FULL_IMAGE=DIR
+  uses an OUTDIR built before.
 - `full_boot`: the VM arguments of the "whole boot" scenario, from
   scenario.full_boot_args: storage and network hooks add their disks, NICs
   and command-line words there, and the tests, the demo and the benchmark
@@ -181,6 +185,34 @@ def vm_initrd(vm_kernel: KernelFiles, tmp_path_factory: pytest.TempPathFactory) 
         "building the initrd",
         BUILD_TIMEOUT,
     )
+    return _initrd_files(outdir)
+
+
+@pytest.fixture(scope="session")
+def vm_rootfs(vm_kernel: KernelFiles) -> Path:
+    from .fullos import build_tree
+
+    try:
+        return build_tree(vm_kernel.modules)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        pytest.fail(f"building the OS tree (scripts/mkrootfs): {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def vm_full_image(
+    vm_kernel: KernelFiles, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> InitrdFiles:
+    from .fullos import build_image
+
+    prebuilt = os.environ.get("INITPY_VM_FULL_IMAGE")
+    if prebuilt:
+        return _initrd_files(Path(prebuilt))
+    tree: Path = request.getfixturevalue("vm_rootfs")
+    outdir = tmp_path_factory.mktemp("full-image")
+    try:
+        build_image(vm_kernel.vmlinuz, vm_kernel.modules, tree, outdir)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        pytest.fail(f"packing the full image (mkinitrd --rootfs): {exc}", pytrace=False)
     return _initrd_files(outdir)
 
 

@@ -1,0 +1,190 @@
+"""The full image: the Debian OS tree, packed with initpy, booted to systemd.
+
+One place for the VM tests (tests/vm/test_fullos.py), the demo
+(`scripts/demo --full`) and the benchmark (benchmarks/full_os.py):
+
+- `build_tree(modules)`: scripts/mkrootfs (cached in ~/.cache/initpy/rootfs);
+- `build_image(...)`: mkinitrd.py --rootfs TREE, at a fast zstd level by
+  default (zstd:3 packs in seconds; zstd:19, the release default, takes
+  minutes for the same boot);
+- `full_os_args(...)`: the boot's disks, NIC (SSH forwarded to a loopback
+  port, the SMTP sink at 10.0.2.100:25) and command line;
+- `Ssh`: OpenSSH's client against that port, with the test's own key.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+
+from . import smtpsink
+from .disks import state_and_machines
+from .qemu import REPO, Nic
+from .scenario import FULL_BOOT_MAC, BootArgs
+
+TEST_COMPRESS = "zstd:3"
+ADMIN = "admin@example.org"
+HOSTNAME = "fullos"
+# The line buildos-ready.service prints on the console once systemd is done.
+READY = (
+    r"buildos: up: (\w+); multi-user.target at (\d+) ms, systemd at (\d+) ms; "
+    r"failed: \[(.*?)\]; (.*)"
+)
+# Under TCG a full boot reaches multi-user.target after 60-90 s of uptime,
+# longer on a loaded machine; this bounds a hang, not the speed.
+BOOT_TIMEOUT = 900
+MEMORY = 2048
+
+
+def _run(argv: list[str], timeout: float) -> str:
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"{shlex.join(argv)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n"
+            f"{done.stderr[-3000:]}"
+        )
+    return done.stdout
+
+
+def build_tree(modules: Path) -> Path:
+    """The OS tree with the kernel's modules (scripts/mkrootfs; cached)."""
+    out = _run([str(REPO / "scripts" / "mkrootfs"), "--modules", str(modules)], 1800)
+    return Path(out.strip().splitlines()[-1])
+
+
+def build_image(
+    vmlinuz: Path,
+    modules: Path,
+    tree: Path,
+    outdir: Path,
+    compress: str = TEST_COMPRESS,
+    no_cache: bool = False,
+) -> Path:
+    """mkinitrd.py --rootfs TREE into `outdir` (buildos-image, -initrd, -buildid)."""
+    argv = [sys.executable, str(REPO / "mkinitrd.py"), "--kernel", str(vmlinuz)]
+    argv += ["--modules", str(modules), "--rootfs", str(tree), "-o", str(outdir)]
+    argv += ["--compress", compress, *(["--no-cache"] if no_cache else [])]
+    _run(argv, 1800)
+    return outdir
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for hostfwd)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def make_key(folder: Path) -> Path:
+    """A fresh ed25519 key pair for this test; returns the private key's path."""
+    key = folder / "id_ed25519"
+    if not key.exists():
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vm-test", "-f", str(key)], 60)
+    return key
+
+
+def full_os_args(
+    workdir: Path,
+    ssh_port: int,
+    public_key: str,
+    mail_folder: Path,
+    disks: list[str] | None = None,
+) -> BootArgs:
+    """The full image's boot: state and machines disks, SSH and the SMTP sink."""
+    forwards = f"hostname={HOSTNAME},hostfwd=tcp:127.0.0.1:{ssh_port}-:22,"
+    forwards += smtpsink.guestfwd(mail_folder)
+    args = BootArgs(memory=MEMORY)
+    args.disks += disks if disks is not None else state_and_machines(workdir)
+    args.nics.append(Nic.user("net0", mac=FULL_BOOT_MAC, options=forwards))
+    args.append += [
+        f"buildos.smtp_relay={smtpsink.SINK_ADDRESS}",
+        f"buildos.admin_email={ADMIN}",
+        f'buildos.ssh_key="{public_key}"',
+    ]
+    return args
+
+
+@dataclass(frozen=True)
+class Ssh:
+    """OpenSSH's client as root@127.0.0.1:port with the test's key."""
+
+    port: int
+    key: Path
+
+    def options(self) -> list[str]:
+        return [
+            "-p", str(self.port), "-i", str(self.key),
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "BatchMode=yes", "-o", "ConnectTimeout=20", "-o", "LogLevel=ERROR",
+            "-o", "IdentitiesOnly=yes",
+        ]  # fmt: skip
+
+    def run(
+        self, command: str, stdin: str = "", timeout: float = 120, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        argv = ["ssh", *self.options(), "root@127.0.0.1", command]
+        done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
+        if check and done.returncode != 0:
+            raise AssertionError(
+                f"ssh {command!r} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+            )
+        return done
+
+    def wait(self, timeout: float = 120) -> None:
+        """Until sshd lets us in (it starts about when multi-user.target is reached)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            done = self.run("true", timeout=60, check=False)
+            if done.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no SSH login in {timeout:g} s: {done.stderr}")
+            time.sleep(3)
+
+    def host_keys(self, types: tuple[str, ...] = ("ed25519", "ecdsa", "rsa")) -> dict[str, str]:
+        """The host keys sshd presents, by key type (ssh-keyscan from the host).
+
+        One type at a time, each tried a few times: under TCG a scan of all
+        three at once sometimes loses one to its timeout.
+        """
+        keys: dict[str, str] = {}
+        for kind in types:
+            for _attempt in range(3):
+                done = subprocess.run(
+                    ["ssh-keyscan", "-t", kind, "-p", str(self.port), "-T", "30", "127.0.0.1"],
+                    capture_output=True, text=True, timeout=120,
+                )  # fmt: skip
+                found = [
+                    line.split()[1:3]
+                    for line in done.stdout.splitlines()
+                    if len(line.split()) >= 3 and not line.startswith("#")
+                ]
+                if found:
+                    keys.update(dict(found))
+                    break
+        return keys
+
+
+def wait_for_mail(folder: Path, subject_part: str, timeout: float = 180) -> EmailMessage:
+    """The first message in the sink whose Subject contains `subject_part`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for message in smtpsink.read_mail(folder):
+            if subject_part in str(message.get("Subject", "")):
+                return message
+        if time.monotonic() > deadline:
+            seen = [str(m.get("Subject")) for m in smtpsink.read_mail(folder)]
+            raise AssertionError(f"no mail with {subject_part!r} in {timeout:g} s; got {seen}")
+        time.sleep(2)
+
+
+def env_flag(name: str) -> str | None:
+    return os.environ.get(name) or None

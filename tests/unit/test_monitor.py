@@ -737,6 +737,12 @@ def test_the_monitor_runs_as_a_program(tmp_path: os.PathLike[str], servers: Serv
             statuses = [listener.recv(4096)]
             while not (b"is current" in statuses[-1] and b"agent python" in statuses[-1]):
                 statuses.append(listener.recv(4096))
+            # The monitor says the agent runs as soon as it has forked it; the
+            # stand-in records itself once its own Python is up (slow on a
+            # loaded machine): wait for that before stopping the monitor.
+            deadline = time.monotonic() + 60
+            while not runs(top) and time.monotonic() < deadline:
+                time.sleep(0.05)
         finally:
             process.terminate()
             _out, err = process.communicate(timeout=60)

@@ -20,6 +20,7 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -398,37 +399,36 @@ def hook_entries(folder: str) -> list[str]:
     return found
 
 
-def _sources_signature(path: str) -> tuple[tuple[str, int, int], ...]:
-    """(file, mtime, size) of a hook's Python files: a changed hook is imported again."""
+def _changed_since(path: str, since_ns: int) -> bool:
+    """Was a Python file of the hook at `path` (a file or a folder) modified since then?"""
     files = [path + ".py"] if os.path.isfile(path + ".py") else []
     if os.path.isdir(path):
         for folder, dirs, names in os.walk(path):
-            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-            files += [os.path.join(folder, n) for n in sorted(names) if n.endswith(".py")]
-    signature = []
-    for name in files:
-        st = os.stat(name)
-        signature.append((name, st.st_mtime_ns, st.st_size))
-    return tuple(signature)
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            files += [os.path.join(folder, n) for n in names if n.endswith(".py")]
+    return any(os.stat(name).st_mtime_ns >= since_ns for name in files)
 
 
 def load_hook(folder: str, entry: str) -> Hook:
     """Import one hook (folder/ENTRY.py or folder/ENTRY/) and return its `HOOK`.
 
     Imported once; imported again only when its files changed since (a
-    builder or a test that rewrites a hook in the same process).
+    builder or a test that rewrites a hook in the same process). A first
+    import looks at no file times: PID 1 imports each hook once.
     """
     name = f"{_package_for(folder)}.{entry}"
-    signature = _sources_signature(os.path.join(folder, entry))
     loaded = sys.modules.get(name)
     # A module imported by name (a test's `from hooks import network`) is taken as it is.
-    known = getattr(loaded, "__initpy_sources__", signature)
-    if loaded is not None and known != signature:
+    since = getattr(loaded, "__initpy_imported_ns__", None)
+    if since is not None and _changed_since(os.path.join(folder, entry), since):
         for stale in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
             del sys.modules[stale]
         importlib.invalidate_caches()
+        loaded = None
+    imported_ns = time.time_ns()
     module = importlib.import_module(name)
-    module.__initpy_sources__ = signature  # type: ignore[attr-defined]
+    if loaded is None:
+        module.__initpy_imported_ns__ = imported_ns  # type: ignore[attr-defined]
     hook = getattr(module, "HOOK", None)
     if not isinstance(hook, Hook):
         raise HookError(f"{os.path.join(folder, entry)}: defines no HOOK = Hook(...)")

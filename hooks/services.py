@@ -22,11 +22,11 @@ import base64
 import binascii
 import re
 import struct
-from dataclasses import dataclass
 
 from initpy.runtime import cmdline, etc, layout
 from initpy.runtime.cmdline import BadValue, Parameter
 from initpy.runtime.hook import BootContext, Hook, Milestone, State
+from initpy.runtime.record import frozen
 
 # -- the relay and the admin address: strict, because postfix reads them as syntax
 
@@ -41,7 +41,7 @@ _RELAY = re.compile(
 _ADDRESS = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_+-]*(?:\.[A-Za-z0-9_+-]+)*@{_HOST}")
 
 
-@dataclass(frozen=True)
+@frozen
 class Relay:
     """buildos.smtp_relay: a host and, if given, a port."""
 

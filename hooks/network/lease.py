@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
+
+from initpy.runtime.record import field, frozen, replace
 
 # A host name (RFC 1123): dot-separated labels of letters, digits and '-',
 # neither starting nor ending with '-', 63 characters each, 253 in all.
@@ -30,7 +31,7 @@ INFINITE_LEASE = 0xFFFFFFFF
 PREFIXES = range(8, 33)
 
 
-@dataclass(frozen=True)
+@frozen
 class Lease:
     """What the winning DHCP server granted; every option may be absent."""
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass
 
 from initpy.runtime import cmdline, etc, layout
 from initpy.runtime.cmdline import Parameter
@@ -34,6 +33,7 @@ from initpy.runtime.hook import (
     Milestone,
     State,
 )
+from initpy.runtime.record import frozen
 from initpy.runtime.report import one_line, printable
 
 from .blockdev import BlockDevice, listing, wait_for_devices
@@ -63,7 +63,7 @@ DISKS_TIMEOUT: Parameter[float] = Parameter(
 # -- what was found ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class Filesystem:
     """One filesystem: one device, or every member of a multi-device btrfs."""
 
@@ -140,13 +140,13 @@ def _is_machines(label: str) -> bool:
     return label == MACHINES_LABEL or label.startswith(MACHINES_PREFIX)
 
 
-@dataclass(frozen=True)
+@frozen
 class MachinesMount:
     target: str  # /build/machines or /build/machines/<name>
     filesystem: Filesystem
 
 
-@dataclass(frozen=True)
+@frozen
 class StoragePlan:
     """What find_disks decided: the state filesystem and the machines mounts."""
 

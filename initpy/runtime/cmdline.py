@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Generic, TypeVar, cast
+
+from initpy.runtime.record import field, frozen
 
 T = TypeVar("T")
 # A Parameter is frozen, its value only read: a Parameter[float] is a
@@ -32,7 +33,7 @@ class BadValue(ValueError):
     """A parameter's value does not parse; the text says what was expected."""
 
 
-@dataclass(frozen=True)
+@frozen
 class Parameter(Generic[T_co]):
     """One command-line parameter: its name, type, default and meaning."""
 
@@ -47,7 +48,7 @@ class Parameter(Generic[T_co]):
         return normalise(self.name)
 
 
-@dataclass(frozen=True)
+@frozen
 class BootConfig:
     """The parsed command line. Values are looked up by `Parameter`."""
 

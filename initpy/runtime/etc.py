@@ -12,17 +12,17 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from initpy.runtime.hook import BootContext, Fact
 from initpy.runtime.kernel import Kernel
+from initpy.runtime.record import frozen
 
 FSTAB = "/etc/fstab"
 ROOT_PASSWD = "root:*:0:0:root:/root:/bin/sh\n"
 ROOT_GROUP = "root:x:0:\n"
 
 
-@dataclass(frozen=True)
+@frozen
 class FstabEntry:
     source: str
     target: str

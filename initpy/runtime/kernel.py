@@ -6,8 +6,8 @@ reads of /proc and /sys, block-device reads, file writes, child processes and
 the console. Tests and the no-root "walk" replace this object with
 `initpy.devtools.fake.FakeKernel`, and nothing else, to fake a whole machine.
 
-Only the standard library is imported here: this module is on PID 1's
-start-up path.
+Only the standard library (and initpy.runtime.record, which imports
+nothing) is imported here: this module is on PID 1's start-up path.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from types import FrameType
 from typing import NoReturn, Protocol, TypeVar
+
+from initpy.runtime.record import frozen
 
 T = TypeVar("T")
 
@@ -125,7 +126,7 @@ class KernelError(OSError):
     """A syscall failed; the message names the call and its arguments."""
 
 
-@dataclass(frozen=True)
+@frozen
 class Completed:
     """The outcome of an external command run through the seam."""
 
@@ -135,7 +136,7 @@ class Completed:
     stderr: str
 
 
-@dataclass(frozen=True)
+@frozen
 class ShellExit:
     """How an interactive shell on the console ended."""
 

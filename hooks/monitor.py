@@ -22,8 +22,6 @@ looked up.
 
 from __future__ import annotations
 
-import glob
-import importlib.util
 import os
 import sys
 
@@ -170,6 +168,9 @@ def host_python_files() -> tuple[str, ...]:
     """
     if getattr(sys, "frozen", False):
         return ()
+    import glob  # here: PID 1 imports this hook at every boot and never lists files
+    import importlib.util
+
     package = os.path.dirname(os.path.dirname(os.path.abspath(layout.__file__)))  # initpy/
     sources = [
         os.path.join(package, "__init__.py"),

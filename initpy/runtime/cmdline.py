@@ -188,13 +188,16 @@ def _describe(value: object) -> str:
 
 
 def text(what: str, pattern: str | None = None) -> Callable[[str | None], str | None]:
-    """A required non-empty string, optionally matching `pattern`."""
-    regex = re.compile(pattern) if pattern else None
+    """A required non-empty string, optionally matching `pattern`.
+
+    The pattern is compiled when a value is first checked (re's cache), not
+    when a hook declares its parameter at import.
+    """
 
     def parse_text(raw: str | None) -> str | None:
         if raw is None or raw == "":
             raise BadValue(f"expected {what}, got no value")
-        if regex is not None and not regex.fullmatch(raw):
+        if pattern and not re.fullmatch(pattern, raw):
             raise BadValue(f"expected {what}, got {raw!r}")
         return raw
 

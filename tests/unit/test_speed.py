@@ -1,5 +1,5 @@
 """Speed changes that must not change behaviour: the SIGCHLD-gated reaper,
-hook files that import nothing heavy."""
+hook files that import nothing heavy, a boot path without dataclasses."""
 
 from __future__ import annotations
 
@@ -68,17 +68,45 @@ def test_reaper_leaves_run_children_alone(watching_kernel: Kernel) -> None:
 
 def test_hook_files_import_nothing_heavy() -> None:
     """Loading every hook (PID 1's path to the first state) leaves asyncio,
-    pyroute2 and the DHCP client for the states that need them."""
+    pyroute2 and the DHCP client for the states that need them; dataclasses
+    (its exec per class) and inspect are not on that path at all."""
     code = (
         "import sys; from initpy.runtime.driver import load_registry; "
         f"load_registry([{str(HOOKS_DIR)!r}]); "
         "print(' '.join(m for m in ('asyncio', 'pyroute2', 'hooks.network.dhcpclient', 'ssl',"
-        " 'concurrent.futures') if m in sys.modules))"
+        " 'concurrent.futures', 'dataclasses', 'inspect') if m in sys.modules))"
     )
     loaded = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        [sys.executable, "-S", "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.path.dirname(HOOKS_DIR),
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if "-packages" in p)),
     ).stdout.split()
     assert loaded == []
+
+
+def test_the_state_machine_brings_no_dataclasses() -> None:
+    """Up to the first state (the hooks, the registry, the transitions
+    machine and one step of it), the boot creates its records without
+    dataclasses; only transitions imports inspect."""
+    code = (
+        "import sys; from initpy.runtime.driver import Boot, load_registry; "
+        "from initpy.runtime.kernel import Kernel; "
+        f"boot = Boot(Kernel(watch_orphans=False), load_registry([{str(HOOKS_DIR)!r}])); "
+        "boot.trigger('advance'); "
+        "print(boot.state, 'dataclasses' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.path.dirname(HOOKS_DIR),
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if "-packages" in p)),
+    ).stdout.split()
+    assert out == ["early_mounts", "False"]
 
 
 def test_lean_pyroute2_skips_the_package_init_and_still_talks_netlink() -> None:

@@ -518,13 +518,35 @@ class Kernel:
 
         As PID 1 we inherit every orphan. `waitpid(-1)` would also steal the
         exit status of a command that `run()` is waiting for, so only zombies
-        listed in /proc and not adopted by `run()` are reaped.
+        not adopted by `run()` are reaped. `waitid(WNOWAIT)` names a zombie
+        without reaping it: one syscall answers the usual case (the child
+        that sent SIGCHLD was run()'s, and is reaped already). Only when the
+        zombie it names is run()'s, which hides any others, are the zombies
+        looked for in /proc, one file per process (2.4 ms natively for 100
+        processes, 15 times that under TCG, after every state that ran a
+        command).
         """
         reaped: list[int] = []
         if self._watching:
             if not self._sigchld.is_set():
                 return reaped  # no child has died since the last scan
             self._sigchld.clear()  # before the scan: a death during it sets it again
+        while True:
+            try:
+                found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return reaped  # no children at all
+            if found is None:
+                return reaped  # children, but none has ended
+            with self._children_lock:
+                if found.si_pid in self._children:
+                    break  # run()'s own: look past it in /proc
+            try:
+                if os.waitpid(found.si_pid, os.WNOHANG)[0] != found.si_pid:
+                    break  # not reaped after all: never ask about it again and again
+                reaped.append(found.si_pid)
+            except ChildProcessError:
+                pass  # reaped meanwhile by whoever waited for it
         try:
             pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
         except OSError:

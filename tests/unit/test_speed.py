@@ -66,6 +66,25 @@ def test_reaper_leaves_run_children_alone(watching_kernel: Kernel) -> None:
     assert k.reap_orphans() == []
 
 
+@pytest.mark.parametrize("adopted_first", [True, False])
+def test_the_reaper_leaves_a_run_child_and_takes_the_orphans_beside_it(
+    watching_kernel: Kernel, adopted_first: bool
+) -> None:
+    """A zombie that run() still waits for is never reaped, whether the
+    kernel names it before the orphans (they are then found in /proc) or
+    after them."""
+    k = watching_kernel
+    first, second = _fork_zombie(), _fork_zombie()
+    in_flight, orphan = (first, second) if adopted_first else (second, first)
+    k._adopt(in_flight)  # as run() does while it waits for its child
+    try:
+        assert k.reap_orphans() == [orphan]
+        assert _zombie(in_flight)
+    finally:
+        k._release(in_flight)
+        os.waitpid(in_flight, 0)
+
+
 def test_hook_files_import_nothing_heavy() -> None:
     """Loading every hook (PID 1's path to the first state) leaves asyncio,
     pyroute2 and the DHCP client for the states that need them; dataclasses

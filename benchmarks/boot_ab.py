@@ -6,9 +6,9 @@
 
 OUTDIR is an mkinitrd output folder built with the VM tests' guest program
 (as benchmarks/boot_time.py builds one: `--include GUEST:/usr/local/bin/initpy-guest`,
-e.g. from a `git archive` tree of the commit to compare). Each round boots
-`before`, then `after`, with the whole-boot arguments of boot_time.py (fresh
-disks each boot), so that both see the same load on the host. It prints, per
+e.g. from a `git archive` tree of the commit to compare). Each round boots both, with
+the whole-boot arguments of boot_time.py (fresh disks each boot), so that
+both see the same load on the host; which goes first alternates. It prints, per
 boot and as medians of the rounds, on the kernel's clock (seconds):
 
 - to /init ("Run /init"), /init -> first `initpy:` line, first line ->
@@ -111,7 +111,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="initpy-ab-") as tmp:
         with contextlib.nullcontext() if ns.shared else boot_time.holding_both_slots():
             for i in range(ns.runs):
-                for kind, initrd in kinds.items():
+                # Which goes first alternates: the second boot of a round
+                # was slower in parts no initrd change touches (to /init).
+                order = list(kinds.items())
+                for kind, initrd in order if i % 2 == 0 else order[::-1]:
                     work = Path(tmp) / f"{kind}{i}"
                     work.mkdir()
                     figures, states = boot(vmlinuz, initrd, work, f"ab-{kind}-{i}")

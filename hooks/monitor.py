@@ -11,18 +11,17 @@ python3:
   `initpy.monitor.agent`, which the monitor reads with the
   `buildos.env` of hooks/services.py.
 
-The monitor itself (initpy/host, initpy/runtime/layout.py and tftpy) is
-not frozen: `files` copies its .py files from the build host into the
-image at `layout.HOST_PYTHONPATH`, and the OS's python3 runs them. Those
-host paths are computed when the hook is imported, and the hook is also
-imported at every boot, inside the frozen init, where they mean nothing:
-there the list is empty and nothing is looked up.
+The monitor itself (initpy/host, initpy/runtime/layout.py with the record
+module it uses, and tftpy) is not frozen: `files` copies its .py files
+from the build host into the image at `layout.HOST_PYTHONPATH`, and the
+OS's python3 runs them. Those host paths are computed when the hook is
+imported, and the hook is also imported at every boot, inside the frozen
+init, where they mean nothing: there the list is empty and nothing is
+looked up.
 """
 
 from __future__ import annotations
 
-import glob
-import importlib.util
 import os
 import sys
 
@@ -161,7 +160,7 @@ def install_monitor(ctx: BootContext) -> str:
 
 
 def host_python_files() -> tuple[str, ...]:
-    """ "SRC:DST" for the monitor's Python: initpy/host, layout.py, tftpy.
+    """ "SRC:DST" for the monitor's Python: initpy/host, layout.py, record.py, tftpy.
 
     Empty inside the frozen init (PID 1 never reads a hook's files). A
     tftpy missing on the build host gives a source that does not exist,
@@ -169,11 +168,15 @@ def host_python_files() -> tuple[str, ...]:
     """
     if getattr(sys, "frozen", False):
         return ()
+    import glob  # here: PID 1 imports this hook at every boot and never lists files
+    import importlib.util
+
     package = os.path.dirname(os.path.dirname(os.path.abspath(layout.__file__)))  # initpy/
     sources = [
         os.path.join(package, "__init__.py"),
         os.path.join(package, "runtime", "__init__.py"),
         os.path.join(package, "runtime", "layout.py"),
+        os.path.join(package, "runtime", "record.py"),
         *sorted(glob.glob(os.path.join(package, "host", "*.py"))),
     ]
     specs = [

@@ -20,12 +20,12 @@ installed in /etc/ssh.
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
 
 from initpy.runtime import etc, layout
 from initpy.runtime.driver import handoff_to_systemd
 from initpy.runtime.hook import BootContext, Fact, Hook, Milestone, State
 from initpy.runtime.kernel import DAEMON_NICE, Kernel
+from initpy.runtime.record import frozen
 from initpy.runtime.run import CommandFailed, run
 
 # The init's own folder on /state: the only place it writes there.
@@ -112,7 +112,7 @@ def _install_host_key(k: Kernel, kind: str, private: bytes, public: bytes) -> No
     k.write_atomic(name + ".pub", public, 0o644)
 
 
-@dataclass(frozen=True)
+@frozen
 class Keygen:
     """Host keys that a background process (a joinable daemon) generates.
 

@@ -22,26 +22,26 @@ import base64
 import binascii
 import re
 import struct
-from dataclasses import dataclass
 
 from initpy.runtime import cmdline, etc, layout
 from initpy.runtime.cmdline import BadValue, Parameter
 from initpy.runtime.hook import BootContext, Hook, Milestone, State
+from initpy.runtime.record import frozen
 
 # -- the relay and the admin address: strict, because postfix reads them as syntax
 
 # A host name (RFC 1123) or a dotted IPv4 address.
 _HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST = rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*"
-_RELAY = re.compile(
-    rf"(?:\[(?P<bracketed>{_HOST})\]|(?P<host>{_HOST}))(?::(?P<port>[0-9]{{1,5}}))?"
-)
+# Patterns are text, compiled at their first use (re's cache), not at every
+# boot's import of the hook.
+_RELAY = rf"(?:\[(?P<bracketed>{_HOST})\]|(?P<host>{_HOST}))(?::(?P<port>[0-9]{{1,5}}))?"
 # local@domain: no commas, pipes, slashes, quotes, spaces or colons, which
 # /etc/aliases would read as more recipients, a command, a file or an include.
-_ADDRESS = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_+-]*(?:\.[A-Za-z0-9_+-]+)*@{_HOST}")
+_ADDRESS = rf"[A-Za-z0-9][A-Za-z0-9_+-]*(?:\.[A-Za-z0-9_+-]+)*@{_HOST}"
 
 
-@dataclass(frozen=True)
+@frozen
 class Relay:
     """buildos.smtp_relay: a host and, if given, a port."""
 
@@ -59,7 +59,7 @@ class Relay:
 
 def relay(raw: str | None) -> Relay:
     expected = "a host, host:port, [host] or [host]:port such as mail.example.org:587"
-    match = _RELAY.fullmatch(raw or "")
+    match = re.fullmatch(_RELAY, raw or "")
     if match is None or len(match.group("bracketed") or match.group("host")) > 253:
         raise BadValue(f"expected {expected}, got {raw!r}")
     port = int(match.group("port")) if match.group("port") else None
@@ -69,7 +69,7 @@ def relay(raw: str | None) -> Relay:
 
 
 def address(raw: str | None) -> str:
-    if raw is None or len(raw) > 254 or not _ADDRESS.fullmatch(raw):
+    if raw is None or len(raw) > 254 or not re.fullmatch(_ADDRESS, raw):
         raise BadValue(
             "expected an email address such as admin@example.org (letters, digits, '.', '_', "
             f"'+' and '-' before the @; no commas, pipes, quotes or spaces), got {raw!r}"

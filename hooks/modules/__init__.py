@@ -38,12 +38,12 @@ import errno
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from initpy.runtime import layout
 from initpy.runtime.hook import DRIVERLESS, BootContext, BootFailure, Hook, Milestone, State
 from initpy.runtime.layout import AliasIndex, AliasIndexError, PackedModule
+from initpy.runtime.record import field, mutable
 
 from . import missing_driver, modalias
 
@@ -77,7 +77,7 @@ def _modprobe(ctx: BootContext) -> str:
     return chosen
 
 
-@dataclass
+@mutable
 class Loader:
     """Loads packed modules, dependencies first, each once, and keeps the record."""
 
@@ -171,7 +171,7 @@ def _read_index(ctx: BootContext) -> AliasIndex | None:
         return None
 
 
-@dataclass
+@mutable
 class Follower:
     """The background loader: `add` uevents with a MODALIAS load their drivers."""
 

@@ -20,9 +20,9 @@ find the kernel's driver for the modalias on the build machine
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 from initpy.runtime.kernel import Kernel
+from initpy.runtime.record import frozen
 
 # PCI class (first two bytes, hex) -> (kind, what the operator calls it)
 PCI_CLASSES: dict[str, tuple[str, str]] = {
@@ -47,7 +47,7 @@ PCI = "/sys/bus/pci/devices"
 USB = "/sys/bus/usb/devices"
 
 
-@dataclass(frozen=True)
+@frozen
 class Driverless:
     kind: str  # "network" or "storage"
     what: str  # "Ethernet controller"

@@ -12,15 +12,15 @@ module's dependencies (the manifest's `needs`) before it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 from initpy.runtime.kernel import Kernel
 from initpy.runtime.layout import AliasIndex, PackedModule
+from initpy.runtime.record import frozen
 
 SYS_BUS = "/sys/bus"
 
 
-@dataclass(frozen=True)
+@frozen
 class Device:
     """A device as the kernel announces it: where it is, and its modalias."""
 
@@ -28,7 +28,7 @@ class Device:
     modalias: str
 
 
-@dataclass(frozen=True)
+@frozen
 class Wanted:
     """A module some device asked for, and which device (the first one)."""
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from initpy.runtime import cmdline
@@ -40,6 +39,7 @@ from initpy.runtime.hook import (
     State,
 )
 from initpy.runtime.layout import DEFAULT_PATH
+from initpy.runtime.record import frozen
 from initpy.runtime.report import printable
 from initpy.runtime.run import run
 
@@ -103,7 +103,7 @@ BR1_ADDRESS: Parameter[ipaddress.IPv4Interface] = Parameter(
 PARAMETERS: tuple[Parameter[Any], ...] = (CARRIER_TIMEOUT, DHCP_TIMEOUT, BR1_ADDRESS)
 
 
-@dataclass(frozen=True)
+@frozen
 class Nic:
     """An Ethernet NIC found at boot."""
 

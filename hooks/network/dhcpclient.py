@@ -42,8 +42,9 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
+
+from initpy.runtime.record import frozen
 
 from .lease import (
     INFINITE_LEASE,
@@ -66,7 +67,7 @@ RENEWER_NAME = "initpy-dhcp"
 VENDOR_ID = "initpy"
 
 
-@dataclass(frozen=True)
+@frozen
 class Attempt:
     """What happened on one NIC during the race."""
 
@@ -77,7 +78,7 @@ class Attempt:
     seconds: float | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class RaceResult:
     winner: Lease | None
     attempts: tuple[Attempt, ...]

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
+
+from initpy.runtime.record import field, frozen, replace
 
 # A host name (RFC 1123): dot-separated labels of letters, digits and '-',
 # neither starting nor ending with '-', 63 characters each, 253 in all.
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+HOSTNAME = rf"{_LABEL}(?:\.{_LABEL})*"  # compiled at its first use (re's cache)
 HOSTNAME_MAX = 253
 # DHCP's lease time is 32 bits; all ones is "infinite" (RFC 2131).
 INFINITE_LEASE = 0xFFFFFFFF
@@ -30,7 +31,7 @@ INFINITE_LEASE = 0xFFFFFFFF
 PREFIXES = range(8, 33)
 
 
-@dataclass(frozen=True)
+@frozen
 class Lease:
     """What the winning DHCP server granted; every option may be absent."""
 
@@ -76,7 +77,7 @@ def classful_prefix(address: str) -> int:
 
 
 def is_hostname(text: str) -> bool:
-    return len(text) <= HOSTNAME_MAX and HOSTNAME.fullmatch(text) is not None
+    return len(text) <= HOSTNAME_MAX and re.fullmatch(HOSTNAME, text) is not None
 
 
 def _unicast(text: str) -> ipaddress.IPv4Address | None:

@@ -20,10 +20,10 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from initpy.runtime.kernel import Kernel, NetlinkSocket
+from initpy.runtime.record import frozen
 
 from .lease import DhcpClient
 
@@ -32,7 +32,7 @@ RTMGRP_LINK = 1
 IFF_UP = 1
 
 
-@dataclass(frozen=True)
+@frozen
 class Link:
     """One network interface as netlink reports it."""
 

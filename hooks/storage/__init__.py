@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass
 
 from initpy.runtime import cmdline, etc, layout
 from initpy.runtime.cmdline import Parameter
@@ -34,6 +33,7 @@ from initpy.runtime.hook import (
     Milestone,
     State,
 )
+from initpy.runtime.record import frozen
 from initpy.runtime.report import one_line, printable
 
 from .blockdev import BlockDevice, listing, wait_for_devices
@@ -47,10 +47,11 @@ MACHINES_MOUNT = "/build/machines"
 # Filesystems /state may use. xfs and vfat are probed too (for the disk
 # listing) but cannot carry the label: xfs labels hold 12 bytes, FAT 11.
 STATE_FILESYSTEMS = ("ext2", "ext3", "ext4", "btrfs")
-# A <name> of buildos.machines.<name> becomes a folder name.
-SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+# A <name> of buildos.machines.<name> becomes a folder name. (Patterns are
+# text, compiled at their first use by re's cache, not at every boot's import.)
+SAFE_NAME = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
 # A label that a fix command may show as it is.
-SHELL_SAFE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+SHELL_SAFE = r"[A-Za-z0-9_][A-Za-z0-9._-]*"
 
 
 DISKS_TIMEOUT: Parameter[float] = Parameter(
@@ -63,7 +64,7 @@ DISKS_TIMEOUT: Parameter[float] = Parameter(
 # -- what was found ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class Filesystem:
     """One filesystem: one device, or every member of a multi-device btrfs."""
 
@@ -88,7 +89,7 @@ class Filesystem:
     @property
     def label_word(self) -> str:
         """The label as one shell word, for a fix the operator may paste."""
-        if SHELL_SAFE.fullmatch(self.label):
+        if re.fullmatch(SHELL_SAFE, self.label):
             return self.label
         return shlex.quote(printable(self.label))
 
@@ -140,13 +141,13 @@ def _is_machines(label: str) -> bool:
     return label == MACHINES_LABEL or label.startswith(MACHINES_PREFIX)
 
 
-@dataclass(frozen=True)
+@frozen
 class MachinesMount:
     target: str  # /build/machines or /build/machines/<name>
     filesystem: Filesystem
 
 
-@dataclass(frozen=True)
+@frozen
 class StoragePlan:
     """What find_disks decided: the state filesystem and the machines mounts."""
 
@@ -225,7 +226,7 @@ def plan_storage(
         if label.startswith(MACHINES_PREFIX)
     }
     for name, group in sorted(named.items()):
-        if not SAFE_NAME.fullmatch(name):
+        if not re.fullmatch(SAFE_NAME, name):
             problems.append(
                 f"{group[0].paths} is labelled {group[0].shown_label}, but {name!r} is not a "
                 "safe folder name under /build/machines"

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import stat
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 from initpy.runtime.kernel import Kernel, NetlinkSocket
+from initpy.runtime.record import field, frozen
 
 from .labels import Superblock, probe_all
 
@@ -36,7 +36,7 @@ POLL_SECONDS = 0.25
 # -- uevents ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class Uevent:
     """One kernel uevent, e.g. add@/devices/.../block/vda with SUBSYSTEM=block."""
 
@@ -82,7 +82,7 @@ def uevent_message(event: Uevent) -> bytes:
 # -- block devices in sysfs --------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class BlockDevice:
     """One entry of /sys/class/block: a whole disk or a partition."""
 
@@ -226,7 +226,7 @@ def scan(kernel: Kernel) -> list[BlockDevice]:
     return devices
 
 
-@dataclass(frozen=True)
+@frozen
 class Waited:
     """The outcome of waiting for block devices."""
 

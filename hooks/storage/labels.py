@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from initpy.runtime.record import frozen
 
 # read(offset, size) -> at most `size` bytes (fewer at the end of the device).
 Reader = Callable[[int, int], bytes]
@@ -43,7 +44,7 @@ XFS_MAGIC = b"XFSB"
 SWAP_MAGICS = (b"SWAPSPACE2", b"SWAP-SPACE")
 
 
-@dataclass(frozen=True)
+@frozen
 class Superblock:
     """What a device's superblock says about the filesystem on it."""
 

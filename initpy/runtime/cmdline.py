@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Generic, TypeVar, cast
+
+from initpy.runtime.record import field, frozen
 
 T = TypeVar("T")
 # A Parameter is frozen, its value only read: a Parameter[float] is a
@@ -32,7 +33,7 @@ class BadValue(ValueError):
     """A parameter's value does not parse; the text says what was expected."""
 
 
-@dataclass(frozen=True)
+@frozen
 class Parameter(Generic[T_co]):
     """One command-line parameter: its name, type, default and meaning."""
 
@@ -47,7 +48,7 @@ class Parameter(Generic[T_co]):
         return normalise(self.name)
 
 
-@dataclass(frozen=True)
+@frozen
 class BootConfig:
     """The parsed command line. Values are looked up by `Parameter`."""
 
@@ -187,13 +188,16 @@ def _describe(value: object) -> str:
 
 
 def text(what: str, pattern: str | None = None) -> Callable[[str | None], str | None]:
-    """A required non-empty string, optionally matching `pattern`."""
-    regex = re.compile(pattern) if pattern else None
+    """A required non-empty string, optionally matching `pattern`.
+
+    The pattern is compiled when a value is first checked (re's cache), not
+    when a hook declares its parameter at import.
+    """
 
     def parse_text(raw: str | None) -> str | None:
         if raw is None or raw == "":
             raise BadValue(f"expected {what}, got no value")
-        if regex is not None and not regex.fullmatch(raw):
+        if pattern and not re.fullmatch(pattern, raw):
             raise BadValue(f"expected {what}, got {raw!r}")
         return raw
 

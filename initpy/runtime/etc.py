@@ -12,17 +12,17 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from initpy.runtime.hook import BootContext, Fact
 from initpy.runtime.kernel import Kernel
+from initpy.runtime.record import frozen
 
 FSTAB = "/etc/fstab"
 ROOT_PASSWD = "root:*:0:0:root:/root:/bin/sh\n"
 ROOT_GROUP = "root:x:0:\n"
 
 
-@dataclass(frozen=True)
+@frozen
 class FstabEntry:
     source: str
     target: str
@@ -118,7 +118,7 @@ def ensure_root_account(kernel: Kernel) -> None:
             kernel.write_atomic(path, line.encode(), 0o644)
 
 
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"  # compiled at its first use (re's cache)
 
 
 def env_file(values: Mapping[str, str]) -> str:
@@ -133,7 +133,7 @@ def env_file(values: Mapping[str, str]) -> str:
     """
     lines = []
     for name, value in values.items():
-        if not ENV_NAME.fullmatch(name):
+        if not re.fullmatch(ENV_NAME, name):
             raise ValueError(f"not an environment variable name: {name!r}")
         if not value.isprintable():
             raise ValueError(f"{name}: a control character in {value!r}")

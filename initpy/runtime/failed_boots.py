@@ -24,11 +24,11 @@ report is cut short and kept on one line.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 from initpy.runtime import layout
 from initpy.runtime.cmdline import BadValue, Parameter
 from initpy.runtime.kernel import Kernel
+from initpy.runtime.record import frozen
 from initpy.runtime.report import KEEP_REPORTS, STATE_REPORT_DIR, Report, one_line
 
 COUNT_PATH = f"{layout.STATE_OWN_DIR}/failed_boots"
@@ -120,7 +120,7 @@ def restore(kernel: Kernel, report: Report, count: int) -> None:
         pass  # the rescue that follows says nothing new about /state
 
 
-@dataclass(frozen=True)
+@frozen
 class Guard:
     """What the guard decided at a rescue."""
 

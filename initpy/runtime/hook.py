@@ -22,13 +22,13 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Generic, TypeVar, cast
 
 from initpy.runtime.cmdline import BootConfig, Parameter
 from initpy.runtime.kernel import Kernel
 from initpy.runtime.layout import Manifest
+from initpy.runtime.record import field, frozen, mutable
 from initpy.runtime.report import Report
 
 T = TypeVar("T")
@@ -59,14 +59,14 @@ class HookError(Exception):
     """The hooks do not fit together (cycle, unknown state, duplicate)."""
 
 
-@dataclass(frozen=True)
+@frozen
 class Fact(Generic[T]):
     """A typed key for a result that one state leaves for later ones."""
 
     name: str
 
 
-@dataclass
+@mutable
 class BootContext:
     """What a state function gets: the seam, the command line, the report."""
 
@@ -170,7 +170,7 @@ class Milestone(StrEnum):
     NETWORK = "network"  # br0 holds the lease, br1 and the NAT are up
 
 
-@dataclass(frozen=True)
+@frozen
 class State:
     """One step of the boot, run once, in order.
 
@@ -193,7 +193,7 @@ class State:
             object.__setattr__(self, name, tuple(str(m) for m in getattr(self, name)))
 
 
-@dataclass(frozen=True)
+@frozen
 class Hook:
     """One feature of the init, as data plus the functions it runs."""
 
@@ -211,7 +211,7 @@ class Hook:
     on_rescue: tuple[RescueFunction, ...] = ()
 
 
-@dataclass(frozen=True)
+@frozen
 class Registry:
     """The selected hooks and the order of their states."""
 

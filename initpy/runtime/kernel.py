@@ -6,8 +6,8 @@ reads of /proc and /sys, block-device reads, file writes, child processes and
 the console. Tests and the no-root "walk" replace this object with
 `initpy.devtools.fake.FakeKernel`, and nothing else, to fake a whole machine.
 
-Only the standard library is imported here: this module is on PID 1's
-start-up path.
+Only the standard library (and initpy.runtime.record, which imports
+nothing) is imported here: this module is on PID 1's start-up path.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from types import FrameType
 from typing import NoReturn, Protocol, TypeVar
+
+from initpy.runtime.record import frozen
 
 T = TypeVar("T")
 
@@ -125,7 +126,7 @@ class KernelError(OSError):
     """A syscall failed; the message names the call and its arguments."""
 
 
-@dataclass(frozen=True)
+@frozen
 class Completed:
     """The outcome of an external command run through the seam."""
 
@@ -135,7 +136,7 @@ class Completed:
     stderr: str
 
 
-@dataclass(frozen=True)
+@frozen
 class ShellExit:
     """How an interactive shell on the console ended."""
 
@@ -517,13 +518,35 @@ class Kernel:
 
         As PID 1 we inherit every orphan. `waitpid(-1)` would also steal the
         exit status of a command that `run()` is waiting for, so only zombies
-        listed in /proc and not adopted by `run()` are reaped.
+        not adopted by `run()` are reaped. `waitid(WNOWAIT)` names a zombie
+        without reaping it: one syscall answers the usual case (the child
+        that sent SIGCHLD was run()'s, and is reaped already). Only when the
+        zombie it names is run()'s, which hides any others, are the zombies
+        looked for in /proc, one file per process (2.4 ms natively for 100
+        processes, 15 times that under TCG, after every state that ran a
+        command).
         """
         reaped: list[int] = []
         if self._watching:
             if not self._sigchld.is_set():
                 return reaped  # no child has died since the last scan
             self._sigchld.clear()  # before the scan: a death during it sets it again
+        while True:
+            try:
+                found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return reaped  # no children at all
+            if found is None:
+                return reaped  # children, but none has ended
+            with self._children_lock:
+                if found.si_pid in self._children:
+                    break  # run()'s own: look past it in /proc
+            try:
+                if os.waitpid(found.si_pid, os.WNOHANG)[0] != found.si_pid:
+                    break  # not reaped after all: never ask about it again and again
+                reaped.append(found.si_pid)
+            except ChildProcessError:
+                pass  # reaped meanwhile by whoever waited for it
         try:
             pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
         except OSError:

@@ -6,15 +6,17 @@ were chosen, which kernel modules were packed with what they need first,
 the kernel they were packed for, and the build id that `buildos-buildid`
 carries. Nothing else passes between the two.
 
-Only the standard library is imported: this module is on PID 1's start-up
-path, and the builder imports it too.
+Only the standard library and initpy.runtime.record (which imports
+nothing) are imported: this module is on PID 1's start-up path, the builder
+imports it too, and the booted host's monitor runs it under the OS's python3.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+
+from initpy.runtime.record import field, frozen, mutable
 
 # -- paths inside the initrd ---------------------------------------------------------
 
@@ -62,7 +64,7 @@ class ManifestError(ValueError):
     """The manifest is missing a field or has one of the wrong kind."""
 
 
-@dataclass(frozen=True)
+@frozen
 class PackedModule:
     """A kernel module in the initrd, and the modules it needs loaded first."""
 
@@ -77,7 +79,7 @@ class PackedModule:
     hooks: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@frozen
 class Manifest:
     """What the builder put into the initrd, for PID 1."""
 
@@ -183,7 +185,7 @@ def literal_prefix(glob: str) -> str:
     return glob[:cut]
 
 
-@dataclass
+@mutable
 class AliasIndex:
     """modules.alias for the packed drivers, grouped so a modalias is matched fast.
 

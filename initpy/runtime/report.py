@@ -15,11 +15,11 @@ JSON escapes control characters by itself.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
 from initpy.runtime import layout
 from initpy.runtime.kernel import Kernel
+from initpy.runtime.record import as_dict, field, mutable
 
 REPORT_DIR = layout.RUN_DIR
 REPORT_PATH = layout.REPORT
@@ -72,7 +72,7 @@ class Result(StrEnum):
     SKIPPED = "skipped"
 
 
-@dataclass
+@mutable
 class StateRecord:
     name: str
     start_ms: int
@@ -81,7 +81,7 @@ class StateRecord:
     detail: str | None
 
 
-@dataclass
+@mutable
 class Report:
     kernel: Kernel
     outcome: Outcome | None = None
@@ -124,7 +124,7 @@ class Report:
             "outcome": self.outcome,
             "reason": self.reason,
             "fix": self.fix,
-            "states": [asdict(s) for s in self.states],
+            "states": [as_dict(s) for s in self.states],
             "command_line": self.command_line,
             "modules": self.modules,
             "warnings": self.warnings,

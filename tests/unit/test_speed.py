@@ -1,5 +1,5 @@
 """Speed changes that must not change behaviour: the SIGCHLD-gated reaper,
-hook files that import nothing heavy."""
+hook files that import nothing heavy, a boot path without dataclasses."""
 
 from __future__ import annotations
 
@@ -66,19 +66,66 @@ def test_reaper_leaves_run_children_alone(watching_kernel: Kernel) -> None:
     assert k.reap_orphans() == []
 
 
+@pytest.mark.parametrize("adopted_first", [True, False])
+def test_the_reaper_leaves_a_run_child_and_takes_the_orphans_beside_it(
+    watching_kernel: Kernel, adopted_first: bool
+) -> None:
+    """A zombie that run() still waits for is never reaped, whether the
+    kernel names it before the orphans (they are then found in /proc) or
+    after them."""
+    k = watching_kernel
+    first, second = _fork_zombie(), _fork_zombie()
+    in_flight, orphan = (first, second) if adopted_first else (second, first)
+    k._adopt(in_flight)  # as run() does while it waits for its child
+    try:
+        assert k.reap_orphans() == [orphan]
+        assert _zombie(in_flight)
+    finally:
+        k._release(in_flight)
+        os.waitpid(in_flight, 0)
+
+
 def test_hook_files_import_nothing_heavy() -> None:
     """Loading every hook (PID 1's path to the first state) leaves asyncio,
-    pyroute2 and the DHCP client for the states that need them."""
+    pyroute2 and the DHCP client for the states that need them; dataclasses
+    (its exec per class) and inspect are not on that path at all."""
     code = (
         "import sys; from initpy.runtime.driver import load_registry; "
         f"load_registry([{str(HOOKS_DIR)!r}]); "
         "print(' '.join(m for m in ('asyncio', 'pyroute2', 'hooks.network.dhcpclient', 'ssl',"
-        " 'concurrent.futures') if m in sys.modules))"
+        " 'concurrent.futures', 'dataclasses', 'inspect') if m in sys.modules))"
     )
     loaded = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        [sys.executable, "-S", "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.path.dirname(HOOKS_DIR),
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if "-packages" in p)),
     ).stdout.split()
     assert loaded == []
+
+
+def test_the_state_machine_brings_no_dataclasses() -> None:
+    """Up to the first state (the hooks, the registry, the transitions
+    machine and one step of it), the boot creates its records without
+    dataclasses; only transitions imports inspect."""
+    code = (
+        "import sys; from initpy.runtime.driver import Boot, load_registry; "
+        "from initpy.runtime.kernel import Kernel; "
+        f"boot = Boot(Kernel(watch_orphans=False), load_registry([{str(HOOKS_DIR)!r}])); "
+        "boot.trigger('advance'); "
+        "print(boot.state, 'dataclasses' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.path.dirname(HOOKS_DIR),
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if "-packages" in p)),
+    ).stdout.split()
+    assert out == ["early_mounts", "False"]
 
 
 def test_lean_pyroute2_skips_the_package_init_and_still_talks_netlink() -> None:

@@ -83,6 +83,7 @@ class Compression(StrEnum):
     """How the initrd's archives are compressed."""
 
     ZSTD = "zstd"
+    LZ4 = "lz4"
     GZIP = "gzip"
     XZ = "xz"
     NONE = "none"

@@ -304,8 +304,11 @@ def prune(folder: str, keep: int) -> None:
 # base_library.zip (for inspect.getsource); pyi_rth_multiprocessing imports
 # multiprocessing for spawned children, which the init never makes. Together
 # about 25 ms natively, so about 0.4 s under TCG before the first state line.
-# pyi_rth_pkgutil stays: pyroute2 lists its ifinfmsg plugins with pkgutil.
-DROPPED_RUNTIME_HOOKS = ("pyi_rth_inspect", "pyi_rth_multiprocessing")
+# pyi_rth_pkgutil imports pkgutil, and with it typing, re and enum (13 ms
+# natively) at every start; pyroute2 lists its ifinfmsg plugins with pkgutil,
+# so the entry script does its job when pkgutil is first imported
+# (initpy.runtime.frozen.PkgutilOnImport).
+DROPPED_RUNTIME_HOOKS = ("pyi_rth_inspect", "pyi_rth_multiprocessing", "pyi_rth_pkgutil")
 
 
 def _run_pyinstaller(imports: Sequence[str], work: str, log: bool) -> None:

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Kernel start -> /init in QEMU, for several initrds booted in turn.
+"""The boot up to initpy's first line in QEMU, for several initrds booted in turn.
 
-    .venv/bin/python benchmarks/unpack_time.py [--runs N] [--shared] [--smp N]
-                                               NAME=INITRD [NAME=INITRD ...]
+    .venv/bin/python benchmarks/early_boot.py [--python] [--runs N] [--shared]
+                                              [--smp N] NAME=INITRD [NAME=INITRD ...]
 
-What it measures: the kernel's part of the boot that depends on the initrd,
+Without --python, it measures the kernel's part of the boot that depends on the initrd,
 mostly the unpacking of every byte of the archive into the root tmpfs
 before it runs /init. Each initrd boots with a small uncompressed archive
 put in front of it (as early microcode is), holding /unpack-probe, and
@@ -18,6 +18,15 @@ kernel's clock:
 - unpack: "Trying to unpack rootfs image as initramfs..";
 - freed: "Freeing initrd memory" (the unpacking is over);
 - /init: "Run /unpack-probe as init process".
+
+With --python, it boots each initrd's own /init (an initpy initrd) with
+`INITPY_STAMPS=1 initpy.break=load_modules`: the frozen entry script then
+writes kernel-log lines (initpy.runtime.frozen.stamp) at its first line and
+after importing initpy.runtime.entry, and the boot stops in a shell before
+its first hook state, where the benchmark reads the kernel log. Columns:
+"Run /init", the entry script's first line (the bootloader, libpython, the
+base library and PyInstaller's runtime hooks before it), entry imported,
+and initpy's first line ("initpy: starting").
 """
 
 from __future__ import annotations
@@ -51,6 +60,13 @@ MARKS = (
     ("freed", "Freeing initrd memory"),
     ("/init", "Run /"),
 )
+PYTHON_MARKS = (
+    ("/init", "Run /init"),
+    ("script", "initpy-stamp: frozen.py"),
+    ("entry", "initpy-stamp: imported entry"),
+    ("first", "initpy: starting"),
+)
+BREAK_STATE = "load_modules"
 
 
 def with_probe(initrd: Path, out: Path) -> None:
@@ -65,18 +81,36 @@ def kernel_file() -> Path:
     return Path(folder) / "vmlinuz"
 
 
-def boot(vmlinuz: Path, initrd: Path, smp: int, name: str) -> dict[str, float]:
+def boot(vmlinuz: Path, initrd: Path, smp: int, name: str, python: bool) -> dict[str, float]:
     extra = ["-smp", str(smp)] if smp != 1 else []
-    with qemu.boot(vmlinuz, initrd, "quiet rdinit=/unpack-probe", extra=extra, name=name) as vm:
-        vm.expect("==probe:begin==", 300)
+    append = (
+        f"quiet printk.devkmsg=on INITPY_STAMPS=1 initpy.break={BREAK_STATE}"
+        if python
+        else "quiet rdinit=/unpack-probe"
+    )
+    with qemu.boot(vmlinuz, initrd, append, extra=extra, name=name) as vm:
+        if python:
+            vm.expect(re.escape(f"(initpy break before {BREAK_STATE}) # "), 300)
+            vm.send(
+                "echo ==probe:begin==; dmesg | grep -E 'Run /init|initpy-stamp|initpy: starting';"
+                " echo ==probe:end==; poweroff -f"
+            )
+            vm.expect("==probe:begin==\n", 60)
+        else:
+            vm.expect("==probe:begin==", 300)
         text = vm.expect(r"(?s)(.*?)==probe:end==", 60).group(1)
         vm.wait_exit(60)
     stamps: dict[str, float] = {}
     for stamp, line in KMSG_LINE.findall(text):
-        for key, start in MARKS:
+        for key, start in PYTHON_MARKS if python else MARKS:
             if key not in stamps and line.startswith(start):
                 stamps[key] = float(stamp)
     return stamps
+
+
+def median(values: list[float | None]) -> float:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else float("nan")
 
 
 def main() -> None:
@@ -85,11 +119,15 @@ def main() -> None:
     )
     parser.add_argument("initrds", nargs="+", metavar="NAME=INITRD")
     parser.add_argument("--runs", type=int, default=5, help="boots of each initrd (default 5)")
+    parser.add_argument(
+        "--python", action="store_true", help="the frozen Python's start (see above)"
+    )
     parser.add_argument("--smp", type=int, default=1, help="vCPUs (default 1)")
     parser.add_argument(
         "--shared", action="store_true", help="take one VM slot, not both (see boot_time.py)"
     )
     ns = parser.parse_args()
+    marks = PYTHON_MARKS if ns.python else MARKS
     vmlinuz = kernel_file()
     results: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="initpy-unpack-") as tmp:
@@ -97,29 +135,33 @@ def main() -> None:
         for spec in ns.initrds:
             name, _, path = spec.partition("=")
             probed[name] = Path(tmp) / f"{name}.img"
-            with_probe(Path(path), probed[name])
+            if ns.python:
+                probed[name] = Path(path)
+            else:
+                with_probe(Path(path), probed[name])
             size = Path(path).stat().st_size
             print(f"{name}: {path}, {size / 1e6:.2f} MB")
             results[name] = []
         with contextlib.nullcontext() if ns.shared else holding_both_slots():
             for i in range(ns.runs):
                 for name, image in probed.items():
-                    stamps = boot(vmlinuz, image, ns.smp, f"unpack-{name}-{i}")
+                    stamps = boot(vmlinuz, image, ns.smp, f"early-{name}-{i}", ns.python)
                     results[name].append(stamps)
                     print(
                         f"  {name} #{i + 1}: "
-                        + " ".join(f"{k} {stamps.get(k, float('nan')):.3f}" for k, _ in MARKS),
+                        + " ".join(f"{k} {stamps.get(k, float('nan')):.3f}" for k, _ in marks),
                         flush=True,
                     )
+    first, last = marks[0][0], marks[-1][0]
     print()
-    print(f"median of {ns.runs}, s since kernel start   unpack   freed   /init  freed-unpack")
+    print(
+        f"median of {ns.runs}, s since kernel start{''.join(f'{k:>8}' for k, _ in marks)}"
+        f"  {last} - {first}"
+    )
     for name, runs in results.items():
-        med = {k: statistics.median([r[k] for r in runs if k in r]) for k, _ in MARKS}
-        spans = [r["freed"] - r["unpack"] for r in runs if "freed" in r and "unpack" in r]
-        print(
-            f"{name:<38}{med['unpack']:7.2f} {med['freed']:7.2f} {med['/init']:7.2f}"
-            f" {statistics.median(spans):9.2f}"
-        )
+        med = [median([r.get(k) for r in runs]) for k, _ in marks]
+        span = median([r[last] - r[first] for r in runs if last in r and first in r])
+        print(f"{name:<39}{''.join(f'{m:8.2f}' for m in med)}  {span:8.2f}")
 
 
 if __name__ == "__main__":

@@ -159,7 +159,7 @@ exit 0
 
 
 def build_baseline(modules: Path, names: list[str], out: Path) -> list[str]:
-    """A busybox-only initrd (zstd, like initpy's) with the same modules; their names."""
+    """A busybox-only initrd (lz4, like mkinitrd's default) with the same modules; their names."""
     busybox = "/bin/busybox"
     applets = subprocess.run(
         [busybox, "--list"], capture_output=True, text=True, check=True
@@ -178,7 +178,7 @@ def build_baseline(modules: Path, names: list[str], out: Path) -> list[str]:
         cpio.directory("sys"),
         *(cpio.regular(f"lib/modules/{p.name}", source=str(p)) for p in kos),
     ]
-    data = cpio.compress(cpio.archive(cpio.with_parents(entries), 0), "zstd")
+    data = cpio.compress(cpio.archive(cpio.with_parents(entries), 0), "lz4")
     out.write_bytes(data)
     return [p.name for p in kos]
 
@@ -333,7 +333,7 @@ def main() -> None:
         )
         print(f"initpy initrd:  {initrd.stat().st_size / 1e6:6.2f} MB")
 
-        baseline = work / "baseline.cpio.zst"
+        baseline = work / "baseline.cpio.lz4"
         names = hook_modules(ns.hooks)
         loaded: list[str] = []
         if not ns.no_baseline:

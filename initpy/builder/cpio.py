@@ -239,7 +239,7 @@ def parse_compression(spec: str) -> tuple[str, int | None]:
 
 
 def compress(data: bytes, method: str, level: int | None = None) -> bytes:
-    """Compress with the command-line tool (zstd, gzip, xz) or not at all.
+    """Compress with the command-line tool (zstd, lz4, gzip, xz) or not at all.
 
     The `zstd` binary (Debian zstd) is used, not a Python binding: it is
     multi-threaded, always present in scripts/bootstrap, and its output for a

@@ -231,6 +231,14 @@ def test_include_brings_libraries(setup: dict[str, str]) -> None:
     assert "usr/lib/initpy/lib/libc.so.6" in files
 
 
+def test_one_file_may_be_included_twice(setup: dict[str, str]) -> None:
+    # boot_time.py packs its guest program as the exec target and as systemd.
+    true = shutil.which("true") or "/bin/true"
+    files = members(build(setup, "out", includes=(f"{true}:/opt/a", f"{true}:/opt/b")))
+    assert files["opt/a"].data == files["opt/b"].data
+    assert elf.parse(files["opt/b"].data).interpreter == freeze.PRIVATE_LOADER
+
+
 def test_hook_files_go_in_like_includes(setup: dict[str, str]) -> None:
     true = shutil.which("true") or "/bin/true"
     notes = os.path.join(setup["top"], "notes.txt")

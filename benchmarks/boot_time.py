@@ -2,7 +2,7 @@
 """Boot time in QEMU: initpy against a busybox-only /init, on the kernel's clock.
 
     .venv/bin/python benchmarks/boot_time.py [--runs N] [--initrd-dir OUTDIR]
-                                             [--no-baseline]
+                                             [--compare OUTDIR] [--no-baseline]
 
 Boots the initpy initrd (built with mkinitrd.py and the VM tests' guest
 program, or taken from OUTDIR) N times with the whole-boot VM arguments
@@ -19,6 +19,10 @@ each NIC). It prints, per boot and as medians:
   host's clock (firmware and QEMU's start included);
 
 and for initpy the time of each state (report.json, CLOCK_BOOTTIME).
+With --compare OUTDIR, an other initpy build (an mkinitrd OUTDIR made with
+the guest program, e.g. from a `git worktree` of the commit before) boots
+in each round too, as "before", so a change is measured against its parent
+in the same run.
 Times come from the kernel's printk clock (dmesg, read by the guest), so
 they do not include QEMU's start or the firmware. Other VMs on the machine
 slow TCG, so by default the benchmark holds both VM slots while it boots
@@ -159,7 +163,7 @@ exit 0
 
 
 def build_baseline(modules: Path, names: list[str], out: Path) -> list[str]:
-    """A busybox-only initrd (zstd, like initpy's) with the same modules; their names."""
+    """A busybox-only initrd (lz4, like mkinitrd's default) with the same modules; their names."""
     busybox = "/bin/busybox"
     applets = subprocess.run(
         [busybox, "--list"], capture_output=True, text=True, check=True
@@ -178,7 +182,7 @@ def build_baseline(modules: Path, names: list[str], out: Path) -> list[str]:
         cpio.directory("sys"),
         *(cpio.regular(f"lib/modules/{p.name}", source=str(p)) for p in kos),
     ]
-    data = cpio.compress(cpio.archive(cpio.with_parents(entries), 0), "zstd")
+    data = cpio.compress(cpio.archive(cpio.with_parents(entries), 0), "lz4")
     out.write_bytes(data)
     return [p.name for p in kos]
 
@@ -301,6 +305,14 @@ def main() -> None:
         help="mkinitrd --hooks NAMES (default: every hook); the baseline "
         "loads the same hooks' modules",
     )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        default=None,
+        metavar="OUTDIR",
+        help="also boot this initpy build (an mkinitrd OUTDIR with the guest program) each "
+        "round, as 'before'",
+    )
     parser.add_argument("--no-baseline", action="store_true", help="boot initpy only")
     parser.add_argument(
         "--first-boot",
@@ -333,7 +345,7 @@ def main() -> None:
         )
         print(f"initpy initrd:  {initrd.stat().st_size / 1e6:6.2f} MB")
 
-        baseline = work / "baseline.cpio.zst"
+        baseline = work / "baseline.cpio.lz4"
         names = hook_modules(ns.hooks)
         loaded: list[str] = []
         if not ns.no_baseline:
@@ -349,12 +361,27 @@ def main() -> None:
         ours: list[Boot] = []
         theirs: list[Boot] = []
         firsts: list[Boot] = []
+        befores: list[Boot] = []
+        if ns.compare is not None:
+            size = (ns.compare / "buildos-initrd").stat().st_size
+            print(f"before initrd:  {size / 1e6:6.2f} MB ({ns.compare})")
         with contextlib.nullcontext() if ns.shared else holding_both_slots():
             for i in range(ns.runs):
                 # Fresh disks for every boot, so that every boot does the same work.
                 (work / f"i{i}").mkdir()
                 (work / f"b{i}").mkdir()
                 exec_path = SYSTEMD_STANDIN if ns.first_boot else GUEST_PATH
+                if ns.compare is not None:
+                    (work / f"c{i}").mkdir()
+                    befores.append(
+                        boot_once(
+                            vmlinuz,
+                            ns.compare / "buildos-initrd",
+                            full_boot_args(work / f"c{i}", exec_path),
+                            f"bench-before-{i}",
+                            True,
+                        )
+                    )
                 ours.append(
                     boot_once(
                         vmlinuz,
@@ -388,6 +415,8 @@ def main() -> None:
 
     print()
     print("seconds since kernel start   ->/init  ->first ->handoff  wall(QEMU start->handoff)")
+    if befores:
+        print_table("before", befores)
     print_table("initpy", ours)
     if theirs:
         print_table("busybox", theirs)
@@ -396,18 +425,21 @@ def main() -> None:
     print()
     if theirs:
         # Acceptance 1 of issue 13: the hand-off's uptime, initpy over busybox.
-        ratios = [
-            a.to_handoff / b.to_handoff
-            for a, b in zip(ours, theirs, strict=True)
-            if a.to_handoff is not None and b.to_handoff
-        ]
-        mine, base = median([b.to_handoff for b in ours]), median([b.to_handoff for b in theirs])
-        if ratios and mine is not None and base:
-            print(
-                f"hand-off uptime, initpy/busybox: median of per-round ratios "
-                f"{statistics.median(ratios):.2f} (rounds: {' '.join(f'{r:.2f}' for r in ratios)});"
-                f" ratio of medians {mine / base:.2f}"
-            )
+        for label, boots in (("before", befores), ("initpy", ours)):
+            ratios = [
+                a.to_handoff / b.to_handoff
+                for a, b in zip(boots, theirs, strict=False)
+                if a.to_handoff is not None and b.to_handoff
+            ]
+            mine = median([b.to_handoff for b in boots])
+            base = median([b.to_handoff for b in theirs])
+            if ratios and mine is not None and base:
+                print(
+                    f"hand-off uptime, {label}/busybox: median of per-round ratios "
+                    f"{statistics.median(ratios):.2f} "
+                    f"(rounds: {' '.join(f'{r:.2f}' for r in ratios)});"
+                    f" ratio of medians {mine / base:.2f}"
+                )
     if firsts:
         # Acceptance 2: a first boot on a blank state disk against a usual one.
         gaps = [
@@ -420,7 +452,18 @@ def main() -> None:
                 f"first boot - usual boot, hand-off: median {statistics.median(gaps):+.2f} s "
                 f"(rounds: {' '.join(f'{g:+.2f}' for g in gaps)})"
             )
-    for label, boots in (("initpy", ours), ("first boot", firsts)):
+    if befores:
+        gains = [
+            b.to_handoff - a.to_handoff
+            for a, b in zip(ours, befores, strict=True)
+            if a.to_handoff is not None and b.to_handoff is not None
+        ]
+        if gains:
+            print(
+                f"before - initpy, hand-off: median {statistics.median(gains):+.2f} s "
+                f"(rounds: {' '.join(f'{g:+.2f}' for g in gains)})"
+            )
+    for label, boots in (("before", befores), ("initpy", ours), ("first boot", firsts)):
         if not boots:
             continue
         print()

@@ -23,10 +23,10 @@ from initpy.builder.command import BuildError, run
 
 NEWC_MAGIC = b"070701"
 TRAILER = "TRAILER!!!"
-COMPRESSIONS = ("zstd", "gzip", "xz", "none")
+COMPRESSIONS = ("zstd", "lz4", "gzip", "xz", "none")
 # The levels each tool accepts, and the level used when none is given: the
 # smallest output the kernel's unpacker still reads fast (release images).
-LEVELS = {"zstd": (1, 19, 19), "gzip": (1, 9, 9), "xz": (0, 9, 6)}
+LEVELS = {"zstd": (1, 19, 19), "lz4": (1, 12, 9), "gzip": (1, 9, 9), "xz": (0, 9, 6)}
 
 
 class ArchiveError(BuildError):
@@ -207,6 +207,7 @@ def decompress(data: bytes) -> bytes:
     tools = (
         (b"\x28\xb5\x2f\xfd", ["zstd", "-d", "-c", "-q"]),
         (b"\x1f\x8b", ["gzip", "-d", "-c"]),
+        (b"\x02\x21\x4c\x18", ["lz4", "-d", "-c", "-q"]),
         (b"\xfd7zXZ", ["xz", "-d", "-c"]),
     )
     for magic, argv in tools:
@@ -238,7 +239,7 @@ def parse_compression(spec: str) -> tuple[str, int | None]:
 
 
 def compress(data: bytes, method: str, level: int | None = None) -> bytes:
-    """Compress with the command-line tool (zstd, gzip, xz) or not at all.
+    """Compress with the command-line tool (zstd, lz4, gzip, xz) or not at all.
 
     The `zstd` binary (Debian zstd) is used, not a Python binding: it is
     multi-threaded, always present in scripts/bootstrap, and its output for a
@@ -249,6 +250,8 @@ def compress(data: bytes, method: str, level: int | None = None) -> bytes:
         return data
     argv = {
         "zstd": ["zstd", "-q", "-c", "-T0"],
+        # -l: the legacy frame, the only lz4 format the kernel's unpacker reads.
+        "lz4": ["lz4", "-l", "-q", "-c"],
         "gzip": ["gzip", "-n", "-c"],
         "xz": ["xz", "-c", "--check=crc32", "-T1"],
     }.get(method)

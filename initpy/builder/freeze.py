@@ -7,7 +7,7 @@ they import: their imports (module level and inside functions) are read
 with `ast` and passed as hidden imports.
 
 The product is cached in ~/.cache/initpy/freeze/<key>, where the key hashes
-what decides the frozen bytes: initpy's sources, the modules the hooks
+what decides the frozen bytes: initpy's sources and this file, the modules the hooks
 import (not the hooks' text: editing a hook's body does not refreeze), the
 Python and PyInstaller versions and every installed distribution with its
 version. A warm build copies nothing and freezes nothing.
@@ -235,6 +235,9 @@ def cache_key(imports: Sequence[str]) -> str:
             with open(os.path.join(top, name), "rb") as f:
                 digest.update(f.read())
     digest.update("\n".join(imports).encode())
+    # This file too: its options, excludes and spec edits decide the bytes.
+    with open(os.path.abspath(__file__), "rb") as f:
+        digest.update(f.read())
     digest.update(_tool_versions().encode())
     for lib in (LIBUDEV,):
         if os.path.exists(lib):
@@ -304,8 +307,11 @@ def prune(folder: str, keep: int) -> None:
 # base_library.zip (for inspect.getsource); pyi_rth_multiprocessing imports
 # multiprocessing for spawned children, which the init never makes. Together
 # about 25 ms natively, so about 0.4 s under TCG before the first state line.
-# pyi_rth_pkgutil stays: pyroute2 lists its ifinfmsg plugins with pkgutil.
-DROPPED_RUNTIME_HOOKS = ("pyi_rth_inspect", "pyi_rth_multiprocessing")
+# pyi_rth_pkgutil imports pkgutil, and with it typing, re and enum (13 ms
+# natively) at every start; pyroute2 lists its ifinfmsg plugins with pkgutil,
+# so the entry script does its job when pkgutil is first imported
+# (initpy.runtime.frozen.PkgutilOnImport).
+DROPPED_RUNTIME_HOOKS = ("pyi_rth_inspect", "pyi_rth_multiprocessing", "pyi_rth_pkgutil")
 
 
 def _run_pyinstaller(imports: Sequence[str], work: str, log: bool) -> None:
@@ -323,6 +329,14 @@ def _run_pyinstaller(imports: Sequence[str], work: str, log: bool) -> None:
         "initpy.runtime",
         "--paths",
         os.path.dirname(os.path.dirname(_package_dir())),
+        # A fixed str hash seed: otherwise Python reads /dev/urandom as it
+        # starts, and before the kernel's random pool is ready (no RDRAND the
+        # kernel trusts, as under QEMU's default CPU) that read waits for the
+        # kernel to make entropy: 1.5-1.7 s under TCG before the entry
+        # script's first line. PID 1's dicts hold only the boot's own small
+        # inputs, so hash flooding is no risk worth that wait.
+        "--python-option",
+        "hash_seed=0",
     ]
     for name in imports:
         argv += ["--hidden-import", name]

@@ -44,9 +44,9 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from initpy.builder import freeze
+from initpy.builder import cpio, freeze
 from initpy.builder.command import BuildError, run
-from initpy.builder.mkinitrd import repo_hooks_dir
+from initpy.builder.mkinitrd import compressed_cache_dir, repo_hooks_dir
 from initpy.runtime import cmdline
 from initpy.runtime.cmdline import BadValue, Parameter
 from initpy.runtime.hook import HookError, discover
@@ -65,6 +65,14 @@ APPEND_LIMIT = 1900
 MAC = re.compile(r"[0-9a-f]{2}([:-][0-9a-f]{2}){5}")
 QUOTED = "buildos.ssh_key"
 DEFAULT_TIMEOUT = 50  # tenths of a second, as in the spec's example
+# How the initrd travels over TFTP. mkinitrd's default (lz4) unpacks fast
+# but is about half again as large as zstd -19: over TFTP the bytes cost more
+# than the kernel's unpacking (docs/builder.md, docs/testing.md).
+TFTP_COMPRESSION = "zstd"
+# The first bytes of each compressed part mkinitrd writes, and of an
+# uncompressed newc archive: an initrd that starts otherwise is copied as it is.
+REPACKABLE = (b"\x02\x21\x4c\x18", b"\x1f\x8b", b"\xfd7zXZ", cpio.NEWC_MAGIC)
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 @dataclass(frozen=True)
@@ -240,12 +248,16 @@ def fetch_syslinux(cache: str | None = None) -> str:
 # -- writing ------------------------------------------------------------------------------
 
 
-def _staged(source: str | None, dest: str, text: str | None = None) -> str:
-    """A copy of `source` (or `text`) beside `dest`, under a temporary name."""
+def _staged(
+    source: str | None, dest: str, text: str | None = None, data: bytes | None = None
+) -> str:
+    """A copy of `source` (or `text`, or `data`) beside `dest`, under a temporary name."""
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dest)}.", dir=os.path.dirname(dest))
     with os.fdopen(fd, "wb") as f:
-        if source is not None:
+        if data is not None:
+            f.write(data)
+        elif source is not None:
             with open(source, "rb") as src:
                 shutil.copyfileobj(src, f, 1 << 20)
         else:
@@ -273,16 +285,40 @@ def check_outdir(outdir: str) -> str:
     return build_id
 
 
+def for_tftp(initrd: str) -> bytes | None:
+    """The initrd recompressed with TFTP_COMPRESSION, or None to copy it as it is.
+
+    The archives inside stay byte for byte, so the build id (their sha256)
+    still names them. The result is cached as mkinitrd caches its parts.
+    """
+    with open(initrd, "rb") as f:
+        head = f.read(8)
+    if head.startswith(ZSTD_MAGIC) or not head.startswith(REPACKABLE):
+        return None
+    with open(initrd, "rb") as f:
+        raw = cpio.decompress(f.read())
+    return cpio.compress_cached(raw, TFTP_COMPRESSION, compressed_cache_dir())
+
+
 def install_build(
-    outdir: str, tftp_dir: str, rename: Callable[[str, str], None] = os.replace
+    outdir: str,
+    tftp_dir: str,
+    rename: Callable[[str, str], None] = os.replace,
+    repack: bool = True,
 ) -> str:
-    """Copy the three files into TFTPDIR/buildos, the build id last; the build id."""
+    """Copy the three files into TFTPDIR/buildos, the build id last; the build id.
+
+    With `repack`, the initrd is recompressed for TFTP (`for_tftp`).
+    """
     build_id = check_outdir(outdir)
     folder = os.path.join(tftp_dir, BUILD_DIR)
-    staged = [
-        (_staged(os.path.join(outdir, n), os.path.join(folder, n)), os.path.join(folder, n))
-        for n in BUILD_FILES
-    ]
+    staged = []
+    for name in BUILD_FILES:
+        source = os.path.join(outdir, name)
+        data = for_tftp(source) if repack and name == "buildos-initrd" else None
+        staged.append(
+            (_staged(source, os.path.join(folder, name), data=data), os.path.join(folder, name))
+        )
     for tmp, dest in staged:
         rename(tmp, dest)
     return build_id
@@ -298,6 +334,7 @@ def lay_out(
     syslinux: str,
     parameters: dict[str, Parameter[object]],
     rename: Callable[[str, str], None] = os.replace,
+    repack: bool = True,
 ) -> tuple[str, list[str]]:
     """The whole folder; returns the append line and the config files written."""
     check_outdir(outdir)
@@ -315,7 +352,7 @@ def lay_out(
     staged += [(_staged(None, path, text), path) for path in configs]
     for tmp, dest in staged:
         rename(tmp, dest)
-    install_build(outdir, tftp_dir, rename)
+    install_build(outdir, tftp_dir, rename, repack)
     return append, configs
 
 
@@ -370,6 +407,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="only replace the three buildos/ files, the build id last (a rollout or a "
         "rollback); pxelinux and its configs stay as they are",
     )
+    parser.add_argument(
+        "--keep-compression",
+        action="store_true",
+        help=f"copy the initrd as mkinitrd compressed it (default: recompress it with "
+        f"{TFTP_COMPRESSION} -19, smaller over TFTP; the build id stays the same)",
+    )
     ns = parser.parse_args(argv)
 
     def say(message: str) -> None:
@@ -377,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if ns.build_only:
-            build_id = install_build(ns.outdir, ns.tftp_dir)
+            build_id = install_build(ns.outdir, ns.tftp_dir, repack=not ns.keep_compression)
             say(f"{ns.tftp_dir}/{BUILD_DIR}: build {build_id}")
             return 0
         key = ns.ssh_key
@@ -409,6 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout=ns.timeout,
             syslinux=syslinux,
             parameters=parameters,
+            repack=not ns.keep_compression,
         )
     except BuildError as exc:
         say(f"error: {exc.message}")

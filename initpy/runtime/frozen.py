@@ -14,10 +14,33 @@ from __future__ import annotations
 
 import os
 import sys
-from types import ModuleType
-from typing import Any
 
-from initpy.runtime import layout
+
+def stamp(what: str) -> None:
+    """With INITPY_STAMPS=1 on the kernel command line, a kernel-log line for `what`.
+
+    The kernel hands init the words it does not know as environment, and
+    stamps each /dev/kmsg line with its clock: benchmarks/python_start.py
+    reads them to split "/init -> first line" in the guest itself.
+    """
+    if os.environ.get("INITPY_STAMPS") == "1":
+        try:
+            fd = os.open("/dev/kmsg", os.O_WRONLY)
+            try:
+                os.write(fd, f"<6>initpy-stamp: {what}\n".encode())
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+
+
+if __name__ == "__main__":
+    stamp("frozen.py")
+
+from types import ModuleType  # noqa: E402
+from typing import Any  # noqa: E402
+
+from initpy.runtime import layout  # noqa: E402
 
 # The folders mkinitrd fills: the frozen tree's own files, then the private
 # loader's folder (glibc, libcrypto, ... and the hook binaries' libraries).
@@ -86,6 +109,48 @@ class PatchOnImport:
         return ModuleSpec(name, loader, origin=ctypes.util.__file__)
 
 
+def teach_pkgutil(pkgutil: Any, importers: Any) -> None:
+    """Let `pkgutil.iter_modules` list the modules of a package frozen in the PYZ.
+
+    PyInstaller's finder for the PYZ has no `iter_modules`, so pkgutil would
+    list nothing there; its runtime hook pyi_rth_pkgutil teaches it, but
+    runs before the entry script and imports pkgutil (with typing, re and
+    enum) at every start. The freeze drops that hook, and this does the same
+    job when something first imports pkgutil: pyroute2 lists its ifinfmsg
+    plugins with it, in a network state. `importers` is PyInstaller's
+    pyimod02_importers.
+    """
+
+    def frozen_modules(finder: Any, prefix: str = "") -> Any:
+        node = importers.get_pyz_toc_tree()
+        for part in finder._pyz_entry_prefix.split(".") if finder._pyz_entry_prefix else ():
+            node = node.get(part) if isinstance(node, dict) else None
+        for name, below in (node if isinstance(node, dict) else {}).items():
+            yield prefix + name, isinstance(below, dict)
+        if finder.fallback_finder is not None:  # the package's files beside the PYZ
+            yield from pkgutil.iter_importer_modules(finder.fallback_finder, prefix)
+
+    pkgutil.iter_importer_modules.register(importers.PyiFrozenFinder, frozen_modules)
+
+
+class PkgutilOnImport:
+    """A meta-path finder that applies `teach_pkgutil` when pkgutil is first imported."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "pkgutil":
+            return None
+        sys.meta_path.remove(self)
+        import pkgutil
+        from importlib.machinery import ModuleSpec
+
+        import pyimod02_importers  # type: ignore[import-not-found]  # PyInstaller's bootstrap
+
+        teach_pkgutil(pkgutil, pyimod02_importers)
+        del sys.modules[name]  # as in PatchOnImport
+        loader: Any = _Loader(pkgutil)
+        return ModuleSpec(name, loader, origin=pkgutil.__file__)
+
+
 class NoSslOnImport:
     """A meta-path finder that answers `import ssl` with initpy.runtime.nossl.
 
@@ -113,6 +178,8 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.meta_path.insert(0, NoSslOnImport())
     sys.meta_path.insert(0, PatchOnImport())
+    sys.meta_path.insert(0, PkgutilOnImport())
     from initpy.runtime.entry import main
 
+    stamp("imported entry")
     main()

@@ -85,14 +85,14 @@ def test_compression_round_trips(method: str) -> None:
 
 
 def test_unknown_compression_is_refused() -> None:
-    with pytest.raises(cpio.ArchiveError, match="unknown compression 'lz4'"):
-        cpio.compress(b"x", "lz4")
+    with pytest.raises(cpio.ArchiveError, match="unknown compression 'lzo'"):
+        cpio.compress(b"x", "lzo")
 
 
 @pytest.mark.parametrize(
     ("spec", "parsed"),
     [("zstd", ("zstd", None)), ("zstd:3", ("zstd", 3)), ("gzip:1", ("gzip", 1)),
-     ("xz:0", ("xz", 0)), ("none", ("none", None))],
+     ("xz:0", ("xz", 0)), ("lz4:12", ("lz4", 12)), ("none", ("none", None))],
 )  # fmt: skip
 def test_a_compression_may_name_its_level(spec: str, parsed: tuple[str, int | None]) -> None:
     assert cpio.parse_compression(spec) == parsed
@@ -100,7 +100,7 @@ def test_a_compression_may_name_its_level(spec: str, parsed: tuple[str, int | No
 
 @pytest.mark.parametrize(
     ("spec", "says"),
-    [("lz4", "unknown compression 'lz4'"), ("zstd:20", "level is 1 to 19"),
+    [("lzo", "unknown compression 'lzo'"), ("zstd:20", "level is 1 to 19"),
      ("zstd:0", "level is 1 to 19"), ("gzip:x", "level is 1 to 9"), ("none:1", "no level")],
 )  # fmt: skip
 def test_a_bad_compression_or_level_is_refused(spec: str, says: str) -> None:

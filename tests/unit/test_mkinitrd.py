@@ -231,6 +231,14 @@ def test_include_brings_libraries(setup: dict[str, str]) -> None:
     assert "usr/lib/initpy/lib/libc.so.6" in files
 
 
+def test_one_file_may_be_included_twice(setup: dict[str, str]) -> None:
+    # boot_time.py packs its guest program as the exec target and as systemd.
+    true = shutil.which("true") or "/bin/true"
+    files = members(build(setup, "out", includes=(f"{true}:/opt/a", f"{true}:/opt/b")))
+    assert files["opt/a"].data == files["opt/b"].data
+    assert elf.parse(files["opt/b"].data).interpreter == freeze.PRIVATE_LOADER
+
+
 def test_hook_files_go_in_like_includes(setup: dict[str, str]) -> None:
     true = shutil.which("true") or "/bin/true"
     notes = os.path.join(setup["top"], "notes.txt")
@@ -497,3 +505,33 @@ def test_drivers_the_index_and_firmware_go_into_the_initrd(setup: dict[str, str]
         firmware_dir=firmware,
     )
     assert read(again.initrd) == read(result.initrd)
+
+
+def test_frozen_pkgutil_lists_a_frozen_package_once_imported() -> None:
+    """The entry script's stand-in for pyi_rth_pkgutil, in a fresh interpreter.
+
+    pyroute2 finds its ifinfmsg plugins with pkgutil.iter_modules; in the
+    frozen init they sit in the PYZ, which PyInstaller's finder cannot list.
+    """
+    entry = os.path.join(freeze.runtime_dir(), "frozen.py")
+    script = (
+        "import importlib.util, sys, types\n"
+        f"spec = importlib.util.spec_from_file_location('entry', {entry!r})\n"
+        "entry = importlib.util.module_from_spec(spec); spec.loader.exec_module(entry)\n"
+        "importers = types.ModuleType('pyimod02_importers')\n"
+        "class PyiFrozenFinder:\n"
+        "    _pyz_entry_prefix = 'pyroute2.plugins'\n"
+        "    fallback_finder = None\n"
+        "importers.PyiFrozenFinder = PyiFrozenFinder\n"
+        "importers.get_pyz_toc_tree = lambda: "
+        "{'pyroute2': {'plugins': {'vlan': '', 'bond': {}}}, 'json': {}}\n"
+        "sys.modules['pyimod02_importers'] = importers\n"
+        "print('pkgutil' in sys.modules)\n"
+        "sys.meta_path.insert(0, entry.PkgutilOnImport())\n"
+        "import pkgutil\n"
+        "print(sorted(pkgutil.iter_importer_modules(PyiFrozenFinder(), 'p.')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", script], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.splitlines() == ["False", "[('p.bond', True), ('p.vlan', False)]"]

@@ -11,10 +11,11 @@ from __future__ import annotations
 import base64
 import os
 import struct
+from pathlib import Path
 
 import pytest
 
-from initpy.builder import command, pxe
+from initpy.builder import command, cpio, pxe
 from initpy.builder.command import BuildError
 from initpy.builder.mkinitrd import repo_hooks_dir
 from initpy.runtime import cmdline
@@ -243,3 +244,22 @@ def test_pxelinux_and_ldlinux_come_from_debian(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(pxe, "run", no_download)
     assert pxe.fetch_syslinux() == folder
+
+
+def test_an_lz4_initrd_travels_as_zstd_with_the_same_archives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INITPY_CACHE", str(tmp_path / "cache"))
+    raw = cpio.archive([cpio.regular("init", data=b"#!/bin/sh\n" * 100, perm=0o755)], 0)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "buildos-image").write_bytes(b"kernel")
+    (out / "buildos-initrd").write_bytes(cpio.compress(raw, "lz4") + cpio.compress(raw, "lz4"))
+    (out / "buildos-buildid").write_text("0" * 64 + "\n")
+    pxe.install_build(str(out), str(tmp_path / "tftp"))
+    sent = (tmp_path / "tftp" / "buildos" / "buildos-initrd").read_bytes()
+    assert sent.startswith(pxe.ZSTD_MAGIC)
+    assert cpio.decompress(sent) == raw + raw
+    pxe.install_build(str(out), str(tmp_path / "kept"), repack=False)
+    kept = (tmp_path / "kept" / "buildos" / "buildos-initrd").read_bytes()
+    assert kept == (out / "buildos-initrd").read_bytes()

@@ -199,15 +199,27 @@ class Follower:
             m: r for m, r in _device_reasons(self.index, devices).items() if m in self.loader.packed
         }
         names = self.loader.load(asked, workers=1)
+        said = []
         for name in names:
             entry = self.loader.entry(name)
             self.ctx.report.modules.append(entry)
             if entry["result"] == "failed" and not str(entry["why"]).startswith("needed by"):
                 self.ctx.warn(f"load_modules: {name} ({entry['why']}) failed: {entry['error']}")
-            else:
-                self.ctx.say(f"load_modules: {name} {entry['result']} ({entry['why']})")
+            elif entry["why"] in asked.values():  # what a device asked for; the report has all
+                said.append(f"{name} {entry['result']} ({entry['why']})")
+        if said:  # one line per batch: a device's dependencies are in the report
+            self.ctx.say("load_modules: " + "; ".join(said))
         self.loaded += names
         return names
+
+    def drain(self) -> list[str]:
+        """Load the drivers of the devices already announced, without waiting for more."""
+        names: list[str] = []
+        while True:
+            batch = self.step(0.0)
+            if not batch:
+                return names
+            names += batch
 
     def run(self) -> None:
         try:
@@ -267,14 +279,18 @@ def load_modules(ctx: BootContext) -> str:
 
     ctx.put(DRIVERLESS, driverless)
 
-    asked: dict[str, str] = {}
+    named: dict[str, str] = {}
     for module in modules:
         if module.hooks:
-            asked[module.name] = "hook " + ", ".join(module.hooks)
+            named[module.name] = "hook " + ", ".join(module.hooks)
+    # The devices' drivers first: the devices behind them (virtio's NIC and
+    # disks) are announced while the hooks' modules load, and their drivers
+    # load before load_modules ends instead of after it (find_disks waited).
+    asked: dict[str, str] = {}
     source: NetlinkSocket | None = None
     devices: list[modalias.Device] = []
     if index is None:  # an initrd without an index: every packed module, as named
-        asked = {m.name: asked.get(m.name, "packed") for m in modules}
+        named = {m.name: named.get(m.name, "packed") for m in modules}
     else:
         try:
             # Opened before the scan: a device that appears meanwhile is not lost.
@@ -285,12 +301,20 @@ def load_modules(ctx: BootContext) -> str:
         devices = modalias.sysfs_devices(k)
         scan_ms = int((k.uptime() - start) * 1000)
         for name, reason in _device_reasons(index, devices).items():
-            if name in packed:
-                asked.setdefault(name, reason)
+            if name in packed and name not in named:
+                asked[name] = reason
         ctx.say(f"load_modules: {len(devices)} devices with a modalias read in {scan_ms} ms")
     names = loader.load(asked)
     for name in names:
         ctx.report.modules.append(loader.entry(name))
+    follower = Follower(ctx, loader, index, source) if source and index else None
+    if follower is not None:
+        # Devices the bus drivers just announced: their drivers go first too.
+        names += follower.drain()
+    later = loader.load(named)
+    for name in later:
+        ctx.report.modules.append(loader.entry(name))
+    names += later
     results = loader.results
     failed = [n for n in names if results[n][0] == "failed"]
     skipped = [n for n in names if results[n][0] == "skipped"]
@@ -310,8 +334,7 @@ def load_modules(ctx: BootContext) -> str:
     for name in [*failed, *skipped]:
         if not loader.why[name].startswith("needed by"):  # a softdep may refuse this CPU
             ctx.warn(f"load_modules: driver {name} ({loader.why[name]}): {results[name][2]}")
-    if source is not None and index is not None:
-        follower = Follower(ctx, loader, index, source)
+    if follower is not None:
         k.start_thread("initpy-uevents", follower.run)
         ctx.on_exit(follower.finish)
     total_ms = sum(results[n][1] for n in names)

@@ -218,10 +218,12 @@ def test_a_late_device_gets_its_driver_from_its_uevent(tmp_path: Path) -> None:
     assert isinstance(kernel, FakeKernel)
     devpath = "/devices/pci0000:00/0000:00:03.0/usb2/2-1/2-1:1.0"
     kernel.uevent_script = [
+        [],  # nothing announced while load_modules runs
         [Uevent("add", devpath, "usb", {"MODALIAS": USB_DISK})],
         [Uevent("bind", devpath, "usb", {"MODALIAS": USB_DISK})],
     ]
     _load(ctx)
+    assert "usb-storage.ko" not in _loaded(kernel)
     follower = kernel.threads["initpy-uevents"]
     stopped: list[str] = []
     ctx.on_exit(lambda: stopped.append("stopped"))
@@ -246,3 +248,25 @@ def test_a_driverless_nic_is_named_for_the_network_rescue(tmp_path: Path) -> Non
     assert "the initrd's e1000 did not take it" in text
     ctx.kernel.mkdir("/sys/bus/pci/devices/0000:00:02.0/driver")
     assert explain("network") == ""
+
+
+def test_a_device_announced_during_load_modules_gets_its_driver_before_the_hooks_modules(
+    tmp_path: Path,
+) -> None:
+    # virtio_pci announces the NIC and disks behind it: their drivers load
+    # in the state, before the modules hooks name (btrfs), not after it.
+    ctx = _hardware(str(tmp_path))
+    kernel = ctx.kernel
+    assert isinstance(kernel, FakeKernel)
+    devpath = "/devices/pci0000:00/0000:00:03.0/usb2/2-1/2-1:1.0"
+    kernel.uevent_script = [[Uevent("add", devpath, "usb", {"MODALIAS": USB_DISK})]]
+    _load(ctx)
+    loaded = _loaded(kernel)
+    assert loaded.index("usb-storage.ko") < loaded.index("btrfs.ko")
+    assert loaded.index("e1000.ko") < loaded.index("btrfs.ko")
+    why = {m["name"]: m["why"] for m in ctx.report.modules}
+    assert why["usb_storage"] == f"device {devpath}"
+    assert any(
+        line.startswith("initpy: load_modules: usb_storage loaded (device ")
+        for line in kernel.console_lines
+    )

@@ -1,13 +1,13 @@
 """Netlink for the network states: links, carrier, bridges, addresses, routes.
 
-The network states never talk to pyroute2 directly: `opened(kernel)` asks
+The network states never talk to a library directly: `opened(kernel)` asks
 the kernel seam for the "rtnetlink" library (`Kernel.library`), a `Netlink`,
-this thin typed wrapper. The real one, `IPRouteNetlink`, drives pyroute2's
-`IPRoute` (imported only when the first network state runs: pyroute2's
-package import is slow under TCG) and reads link events from the seam's
-netlink socket, so that waiting for carrier sleeps in `select()` until the
-kernel says something changed. A fake kernel hands out its scripted
-network instead (initpy/devtools/fake_network.py).
+this thin typed wrapper. The real one, `KernelNetlink`, sends plain
+rtnetlink messages (rtnetlink.py, on the seam's `netlink_requests` socket)
+and reads link events from the seam's netlink socket, so that waiting for
+carrier sleeps in `select()` until the kernel says something changed. A
+fake kernel hands out its scripted network instead
+(initpy/devtools/fake_network.py).
 
 DHCP clients are handed out here as well (`dhcp_client()`): the real one is
 pyroute2's raw-socket client (dhcpclient.py beside this file).
@@ -15,33 +15,20 @@ pyroute2's raw-socket client (dhcpclient.py beside this file).
 
 from __future__ import annotations
 
-import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from initpy.runtime.kernel import Kernel, NetlinkSocket
 
 from .lease import DhcpClient
+from .rtnetlink import NETLINK_ROUTE, Link, RtNetlink
 
-NETLINK_ROUTE = 0
+__all__ = ["NETLINK_ROUTE", "KernelNetlink", "Link", "Netlink", "opened"]
+
 RTMGRP_LINK = 1
-IFF_UP = 1
-
-
-@dataclass(frozen=True)
-class Link:
-    """One network interface as netlink reports it."""
-
-    index: int
-    name: str
-    mac: str
-    up: bool
-    carrier: bool
-    master: int | None = None
 
 
 class Netlink(Protocol):
@@ -146,47 +133,13 @@ def wait_prefetch() -> None:
 # -- the real one ------------------------------------------------------------------
 
 
-class IPRouteNetlink:
-    """rtnetlink through pyroute2's IPRoute, plus a raw socket for link events."""
+class KernelNetlink(RtNetlink):
+    """rtnetlink in plain messages (rtnetlink.py), link events from the seam, DHCP clients."""
 
     def __init__(self, kernel: Kernel) -> None:
-        wait_prefetch()
-        lean_pyroute2()
-        from pyroute2.iproute.linux import IPRoute
-
+        super().__init__(kernel)
         self._kernel = kernel
-        self._ipr: Any = IPRoute()
         self._events: NetlinkSocket | None = None
-
-    def _index(self, name: str) -> int:
-        found = self._ipr.link_lookup(ifname=name)
-        if not found:
-            raise OSError(f"no network interface named {name}")
-        return int(found[0])
-
-    def links(self) -> list[Link]:
-        found = []
-        for msg in self._ipr.get_links():
-            master = msg.get("IFLA_MASTER")
-            found.append(
-                Link(
-                    index=int(msg["index"]),
-                    name=str(msg.get("IFLA_IFNAME")),
-                    mac=str(msg.get("IFLA_ADDRESS") or ""),
-                    up=bool(msg["flags"] & IFF_UP),
-                    # IFLA_CARRIER turns on before the kernel's linkwatch gives the
-                    # link a real qdisc; until then packets are dropped (a lost
-                    # first DISCOVER costs a 1 s retransmission). The operstate
-                    # turns UP only after linkwatch, so carrier counts from then.
-                    carrier=bool(msg.get("IFLA_CARRIER"))
-                    and str(msg.get("IFLA_OPERSTATE")) in ("UP", "UNKNOWN"),
-                    master=int(master) if master else None,
-                )
-            )
-        return found
-
-    def set_up(self, name: str) -> None:
-        self._ipr.link("set", index=self._index(name), state="up")
 
     def watch_links(self) -> None:
         if self._events is None:
@@ -199,42 +152,8 @@ class IPRouteNetlink:
         # seam reads a bounded batch, so a flapping link cannot hold us here.
         return bool(self._events.receive(timeout))
 
-    def add_bridge(self, name: str, mac: str) -> None:
-        # STP off and no forward delay: the port forwards at once, so the
-        # lease's first renewal and the OS's first packets are not dropped.
-        self._ipr.link("add", ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0)
-        index = self._index(name)
-        if mac:
-            self._ipr.link("set", index=index, address=mac)
-        self._ipr.link("set", index=index, state="up")
-
-    def set_master(self, port: str, bridge: str) -> None:
-        self._ipr.link("set", index=self._index(port), master=self._index(bridge))
-
-    def flush_ipv4(self, name: str) -> None:
-        self._ipr.flush_addr(index=self._index(name), family=socket.AF_INET)
-
-    def add_address(self, name: str, address: str, prefixlen: int, broadcast: str | None) -> None:
-        spec: dict[str, object] = {
-            "index": self._index(name),
-            "address": address,
-            "prefixlen": prefixlen,
-        }
-        if broadcast:
-            spec["broadcast"] = broadcast
-        self._ipr.addr("replace", **spec)
-
-    def ipv4_addresses(self, name: str) -> list[str]:
-        index = self._index(name)
-        return [
-            f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}"
-            for msg in self._ipr.get_addr(family=socket.AF_INET, index=index)
-        ]
-
-    def add_default_route(self, gateway: str, name: str) -> None:
-        self._ipr.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=self._index(name))
-
     def dhcp_client(self, name: str, mac: str) -> DhcpClient:
+        wait_prefetch()
         from .dhcpclient import PyrouteDhcpClient
 
         return PyrouteDhcpClient(name, mac)
@@ -243,7 +162,7 @@ class IPRouteNetlink:
         if self._events is not None:
             self._events.close()
             self._events = None
-        self._ipr.close()
+        super().close()
 
 
 def sysfs_is_ethernet(kernel: Kernel, name: str) -> tuple[bool, str]:
@@ -293,7 +212,7 @@ def wait_for_carrier(
 @contextmanager
 def opened(kernel: Kernel) -> Iterator[Netlink]:
     """A netlink handle from the seam, closed afterwards."""
-    handle: Netlink = kernel.library("rtnetlink", lambda: IPRouteNetlink(kernel))
+    handle: Netlink = kernel.library("rtnetlink", lambda: KernelNetlink(kernel))
     try:
         yield handle
     finally:

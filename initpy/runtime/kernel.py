@@ -558,6 +558,23 @@ class Kernel:
         """
         return BatchReader(_netlink(protocol, groups))
 
+    def netlink_requests(self, protocol: int, timeout: float = 5.0) -> socket.socket:
+        """A netlink socket for requests and their answers (no multicast groups).
+
+        The network hook talks rtnetlink through it (hooks/network/rtnetlink.py):
+        the few messages the boot sends once, without a library's machinery.
+        `timeout` bounds every receive, so a missing answer is an OSError,
+        never a hang of PID 1.
+        """
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
+        try:
+            sock.bind((0, 0))
+            sock.settimeout(timeout)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
     def connect_tcp(self, host: str, port: int, timeout: float) -> socket.socket:
         """A TCP connection to `host`:`port` (the rescue's mail to the relay).
 

@@ -79,6 +79,10 @@ def kernel_files() -> tuple[Path, Path]:
 
 def build_initpy(vmlinuz: Path, modules: Path, outdir: Path, hooks: str | None) -> float:
     start = time.monotonic()
+    # mkinitrd keeps one destination per --include source: the stand-in is a copy.
+    standin = outdir.parent / f"{outdir.name}-systemd-standin"
+    standin.write_bytes(GUEST_PROGRAM.read_bytes())
+    standin.chmod(0o755)
     subprocess.run(
         [
             sys.executable,
@@ -94,7 +98,7 @@ def build_initpy(vmlinuz: Path, modules: Path, outdir: Path, hooks: str | None) 
             # A stand-in for systemd, for --first-boot: the hand-off persist
             # treats as systemd (RSA may go on past it). Unused otherwise.
             "--include",
-            f"{GUEST_PROGRAM}:{SYSTEMD_STANDIN}",
+            f"{standin}:{SYSTEMD_STANDIN}",
             *(["--hooks", hooks] if hooks else []),
         ],
         check=True,
@@ -209,7 +213,9 @@ def kernel_times(kmsg: str, first: str, handoff: str) -> tuple[float | None, ...
     return to_init, to_first, to_handoff
 
 
-def boot_once(vmlinuz: Path, initrd: Path, args: BootArgs, name: str, initpy: bool) -> Boot:
+def boot_once(
+    vmlinuz: Path, initrd: Path, args: BootArgs, name: str, initpy: bool, smp: int = 1
+) -> Boot:
     # printk.devkmsg=on: by default the kernel keeps only a burst of 10 lines
     # written to /dev/kmsg per 5 s and drops the rest, hand-off line included.
     append = " ".join([*args.append, "quiet", "printk.devkmsg=on"])
@@ -220,7 +226,8 @@ def boot_once(vmlinuz: Path, initrd: Path, args: BootArgs, name: str, initpy: bo
         append,
         disks=args.disks,
         nics=args.nics,
-        extra=args.extra,
+        # QEMU takes the last -smp: the harness's 1 unless asked.
+        extra=[*args.extra, *(["-smp", str(smp)] if smp != 1 else [])],
         memory=args.memory,
         name=name,
     ) as vm:
@@ -309,6 +316,14 @@ def main() -> None:
         "each round; initpy then hands off to the guest program as /lib/systemd/systemd",
     )
     parser.add_argument(
+        "--compare-dir",
+        type=Path,
+        default=None,
+        help="another mkinitrd OUTDIR (e.g. the tree before a change), booted in every "
+        "round before the first; prints its figures and the per-round differences",
+    )
+    parser.add_argument("--smp", type=int, default=1, help="vCPUs of every VM (default 1)")
+    parser.add_argument(
         "--shared",
         action="store_true",
         help="take one VM slot, not both (default: hold the second slot too, "
@@ -347,6 +362,7 @@ def main() -> None:
         # of anyone else's runs beside ours (builds and tests still may).
         # The two kinds take turns, so that both see the same load on the host.
         ours: list[Boot] = []
+        compared: list[Boot] = []
         theirs: list[Boot] = []
         firsts: list[Boot] = []
         with contextlib.nullcontext() if ns.shared else holding_both_slots():
@@ -355,6 +371,18 @@ def main() -> None:
                 (work / f"i{i}").mkdir()
                 (work / f"b{i}").mkdir()
                 exec_path = SYSTEMD_STANDIN if ns.first_boot else GUEST_PATH
+                if ns.compare_dir is not None:
+                    (work / f"c{i}").mkdir()
+                    compared.append(
+                        boot_once(
+                            vmlinuz,
+                            ns.compare_dir / "buildos-initrd",
+                            full_boot_args(work / f"c{i}", exec_path),
+                            f"bench-compare-{i}",
+                            True,
+                            ns.smp,
+                        )
+                    )
                 ours.append(
                     boot_once(
                         vmlinuz,
@@ -362,6 +390,7 @@ def main() -> None:
                         full_boot_args(work / f"i{i}", exec_path),
                         f"bench-initpy-{i}",
                         True,
+                        ns.smp,
                     )
                 )
                 if ns.first_boot:
@@ -373,6 +402,7 @@ def main() -> None:
                             full_boot_args(work / f"f{i}", exec_path, host_keys=False),
                             f"bench-first-{i}",
                             True,
+                            ns.smp,
                         )
                     )
                 if not ns.no_baseline:
@@ -383,12 +413,15 @@ def main() -> None:
                             full_boot_args(work / f"b{i}", "/nonexistent"),
                             f"bench-busybox-{i}",
                             False,
+                            ns.smp,
                         )
                     )
 
     print()
     print("seconds since kernel start   ->/init  ->first ->handoff  wall(QEMU start->handoff)")
     print_table("initpy", ours)
+    if compared:
+        print_table("compared", compared)
     if theirs:
         print_table("busybox", theirs)
     if firsts:
@@ -420,7 +453,28 @@ def main() -> None:
                 f"first boot - usual boot, hand-off: median {statistics.median(gaps):+.2f} s "
                 f"(rounds: {' '.join(f'{g:+.2f}' for g in gaps)})"
             )
-    for label, boots in (("initpy", ours), ("first boot", firsts)):
+    if compared:
+        gaps = [
+            a.to_handoff - c.to_handoff
+            for a, c in zip(ours, compared, strict=True)
+            if a.to_handoff is not None and c.to_handoff is not None
+        ]
+        if gaps:
+            print(
+                f"initpy - compared, hand-off: median {statistics.median(gaps):+.2f} s "
+                f"(rounds: {' '.join(f'{g:+.2f}' for g in gaps)})"
+            )
+        ratios = [
+            c.to_handoff / b.to_handoff
+            for c, b in zip(compared, theirs, strict=False)
+            if c.to_handoff is not None and b.to_handoff
+        ]
+        if ratios:
+            print(
+                f"hand-off uptime, compared/busybox: median of per-round ratios "
+                f"{statistics.median(ratios):.2f} (rounds: {' '.join(f'{r:.2f}' for r in ratios)})"
+            )
+    for label, boots in (("initpy", ours), ("compared", compared), ("first boot", firsts)):
         if not boots:
             continue
         print()

@@ -15,7 +15,6 @@ pyroute2's raw-socket client (dhcpclient.py beside this file).
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,9 +23,10 @@ from typing import Protocol
 from initpy.runtime.kernel import Kernel, NetlinkSocket
 
 from .lease import DhcpClient
+from .pyroute import lean_pyroute2
 from .rtnetlink import NETLINK_ROUTE, Link, RtNetlink
 
-__all__ = ["NETLINK_ROUTE", "KernelNetlink", "Link", "Netlink", "opened"]
+__all__ = ["NETLINK_ROUTE", "KernelNetlink", "Link", "Netlink", "lean_pyroute2", "opened"]
 
 RTMGRP_LINK = 1
 
@@ -69,44 +69,14 @@ class Netlink(Protocol):
 _prefetch: threading.Thread | None = None
 
 
-def lean_pyroute2() -> None:
-    """Let `import pyroute2.<sub>` skip the package's own __init__.
-
-    That __init__ imports every pyroute2 API (NDB with sqlite3, IPDB,
-    conntrack, ipset, nl80211, plan9, ...) to re-export them: about a third
-    of the import time (about 50 ms natively, 0.75 s under TCG), for names
-    the boot never uses. The package is put in sys.modules as an empty module
-    with its real __path__, so its submodules import as usual. pyroute2's
-    logger gets its NullHandler from pyroute2.config.log, as the __init__
-    would (else its warnings reach the console through logging's last
-    resort). Afterwards, take names from submodules (pyroute2.iproute.linux),
-    never from the package.
-    """
-    if "pyroute2" in sys.modules:
-        return
-    import importlib.util
-
-    spec = importlib.util.find_spec("pyroute2")
-    if spec is None or spec.submodule_search_locations is None:
-        return  # not installed: the state that needs it says so
-    sys.modules["pyroute2"] = importlib.util.module_from_spec(spec)
-    try:
-        import pyroute2.config.log  # noqa: F401
-    except Exception:  # the import system cannot do it here: take the whole package
-        for name in [m for m in sys.modules if m == "pyroute2" or m.startswith("pyroute2.")]:
-            del sys.modules[name]
-
-
 def _import_pyroute2() -> None:
     try:
         lean_pyroute2()
-        import pyroute2.dhcp.client  # noqa: F401
-        import pyroute2.dhcp.hooks  # noqa: F401
-        import pyroute2.iproute.linux  # noqa: F401
+        import pyroute2.dhcp.dhcp4msg  # noqa: F401
 
-        # The dhcp state's client (about 0.3 s of imports under TCG): here it
-        # fills the main thread's waits on disks and carrier instead.
-        from . import dhcpclient  # noqa: F401
+        # The dhcp state's race and client (asyncio: about 0.4 s of imports
+        # under TCG): here they fill the main thread's waits instead.
+        from . import dhcpclient, dhcppacket  # noqa: F401
     except Exception:  # the state that needs it imports it again and reports
         pass
 
@@ -154,9 +124,10 @@ class KernelNetlink(RtNetlink):
 
     def dhcp_client(self, name: str, mac: str) -> DhcpClient:
         wait_prefetch()
-        from .dhcpclient import PyrouteDhcpClient
+        from .dhcpclient import VENDOR_ID, requested_options
+        from .dhcppacket import PacketDhcpClient
 
-        return PyrouteDhcpClient(name, mac)
+        return PacketDhcpClient(self._kernel, name, mac, requested_options(), VENDOR_ID)
 
     def close(self) -> None:
         if self._events is not None:

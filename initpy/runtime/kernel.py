@@ -575,6 +575,26 @@ class Kernel:
             raise
         return sock
 
+    def packet_socket(self, interface: str, ethertype: int = 0x0800) -> socket.socket:
+        """A non-blocking packet socket on one interface (AF_PACKET, SOCK_DGRAM).
+
+        The DHCP client sends and receives its IPv4 frames through it before
+        the interface has an address; the kernel adds and strips the
+        Ethernet header (`sendto(data, (interface, ethertype, 0, 0, mac))`),
+        and `recvfrom` names the sender's MAC.
+        """
+        sock = socket.socket(
+            socket.AF_PACKET,
+            socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK,
+            socket.htons(ethertype),
+        )
+        try:
+            sock.bind((interface, ethertype))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
     def connect_tcp(self, host: str, port: int, timeout: float) -> socket.socket:
         """A TCP connection to `host`:`port` (the rescue's mail to the relay).
 

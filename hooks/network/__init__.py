@@ -15,9 +15,9 @@ States, in order:
   to keep br0's lease after the hand-off.
 
 Only the standard library and initpy are imported at module level: this
-file is imported on PID 1's start-up path. pyroute2 is imported by a
-background thread started here (PID 1 only), joined by the seam's netlink()
-in the first network state.
+file is imported on PID 1's start-up path. The DHCP client's imports
+(asyncio, pyroute2's message class) run in a background thread started here
+(PID 1 only), joined by the first DHCP client and before the renewer's fork.
 """
 
 from __future__ import annotations

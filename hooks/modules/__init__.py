@@ -56,8 +56,9 @@ MODPROBE_SETTING = "/proc/sys/kernel/modprobe"
 # The kernel's default; busybox's applet there when there is no --rootfs.
 SYSTEM_MODPROBE = "/sbin/modprobe"
 PRIVATE_MODPROBE = layout.PRIVATE_MODPROBE
-# Loading is syscall-bound; a few threads overlap the kernel's waits without
-# starving the boot on a 1-CPU VM.
+# Loading is the kernel's CPU work (relocating, initialising; raid6_pq and xor
+# benchmark themselves): more threads than CPUs only contend. One thread per
+# CPU, at most this many.
 WORKERS = 4
 NETLINK_KOBJECT_UEVENT = 15
 KERNEL_GROUP = 1
@@ -108,9 +109,11 @@ class Loader:
         return result, int((k.uptime() - start) * 1000), error
 
     def load(self, asked: Mapping[str, str], workers: int = WORKERS) -> list[str]:
-        """Load what `asked` (module -> why) needs, concurrently; returns what was planned."""
-        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+        """Load what `asked` (module -> why) needs, concurrently; returns what was planned.
 
+        With one worker, in the calling thread, in the plan's order (each
+        module after what it needs), without a thread pool to import.
+        """
         with self.lock:
             names = modalias.plan(self.packed, list(asked), self.why)
             needers: dict[str, list[str]] = {}
@@ -121,12 +124,24 @@ class Loader:
             for name in names:
                 self.why[name] = asked.get(name) or "needed by " + ", ".join(needers[name])
                 self.order.append(name)
-        pending = {n: self.packed[n] for n in names}
-        running: dict[Future[tuple[str, int, str]], str] = {}
 
         def blocked(module: PackedModule) -> list[str]:
             hard = [n for n in module.needs if n not in module.optional]
             return [n for n in hard if self.results.get(n, ("",))[0] in ("failed", "skipped")]
+
+        if workers <= 1:
+            for name in names:
+                bad = blocked(self.packed[name])
+                self.results[name] = (
+                    ("skipped", 0, "needs " + ", ".join(bad))
+                    if bad
+                    else self._load_one(self.packed[name])
+                )
+            return names
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        pending = {n: self.packed[n] for n in names}
+        running: dict[Future[tuple[str, int, str]], str] = {}
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modules") as pool:
             while pending or running:
@@ -268,6 +283,7 @@ def load_modules(ctx: BootContext) -> str:
     packed = {m.name: m for m in modules}
     index = _read_index(ctx)
     loader = Loader(k, folder, packed)
+    workers = min(WORKERS, k.cpus())
 
     def driverless(kind: str) -> str:
         def drivers_for(alias: str) -> list[str]:
@@ -304,14 +320,14 @@ def load_modules(ctx: BootContext) -> str:
             if name in packed and name not in named:
                 asked[name] = reason
         ctx.say(f"load_modules: {len(devices)} devices with a modalias read in {scan_ms} ms")
-    names = loader.load(asked)
+    names = loader.load(asked, workers)
     for name in names:
         ctx.report.modules.append(loader.entry(name))
     follower = Follower(ctx, loader, index, source) if source and index else None
     if follower is not None:
         # Devices the bus drivers just announced: their drivers go first too.
         names += follower.drain()
-    later = loader.load(named)
+    later = loader.load(named, workers)
     for name in later:
         ctx.report.modules.append(loader.entry(name))
     names += later
@@ -342,7 +358,7 @@ def load_modules(ctx: BootContext) -> str:
     by_device = sum(1 for n in names if loader.why[n].startswith("device "))
     ctx.say(
         f"load_modules: {loaded} loaded, {len(names) - loaded} already present or failed, "
-        f"{total_ms} ms of loading across {WORKERS} threads"
+        f"{total_ms} ms of loading in {workers} thread{'s' if workers > 1 else ''}"
     )
     return (
         f"{len(names)} modules ({by_device} for devices, "

@@ -194,6 +194,13 @@ class Kernel:
     def getpid(self) -> int:
         return os.getpid()
 
+    def cpus(self) -> int:
+        """How many CPUs this process may run on (at least 1)."""
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except OSError:
+            return 1
+
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
 

@@ -270,3 +270,31 @@ def test_a_device_announced_during_load_modules_gets_its_driver_before_the_hooks
         line.startswith("initpy: load_modules: usb_storage loaded (device ")
         for line in kernel.console_lines
     )
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 8])
+def test_one_thread_per_cpu_loads_the_same_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpus: int
+) -> None:
+    # One CPU: no pool, the plan's order in the state's own thread; more: threads.
+    monkeypatch.setattr(FakeKernel, "cpus", lambda self: cpus)
+    path = f"/lib/modules/{VERSION}/kernel/failover.ko"
+    ctx = _machine(str(tmp_path), failures={"finit_module": {path: errno.ENOEXEC}})
+    with pytest.raises(BootFailure):
+        _load(ctx)
+    results = {m["name"]: m["result"] for m in ctx.report.modules}
+    assert results == {
+        "virtio": "loaded",
+        "failover": "failed",
+        "virtio_blk": "loaded",
+        "net_failover": "skipped",
+        "virtio_net": "skipped",
+    }
+    ctx = _machine(str(tmp_path / "again"))
+    _load(ctx)
+    threads = min(cpus, modules.WORKERS)
+    assert any(
+        "load_modules: 5 loaded, 0 already present or failed, " in line
+        and line.endswith(f"in {threads} thread{'s' if threads > 1 else ''}")
+        for line in ctx.kernel.console_lines  # type: ignore[attr-defined]
+    )

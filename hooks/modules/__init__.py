@@ -8,11 +8,13 @@ modalias index of the drivers (layout.MODALIAS_INDEX). At boot:
 1. a kernel uevent socket is opened, then every device's modalias is read
    from sysfs (modalias.py) and matched against the index: each match
    is a driver to load, with the device that asked for it;
-2. those drivers and the modules the hooks name (btrfs, bridge, nf_tables:
-   loaded at every boot, whatever the hardware) are loaded with
-   finit_module through the kernel seam, concurrently where the
-   dependency graph allows (a module starts as soon as everything it needs
-   is in), since loading is mostly waiting on the kernel;
+2. those drivers are loaded with finit_module through the kernel seam,
+   then the drivers of the devices they announced meanwhile (read from
+   the socket without waiting: virtio's NIC and disks, so find_disks and
+   find_nics find them at once), then the modules the hooks name (btrfs,
+   bridge, nf_tables: loaded at every boot, whatever the hardware); each
+   module after everything it needs, in one thread per CPU (the kernel's
+   work is CPU-bound: on one vCPU more threads only contend);
 3. a background thread (`Kernel.start_thread`) keeps reading the socket
    until the hand-off (`ctx.on_exit`): every `add` uevent with a MODALIAS
    loads its drivers. That is how the devices behind a bus driver arrive
@@ -109,7 +111,7 @@ class Loader:
         return result, int((k.uptime() - start) * 1000), error
 
     def load(self, asked: Mapping[str, str], workers: int = WORKERS) -> list[str]:
-        """Load what `asked` (module -> why) needs, concurrently; returns what was planned.
+        """Load what `asked` (module -> why) needs, in `workers` threads; returns the plan.
 
         With one worker, in the calling thread, in the plan's order (each
         module after what it needs), without a thread pool to import.
@@ -370,16 +372,17 @@ def load_modules(ctx: BootContext) -> str:
 
 HOOK = Hook(
     name="modules",
-    description="load the drivers the devices' modaliases ask for and the modules hooks "
-    "name, concurrently; follow uevents for late devices",
+    description="load the drivers the devices' modaliases ask for, then the modules hooks "
+    "name, one thread per CPU; follow uevents for late devices",
     states=(
         State(
             "load_modules",
             load_modules,
-            "match every device's modalias against the initrd's drivers and load them with "
-            "the modules the hooks name (finit_module), concurrently where the dependency "
-            "order allows; keep loading drivers for devices that arrive later (uevents) until "
-            "the hand-off; set the kernel's modprobe for autoloading",
+            "match every device's modalias against the initrd's drivers and load them "
+            "(finit_module), then the drivers of the devices they announce, then the modules "
+            "the hooks name, dependencies first, one thread per CPU; keep loading drivers for "
+            "devices that arrive later (uevents) until the hand-off; set the kernel's modprobe "
+            "for autoloading",
             provides=(Milestone.MODULES,),
         ),
     ),

@@ -222,11 +222,11 @@ class PacketDhcpClient:
             assert offer is not None
             self._offers += 1
             self._state = "an offer came but no ACK (REQUEST sent, no answer)"
-            request = self._asking(
-                REQUEST,
-                requested_ip=offer[0]["yiaddr"],
-                server_id=offer[0]["options"].get("server_id"),
-            )
+            chosen: dict[str, Any] = {"requested_ip": offer[0]["yiaddr"]}
+            server_id = offer[0]["options"].get("server_id")
+            if server_id:  # RFC 2131 requires it; a server that leaves it out is still heard
+                chosen["server_id"] = server_id
+            request = self._asking(REQUEST, **chosen)
             for delay, _ in zip(backoff(), range(REQUEST_TRIES), strict=False):
                 self._send(request)
                 answer = await self._receive_kind(loop.time() + delay, (ACK, NAK))

@@ -113,8 +113,9 @@ def test_only_replies_to_this_client_are_taken_and_their_lease_is_checked() -> N
 class _Wire:
     """A packet socket stand-in: what the client sends, and the server's answers."""
 
-    def __init__(self, client: PacketDhcpClient) -> None:
+    def __init__(self, client: PacketDhcpClient, offer_server_id: bool = True) -> None:
         self.client = client
+        self.offer_server_id = offer_server_id
         self.sent: list[Any] = []
         self._ours, self._server = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._ours.setblocking(False)
@@ -134,7 +135,9 @@ class _Wire:
         kind = message["options"]["message_type"]
         if kind == dhcppacket.DISCOVER:
             self._server.send(b"noise from the link")  # not DHCP: ignored
-            offer = {"message_type": dhcppacket.OFFER, "server_id": "10.0.2.2"}
+            offer: dict[str, Any] = {"message_type": dhcppacket.OFFER}
+            if self.offer_server_id:
+                offer["server_id"] = "10.0.2.2"
             self._server.send(_reply(self.client, options=offer))
         elif kind == dhcppacket.REQUEST:
             self._server.send(_reply(self.client))
@@ -159,3 +162,14 @@ def test_discover_offer_request_ack_gives_the_lease() -> None:
     asyncio.run(client.stop(release=True))  # a loser releases: one RELEASE to the server
     assert wire.sent[-1]["options"]["message_type"] == dhcppacket.RELEASE
     assert client.progress() == "client not started"
+
+
+def test_an_offer_without_a_server_id_is_still_requested() -> None:
+    client = _client()
+    wire = _Wire(client, offer_server_id=False)
+    client._sock = wire  # type: ignore[assignment]
+    lease = asyncio.run(client.lease())
+    assert lease.cidr == "10.0.2.15/24"
+    request = wire.sent[1]["options"]
+    assert request["requested_ip"] == "10.0.2.15" and "server_id" not in request
+    wire.close()

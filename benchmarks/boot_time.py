@@ -83,6 +83,10 @@ def kernel_files() -> tuple[Path, Path]:
 
 def build_initpy(vmlinuz: Path, modules: Path, outdir: Path, hooks: str | None) -> float:
     start = time.monotonic()
+    # mkinitrd keeps one destination per --include source: the stand-in is a copy.
+    standin = outdir.parent / f"{outdir.name}-systemd-standin"
+    standin.write_bytes(GUEST_PROGRAM.read_bytes())
+    standin.chmod(0o755)
     subprocess.run(
         [
             sys.executable,
@@ -98,7 +102,7 @@ def build_initpy(vmlinuz: Path, modules: Path, outdir: Path, hooks: str | None) 
             # A stand-in for systemd, for --first-boot: the hand-off persist
             # treats as systemd (RSA may go on past it). Unused otherwise.
             "--include",
-            f"{GUEST_PROGRAM}:{SYSTEMD_STANDIN}",
+            f"{standin}:{SYSTEMD_STANDIN}",
             *(["--hooks", hooks] if hooks else []),
         ],
         check=True,
@@ -213,7 +217,9 @@ def kernel_times(kmsg: str, first: str, handoff: str) -> tuple[float | None, ...
     return to_init, to_first, to_handoff
 
 
-def boot_once(vmlinuz: Path, initrd: Path, args: BootArgs, name: str, initpy: bool) -> Boot:
+def boot_once(
+    vmlinuz: Path, initrd: Path, args: BootArgs, name: str, initpy: bool, smp: int = 1
+) -> Boot:
     # printk.devkmsg=on: by default the kernel keeps only a burst of 10 lines
     # written to /dev/kmsg per 5 s and drops the rest, hand-off line included.
     append = " ".join([*args.append, "quiet", "printk.devkmsg=on"])
@@ -224,7 +230,8 @@ def boot_once(vmlinuz: Path, initrd: Path, args: BootArgs, name: str, initpy: bo
         append,
         disks=args.disks,
         nics=args.nics,
-        extra=args.extra,
+        # QEMU takes the last -smp: the harness's 1 unless asked.
+        extra=[*args.extra, *(["-smp", str(smp)] if smp != 1 else [])],
         memory=args.memory,
         name=name,
     ) as vm:
@@ -320,6 +327,7 @@ def main() -> None:
         help="also boot initpy on a state disk without SSH host keys (a host's first boot) "
         "each round; initpy then hands off to the guest program as /lib/systemd/systemd",
     )
+    parser.add_argument("--smp", type=int, default=1, help="vCPUs of every VM (default 1)")
     parser.add_argument(
         "--shared",
         action="store_true",
@@ -380,6 +388,7 @@ def main() -> None:
                             full_boot_args(work / f"c{i}", exec_path),
                             f"bench-before-{i}",
                             True,
+                            ns.smp,
                         )
                     )
                 ours.append(
@@ -389,6 +398,7 @@ def main() -> None:
                         full_boot_args(work / f"i{i}", exec_path),
                         f"bench-initpy-{i}",
                         True,
+                        ns.smp,
                     )
                 )
                 if ns.first_boot:
@@ -400,6 +410,7 @@ def main() -> None:
                             full_boot_args(work / f"f{i}", exec_path, host_keys=False),
                             f"bench-first-{i}",
                             True,
+                            ns.smp,
                         )
                     )
                 if not ns.no_baseline:
@@ -410,6 +421,7 @@ def main() -> None:
                             full_boot_args(work / f"b{i}", "/nonexistent"),
                             f"bench-busybox-{i}",
                             False,
+                            ns.smp,
                         )
                     )
 

@@ -5,7 +5,7 @@ Needs root. Builds, in network namespaces of its own (removed at the end):
 a "host" namespace with 4 veth NICs nic0..nic3, each linked to a "lan"
 namespace where only nic3's peer has a DHCP server (dnsmasq, with router
 and DNS). Then, inside the host namespace, with the real pyroute2 code the
-init uses (hooks.network.dhcpclient.race through hooks.network.netlink.IPRouteNetlink):
+init uses (hooks.network.dhcpclient.race through hooks.network.netlink.KernelNetlink):
 
 - 1 NIC (nic3 only): parallel race vs sequential;
 - 4 NICs, only the last served: parallel race vs the spec's "tried in
@@ -62,10 +62,10 @@ def outer(args: argparse.Namespace) -> int:
 
 def inner(args: argparse.Namespace) -> int:
     from hooks.network import dhcpclient as dhcp
-    from hooks.network.netlink import IPRouteNetlink, wait_for_carrier
+    from hooks.network.netlink import KernelNetlink, wait_for_carrier
     from initpy.runtime.kernel import Kernel
 
-    nl = IPRouteNetlink(Kernel())
+    nl = KernelNetlink(Kernel())
     links, waited = wait_for_carrier(nl, NICS, 10, time.monotonic)
     print(
         f"carrier on {sum(links[n].carrier for n in NICS)} of {len(NICS)} NICs after "

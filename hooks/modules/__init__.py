@@ -8,11 +8,13 @@ modalias index of the drivers (layout.MODALIAS_INDEX). At boot:
 1. a kernel uevent socket is opened, then every device's modalias is read
    from sysfs (modalias.py) and matched against the index: each match
    is a driver to load, with the device that asked for it;
-2. those drivers and the modules the hooks name (btrfs, bridge, nf_tables:
-   loaded at every boot, whatever the hardware) are loaded with
-   finit_module through the kernel seam, concurrently where the
-   dependency graph allows (a module starts as soon as everything it needs
-   is in), since loading is mostly waiting on the kernel;
+2. those drivers are loaded with finit_module through the kernel seam,
+   then the drivers of the devices they announced meanwhile (read from
+   the socket without waiting: virtio's NIC and disks, so find_disks and
+   find_nics find them at once), then the modules the hooks name (btrfs,
+   bridge, nf_tables: loaded at every boot, whatever the hardware); each
+   module after everything it needs, in one thread per CPU (the kernel's
+   work is CPU-bound: on one vCPU more threads only contend);
 3. a background thread (`Kernel.start_thread`) keeps reading the socket
    until the hand-off (`ctx.on_exit`): every `add` uevent with a MODALIAS
    loads its drivers. That is how the devices behind a bus driver arrive
@@ -56,8 +58,9 @@ MODPROBE_SETTING = "/proc/sys/kernel/modprobe"
 # The kernel's default; busybox's applet there when there is no --rootfs.
 SYSTEM_MODPROBE = "/sbin/modprobe"
 PRIVATE_MODPROBE = layout.PRIVATE_MODPROBE
-# Loading is syscall-bound; a few threads overlap the kernel's waits without
-# starving the boot on a 1-CPU VM.
+# Loading is the kernel's CPU work (relocating, initialising; raid6_pq and xor
+# benchmark themselves): more threads than CPUs only contend. One thread per
+# CPU, at most this many.
 WORKERS = 4
 NETLINK_KOBJECT_UEVENT = 15
 KERNEL_GROUP = 1
@@ -108,9 +111,11 @@ class Loader:
         return result, int((k.uptime() - start) * 1000), error
 
     def load(self, asked: Mapping[str, str], workers: int = WORKERS) -> list[str]:
-        """Load what `asked` (module -> why) needs, concurrently; returns what was planned."""
-        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+        """Load what `asked` (module -> why) needs, in `workers` threads; returns the plan.
 
+        With one worker, in the calling thread, in the plan's order (each
+        module after what it needs), without a thread pool to import.
+        """
         with self.lock:
             names = modalias.plan(self.packed, list(asked), self.why)
             needers: dict[str, list[str]] = {}
@@ -121,12 +126,24 @@ class Loader:
             for name in names:
                 self.why[name] = asked.get(name) or "needed by " + ", ".join(needers[name])
                 self.order.append(name)
-        pending = {n: self.packed[n] for n in names}
-        running: dict[Future[tuple[str, int, str]], str] = {}
 
         def blocked(module: PackedModule) -> list[str]:
             hard = [n for n in module.needs if n not in module.optional]
             return [n for n in hard if self.results.get(n, ("",))[0] in ("failed", "skipped")]
+
+        if workers <= 1:
+            for name in names:
+                bad = blocked(self.packed[name])
+                self.results[name] = (
+                    ("skipped", 0, "needs " + ", ".join(bad))
+                    if bad
+                    else self._load_one(self.packed[name])
+                )
+            return names
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        pending = {n: self.packed[n] for n in names}
+        running: dict[Future[tuple[str, int, str]], str] = {}
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modules") as pool:
             while pending or running:
@@ -199,15 +216,27 @@ class Follower:
             m: r for m, r in _device_reasons(self.index, devices).items() if m in self.loader.packed
         }
         names = self.loader.load(asked, workers=1)
+        said = []
         for name in names:
             entry = self.loader.entry(name)
             self.ctx.report.modules.append(entry)
             if entry["result"] == "failed" and not str(entry["why"]).startswith("needed by"):
                 self.ctx.warn(f"load_modules: {name} ({entry['why']}) failed: {entry['error']}")
-            else:
-                self.ctx.say(f"load_modules: {name} {entry['result']} ({entry['why']})")
+            elif entry["why"] in asked.values():  # what a device asked for; the report has all
+                said.append(f"{name} {entry['result']} ({entry['why']})")
+        if said:  # one line per batch: a device's dependencies are in the report
+            self.ctx.say("load_modules: " + "; ".join(said))
         self.loaded += names
         return names
+
+    def drain(self) -> list[str]:
+        """Load the drivers of the devices already announced, without waiting for more."""
+        names: list[str] = []
+        while True:
+            batch = self.step(0.0)
+            if not batch:
+                return names
+            names += batch
 
     def run(self) -> None:
         try:
@@ -256,6 +285,7 @@ def load_modules(ctx: BootContext) -> str:
     packed = {m.name: m for m in modules}
     index = _read_index(ctx)
     loader = Loader(k, folder, packed)
+    workers = min(WORKERS, k.cpus())
 
     def driverless(kind: str) -> str:
         def drivers_for(alias: str) -> list[str]:
@@ -267,14 +297,18 @@ def load_modules(ctx: BootContext) -> str:
 
     ctx.put(DRIVERLESS, driverless)
 
-    asked: dict[str, str] = {}
+    named: dict[str, str] = {}
     for module in modules:
         if module.hooks:
-            asked[module.name] = "hook " + ", ".join(module.hooks)
+            named[module.name] = "hook " + ", ".join(module.hooks)
+    # The devices' drivers first: the devices behind them (virtio's NIC and
+    # disks) are announced while the hooks' modules load, and their drivers
+    # load before load_modules ends instead of after it (find_disks waited).
+    asked: dict[str, str] = {}
     source: NetlinkSocket | None = None
     devices: list[modalias.Device] = []
     if index is None:  # an initrd without an index: every packed module, as named
-        asked = {m.name: asked.get(m.name, "packed") for m in modules}
+        named = {m.name: named.get(m.name, "packed") for m in modules}
     else:
         try:
             # Opened before the scan: a device that appears meanwhile is not lost.
@@ -285,12 +319,20 @@ def load_modules(ctx: BootContext) -> str:
         devices = modalias.sysfs_devices(k)
         scan_ms = int((k.uptime() - start) * 1000)
         for name, reason in _device_reasons(index, devices).items():
-            if name in packed:
-                asked.setdefault(name, reason)
+            if name in packed and name not in named:
+                asked[name] = reason
         ctx.say(f"load_modules: {len(devices)} devices with a modalias read in {scan_ms} ms")
-    names = loader.load(asked)
+    names = loader.load(asked, workers)
     for name in names:
         ctx.report.modules.append(loader.entry(name))
+    follower = Follower(ctx, loader, index, source) if source and index else None
+    if follower is not None:
+        # Devices the bus drivers just announced: their drivers go first too.
+        names += follower.drain()
+    later = loader.load(named, workers)
+    for name in later:
+        ctx.report.modules.append(loader.entry(name))
+    names += later
     results = loader.results
     failed = [n for n in names if results[n][0] == "failed"]
     skipped = [n for n in names if results[n][0] == "skipped"]
@@ -310,8 +352,7 @@ def load_modules(ctx: BootContext) -> str:
     for name in [*failed, *skipped]:
         if not loader.why[name].startswith("needed by"):  # a softdep may refuse this CPU
             ctx.warn(f"load_modules: driver {name} ({loader.why[name]}): {results[name][2]}")
-    if source is not None and index is not None:
-        follower = Follower(ctx, loader, index, source)
+    if follower is not None:
         k.start_thread("initpy-uevents", follower.run)
         ctx.on_exit(follower.finish)
     total_ms = sum(results[n][1] for n in names)
@@ -319,7 +360,7 @@ def load_modules(ctx: BootContext) -> str:
     by_device = sum(1 for n in names if loader.why[n].startswith("device "))
     ctx.say(
         f"load_modules: {loaded} loaded, {len(names) - loaded} already present or failed, "
-        f"{total_ms} ms of loading across {WORKERS} threads"
+        f"{total_ms} ms of loading in {workers} thread{'s' if workers > 1 else ''}"
     )
     return (
         f"{len(names)} modules ({by_device} for devices, "
@@ -331,16 +372,17 @@ def load_modules(ctx: BootContext) -> str:
 
 HOOK = Hook(
     name="modules",
-    description="load the drivers the devices' modaliases ask for and the modules hooks "
-    "name, concurrently; follow uevents for late devices",
+    description="load the drivers the devices' modaliases ask for, then the modules hooks "
+    "name, one thread per CPU; follow uevents for late devices",
     states=(
         State(
             "load_modules",
             load_modules,
-            "match every device's modalias against the initrd's drivers and load them with "
-            "the modules the hooks name (finit_module), concurrently where the dependency "
-            "order allows; keep loading drivers for devices that arrive later (uevents) until "
-            "the hand-off; set the kernel's modprobe for autoloading",
+            "match every device's modalias against the initrd's drivers and load them "
+            "(finit_module), then the drivers of the devices they announce, then the modules "
+            "the hooks name, dependencies first, one thread per CPU; keep loading drivers for "
+            "devices that arrive later (uevents) until the hand-off; set the kernel's modprobe "
+            "for autoloading",
             provides=(Milestone.MODULES,),
         ),
     ),

@@ -15,9 +15,9 @@ States, in order:
   to keep br0's lease after the hand-off.
 
 Only the standard library and initpy are imported at module level: this
-file is imported on PID 1's start-up path. pyroute2 is imported by a
-background thread started here (PID 1 only), joined by the seam's netlink()
-in the first network state.
+file is imported on PID 1's start-up path. The DHCP client's imports
+(asyncio, pyroute2's message class) run in a background thread started here
+(PID 1 only), joined by the first DHCP client and before the renewer's fork.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from initpy.runtime.run import run
 # states import it when they run, in the prefetch thread's shadow; the
 # lease type alone is light.
 from .lease import Lease, is_hostname
-from .netlink import opened, start_prefetch, sysfs_is_ethernet, wait_for_carrier
+from .netlink import opened, start_prefetch, sysfs_is_ethernet, wait_for_carrier, wait_prefetch
 
 # As PID 1, start importing pyroute2 now, in the shadow of the states that
 # run before find_nics (see hooks.network.netlink.start_prefetch); tests, the walk
@@ -530,6 +530,8 @@ def _start_renewer(ctx: BootContext, lease: Lease) -> int:
     """Fork the process that keeps br0's lease alive after the hand-off."""
     from .dhcpclient import RENEWER_NAME, renew_forever, status_json
 
+    # No thread may be in the middle of an import when PID 1 forks.
+    wait_prefetch()
     k = ctx.kernel
 
     def write_status(status: Mapping[str, object]) -> None:

@@ -264,6 +264,14 @@ def _requested() -> tuple[Any, ...]:
     )
 
 
+def requested_options() -> tuple[int, ...]:
+    """The options every DHCP request asks for (option 12 among them), as numbers."""
+    from .pyroute import lean_pyroute2
+
+    lean_pyroute2()
+    return tuple(int(option) for option in _requested())
+
+
 def _text(value: object) -> str | None:
     """A DHCP string option as pyroute2 decodes it (str, or bytes), padding removed."""
     if isinstance(value, bytes):

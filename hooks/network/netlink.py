@@ -1,13 +1,13 @@
 """Netlink for the network states: links, carrier, bridges, addresses, routes.
 
-The network states never talk to pyroute2 directly: `opened(kernel)` asks
+The network states never talk to a library directly: `opened(kernel)` asks
 the kernel seam for the "rtnetlink" library (`Kernel.library`), a `Netlink`,
-this thin typed wrapper. The real one, `IPRouteNetlink`, drives pyroute2's
-`IPRoute` (imported only when the first network state runs: pyroute2's
-package import is slow under TCG) and reads link events from the seam's
-netlink socket, so that waiting for carrier sleeps in `select()` until the
-kernel says something changed. A fake kernel hands out its scripted
-network instead (initpy/devtools/fake_network.py).
+this thin typed wrapper. The real one, `KernelNetlink`, sends plain
+rtnetlink messages (rtnetlink.py, on the seam's `netlink_requests` socket)
+and reads link events from the seam's netlink socket, so that waiting for
+carrier sleeps in `select()` until the kernel says something changed. A
+fake kernel hands out its scripted network instead
+(initpy/devtools/fake_network.py).
 
 DHCP clients are handed out here as well (`dhcp_client()`): the real one is
 pyroute2's raw-socket client (dhcpclient.py beside this file).
@@ -15,33 +15,20 @@ pyroute2's raw-socket client (dhcpclient.py beside this file).
 
 from __future__ import annotations
 
-import socket
-import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Protocol
 
 from initpy.runtime.kernel import Kernel, NetlinkSocket
-from initpy.runtime.record import frozen
 
 from .lease import DhcpClient
+from .pyroute import lean_pyroute2
+from .rtnetlink import NETLINK_ROUTE, Link, RtNetlink
 
-NETLINK_ROUTE = 0
+__all__ = ["NETLINK_ROUTE", "KernelNetlink", "Link", "Netlink", "lean_pyroute2", "opened"]
+
 RTMGRP_LINK = 1
-IFF_UP = 1
-
-
-@frozen
-class Link:
-    """One network interface as netlink reports it."""
-
-    index: int
-    name: str
-    mac: str
-    up: bool
-    carrier: bool
-    master: int | None = None
 
 
 class Netlink(Protocol):
@@ -82,54 +69,24 @@ class Netlink(Protocol):
 _prefetch: threading.Thread | None = None
 
 
-def lean_pyroute2() -> None:
-    """Let `import pyroute2.<sub>` skip the package's own __init__.
-
-    That __init__ imports every pyroute2 API (NDB with sqlite3, IPDB,
-    conntrack, ipset, nl80211, plan9, ...) to re-export them: about a third
-    of the import time (about 50 ms natively, 0.75 s under TCG), for names
-    the boot never uses. The package is put in sys.modules as an empty module
-    with its real __path__, so its submodules import as usual. pyroute2's
-    logger gets its NullHandler from pyroute2.config.log, as the __init__
-    would (else its warnings reach the console through logging's last
-    resort). Afterwards, take names from submodules (pyroute2.iproute.linux),
-    never from the package.
-    """
-    if "pyroute2" in sys.modules:
-        return
-    import importlib.util
-
-    spec = importlib.util.find_spec("pyroute2")
-    if spec is None or spec.submodule_search_locations is None:
-        return  # not installed: the state that needs it says so
-    sys.modules["pyroute2"] = importlib.util.module_from_spec(spec)
-    try:
-        import pyroute2.config.log  # noqa: F401
-    except Exception:  # the import system cannot do it here: take the whole package
-        for name in [m for m in sys.modules if m == "pyroute2" or m.startswith("pyroute2.")]:
-            del sys.modules[name]
-
-
 def _import_pyroute2() -> None:
     try:
         lean_pyroute2()
-        import pyroute2.dhcp.client  # noqa: F401
-        import pyroute2.dhcp.hooks  # noqa: F401
-        import pyroute2.iproute.linux  # noqa: F401
+        import pyroute2.dhcp.dhcp4msg  # noqa: F401
 
-        # The dhcp state's client (about 0.3 s of imports under TCG): here it
-        # fills the main thread's waits on disks and carrier instead.
-        from . import dhcpclient  # noqa: F401
+        # The dhcp state's race and client (asyncio: about 0.4 s of imports
+        # under TCG): here they fill the main thread's waits instead.
+        from . import dhcpclient, dhcppacket  # noqa: F401
     except Exception:  # the state that needs it imports it again and reports
         pass
 
 
 def start_prefetch() -> None:
-    """Import pyroute2 in a thread while the states before the network run.
+    """Import the DHCP client's modules in a thread while the states before it run.
 
-    Under TCG the import takes seconds (pyroute2's package __init__ pulls in
-    ndb and friends); the states before find_nics mostly wait on the kernel
-    and on child processes, so the import runs in their shadow.
+    asyncio and pyroute2's DHCP message class: about 40 ms natively, half a
+    second under TCG; the states before dhcp wait on the kernel (disks,
+    carrier) at times, and the import fills those waits.
     """
     global _prefetch
     if _prefetch is None:
@@ -146,47 +103,13 @@ def wait_prefetch() -> None:
 # -- the real one ------------------------------------------------------------------
 
 
-class IPRouteNetlink:
-    """rtnetlink through pyroute2's IPRoute, plus a raw socket for link events."""
+class KernelNetlink(RtNetlink):
+    """rtnetlink in plain messages (rtnetlink.py), link events from the seam, DHCP clients."""
 
     def __init__(self, kernel: Kernel) -> None:
-        wait_prefetch()
-        lean_pyroute2()
-        from pyroute2.iproute.linux import IPRoute
-
+        super().__init__(kernel)
         self._kernel = kernel
-        self._ipr: Any = IPRoute()
         self._events: NetlinkSocket | None = None
-
-    def _index(self, name: str) -> int:
-        found = self._ipr.link_lookup(ifname=name)
-        if not found:
-            raise OSError(f"no network interface named {name}")
-        return int(found[0])
-
-    def links(self) -> list[Link]:
-        found = []
-        for msg in self._ipr.get_links():
-            master = msg.get("IFLA_MASTER")
-            found.append(
-                Link(
-                    index=int(msg["index"]),
-                    name=str(msg.get("IFLA_IFNAME")),
-                    mac=str(msg.get("IFLA_ADDRESS") or ""),
-                    up=bool(msg["flags"] & IFF_UP),
-                    # IFLA_CARRIER turns on before the kernel's linkwatch gives the
-                    # link a real qdisc; until then packets are dropped (a lost
-                    # first DISCOVER costs a 1 s retransmission). The operstate
-                    # turns UP only after linkwatch, so carrier counts from then.
-                    carrier=bool(msg.get("IFLA_CARRIER"))
-                    and str(msg.get("IFLA_OPERSTATE")) in ("UP", "UNKNOWN"),
-                    master=int(master) if master else None,
-                )
-            )
-        return found
-
-    def set_up(self, name: str) -> None:
-        self._ipr.link("set", index=self._index(name), state="up")
 
     def watch_links(self) -> None:
         if self._events is None:
@@ -199,51 +122,18 @@ class IPRouteNetlink:
         # seam reads a bounded batch, so a flapping link cannot hold us here.
         return bool(self._events.receive(timeout))
 
-    def add_bridge(self, name: str, mac: str) -> None:
-        # STP off and no forward delay: the port forwards at once, so the
-        # lease's first renewal and the OS's first packets are not dropped.
-        self._ipr.link("add", ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0)
-        index = self._index(name)
-        if mac:
-            self._ipr.link("set", index=index, address=mac)
-        self._ipr.link("set", index=index, state="up")
-
-    def set_master(self, port: str, bridge: str) -> None:
-        self._ipr.link("set", index=self._index(port), master=self._index(bridge))
-
-    def flush_ipv4(self, name: str) -> None:
-        self._ipr.flush_addr(index=self._index(name), family=socket.AF_INET)
-
-    def add_address(self, name: str, address: str, prefixlen: int, broadcast: str | None) -> None:
-        spec: dict[str, object] = {
-            "index": self._index(name),
-            "address": address,
-            "prefixlen": prefixlen,
-        }
-        if broadcast:
-            spec["broadcast"] = broadcast
-        self._ipr.addr("replace", **spec)
-
-    def ipv4_addresses(self, name: str) -> list[str]:
-        index = self._index(name)
-        return [
-            f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}"
-            for msg in self._ipr.get_addr(family=socket.AF_INET, index=index)
-        ]
-
-    def add_default_route(self, gateway: str, name: str) -> None:
-        self._ipr.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=self._index(name))
-
     def dhcp_client(self, name: str, mac: str) -> DhcpClient:
-        from .dhcpclient import PyrouteDhcpClient
+        wait_prefetch()
+        from .dhcpclient import VENDOR_ID, requested_options
+        from .dhcppacket import PacketDhcpClient
 
-        return PyrouteDhcpClient(name, mac)
+        return PacketDhcpClient(self._kernel, name, mac, requested_options(), VENDOR_ID)
 
     def close(self) -> None:
         if self._events is not None:
             self._events.close()
             self._events = None
-        self._ipr.close()
+        super().close()
 
 
 def sysfs_is_ethernet(kernel: Kernel, name: str) -> tuple[bool, str]:
@@ -293,7 +183,7 @@ def wait_for_carrier(
 @contextmanager
 def opened(kernel: Kernel) -> Iterator[Netlink]:
     """A netlink handle from the seam, closed afterwards."""
-    handle: Netlink = kernel.library("rtnetlink", lambda: IPRouteNetlink(kernel))
+    handle: Netlink = kernel.library("rtnetlink", lambda: KernelNetlink(kernel))
     try:
         yield handle
     finally:

@@ -195,6 +195,13 @@ class Kernel:
     def getpid(self) -> int:
         return os.getpid()
 
+    def cpus(self) -> int:
+        """How many CPUs this process may run on (at least 1)."""
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except OSError:
+            return 1
+
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
 
@@ -580,6 +587,43 @@ class Kernel:
         (NETLINK_ROUTE, RTMGRP_LINK) for carrier.
         """
         return BatchReader(_netlink(protocol, groups))
+
+    def netlink_requests(self, protocol: int, timeout: float = 5.0) -> socket.socket:
+        """A netlink socket for requests and their answers (no multicast groups).
+
+        The network hook talks rtnetlink through it (hooks/network/rtnetlink.py):
+        the few messages the boot sends once, without a library's machinery.
+        `timeout` bounds every receive, so a missing answer is an OSError,
+        never a hang of PID 1.
+        """
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
+        try:
+            sock.bind((0, 0))
+            sock.settimeout(timeout)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def packet_socket(self, interface: str, ethertype: int = 0x0800) -> socket.socket:
+        """A non-blocking packet socket on one interface (AF_PACKET, SOCK_DGRAM).
+
+        The DHCP client sends and receives its IPv4 frames through it before
+        the interface has an address; the kernel adds and strips the
+        Ethernet header (`sendto(data, (interface, ethertype, 0, 0, mac))`),
+        and `recvfrom` names the sender's MAC.
+        """
+        sock = socket.socket(
+            socket.AF_PACKET,
+            socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK,
+            socket.htons(ethertype),
+        )
+        try:
+            sock.bind((interface, ethertype))
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
     def connect_tcp(self, host: str, port: int, timeout: float) -> socket.socket:
         """A TCP connection to `host`:`port` (the rescue's mail to the relay).

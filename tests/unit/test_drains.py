@@ -16,7 +16,7 @@ import os
 
 import pytest
 
-from hooks.network.netlink import NETLINK_ROUTE, IPRouteNetlink, Link, wait_for_carrier
+from hooks.network.netlink import NETLINK_ROUTE, KernelNetlink, Link, wait_for_carrier
 from hooks.storage.blockdev import (
     NETLINK_KOBJECT_UEVENT,
     Uevent,
@@ -183,8 +183,8 @@ def test_the_carrier_wait_ends_at_its_deadline_while_a_link_flaps_forever(
     assert "after 2.00 s" in detail
 
 
-class ScriptedLinks(IPRouteNetlink):
-    """The real link-event wait (the seam's socket, IPRouteNetlink.wait_link_change);
+class ScriptedLinks(KernelNetlink):
+    """The real link-event wait (the seam's socket, KernelNetlink.wait_link_change);
     the links themselves scripted, so nothing of the host is read or changed."""
 
     def __init__(self, kernel: FakeKernel) -> None:

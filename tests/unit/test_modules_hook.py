@@ -218,10 +218,12 @@ def test_a_late_device_gets_its_driver_from_its_uevent(tmp_path: Path) -> None:
     assert isinstance(kernel, FakeKernel)
     devpath = "/devices/pci0000:00/0000:00:03.0/usb2/2-1/2-1:1.0"
     kernel.uevent_script = [
+        [],  # nothing announced while load_modules runs
         [Uevent("add", devpath, "usb", {"MODALIAS": USB_DISK})],
         [Uevent("bind", devpath, "usb", {"MODALIAS": USB_DISK})],
     ]
     _load(ctx)
+    assert "usb-storage.ko" not in _loaded(kernel)
     follower = kernel.threads["initpy-uevents"]
     stopped: list[str] = []
     ctx.on_exit(lambda: stopped.append("stopped"))
@@ -246,3 +248,53 @@ def test_a_driverless_nic_is_named_for_the_network_rescue(tmp_path: Path) -> Non
     assert "the initrd's e1000 did not take it" in text
     ctx.kernel.mkdir("/sys/bus/pci/devices/0000:00:02.0/driver")
     assert explain("network") == ""
+
+
+def test_a_device_announced_during_load_modules_gets_its_driver_before_the_hooks_modules(
+    tmp_path: Path,
+) -> None:
+    # virtio_pci announces the NIC and disks behind it: their drivers load
+    # in the state, before the modules hooks name (btrfs), not after it.
+    ctx = _hardware(str(tmp_path))
+    kernel = ctx.kernel
+    assert isinstance(kernel, FakeKernel)
+    devpath = "/devices/pci0000:00/0000:00:03.0/usb2/2-1/2-1:1.0"
+    kernel.uevent_script = [[Uevent("add", devpath, "usb", {"MODALIAS": USB_DISK})]]
+    _load(ctx)
+    loaded = _loaded(kernel)
+    assert loaded.index("usb-storage.ko") < loaded.index("btrfs.ko")
+    assert loaded.index("e1000.ko") < loaded.index("btrfs.ko")
+    why = {m["name"]: m["why"] for m in ctx.report.modules}
+    assert why["usb_storage"] == f"device {devpath}"
+    assert any(
+        line.startswith("initpy: load_modules: usb_storage loaded (device ")
+        for line in kernel.console_lines
+    )
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 8])
+def test_one_thread_per_cpu_loads_the_same_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpus: int
+) -> None:
+    # One CPU: no pool, the plan's order in the state's own thread; more: threads.
+    monkeypatch.setattr(FakeKernel, "cpus", lambda self: cpus)
+    path = f"/lib/modules/{VERSION}/kernel/failover.ko"
+    ctx = _machine(str(tmp_path), failures={"finit_module": {path: errno.ENOEXEC}})
+    with pytest.raises(BootFailure):
+        _load(ctx)
+    results = {m["name"]: m["result"] for m in ctx.report.modules}
+    assert results == {
+        "virtio": "loaded",
+        "failover": "failed",
+        "virtio_blk": "loaded",
+        "net_failover": "skipped",
+        "virtio_net": "skipped",
+    }
+    ctx = _machine(str(tmp_path / "again"))
+    _load(ctx)
+    threads = min(cpus, modules.WORKERS)
+    assert any(
+        "load_modules: 5 loaded, 0 already present or failed, " in line
+        and line.endswith(f"in {threads} thread{'s' if threads > 1 else ''}")
+        for line in ctx.kernel.console_lines  # type: ignore[attr-defined]
+    )

@@ -31,7 +31,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from email.utils import getaddresses
+from email.utils import getaddresses, parsedate_to_datetime
 from pathlib import Path
 
 import pytest
@@ -49,9 +49,10 @@ BUILDID_URL = f"tftp://{SERVER}/buildos/buildos-buildid"
 HOSTNAME = "pxe-host"
 INTERVAL = 10  # initpy.monitor.interval: the first poll within 10 s, then 7.5-12.5 s
 AGENT = "/usr/local/bin/initpy-standin-agent"
+AGENT_ARGS = "--fleet pxe-test"  # pxe-layout --agent quotes the program and its arguments
 AGENT_SCRIPT = """#!/bin/sh
 # A stand-in build agent (tests/vm/test_pxe.py): who, where, which build; then it waits.
-echo "stand-in agent of build GENERATION: user $(id -un), in $(pwd)"
+echo "stand-in agent of build GENERATION ($*): user $(id -un), in $(pwd)"
 exec sleep infinity
 """
 MEMORY = 2048
@@ -179,13 +180,13 @@ def host(
     tftp, mail = work / "tftp", work / "mail"
     mail.mkdir()
     key = make_key(work)
-    words = f"console=ttyS0 panic=-1 initpy.monitor.interval={INTERVAL} "
-    words += f"initpy.monitor.agent={AGENT}"
+    words = f"console=ttyS0 panic=-1 initpy.monitor.interval={INTERVAL}"
     said = pxe_layout(
         str(builds["A"].outdir), str(tftp),
         "--server", SERVER, "--mac", FULL_BOOT_MAC, "--timeout", "0",
         "--smtp-relay", smtpsink.SINK_ADDRESS, "--admin-email", ADMIN,
-        "--ssh-key", f"@{key.with_suffix('.pub')}", "--append", words,
+        "--ssh-key", f"@{key.with_suffix('.pub')}", "--agent", f"{AGENT} {AGENT_ARGS}",
+        "--append", words,
     )  # fmt: skip
     assert f"buildos.buildid_url={BUILDID_URL}" in said, said
     port = free_port()
@@ -242,6 +243,7 @@ def test_1_the_full_image_pxe_boots_to_multi_user_with_the_append_line_in_effect
     assert parameters["buildos.admin_email"] == ADMIN
     assert parameters["buildos.buildid_url"] == BUILDID_URL
     assert parameters["buildos.ssh_key"] == public_key  # the quotes grouped it
+    assert parameters["initpy.monitor.agent"] == f"{AGENT} {AGENT_ARGS}"  # and these
     assert json.loads(out["report"])["command_line"]["warnings"] == []
     assert out["hostname"] == HOSTNAME
     assert smtpsink.SINK_ADDRESS in out["relay"], out["relay"]
@@ -263,7 +265,7 @@ def test_1_the_full_image_pxe_boots_to_multi_user_with_the_append_line_in_effect
     assert f"build {build_a[:12]} is current" in status, status
     assert re.search(r"agent initpy-standin-agent running \(pid \d+, start 1\)", status), status
     journal = host.ssh.run("journalctl -b -u initpy-monitor --no-pager -o cat").stdout
-    assert "stand-in agent of build A: user build, in /build" in journal, journal
+    assert f"stand-in agent of build A ({AGENT_ARGS}): user build, in /build" in journal, journal
     assert f"polling {BUILDID_URL} every {INTERVAL:g} s" in journal, journal
     host.note(f"monitor status after boot A: {status}")
 
@@ -297,9 +299,13 @@ def test_2_a_new_build_id_mails_the_admin_reboots_and_comes_up_on_the_new_build(
     for stopped in (r"Stopped \S*initpy-reboot\.serv", r"Stopped \S*initpy-monitor\.se"):
         assert re.search(stopped, shutdown), shutdown[-3000:]
     assert re.search(r"Reached target \S*reboot\.target", shutdown), shutdown[-3000:]
+    # The monitor dates its mail when it finds the change (the guest's clock
+    # is the host's, to the second): the poll, then postfix's relay.
+    written = parsedate_to_datetime(str(mail["Date"])).timestamp()
     host.note(
-        f"rollout: build id replaced -> mail at the sink {mailed - rolled_at:.1f} s -> "
-        f"'reboot: Restarting system' {restarted - rolled_qemu:.1f} s after the rollout"
+        f"rollout: build id replaced -> mail written (its Date:) {written - rolled_at:.0f} s, "
+        f"at the sink {mailed - rolled_at:.1f} s -> 'reboot: Restarting system' "
+        f"{restarted - rolled_qemu:.1f} s after the rollout"
     )
 
     host.pxe_boot("B", since=restarted, start="reboot: Restarting system")
@@ -314,7 +320,8 @@ def test_2_a_new_build_id_mails_the_admin_reboots_and_comes_up_on_the_new_build(
     )
     assert json.loads(out["manifest"])["build_id"] == build_b
     assert out["check"].endswith("exit=0"), out["check"]
-    assert "stand-in agent of build B: user build, in /build" in out["journal"], out["journal"]
+    agent_line = f"stand-in agent of build B ({AGENT_ARGS}): user build, in /build"
+    assert agent_line in out["journal"], out["journal"]
     status = host.monitor_status("is current")
     assert f"build {build_b[:12]} is current" in status, status
     second = wait_for_mail(host.mail, f"buildos: {HOSTNAME} is up", 180, index=1)

@@ -76,10 +76,12 @@ def test_allowed_nics_and_disks_become_arguments() -> None:
     assert "-drive file=/tmp/state.img,if=virtio,format=raw" in joined
 
 
-def test_a_network_boot_takes_no_kernel_and_may_reboot() -> None:
+def test_a_network_boot_takes_no_kernel_and_may_reboot(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("INITPY_QEMU_ACCEL", raising=False)
     nic = qemu.Nic.user("net0", mac="52:54:00:12:34:56", options="tftp=/srv/t,bootfile=pxelinux.0")
     argv = qemu.qemu_argv(None, None, "", serial="stdio", monitor_path="m", nics=[nic], reboot=True)
     assert argv[argv.index("-boot") + 1] == "n"
+    assert argv[argv.index("-accel") + 1] == f"tcg,tb-size={qemu.REBOOT_TB_SIZE_MIB}"
     assert not {"-kernel", "-initrd", "-append", "-no-reboot"} & set(argv)
     assert "user,id=net0,restrict=on,tftp=/srv/t,bootfile=pxelinux.0" in argv
     # The command line is the boot loader's to give, never a second one here.

@@ -53,7 +53,9 @@ QEMU = os.environ.get("INITPY_QEMU", "qemu-system-x86_64")
 # a hang until the test's timeout.
 REQUIRED_APPEND = ("console=ttyS0", "panic=-1")
 LOG_TAIL_LINES = 40
-REBOOT_TB_SIZE_MIB = 128  # TCG's code cache when a guest may reboot (qemu_argv says why)
+# TCG's code cache when a guest may reboot (qemu_argv says why); 0: QEMU's
+# default (benchmarks/tcg_reboot.py compares the two).
+REBOOT_TB_SIZE_MIB = 128
 
 
 class VmError(AssertionError):
@@ -164,7 +166,7 @@ def qemu_argv(
     -no-reboot, so that a guest's reboot boots again instead of ending QEMU.
     """
     accel = os.environ.get("INITPY_QEMU_ACCEL", "tcg")
-    if reboot and accel == "tcg":
+    if reboot and accel == "tcg" and REBOOT_TB_SIZE_MIB:
         # After a reboot in the same QEMU, TCG's default code cache (1 GiB,
         # full of the first boot's code) makes the next boot unpack its
         # initramfs about 5 times slower (full image: 36-40 s against 6-9 s);

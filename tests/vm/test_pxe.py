@@ -61,6 +61,7 @@ MEMORY = 2048
 BOOT_TIMEOUT = 900
 ROLLOUT_TIMEOUT = 300
 BOOT_FAILED = r"initpy: rescue: .*|Kernel panic"
+FIGURES = qemu.ARTIFACTS / "pxe-figures.txt"
 # pxelinux moves the serial console's cursor with escape sequences, which
 # can land inside a word ("Loadin\x1b[25;06H\x1b[25;07Hg /buildos/..."):
 # the firmware's and the loader's lines are matched with them allowed anywhere.
@@ -70,9 +71,6 @@ ESCAPES = r"(?:\x1b\[[0-9;]*[A-Za-z])*"
 def loosely(text: str) -> str:
     """A regex for `text` with terminal escape sequences allowed between its characters."""
     return ESCAPES.join(re.escape(c) for c in text)
-
-
-FIGURES = qemu.ARTIFACTS / "pxe-figures.txt"
 
 
 @dataclass

@@ -20,11 +20,12 @@ pxelinux.0 and ldlinux.c32 come from Debian's packages, fetched with
 **The append line.** pxelinux hands it to the kernel verbatim, and the
 kernel splits it at spaces, with double quotes grouping. So a value that
 holds a space or a double quote cannot be carried, and is refused here,
-except `buildos.ssh_key`, which is written quoted (and may not hold a
-quote). Each value is also checked with the very parameter the boot
-parses it with (the hooks' declarations), and the whole line is
-tokenised as the boot will tokenise it: what the host reads is what the
-operator typed, or the layout is not written.
+except `buildos.ssh_key` and `initpy.monitor.agent` (a program and its
+arguments), which are written quoted (and may not hold a quote). Each
+value is also checked with the very parameter the boot parses it with
+(the hooks' declarations), and the whole line is tokenised as the boot
+will tokenise it: what the host reads is what the operator typed, or the
+layout is not written.
 
 **Writing.** Every file is written under a temporary name in its folder
 and renamed into place, and the three buildos files are renamed image,
@@ -63,7 +64,8 @@ SYSLINUX_FILES = {
 # initrd= to what we write.
 APPEND_LIMIT = 1900
 MAC = re.compile(r"[0-9a-f]{2}([:-][0-9a-f]{2}){5}")
-QUOTED = "buildos.ssh_key"
+# The values that may hold spaces: written in double quotes.
+QUOTED = ("buildos.ssh_key", "initpy.monitor.agent")
 DEFAULT_TIMEOUT = 50  # tenths of a second, as in the spec's example
 # How the initrd travels over TFTP. mkinitrd's default (lz4) unpacks fast
 # but is about half again as large as zstd -19: over TFTP the bytes cost more
@@ -83,6 +85,7 @@ class BootValues:
     smtp_relay: str | None = None
     admin_email: str | None = None
     ssh_key: str | None = None
+    agent: str | None = None  # initpy.monitor.agent: "PROGRAM ARGS"
     extra: tuple[str, ...] = ()  # further words, as given (console=ttyS0, initpy.*)
 
 
@@ -114,11 +117,12 @@ def append_line(values: BootValues, parameters: dict[str, Parameter[object]]) ->
         ("buildos.admin_email", values.admin_email),
         ("buildos.buildid_url", values.buildid_url),
         ("buildos.ssh_key", values.ssh_key),
+        ("initpy.monitor.agent", values.agent),
     )
     for name, value in given:
         if value is None:
             continue
-        _check_carriable(name, value, quoted=name == QUOTED)
+        _check_carriable(name, value, quoted=name in QUOTED)
         parameter = parameters.get(name)
         if parameter is not None:
             try:
@@ -127,7 +131,7 @@ def append_line(values: BootValues, parameters: dict[str, Parameter[object]]) ->
                 raise BuildError(
                     f"{name}: {exc}", f"the boot would ignore it: {parameter.help}"
                 ) from None
-        words.append(f'{name}="{value}"' if name == QUOTED else f"{name}={value}")
+        words.append(f'{name}="{value}"' if name in QUOTED else f"{name}={value}")
         wanted.append((name, value))
     for word in values.extra:
         _check_carriable("--append", word, quoted=False)
@@ -169,7 +173,11 @@ def _check_carriable(name: str, value: str, quoted: bool) -> None:
         raise BuildError(
             f"{name}: {value!r} holds a space, and the kernel would split it there",
             "give the value without spaces"
-            + (" (only buildos.ssh_key is quoted)" if name.startswith("buildos.") else ""),
+            + (
+                f" (only {' and '.join(QUOTED)} are quoted)"
+                if name.startswith(("buildos.", "initpy."))
+                else ""
+            ),
         )
 
 
@@ -384,6 +392,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--ssh-key", metavar="KEY|@FILE", help="buildos.ssh_key: the key, or @ and a .pub file"
     )
     parser.add_argument(
+        "--agent",
+        metavar="'PROGRAM ARGS'",
+        help="initpy.monitor.agent: the build agent the monitor runs, written quoted, so it "
+        "may have arguments",
+    )
+    parser.add_argument(
         "--append",
         action="append",
         default=[],
@@ -440,6 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             smtp_relay=ns.smtp_relay,
             admin_email=ns.admin_email,
             ssh_key=key,
+            agent=ns.agent,
             extra=tuple(w for words in ns.append for w in words.split()),
         )
         parameters = boot_parameters([repo_hooks_dir()])

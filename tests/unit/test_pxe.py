@@ -149,6 +149,8 @@ def test_without_a_mac_every_host_gets_the_default(
         (pxe.BootValues(admin_email="admin.example.org"), "expected an email address"),
         (pxe.BootValues(ssh_key='ssh-ed25519 AAAA "me"'), "holds a double quote"),
         (pxe.BootValues(ssh_key="AAAA me@host"), "expected an OpenSSH public key"),
+        (pxe.BootValues(agent='/usr/bin/agent "x"'), "holds a double quote"),
+        (pxe.BootValues(agent="bbot-agent --verbose"), "expected an absolute path first"),
         (pxe.BootValues(extra=('initpy.motd="hello',)), "holds a double quote"),
         (pxe.BootValues(extra=("--", "single")), "would not read the append line"),
         (pxe.BootValues(buildid_url="http://x/" + "a" * 2000), "the kernel takes about 1900"),
@@ -164,6 +166,14 @@ def test_the_ssh_key_alone_is_quoted_and_keeps_its_spaces() -> None:
     assert line == f'buildos.ssh_key="{ed25519_key("two words")}"'
     pairs, _after, problems = cmdline.tokenize(line)
     assert pairs == [("buildos.ssh_key", ed25519_key("two words"))] and problems == []
+
+
+def test_the_agent_is_quoted_and_keeps_its_arguments() -> None:
+    agent = "/usr/local/bin/bbot-agent --verbose 3"
+    line = pxe.append_line(pxe.BootValues(agent=agent), PARAMETERS)
+    assert line == f'initpy.monitor.agent="{agent}"'
+    config = cmdline.parse(line, PARAMETERS.values())
+    assert config.problems == () and config.values["initpy.monitor.agent"] == agent
 
 
 def test_macs_are_checked_and_named_as_pxelinux_asks() -> None:
@@ -221,11 +231,14 @@ def test_the_command_line(
     argv = [outdir, tftp, "--syslinux", syslinux, "--server", "10.0.2.2"]
     argv += ["--ssh-key", f"@{key_file}", "--mac", "52:54:00:12:34:56"]
     argv += ["--append", "console=ttyS0 initpy.monitor.interval=5", "--timeout", "0"]
+    argv += ["--agent", "/usr/local/bin/agent --once"]
     assert pxe.main(argv) == 0
     config = read(os.path.join(tftp, "pxelinux.cfg", "01-52-54-00-12-34-56")).decode()
     assert (
         "  append buildos.buildid_url=tftp://10.0.2.2/buildos/buildos-buildid "
-        f'buildos.ssh_key="{ed25519_key("me@host")}" console=ttyS0 initpy.monitor.interval=5\n'
+        f'buildos.ssh_key="{ed25519_key("me@host")}" '
+        'initpy.monitor.agent="/usr/local/bin/agent --once" '
+        "console=ttyS0 initpy.monitor.interval=5\n"
     ) in config
     assert pxe.main([outdir, tftp, "--syslinux", syslinux, "--admin-email", "a b@c"]) == 1
     assert "holds a space" in capsys.readouterr().err

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -66,11 +67,18 @@ def build_image(
     outdir: Path,
     compress: str = TEST_COMPRESS,
     no_cache: bool = False,
+    includes: Sequence[str] = (),
 ) -> Path:
-    """mkinitrd.py --rootfs TREE into `outdir` (buildos-image, -initrd, -buildid)."""
+    """mkinitrd.py --rootfs TREE into `outdir` (buildos-image, -initrd, -buildid).
+
+    `includes` are mkinitrd's `--include SRC[:DST]`: another build of the
+    same tree with one small file more costs seconds (the compressed
+    parts are cached by content; only the small part is new).
+    """
     argv = [sys.executable, str(REPO / "mkinitrd.py"), "--kernel", str(vmlinuz)]
     argv += ["--modules", str(modules), "--rootfs", str(tree), "-o", str(outdir)]
     argv += ["--compress", compress, *(["--no-cache"] if no_cache else [])]
+    argv += [word for spec in includes for word in ("--include", spec)]
     _run(argv, 1800)
     return outdir
 
@@ -173,13 +181,15 @@ class Ssh:
         return keys
 
 
-def wait_for_mail(folder: Path, subject_part: str, timeout: float = 180) -> EmailMessage:
-    """The first message in the sink whose Subject contains `subject_part`."""
+def wait_for_mail(
+    folder: Path, subject_part: str, timeout: float = 180, index: int = 0
+) -> EmailMessage:
+    """The sink's first message (or `index`-th, from 0) whose Subject has `subject_part`."""
     deadline = time.monotonic() + timeout
     while True:
-        for message in smtpsink.read_mail(folder):
-            if subject_part in str(message.get("Subject", "")):
-                return message
+        found = [m for m in smtpsink.read_mail(folder) if subject_part in str(m.get("Subject", ""))]
+        if len(found) > index:
+            return found[index]
         if time.monotonic() > deadline:
             seen = [str(m.get("Subject")) for m in smtpsink.read_mail(folder)]
             raise AssertionError(f"no mail with {subject_part!r} in {timeout:g} s; got {seen}")

@@ -25,6 +25,7 @@ and its tail.
 
 from __future__ import annotations
 
+import bisect
 import codecs
 import contextlib
 import fcntl
@@ -37,7 +38,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -52,6 +53,9 @@ QEMU = os.environ.get("INITPY_QEMU", "qemu-system-x86_64")
 # a hang until the test's timeout.
 REQUIRED_APPEND = ("console=ttyS0", "panic=-1")
 LOG_TAIL_LINES = 40
+# TCG's code cache when a guest may reboot (qemu_argv says why); 0: QEMU's
+# default (benchmarks/tcg_reboot.py compares the two).
+REBOOT_TB_SIZE_MIB = 128
 
 
 class VmError(AssertionError):
@@ -141,8 +145,8 @@ def drive_args(disk: str | Sequence[str]) -> list[str]:
 
 
 def qemu_argv(
-    kernel: str,
-    initrd: str,
+    kernel: str | None,
+    initrd: str | None,
     append: str,
     *,
     serial: str,
@@ -151,36 +155,42 @@ def qemu_argv(
     nics: Sequence[Nic] = (),
     extra: Sequence[str] = (),
     memory: int = 1024,
+    reboot: bool = False,
 ) -> list[str]:
-    """The whole QEMU command line; every rule of this machine is applied here."""
-    words = append.split()
-    for required in REQUIRED_APPEND:
-        key = required.split("=")[0]
-        if not any(w == required or w.startswith(key + "=") for w in words):
-            append = f"{required} {append}"
+    """The whole QEMU command line; every rule of this machine is applied here.
+
+    `kernel=None` boots from the network instead (`-boot n`: the first NIC's
+    PXE ROM, QEMU's own iPXE); the boot loader then gives the command line,
+    so `initrd` and `append` must be empty, and REQUIRED_APPEND is the
+    caller's to put in the loader's config. `reboot=True` leaves out
+    -no-reboot, so that a guest's reboot boots again instead of ending QEMU.
+    """
     accel = os.environ.get("INITPY_QEMU_ACCEL", "tcg")
-    argv = [
-        QEMU,
-        "-accel",
-        accel,
-        "-m",
-        str(memory),
-        "-smp",
-        "1",
-        "-nodefaults",
-        "-nographic",
-        "-no-reboot",
-        "-serial",
-        serial,
-        "-monitor",
-        f"unix:{monitor_path},server=on,wait=off",
-        "-kernel",
-        kernel,
-        "-initrd",
-        initrd,
-        "-append",
-        append.strip(),
-    ]
+    if reboot and accel == "tcg" and REBOOT_TB_SIZE_MIB:
+        # After a reboot in the same QEMU, TCG's default code cache (1 GiB,
+        # full of the first boot's code) makes the next boot unpack its
+        # initramfs about 5 times slower (full image: 36-40 s against 6-9 s);
+        # a 128 MiB cache unpacks it in 6-7 s again (tests/vm/test_pxe.py).
+        accel = f"tcg,tb-size={REBOOT_TB_SIZE_MIB}"
+    argv = [QEMU, "-accel", accel, "-m", str(memory), "-smp", "1", "-nodefaults", "-nographic"]
+    argv += [] if reboot else ["-no-reboot"]
+    argv += ["-serial", serial, "-monitor", f"unix:{monitor_path},server=on,wait=off"]
+    if kernel is None:
+        if initrd is not None or append.strip():
+            raise ValueError(
+                "a network boot takes its initrd and command line from the boot loader's "
+                "config (pxelinux.cfg), not from -initrd/-append"
+            )
+        argv += ["-boot", "n"]
+    else:
+        if initrd is None:
+            raise ValueError(f"-kernel {kernel} needs an initrd")
+        words = append.split()
+        for required in REQUIRED_APPEND:
+            key = required.split("=")[0]
+            if not any(w == required or w.startswith(key + "=") for w in words):
+                append = f"{required} {append}"
+        argv += ["-kernel", kernel, "-initrd", initrd, "-append", append.strip()]
     for disk in disks:
         argv += drive_args(disk)
     for nic in nics:
@@ -257,6 +267,8 @@ class Vm:
         self.argv = argv
         self.started = time.monotonic()
         self._text = ""  # the whole console so far, \r removed
+        # (length of _text, monotonic time) after each chunk: when text came.
+        self._arrivals: list[tuple[int, float]] = []
         self._cursor = 0  # expect() searches from here
         self._changed = threading.Condition()
         self._eof = False
@@ -284,6 +296,7 @@ class Vm:
             with self._changed:
                 if text:
                     self._text += text
+                    self._arrivals.append((len(self._text), time.monotonic()))
                     if not self._log.closed:
                         self._log.write(text)
                         self._log.flush()
@@ -331,6 +344,18 @@ class Vm:
                     why = "QEMU ended" if self._eof else f"{timeout:g} s passed"
                     raise VmError(self._failure(f"{why} before {regex.pattern!r} appeared"))
                 self._changed.wait(min(left, 1.0))
+
+    def seconds_at(self, offset: int) -> float:
+        """When the console character at `offset` arrived, in seconds since QEMU started.
+
+        For timing what the guest printed (a match's `start()`), however
+        late the test looked at it.
+        """
+        with self._changed:
+            index = bisect.bisect_right(self._arrivals, offset, key=lambda a: a[0])
+            if index == len(self._arrivals):
+                raise ValueError(f"console offset {offset} has not arrived yet")
+            return self._arrivals[index][1] - self.started
 
     def send(self, line: str) -> None:
         """Type one line into the serial console (the guest's tty sees Enter)."""
@@ -445,12 +470,9 @@ def boot(
     `disks` are raw image paths (virtio) or argument lists; `nics` are `Nic`s.
     The log goes to artifacts/vm/<name>.log. QEMU is killed on leaving.
     """
-    if shutil.which(QEMU) is None:
-        raise VmError(f"{QEMU} not found; install qemu-system-x86 (scripts/bootstrap does)")
-    log_path = artefact_path(name)
-    with vm_slot(), tempfile.TemporaryDirectory(prefix="initpy-vm-") as tmp:
-        monitor_path = os.path.join(tmp, "monitor.sock")
-        argv = qemu_argv(
+
+    def argv(monitor_path: str) -> list[str]:
+        return qemu_argv(
             os.fspath(kernel),
             os.fspath(initrd),
             append,
@@ -461,6 +483,57 @@ def boot(
             extra=extra,
             memory=memory,
         )
+
+    with _started(argv, name) as vm:
+        yield vm
+
+
+@contextlib.contextmanager
+def network_boot(
+    *,
+    nics: Sequence[Nic],
+    disks: Sequence[str | Sequence[str]] = (),
+    extra: Sequence[str] = (),
+    memory: int = 1024,
+    name: str = "vm",
+    reboot: bool = False,
+) -> Iterator[Vm]:
+    """PXE-boot from the first NIC (`-boot n`), holding a machine-wide VM slot.
+
+    The NIC's user network serves the boot: `Nic.user(..., options="tftp=DIR,
+    bootfile=pxelinux.0")`. Its pxelinux config must carry REQUIRED_APPEND,
+    or the harness sees no console. With `reboot=True` a reboot of the guest
+    boots it again through PXE, as on a real host, and QEMU ends only when
+    the test leaves (a panic then loops too: watch for it with `fail_on`).
+    """
+
+    def argv(monitor_path: str) -> list[str]:
+        return qemu_argv(
+            None,
+            None,
+            "",
+            serial="stdio",
+            monitor_path=monitor_path,
+            disks=disks,
+            nics=nics,
+            extra=extra,
+            memory=memory,
+            reboot=reboot,
+        )
+
+    with _started(argv, name) as vm:
+        yield vm
+
+
+@contextlib.contextmanager
+def _started(argv_for: Callable[[str], list[str]], name: str) -> Iterator[Vm]:
+    """Start QEMU with `argv_for(monitor_path)` under a VM slot; kill it on leaving."""
+    if shutil.which(QEMU) is None:
+        raise VmError(f"{QEMU} not found; install qemu-system-x86 (scripts/bootstrap does)")
+    log_path = artefact_path(name)
+    with vm_slot(), tempfile.TemporaryDirectory(prefix="initpy-vm-") as tmp:
+        monitor_path = os.path.join(tmp, "monitor.sock")
+        argv = argv_for(monitor_path)
         # stderr to a file: a pipe nobody reads could fill and stall QEMU.
         with open(os.path.join(tmp, "stderr"), "w+b") as stderr:
             proc = subprocess.Popen(

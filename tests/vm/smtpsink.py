@@ -4,7 +4,8 @@ QEMU spawns it once for each connection the guest opens to the forwarded
 address (`guestfwd=tcp:10.0.2.100:25-cmd:python3 smtpsink.py FOLDER`), so
 the guest's postfix talks to it as to a relay, and nothing leaves the
 machine. Each message is written to FOLDER as its own .eml file, its
-envelope first as `X-Sink-Mail-From:` and `X-Sink-Rcpt-To:` headers, once
+envelope first as `X-Sink-Mail-From:` and `X-Sink-Rcpt-To:` headers (and
+`X-Sink-Received-Ns:`, the host's time.time_ns() at the end of DATA), once
 whole (written to a temporary name, then renamed). `read_mail(FOLDER)`
 parses them. Standard library only: the test needs no aiosmtpd.
 """
@@ -70,10 +71,13 @@ def serve(rin: BinaryIO, wout: BinaryIO, folder: Path) -> None:
             body = []
             while (data := rin.readline()) and data.rstrip(b"\r\n") != b".":
                 body.append(data[1:] if data.startswith(b"..") else data)
-            envelope = f"X-Sink-Mail-From: {sender}\r\n" + "".join(
-                f"X-Sink-Rcpt-To: {r}\r\n" for r in recipients
+            received = time.time_ns()
+            envelope = (
+                f"X-Sink-Mail-From: {sender}\r\n"
+                + "".join(f"X-Sink-Rcpt-To: {r}\r\n" for r in recipients)
+                + f"X-Sink-Received-Ns: {received}\r\n"
             )
-            stem = f"{time.time_ns()}-{os.getpid()}"
+            stem = f"{received}-{os.getpid()}"
             tmp = folder / f".{stem}.tmp"
             tmp.write_bytes(envelope.encode() + b"".join(body))
             tmp.rename(folder / f"{stem}.eml")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -74,6 +76,21 @@ def test_allowed_nics_and_disks_become_arguments() -> None:
     assert "-drive file=/tmp/state.img,if=virtio,format=raw" in joined
 
 
+def test_a_network_boot_takes_no_kernel_and_may_reboot(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("INITPY_QEMU_ACCEL", raising=False)
+    nic = qemu.Nic.user("net0", mac="52:54:00:12:34:56", options="tftp=/srv/t,bootfile=pxelinux.0")
+    argv = qemu.qemu_argv(None, None, "", serial="stdio", monitor_path="m", nics=[nic], reboot=True)
+    assert argv[argv.index("-boot") + 1] == "n"
+    assert argv[argv.index("-accel") + 1] == f"tcg,tb-size={qemu.REBOOT_TB_SIZE_MIB}"
+    assert not {"-kernel", "-initrd", "-append", "-no-reboot"} & set(argv)
+    assert "user,id=net0,restrict=on,tftp=/srv/t,bootfile=pxelinux.0" in argv
+    # The command line is the boot loader's to give, never a second one here.
+    with pytest.raises(ValueError, match="boot loader"):
+        qemu.qemu_argv(None, None, "console=ttyS0", serial="stdio", monitor_path="m")
+    with pytest.raises(ValueError, match="boot loader"):
+        qemu.qemu_argv(None, "initrd", "", serial="stdio", monitor_path="m")
+
+
 @pytest.mark.parametrize(
     "netdev",
     [
@@ -117,3 +134,26 @@ def test_slots_allow_two_vms_and_no_third(
         with pytest.raises(qemu.VmError, match="no free VM slot"):
             with qemu.vm_slot(timeout=0.3):
                 pass
+
+
+def test_console_text_is_timed_as_it_arrives(tmp_path: os.PathLike[str]) -> None:
+    # Any process stands in for QEMU: the Vm reads its stdout as the console.
+    proc = subprocess.Popen(
+        ["sh", "-c", "echo first; read line; echo second"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    log = Path(os.fspath(tmp_path)) / "console.log"
+    with open(log.with_suffix(".err"), "w+b") as stderr:
+        vm = qemu.Vm(proc, "unused.sock", log, ["sh"], stderr)
+        try:
+            first = vm.expect("first", 10)
+            vm.send("go")
+            second = vm.expect("second", 10)
+            assert vm.wait_exit(10) == 0
+            # The second line cannot have come before the first was read and answered.
+            assert vm.seconds_at(first.start()) <= vm.seconds_at(second.start())
+            with pytest.raises(ValueError, match="not arrived"):
+                vm.seconds_at(len(vm.console) + 1)
+        finally:
+            vm.close()

@@ -570,6 +570,11 @@ def _start_renewer(ctx: BootContext, lease: Lease) -> int:
             k.kmsg(printable(f"initpy: {RENEWER_NAME}: stopped: {type(exc).__name__}: {exc}"))
             raise
 
+    # The status file exists from here on, whenever the renewer gets the CPU
+    # for its first exchange (it runs at nice 10): the OS's
+    # initpy-dhcp.service adopts the renewer on this file's condition, and
+    # systemd may check it before the renewer has said anything.
+    write_status({"interface": BR0, "trigger": "starting"})
     return k.spawn_daemon(RENEWER_NAME, renewer)
 
 

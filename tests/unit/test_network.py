@@ -426,6 +426,17 @@ def test_whole_boot_hands_off_with_the_network_in_the_report(
     assert read(kernel, "/etc/hostname") == "qemu-host\n"
 
 
+def test_the_renewer_status_exists_before_the_renewer_has_run(
+    tmp_path: Path, net: types.ModuleType
+) -> None:
+    # The OS adopts the renewer on this file's condition (initpy-dhcp.service),
+    # and systemd may check it before the renewer at nice 10 has said anything.
+    k = bridged(tmp_path, net, lease("eth0", "52:54:00:12:34:56", "10.0.2.15"))
+    assert "initpy-dhcp" in k.daemons  # forked, not yet run by the fake
+    status = json.loads(read(k, "/run/initpy/dhcp-br0.json"))
+    assert status == {"interface": "br0", "trigger": "starting"}
+
+
 def test_the_renewer_says_why_it_stopped(
     tmp_path: Path, net: types.ModuleType, mocker: MockerFixture
 ) -> None:

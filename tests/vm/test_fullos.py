@@ -136,6 +136,9 @@ def test_1_systemd_reaches_multi_user_with_no_failed_unit_and_the_services_up(
             "active": "systemctl is-active ssh postfix dnsmasq initpy-monitor",
             "renewer": "systemctl is-active initpy-dhcp.scope; "
             "cat /proc/$(pgrep -x initpy-dhcp)/cgroup",
+            # What the renewer last said, and the journal's word on it: why, if it stopped.
+            "renewer_why": "cat /run/initpy/dhcp-br0.json; "
+            "journalctl -b --no-pager -o cat | grep -i -e initpy-dhcp -e renew | tail -n 20",
             "modules": "lsmod | awk 'NR > 1 {print $1}' | sort | tr '\\n' ' '",
         }
     )
@@ -148,8 +151,8 @@ def test_1_systemd_reaches_multi_user_with_no_failed_unit_and_the_services_up(
     assert out["failed"] == ""
     assert out["active"].split() == ["active"] * 4
     # The renewer initpy forked is a unit systemd knows, not a stray in init.scope.
-    assert out["renewer"].splitlines()[0] == "active"
-    assert out["renewer"].endswith("/initpy-dhcp.scope"), out["renewer"]
+    assert out["renewer"].splitlines()[0] == "active", out["renewer_why"]
+    assert out["renewer"].endswith("/initpy-dhcp.scope"), out["renewer_why"]
     assert int(multi_user_ms) > 0
 
 

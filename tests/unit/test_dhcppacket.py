@@ -12,6 +12,9 @@ import socket
 import struct
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from hooks.network import dhcpclient, dhcppacket
 from hooks.network.dhcppacket import PacketDhcpClient, checksum, ip_udp, udp_payload
 from hooks.network.lease import checked
@@ -173,3 +176,23 @@ def test_an_offer_without_a_server_id_is_still_requested() -> None:
     request = wire.sent[1]["options"]
     assert request["requested_ip"] == "10.0.2.15" and "server_id" not in request
     wire.close()
+
+
+@given(st.binary(max_size=700), st.binary(max_size=400))
+@settings(max_examples=300, deadline=None)
+def test_any_bytes_off_the_wire_are_ignored_or_a_reply_to_this_client(
+    noise: bytes, options: bytes
+) -> None:
+    # Anyone on the link can send anything: a frame that is not a well-formed
+    # reply to this client is None, never an exception in the dhcp state.
+    client = _client()
+    header = struct.pack("!BBBBI", dhcppacket.BOOTREPLY, 1, 6, 0, client._xid)
+    header += bytes(20) + bytes.fromhex(MAC.replace(":", "")) + bytes(10 + 192)
+    for payload in (noise, header + b"\x63\x82\x53\x63" + options):
+        for packet in (payload, ip_udp(payload, "10.0.2.2", "255.255.255.255")):
+            swapped = packet[:20] + struct.pack("!HH", 67, 68) + packet[24:]
+            for frame in (packet, swapped):
+                reply = client._answer(frame)
+                if reply is not None:
+                    assert reply["xid"] == client._xid
+                    assert str(reply["chaddr"]).lower() == MAC.lower()

@@ -295,6 +295,20 @@ def holding_both_slots() -> Iterator[None]:
             yield
 
 
+def print_paired(label: str, minuends: list[Boot], subtrahends: list[Boot]) -> None:
+    """The per-round differences of the hand-off's uptime, and their median."""
+    gaps = [
+        a.to_handoff - b.to_handoff
+        for a, b in zip(minuends, subtrahends, strict=False)
+        if a.to_handoff is not None and b.to_handoff is not None
+    ]
+    if gaps:
+        print(
+            f"{label}, hand-off: median {statistics.median(gaps):+.2f} s "
+            f"(rounds: {' '.join(f'{g:+.2f}' for g in gaps)})"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -452,29 +466,9 @@ def main() -> None:
                     f"(rounds: {' '.join(f'{r:.2f}' for r in ratios)});"
                     f" ratio of medians {mine / base:.2f}"
                 )
-    if firsts:
-        # Acceptance 2: a first boot on a blank state disk against a usual one.
-        gaps = [
-            f.to_handoff - u.to_handoff
-            for f, u in zip(firsts, ours, strict=True)
-            if f.to_handoff is not None and u.to_handoff is not None
-        ]
-        if gaps:
-            print(
-                f"first boot - usual boot, hand-off: median {statistics.median(gaps):+.2f} s "
-                f"(rounds: {' '.join(f'{g:+.2f}' for g in gaps)})"
-            )
-    if befores:
-        gains = [
-            b.to_handoff - a.to_handoff
-            for a, b in zip(ours, befores, strict=True)
-            if a.to_handoff is not None and b.to_handoff is not None
-        ]
-        if gains:
-            print(
-                f"before - initpy, hand-off: median {statistics.median(gains):+.2f} s "
-                f"(rounds: {' '.join(f'{g:+.2f}' for g in gains)})"
-            )
+    # Acceptance 2: a first boot on a blank state disk against a usual one.
+    print_paired("first boot - usual boot", firsts, ours)
+    print_paired("before - initpy", befores, ours)
     for label, boots in (("before", befores), ("initpy", ours), ("first boot", firsts)):
         if not boots:
             continue

@@ -20,7 +20,7 @@ def stamp(what: str) -> None:
     """With INITPY_STAMPS=1 on the kernel command line, a kernel-log line for `what`.
 
     The kernel hands init the words it does not know as environment, and
-    stamps each /dev/kmsg line with its clock: benchmarks/python_start.py
+    stamps each /dev/kmsg line with its clock: benchmarks/early_boot.py --python
     reads them to split "/init -> first line" in the guest itself.
     """
     if os.environ.get("INITPY_STAMPS") == "1":

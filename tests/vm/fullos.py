@@ -15,6 +15,7 @@ One place for the VM tests (tests/vm/test_fullos.py), the demo
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -156,6 +157,17 @@ class Ssh:
             if time.monotonic() > deadline:
                 raise AssertionError(f"no SSH login in {timeout:g} s: {done.stderr}")
             time.sleep(3)
+
+    def sections(self, commands: dict[str, str]) -> dict[str, str]:
+        """Run each command in one SSH session; their outputs by name."""
+        script = "".join(
+            f"echo '==begin:{name}=='; {{ {cmd}; }} 2>&1; echo '==end:{name}=='\n"
+            for name, cmd in commands.items()
+        )
+        out = self.run("sh -s", stdin=script).stdout
+        found = dict(re.findall(r"==begin:(\w+)==\n(.*?)==end:\1==", out, re.S))
+        assert set(found) == set(commands), out
+        return {k: v.strip() for k, v in found.items()}
 
     def host_keys(self, types: tuple[str, ...] = ("ed25519", "ecdsa", "rsa")) -> dict[str, str]:
         """The host keys sshd presents, by key type (ssh-keyscan from the host).

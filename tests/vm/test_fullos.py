@@ -65,14 +65,7 @@ class Host:
 
     def sections(self, commands: dict[str, str]) -> dict[str, str]:
         """Run each command in one SSH session; their outputs by name."""
-        script = "".join(
-            f"echo '==begin:{name}=='; {{ {cmd}; }} 2>&1; echo '==end:{name}=='\n"
-            for name, cmd in commands.items()
-        )
-        out = self.ssh.run("sh -s", stdin=script).stdout
-        found = dict(re.findall(r"==begin:(\w+)==\n(.*?)==end:\1==", out, re.S))
-        assert set(found) == set(commands), out
-        return {k: v.strip() for k, v in found.items()}
+        return self.ssh.sections(commands)
 
     def close(self) -> None:
         self.stack.close()

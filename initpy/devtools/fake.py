@@ -19,7 +19,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn, TypeVar, cast
 
-from hooks.storage.blockdev import NETLINK_KOBJECT_UEVENT, Uevent, uevent_message
 from initpy.devtools.fake_network import FakeNetlink
 from initpy.runtime.driver import Halted
 from initpy.runtime.kernel import (
@@ -32,6 +31,7 @@ from initpy.runtime.kernel import (
     SignalHandler,
     signal_handlers,
 )
+from initpy.runtime.uevent import NETLINK_KOBJECT_UEVENT, Uevent, uevent_message
 
 T = TypeVar("T")
 

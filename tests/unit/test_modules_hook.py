@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from hooks import modules
-from hooks.storage.blockdev import Uevent
 from initpy.devtools.fake import FakeKernel
 from initpy.runtime import layout
 from initpy.runtime.driver import read_manifest
 from initpy.runtime.hook import DRIVERLESS, BootContext, BootFailure, Milestone
 from initpy.runtime.report import Report
+from initpy.runtime.uevent import Uevent
 
 VERSION = "6.1.0-test"
 LISTING = (

@@ -27,7 +27,7 @@ import sys
 
 from initpy.runtime import cmdline, etc, layout
 from initpy.runtime.cmdline import BadValue, Parameter
-from initpy.runtime.driver import handoff_to_systemd
+from initpy.runtime.handoff import handoff_to_systemd
 from initpy.runtime.hook import BootContext, Hook, State
 
 UNIT_DIR = "/etc/systemd/system"

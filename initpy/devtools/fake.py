@@ -20,17 +20,9 @@ from dataclasses import dataclass, field
 from typing import NoReturn, TypeVar, cast
 
 from initpy.devtools.fake_network import FakeNetlink
-from initpy.runtime.driver import Halted
-from initpy.runtime.kernel import (
-    DAEMON_NICE,
-    BatchReader,
-    Completed,
-    Kernel,
-    NetlinkSocket,
-    ShellExit,
-    SignalHandler,
-    signal_handlers,
-)
+from initpy.runtime.kernel import DAEMON_NICE, Completed, Halted, Kernel, NetlinkSocket, ShellExit
+from initpy.runtime.processes import SignalHandler, signal_handlers
+from initpy.runtime.sockets import BatchReader
 from initpy.runtime.uevent import NETLINK_KOBJECT_UEVENT, Uevent, uevent_message
 
 T = TypeVar("T")

@@ -23,8 +23,8 @@ from initpy.devtools.fake_network import FakeNetlink, FakeNic
 from initpy.runtime import cmdline
 from initpy.runtime.driver import CORE_PARAMETERS
 from initpy.runtime.hook import BootContext, BootFailure
-from initpy.runtime.kernel import BatchReader
 from initpy.runtime.report import Report
+from initpy.runtime.sockets import BatchReader
 from initpy.runtime.uevent import NETLINK_KOBJECT_UEVENT, Uevent, uevent_message
 from tests.unit.conftest import hook_module
 from tests.unit.test_labels import ext_image

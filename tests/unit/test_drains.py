@@ -18,7 +18,8 @@ import pytest
 
 from hooks.network.netlink import NETLINK_ROUTE, KernelNetlink, Link, wait_for_carrier
 from hooks.storage.blockdev import wait_for_devices
-from initpy.devtools.fake import FLOOD_TRIPWIRE, FakeKernel, FloodingSocket
+from initpy.devtools.fake import FakeKernel
+from initpy.devtools.fake_events import FLOOD_TRIPWIRE, FloodingSocket
 from initpy.devtools.fake_network import FakeNetlink, FakeNic
 from initpy.runtime import cmdline
 from initpy.runtime.driver import CORE_PARAMETERS

@@ -4,7 +4,8 @@ Commands run to completion, the console's interactive shells, the daemons
 that outlive the hand-off, and the reaping of the orphans PID 1 inherits:
 `Processes` keeps the set of children in flight, so that the reaper never
 takes the exit status a waiting `run()` is owed. `Kernel` (kernel.py) holds
-one and answers for it; callers go through the Kernel, never here.
+one and answers for it; callers go through the Kernel (the fake kernel
+reuses `signal_handlers`; the reaper's tests drive `Kernel.processes`).
 
 A leaf: the standard library and initpy.runtime.record only.
 """

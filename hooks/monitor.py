@@ -11,8 +11,8 @@ python3:
   `initpy.monitor.agent`, which the monitor reads with the
   `buildos.env` of hooks/services.py.
 
-The monitor itself (initpy/host, initpy/runtime/layout.py with the record
-module it uses, and tftpy) is not frozen: `files` copies its .py files
+The monitor itself (initpy/host, the runtime modules it imports, HOST_RUNTIME,
+and tftpy) is not frozen: `files` copies its .py files
 from the build host into the image at `layout.HOST_PYTHONPATH`, and the
 OS's python3 runs them. Those host paths are computed when the hook is
 imported, and the hook is also imported at every boot, inside the frozen
@@ -27,7 +27,7 @@ import sys
 
 from initpy.runtime import cmdline, etc, layout
 from initpy.runtime.cmdline import BadValue, Parameter
-from initpy.runtime.driver import handoff_to_systemd
+from initpy.runtime.handoff import handoff_to_systemd
 from initpy.runtime.hook import BootContext, Hook, State
 
 UNIT_DIR = "/etc/systemd/system"
@@ -36,6 +36,9 @@ REBOOT_PATH_UNIT = "initpy-reboot.path"
 REBOOT_SERVICE_UNIT = "initpy-reboot.service"
 WANTS_DIR = f"{UNIT_DIR}/multi-user.target.wants"
 PYTHON3 = "/usr/bin/python3"
+# The runtime modules initpy/host imports, all stdlib leaves: the image gets
+# them beside initpy/host (tests/unit/test_imports.py holds host to these).
+HOST_RUNTIME = ("layout", "record", "exit_status")
 HOST_ENTRY = f"{layout.HOST_PYTHONPATH}/initpy/host/monitor.py"
 # hooks/buildhost.py creates this user (or the image has it).
 BUILD_USER = "build"
@@ -160,7 +163,7 @@ def install_monitor(ctx: BootContext) -> str:
 
 
 def host_python_files() -> tuple[str, ...]:
-    """ "SRC:DST" for the monitor's Python: initpy/host, layout.py, record.py, tftpy.
+    """ "SRC:DST" for the monitor's Python: initpy/host, HOST_RUNTIME, tftpy.
 
     Empty inside the frozen init (PID 1 never reads a hook's files). A
     tftpy missing on the build host gives a source that does not exist,
@@ -175,8 +178,7 @@ def host_python_files() -> tuple[str, ...]:
     sources = [
         os.path.join(package, "__init__.py"),
         os.path.join(package, "runtime", "__init__.py"),
-        os.path.join(package, "runtime", "layout.py"),
-        os.path.join(package, "runtime", "record.py"),
+        *(os.path.join(package, "runtime", f"{name}.py") for name in HOST_RUNTIME),
         *sorted(glob.glob(os.path.join(package, "host", "*.py"))),
     ]
     specs = [

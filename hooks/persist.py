@@ -22,7 +22,7 @@ from __future__ import annotations
 import shlex
 
 from initpy.runtime import etc, layout
-from initpy.runtime.driver import handoff_to_systemd
+from initpy.runtime.handoff import handoff_to_systemd
 from initpy.runtime.hook import BootContext, Fact, Hook, Milestone, State
 from initpy.runtime.kernel import DAEMON_NICE, Kernel
 from initpy.runtime.record import frozen

@@ -46,6 +46,7 @@ from initpy.runtime import layout
 from initpy.runtime.hook import DRIVERLESS, BootContext, BootFailure, Hook, Milestone, State
 from initpy.runtime.layout import AliasIndex, AliasIndexError, PackedModule
 from initpy.runtime.record import field, mutable
+from initpy.runtime.uevent import KERNEL_GROUP, NETLINK_KOBJECT_UEVENT, parse_uevent
 
 from . import missing_driver, modalias
 
@@ -62,8 +63,6 @@ PRIVATE_MODPROBE = layout.PRIVATE_MODPROBE
 # benchmark themselves): more threads than CPUs only contend. One thread per
 # CPU, at most this many.
 WORKERS = 4
-NETLINK_KOBJECT_UEVENT = 15
-KERNEL_GROUP = 1
 # How often the background loader looks whether the boot is handing off.
 FOLLOW_POLL = 0.25
 # How long the hand-off waits for a module being loaded in the background.
@@ -206,8 +205,8 @@ class Follower:
 
         devices = []
         for message in self.source.receive(timeout):
-            properties = _properties(message)
-            device = uevent_device(properties)
+            event = parse_uevent(message)
+            device = uevent_device(event.properties) if event is not None else None
             if device is not None:
                 devices.append(device)
         if not devices:
@@ -251,19 +250,6 @@ class Follower:
     def finish(self) -> None:
         self.stop.set()
         self.done.wait(STOP_WAIT)
-
-
-def _properties(message: bytes) -> dict[str, str]:
-    """A kernel uevent datagram "action@devpath\\0KEY=VALUE\\0..." as its properties."""
-    parts = message.split(b"\0")
-    if b"@" not in parts[0]:
-        return {}  # udevd's messages, or a lost burst (b"")
-    found: dict[str, str] = {}
-    for part in parts[1:]:
-        key, sep, value = part.decode("utf-8", errors="replace").partition("=")
-        if sep:
-            found[key] = value
-    return found
 
 
 def load_modules(ctx: BootContext) -> str:

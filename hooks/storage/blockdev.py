@@ -18,65 +18,17 @@ because without udevd nothing else knows the labels.
 from __future__ import annotations
 
 import stat
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 from initpy.runtime.kernel import Kernel, NetlinkSocket
-from initpy.runtime.record import field, frozen
+from initpy.runtime.record import frozen
+from initpy.runtime.uevent import KERNEL_GROUP, NETLINK_KOBJECT_UEVENT, Uevent, parse_uevent
 
 from .labels import Superblock, probe_all
 
 SYS_CLASS_BLOCK = "/sys/class/block"
-NETLINK_KOBJECT_UEVENT = 15
-# Multicast group 1 carries the kernel's own events (udevd re-sends on group 2).
-KERNEL_GROUP = 1
 # When no uevent socket can be had, poll /sys this often.
 POLL_SECONDS = 0.25
-
-
-# -- uevents ---------------------------------------------------------------------
-
-
-@frozen
-class Uevent:
-    """One kernel uevent, e.g. add@/devices/.../block/vda with SUBSYSTEM=block."""
-
-    action: str
-    devpath: str
-    subsystem: str
-    properties: Mapping[str, str] = field(default_factory=dict)
-
-
-def parse_uevent(message: bytes) -> Uevent | None:
-    """A kernel uevent datagram: "action@devpath\\0KEY=VALUE\\0..."; None if not one."""
-    parts = message.split(b"\0")
-    header = parts[0].decode("utf-8", errors="replace")
-    if "@" not in header:
-        return None  # udevd's "libudev" messages (group 2) have a binary header
-    properties: dict[str, str] = {}
-    for part in parts[1:]:
-        key, sep, value = part.decode("utf-8", errors="replace").partition("=")
-        if sep:
-            properties[key] = value
-    action, _, devpath = header.partition("@")
-    return Uevent(
-        properties.get("ACTION", action),
-        properties.get("DEVPATH", devpath),
-        properties.get("SUBSYSTEM", ""),
-        properties,
-    )
-
-
-def uevent_message(event: Uevent) -> bytes:
-    """The datagram the kernel would send for `event` (for fakes and tests)."""
-    fields = {
-        "ACTION": event.action,
-        "DEVPATH": event.devpath,
-        "SUBSYSTEM": event.subsystem,
-        **event.properties,
-    }
-    return (
-        f"{event.action}@{event.devpath}\0" + "".join(f"{k}={v}\0" for k, v in fields.items())
-    ).encode()
 
 
 # -- block devices in sysfs --------------------------------------------------------

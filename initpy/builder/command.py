@@ -11,10 +11,11 @@ both; a traceback is left for bugs.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from typing import IO
+
+from initpy.runtime.exit_status import describe_exit
 
 # The Debian package that provides each tool the builder runs.
 PACKAGES = {
@@ -85,12 +86,7 @@ def run(
         ) from None
     if done.returncode == 0:
         return done.stdout or b""
-    if done.returncode < 0:
-        how = f"killed by {signal.Signals(-done.returncode).name}"
-    elif done.returncode == 127:
-        how = "exit 127 (a program it runs was not found)"
-    else:
-        how = f"exit {done.returncode}"
+    how = describe_exit(done.returncode)
     tail = "\n".join(
         (done.stderr or b"").decode(errors="replace").strip().splitlines()[-STDERR_TAIL_LINES:]
     )

@@ -10,7 +10,6 @@ where a real kernel would never return.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import signal
@@ -19,19 +18,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn, TypeVar, cast
 
-from hooks.storage.blockdev import NETLINK_KOBJECT_UEVENT, Uevent, uevent_message
+from initpy.devtools.fake_events import FloodingSocket, ScriptedUevents, UeventStep
 from initpy.devtools.fake_network import FakeNetlink
-from initpy.runtime.driver import Halted
-from initpy.runtime.kernel import (
-    DAEMON_NICE,
-    BatchReader,
-    Completed,
-    Kernel,
-    NetlinkSocket,
-    ShellExit,
-    SignalHandler,
-    signal_handlers,
-)
+from initpy.runtime.kernel import DAEMON_NICE, Completed, Halted, Kernel, NetlinkSocket, ShellExit
+from initpy.runtime.processes import SignalHandler, signal_handlers
+from initpy.runtime.sockets import BatchReader
+from initpy.runtime.uevent import NETLINK_KOBJECT_UEVENT
 
 T = TypeVar("T")
 
@@ -54,81 +46,6 @@ CommandAnswer = Completed | Callable[[Sequence[str]], Completed]
 
 # Errors a disk gives in the middle of a write, after part of the data.
 WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG})
-
-# A scripted step of uevents: the events, or a function that changes the
-# fake machine (adds a disk to its /sys) and returns them.
-UeventStep = list[Uevent] | Callable[[], list[Uevent]]
-
-
-@dataclass
-class ScriptedUevents:
-    """The fake kernel's uevent socket: one scripted step per `receive`.
-
-    When the script runs out, `receive` lets the clock run for the whole
-    timeout, as a machine where nothing more arrives would.
-    """
-
-    script: list[UeventStep]
-    advance: Callable[[float], None]
-    closed: bool = False
-
-    def receive(self, timeout: float, limit: int = 256) -> list[bytes]:
-        if self.script:
-            step = self.script.pop(0)
-            events = step() if callable(step) else list(step)
-            return [b"" if e.action == "overflow" else uevent_message(e) for e in events][:limit]
-        if timeout > 0:
-            self.advance(timeout)
-        return []
-
-    def close(self) -> None:
-        self.closed = True
-
-
-# How many datagrams one receive() may take from a flooding socket before the
-# flood calls it a drain without a bound (the seam's bound is 256).
-FLOOD_TRIPWIRE = 100_000
-
-
-class FloodingSocket:
-    """A netlink socket that is never empty: a device flapping forever.
-
-    The seam's own BatchReader reads it, so a test drives the real batching.
-    select() always finds it readable (a pipe with a byte in it stands for
-    its fd), and every recv() returns `datagram` and lets the fake clock run
-    `every` seconds, the time between two events. A receive() that took
-    FLOOD_TRIPWIRE datagrams without returning to its caller fails the test,
-    where a reader without a bound would hang it.
-    """
-
-    def __init__(self, datagram: bytes, advance: Callable[[float], None], every: float) -> None:
-        self.datagram = datagram
-        self.advance = advance
-        self.every = every
-        self.received = 0
-        self._in_a_row = 0
-        self._read, self._write = os.pipe()
-        os.write(self._write, b"x")
-
-    def fileno(self) -> int:
-        self._in_a_row = 0  # select() comes first in every receive()
-        return self._read
-
-    def recv(self, bufsize: int, flags: int = 0, /) -> bytes:
-        self._in_a_row += 1
-        if self._in_a_row > FLOOD_TRIPWIRE:
-            raise AssertionError(
-                f"one receive() drained {FLOOD_TRIPWIRE} events of an endless stream: "
-                "the reader has no bound"
-            )
-        self.received += 1
-        self.advance(self.every)
-        return self.datagram[:bufsize]
-
-    def close(self) -> None:
-        for fd in (self._read, self._write):
-            with contextlib.suppress(OSError):
-                os.close(fd)
 
 
 @dataclass
@@ -167,6 +84,8 @@ class FakeKernel(Kernel):
     console_lines: list[str] = field(default_factory=list)
     kmsg_lines: list[str] = field(default_factory=list)
     clock: float = 1.0
+    # The CPUs the init may run on (the module loader starts one thread each).
+    cpu_count: int = 2
     echo: bool = False
     # Network: scripted NICs and DHCP answers (default: one QEMU user-net NIC);
     # daemons the boot forked (the DHCP renewer), by name, not run.
@@ -233,6 +152,9 @@ class FakeKernel(Kernel):
 
     def getpid(self) -> int:
         return 1
+
+    def cpus(self) -> int:
+        return self.cpu_count
 
     def sleep(self, seconds: float) -> None:
         self.calls.append(("sleep", seconds))
@@ -440,7 +362,7 @@ class FakeKernel(Kernel):
     def reap_orphans(self) -> list[int]:
         return []
 
-    # -- storage: kernel uevents and the random seed (hooks/storage.py) -----
+    # -- storage: kernel uevents and the random seed (hooks/storage) -----
 
     def netlink_socket(self, protocol: int, groups: int) -> NetlinkSocket:
         """Uevents from `uevent_script`, or a flood from `floods` read by the seam's BatchReader.
@@ -468,6 +390,14 @@ class FakeKernel(Kernel):
         self.calls.append(("uevents",))
         self._fail("uevents", "netlink")
         return ScriptedUevents(self.uevent_script, advance)
+
+    def netlink_requests(self, protocol: int, timeout: float = 5.0) -> socket.socket:
+        """Refused: the fake's rtnetlink is `network`, through library("rtnetlink")."""
+        raise OSError(errno.EPERM, "fake kernel: no netlink requests; the network is scripted")
+
+    def packet_socket(self, interface: str, ethertype: int = 0x0800) -> socket.socket:
+        """Refused: the fake's DHCP answers come from `network` (FakeNetlink)."""
+        raise OSError(errno.EPERM, "fake kernel: no packet sockets; the network is scripted")
 
     def start_thread(self, name: str, target: Callable[[], None]) -> None:
         self.calls.append(("thread", name))
@@ -536,7 +466,7 @@ class FakeKernel(Kernel):
         os.symlink(f"../..{folder.removeprefix('/sys')}", self.path(f"/sys/class/block/{name}"))
         self.block_devices[f"/dev/{name}"] = image
 
-    # -- network: netlink and the lease renewer (hooks/network.py) ----------
+    # -- network: netlink and the lease renewer (hooks/network) ----------
 
     def spawn_daemon(
         self,

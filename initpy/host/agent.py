@@ -24,9 +24,10 @@ rare crash costs a second.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
+
+from initpy.runtime.exit_status import describe_exit
 
 MIN_BACKOFF = 1.0
 MAX_BACKOFF = 60.0
@@ -43,15 +44,6 @@ def _spawn(argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[byte
     return subprocess.Popen(
         list(argv), env=dict(env), stdin=subprocess.DEVNULL, start_new_session=True
     )
-
-
-def describe_exit(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exit {returncode}"
 
 
 class Agent:

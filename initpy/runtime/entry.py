@@ -16,9 +16,9 @@ import os
 import sys
 import time
 
-from initpy.runtime.driver import DEFAULT_PATH
 from initpy.runtime.driver import main as boot_main
 from initpy.runtime.kernel import Kernel
+from initpy.runtime.layout import DEFAULT_PATH
 
 
 def main() -> None:

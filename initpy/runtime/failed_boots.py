@@ -27,6 +27,7 @@ import json
 
 from initpy.runtime import layout
 from initpy.runtime.cmdline import BadValue, Parameter
+from initpy.runtime.hook import Fact
 from initpy.runtime.kernel import Kernel
 from initpy.runtime.record import frozen
 from initpy.runtime.report import KEEP_REPORTS, STATE_REPORT_DIR, Report, one_line
@@ -57,6 +58,10 @@ MAX_FAILED_BOOTS: Parameter[int] = Parameter(
     "(initpy.rescue=reboot, or an idle initpy.rescue_timeout); 0: never",
     "initpy.max_failed_boots=5",
 )
+# Failed boots in a row, this one included, once /state is mounted (None:
+# not mounted yet, or the count could not be kept): the engine sets it, the
+# hand-off resets the count, rescue decides by it.
+FAILED_BOOTS: Fact[int | None] = Fact("failed_boots")
 
 
 def _check_folder(kernel: Kernel) -> None:

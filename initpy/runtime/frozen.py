@@ -154,7 +154,7 @@ class PkgutilOnImport:
 class NoSslOnImport:
     """A meta-path finder that answers `import ssl` with initpy.runtime.nossl.
 
-    The freeze excludes ssl (and OpenSSL with it); see initpy/nossl.py.
+    The freeze excludes ssl (and OpenSSL with it); see initpy/runtime/nossl.py.
     """
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:

@@ -92,6 +92,10 @@ class BootContext:
     def value(self, parameter: Parameter[T]) -> T:
         return self.config.value(parameter)
 
+    def state_mounted(self) -> bool:
+        """Whether /state is mounted (the `state` milestone): reports are copied there."""
+        return Milestone.STATE in self.reached
+
     def say(self, message: str) -> None:
         """A progress line inside the current state (console and kernel log)."""
         self.report.say(message)

@@ -6,8 +6,12 @@ reads of /proc and /sys, block-device reads, file writes, child processes and
 the console. Tests and the no-root "walk" replace this object with
 `initpy.devtools.fake.FakeKernel`, and nothing else, to fake a whole machine.
 
-Only the standard library (and initpy.runtime.record, which imports
-nothing) is imported here: this module is on PID 1's start-up path.
+This module is what callers import; two siblings hold parts of its code:
+processes.py (children, shells, daemons, the reaper) and sockets.py
+(netlink, packet and TCP sockets). The types in the Kernel's signatures are
+re-exported here. Only the standard library and those leaf siblings (and
+initpy.runtime.record, which imports nothing) are imported: this module is
+on PID 1's start-up path.
 """
 
 from __future__ import annotations
@@ -15,19 +19,21 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import select
 import signal
 import socket
 import stat
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from types import FrameType
-from typing import NoReturn, Protocol, TypeVar
+from typing import NoReturn, TypeVar
 
-from initpy.runtime.record import frozen
+from initpy.runtime import sockets
+from initpy.runtime.processes import DAEMON_NICE as DAEMON_NICE
+from initpy.runtime.processes import Completed as Completed
+from initpy.runtime.processes import Processes, signal_handlers
+from initpy.runtime.processes import ShellExit as ShellExit
+from initpy.runtime.sockets import NetlinkSocket as NetlinkSocket
 
 T = TypeVar("T")
 
@@ -48,100 +54,16 @@ REBOOT_COMMANDS = {
 # Ctrl-Alt-Del sends SIGINT to init instead of rebooting at once.
 _LINUX_REBOOT_CMD_CAD_OFF = 0
 
-SignalHandler = Callable[[int, FrameType | None], None]
-
-_SO_RCVBUFFORCE = 33
 _SYS_FINIT_MODULE = 313  # x86_64
 _MODULE_INIT_COMPRESSED_FILE = 4
 
 
-# The CPU priority of spawn_daemon's processes (the boot runs at 0).
-DAEMON_NICE = 10
-
-
-class NetlinkSocket(Protocol):
-    """Datagrams from a netlink multicast group, as the kernel sends them."""
-
-    def receive(self, timeout: float, limit: int = 256) -> list[bytes]:
-        """The messages that arrive within `timeout` s, at most `limit` of them.
-
-        b"" stands for messages the kernel dropped (ENOBUFS): the reader
-        must look at the whole state again.
-        """
-        ...
-
-    def close(self) -> None: ...
-
-
-class DatagramSocket(Protocol):
-    """What BatchReader reads: a socket, or a fake one (initpy.devtools.fake)."""
-
-    def fileno(self) -> int: ...
-
-    def recv(self, bufsize: int, flags: int = 0, /) -> bytes: ...
-
-    def close(self) -> None: ...
-
-
-def _netlink(protocol: int, groups: int) -> socket.socket:
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, protocol)
-    try:
-        # A burst of disks and partitions must not overflow the queue.
-        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, 4 << 20)
-    except OSError:
-        pass
-    sock.bind((0, groups))
-    return sock
-
-
-class BatchReader:
-    """A NetlinkSocket: at most `limit` datagrams per receive, whatever keeps arriving.
-
-    A device that flaps forever keeps the socket readable; a reader that
-    drained it "until empty" never came back to its caller's deadline, and
-    held every message in memory. The fake kernel drives this same class
-    with a socket that is never empty (tests/unit/test_drains.py).
-    """
-
-    def __init__(self, sock: DatagramSocket) -> None:
-        self._sock = sock
-
-    def receive(self, timeout: float, limit: int = 256) -> list[bytes]:
-        messages: list[bytes] = []
-        readable, _, _ = select.select([self._sock], [], [], max(timeout, 0.0))
-        while readable and len(messages) < limit:
-            try:
-                messages.append(self._sock.recv(65536, socket.MSG_DONTWAIT))
-            except BlockingIOError:
-                break
-            except OSError:  # ENOBUFS: messages were lost
-                messages.append(b"")
-        return messages
-
-    def close(self) -> None:
-        self._sock.close()
+class Halted(BaseException):
+    """Raised by a fake kernel where a real one would never return."""
 
 
 class KernelError(OSError):
     """A syscall failed; the message names the call and its arguments."""
-
-
-@frozen
-class Completed:
-    """The outcome of an external command run through the seam."""
-
-    argv: tuple[str, ...]
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-@frozen
-class ShellExit:
-    """How an interactive shell on the console ended."""
-
-    status: int
-    idle_timeout: bool = False
 
 
 def _libc() -> ctypes.CDLL:
@@ -159,29 +81,14 @@ class Kernel:
     """The real machine. One instance lives in PID 1."""
 
     def __init__(self, watch_orphans: bool | None = None) -> None:
-        self._children: set[int] = set()
-        self._children_lock = threading.Lock()
+        # The children in flight and the reaper (processes.py); with
+        # `watch_orphans` (default: as PID 1) it scans only after a SIGCHLD.
+        self.processes = Processes(watch_orphans)
         self._kmsg: int | None = None
         self._kmsg_priority = 6
         # Reentrant: the SIGINT handler prints from the main thread, perhaps
         # while that thread is inside console() already.
         self._console_lock = threading.RLock()
-        # -- speed: reap only after SIGCHLD ------------------------------------
-        # Scanning /proc after every state cost tens of ms each under TCG.
-        # PID 1 gets SIGCHLD whenever a child of its own or an adopted orphan
-        # dies, so a flag set by the handler says when a scan can find
-        # anything. Default: only as PID 1 (a handler is process-wide state).
-        self._sigchld = threading.Event()
-        self._watching = False
-        if watch_orphans if watch_orphans is not None else os.getpid() == 1:
-            try:
-                signal.signal(signal.SIGCHLD, lambda _signo, _frame: self._sigchld.set())
-                # SA_RESTART: a ctypes syscall (mount, finit_module) must not
-                # fail with EINTR because some child died meanwhile.
-                signal.siginterrupt(signal.SIGCHLD, False)
-                self._watching = True
-            except ValueError:  # not the main thread: scan every time instead
-                pass
 
     # -- time and identity -------------------------------------------------
 
@@ -460,23 +367,7 @@ class Kernel:
         env: Mapping[str, str] | None = None,
     ) -> Completed:
         """Run a command to completion, capturing its output."""
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=dict(env) if env is not None else None,
-        )
-        self._adopt(proc.pid)
-        try:
-            out, err = proc.communicate(input, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-        finally:
-            self._release(proc.pid)
-        return Completed(tuple(argv), proc.returncode, out, err)
+        return self.processes.run(argv, input, timeout, env)
 
     def run_shell(
         self, argv: Sequence[str], env: Mapping[str, str], idle_timeout: float | None = None
@@ -486,96 +377,11 @@ class Kernel:
         With `idle_timeout`, the program is killed once the console has seen
         no input for that long; the console's access time tells (as `w` does).
         """
-        proc = subprocess.Popen(shell_argv(argv), env=dict(env), start_new_session=True)
-        self._adopt(proc.pid)
-        tty = _console_tty()
-        last_input = time.time()
-        try:
-            while True:
-                try:
-                    status = proc.wait(timeout=1.0)
-                    return ShellExit(status)
-                except subprocess.TimeoutExpired:
-                    pass
-                self.reap_orphans()
-                if idle_timeout is None:
-                    continue
-                if tty is not None:
-                    try:
-                        last_input = max(last_input, os.stat(tty).st_atime)
-                    except OSError:
-                        pass
-                if time.time() - last_input > idle_timeout:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                    return ShellExit(-signal.SIGKILL, idle_timeout=True)
-        finally:
-            self._release(proc.pid)
-
-    def _adopt(self, pid: int) -> None:
-        with self._children_lock:
-            self._children.add(pid)
-
-    def _release(self, pid: int) -> None:
-        with self._children_lock:
-            self._children.discard(pid)
+        return self.processes.run_shell(argv, env, idle_timeout)
 
     def reap_orphans(self) -> list[int]:
-        """Reap zombies that are not our own children in flight.
-
-        As PID 1 we inherit every orphan. `waitpid(-1)` would also steal the
-        exit status of a command that `run()` is waiting for, so only zombies
-        not adopted by `run()` are reaped. `waitid(WNOWAIT)` names a zombie
-        without reaping it: one syscall answers the usual case (the child
-        that sent SIGCHLD was run()'s, and is reaped already). Only when the
-        zombie it names is run()'s, which hides any others, are the zombies
-        looked for in /proc, one file per process (2.4 ms natively for 100
-        processes, 15 times that under TCG, after every state that ran a
-        command).
-        """
-        reaped: list[int] = []
-        if self._watching:
-            if not self._sigchld.is_set():
-                return reaped  # no child has died since the last scan
-            self._sigchld.clear()  # before the scan: a death during it sets it again
-        while True:
-            try:
-                found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            except ChildProcessError:
-                return reaped  # no children at all
-            if found is None:
-                return reaped  # children, but none has ended
-            with self._children_lock:
-                if found.si_pid in self._children:
-                    break  # run()'s own: look past it in /proc
-            try:
-                if os.waitpid(found.si_pid, os.WNOHANG)[0] != found.si_pid:
-                    break  # not reaped after all: never ask about it again and again
-                reaped.append(found.si_pid)
-            except ChildProcessError:
-                pass  # reaped meanwhile by whoever waited for it
-        try:
-            pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
-        except OSError:
-            return reaped
-        me = os.getpid()
-        for pid in pids:
-            with self._children_lock:
-                if pid in self._children:
-                    continue
-            try:
-                with open(f"/proc/{pid}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if len(fields) < 2 or fields[0] != b"Z" or int(fields[1]) != me:
-                continue
-            try:
-                if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                    reaped.append(pid)
-            except ChildProcessError:
-                pass
-        return reaped
+        """Reap the zombies PID 1 inherited, never a child that run() waits for."""
+        return self.processes.reap_orphans()
 
     # -- netlink sockets and libraries that talk to the kernel themselves ------
 
@@ -586,7 +392,7 @@ class Kernel:
         (NETLINK_KOBJECT_UEVENT) for block devices, link changes
         (NETLINK_ROUTE, RTMGRP_LINK) for carrier.
         """
-        return BatchReader(_netlink(protocol, groups))
+        return sockets.netlink_listener(protocol, groups)
 
     def netlink_requests(self, protocol: int, timeout: float = 5.0) -> socket.socket:
         """A netlink socket for requests and their answers (no multicast groups).
@@ -596,14 +402,7 @@ class Kernel:
         `timeout` bounds every receive, so a missing answer is an OSError,
         never a hang of PID 1.
         """
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
-        try:
-            sock.bind((0, 0))
-            sock.settimeout(timeout)
-        except OSError:
-            sock.close()
-            raise
-        return sock
+        return sockets.netlink_requests(protocol, timeout)
 
     def packet_socket(self, interface: str, ethertype: int = 0x0800) -> socket.socket:
         """A non-blocking packet socket on one interface (AF_PACKET, SOCK_DGRAM).
@@ -613,17 +412,7 @@ class Kernel:
         Ethernet header (`sendto(data, (interface, ethertype, 0, 0, mac))`),
         and `recvfrom` names the sender's MAC.
         """
-        sock = socket.socket(
-            socket.AF_PACKET,
-            socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK,
-            socket.htons(ethertype),
-        )
-        try:
-            sock.bind((interface, ethertype))
-        except OSError:
-            sock.close()
-            raise
-        return sock
+        return sockets.packet_socket(interface, ethertype)
 
     def connect_tcp(self, host: str, port: int, timeout: float) -> socket.socket:
         """A TCP connection to `host`:`port` (the rescue's mail to the relay).
@@ -634,13 +423,7 @@ class Kernel:
         send and receive; a host name is resolved by the C library first,
         as /etc/resolv.conf says (the network hook writes it from the lease).
         """
-        # As ASCII bytes: a str host would go through the idna codec, which
-        # needs unicodedata, and the freeze leaves that out (1.1 MB).
-        try:
-            name = host.encode("ascii")
-        except UnicodeEncodeError:
-            raise OSError(f"host name {host!r} is not ASCII; give its punycode form") from None
-        return socket.create_connection((name, port), timeout=timeout)  # type: ignore[arg-type]
+        return sockets.connect_tcp(host, port, timeout)
 
     def library(self, name: str, real: Callable[[], T]) -> T:
         """The handle of a library that makes its own syscalls (pyroute2's IPRoute).
@@ -697,67 +480,11 @@ class Kernel:
         A `joinable` one is work the boot may wait for (`join_daemon`): the
         reaper leaves its exit status alone until then.
         """
-        pid = os.fork()
-        if pid:
-            if joinable:
-                self._adopt(pid)
-            return pid
-        status = 0
-        try:
-            # PID 1's handlers are not for a daemon: SIGTERM must end it
-            # (systemd's shutdown sends it), SIGINT must not reboot.
-            for signo in signal_handlers(lambda: None):
-                signal.signal(signo, signal.SIG_DFL)
-            os.setsid()
-            try:
-                os.setpriority(os.PRIO_PROCESS, 0, nice)
-            except OSError:  # already nicer, without the right to go back up
-                pass
-            ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
-            devnull = os.open("/dev/null", os.O_RDONLY)
-            os.dup2(devnull, 0)
-            os.close(devnull)
-            target()
-        except BaseException:  # noqa: B036 - the child must never return into the boot
-            status = 1
-        finally:
-            os._exit(status)
+        return self.processes.spawn_daemon(name, target, nice, joinable)
 
     def join_daemon(self, pid: int) -> int:
         """Wait for a joinable daemon to end; its exit status (0: `target` returned)."""
-        try:
-            _, status = os.waitpid(pid, 0)
-        finally:
-            self._release(pid)
-        return os.waitstatus_to_exitcode(status)
-
-
-def signal_handlers(on_interrupt: Callable[[], None]) -> dict[int, SignalHandler]:
-    """What each signal means to PID 1; `Kernel.take_signals` installs them.
-
-    - SIGINT, what the kernel sends init for Ctrl-Alt-Del: `on_interrupt`
-      (the driver reboots cleanly, as systemd does). CPython's own handler
-      would raise KeyboardInterrupt anywhere in the boot.
-    - SIGTERM, SIGHUP: nothing. A handler that does nothing, not SIG_IGN,
-      which every child would inherit across exec.
-    - Every other signal keeps SIG_DFL, which the kernel never delivers to
-      init (SIGKILL and SIGSTOP only from an outer PID namespace).
-
-    A forked copy of PID 1 that kept these handlers gets the default action.
-    """
-    owner = os.getpid()
-
-    def interrupt(signo: int, frame: FrameType | None) -> None:
-        if os.getpid() != owner:
-            signal.signal(signo, signal.SIG_DFL)
-            os.kill(os.getpid(), signo)
-            return
-        on_interrupt()
-
-    def ignore(signo: int, frame: FrameType | None) -> None:
-        pass
-
-    return {signal.SIGINT: interrupt, signal.SIGTERM: ignore, signal.SIGHUP: ignore}
+        return self.processes.join_daemon(pid)
 
 
 def _console_loglevel() -> int:
@@ -767,26 +494,3 @@ def _console_loglevel() -> int:
             return int(f.read().split()[0])
     except (OSError, ValueError, IndexError):
         return 7
-
-
-def _console_tty() -> str | None:
-    """The terminal behind /dev/console (e.g. /dev/ttyS0), whose atime shows input."""
-    try:
-        with open("/sys/class/tty/console/active") as f:
-            names = f.read().split()
-    except OSError:
-        names = []
-    for path in ([f"/dev/{names[-1]}"] if names else []) + ["/dev/console"]:
-        if os.path.exists(path):
-            return path
-    return None
-
-
-def shell_argv(argv: Sequence[str]) -> list[str]:
-    """Run a shell through busybox cttyhack, so it gets a controlling terminal.
-
-    Without one, Ctrl-C would not reach commands typed in a rescue shell.
-    """
-    if os.path.exists("/bin/busybox") and argv and argv[0] == "/bin/sh":
-        return ["/bin/busybox", "cttyhack", *argv]
-    return list(argv)

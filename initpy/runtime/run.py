@@ -9,10 +9,10 @@ failed and what to do.
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from initpy.runtime.exit_status import describe_exit
 from initpy.runtime.hook import BootFailure
 from initpy.runtime.report import printable
 
@@ -26,19 +26,6 @@ class CommandFailed(BootFailure):
     def __init__(self, reason: str, fix: str, completed: Completed | None) -> None:
         super().__init__(reason, fix)
         self.completed = completed
-
-
-def describe_exit(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    if returncode == 127:
-        return "not found (exit 127)"
-    if returncode == 126:
-        return "not executable (exit 126)"
-    return f"exit {returncode}"
 
 
 def run(

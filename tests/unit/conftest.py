@@ -11,8 +11,9 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from initpy.devtools.fake import FakeKernel
-from initpy.runtime.driver import Boot, Halted
+from initpy.runtime.driver import Boot
 from initpy.runtime.hook import Hook, build_registry
+from initpy.runtime.kernel import Halted
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HOOKS_DIR = os.path.join(REPO, "hooks")

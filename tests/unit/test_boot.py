@@ -14,7 +14,8 @@ import pytest
 from pytest_mock import MockerFixture
 
 from initpy.devtools.fake import FakeKernel, HandedOff, Rebooted
-from initpy.runtime.driver import Boot, clean_environment, load_registry, main
+from initpy.runtime.driver import Boot, load_registry, main
+from initpy.runtime.handoff import clean_environment
 from initpy.runtime.hook import BootContext, BootFailure, Hook, State, build_registry
 from initpy.runtime.kernel import Kernel, ShellExit
 from tests.unit.conftest import HOOKS_DIR, make_executable, read_report, run_boot

@@ -8,14 +8,9 @@ from hypothesis import strategies as st
 from hooks.services import ADMIN_EMAIL, SSH_KEY
 from hooks.services import HOOK as SERVICES
 from initpy.runtime import cmdline
-from initpy.runtime.driver import (
-    BREAK,
-    CORE_PARAMETERS,
-    DEBUG,
-    EXEC,
-    RESCUE_POLICY,
-    RESCUE_TIMEOUT,
-)
+from initpy.runtime.driver import BREAK, CORE_PARAMETERS
+from initpy.runtime.handoff import EXEC
+from initpy.runtime.rescue import DEBUG, RESCUE_POLICY, RESCUE_TIMEOUT
 
 
 def parse(text: str) -> cmdline.BootConfig:

@@ -35,8 +35,9 @@ def test_the_hook_example_in_the_design_doc_works(tmp_path: os.PathLike[str]) ->
     import re
 
     from initpy.devtools.fake import FakeKernel
-    from initpy.runtime.driver import Boot, Halted
+    from initpy.runtime.driver import Boot
     from initpy.runtime.hook import build_registry, discover
+    from initpy.runtime.kernel import Halted
 
     with open(os.path.join(REPO, "docs", "design.md")) as f:
         (example,) = re.findall(r"```python\n(# hooks/motd.py\n.*?)```", f.read(), re.S)

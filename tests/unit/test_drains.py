@@ -17,19 +17,16 @@ import os
 import pytest
 
 from hooks.network.netlink import NETLINK_ROUTE, KernelNetlink, Link, wait_for_carrier
-from hooks.storage.blockdev import (
-    NETLINK_KOBJECT_UEVENT,
-    Uevent,
-    uevent_message,
-    wait_for_devices,
-)
-from initpy.devtools.fake import FLOOD_TRIPWIRE, FakeKernel, FloodingSocket
+from hooks.storage.blockdev import wait_for_devices
+from initpy.devtools.fake import FakeKernel
+from initpy.devtools.fake_events import FLOOD_TRIPWIRE, FloodingSocket
 from initpy.devtools.fake_network import FakeNetlink, FakeNic
 from initpy.runtime import cmdline
 from initpy.runtime.driver import CORE_PARAMETERS
 from initpy.runtime.hook import BootContext, BootFailure
-from initpy.runtime.kernel import BatchReader
 from initpy.runtime.report import Report
+from initpy.runtime.sockets import BatchReader
+from initpy.runtime.uevent import NETLINK_KOBJECT_UEVENT, Uevent, uevent_message
 from tests.unit.conftest import hook_module
 from tests.unit.test_labels import ext_image
 from tests.unit.test_storage_hook import add_disk

@@ -1,4 +1,4 @@
-"""Superblock probes (hooks.storage.labels) and uevent parsing (hooks.storage.blockdev).
+"""Superblock probes (hooks.storage.labels).
 
 Superblocks are built byte by byte here, at the offsets the filesystems'
 own headers give, and checked against real ones made by mkfs on small
@@ -18,7 +18,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hooks.storage.blockdev import parse_uevent
 from hooks.storage.labels import (
     BTRFS_SUPERBLOCK,
     EXT_SUPERBLOCK,
@@ -476,25 +475,3 @@ def test_real_two_device_btrfs(tmp_path: os.PathLike[str]) -> None:
             found.append(probe(reader(f.read(PROBE_BYTES))))
     assert [(s.devid, s.num_devices) for s in found if s] == [(1, 2), (2, 2)]
     assert found[0] is not None and found[1] is not None and found[0].uuid == found[1].uuid
-
-
-# -- uevents --------------------------------------------------------------------------------
-
-
-def test_a_kernel_uevent_is_parsed() -> None:
-    message = (
-        b"add@/devices/pci0000:00/0000:00:04.0/virtio1/block/vda\0ACTION=add\0"
-        b"DEVPATH=/devices/pci0000:00/0000:00:04.0/virtio1/block/vda\0SUBSYSTEM=block\0"
-        b"MAJOR=254\0MINOR=0\0DEVNAME=vda\0DEVTYPE=disk\0SEQNUM=812\0"
-    )
-    event = parse_uevent(message)
-    assert event is not None
-    assert (event.action, event.subsystem, event.properties["DEVNAME"]) == ("add", "block", "vda")
-    assert event.devpath.endswith("/block/vda")
-
-
-def test_udevs_own_messages_and_garbage_are_not_uevents() -> None:
-    assert parse_uevent(b"libudev\0\xfe\xed\xca\xfe") is None
-    assert parse_uevent(b"") is None
-    event = parse_uevent(b"change@/x\0\xff\xfe=\x00NOEQUALS\0")
-    assert event is not None and event.action == "change" and event.subsystem == ""

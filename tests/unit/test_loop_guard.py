@@ -15,10 +15,10 @@ import os
 import pytest
 
 from initpy.devtools.fake import FakeKernel, HandedOff, Rebooted
-from initpy.runtime.driver import Boot, Halted
+from initpy.runtime.driver import Boot
 from initpy.runtime.failed_boots import COUNT_PATH
 from initpy.runtime.hook import BootContext, BootFailure, Hook, Milestone, State, build_registry
-from initpy.runtime.kernel import ShellExit
+from initpy.runtime.kernel import Halted, ShellExit
 from tests.unit.conftest import make_executable, read_report
 
 

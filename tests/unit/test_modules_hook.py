@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from hooks import modules
-from hooks.storage.blockdev import Uevent
 from initpy.devtools.fake import FakeKernel
 from initpy.runtime import layout
 from initpy.runtime.driver import read_manifest
 from initpy.runtime.hook import DRIVERLESS, BootContext, BootFailure, Milestone
 from initpy.runtime.report import Report
+from initpy.runtime.uevent import Uevent
 
 VERSION = "6.1.0-test"
 LISTING = (
@@ -272,14 +272,19 @@ def test_a_device_announced_during_load_modules_gets_its_driver_before_the_hooks
     )
 
 
+def _with_cpus(ctx: BootContext, cpus: int) -> BootContext:
+    assert isinstance(ctx.kernel, FakeKernel)
+    ctx.kernel.cpu_count = cpus
+    return ctx
+
+
 @pytest.mark.parametrize("cpus", [1, 2, 8])
-def test_one_thread_per_cpu_loads_the_same_way(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpus: int
-) -> None:
+def test_one_thread_per_cpu_loads_the_same_way(tmp_path: Path, cpus: int) -> None:
     # One CPU: no pool, the plan's order in the state's own thread; more: threads.
-    monkeypatch.setattr(FakeKernel, "cpus", lambda self: cpus)
     path = f"/lib/modules/{VERSION}/kernel/failover.ko"
-    ctx = _machine(str(tmp_path), failures={"finit_module": {path: errno.ENOEXEC}})
+    ctx = _with_cpus(
+        _machine(str(tmp_path), failures={"finit_module": {path: errno.ENOEXEC}}), cpus
+    )
     with pytest.raises(BootFailure):
         _load(ctx)
     results = {m["name"]: m["result"] for m in ctx.report.modules}
@@ -290,7 +295,7 @@ def test_one_thread_per_cpu_loads_the_same_way(
         "net_failover": "skipped",
         "virtio_net": "skipped",
     }
-    ctx = _machine(str(tmp_path / "again"))
+    ctx = _with_cpus(_machine(str(tmp_path / "again")), cpus)
     _load(ctx)
     threads = min(cpus, modules.WORKERS)
     assert any(

@@ -28,9 +28,8 @@ from pytest_mock import MockerFixture
 
 from initpy.devtools.fake import FakeKernel, HandedOff, Rebooted
 from initpy.runtime import driver
-from initpy.runtime.driver import Halted
 from initpy.runtime.hook import BootContext, Hook, State, build_registry
-from initpy.runtime.kernel import Kernel, ShellExit
+from initpy.runtime.kernel import Halted, Kernel, ShellExit
 from tests.unit.conftest import make_executable, read_report
 
 

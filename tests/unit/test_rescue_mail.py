@@ -20,8 +20,9 @@ import pytest
 
 from initpy.devtools.fake import FakeKernel, Rebooted
 from initpy.runtime import mail
-from initpy.runtime.driver import Boot, Halted
+from initpy.runtime.driver import Boot
 from initpy.runtime.hook import BootContext, BootFailure, Hook, Milestone, State, build_registry
+from initpy.runtime.kernel import Halted
 from initpy.runtime.report import Report
 from tests.smtp_sink import SmtpSink
 from tests.unit.conftest import hook_module

@@ -76,12 +76,12 @@ def test_the_reaper_leaves_a_run_child_and_takes_the_orphans_beside_it(
     k = watching_kernel
     first, second = _fork_zombie(), _fork_zombie()
     in_flight, orphan = (first, second) if adopted_first else (second, first)
-    k._adopt(in_flight)  # as run() does while it waits for its child
+    k.processes.adopt(in_flight)  # as run() does while it waits for its child
     try:
         assert k.reap_orphans() == [orphan]
         assert _zombie(in_flight)
     finally:
-        k._release(in_flight)
+        k.processes.release(in_flight)
         os.waitpid(in_flight, 0)
 
 

@@ -16,10 +16,11 @@ import pytest
 
 from hooks import buildhost, modules, persist
 from hooks import storage as MODULE
-from hooks.storage.blockdev import Uevent, scan, wait_for_devices
+from hooks.storage.blockdev import scan, wait_for_devices
 from initpy.devtools.fake import FakeKernel, HandedOff, Rebooted
 from initpy.runtime.hook import Hook
 from initpy.runtime.kernel import Completed
+from initpy.runtime.uevent import Uevent
 from tests.unit.conftest import make_executable, read_report, run_boot
 from tests.unit.test_labels import btrfs_image, ext_image, xfs_image
 

@@ -22,8 +22,9 @@ ROOTS = ("benchmarks", "docs", "hooks", "initpy", "os", "scripts", "tests")
 # make it the tail of a longer path, a variable or a home-relative path.
 TOP = "|".join(ROOTS)
 PATH = re.compile(rf"(?<![\w.~$/-])(?:\./)?((?:{TOP})/[\w.+-]+(?:/[\w.+-]+)*/?)")
-# Folders whose every file is text that may name paths (bash, unit files, configs).
-ROOT_TEXTS = ("scripts", "os")
+# Folders whose every file is text that may name paths (bash, unit files, configs);
+# .ci is the one hidden folder of ours (CI's entry).
+ROOT_TEXTS = ("scripts", "os", ".ci")
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 SKIPPED_FOLDERS = {"__pycache__", "artifacts", "build", "dist", "out"}
 # This file names paths that do not exist on purpose (the lists below).
@@ -54,7 +55,9 @@ def scanned_files() -> Iterator[str]:
         folders[:] = sorted(
             f
             for f in folders
-            if not f.startswith(".") and f not in SKIPPED_FOLDERS and not f.endswith(".egg-info")
+            if (f in ROOT_TEXTS or not f.startswith("."))
+            and f not in SKIPPED_FOLDERS
+            and not f.endswith(".egg-info")
         )
         relative = os.path.relpath(folder, REPO)
         top = relative.split(os.sep)[0]

@@ -29,14 +29,13 @@ def fake_ssh_keygen(kernel: FakeKernel) -> Callable[[Sequence[str]], Completed]:
     def keygen(argv: Sequence[str]) -> Completed:
         path = kernel.path(argv[list(argv).index("-f") + 1])
         kind = argv[list(argv).index("-t") + 1]
-        stamp = f"{kind} {len(kernel.calls)}"
-        for suffix, text in (
-            (
-                "",
-                f"-----BEGIN OPENSSH PRIVATE KEY-----\n{stamp}\n-----END OPENSSH PRIVATE KEY-----\n",
-            ),
-            (".pub", f"ssh-{kind} AAAA{len(kernel.calls)} root@buildos\n"),
-        ):
+        count = len(kernel.calls)
+        private = (
+            f"-----BEGIN OPENSSH PRIVATE KEY-----\n{kind} {count}\n"
+            "-----END OPENSSH PRIVATE KEY-----\n"
+        )
+        public = f"ssh-{kind} AAAA{count} root@buildos\n"
+        for suffix, text in (("", private), (".pub", public)):
             with open(path + suffix, "w") as f:
                 f.write(text)
         return Completed(tuple(argv), 0, "", "")

@@ -37,9 +37,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import boot_time  # noqa: E402
 
-from tests.vm import qemu  # noqa: E402
-from tests.vm.guest_output import read_sections, report  # noqa: E402
-from tests.vm.scenario import GUEST_PATH, full_boot_args  # noqa: E402
+from tests.harness import qemu  # noqa: E402
+from tests.harness.guest_output import read_sections, report  # noqa: E402
+from tests.harness.scenario import GUEST_PATH, full_boot_args  # noqa: E402
 
 COLUMNS = (
     "to_init",
@@ -57,17 +57,7 @@ Figures = dict[str, float | None]
 
 def boot(vmlinuz: Path, initrd: Path, work: Path, name: str) -> tuple[Figures, dict[str, int]]:
     args = full_boot_args(work, GUEST_PATH)
-    append = " ".join([*args.append, "quiet", "printk.devkmsg=on"])
-    with qemu.boot(
-        vmlinuz,
-        initrd,
-        append,
-        disks=args.disks,
-        nics=args.nics,
-        extra=args.extra,
-        memory=args.memory,
-        name=name,
-    ) as vm:
+    with qemu.boot(vmlinuz, initrd, args.plus(["quiet", "printk.devkmsg=on"]), name=name) as vm:
         vm.expect("initpy: handoff: exec", boot_time.BOOT_TIMEOUT, fail_on=r"initpy: rescue: .*")
         sections = read_sections(vm, boot_time.BOOT_TIMEOUT)
         vm.wait_exit(60)

@@ -6,7 +6,7 @@
 
 Boots the initpy initrd (built with mkinitrd.py and the VM tests' guest
 program, or taken from OUTDIR) N times with the whole-boot VM arguments
-(tests/vm/scenario.py), then boots a busybox-only initrd N times with the
+(tests/harness/scenario.py), then boots a busybox-only initrd N times with the
 same VM arguments: its /init does the classic steps (sequential insmod of
 the same modules in dependency order, findfs/blkid for labels, udhcpc on
 each NIC). It prints, per boot and as medians:
@@ -50,9 +50,10 @@ sys.path.insert(0, str(REPO))
 
 from initpy.builder import cpio  # noqa: E402
 from initpy.runtime.driver import load_registry  # noqa: E402
-from tests.vm import qemu  # noqa: E402
-from tests.vm.guest_output import read_sections, report  # noqa: E402
-from tests.vm.scenario import GUEST_PATH, GUEST_PROGRAM, BootArgs, full_boot_args  # noqa: E402
+from tests.harness import qemu  # noqa: E402
+from tests.harness.guest_output import read_sections, report  # noqa: E402
+from tests.harness.qemu import BootArgs  # noqa: E402
+from tests.harness.scenario import GUEST_PATH, GUEST_PROGRAM, full_boot_args  # noqa: E402
 
 BOOT_TIMEOUT = 300
 SYSTEMD_STANDIN = "/lib/systemd/systemd"
@@ -222,19 +223,10 @@ def boot_once(
 ) -> Boot:
     # printk.devkmsg=on: by default the kernel keeps only a burst of 10 lines
     # written to /dev/kmsg per 5 s and drops the rest, hand-off line included.
-    append = " ".join([*args.append, "quiet", "printk.devkmsg=on"])
+    # QEMU takes the last -smp: the harness's 1 unless asked.
+    args = args.plus(["quiet", "printk.devkmsg=on"], ["-smp", str(smp)] if smp != 1 else [])
     handoff_line = r"initpy: handoff: exec" if initpy else r"baseline: handoff"
-    with qemu.boot(
-        vmlinuz,
-        initrd,
-        append,
-        disks=args.disks,
-        nics=args.nics,
-        # QEMU takes the last -smp: the harness's 1 unless asked.
-        extra=[*args.extra, *(["-smp", str(smp)] if smp != 1 else [])],
-        memory=args.memory,
-        name=name,
-    ) as vm:
+    with qemu.boot(vmlinuz, initrd, args, name=name) as vm:
         vm.expect(handoff_line, BOOT_TIMEOUT, fail_on=r"initpy: rescue: .*")
         wall = vm.seconds
         sections = read_sections(vm, BOOT_TIMEOUT)

@@ -32,7 +32,7 @@ NICS = ("nic0", "nic1", "nic2", "nic3")
 
 
 def outer(args: argparse.Namespace) -> int:
-    from tests.vm.netns import Netns
+    from tests.harness.netns import Netns
 
     with Netns("bench-host") as host, Netns("bench-lan") as lan:
         for i, nic in enumerate(NICS):

@@ -3,7 +3,7 @@
 
     .venv/bin/python benchmarks/drivers.py [--baseline REV] [--skip-boots]
 
-Builds and boots, with the whole-boot VM arguments (tests/vm/scenario.py:
+Builds and boots, with the whole-boot VM arguments (tests/harness/scenario.py:
 virtio NIC and disks), these initrds:
 
 - `fixed list`: the tree at REV (default 63716c1, the commit before issue
@@ -39,9 +39,9 @@ sys.path.insert(0, str(REPO))
 
 from initpy.builder import cpio  # noqa: E402
 from initpy.runtime import layout  # noqa: E402
-from tests.vm import qemu  # noqa: E402
-from tests.vm.guest_output import read_sections, report  # noqa: E402
-from tests.vm.scenario import GUEST_PATH, GUEST_PROGRAM, full_boot_args  # noqa: E402
+from tests.harness import qemu  # noqa: E402
+from tests.harness.guest_output import read_sections, report  # noqa: E402
+from tests.harness.scenario import GUEST_PATH, GUEST_PROGRAM, full_boot_args  # noqa: E402
 
 BOOT_TIMEOUT = 400
 BASELINE = "63716c1"
@@ -97,16 +97,7 @@ def packed_modules(initrd: Path) -> int:
 def boot(kernel_image: Path, initrd: Path, row: Row, workdir: Path) -> None:
     args = full_boot_args(workdir)
     name = "bench-drivers-" + re.sub(r"\W+", "-", row.label)
-    with qemu.boot(
-        kernel_image,
-        initrd,
-        " ".join(args.append),
-        disks=args.disks,
-        nics=args.nics,
-        extra=args.extra,
-        memory=args.memory,
-        name=name,
-    ) as vm:
+    with qemu.boot(kernel_image, initrd, args, name=name) as vm:
         match = vm.expect(
             r"initpy: handoff: exec \S+ \(uptime ([\d.]+)s\)",
             BOOT_TIMEOUT,

@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 from boot_time import holding_both_slots  # noqa: E402
 
 from initpy.builder import cpio  # noqa: E402
-from tests.vm import qemu  # noqa: E402
+from tests.harness import qemu  # noqa: E402
 
 PROBE = """#!/usr/bin/busybox sh
 echo ==probe:begin==
@@ -82,13 +82,13 @@ def kernel_file() -> Path:
 
 
 def boot(vmlinuz: Path, initrd: Path, smp: int, name: str, python: bool) -> dict[str, float]:
-    extra = ["-smp", str(smp)] if smp != 1 else []
     append = (
-        f"quiet printk.devkmsg=on INITPY_STAMPS=1 initpy.break={BREAK_STATE}"
+        ["quiet", "printk.devkmsg=on", "INITPY_STAMPS=1", f"initpy.break={BREAK_STATE}"]
         if python
-        else "quiet rdinit=/unpack-probe"
+        else ["quiet", "rdinit=/unpack-probe"]
     )
-    with qemu.boot(vmlinuz, initrd, append, extra=extra, name=name) as vm:
+    args = qemu.BootArgs(append, extra=["-smp", str(smp)] if smp != 1 else [])
+    with qemu.boot(vmlinuz, initrd, args, name=name) as vm:
         if python:
             vm.expect(re.escape(f"(initpy break before {BREAK_STATE}) # "), 300)
             vm.send(

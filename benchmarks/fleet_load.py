@@ -16,7 +16,7 @@ import argparse
 import collections
 import random
 
-from initpy.host import monitor
+from initpy.host import monitor, settings
 
 DAY = 86400
 BUILDID_BYTES = 65  # 64 hex digits and a newline
@@ -37,16 +37,15 @@ def tftp_poll_bytes() -> tuple[int, int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--hosts", type=int, default=1000)
-    parser.add_argument("--interval", type=float, default=monitor.DEFAULT_INTERVAL)
+    parser.add_argument("--interval", type=float, default=settings.DEFAULT_INTERVAL)
     args = parser.parse_args()
     per_second: collections.Counter[int] = collections.Counter()
     schedules = []
     for seed in range(args.hosts):
         host = monitor.Monitor(
-            monitor.Settings("file:///x", None, args.interval),
+            settings.Settings("file:///x", None, args.interval),
             "0" * 64,
-            rng=random.Random(seed),
-            clock=lambda: 0.0,
+            monitor.Dependencies(rng=random.Random(seed), clock=lambda: 0.0),
         )
         t = host.first_wait()
         times = []

@@ -19,7 +19,7 @@
   multi-user.target (its ActiveEnterTimestampMonotonic), from the line
   buildos-ready.service prints; and the wall time from QEMU's start.
 
-The VM arguments are the VM tests' (tests/vm/fullos.py). One VM at a time,
+The VM arguments are the VM tests' (tests/harness/fullos.py). One VM at a time,
 in one of the machine's two VM slots.
 """
 
@@ -38,8 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from initpy.builder import cpio  # noqa: E402
-from tests.vm import qemu  # noqa: E402
-from tests.vm.fullos import (  # noqa: E402
+from tests.harness import qemu  # noqa: E402
+from tests.harness.fullos import (  # noqa: E402
     BOOT_TIMEOUT,
     READY,
     build_image,
@@ -84,15 +84,8 @@ def boot_once(image: Path, initrd: Path, workdir: Path, name: str, floor: bool) 
     mail = workdir / "mail"
     mail.mkdir(exist_ok=True)
     args = full_os_args(workdir, free_port(), key.with_suffix(".pub").read_text().strip(), mail)
-    append = [*args.append, *(["rdinit=/floor-init"] if floor else [])]
     with qemu.boot(
-        image,
-        initrd,
-        " ".join(append),
-        disks=args.disks,
-        nics=args.nics,
-        memory=args.memory,
-        name=name,
+        image, initrd, args.plus(["rdinit=/floor-init"] if floor else []), name=name
     ) as vm:
         match = vm.expect(READY, BOOT_TIMEOUT)
         wall = vm.seconds

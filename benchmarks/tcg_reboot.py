@@ -3,7 +3,7 @@
 
     .venv/bin/python benchmarks/tcg_reboot.py [--runs N]
 
-The full image (tests/vm/fullos.py: the OS tree packed at zstd:3) boots
+The full image (tests/harness/fullos.py: the OS tree packed at zstd:3) boots
 with -kernel in a QEMU allowed to reboot; once it is up, `systemctl
 reboot` over SSH (as initpy-monitor's reboot does) boots it again in the
 same QEMU, whose cache of translated code is kept. (`system_reset` on
@@ -11,7 +11,7 @@ QEMU's monitor instead does not show the slow unpack.) Per boot, on the
 kernel's own clock: from `Trying to unpack rootfs` to `Freeing initrd
 memory` (the initramfs unpack). Each run does this twice, alternating:
 with QEMU's default cache (plain `-accel tcg`) and with the harness's
-`qemu.REBOOT_TB_SIZE_MIB`, which `qemu_argv` uses for every guest that
+`qemu_rules.REBOOT_TB_SIZE_MIB`, which `qemu_argv` uses for every guest that
 may reboot (tests/vm/test_pxe.py). One VM at a time.
 """
 
@@ -26,8 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.vm import qemu  # noqa: E402
-from tests.vm.fullos import (  # noqa: E402
+from tests.harness import qemu, qemu_rules  # noqa: E402
+from tests.harness.fullos import (  # noqa: E402
     BOOT_TIMEOUT,
     READY,
     Ssh,
@@ -58,23 +58,10 @@ def unpack_times(outdir: Path, workdir: Path, tb_size_mib: int, name: str) -> li
     mail.mkdir(exist_ok=True)
     port = free_port()
     args = full_os_args(workdir, port, key.with_suffix(".pub").read_text().strip(), mail)
-    qemu.REBOOT_TB_SIZE_MIB = tb_size_mib
-
-    def argv(monitor_path: str) -> list[str]:
-        return qemu.qemu_argv(
-            str(outdir / "buildos-image"),
-            str(outdir / "buildos-initrd"),
-            " ".join(args.append),
-            serial="stdio",
-            monitor_path=monitor_path,
-            disks=args.disks,
-            nics=args.nics,
-            memory=args.memory,
-            reboot=True,
-        )
-
+    qemu_rules.REBOOT_TB_SIZE_MIB = tb_size_mib
     seconds = []
-    with qemu._started(argv, name) as vm:
+    image, initrd = outdir / "buildos-image", outdir / "buildos-initrd"
+    with qemu.boot(image, initrd, args, name=name, reboot=True) as vm:
         for boot in (1, 2):
             start = vm.expect(UNPACK_START, BOOT_TIMEOUT)
             end = vm.expect(UNPACK_END, BOOT_TIMEOUT)
@@ -96,7 +83,7 @@ def main() -> None:
         outdir = build_image(vmlinuz, modules, build_tree(modules), Path(tmp) / "image")
         size = (outdir / "buildos-initrd").stat().st_size / 1e6
         print(f"full image: initrd {size:.1f} MB (zstd:3); TCG, one VM at a time")
-        cache = qemu.REBOOT_TB_SIZE_MIB
+        cache = qemu_rules.REBOOT_TB_SIZE_MIB
         for run in range(1, ns.runs + 1):
             for label, mib in (("default cache", 0), (f"tb-size={cache}", cache)):
                 work = Path(tmp) / f"run{run}-{mib}"

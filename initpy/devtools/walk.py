@@ -19,18 +19,23 @@ from initpy.runtime.driver import main
 from initpy.runtime.kernel import Completed
 
 
-def _fake_ssh_keygen(kernel: FakeKernel) -> Callable[[Sequence[str]], Completed]:
-    """ssh-keygen -f PATH, as far as the walk needs: placeholder key files."""
+def fake_ssh_keygen(kernel: FakeKernel) -> Callable[[Sequence[str]], Completed]:
+    """`ssh-keygen -t KIND -f PATH` on the fake kernel: a placeholder key pair.
+
+    The walk and the unit tests share it. Each pair names its kind and the
+    call it came from, so that a test can tell a restored key from a new one.
+    """
 
     def keygen(argv: Sequence[str]) -> Completed:
         path = kernel.path(argv[list(argv).index("-f") + 1])
-        for suffix, text in (
-            (
-                "",
-                "-----BEGIN OPENSSH PRIVATE KEY-----\n(walk)\n-----END OPENSSH PRIVATE KEY-----\n",
-            ),
-            (".pub", "ssh-placeholder (walk) root@buildos\n"),
-        ):
+        kind = argv[list(argv).index("-t") + 1]
+        count = len(kernel.calls)
+        private = (
+            f"-----BEGIN OPENSSH PRIVATE KEY-----\n{kind} {count}\n"
+            "-----END OPENSSH PRIVATE KEY-----\n"
+        )
+        public = f"ssh-{kind} AAAA{count} root@buildos\n"
+        for suffix, text in (("", private), (".pub", public)):
             with open(path + suffix, "w") as f:
                 f.write(text)
         return Completed(tuple(argv), 0, "", "")
@@ -77,7 +82,7 @@ def walk(
         kernel.add_block_device(
             "vdb", minimal_image("btrfs", "buildos.machines"), serial="walk-machines"
         )
-        kernel.commands["ssh-keygen"] = _fake_ssh_keygen(kernel)
+        kernel.commands["ssh-keygen"] = fake_ssh_keygen(kernel)
         try:
             main(kernel, folders, names)
         except HandedOff as done:

@@ -43,6 +43,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -210,8 +211,16 @@ class Pid1:
         return -code
 
 
+class Boot(Protocol):
+    """The `boot` fixture: start the frozen init as PID 1 of a new namespace."""
+
+    def __call__(
+        self, command_line: str, argv: Sequence[str] = (), root: Path | None = None
+    ) -> Pid1: ...
+
+
 @pytest.fixture
-def boot(pid1_initrd: Path, tmp_path: Path) -> Iterator[object]:
+def boot(pid1_initrd: Path, tmp_path: Path) -> Iterator[Boot]:
     """`boot(cmdline, argv, root=...)` starts the init; everything is cleaned by PID."""
     started: list[Pid1] = []
 
@@ -293,7 +302,7 @@ def without_shell(root: Path) -> None:
 
 
 def test_words_for_init_reach_the_hand_off_and_never_stop_pid1(
-    boot: object, pid1_initrd: Path, tmp_path: Path
+    boot: Boot, pid1_initrd: Path, tmp_path: Path
 ) -> None:
     """splash, 3, -h, --help, -c: what the kernel gives init; Python and argparse must ignore."""
     root = root_copy(pid1_initrd, tmp_path, "handoff")
@@ -303,7 +312,7 @@ def test_words_for_init_reach_the_hand_off_and_never_stop_pid1(
         f"console=ttyS0 quiet splash 3 -h initpy.exec={HANDOFF_PROGRAM} -- single --help -c x"
     )
     argv = ["splash", "3", "-h", "single", "--help", "-c", "x"]
-    pid1 = boot(command_line, argv, root)  # type: ignore[operator]
+    pid1 = boot(command_line, argv, root)
     pid1.expect(r"^handoff-done$")
     assert pid1.ended_by() == signal.SIGINT  # the program's poweroff -f
     assert re.findall(r"^handoff-arg=(.*)$", pid1.console, re.M) == argv
@@ -317,15 +326,15 @@ def test_words_for_init_reach_the_hand_off_and_never_stop_pid1(
 
 @pytest.mark.parametrize("where", ["state", "rescue shell"])
 def test_sigterm_and_sighup_change_nothing_and_sigint_twice_reboots_cleanly(
-    boot: object, pid1_initrd: Path, tmp_path: Path, where: str
+    boot: Boot, pid1_initrd: Path, tmp_path: Path, where: str
 ) -> None:
     if where == "state":
         root = root_copy(pid1_initrd, tmp_path, "sleeper")
         without_modules(root)
-        pid1 = boot("initpy.probe=sleep", root=root)  # type: ignore[operator]
+        pid1 = boot("initpy.probe=sleep", root=root)
         pid1.expect(r"initpy: probe: sleeping")
     else:  # load_modules fails: the host's kernel is not the initrd's
-        pid1 = boot("console=ttyS0")  # type: ignore[operator]
+        pid1 = boot("console=ttyS0")
         pid1.expect(r"initpy: rescue: starting /bin/sh")
     for signo in (signal.SIGTERM, signal.SIGHUP):
         pid1.signal(signo)
@@ -350,20 +359,20 @@ def test_sigterm_and_sighup_change_nothing_and_sigint_twice_reboots_cleanly(
     ],
 )
 def test_a_failing_state_follows_the_rescue_policy(
-    boot: object, pid1_initrd: Path, tmp_path: Path, probe: str, reason: str
+    boot: Boot, pid1_initrd: Path, tmp_path: Path, probe: str, reason: str
 ) -> None:
     root = root_copy(pid1_initrd, tmp_path, "probe")
     without_modules(root)
-    pid1 = boot(f"initpy.probe={probe} initpy.rescue=poweroff", root=root)  # type: ignore[operator]
+    pid1 = boot(f"initpy.probe={probe} initpy.rescue=poweroff", root=root)
     assert pid1.ended_by() == signal.SIGINT  # reboot(2) with POWER_OFF
     assert f"initpy: rescue: {reason}" in pid1.console, pid1.console
     assert "initpy: rescue: poweroff" in pid1.console
 
 
 def test_a_real_failing_state_gives_a_working_rescue_shell_and_leaving_it_reboots(
-    boot: object,
+    boot: Boot,
 ) -> None:
-    pid1 = boot("console=ttyS0")  # type: ignore[operator]
+    pid1 = boot("console=ttyS0")
     pid1.expect(r"initpy: rescue: load_modules: this kernel is ")
     pid1.expect(r"initpy: rescue: starting /bin/sh")
     pid1.send("echo alive-$((6 * 7)) pid-$$")
@@ -375,11 +384,11 @@ def test_a_real_failing_state_gives_a_working_rescue_shell_and_leaving_it_reboot
 
 
 def test_a_missing_shell_waits_then_reboots_and_a_sigint_in_the_wait_too(
-    boot: object, pid1_initrd: Path, tmp_path: Path
+    boot: Boot, pid1_initrd: Path, tmp_path: Path
 ) -> None:
     root = root_copy(pid1_initrd, tmp_path, "noshell")
     without_shell(root)
-    pid1 = boot("console=ttyS0", root=root)  # type: ignore[operator]
+    pid1 = boot("console=ttyS0", root=root)
     pid1.expect(r"initpy: rescue: cannot start /bin/sh \(.*\); rebooting in 30 s")
     time.sleep(1.0)
     assert pid1.alive(), pid1.console  # in the 30 s sleep
@@ -388,24 +397,24 @@ def test_a_missing_shell_waits_then_reboots_and_a_sigint_in_the_wait_too(
 
 
 def test_a_break_without_a_shell_follows_the_rescue_policy(
-    boot: object, pid1_initrd: Path, tmp_path: Path
+    boot: Boot, pid1_initrd: Path, tmp_path: Path
 ) -> None:
     root = root_copy(pid1_initrd, tmp_path, "nobreakshell")
     without_shell(root)
     without_modules(root)
-    pid1 = boot("initpy.break=probe initpy.rescue=poweroff", root=root)  # type: ignore[operator]
+    pid1 = boot("initpy.break=probe initpy.rescue=poweroff", root=root)
     assert pid1.ended_by() == signal.SIGINT
     assert "initpy: rescue: probe: break: cannot start /bin/sh" in pid1.console
 
 
 def test_no_init_to_hand_off_to_is_a_rescue_not_busybox_init(
-    boot: object, pid1_initrd: Path, tmp_path: Path
+    boot: Boot, pid1_initrd: Path, tmp_path: Path
 ) -> None:
     """The initrd has no --rootfs: /sbin/init is busybox's, and it must not be run."""
     root = root_copy(pid1_initrd, tmp_path, "nosystemd")
     without_modules(root)
     assert os.readlink(root / "usr/sbin/init") == "/usr/bin/busybox"
-    pid1 = boot("initpy.rescue=poweroff", root=root)  # type: ignore[operator]
+    pid1 = boot("initpy.rescue=poweroff", root=root)
     assert pid1.ended_by() == signal.SIGINT
     assert "/sbin/init: busybox's init, not taken" in pid1.console
     assert "initpy: handoff: exec" not in pid1.console

@@ -29,7 +29,6 @@ from initpy.runtime.sockets import BatchReader
 from initpy.runtime.uevent import NETLINK_KOBJECT_UEVENT, Uevent, uevent_message
 from tests.unit.conftest import hook_module
 from tests.unit.test_labels import ext_image
-from tests.unit.test_storage_hook import add_disk
 
 EVERY = 0.001  # fake seconds between two events of the flood
 BATCH = 256  # the seam's default bound per receive()
@@ -104,7 +103,7 @@ def test_the_disk_wait_ends_at_its_deadline_under_endless_uevents(
     tmp_path: os.PathLike[str],
 ) -> None:
     k = flooded(tmp_path, NETLINK_KOBJECT_UEVENT, uevent_message(FLAPPING_DISK))
-    add_disk(k, "vda", ext_image("not-ours"))
+    k.add_block_device("vda", ext_image("not-ours"))
     timeout = 2.0
     start = k.clock
     waited = wait_for_devices(k, lambda devices: False, timeout)
@@ -125,7 +124,7 @@ def test_find_disks_goes_to_rescue_at_its_deadline_under_endless_uevents(
     k = flooded(
         tmp_path, NETLINK_KOBJECT_UEVENT, uevent_message(FLAPPING_DISK), "initpy.timeout.disks=3"
     )
-    add_disk(k, "vda", ext_image("buildos.state"))
+    k.add_block_device("vda", ext_image("buildos.state"))
     ctx = BootContext(kernel=k, report=Report(k))
     ctx.config = cmdline.parse(k.cmdline, [*CORE_PARAMETERS, *storage.HOOK.parameters])
     start = k.clock

@@ -1,4 +1,4 @@
-"""Naming the NICs and storage controllers that have no driver (hooks/modules/missing_driver)."""
+"""Naming the NICs and storage controllers that have no driver (hooks/modules/missing_driver.py)."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ depends on how long anything took.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import http.server
 import os
@@ -23,16 +24,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from pathlib import Path
 
 import pytest
 import tftpy
 
 from initpy.host import agent as agent_slot
 from initpy.host import mail as mailer
-from initpy.host import monitor, systemd
+from initpy.host import monitor
 from initpy.host.fetch import ANSWER_LIMIT, FetchError, fetch, parse_build_id
+from initpy.host.settings import Settings
 from initpy.runtime import layout
+from tests.unit.test_host_agent import runs, stand_in_agent
 
 OLD = "a" * 64
 NEW = "b" * 64
@@ -162,26 +164,28 @@ def make_monitor(
         return fetch(url, timeout)
 
     return monitor.Monitor(
-        monitor.Settings(url, "admin@example.org", interval),
+        Settings(url, "admin@example.org", interval),
         OLD,
-        fetch=polled,
-        reboot=world.reboots.append,
-        mail=world.mail,
-        flush_mail=lambda: True,
-        clock=world.clock,
-        sleep=world.sleep,
-        rng=random.Random(seed),
-        notify=world.notify,
-        log=world.lines.append,
-        uptime=lambda: 3 * 86400 + 4 * 3600 + 5 * 60 + 6,
-        hostname="build-5400123456",
-        agent=agent,
-        fetch_timeout=timeout,
+        monitor.Dependencies(
+            fetch=polled,
+            reboot=world.reboots.append,
+            mail=world.mail,
+            flush_mail=lambda: True,
+            clock=world.clock,
+            sleep=world.sleep,
+            rng=random.Random(seed),
+            notify=world.notify,
+            log=world.lines.append,
+            uptime=lambda: 3 * 86400 + 4 * 3600 + 5 * 60 + 6,
+            hostname="build-5400123456",
+            agent=agent,
+            fetch_timeout=timeout,
+        ),
     )
 
 
 def run_polls(m: monitor.Monitor, polls: int, also: Callable[[], bool] = lambda: False) -> None:
-    m.run(stop=lambda: m.polls >= polls or also())
+    m.run(stop=lambda: m.loop.polls >= polls or also())
 
 
 SCHEMES = ("tftp", "http", "file")
@@ -197,7 +201,7 @@ def test_an_unchanged_id_gives_no_reboot(servers: Servers, scheme: str) -> None:
     m = make_monitor(world, servers.url(scheme, f"same/{BUILDID}"))
     run_polls(m, 3)
     assert world.reboots == [] and world.mails == []
-    assert m.failures == 0
+    assert m.loop.failures == 0
     assert world.notes[0].startswith("READY=1\nSTATUS=running build " + OLD)
     assert "STATUS=build aaaaaaaaaaaa is current; next poll in" in world.notes[-1]
 
@@ -299,7 +303,7 @@ def test_a_failure_never_reboots_and_backs_off(
     m = make_monitor(world, url, timeout=0.3, interval=60)
     run_polls(m, 4)
     assert world.reboots == [] and world.mails == []
-    assert m.failures == 4
+    assert m.loop.failures == 4
     gaps = [b - a for a, b in zip(world.polled_at, world.polled_at[1:], strict=False)]
     # After n failures the wait is min(2^n, 4) intervals, jittered by ±25%.
     for failures, gap in enumerate(gaps, start=1):
@@ -388,7 +392,7 @@ def test_a_mail_that_cannot_be_sent_does_not_stop_the_reboot(servers: Servers) -
     def broken(message: EmailMessage) -> None:
         raise mailer.MailError("/usr/sbin/sendmail is missing")
 
-    m.mail = broken
+    m.deps = dataclasses.replace(m.deps, mail=broken)
     run_polls(m, 1)
     assert len(world.reboots) == 1
     assert any("<3>mail to admin@example.org not sent" in line for line in world.lines)
@@ -404,8 +408,8 @@ def test_without_a_url_or_a_running_id_it_never_polls(servers: Servers) -> None:
     )
     m = make_monitor(World(), servers.url("file", "x"))
     m.running_id = None
-    m.run(stop=lambda: m.clock() > 10 * INTERVAL + 1000)
-    assert m.polls == 0
+    m.run(stop=lambda: m.deps.clock() > 10 * INTERVAL + 1000)
+    assert m.loop.polls == 0
 
 
 # -- https ---------------------------------------------------------------------------------
@@ -468,38 +472,7 @@ def test_a_fleet_that_boots_together_does_not_poll_together() -> None:
     assert len({round(w, 3) for w in waits}) > 990  # no two hosts keep one phase
 
 
-# -- running image, settings, command --------------------------------------------------
-
-
-def test_the_running_id_comes_from_the_manifest(tmp_path: os.PathLike[str]) -> None:
-    path = os.path.join(str(tmp_path), "manifest.json")
-    assert monitor.running_build_id(path)[0] is None
-    with open(path, "wb") as f:
-        f.write(layout.Manifest(OLD, ("modules",)).to_json())
-    assert monitor.running_build_id(path) == (OLD, "")
-    with open(path, "wb") as f:
-        f.write(layout.Manifest("", ("modules",)).to_json())
-    running, why = monitor.running_build_id(path)
-    assert running is None and "empty answer" in why
-
-
-def test_settings_are_read_verbatim_and_bad_values_defaulted(tmp_path: os.PathLike[str]) -> None:
-    buildos = os.path.join(str(tmp_path), "buildos.env")
-    own = os.path.join(str(tmp_path), "monitor.env")
-    with open(buildos, "w") as f:
-        f.write("BUILDOS_BUILDID_URL=tftp://10.0.0.1/buildos/buildos-buildid\n")
-        f.write("BUILDOS_ADMIN_EMAIL=admin@example.org\n")
-    with open(own, "w") as f:
-        f.write("INITPY_MONITOR_INTERVAL=0\nINITPY_MONITOR_AGENT=/opt/agent --mode agent\n")
-    settings, problems = monitor.load_settings(buildos, own)
-    assert settings == monitor.Settings(
-        "tftp://10.0.0.1/buildos/buildos-buildid",
-        "admin@example.org",
-        monitor.DEFAULT_INTERVAL,
-        ("/opt/agent", "--mode", "agent"),
-    )
-    assert "INITPY_MONITOR_INTERVAL='0'" in problems[0]
-    assert monitor.load_settings("/nonexistent", "/nonexistent") == (monitor.Settings(), [])
+# -- the command ------------------------------------------------------------------------
 
 
 def test_check_polls_once_and_says_what_it_would_do(
@@ -520,159 +493,7 @@ def test_check_polls_once_and_says_what_it_would_do(
         assert words in capsys.readouterr().out
 
 
-# -- systemd and the MTA ---------------------------------------------------------------
-
-
-def test_notify_reaches_a_notify_socket(tmp_path: os.PathLike[str]) -> None:
-    path = os.path.join(str(tmp_path), "notify")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
-        listener.bind(path)
-        listener.settimeout(5)
-        assert systemd.notify("READY=1\n" + systemd.status("a\nb  c"), {"NOTIFY_SOCKET": path})
-        assert listener.recv(4096) == b"READY=1\nSTATUS=a b c"
-    abstract = f"@initpy-test-{os.getpid()}"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
-        listener.bind("\0" + abstract[1:])
-        listener.settimeout(5)
-        assert systemd.notify("STATUS=x", {"NOTIFY_SOCKET": abstract})
-        assert listener.recv(4096) == b"STATUS=x"
-    assert not systemd.notify("STATUS=x", {})
-
-
-def test_the_reboot_request_is_written_whole(tmp_path: os.PathLike[str]) -> None:
-    path = os.path.join(str(tmp_path), "reboot")
-    systemd.request_reboot(f"initpy-monitor: build {OLD} -> {NEW}", path)
-    with open(path) as f:
-        assert f.read() == f"initpy-monitor: build {OLD} -> {NEW}\n"
-    assert os.listdir(str(tmp_path)) == ["reboot"]
-    with pytest.raises(OSError):
-        systemd.request_reboot("x", os.path.join(str(tmp_path), "missing", "reboot"))
-
-
-def test_sendmail_gets_a_whole_message_on_stdin(tmp_path: os.PathLike[str]) -> None:
-    top = str(tmp_path)
-    stand_in = os.path.join(top, "sendmail")
-    with open(stand_in, "w") as f:
-        f.write(f'#!/bin/sh\necho "$@" > {top}/argv\ncat > {top}/message\n')
-    os.chmod(stand_in, 0o755)
-    message = mailer.message("build", "admin@example.org", "subject", "old id: x\n")
-    mailer.sendmail(message, stand_in)
-    with open(os.path.join(top, "argv")) as f:
-        assert f.read() == "-t -i\n"
-    with open(os.path.join(top, "message")) as f:
-        text = f.read()
-    for header in (
-        "From: initpy-monitor <build>",
-        "To: admin@example.org",
-        "Subject: subject",
-        "Auto-Submitted: auto-generated",
-        "Date: ",
-    ):
-        assert header in text
-    assert text.endswith("\n\nold id: x\n")
-    with open(stand_in, "w") as f:
-        f.write("#!/bin/sh\necho 'fatal: no relay' >&2\nexit 75\n")
-    with pytest.raises(mailer.MailError, match="exit 75: fatal: no relay"):
-        mailer.sendmail(message, stand_in)
-    with pytest.raises(mailer.MailError, match="needs an MTA"):
-        mailer.sendmail(message, os.path.join(top, "missing"))
-
-
-def test_the_queue_is_waited_for_with_a_bound() -> None:
-    world = World()
-    answers = iter([False, False, True])
-    assert mailer.wait_for_queue(
-        60, empty=lambda: next(answers), clock=world.clock, sleep=world.sleep
-    )
-    assert world.now == 1000 + 2 * mailer.FLUSH_POLL
-    assert not mailer.wait_for_queue(60, empty=lambda: False, clock=world.clock, sleep=world.sleep)
-    assert mailer.wait_for_queue(60, empty=lambda: None, clock=world.clock, sleep=world.sleep)
-    assert mailer.queue_empty("/nonexistent/postqueue") is None
-
-
-def test_uptime_reads_as_an_admin_would() -> None:
-    assert mailer.format_uptime(42.9) == "42 s"
-    assert mailer.format_uptime(3 * 60 + 7) == "3 min 7 s"
-    assert mailer.format_uptime(3600) == "1 h 0 min"
-    assert mailer.format_uptime(2 * 86400 + 5) == "2 d 0 h 0 min"
-
-
-# -- the agent slot ----------------------------------------------------------------------
-
-STAND_IN_AGENT = """\
-import os, sys, time
-folder, mode = sys.argv[1], sys.argv[2]
-with open(os.path.join(folder, str(os.getpid())), "w") as f:
-    f.write(os.environ.get("NOTIFY_SOCKET", "-"))
-if mode == "crash":
-    sys.exit(3)
-time.sleep(120)
-"""
-
-
-def stand_in_agent(top: str, mode: str) -> list[str]:
-    script = os.path.join(top, "agent.py")
-    with open(script, "w") as f:
-        f.write(STAND_IN_AGENT)
-    folder = os.path.join(top, "runs")
-    os.makedirs(folder, exist_ok=True)
-    return [sys.executable, script, folder, mode]
-
-
-def runs(top: str) -> list[str]:
-    return sorted(os.listdir(os.path.join(top, "runs")))
-
-
-def test_the_agent_is_started_again_each_time_it_ends(tmp_path: os.PathLike[str]) -> None:
-    top = str(tmp_path)
-    lines: list[str] = []
-    agent = agent_slot.Agent(
-        stand_in_agent(top, "crash"), lines.append, env={"NOTIFY_SOCKET": "/run/x"}
-    )
-    assert agent.tick(0.0) == 0.0 + agent_slot.CHECK_EVERY and agent.starts == 1
-    assert agent.process is not None
-    agent.process.wait(30)
-    assert agent.tick(0.5) == 1.5  # ended: back in MIN_BACKOFF
-    assert "ended: exit 3 after 0 s; starting it again in 1 s" in lines[-1]
-    assert agent.tick(1.0) == 1.5 and agent.starts == 1  # not yet
-    agent.tick(1.5)
-    assert agent.starts == 2 and agent.process is not None
-    agent.process.wait(30)
-    assert agent.tick(2.0) == 4.0  # the backoff doubled
-    agent.tick(4.0)
-    assert agent.process is not None
-    agent.process.wait(30)
-    agent.tick(100.0)  # it had run 96 s: stable, so the backoff is back to 1 s
-    assert agent.restart_at == 101.0
-    assert len(runs(top)) == 3
-    for run in runs(top):  # the monitor's systemd socket is not the agent's
-        with open(os.path.join(top, "runs", run)) as f:
-            assert f.read() == "-"
-
-
-def test_a_running_agent_is_left_alone_and_stopped_with_the_monitor(
-    tmp_path: os.PathLike[str],
-) -> None:
-    top = str(tmp_path)
-    agent = agent_slot.Agent(stand_in_agent(top, "run"), lambda line: None)
-    for now in range(10):
-        agent.tick(float(now))
-    assert agent.starts == 1
-    process = agent.process
-    assert process is not None and process.poll() is None
-    assert (
-        agent.describe()
-        == f"agent {os.path.basename(sys.executable)} running (pid {process.pid}, start 1)"
-    )
-    agent.stop()
-    assert process.returncode == -15 and agent.process is None
-
-
-def test_an_agent_that_is_not_there_is_tried_again_later(tmp_path: os.PathLike[str]) -> None:
-    lines: list[str] = []
-    agent = agent_slot.Agent([os.path.join(str(tmp_path), "no-agent")], lines.append)
-    assert agent.tick(0.0) == 1.0 and agent.tick(1.0) == 3.0
-    assert agent.starts == 0 and "cannot start: No such file or directory" in lines[0]
+# -- the monitor with its agent ----------------------------------------------------------
 
 
 def test_the_monitor_keeps_its_agent_running(servers: Servers, tmp_path: os.PathLike[str]) -> None:
@@ -687,7 +508,7 @@ def test_the_monitor_keeps_its_agent_running(servers: Servers, tmp_path: os.Path
         real_sleep(seconds)
         time.sleep(0.005)  # let the real agent run and end
 
-    m.sleep = sleep
+    m.deps = dataclasses.replace(m.deps, sleep=sleep)
     deadline = time.monotonic() + 60
     m.run(stop=lambda: agent.starts >= 3 or time.monotonic() > deadline)
     assert agent.starts >= 3 and world.reboots == []
@@ -753,17 +574,3 @@ def test_the_monitor_runs_as_a_program(tmp_path: os.PathLike[str], servers: Serv
     # The agent went with the monitor.
     (pid,) = runs(top)
     assert not os.path.exists(f"/proc/{pid}")
-
-
-def test_the_env_files_pid1_writes_read_back_whole(tmp_path: Path) -> None:
-    """PID 1 quotes every value for the shell; the monitor reads the same values back."""
-    from initpy.runtime.etc import env_file
-
-    values = {
-        "BUILDOS_BUILDID_URL": "http://10.0.0.1/buildos/buildos-buildid?a=1&b=$(x)",
-        "INITPY_MONITOR_AGENT": "/usr/local/bin/agent --name 'build host'",
-        "INITPY_MONITOR_INTERVAL": "600",
-    }
-    path = tmp_path / "buildos.env"
-    path.write_text(env_file(values))
-    assert monitor.read_env_file(str(path)) == values

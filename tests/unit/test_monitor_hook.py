@@ -24,7 +24,7 @@ import tftpy
 
 from initpy.builder import cpio, mkinitrd
 from initpy.devtools.fake import FakeKernel, HandedOff
-from initpy.host import monitor as host_monitor
+from initpy.host import settings as host_settings
 from initpy.runtime import layout
 from tests.unit.conftest import HOOKS_DIR, hook_module, make_executable, read_report, run_boot
 from tests.unit.test_mkinitrd import fake_freezer, module_tree
@@ -88,11 +88,11 @@ def test_the_units_are_written_and_enabled_when_systemd_comes_next(
     assert "\nUnit=initpy-reboot.service\n" in path_unit
     assert "\nExecStart=/bin/systemctl reboot\n" in read(kernel, f"{UNITS}/initpy-reboot.service")
     # What the monitor will read is what the command line said.
-    settings, problems = host_monitor.load_settings(
+    settings, problems = host_settings.load_settings(
         kernel.path(layout.BUILDOS_ENV), kernel.path(layout.MONITOR_ENV)
     )
     assert problems == []
-    assert settings == host_monitor.Settings(
+    assert settings == host_settings.Settings(
         "tftp://10.0.2.2/buildos/buildos-buildid",
         "admin@example.org",
         30.0,

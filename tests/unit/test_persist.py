@@ -20,9 +20,10 @@ import pytest
 
 from hooks import persist
 from initpy.devtools.fake import FakeKernel, HandedOff
-from initpy.runtime.kernel import Kernel
+from initpy.devtools.walk import fake_ssh_keygen
+from initpy.runtime.kernel import Completed, Kernel
 from tests.unit.conftest import make_executable, read_report
-from tests.unit.test_storage_hook import boot, fake_ssh_keygen, standard_disks
+from tests.unit.storage_boot import boot, commands_run, next_boot, standard_disks
 
 SEED = persist.SEED_PATH
 KEYS = [f"ssh_host_{kind}_key{end}" for kind in persist.HOST_KEY_TYPES for end in ("", ".pub")]
@@ -46,17 +47,6 @@ def assert_handed_off_with_host_keys(k: FakeKernel) -> None:
     assert read_report(k)["outcome"] == "handoff"
     for name in KEYS:
         assert os.path.getsize(k.path(f"/etc/ssh/{name}")) > 0, name
-
-
-def next_boot(k: FakeKernel) -> FakeKernel:
-    """The same disks and /state (the fake root), a fresh RAM root otherwise."""
-    second = FakeKernel(root=k.root)
-    make_executable(second, "/sbin/init")
-    second.commands["ssh-keygen"] = fake_ssh_keygen(second)
-    second.block_devices = k.block_devices
-    with open(second.path("/proc/self/mounts"), "w") as f:
-        f.write("rootfs / rootfs rw 0 0\n")
-    return second
 
 
 def leftovers(k: FakeKernel) -> list[str]:
@@ -314,3 +304,90 @@ def test_a_joinable_daemon_is_joined_not_reaped(tmp_path: os.PathLike[str]) -> N
     assert k.join_daemon(pid) == 0
     assert k.join_daemon(failing) == 1
     assert open(out).read() == "done"
+
+
+# -- /state: seed and host keys ------------------------------------------------------------------
+
+
+def _state_files(k: FakeKernel) -> dict[str, bytes]:
+    found = {}
+    top = k.path("/state")
+    for folder, _, files in os.walk(top):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, top)] = f.read()
+    return found
+
+
+def test_first_boot_generates_keys_and_a_seed_second_boot_restores(k: FakeKernel) -> None:
+    boot(k)
+    first = _state_files(k)
+    keys = {n for n in first if n.startswith("initpy/ssh/")}
+    assert keys == {
+        f"initpy/ssh/ssh_host_{t}_key{e}" for t in ("ed25519", "ecdsa", "rsa") for e in ("", ".pub")
+    }
+    for name in keys:
+        assert os.stat(k.path(f"/state/{name}")).st_mode & 0o777 == 0o600
+    assert os.stat(k.path("/etc/ssh/ssh_host_ed25519_key")).st_mode & 0o777 == 0o600
+    assert os.stat(k.path("/etc/ssh/ssh_host_ed25519_key.pub")).st_mode & 0o777 == 0o644
+    assert len(first["initpy/random-seed"]) == 512
+    assert not os.path.exists(k.path("/dev/urandom"))  # nothing saved yet to feed
+    assert len([argv for argv in commands_run(k) if argv[0] == "ssh-keygen"]) == 3
+
+    second = next_boot(k)
+    boot(second)
+    again = _state_files(second)
+    assert [argv for argv in commands_run(second) if argv[0] == "ssh-keygen"] == []
+    assert {n: again[n] for n in keys} == {n: first[n] for n in keys}
+    with open(second.path("/dev/urandom"), "rb") as f:
+        assert f.read() == first["initpy/random-seed"]  # the old seed fed to the kernel
+    assert again["initpy/random-seed"] != first["initpy/random-seed"]
+    with open(second.path("/etc/ssh/ssh_host_rsa_key"), "rb") as f:
+        assert f.read() == first["initpy/ssh/ssh_host_rsa_key"]
+    assert "host keys: restored ed25519, ecdsa, rsa" in " ".join(second.console_lines)
+
+
+def test_every_write_to_state_is_atomic_and_only_in_its_own_folder(k: FakeKernel) -> None:
+    os.makedirs(k.path("/state/precious"), exist_ok=True)
+    with open(k.path("/state/precious/data"), "w") as f:
+        f.write("the operator's\n")
+    os.makedirs(k.path("/build/machines/vm1"), exist_ok=True)
+    with open(k.path("/build/machines/vm1/disk.img"), "w") as f:
+        f.write("a machine\n")
+    before = _state_files(k)
+    boot(k)
+    after = _state_files(k)
+    assert after["precious/data"] == before["precious/data"]
+    assert all(n.startswith("initpy/") for n in set(after) - set(before))
+    atomic = {c[1] for c in k.syscalls("write_atomic")}
+    for name in set(after) - set(before):
+        assert f"/state/{name}" in atomic
+    with open(k.path("/build/machines/vm1/disk.img")) as f:
+        assert f.read() == "a machine\n"
+    assert not any(str(c[1]).startswith("/build/machines") for c in k.syscalls("chown"))
+    # No mkfs, wipefs or rm was ever run.
+    assert not [argv for argv in commands_run(k) if argv[0] != "ssh-keygen"]
+
+
+def test_a_half_saved_key_pair_is_completed_not_replaced(k: FakeKernel) -> None:
+    os.makedirs(k.path("/state/initpy/ssh"))
+    private = "-----BEGIN OPENSSH PRIVATE KEY-----\nold\n-----END OPENSSH PRIVATE KEY-----\n"
+    for suffix, text in (("", private), (".pub", "ssh-ed25519 OLD\n")):
+        with open(k.path(f"/state/initpy/ssh/ssh_host_ed25519_key{suffix}"), "w") as f:
+            f.write(text)
+    boot(k)
+    generated = [a[a.index("-t") + 1] for a in commands_run(k) if a[0] == "ssh-keygen"]
+    assert generated == ["ecdsa", "rsa"]
+    with open(k.path("/etc/ssh/ssh_host_ed25519_key.pub")) as f:
+        assert f.read() == "ssh-ed25519 OLD\n"
+
+
+def test_a_failing_ssh_keygen_is_a_warning_not_a_rescue(k: FakeKernel) -> None:
+    k.commands["ssh-keygen"] = Completed(("ssh-keygen",), 127, "", "not found")
+    assert isinstance(boot(k), HandedOff)
+    assert any(
+        "warning: host_keys: cannot generate the rsa key" in line for line in k.console_lines
+    )
+    assert "host keys: FAILED ed25519, ecdsa, rsa" in "\n".join(k.console_lines)
+    assert os.path.exists(k.path("/state/initpy/random-seed"))

@@ -2,7 +2,7 @@
 
 The services hook registers `mail_rescue` (Hook.on_rescue); the init speaks
 SMTP through the fake kernel's `connect_tcp`, which the test routes to a
-real SMTP sink on 127.0.0.1 (tests/smtp_sink.py).
+real SMTP sink on 127.0.0.1 (tests/harness/smtp_sink.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from initpy.runtime.driver import Boot
 from initpy.runtime.hook import BootContext, BootFailure, Hook, Milestone, State, build_registry
 from initpy.runtime.kernel import Halted
 from initpy.runtime.report import Report
-from tests.smtp_sink import SmtpSink
+from tests.harness.smtp_sink import SmtpSink
 from tests.unit.conftest import hook_module
 
 RELAY = "relay.example.org:2525"

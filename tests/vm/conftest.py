@@ -34,8 +34,9 @@ from pathlib import Path
 
 import pytest
 
-from . import qemu
-from .scenario import GUEST_PATH, GUEST_PROGRAM, BootArgs, full_boot_args
+from tests.harness import qemu
+from tests.harness.qemu import BootArgs
+from tests.harness.scenario import GUEST_PATH, GUEST_PROGRAM, full_boot_args
 
 # Builds and boots are slow under TCG; these bound a hang, not a speed.
 BUILD_TIMEOUT = 900
@@ -190,7 +191,7 @@ def vm_initrd(vm_kernel: KernelFiles, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="session")
 def vm_rootfs(vm_kernel: KernelFiles) -> Path:
-    from .fullos import build_tree
+    from tests.harness.fullos import build_tree
 
     try:
         return build_tree(vm_kernel.modules)
@@ -202,7 +203,7 @@ def vm_rootfs(vm_kernel: KernelFiles) -> Path:
 def vm_full_image(
     vm_kernel: KernelFiles, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> InitrdFiles:
-    from .fullos import build_image
+    from tests.harness.fullos import build_image
 
     prebuilt = os.environ.get("INITPY_VM_FULL_IMAGE")
     if prebuilt:
@@ -225,16 +226,7 @@ def boot_vm(vm_initrd: InitrdFiles, request: pytest.FixtureRequest) -> BootVm:
 
     @contextlib.contextmanager
     def boot(args: BootArgs) -> Iterator[qemu.Vm]:
-        with qemu.boot(
-            vm_initrd.image,
-            vm_initrd.initrd,
-            " ".join(args.append),
-            disks=args.disks,
-            nics=args.nics,
-            extra=args.extra,
-            memory=args.memory,
-            name=request.node.name,
-        ) as vm:
+        with qemu.boot(vm_initrd.image, vm_initrd.initrd, args, name=request.node.name) as vm:
             yield vm
 
     return boot

@@ -20,11 +20,12 @@ import pytest
 
 from initpy.runtime.driver import load_registry
 from initpy.runtime.hook import HANDOFF
+from tests.harness import qemu
+from tests.harness.guest_output import key_values, read_sections, report
+from tests.harness.qemu import BootArgs
+from tests.harness.scenario import GUEST_PATH
 
-from . import qemu
 from .conftest import BootVm
-from .guest_output import key_values, read_sections, report
-from .scenario import GUEST_PATH, BootArgs
 
 pytestmark = pytest.mark.vm
 

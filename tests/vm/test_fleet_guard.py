@@ -5,7 +5,7 @@
    disk): the fourth stays in rescue, with the history on the console.
 5. A rescue after the network is up mails its report to the test's SMTP
    sink, reached through QEMU's guestfwd (one sink process per connection,
-   tests/smtp_sink.py, writing each message to a folder).
+   tests/harness/smtp_sink.py, writing each message to a folder).
 
 Both use the standard test initrd and its cheapest failures: no NIC (find_nics
 fails after /state is mounted) for 4, an initpy.exec that does not exist (the
@@ -16,24 +16,22 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import time
-from email import message_from_bytes
-from email.policy import default
 from pathlib import Path
 
 import pytest
 
+from tests.harness import smtp_sink
+from tests.harness.disks import state_and_machines
+from tests.harness.qemu import BootArgs, Nic
+from tests.harness.scenario import FULL_BOOT_MAC, full_boot_args
+
 from .conftest import BootVm
-from .disks import state_and_machines
-from .qemu import Nic
-from .scenario import FULL_BOOT_MAC, BootArgs, full_boot_args
 
 pytestmark = pytest.mark.vm
 
 BOOT_TIMEOUT = 240
 SHELL_TIMEOUT = 60
-SINK = Path(__file__).resolve().parents[1] / "smtp_sink.py"
 ADMIN = "admin@example.org"
 
 
@@ -77,10 +75,8 @@ def test_a_rescue_after_the_network_mails_its_report(boot_vm: BootVm, tmp_path: 
     args = full_boot_args(tmp_path, exec_path="/nonexistent")
     # The relay is an address on QEMU's user network; guestfwd runs one
     # sink process per connection (restrict=on leaves explicit forwards be).
-    relay = "10.0.2.100"
-    forward = f"guestfwd=tcp:{relay}:25-cmd:{sys.executable} {SINK} {inbox}"
-    assert "," not in forward, "a comma would end QEMU's option"
-    args.nics = [Nic.user("net0", mac=FULL_BOOT_MAC, options=forward)]
+    relay = smtp_sink.SINK_ADDRESS
+    args.nics = [Nic.user("net0", mac=FULL_BOOT_MAC, options=smtp_sink.guestfwd(inbox))]
     args.append += [
         "initpy.rescue=reboot",
         f"buildos.smtp_relay={relay}",
@@ -99,10 +95,9 @@ def test_a_rescue_after_the_network_mails_its_report(boot_vm: BootVm, tmp_path: 
         vm.expect(r"reboot: Restarting system", SHELL_TIMEOUT)
         assert vm.wait_exit(SHELL_TIMEOUT) == 0
     deadline = time.monotonic() + 10
-    while not list(inbox.glob("*.eml")) and time.monotonic() < deadline:
+    while not smtp_sink.read_mail(inbox) and time.monotonic() < deadline:
         time.sleep(0.2)
-    (received,) = list(inbox.glob("*.eml"))
-    message = message_from_bytes(received.read_bytes(), policy=default)
+    (message,) = smtp_sink.read_mail(inbox)
     assert message["To"] == ADMIN
     assert "hand-off failed" in str(message["Subject"])
     attached = next(p for p in message.walk() if p.get_filename() == "report.json")

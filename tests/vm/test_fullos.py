@@ -29,9 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from . import qemu, smtpsink
-from .conftest import InitrdFiles
-from .fullos import (
+from tests.harness import qemu, smtp_sink
+from tests.harness.fullos import (
     ADMIN,
     BOOT_TIMEOUT,
     HOSTNAME,
@@ -42,7 +41,9 @@ from .fullos import (
     make_key,
     wait_for_mail,
 )
-from .scenario import BootArgs
+from tests.harness.qemu import BootArgs
+
+from .conftest import InitrdFiles
 
 pytestmark = pytest.mark.vm
 
@@ -84,15 +85,7 @@ def boot_full(image: InitrdFiles, workdir: Path, name: str, disks: list[str] | N
     stack = contextlib.ExitStack()
     try:
         vm = stack.enter_context(
-            qemu.boot(
-                image.image,
-                image.initrd,
-                " ".join([*args.append, "initpy.debug"]),
-                disks=args.disks,
-                nics=args.nics,
-                memory=args.memory,
-                name=name,
-            )
+            qemu.boot(image.image, image.initrd, args.plus(append=["initpy.debug"]), name=name)
         )
         ready = vm.expect(READY, BOOT_TIMEOUT, fail_on=r"initpy: rescue: .*")
         ssh = Ssh(port, key)
@@ -235,7 +228,7 @@ cat /run/fetched.txt
 
 def test_4_a_namespace_on_br1_gets_a_lease_nat_and_tftp(host1: Host) -> None:
     token = f"tftp-{secrets.token_hex(6)}"
-    script = GUEST_BR1_SCRIPT.replace("SINK", smtpsink.SINK_ADDRESS).replace("TOKEN", token)
+    script = GUEST_BR1_SCRIPT.replace("SINK", smtp_sink.SINK_ADDRESS).replace("TOKEN", token)
     out = host1.ssh.run("sh -s", stdin=script, timeout=180).stdout
     lease, sink, tftp = out.split("==sink\n")[0], *out.split("==sink\n")[1].split("==tftp\n")
     match = re.search(r"^lease (172\.23\.\d+\.\d+)/16 router 172\.23\.0\.1$", lease, re.M)

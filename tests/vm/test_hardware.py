@@ -32,11 +32,12 @@ from pathlib import Path
 
 import pytest
 
-from . import disks, qemu
+from tests.harness import disks, qemu
+from tests.harness.guest_output import read_sections, report
+from tests.harness.qemu import Nic
+from tests.harness.scenario import GUEST_PATH
+
 from .conftest import InitrdFiles, KernelFiles, build_initrd
-from .guest_output import read_sections, report
-from .qemu import Nic
-from .scenario import GUEST_PATH
 
 pytestmark = pytest.mark.vm
 
@@ -115,10 +116,10 @@ def booted(
     words: Sequence[str] = (),
     nics: Sequence[Nic] = (),
 ) -> Iterator[qemu.Vm]:
-    append = " ".join([f"initpy.exec={GUEST_PATH}", "initpy.debug", *words])
-    with qemu.boot(
-        kernel.boot_image, initrd.initrd, append, nics=nics, extra=extra, name=name
-    ) as vm:
+    args = qemu.BootArgs(
+        [f"initpy.exec={GUEST_PATH}", "initpy.debug", *words], nics=list(nics), extra=list(extra)
+    )
+    with qemu.boot(kernel.boot_image, initrd.initrd, args, name=name) as vm:
         yield vm
 
 

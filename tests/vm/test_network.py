@@ -29,12 +29,12 @@ from typing import Any
 
 import pytest
 
-from . import qemu
+from tests.harness import qemu
+from tests.harness.guest_output import read_sections, report
+from tests.harness.netns import Netns, entered
+from tests.harness.qemu import BootArgs, Nic
+
 from .conftest import BootVm
-from .guest_output import read_sections, report
-from .netns import Netns, entered
-from .qemu import Nic
-from .scenario import BootArgs
 
 pytestmark = pytest.mark.vm
 

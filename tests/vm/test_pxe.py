@@ -36,11 +36,12 @@ from pathlib import Path
 
 import pytest
 
-from . import qemu, smtpsink
+from tests.harness import qemu, smtp_sink
+from tests.harness.disks import state_and_machines
+from tests.harness.fullos import ADMIN, READY, Ssh, build_image, free_port, make_key, wait_for_mail
+from tests.harness.scenario import FULL_BOOT_MAC
+
 from .conftest import InitrdFiles, KernelFiles, _initrd_files
-from .disks import state_and_machines
-from .fullos import ADMIN, READY, Ssh, build_image, free_port, make_key, wait_for_mail
-from .scenario import FULL_BOOT_MAC
 
 pytestmark = pytest.mark.vm
 
@@ -186,14 +187,14 @@ def host(
     said = pxe_layout(
         str(builds["A"].outdir), str(tftp),
         "--server", SERVER, "--mac", FULL_BOOT_MAC, "--timeout", "0",
-        "--smtp-relay", smtpsink.SINK_ADDRESS, "--admin-email", ADMIN,
+        "--smtp-relay", smtp_sink.SINK_ADDRESS, "--admin-email", ADMIN,
         "--ssh-key", f"@{key.with_suffix('.pub')}", "--agent", f"{AGENT} {AGENT_ARGS}",
         "--append", words,
     )  # fmt: skip
     assert f"buildos.buildid_url={BUILDID_URL}" in said, said
     port = free_port()
     options = f"hostname={HOSTNAME},tftp={tftp},bootfile=pxelinux.0,"
-    options += f"hostfwd=tcp:127.0.0.1:{port}-:22,{smtpsink.guestfwd(mail)}"
+    options += f"hostfwd=tcp:127.0.0.1:{port}-:22,{smtp_sink.guestfwd(mail)}"
     nic = qemu.Nic.user("net0", mac=FULL_BOOT_MAC, options=options)
     with qemu.network_boot(
         nics=[nic],
@@ -241,14 +242,14 @@ def test_1_the_full_image_pxe_boots_to_multi_user_with_the_append_line_in_effect
     assert out["cmdline"].endswith(" initrd=/buildos/buildos-initrd")
     parameters = json.loads(out["report"])["command_line"]["parameters"]
     public_key = host.ssh.key.with_suffix(".pub").read_text().strip()
-    assert parameters["buildos.smtp_relay"] == smtpsink.SINK_ADDRESS
+    assert parameters["buildos.smtp_relay"] == smtp_sink.SINK_ADDRESS
     assert parameters["buildos.admin_email"] == ADMIN
     assert parameters["buildos.buildid_url"] == BUILDID_URL
     assert parameters["buildos.ssh_key"] == public_key  # the quotes grouped it
     assert parameters["initpy.monitor.agent"] == f"{AGENT} {AGENT_ARGS}"  # and these
     assert json.loads(out["report"])["command_line"]["warnings"] == []
     assert out["hostname"] == HOSTNAME
-    assert smtpsink.SINK_ADDRESS in out["relay"], out["relay"]
+    assert smtp_sink.SINK_ADDRESS in out["relay"], out["relay"]
     assert f"BUILDOS_BUILDID_URL={BUILDID_URL}" in out["buildos_env"].splitlines()
     assert f"INITPY_MONITOR_INTERVAL={INTERVAL}" in out["monitor_env"].splitlines()
     assert json.loads(out["manifest"])["build_id"] == build_a

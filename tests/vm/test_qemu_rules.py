@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from . import qemu
+from tests.harness import qemu, qemu_rules
 
 
 def _argv(
@@ -24,7 +24,7 @@ def _argv(
     disks: Sequence[str] = (),
     extra: Sequence[str] = (),
 ) -> list[str]:
-    return qemu.qemu_argv(
+    return qemu_rules.qemu_argv(
         "vmlinuz",
         "initrd",
         "initpy.debug",
@@ -54,7 +54,7 @@ def test_accel_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_given_console_is_kept() -> None:
-    argv = qemu.qemu_argv("k", "i", "console=ttyS0,115200", serial="stdio", monitor_path="m")
+    argv = qemu_rules.qemu_argv("k", "i", "console=ttyS0,115200", serial="stdio", monitor_path="m")
     append = argv[argv.index("-append") + 1].split()
     assert [w for w in append if w.startswith("console=")] == ["console=ttyS0,115200"]
 
@@ -79,16 +79,18 @@ def test_allowed_nics_and_disks_become_arguments() -> None:
 def test_a_network_boot_takes_no_kernel_and_may_reboot(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("INITPY_QEMU_ACCEL", raising=False)
     nic = qemu.Nic.user("net0", mac="52:54:00:12:34:56", options="tftp=/srv/t,bootfile=pxelinux.0")
-    argv = qemu.qemu_argv(None, None, "", serial="stdio", monitor_path="m", nics=[nic], reboot=True)
+    argv = qemu_rules.qemu_argv(
+        None, None, "", serial="stdio", monitor_path="m", nics=[nic], reboot=True
+    )
     assert argv[argv.index("-boot") + 1] == "n"
-    assert argv[argv.index("-accel") + 1] == f"tcg,tb-size={qemu.REBOOT_TB_SIZE_MIB}"
+    assert argv[argv.index("-accel") + 1] == f"tcg,tb-size={qemu_rules.REBOOT_TB_SIZE_MIB}"
     assert not {"-kernel", "-initrd", "-append", "-no-reboot"} & set(argv)
     assert "user,id=net0,restrict=on,tftp=/srv/t,bootfile=pxelinux.0" in argv
     # The command line is the boot loader's to give, never a second one here.
     with pytest.raises(ValueError, match="boot loader"):
-        qemu.qemu_argv(None, None, "console=ttyS0", serial="stdio", monitor_path="m")
+        qemu_rules.qemu_argv(None, None, "console=ttyS0", serial="stdio", monitor_path="m")
     with pytest.raises(ValueError, match="boot loader"):
-        qemu.qemu_argv(None, "initrd", "", serial="stdio", monitor_path="m")
+        qemu_rules.qemu_argv(None, "initrd", "", serial="stdio", monitor_path="m")
 
 
 @pytest.mark.parametrize(

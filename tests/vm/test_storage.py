@@ -27,10 +27,12 @@ from pathlib import Path
 
 import pytest
 
-from . import disks, qemu
+from tests.harness import disks, qemu
+from tests.harness.guest_output import read_sections, report
+from tests.harness.qemu import BootArgs
+from tests.harness.scenario import GUEST_PATH, GUEST_PROGRAM
+
 from .conftest import BUILD_TIMEOUT, InitrdFiles, KernelFiles, _initrd_files, _run
-from .guest_output import read_sections, report
-from .scenario import GUEST_PATH, GUEST_PROGRAM, BootArgs
 
 pytestmark = pytest.mark.vm
 
@@ -77,12 +79,7 @@ def boot(storage_initrd: InitrdFiles, request: pytest.FixtureRequest) -> Boot:
             append=[f"initpy.exec={GUEST_PATH}", "initpy.debug", *words], disks=list(disk_paths)
         )
         with qemu.boot(
-            storage_initrd.image,
-            storage_initrd.initrd,
-            " ".join(args.append),
-            disks=args.disks,
-            memory=args.memory,
-            name=request.node.name,
+            storage_initrd.image, storage_initrd.initrd, args, name=request.node.name
         ) as vm:
             yield vm
 

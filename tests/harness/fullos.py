@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 
-from . import smtpsink
+from . import smtp_sink
 from .disks import state_and_machines
-from .qemu import REPO, Nic
-from .scenario import FULL_BOOT_MAC, BootArgs
+from .qemu import REPO
+from .qemu_rules import BootArgs, Nic
+from .scenario import FULL_BOOT_MAC
 
 TEST_COMPRESS = "zstd:3"
 ADMIN = "admin@example.org"
@@ -109,12 +110,12 @@ def full_os_args(
 ) -> BootArgs:
     """The full image's boot: state and machines disks, SSH and the SMTP sink."""
     forwards = f"hostname={HOSTNAME},hostfwd=tcp:127.0.0.1:{ssh_port}-:22,"
-    forwards += smtpsink.guestfwd(mail_folder)
+    forwards += smtp_sink.guestfwd(mail_folder)
     args = BootArgs(memory=MEMORY)
     args.disks += disks if disks is not None else state_and_machines(workdir)
     args.nics.append(Nic.user("net0", mac=FULL_BOOT_MAC, options=forwards))
     args.append += [
-        f"buildos.smtp_relay={smtpsink.SINK_ADDRESS}",
+        f"buildos.smtp_relay={smtp_sink.SINK_ADDRESS}",
         f"buildos.admin_email={ADMIN}",
         f'buildos.ssh_key="{public_key}"',
     ]
@@ -199,11 +200,13 @@ def wait_for_mail(
     """The sink's first message (or `index`-th, from 0) whose Subject has `subject_part`."""
     deadline = time.monotonic() + timeout
     while True:
-        found = [m for m in smtpsink.read_mail(folder) if subject_part in str(m.get("Subject", ""))]
+        found = [
+            m for m in smtp_sink.read_mail(folder) if subject_part in str(m.get("Subject", ""))
+        ]
         if len(found) > index:
             return found[index]
         if time.monotonic() > deadline:
-            seen = [str(m.get("Subject")) for m in smtpsink.read_mail(folder)]
+            seen = [str(m.get("Subject")) for m in smtp_sink.read_mail(folder)]
             raise AssertionError(f"no mail with {subject_part!r} in {timeout:g} s; got {seen}")
         time.sleep(2)
 

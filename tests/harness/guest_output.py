@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any
 
-from .qemu import Vm, VmError
+from .machine import Vm, VmError
 
 # The first marker may share its line with the firmware's terminal escapes
 # (with `quiet` nothing else comes before it), so it is not anchored.

@@ -8,26 +8,13 @@ scripts/demo and benchmarks/boot_time.py all boot with it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from .qemu import Nic
+from .qemu_rules import BootArgs, Nic
 
 GUEST_PROGRAM = Path(__file__).parent / "guest" / "vmcheck"
 GUEST_PATH = "/usr/bin/initpy-vmcheck"
 FULL_BOOT_MAC = "52:54:00:12:34:56"
-
-
-@dataclass
-class BootArgs:
-    """What one boot gets besides the kernel and initrd; extend, do not fork."""
-
-    append: list[str] = field(default_factory=list)
-    disks: list[str | Sequence[str]] = field(default_factory=list)
-    nics: list[Nic] = field(default_factory=list)
-    extra: list[str] = field(default_factory=list)
-    memory: int = 1024
 
 
 def full_boot_args(workdir: Path, exec_path: str = GUEST_PATH, host_keys: bool = True) -> BootArgs:

@@ -1,0 +1,70 @@
+"""The words of initpy-monitor's three mails to the admin: a new build, a failing URL, a recovery.
+
+Each function takes the facts and returns a whole message (initpy.host.mail
+builds the headers and hands it to the MTA); none of them reads the loop's
+state, so the loop in initpy.host.monitor only says what happened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from email.message import EmailMessage
+
+from initpy.host import mail as mailer
+
+
+@dataclass(frozen=True)
+class Sender:
+    """Who writes: the monitor's user on this host, to the admin (or root)."""
+
+    user: str
+    hostname: str
+    # Without buildos.admin_email root's mail stays on the host (or goes
+    # where the image's aliases say).
+    recipient: str
+
+
+def change(
+    sender: Sender, url: str | None, old_id: str, new_id: str, uptime: float
+) -> EmailMessage:
+    return mailer.message(
+        sender.user,
+        sender.recipient,
+        f"{sender.hostname}: new build {new_id[:12]}, rebooting",
+        f"The build id at {url} changed; {sender.hostname} reboots "
+        "onto the new build now.\n\n"
+        f"old build id: {old_id}\n"
+        f"new build id: {new_id}\n"
+        f"uptime:       {mailer.format_uptime(uptime)}\n",
+    )
+
+
+def failing(
+    sender: Sender,
+    url: str | None,
+    failing_for: float,
+    failures: int,
+    last_error: str,
+    running_id: str | None,
+) -> EmailMessage:
+    return mailer.message(
+        sender.user,
+        sender.recipient,
+        f"{sender.hostname}: build id URL failing for {mailer.format_uptime(failing_for)}",
+        f"{sender.hostname} cannot read its build id URL, so it cannot follow a new "
+        "build; it keeps running the build it has, and keeps trying.\n\n"
+        f"URL:          {url}\n"
+        f"failing for:  {mailer.format_uptime(failing_for)} ({failures} polls)\n"
+        f"last error:   {last_error}\n"
+        f"running:      {running_id}\n\n"
+        "No other mail about this comes until the URL has answered again.\n",
+    )
+
+
+def recovered(sender: Sender, url: str | None, failures: int) -> EmailMessage:
+    return mailer.message(
+        sender.user,
+        sender.recipient,
+        f"{sender.hostname}: build id URL answers again",
+        f"{url} answers again after {failures} failed polls.\n",
+    )

@@ -1,0 +1,109 @@
+"""What initpy-monitor is told: the env files PID 1 left, and the running image's build id.
+
+PID 1 parsed the kernel command line once (initpy.runtime.cmdline: the
+kernel's quoting rules, checked values, warnings in the boot report) and
+left the values in two files, which the monitor reads and nothing else:
+`buildos.env` (hooks/services.py: `BUILDOS_BUILDID_URL`,
+`BUILDOS_ADMIN_EMAIL`) and `monitor.env` (hooks/monitor.py:
+`INITPY_MONITOR_INTERVAL`, `INITPY_MONITOR_AGENT`). Reading /proc/cmdline
+again would be a second parser that could disagree with the first. Each
+line is `KEY=VALUE`, the value verbatim.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from initpy.host.fetch import parse_build_id
+from initpy.runtime import layout
+
+# The files PID 1 writes (hooks/services.py, hooks/monitor.py).
+BUILDOS_ENV = layout.BUILDOS_ENV
+MONITOR_ENV = layout.MONITOR_ENV
+DEFAULT_INTERVAL = 600.0
+MIN_INTERVAL = 1.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What PID 1 left for the monitor."""
+
+    buildid_url: str | None = None
+    admin_email: str | None = None
+    interval: float = DEFAULT_INTERVAL
+    agent: tuple[str, ...] = ()
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """`KEY=VALUE` lines, each value unquoted as a shell would; a missing file is empty.
+
+    PID 1 writes them with initpy.runtime.etc.env_file (shlex-quoted).
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return {}
+    found = {}
+    for line in lines:
+        key, sep, value = line.partition("=")
+        if sep and key.strip() and not key.lstrip().startswith("#"):
+            try:
+                words = shlex.split(value)
+            except ValueError:  # unbalanced quotes: not ours; keep it as written
+                words = [value]
+            found[key.strip()] = words[0] if len(words) == 1 else value
+    return found
+
+
+def load_settings(
+    buildos_env: str = BUILDOS_ENV, monitor_env: str = MONITOR_ENV
+) -> tuple[Settings, list[str]]:
+    """The settings, and the problems found in them (each already defaulted)."""
+    buildos, own = read_env_file(buildos_env), read_env_file(monitor_env)
+    problems = []
+    interval = DEFAULT_INTERVAL
+    raw = own.get("INITPY_MONITOR_INTERVAL")
+    if raw:
+        try:
+            interval = float(raw)
+            if not interval >= MIN_INTERVAL:
+                raise ValueError
+        except ValueError:
+            interval = DEFAULT_INTERVAL
+            problems.append(
+                f"{monitor_env}: INITPY_MONITOR_INTERVAL={raw!r} is not a number of seconds "
+                f">= {MIN_INTERVAL:g}; using {DEFAULT_INTERVAL:g}"
+            )
+    agent: tuple[str, ...] = ()
+    raw = own.get("INITPY_MONITOR_AGENT")
+    if raw:
+        try:
+            agent = tuple(shlex.split(raw))
+        except ValueError as exc:
+            problems.append(f"{monitor_env}: INITPY_MONITOR_AGENT={raw!r}: {exc}; no agent")
+    return (
+        Settings(
+            buildid_url=buildos.get("BUILDOS_BUILDID_URL") or None,
+            admin_email=buildos.get("BUILDOS_ADMIN_EMAIL") or None,
+            interval=interval,
+            agent=agent,
+        ),
+        problems,
+    )
+
+
+def running_build_id(manifest: str = layout.MANIFEST) -> tuple[str | None, str]:
+    """The running image's build id from its manifest, or None and why not."""
+    try:
+        with open(manifest, encoding="utf-8") as f:
+            build_id = layout.Manifest.from_json(f.read()).build_id
+    except OSError as exc:
+        return None, f"{manifest}: {exc.strerror or exc}"
+    except layout.ManifestError as exc:
+        return None, f"{manifest}: {exc}"
+    try:
+        return parse_build_id(build_id.encode()), ""
+    except ValueError as exc:
+        return None, f"{manifest}: build_id {exc}"

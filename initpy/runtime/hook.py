@@ -435,16 +435,23 @@ def load_hook(folder: str, entry: str) -> Hook:
     return hook
 
 
-def discover(folders: Sequence[str]) -> dict[str, Hook]:
-    """Every hook in the folders, by name; a later folder overrides an earlier."""
-    found: dict[str, Hook] = {}
+def discover_with_paths(folders: Sequence[str]) -> dict[str, tuple[Hook, str]]:
+    """Every hook in the folders, by name, with the .py file or the folder
+    that defines it (what mkinitrd packs); a later folder overrides an earlier."""
+    found: dict[str, tuple[Hook, str]] = {}
     for folder in folders:
         if not os.path.isdir(folder):
             continue
         for entry in hook_entries(folder):
             hook = load_hook(folder, entry)
-            found[hook.name] = hook
+            path = os.path.join(folder, entry)
+            found[hook.name] = (hook, path if os.path.isdir(path) else f"{path}.py")
     return found
+
+
+def discover(folders: Sequence[str]) -> dict[str, Hook]:
+    """Every hook in the folders, by name; a later folder overrides an earlier."""
+    return {name: hook for name, (hook, _path) in discover_with_paths(folders).items()}
 
 
 def select(found: Mapping[str, Hook], names: Sequence[str] | None) -> list[Hook]:

@@ -8,6 +8,7 @@ reproducibility of the archive without PyInstaller's ten seconds.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -16,8 +17,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from initpy.builder import cpio, elf, freeze, kmod, mkinitrd
+from initpy.builder import cpio, elf, freeze, hooks, mkinitrd, mkinitrd_cli
 from initpy.builder.command import BuildError
+from initpy.builder.drivers import Drivers
 from initpy.runtime import layout
 
 pytestmark = pytest.mark.skipif(
@@ -161,7 +163,7 @@ def test_layout_of_the_initrd(setup: dict[str, str]) -> None:
     assert ls.rpath == (freeze.PRIVATE_LIB_DIR,)
     assert "usr/lib/initpy/lib/libc.so.6" in files
     assert "usr/lib/initpy/lib/ld-linux-x86-64.so.2" in files
-    assert read(result.buildid).decode().strip().isalnum()
+    assert re.fullmatch(r"[0-9a-f]{64}\n", read(result.buildid).decode())
 
 
 def test_two_builds_are_byte_identical_and_buildid_follows_content(setup: dict[str, str]) -> None:
@@ -261,11 +263,10 @@ def test_missing_include_is_an_error(setup: dict[str, str]) -> None:
 def test_the_command_line_writes_the_three_files(
     setup: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(freeze, "freeze", fake_freezer(setup["top"]))
-    monkeypatch.setattr(mkinitrd, "build", _build_with(setup))
+    given = _build_with(setup, monkeypatch)
     out = os.path.join(setup["top"], "cli")
     assert (
-        mkinitrd.main(
+        mkinitrd_cli.main(
             [
                 "--kernel",
                 setup["kernel"],
@@ -282,35 +283,52 @@ def test_the_command_line_writes_the_three_files(
         == 0
     )
     assert sorted(os.listdir(out)) == ["buildos-buildid", "buildos-image", "buildos-initrd"]
-    assert read(os.path.join(out, "buildos-initrd")).startswith(b"070701")
+    initrd = read(os.path.join(out, "buildos-initrd"))
+    assert initrd.startswith(b"070701")
+    # The command line's values reached the build, the table's defaults the rest.
+    (options,) = given
+    assert (options.outdir, options.compress, options.hook_dirs) == (
+        out,
+        mkinitrd.Compression.NONE,
+        (setup["hooks"],),
+    )
+    assert options.drivers == Drivers.GENERIC and options.includes == ()
+    # ...and it built with the stand-in freezer, not PyInstaller.
+    frozen = {m.path: m for m in cpio.read_newc(initrd)}["usr/lib/initpy/frozen/initpy"]
+    assert frozen.data == b"#!/bin/sh\necho frozen\n"
 
 
 def test_the_command_line_takes_a_compression_level(
     setup: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(freeze, "freeze", fake_freezer(setup["top"]))
-    monkeypatch.setattr(mkinitrd, "build", _build_with(setup))
+    given = _build_with(setup, monkeypatch)
     base = ["--kernel", setup["kernel"], "--modules", setup["modules"]]
     base += ["--hooks-dir", setup["hooks"], "--no-cache"]
     fast = os.path.join(setup["top"], "fast")
-    assert mkinitrd.main([*base, "-o", fast, "--compress", "gzip:1"]) == 0
+    assert mkinitrd_cli.main([*base, "-o", fast, "--compress", "gzip:1"]) == 0
+    assert (given[0].compress, given[0].compress_level, given[0].no_cache) == ("gzip", 1, True)
     packed = read(os.path.join(fast, "buildos-initrd"))
     assert packed.startswith(b"\x1f\x8b")
     assert cpio.decompress(packed).startswith(b"070701")
     with pytest.raises(SystemExit) as exit_info:
-        mkinitrd.main([*base, "-o", fast, "--compress", "zstd:20"])
+        mkinitrd_cli.main([*base, "-o", fast, "--compress", "zstd:20"])
     assert exit_info.value.code == 2
     assert "zstd's level is 1 to 19" in capsys.readouterr().err
 
 
-def _build_with(setup: dict[str, str]) -> object:
+def _build_with(setup: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> list[mkinitrd.Options]:
+    """The command's build, with the stand-in freezer and only the test's hooks
+    (the command has no switch for either); returns the Options it was given."""
     real = mkinitrd.build
+    given: list[mkinitrd.Options] = []
 
-    def fake(options: mkinitrd.Options, **kwargs: object) -> mkinitrd.BuildResult:
+    def build(options: mkinitrd.Options, **kwargs: object) -> mkinitrd.BuildResult:
+        given.append(options)
         options = mkinitrd.Options(**{**options.__dict__, "base_hooks_dir": None})
         return real(options, freezer=fake_freezer(setup["top"]))
 
-    return fake
+    monkeypatch.setattr(mkinitrd, "build", build)
+    return given
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -334,9 +352,7 @@ def test_the_initrd_freezes_the_runtime_and_nothing_else_of_initpy() -> None:
     """The frozen init's module archive, listed: no builder, dev tool or hook in it."""
     from PyInstaller.archive.readers import CArchiveReader
 
-    hooks_dir = mkinitrd.repo_hooks_dir()
-    files = mkinitrd.hook_files([hooks_dir])
-    frozen = freeze.freeze([f for path in files.values() for f in mkinitrd.hook_sources(path)])
+    frozen = freeze.freeze(hooks.choose([hooks.default_hooks_dir()], None).sources())
     archive = CArchiveReader(os.path.join(frozen.tree, "frozen", "initpy"))
     modules = set(archive.open_embedded_archive("PYZ.pyz").toc)
     ours = sorted(m for m in modules if m.split(".")[0] in ("initpy", "hooks"))
@@ -481,7 +497,7 @@ def test_drivers_the_index_and_firmware_go_into_the_initrd(setup: dict[str, str]
         setup,
         "out",
         modules=modules,
-        drivers=kmod.Drivers.NONE,
+        drivers=Drivers.NONE,
         extra_drivers=("e1000",),
         firmware_dir=firmware,
     )
@@ -500,7 +516,7 @@ def test_drivers_the_index_and_firmware_go_into_the_initrd(setup: dict[str, str]
         setup,
         "again",
         modules=modules,
-        drivers=kmod.Drivers.NONE,
+        drivers=Drivers.NONE,
         extra_drivers=("e1000",),
         firmware_dir=firmware,
     )

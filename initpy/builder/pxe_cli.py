@@ -34,8 +34,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(("OUTDIR",), "outdir", "mkinitrd's output folder", "OUTDIR"),
     Setting(("TFTPDIR",), "tftp_dir", "the TFTP server's root folder", "TFTPDIR"),
     Setting(("--mac",), "mac",
-            "a host's MAC: write pxelinux.cfg/01-<mac> for it instead of pxelinux.cfg/default, "
-            "for every host", "MAC", repeatable=True),
+            "a host's MAC: write pxelinux.cfg/01-<mac> for it", "MAC", repeatable=True,
+            shown_default="pxelinux.cfg/default, for every host"),
     Setting(("--buildid-url",), "buildid_url", "buildos.buildid_url", "URL",
             exclusive="buildid_url"),
     Setting(("--server",), "server",

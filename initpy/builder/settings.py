@@ -84,7 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser, settings: Sequence[Setting]) 
     for setting in settings:
         target: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup = parser
         if setting.exclusive:
-            target = groups.setdefault(setting.exclusive, parser.add_mutually_exclusive_group())
+            if setting.exclusive not in groups:
+                groups[setting.exclusive] = parser.add_mutually_exclusive_group()
+            target = groups[setting.exclusive]
         kwargs: dict[str, Any] = {"help": _help(setting)}
         if setting.switch:
             kwargs["action"] = "store_true"
@@ -158,8 +160,6 @@ def docs_table(settings: Sequence[Setting]) -> str:
         )
         if setting.repeatable:
             flags += " (repeatable)"
-        meaning = setting.help.replace("|", "\\|")
-        if setting.choices:
-            meaning += " (" + ", ".join(f"`{c}`" for c in setting.choices) + ")"
-        rows.append(f"| {flags} | {_shown_default(setting)} | {meaning} |")
+        cells = (flags, _shown_default(setting), setting.help)
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows) + "\n"

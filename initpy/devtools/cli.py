@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from initpy import cli
 from initpy.builder.hooks import default_hooks_dir
+from initpy.runtime.hook import hooks_package
 
 PROG = "initpy"
 
@@ -68,6 +69,9 @@ def run(args: Sequence[str]) -> int:
 
         print(parameters_table(folders, names), end="")
         return 0
+    # The fake machine imports the hooks' helpers as the package `hooks`, as
+    # the boot does; an installed initpy has them in initpy/hooks, off sys.path.
+    hooks_package(default_hooks_dir())
     from initpy.devtools.walk import walk
 
     return walk(ns.cmdline, folders, names, ns.root)

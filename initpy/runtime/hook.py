@@ -359,13 +359,14 @@ def build_registry(selected: Sequence[Hook], known: Iterable[Hook] = ()) -> Regi
     return Registry(tuple(selected), (*CORE_STATES, *order, HANDOFF))
 
 
-def _package_for(folder: str) -> str:
+def hooks_package(folder: str) -> str:
     """The import package a hooks folder is loaded as.
 
     A folder named `hooks` is the package `hooks` (the repository's, and
     the initrd's /usr/lib/initpy/hooks), so that tests import its helpers
     by that name and get the same modules as the boot; any other folder
     gets a package of its own. Hook files import their helpers relatively.
+    The package is registered in sys.modules when new.
     """
     folder = os.path.realpath(folder)
     base = os.path.basename(folder)
@@ -416,7 +417,7 @@ def load_hook(folder: str, entry: str) -> Hook:
     builder or a test that rewrites a hook in the same process). A first
     import looks at no file times: PID 1 imports each hook once.
     """
-    name = f"{_package_for(folder)}.{entry}"
+    name = f"{hooks_package(folder)}.{entry}"
     loaded = sys.modules.get(name)
     # A module imported by name (a test's `from hooks import network`) is taken as it is.
     since = getattr(loaded, "__initpy_imported_ns__", None)

@@ -17,9 +17,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from initpy.builder import cpio, elf, freeze, hooks, mkinitrd, mkinitrd_cli
+from initpy.builder import cpio, elf, freeze, hooks, mkinitrd, mkinitrd_cli, settings
 from initpy.builder.command import BuildError
 from initpy.builder.drivers import Drivers
+from initpy.builder.options import SETTINGS
 from initpy.runtime import layout
 
 pytestmark = pytest.mark.skipif(
@@ -314,6 +315,47 @@ def test_the_command_line_takes_a_compression_level(
         mkinitrd_cli.main([*base, "-o", fast, "--compress", "zstd:20"])
     assert exit_info.value.code == 2
     assert "zstd's level is 1 to 19" in capsys.readouterr().err
+
+
+def test_an_unwritable_output_folder_is_one_error_and_one_hint(
+    setup: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _build_with(setup, monkeypatch)
+    argv = ["--kernel", setup["kernel"], "--modules", setup["modules"], "-o", "/proc/nope"]
+    assert mkinitrd_cli.main([*argv, "--hooks-dir", setup["hooks"]]) == 1
+    assert capsys.readouterr().err.splitlines()[-2:] == [
+        "mkinitrd: error: cannot write /proc/nope: No such file or directory",
+        "mkinitrd: hint: give -o a folder you may write to (-o /proc/nope was given)",
+    ]
+    assert mkinitrd_cli.main([*argv, "--hooks-dir", setup["hooks"], "--debug"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last):" in err and "os.makedirs" in err
+
+
+def test_the_docs_show_the_options_table() -> None:
+    """docs/builder.md's table is the one the settings generate."""
+    assert docs_section("mkinitrd options") == settings.docs_table(SETTINGS)
+
+
+def test_options_take_their_defaults_from_the_table() -> None:
+    options = mkinitrd.Options(kernel="k", modules="m", outdir="o")
+    parsed = mkinitrd_cli.parser().parse_args(["--kernel", "k", "--modules", "m", "-o", "o"])
+    from_table = mkinitrd.Options(**settings.values(parsed, SETTINGS))  # type: ignore[arg-type]
+    assert from_table == options
+    assert (options.compress, options.compress_level) == (mkinitrd.Compression.LZ4, None)
+    assert (options.drivers, options.firmware_dir) == (Drivers.GENERIC, "/lib/firmware")
+    # Every field a setting names is a field of Options.
+    fields = set(mkinitrd.Options.__dataclass_fields__)
+    named = {f for s in SETTINGS if s.option for f in s.default_value()}
+    assert named <= fields, named - fields
+
+
+def docs_section(name: str) -> str:
+    with open(os.path.join(REPO, "docs", "builder.md")) as f:
+        text = f.read()
+    start = text.index(f"<!-- {name}: generated")
+    start = text.index("\n", start) + 1
+    return text[start : text.index(f"<!-- end of {name} -->")]
 
 
 def _build_with(setup: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> list[mkinitrd.Options]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from initpy.builder import command, cpio, pxe, pxe_cli
+from initpy.builder import command, cpio, pxe, pxe_cli, settings
 from initpy.builder.command import BuildError
 from initpy.builder.hooks import default_hooks_dir
 from initpy.runtime import cmdline
@@ -276,3 +276,10 @@ def test_an_lz4_initrd_travels_as_zstd_with_the_same_archives(
     pxe.install_build(str(out), str(tmp_path / "kept"), repack=False)
     kept = (tmp_path / "kept" / "buildos" / "buildos-initrd").read_bytes()
     assert kept == (out / "buildos-initrd").read_bytes()
+
+
+def test_the_docs_show_the_options_table() -> None:
+    """docs/builder.md's pxe-layout table is the one the settings generate."""
+    from tests.unit.test_mkinitrd import docs_section
+
+    assert docs_section("pxe-layout options") == settings.docs_table(pxe_cli.SETTINGS)

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+from initpy import cli
+
 # A setting's parsed value -> the fields it sets (when not just {dest: value}).
 Fields = Callable[[Any], Mapping[str, object]]
 
@@ -61,7 +63,7 @@ class Setting:
 
 
 DEBUG = Setting(
-    ("--debug",),
+    (cli.DEBUG_FLAG,),
     "debug",
     "on an error, show the traceback too",
     switch=True,

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from initpy import cli
+from initpy.builder import settings
 from initpy.builder.hooks import default_hooks_dir
 from initpy.runtime.hook import hooks_package
 
@@ -47,7 +48,7 @@ def run(args: Sequence[str]) -> int:
             default=None,
             help="a hooks folder (repeatable; default: the hooks that come with initpy)",
         )
-        p.add_argument(cli.DEBUG_FLAG, action="store_true", help="on an error, show the traceback")
+        settings.add_arguments(p, [settings.DEBUG])
         p.add_argument("--hooks", default=None, help="comma-separated hook names (default: all)")
         if name == "walk":
             p.add_argument(

@@ -256,6 +256,19 @@ def test_hook_files_go_in_like_includes(setup: dict[str, str]) -> None:
         build(setup, "again")
 
 
+def test_a_hook_that_does_not_import_is_named(setup: dict[str, str]) -> None:
+    broken = os.path.join(setup["hooks"], "broken.py")
+    with open(broken, "w") as f:
+        f.write("import no_such_module_xyz\n")
+    with pytest.raises(
+        BuildError, match=f"hook {re.escape(broken)} does not load: ModuleNotFoundError"
+    ) as failure:
+        build(setup, "out")
+    assert "--hooks" in failure.value.hint
+    with pytest.raises(BuildError, match="hooks folder /no/such/dir does not exist"):
+        build(setup, "out", hook_dirs=("/no/such/dir",))
+
+
 def test_missing_include_is_an_error(setup: dict[str, str]) -> None:
     with pytest.raises(mkinitrd.BuildError, match="--include /nope: /nope does not exist"):
         build(setup, "out", includes=("/nope",))

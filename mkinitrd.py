@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """mkinitrd.py: build buildos-image, buildos-initrd and buildos-buildid.
 
-The command line of the initrd builder; the work is in initpy.builder.mkinitrd.
-Run it with the project's virtualenv (.venv/bin/python mkinitrd.py ...), or
-as the `mkinitrd` console script.
+A shim for a checkout: the same command as the `mkinitrd` console script
+(initpy.builder.mkinitrd_cli), runnable as `.venv/bin/python mkinitrd.py ...`
+or with any python3 that has initpy's dependencies.
 """
 
 import os
@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from initpy.builder.mkinitrd import main  # noqa: E402
+from initpy.builder.mkinitrd_cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

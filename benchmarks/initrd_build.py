@@ -27,7 +27,9 @@ import time
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, TOP)
 
-from initpy.builder import kmod, mkinitrd  # noqa: E402
+from initpy.builder import mkinitrd  # noqa: E402
+from initpy.builder.drivers import Drivers  # noqa: E402
+from initpy.builder.hooks import default_hooks_dir  # noqa: E402
 
 MINIMAL_HOOK = '''
 """Benchmark only: the modules of issue 3's minimal initrd."""
@@ -93,7 +95,7 @@ def main() -> int:
             compress=ns.compress,
             # Issue 3's module list only (virtio is in it): not the generic
             # driver set that mkinitrd packs by default.
-            drivers=kmod.Drivers.NONE,
+            drivers=Drivers.NONE,
             source_date_epoch=1_700_000_000,
         )
         saved = os.environ.get("INITPY_CACHE")
@@ -119,7 +121,7 @@ def main() -> int:
                     **options.__dict__,
                     "hooks": None,
                     "hook_dirs": (),
-                    "base_hooks_dir": mkinitrd.repo_hooks_dir(),
+                    "base_hooks_dir": default_hooks_dir(),
                 }
             )
             seconds, result = timed_build(full)

@@ -191,7 +191,10 @@ def host_python_files() -> tuple[str, ...]:
         found = None
     locations = list(found.submodule_search_locations or []) if found is not None else []
     if not locations:
-        return (*specs, "tftpy-not-installed-in-the-build-venv--run-scripts/bootstrap")
+        return (
+            *specs,
+            "tftpy (not installed, the build extra has it - pip install 'initpy[build]')",
+        )
     tftpy = locations[0]
     for path in sorted(glob.glob(os.path.join(tftpy, "*.py"))):
         specs.append(f"{path}:{layout.HOST_PYTHONPATH}/tftpy/{os.path.basename(path)}")

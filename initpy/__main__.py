@@ -3,7 +3,9 @@
 PID 1 never comes here: the frozen /init calls initpy.runtime.entry.
 """
 
+import sys
+
 from initpy.devtools.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

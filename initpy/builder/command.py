@@ -4,8 +4,8 @@ Every external command mkinitrd uses (compressors, depmod, patchelf, strip,
 PyInstaller, busybox) goes through `run()`: it captures the output, decodes
 how the command ended (not installed, killed by a signal, exit status with
 the tail of its stderr) and raises `BuildError`, whose text says what failed
-and whose `hint` says what to do. `mkinitrd.main` catches it once and prints
-both; a traceback is left for bugs.
+and whose `hint` says what to do. Every command's edge (initpy.cli.handle)
+prints both; a traceback is left for bugs, and shown with --debug.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from typing import IO
 
+from initpy.cli import CommandError
 from initpy.runtime.exit_status import describe_exit
 
 # The Debian package that provides each tool the builder runs.
@@ -33,16 +34,8 @@ PACKAGES = {
 STDERR_TAIL_LINES = 15
 
 
-class BuildError(Exception):
+class BuildError(CommandError):
     """The initrd cannot be built: `message` says what, `hint` what to do."""
-
-    def __init__(self, message: str, hint: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-
-    def __str__(self) -> str:
-        return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
 
 
 def _install_hint(tool: str) -> str:

@@ -215,8 +215,17 @@ def _find_spec(name: str) -> object | None:
         return None
 
 
+# What a build needs beyond initpy's own dependencies (pyproject.toml's extra).
+BUILD_EXTRA_HINT = "pip install 'initpy[build]' (scripts/bootstrap installs it into .venv)"
+
+
 def _tool_versions() -> str:
-    import PyInstaller
+    try:
+        import PyInstaller
+    except ImportError:
+        raise FreezeError(
+            "PyInstaller is not installed, and the init is frozen with it", BUILD_EXTRA_HINT
+        ) from None
 
     dists = sorted(
         f"{d.metadata['Name']}=={d.version}"

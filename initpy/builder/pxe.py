@@ -1,7 +1,7 @@
 """The PXE layout: a TFTP folder that boots mkinitrd's three files, as the spec shows it.
 
-`scripts/pxe-layout OUTDIR TFTPDIR [options]` (this module's `main`) lays
-out, from mkinitrd's OUTDIR:
+`pxe-layout OUTDIR TFTPDIR [options]` (initpy.builder.pxe_cli) lays out,
+from mkinitrd's OUTDIR:
 
 ```
 TFTPDIR/pxelinux.0                 Debian pxelinux (the network boot program)
@@ -36,18 +36,16 @@ makes the fleet reboot) changes only once the files it names are there.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from initpy.builder import cpio, freeze
 from initpy.builder.command import BuildError, run
-from initpy.builder.mkinitrd import compressed_cache_dir, repo_hooks_dir
+from initpy.builder.mkinitrd import compressed_cache_dir
 from initpy.runtime import cmdline
 from initpy.runtime.cmdline import BadValue, Parameter
 from initpy.runtime.hook import HookError, discover
@@ -362,124 +360,3 @@ def lay_out(
         rename(tmp, dest)
     install_build(outdir, tftp_dir, rename, repack)
     return append, configs
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="scripts/pxe-layout",
-        description="Lay out a TFTP folder that PXE-boots mkinitrd's OUTDIR with pxelinux.",
-    )
-    parser.add_argument("outdir", metavar="OUTDIR", help="mkinitrd's output folder")
-    parser.add_argument("tftp_dir", metavar="TFTPDIR", help="the TFTP server's root folder")
-    parser.add_argument(
-        "--mac",
-        action="append",
-        default=[],
-        help="a host's MAC: write pxelinux.cfg/01-<mac> (repeatable); default: "
-        "pxelinux.cfg/default, for every host",
-    )
-    url = parser.add_mutually_exclusive_group()
-    url.add_argument("--buildid-url", metavar="URL", help="buildos.buildid_url")
-    url.add_argument(
-        "--server",
-        metavar="HOST",
-        help="the TFTP server's address as hosts reach it: buildos.buildid_url becomes "
-        f"tftp://HOST/{BUILD_DIR}/buildos-buildid",
-    )
-    parser.add_argument("--smtp-relay", metavar="HOST", help="buildos.smtp_relay")
-    parser.add_argument("--admin-email", metavar="ADDR", help="buildos.admin_email")
-    parser.add_argument(
-        "--ssh-key", metavar="KEY|@FILE", help="buildos.ssh_key: the key, or @ and a .pub file"
-    )
-    parser.add_argument(
-        "--agent",
-        metavar="'PROGRAM ARGS'",
-        help="initpy.monitor.agent: the build agent the monitor runs, written quoted, so it "
-        "may have arguments",
-    )
-    parser.add_argument(
-        "--append",
-        action="append",
-        default=[],
-        metavar="WORDS",
-        help="more kernel parameters (console=ttyS0, initpy.monitor.interval=60, ...)",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=int,
-        default=DEFAULT_TIMEOUT,
-        metavar="TENTHS",
-        help="pxelinux's prompt timeout in tenths of a second (0: boot at once); "
-        "default %(default)s",
-    )
-    parser.add_argument(
-        "--syslinux", metavar="DIR", help="take pxelinux.0 and ldlinux.c32 from DIR"
-    )
-    parser.add_argument(
-        "--build-only",
-        action="store_true",
-        help="only replace the three buildos/ files, the build id last (a rollout or a "
-        "rollback); pxelinux and its configs stay as they are",
-    )
-    parser.add_argument(
-        "--keep-compression",
-        action="store_true",
-        help=f"copy the initrd as mkinitrd compressed it (default: recompress it with "
-        f"{TFTP_COMPRESSION} -19, smaller over TFTP; the build id stays the same)",
-    )
-    ns = parser.parse_args(argv)
-
-    def say(message: str) -> None:
-        print(f"pxe-layout: {message}", file=sys.stderr)
-
-    try:
-        if ns.build_only:
-            build_id = install_build(ns.outdir, ns.tftp_dir, repack=not ns.keep_compression)
-            say(f"{ns.tftp_dir}/{BUILD_DIR}: build {build_id}")
-            return 0
-        key = ns.ssh_key
-        if key is not None and key.startswith("@"):
-            try:
-                with open(key[1:]) as f:
-                    key = f.read().strip()
-            except OSError as exc:
-                raise BuildError(f"--ssh-key {key}: {exc.strerror or exc}") from None
-        buildid_url = ns.buildid_url or (
-            f"tftp://{ns.server}/{BUILD_DIR}/buildos-buildid" if ns.server else None
-        )
-        if buildid_url is None:
-            say("note: no --buildid-url or --server: the hosts will not follow new builds")
-        values = BootValues(
-            buildid_url=buildid_url,
-            smtp_relay=ns.smtp_relay,
-            admin_email=ns.admin_email,
-            ssh_key=key,
-            agent=ns.agent,
-            extra=tuple(w for words in ns.append for w in words.split()),
-        )
-        parameters = boot_parameters([repo_hooks_dir()])
-        syslinux = ns.syslinux or fetch_syslinux()
-        append, configs = lay_out(
-            ns.outdir,
-            ns.tftp_dir,
-            values,
-            macs=ns.mac,
-            timeout=ns.timeout,
-            syslinux=syslinux,
-            parameters=parameters,
-            repack=not ns.keep_compression,
-        )
-    except BuildError as exc:
-        say(f"error: {exc.message}")
-        if exc.hint:
-            say(f"hint: {exc.hint}")
-        return 1
-    for path in configs:
-        say(f"wrote {path}")
-    say(f"append {append}")
-    say(f"{ns.tftp_dir}: pxelinux.0, ldlinux.c32, {BUILD_DIR}/ ({', '.join(BUILD_FILES)})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,11 +12,17 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 
-from initpy.devtools import repo_hooks
+from initpy import cli
+from initpy.builder import settings
+from initpy.builder.hooks import default_hooks_dir
+from initpy.runtime.hook import hooks_package
+
+PROG = "initpy"
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     if os.getpid() == 1:
         # Started as init (an initrd or init= that names this command): the
         # kernel's bare words in argv would meet argparse, which exits, and
@@ -24,11 +30,14 @@ def main(argv: list[str] | None = None) -> None:
         from initpy.runtime.entry import main as boot
 
         boot()
-    args = sys.argv[1:] if argv is None else argv
+    return cli.handle(PROG, run, argv)
+
+
+def run(args: Sequence[str]) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="initpy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("walk", "diagram", "params"):
@@ -37,8 +46,9 @@ def main(argv: list[str] | None = None) -> None:
             "--hooks-dir",
             action="append",
             default=None,
-            help="a hooks folder (repeatable; default: the repository's hooks/)",
+            help="a hooks folder (repeatable; default: the hooks that come with initpy)",
         )
+        settings.add_arguments(p, [settings.DEBUG])
         p.add_argument("--hooks", default=None, help="comma-separated hook names (default: all)")
         if name == "walk":
             p.add_argument(
@@ -48,21 +58,25 @@ def main(argv: list[str] | None = None) -> None:
             )
             p.add_argument("--root", default=None, help="the fake root (default: a temporary one)")
     ns = parser.parse_args(args)
-    folders = ns.hooks_dir or [repo_hooks()]
+    folders = ns.hooks_dir or [default_hooks_dir()]
     names = [n for n in ns.hooks.split(",") if n] if ns.hooks is not None else None
     if ns.command == "diagram":
         from initpy.devtools.docgen import diagram
 
         print(diagram(folders, names), end="")
+        return 0
     elif ns.command == "params":
         from initpy.devtools.docgen import parameters_table
 
         print(parameters_table(folders, names), end="")
-    else:
-        from initpy.devtools.walk import walk
+        return 0
+    # The fake machine imports the hooks' helpers as the package `hooks`, as
+    # the boot does; an installed initpy has them in initpy/hooks, off sys.path.
+    hooks_package(default_hooks_dir())
+    from initpy.devtools.walk import walk
 
-        sys.exit(walk(ns.cmdline, folders, names, ns.root))
+    return walk(ns.cmdline, folders, names, ns.root)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -100,6 +100,6 @@ def states_document(folders: Sequence[str], names: Sequence[str] | None = None) 
 
 
 if __name__ == "__main__":
-    from initpy.devtools import repo_hooks
+    from initpy.builder.hooks import default_hooks_dir
 
-    print(states_document([repo_hooks()]), end="")
+    print(states_document([default_hooks_dir()]), end="")

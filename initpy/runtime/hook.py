@@ -363,13 +363,14 @@ def build_registry(selected: Sequence[Hook], known: Iterable[Hook] = ()) -> Regi
     return Registry(tuple(selected), (*CORE_STATES, *order, HANDOFF))
 
 
-def _package_for(folder: str) -> str:
+def hooks_package(folder: str) -> str:
     """The import package a hooks folder is loaded as.
 
     A folder named `hooks` is the package `hooks` (the repository's, and
     the initrd's /usr/lib/initpy/hooks), so that tests import its helpers
     by that name and get the same modules as the boot; any other folder
     gets a package of its own. Hook files import their helpers relatively.
+    The package is registered in sys.modules when new.
     """
     folder = os.path.realpath(folder)
     base = os.path.basename(folder)
@@ -420,7 +421,7 @@ def load_hook(folder: str, entry: str) -> Hook:
     builder or a test that rewrites a hook in the same process). A first
     import looks at no file times: PID 1 imports each hook once.
     """
-    name = f"{_package_for(folder)}.{entry}"
+    name = f"{hooks_package(folder)}.{entry}"
     loaded = sys.modules.get(name)
     # A module imported by name (a test's `from hooks import network`) is taken as it is.
     since = getattr(loaded, "__initpy_imported_ns__", None)
@@ -439,16 +440,23 @@ def load_hook(folder: str, entry: str) -> Hook:
     return hook
 
 
-def discover(folders: Sequence[str]) -> dict[str, Hook]:
-    """Every hook in the folders, by name; a later folder overrides an earlier."""
-    found: dict[str, Hook] = {}
+def discover_with_paths(folders: Sequence[str]) -> dict[str, tuple[Hook, str]]:
+    """Every hook in the folders, by name, with the .py file or the folder
+    that defines it (what mkinitrd packs); a later folder overrides an earlier."""
+    found: dict[str, tuple[Hook, str]] = {}
     for folder in folders:
         if not os.path.isdir(folder):
             continue
         for entry in hook_entries(folder):
             hook = load_hook(folder, entry)
-            found[hook.name] = hook
+            path = os.path.join(folder, entry)
+            found[hook.name] = (hook, path if os.path.isdir(path) else f"{path}.py")
     return found
+
+
+def discover(folders: Sequence[str]) -> dict[str, Hook]:
+    """Every hook in the folders, by name; a later folder overrides an earlier."""
+    return {name: hook for name, (hook, _path) in discover_with_paths(folders).items()}
 
 
 def select(found: Mapping[str, Hook], names: Sequence[str] | None) -> list[Hook]:

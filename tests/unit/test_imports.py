@@ -45,12 +45,13 @@ HOST_SHIPPED = frozenset(f"initpy.runtime.{name}" for name in HOST_RUNTIME)
 # HOST_SHIPPED.
 RULES: dict[str, tuple[tuple[str, ...], str]] = {
     "leaves": ((), "the seam, the records, the wire formats: stdlib only"),
+    "cli": ((), "initpy/cli.py, every command's edge (die, --debug): stdlib only"),
     "runtime": (("leaves",), "what PID 1 runs, but never the engine"),
     "engine": (("leaves", "runtime"), "PID 1's life"),
     "hooks": (("leaves", "runtime", "own hook"), "never the engine, the builder, another hook"),
-    "builder": (("leaves", "runtime"), "mkinitrd: never frozen, never the engine"),
+    "builder": (("leaves", "runtime", "cli"), "mkinitrd: never frozen, never the engine"),
     "devtools": (
-        ("leaves", "runtime", "engine", "builder", "hooks"),
+        ("leaves", "runtime", "engine", "builder", "hooks", "cli"),
         "the fake plays the hooks' counterparts",
     ),
     "host": (("shipped runtime",), "runs under the booted host's python3"),
@@ -59,6 +60,7 @@ RULES: dict[str, tuple[tuple[str, ...], str]] = {
 # The third-party packages a part may import (None: any that the build has).
 THIRD_PARTY: dict[str, frozenset[str] | None] = {
     "leaves": frozenset(),
+    "cli": frozenset(),
     "host": frozenset({"tftpy"}),
 }
 
@@ -132,6 +134,8 @@ def part(module: str) -> str:
         return "leaves"
     if module in ENGINE:
         return "engine"
+    if module == "initpy.cli":
+        return "cli"
     for name in ("runtime", "builder", "devtools", "host"):
         if module == f"initpy.{name}" or module.startswith(f"initpy.{name}."):
             return name

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from initpy.builder import kmod
+from initpy.builder import drivers, kmod
 
 
 def _tree(top: str) -> str:
@@ -173,7 +173,7 @@ def _driver_tree(top: str) -> str:
 
 def test_the_generic_set_is_nics_and_storage_without_san(tmp_path: str) -> None:
     tree = kmod.ModuleTree.load(_driver_tree(str(tmp_path)))
-    generic = kmod.generic_drivers(tree)
+    generic = drivers.generic_drivers(tree)
     assert set(generic) == {"e1000", "ahci", "libata", "scsi_mod", "sd_mod"}
     assert generic["e1000"] == "Ethernet NIC"
 
@@ -181,7 +181,7 @@ def test_the_generic_set_is_nics_and_storage_without_san(tmp_path: str) -> None:
 def test_host_only_takes_what_the_build_machines_devices_ask_for(tmp_path: str) -> None:
     tree = kmod.ModuleTree.load(_driver_tree(str(tmp_path)))
     devices = [("pci/0000:00:02.0", "pci:v00008086d0000100Esv1sd2bc02sc00i00")]
-    assert kmod.host_drivers(tree, devices, loaded=["sd_mod"]) == {
+    assert drivers.host_drivers(tree, devices, loaded=["sd_mod"]) == {
         "e1000": "Ethernet NIC for pci/0000:00:02.0",
         "sd_mod": "SCSI disk, loaded on the build machine",
     }
@@ -194,16 +194,16 @@ def test_host_only_reads_the_build_machines_sysfs(tmp_path: str) -> None:
     os.makedirs(device)
     with open(os.path.join(device, "modalias"), "w") as f:
         f.write("pci:v00008086d00002922sv1sd2bc01sc06i01\n")
-    chosen = kmod.choose_drivers(
-        tree, kmod.Drivers.HOST, sys_root=sys_root, proc_modules=os.path.join(tmp_path, "none")
+    chosen = drivers.choose_drivers(
+        tree, drivers.Drivers.HOST, sys_root=sys_root, proc_modules=os.path.join(tmp_path, "none")
     )
     assert chosen == {"ahci": "SATA/PATA controller for pci/0000:00:04.0"}
 
 
 def test_a_scsi_host_driver_brings_the_disk_driver_and_crypto_softdeps(tmp_path: str) -> None:
     tree = kmod.ModuleTree.load(_driver_tree(str(tmp_path)))
-    drivers = kmod.choose_drivers(tree, kmod.Drivers.NONE, extra=["ahci"])
-    selection = kmod.select(tree, {}, drivers)
+    chosen = drivers.choose_drivers(tree, drivers.Drivers.NONE, extra=["ahci"])
+    selection = kmod.select(tree, {}, chosen)
     names = selection.names()
     assert "sd_mod" in names  # ahci alone finds disks nobody could read
     sd = next(m for m in selection.modules if m.name == "sd_mod")
@@ -219,7 +219,7 @@ def test_a_scsi_host_driver_brings_the_disk_driver_and_crypto_softdeps(tmp_path:
 def test_an_unknown_driver_says_how_to_find_one(tmp_path: str) -> None:
     tree = kmod.ModuleTree.load(_driver_tree(str(tmp_path)))
     with pytest.raises(kmod.ModuleError, match="--driver e1001") as failure:
-        kmod.choose_drivers(tree, kmod.Drivers.NONE, extra=["e1001"])
+        drivers.choose_drivers(tree, drivers.Drivers.NONE, extra=["e1001"])
     assert "modprobe -S 9.9-hw -R MODALIAS" in (failure.value.hint or "")
 
 

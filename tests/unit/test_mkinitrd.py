@@ -8,6 +8,7 @@ reproducibility of the archive without PyInstaller's ten seconds.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -16,8 +17,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from initpy.builder import cpio, elf, freeze, kmod, mkinitrd
+from initpy.builder import cpio, elf, freeze, hooks, mkinitrd, mkinitrd_cli, settings
 from initpy.builder.command import BuildError
+from initpy.builder.drivers import Drivers
+from initpy.builder.options import SETTINGS
 from initpy.runtime import layout
 
 pytestmark = pytest.mark.skipif(
@@ -161,7 +164,7 @@ def test_layout_of_the_initrd(setup: dict[str, str]) -> None:
     assert ls.rpath == (freeze.PRIVATE_LIB_DIR,)
     assert "usr/lib/initpy/lib/libc.so.6" in files
     assert "usr/lib/initpy/lib/ld-linux-x86-64.so.2" in files
-    assert read(result.buildid).decode().strip().isalnum()
+    assert re.fullmatch(r"[0-9a-f]{64}\n", read(result.buildid).decode())
 
 
 def test_two_builds_are_byte_identical_and_buildid_follows_content(setup: dict[str, str]) -> None:
@@ -253,6 +256,19 @@ def test_hook_files_go_in_like_includes(setup: dict[str, str]) -> None:
         build(setup, "again")
 
 
+def test_a_hook_that_does_not_import_is_named(setup: dict[str, str]) -> None:
+    broken = os.path.join(setup["hooks"], "broken.py")
+    with open(broken, "w") as f:
+        f.write("import no_such_module_xyz\n")
+    with pytest.raises(
+        BuildError, match=f"hook {re.escape(broken)} does not load: ModuleNotFoundError"
+    ) as failure:
+        build(setup, "out")
+    assert "--hooks" in failure.value.hint
+    with pytest.raises(BuildError, match="hooks folder /no/such/dir does not exist"):
+        build(setup, "out", hook_dirs=("/no/such/dir",))
+
+
 def test_missing_include_is_an_error(setup: dict[str, str]) -> None:
     with pytest.raises(mkinitrd.BuildError, match="--include /nope: /nope does not exist"):
         build(setup, "out", includes=("/nope",))
@@ -261,11 +277,10 @@ def test_missing_include_is_an_error(setup: dict[str, str]) -> None:
 def test_the_command_line_writes_the_three_files(
     setup: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(freeze, "freeze", fake_freezer(setup["top"]))
-    monkeypatch.setattr(mkinitrd, "build", _build_with(setup))
+    given = _build_with(setup, monkeypatch)
     out = os.path.join(setup["top"], "cli")
     assert (
-        mkinitrd.main(
+        mkinitrd_cli.main(
             [
                 "--kernel",
                 setup["kernel"],
@@ -282,35 +297,93 @@ def test_the_command_line_writes_the_three_files(
         == 0
     )
     assert sorted(os.listdir(out)) == ["buildos-buildid", "buildos-image", "buildos-initrd"]
-    assert read(os.path.join(out, "buildos-initrd")).startswith(b"070701")
+    initrd = read(os.path.join(out, "buildos-initrd"))
+    assert initrd.startswith(b"070701")
+    # The command line's values reached the build, the table's defaults the rest.
+    (options,) = given
+    assert (options.outdir, options.compress, options.hook_dirs) == (
+        out,
+        mkinitrd.Compression.NONE,
+        (setup["hooks"],),
+    )
+    assert options.drivers == Drivers.GENERIC and options.includes == ()
+    # ...and it built with the stand-in freezer, not PyInstaller.
+    frozen = {m.path: m for m in cpio.read_newc(initrd)}["usr/lib/initpy/frozen/initpy"]
+    assert frozen.data == b"#!/bin/sh\necho frozen\n"
 
 
 def test_the_command_line_takes_a_compression_level(
     setup: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(freeze, "freeze", fake_freezer(setup["top"]))
-    monkeypatch.setattr(mkinitrd, "build", _build_with(setup))
+    given = _build_with(setup, monkeypatch)
     base = ["--kernel", setup["kernel"], "--modules", setup["modules"]]
     base += ["--hooks-dir", setup["hooks"], "--no-cache"]
     fast = os.path.join(setup["top"], "fast")
-    assert mkinitrd.main([*base, "-o", fast, "--compress", "gzip:1"]) == 0
+    assert mkinitrd_cli.main([*base, "-o", fast, "--compress", "gzip:1"]) == 0
+    assert (given[0].compress, given[0].compress_level, given[0].no_cache) == ("gzip", 1, True)
     packed = read(os.path.join(fast, "buildos-initrd"))
     assert packed.startswith(b"\x1f\x8b")
     assert cpio.decompress(packed).startswith(b"070701")
     with pytest.raises(SystemExit) as exit_info:
-        mkinitrd.main([*base, "-o", fast, "--compress", "zstd:20"])
+        mkinitrd_cli.main([*base, "-o", fast, "--compress", "zstd:20"])
     assert exit_info.value.code == 2
     assert "zstd's level is 1 to 19" in capsys.readouterr().err
 
 
-def _build_with(setup: dict[str, str]) -> object:
-    real = mkinitrd.build
+def test_an_unwritable_output_folder_is_one_error_and_one_hint(
+    setup: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _build_with(setup, monkeypatch)
+    argv = ["--kernel", setup["kernel"], "--modules", setup["modules"], "-o", "/proc/nope"]
+    assert mkinitrd_cli.main([*argv, "--hooks-dir", setup["hooks"]]) == 1
+    assert capsys.readouterr().err.splitlines()[-2:] == [
+        "mkinitrd: error: cannot write /proc/nope: No such file or directory",
+        "mkinitrd: hint: give -o a folder you may write to (-o /proc/nope was given)",
+    ]
+    assert mkinitrd_cli.main([*argv, "--hooks-dir", setup["hooks"], "--debug"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last):" in err and "os.makedirs" in err
 
-    def fake(options: mkinitrd.Options, **kwargs: object) -> mkinitrd.BuildResult:
+
+def test_the_docs_show_the_options_table() -> None:
+    """docs/builder.md's table is the one the settings generate."""
+    assert docs_section("mkinitrd options") == settings.docs_table(SETTINGS)
+
+
+def test_options_take_their_defaults_from_the_table() -> None:
+    options = mkinitrd.Options(kernel="k", modules="m", outdir="o")
+    parsed = mkinitrd_cli.parser().parse_args(["--kernel", "k", "--modules", "m", "-o", "o"])
+    from_table = mkinitrd.Options(**settings.values(parsed, SETTINGS))  # type: ignore[arg-type]
+    assert from_table == options
+    assert (options.compress, options.compress_level) == (mkinitrd.Compression.LZ4, None)
+    assert (options.drivers, options.firmware_dir) == (Drivers.GENERIC, "/lib/firmware")
+    # Every field a setting names is a field of Options.
+    fields = set(mkinitrd.Options.__dataclass_fields__)
+    named = {f for s in SETTINGS if s.option for f in s.default_value()}
+    assert named <= fields, named - fields
+
+
+def docs_section(name: str) -> str:
+    with open(os.path.join(REPO, "docs", "builder.md")) as f:
+        text = f.read()
+    start = text.index(f"<!-- {name}: generated")
+    start = text.index("\n", start) + 1
+    return text[start : text.index(f"<!-- end of {name} -->")]
+
+
+def _build_with(setup: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> list[mkinitrd.Options]:
+    """The command's build, with the stand-in freezer and only the test's hooks
+    (the command has no switch for either); returns the Options it was given."""
+    real = mkinitrd.build
+    given: list[mkinitrd.Options] = []
+
+    def build(options: mkinitrd.Options, **kwargs: object) -> mkinitrd.BuildResult:
+        given.append(options)
         options = mkinitrd.Options(**{**options.__dict__, "base_hooks_dir": None})
         return real(options, freezer=fake_freezer(setup["top"]))
 
-    return fake
+    monkeypatch.setattr(mkinitrd, "build", build)
+    return given
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -334,9 +407,7 @@ def test_the_initrd_freezes_the_runtime_and_nothing_else_of_initpy() -> None:
     """The frozen init's module archive, listed: no builder, dev tool or hook in it."""
     from PyInstaller.archive.readers import CArchiveReader
 
-    hooks_dir = mkinitrd.repo_hooks_dir()
-    files = mkinitrd.hook_files([hooks_dir])
-    frozen = freeze.freeze([f for path in files.values() for f in mkinitrd.hook_sources(path)])
+    frozen = freeze.freeze(hooks.choose([hooks.default_hooks_dir()], None).sources())
     archive = CArchiveReader(os.path.join(frozen.tree, "frozen", "initpy"))
     modules = set(archive.open_embedded_archive("PYZ.pyz").toc)
     ours = sorted(m for m in modules if m.split(".")[0] in ("initpy", "hooks"))
@@ -481,7 +552,7 @@ def test_drivers_the_index_and_firmware_go_into_the_initrd(setup: dict[str, str]
         setup,
         "out",
         modules=modules,
-        drivers=kmod.Drivers.NONE,
+        drivers=Drivers.NONE,
         extra_drivers=("e1000",),
         firmware_dir=firmware,
     )
@@ -500,7 +571,7 @@ def test_drivers_the_index_and_firmware_go_into_the_initrd(setup: dict[str, str]
         setup,
         "again",
         modules=modules,
-        drivers=kmod.Drivers.NONE,
+        drivers=Drivers.NONE,
         extra_drivers=("e1000",),
         firmware_dir=firmware,
     )

@@ -182,7 +182,9 @@ def test_a_build_host_without_tftpy_gets_a_path_that_names_the_fix(
     monkeypatch.setattr(importlib.util, "find_spec", without_tftpy)
     files = monitor.host_python_files()
     # mkinitrd stops on a source that does not exist, quoting it.
-    assert files[-1] == "tftpy-not-installed-in-the-build-venv--run-scripts/bootstrap"
+    assert (
+        files[-1] == "tftpy (not installed, the build extra has it - pip install 'initpy[build]')"
+    )
     assert not os.path.exists(files[-1])
 
 

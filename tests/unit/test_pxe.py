@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from initpy.builder import command, cpio, pxe
+from initpy.builder import command, cpio, pxe, pxe_cli, settings
 from initpy.builder.command import BuildError
-from initpy.builder.mkinitrd import repo_hooks_dir
+from initpy.builder.hooks import default_hooks_dir
 from initpy.runtime import cmdline
 from tests.unit.conftest import REPO
 
 BUILD_ID = "d" * 64
-PARAMETERS = pxe.boot_parameters([repo_hooks_dir()])
+PARAMETERS = pxe.boot_parameters([default_hooks_dir()])
 
 
 def ed25519_key(comment: str = "me@host") -> str:
@@ -232,7 +232,7 @@ def test_the_command_line(
     argv += ["--ssh-key", f"@{key_file}", "--mac", "52:54:00:12:34:56"]
     argv += ["--append", "console=ttyS0 initpy.monitor.interval=5", "--timeout", "0"]
     argv += ["--agent", "/usr/local/bin/agent --once"]
-    assert pxe.main(argv) == 0
+    assert pxe_cli.main(argv) == 0
     config = read(os.path.join(tftp, "pxelinux.cfg", "01-52-54-00-12-34-56")).decode()
     assert (
         "  append buildos.buildid_url=tftp://10.0.2.2/buildos/buildos-buildid "
@@ -240,7 +240,7 @@ def test_the_command_line(
         'initpy.monitor.agent="/usr/local/bin/agent --once" '
         "console=ttyS0 initpy.monitor.interval=5\n"
     ) in config
-    assert pxe.main([outdir, tftp, "--syslinux", syslinux, "--admin-email", "a b@c"]) == 1
+    assert pxe_cli.main([outdir, tftp, "--syslinux", syslinux, "--admin-email", "a b@c"]) == 1
     assert "holds a space" in capsys.readouterr().err
     assert os.access(os.path.join(REPO, "scripts", "pxe-layout"), os.X_OK)
 
@@ -276,3 +276,10 @@ def test_an_lz4_initrd_travels_as_zstd_with_the_same_archives(
     pxe.install_build(str(out), str(tmp_path / "kept"), repack=False)
     kept = (tmp_path / "kept" / "buildos" / "buildos-initrd").read_bytes()
     assert kept == (out / "buildos-initrd").read_bytes()
+
+
+def test_the_docs_show_the_options_table() -> None:
+    """docs/builder.md's pxe-layout table is the one the settings generate."""
+    from tests.unit.test_mkinitrd import docs_section
+
+    assert docs_section("pxe-layout options") == settings.docs_table(pxe_cli.SETTINGS)

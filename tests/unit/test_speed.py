@@ -92,7 +92,7 @@ def test_a_daemon_runs_below_the_boot(tmp_path: Path) -> None:
 
 
 def test_an_initrd_hook_loads_from_its_bytecode_not_its_source(tmp_path: Path) -> None:
-    from initpy.builder.mkinitrd import hook_bytecode, hook_bytecode_path
+    from initpy.builder.hooks import hook_bytecode, hook_bytecode_path
     from initpy.runtime.hook import load_hook
 
     hooks = tmp_path / "usr/lib/initpy/hooks"

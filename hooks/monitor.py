@@ -28,7 +28,7 @@ import sys
 from initpy.runtime import cmdline, etc, layout
 from initpy.runtime.cmdline import BadValue, Parameter
 from initpy.runtime.driver import handoff_to_systemd
-from initpy.runtime.hook import BootContext, Hook, State
+from initpy.runtime.hook import BootContext, Hook, OsPackage, State
 
 UNIT_DIR = "/etc/systemd/system"
 MONITOR_UNIT = "initpy-monitor.service"
@@ -209,4 +209,5 @@ HOOK = Hook(
     ),
     files=host_python_files(),
     parameters=(INTERVAL, AGENT),
+    os_packages=(OsPackage("python3", PYTHON3),),
 )

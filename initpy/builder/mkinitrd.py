@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from initpy.builder import cpio, elf, freeze, kmod
+from initpy.builder import rootfs as os_tree
 from initpy.builder.command import BuildError, run
 from initpy.runtime import layout
 from initpy.runtime.hook import (
@@ -244,8 +245,14 @@ def build(
         if options.rootfs:
             if not os.path.isdir(options.rootfs):
                 raise BuildError(f"--rootfs {options.rootfs}: not a folder")
+            os_tree.check(options.rootfs, kernel_version, registry.hooks)
             for entry in cpio.entries_from_tree(options.rootfs, keep_owners=True):
-                rootfs.add(entry, PART_ROOTFS)
+                if os_tree.keeps(entry.path):
+                    rootfs.add(entry, PART_ROOTFS)
+            for entry, part in os_tree.entries(
+                options.rootfs, options.modules, kernel_version, registry.hooks
+            ):
+                rootfs.add(entry, part)
         merged = merge([fallback, rootfs, init])
         lap("layout")
         archives = split_archives(merged, options.source_date_epoch)

@@ -189,11 +189,11 @@ def vm_initrd(vm_kernel: KernelFiles, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.fixture(scope="session")
-def vm_rootfs(vm_kernel: KernelFiles) -> Path:
+def vm_rootfs() -> Path:
     from .fullos import build_tree
 
     try:
-        return build_tree(vm_kernel.modules)
+        return build_tree()
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         pytest.fail(f"building the OS tree (scripts/mkrootfs): {exc}", pytrace=False)
 

@@ -3,7 +3,7 @@
 One place for the VM tests (tests/vm/test_fullos.py), the demo
 (`scripts/demo --full`) and the benchmark (benchmarks/full_os.py):
 
-- `build_tree(modules)`: scripts/mkrootfs (cached in ~/.cache/initpy/rootfs);
+- `build_tree()`: scripts/mkrootfs (cached in ~/.cache/initpy/rootfs);
 - `build_image(...)`: mkinitrd.py --rootfs TREE, at a fast zstd level by
   default (zstd:3 packs in seconds; zstd:19, the release default, takes
   minutes for the same boot);
@@ -55,9 +55,9 @@ def _run(argv: list[str], timeout: float) -> str:
     return done.stdout
 
 
-def build_tree(modules: Path) -> Path:
-    """The OS tree with the kernel's modules (scripts/mkrootfs; cached)."""
-    out = _run([str(REPO / "scripts" / "mkrootfs"), "--modules", str(modules)], 1800)
+def build_tree() -> Path:
+    """The OS tree (scripts/mkrootfs; cached); mkinitrd adds the kernel's modules."""
+    out = _run([str(REPO / "scripts" / "mkrootfs")], 1800)
     return Path(out.strip().splitlines()[-1])
 
 

@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[2]
 HOOKS = sorted(discover([HOOKS_DIR]).values(), key=lambda h: h.name)
 OS_FILES = [(hook, f) for hook in HOOKS for f in hook.os_files]
 SCRIPTS = [(h, f) for h, f in OS_FILES if f.text.startswith("#!/bin/sh")]
-UNITS = [(h, f) for h, f in OS_FILES if f.path.endswith(".service")]
+# The enabled services (initpy-reboot.service is started by its path unit).
+UNITS = [(h, f) for h, f in OS_FILES if f.path.endswith(".service") and f.wanted_by]
 
 
 def packages() -> list[str]:
@@ -62,13 +63,16 @@ def test_the_hooks_scripts_parse_and_are_executable(
 
 
 @pytest.mark.parametrize("case", UNITS, ids=name)
-def test_every_unit_runs_a_script_of_its_hook_and_is_enabled(case: tuple[Hook, OsFile]) -> None:
+def test_every_unit_runs_what_its_hook_ships_or_needs_and_is_enabled(
+    case: tuple[Hook, OsFile],
+) -> None:
     hook, unit = case
     parser = configparser.ConfigParser(strict=False, interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     parser.read_string(unit.text)
     program = parser["Service"]["ExecStart"].split()[0]
-    assert program in {f.path for f in hook.os_files}, f"{unit.path}: {program} is not shipped"
+    known = {f.path for f in hook.os_files} | {p.path for p in hook.os_packages}
+    assert program in known, f"{unit.path}: {program} is neither shipped nor a needed package's"
     assert parser["Install"]["WantedBy"] == unit.wanted_by == "multi-user.target"
 
 

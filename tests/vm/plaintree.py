@@ -80,9 +80,7 @@ def build_plain_tree() -> Path:
         size = subprocess.run(["du", "-sm", str(root)], capture_output=True, text=True).stdout
         shutil.rmtree(dest, ignore_errors=True)
         root.rename(dest)
-    (cache / f"{key}.info").write_text(
-        f"mmdebstrap_s {seconds:.1f}\ntree_mb {size.split()[0]}\n"
-    )
+    (cache / f"{key}.info").write_text(f"mmdebstrap_s {seconds:.1f}\ntree_mb {size.split()[0]}\n")
     (cache / f"{key}.complete").touch()
     return dest
 

@@ -208,7 +208,7 @@ def admin_map(admin: str | None) -> str:
     A bare key matches the local part in any domain that is this host's
     ($myorigin, $myhostname), which is where postfix puts a bare `root`.
     """
-    head = "# Written by initpy from buildos.admin_email (hooks/services.py).\n"
+    head = "# Written by initpy from buildos.admin_email (hooks/services).\n"
     if admin is None:
         return (
             head + "# No buildos.admin_email: root's mail goes to root@ the host, via the relay.\n"

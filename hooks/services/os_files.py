@@ -152,7 +152,7 @@ OS_FILES = (
         POSTFIX_ADMIN_MAP,
         """\
 # Shipped by initpy: root's and postmaster's mail -> buildos.admin_email. initpy writes this
-# file at boot (hooks/services.py); without buildos.admin_email it stays empty.
+# file at boot (hooks/services); without buildos.admin_email it stays empty.
 """,
     ),
     OsFile(

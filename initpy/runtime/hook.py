@@ -116,7 +116,7 @@ class BootContext:
     def rescuing(self) -> None:
         """The driver's call at a rescue: each on_rescue function once, in order.
 
-        A function must bound its own time (the mail of hooks/services.py
+        A function must bound its own time (the mail of hooks/services
         gives up after 10 s); what it raises is a console line, never the
         end of the rescue.
         """

@@ -220,6 +220,8 @@ def build(
         registry = build_registry(select(found, names), found.values())
     except HookError as exc:
         raise BuildError(f"hooks: {exc}", "fix the hooks, or choose others with --hooks") from None
+    if options.rootfs:  # before the freeze: a tree that cannot work fails in a second
+        os_tree.check(options.rootfs, options.modules, registry.hooks)
     lap("registry")
 
     frozen = freezer([f for n in names for f in hook_sources(files[n])])
@@ -243,9 +245,6 @@ def build(
         lap("modules")
         rootfs = Layer()
         if options.rootfs:
-            if not os.path.isdir(options.rootfs):
-                raise BuildError(f"--rootfs {options.rootfs}: not a folder")
-            os_tree.check(options.rootfs, kernel_version, registry.hooks)
             for entry in cpio.entries_from_tree(options.rootfs, keep_owners=True):
                 if os_tree.keeps(entry.path):
                     rootfs.add(entry, PART_ROOTFS)

@@ -39,8 +39,14 @@ DBUS_MACHINE_ID = "var/lib/dbus/machine-id"
 HOST_KEYS_PREFIX = "etc/ssh/ssh_host_"
 
 
-def check(tree: str, kernel_version: str, hooks: Sequence[Hook]) -> None:
-    """Refuse a tree with another kernel's modules or without a hook's package."""
+def check(tree: str, modules: str, hooks: Sequence[Hook]) -> None:
+    """Refuse a tree that is no folder, has another kernel's modules or lacks a hook's package.
+
+    `modules` is mkinitrd's --modules, a `lib/modules/<version>` folder.
+    """
+    if not os.path.isdir(tree):
+        raise BuildError(f"--rootfs {tree}: not a folder")
+    kernel_version = os.path.basename(os.path.realpath(modules))
     others = sorted(
         {
             name

@@ -8,11 +8,14 @@ tree with another kernel's modules, a tree without a hook's package).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
+from collections.abc import Sequence
 
 import pytest
 
+from initpy.builder import freeze, mkinitrd
 from initpy.builder.command import BuildError
 from tests.unit.test_mkinitrd import VERSION, build, members, setup
 
@@ -143,3 +146,24 @@ def test_two_hooks_may_not_ship_the_same_os_file(setup: dict[str, str]) -> None:
         BuildError, match=r"hooks copy and relay both put /etc/systemd/system/relay.service"
     ):
         build(setup, "out", rootfs=root)
+
+
+def test_a_tree_that_cannot_work_fails_before_the_freeze(setup: dict[str, str]) -> None:
+    os_hook(setup, "relay")
+
+    def freezer(hook_files: Sequence[str]) -> freeze.Frozen:
+        raise AssertionError("frozen before the tree was checked")
+
+    options = mkinitrd.Options(
+        kernel=setup["kernel"],
+        modules=setup["modules"],
+        outdir=os.path.join(setup["top"], "out"),
+        base_hooks_dir=None,
+        hook_dirs=(setup["hooks"],),
+        rootfs=tree(setup),
+    )
+    with pytest.raises(BuildError, match=r"lacks the package\(s\) relay-pkg"):
+        mkinitrd.build(options, freezer=freezer)
+    missing = os.path.join(setup["top"], "no-such-tree")
+    with pytest.raises(BuildError, match=rf"--rootfs {missing}: not a folder"):
+        mkinitrd.build(dataclasses.replace(options, rootfs=missing), freezer=freezer)

@@ -69,12 +69,16 @@ def check(tree: str, modules: str, hooks: Sequence[Hook]) -> None:
     for hook in hooks:
         for package in hook.os_packages:
             if not os.path.exists(os.path.join(tree, package.path.lstrip("/"))):
-                missing.setdefault(package.name, []).append(f"hook {hook.name}")
+                missing.setdefault(package.name, []).append(hook.name)
     if missing:
         names = sorted(missing)
         raise BuildError(
             f"--rootfs {tree} lacks the package(s) "
-            + "; ".join(f"{name} (for {', '.join(missing[name])})" for name in names),
+            + "; ".join(
+                f"{name} (for hook{'s' if len(missing[name]) > 1 else ''} "
+                f"{', '.join(missing[name])})"
+                for name in names
+            ),
             f"install them into the tree (chroot {tree} apt-get install {' '.join(names)}, or "
             f"mmdebstrap --include={','.join(names)}; os/packages.list lists every hook's), "
             "or leave those hooks out with --hooks",

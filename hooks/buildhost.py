@@ -13,17 +13,9 @@ import re
 
 from initpy.runtime import etc
 from initpy.runtime.cmdline import BadValue, Parameter
-from initpy.runtime.hook import (
-    BootContext,
-    BootFailure,
-    Fact,
-    Hook,
-    Milestone,
-    OsFile,
-    OsPackage,
-    State,
-)
+from initpy.runtime.hook import BootContext, BootFailure, Fact, Hook, Milestone, State
 from initpy.runtime.kernel import MS_NODEV, MS_NOSUID
+from initpy.runtime.osimage import OsFile, OsPackage
 
 BUILD_USER = "build"
 BUILD_UID = 1100

@@ -31,7 +31,8 @@ import sys
 from initpy.runtime import cmdline, etc, layout
 from initpy.runtime.cmdline import BadValue, Parameter
 from initpy.runtime.driver import handoff_to_systemd
-from initpy.runtime.hook import BootContext, Hook, OsFile, OsPackage, State
+from initpy.runtime.hook import BootContext, Hook, State
+from initpy.runtime.osimage import OsFile, OsPackage
 
 UNIT_DIR = "/etc/systemd/system"
 MONITOR_UNIT = "initpy-monitor.service"

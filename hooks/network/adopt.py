@@ -13,7 +13,7 @@ checks that the tree has the packages they and br1 use.
 
 from __future__ import annotations
 
-from initpy.runtime.hook import OS_PROGRAMS, OsFile, OsPackage
+from initpy.runtime.osimage import OS_PROGRAMS, OsFile, OsPackage
 
 ADOPT = f"{OS_PROGRAMS}/initpy-dhcp-adopt"
 

@@ -10,7 +10,7 @@ for root's key.
 
 from __future__ import annotations
 
-from initpy.runtime.hook import OS_PROGRAMS, OsFile, OsPackage
+from initpy.runtime.osimage import OS_PROGRAMS, OsFile, OsPackage
 
 POSTFIX_MAIN = "/etc/postfix/main.cf"
 POSTFIX_ADMIN_MAP = "/etc/postfix/admin"

@@ -27,7 +27,8 @@ from typing import Generic, TypeVar, cast
 
 from initpy.runtime.cmdline import BootConfig, Parameter
 from initpy.runtime.kernel import Kernel
-from initpy.runtime.layout import LIB, Manifest
+from initpy.runtime.layout import Manifest
+from initpy.runtime.osimage import OsFile, OsPackage
 from initpy.runtime.record import field, frozen, mutable
 from initpy.runtime.report import Report
 
@@ -191,42 +192,6 @@ class State:
         # Milestones compare and print as plain strings (a Milestone is one).
         for name in ("provides", "needs", "wants"):
             object.__setattr__(self, name, tuple(str(m) for m in getattr(self, name)))
-
-
-# Where hooks put the programs their OS units run (OsFile paths): initpy's
-# own folder of the image, not /usr/local, which is the operator's.
-OS_PROGRAMS = f"{LIB}/os"
-
-
-@frozen
-class OsFile:
-    """A file a hook puts into the OS that systemd runs after the hand-off.
-
-    What the booted host needs from a hook (its units, their scripts, a
-    config the host cannot work without) comes with the hook, not with the
-    OS tree: mkinitrd writes it over the `--rootfs` tree, and never without
-    one (a busybox initrd has no systemd to read it). A unit with
-    `wanted_by` is enabled as `systemctl enable` would: a link in
-    /etc/systemd/system/TARGET.wants.
-    """
-
-    path: str  # absolute, in the OS
-    text: str
-    mode: int = 0o644
-    wanted_by: str | None = None
-
-
-@frozen
-class OsPackage:
-    """A Debian package the OS must hold for a hook's work after the hand-off.
-
-    mkinitrd looks for `path`, a file the package installs, in the
-    `--rootfs` tree, and names the package when it is missing: at build
-    time, not as a failed unit at boot.
-    """
-
-    name: str
-    path: str
 
 
 @frozen

@@ -19,7 +19,8 @@ import pytest
 
 from hooks.services import os_files as services_os
 from initpy.devtools.fake import FakeKernel
-from initpy.runtime.hook import OS_PROGRAMS, Hook, OsFile, discover
+from initpy.runtime.hook import Hook, discover
+from initpy.runtime.osimage import OS_PROGRAMS, OsFile
 from initpy.runtime.report import Outcome, Report, Result, StateRecord
 from tests.unit.conftest import HOOKS_DIR
 

@@ -22,7 +22,8 @@ from tests.unit.test_mkinitrd import VERSION, build, members, setup
 __all__ = ["setup"]  # the fixture, used by name
 
 OS_HOOK = """
-from initpy.runtime.hook import Hook, OsFile, OsPackage, State
+from initpy.runtime.hook import Hook, State
+from initpy.runtime.osimage import OsFile, OsPackage
 
 def hello(ctx):
     return "hello"

@@ -116,7 +116,7 @@ def main() -> None:
     ns = parser.parse_args()
     vmlinuz, modules = kernel_files()
     started = time.monotonic()
-    tree = build_tree(modules)
+    tree = build_tree()
     print(f"OS tree {tree} ({time.monotonic() - started:.1f} s now; cached when fast)")
     info = Path(f"{tree}.info")
     if info.exists():

@@ -80,7 +80,7 @@ def main() -> None:
     ns = parser.parse_args()
     vmlinuz, modules = kernel_files()
     with tempfile.TemporaryDirectory(prefix="initpy-tcg-reboot.") as tmp:
-        outdir = build_image(vmlinuz, modules, build_tree(modules), Path(tmp) / "image")
+        outdir = build_image(vmlinuz, modules, build_tree(), Path(tmp) / "image")
         size = (outdir / "buildos-initrd").stat().st_size / 1e6
         print(f"full image: initrd {size:.1f} MB (zstd:3); TCG, one VM at a time")
         cache = qemu_rules.REBOOT_TB_SIZE_MIB

@@ -15,12 +15,22 @@ from initpy.runtime import etc
 from initpy.runtime.cmdline import BadValue, Parameter
 from initpy.runtime.hook import BootContext, BootFailure, Fact, Hook, Milestone, State
 from initpy.runtime.kernel import MS_NODEV, MS_NOSUID
+from initpy.runtime.osimage import OsFile, OsPackage
 
 BUILD_USER = "build"
 BUILD_UID = 1100
 BUILD_GID = 1100
 BUILD_HOME = "/build"
 TFTP_MOUNT = "/build/tftp"
+# The OS serves /build/tftp with dnsmasq's own TFTP server (no tftpd package).
+TFTP_CONF = """\
+# Shipped by initpy (hooks/buildhost.py): /build/tftp, read-only over TFTP
+# on the default port (69), on the interfaces this dnsmasq serves: br1 only
+# (initpy-br1.conf, written by initpy at boot). Why not br0: docs/manual.md,
+# "TFTP".
+enable-tftp
+tftp-root=/build/tftp
+"""
 
 
 def _tmpfs_size(raw: str | None) -> str:
@@ -138,4 +148,6 @@ HOOK = Hook(
         State("tftp", tftp, "mount /build/tftp, a tmpfs of initpy.tftp_size owned by build"),
     ),
     parameters=(TFTP_SIZE,),
+    os_files=(OsFile("/etc/dnsmasq.d/buildos-tftp.conf", TFTP_CONF),),
+    os_packages=(OsPackage("dnsmasq", "/lib/systemd/system/dnsmasq.service"),),
 )

@@ -1,15 +1,18 @@
-"""The monitor: installs initpy-monitor into the OS that the init hands off to.
+"""The monitor: initpy-monitor in the OS that the init hands off to.
 
-One state, `monitor`, when the hand-off goes to systemd and the image has
-python3:
-- writes `initpy-monitor.service` (Type=notify, User=build, Restart=always)
-  and enables it (a link in multi-user.target.wants);
-- writes `initpy-reboot.path` and `initpy-reboot.service`, root's half of a
+Its units come with the hook (`os_files`), which mkinitrd --rootfs writes
+into the OS with the other hooks' (initpy.builder.rootfs), and it needs
+python3 there (`os_packages`, checked at build time):
+- `initpy-monitor.service` (Type=notify, User=build, Restart=always),
+  enabled in multi-user.target;
+- `initpy-reboot.path` and `initpy-reboot.service`, root's half of a
   reboot: the monitor, unprivileged, drops a request file and systemd runs
-  `systemctl reboot` (initpy/host/systemd.py says why);
-- writes `/etc/initpy/monitor.env` with `initpy.monitor.interval` and
-  `initpy.monitor.agent`, which the monitor reads with the
-  `buildos.env` of hooks/services.py.
+  `systemctl reboot` (initpy/host/systemd.py says why).
+
+One state, `monitor`, when the hand-off goes to systemd: writes
+`/etc/initpy/monitor.env` with `initpy.monitor.interval` and
+`initpy.monitor.agent`, which the monitor reads with the `buildos.env` of
+hooks/services.
 
 The monitor itself (initpy/host, the runtime modules it imports, HOST_RUNTIME,
 and tftpy) is not frozen: `files` copies its .py files
@@ -29,17 +32,16 @@ from initpy.runtime import cmdline, etc, layout
 from initpy.runtime.cmdline import BadValue, Parameter
 from initpy.runtime.handoff import handoff_to_systemd
 from initpy.runtime.hook import BootContext, Hook, State
+from initpy.runtime.osimage import OsFile, OsPackage
 
 UNIT_DIR = "/etc/systemd/system"
 MONITOR_UNIT = "initpy-monitor.service"
 REBOOT_PATH_UNIT = "initpy-reboot.path"
 REBOOT_SERVICE_UNIT = "initpy-reboot.service"
-WANTS_DIR = f"{UNIT_DIR}/multi-user.target.wants"
 PYTHON3 = "/usr/bin/python3"
 # The runtime modules initpy/host imports, all stdlib leaves: the image gets
 # them beside initpy/host (tests/unit/test_imports.py holds host to these).
 HOST_RUNTIME = ("layout", "record", "exit_status")
-HOST_ENTRY = f"{layout.HOST_PYTHONPATH}/initpy/host/monitor.py"
 # hooks/buildhost.py creates this user (or the image has it).
 BUILD_USER = "build"
 BUILD_HOME = "/build"
@@ -75,7 +77,7 @@ AGENT: Parameter[str | None] = Parameter(
 )
 
 MONITOR_SERVICE = f"""\
-# Written at boot by initpy (hooks/monitor.py).
+# Shipped by initpy (hooks/monitor.py).
 [Unit]
 Description=initpy monitor: reboot onto a new build, keep the build agent running
 Wants=network-online.target {REBOOT_PATH_UNIT}
@@ -101,7 +103,7 @@ WantedBy=multi-user.target
 """
 
 REBOOT_PATH = f"""\
-# Written at boot by initpy (hooks/monitor.py): initpy-monitor, which runs
+# Shipped by initpy (hooks/monitor.py): initpy-monitor, which runs
 # as {BUILD_USER} and may not reboot, asks for a reboot with this file.
 [Unit]
 Description=initpy monitor's reboot request
@@ -112,7 +114,7 @@ Unit={REBOOT_SERVICE_UNIT}
 """
 
 REBOOT_SERVICE = f"""\
-# Written at boot by initpy (hooks/monitor.py).
+# Shipped by initpy (hooks/monitor.py).
 [Unit]
 Description=initpy monitor: reboot onto the new build
 
@@ -128,26 +130,13 @@ def install_monitor(ctx: BootContext) -> str:
     systemd, target = handoff_to_systemd(ctx)
     if not systemd:
         return f"not installed: the hand-off goes to {target}, not systemd"
-    if not k.exists(PYTHON3):
+    unit = f"{UNIT_DIR}/{MONITOR_UNIT}"
+    if not k.exists(unit):
         ctx.warn(
-            f"monitor: {PYTHON3} is not in the image, so initpy-monitor is not installed and "
-            "this host will not follow new builds; add python3 to the OS image"
+            f"monitor: {unit} is not in the image, so this host will not follow new builds; "
+            "build the initrd with --rootfs (mkinitrd writes the monitor's units there)"
         )
-        return f"not installed: no {PYTHON3}"
-    if not k.exists(HOST_ENTRY):
-        ctx.warn(
-            f"monitor: {HOST_ENTRY} is not in the image, so initpy-monitor is not installed; "
-            "build the initrd with the monitor hook (mkinitrd copies its files)"
-        )
-        return f"not installed: no {HOST_ENTRY}"
-    k.mkdir(WANTS_DIR)
-    k.write_text(f"{UNIT_DIR}/{MONITOR_UNIT}", MONITOR_SERVICE)
-    k.write_text(f"{UNIT_DIR}/{REBOOT_PATH_UNIT}", REBOOT_PATH)
-    k.write_text(f"{UNIT_DIR}/{REBOOT_SERVICE_UNIT}", REBOOT_SERVICE)
-    link = f"{WANTS_DIR}/{MONITOR_UNIT}"
-    if k.exists(link):
-        k.remove(link)
-    k.symlink(f"{UNIT_DIR}/{MONITOR_UNIT}", link)
+        return f"not installed: no {unit}"
     interval, agent = ctx.value(INTERVAL), ctx.value(AGENT)
     settings = {"INITPY_MONITOR_INTERVAL": f"{interval:g}"}
     if agent is not None:
@@ -209,9 +198,15 @@ HOOK = Hook(
         State(
             "monitor",
             install_monitor,
-            "install and enable initpy-monitor.service (when the hand-off is systemd)",
+            "write initpy-monitor's settings (when the hand-off is systemd)",
         ),
     ),
     files=host_python_files(),
     parameters=(INTERVAL, AGENT),
+    os_files=(
+        OsFile(f"{UNIT_DIR}/{MONITOR_UNIT}", MONITOR_SERVICE, wanted_by="multi-user.target"),
+        OsFile(f"{UNIT_DIR}/{REBOOT_PATH_UNIT}", REBOOT_PATH),
+        OsFile(f"{UNIT_DIR}/{REBOOT_SERVICE_UNIT}", REBOOT_SERVICE),
+    ),
+    os_packages=(OsPackage("python3", PYTHON3),),
 )

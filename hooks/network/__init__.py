@@ -46,6 +46,7 @@ from initpy.runtime.run import run
 # The DHCP client (dhcpclient.py) pulls in asyncio (about 0.5 s under TCG): the
 # states import it when they run, in the prefetch thread's shadow; the
 # lease type alone is light.
+from .adopt import OS_FILES, OS_PACKAGES
 from .lease import Lease, is_hostname
 from .netlink import opened, start_prefetch, sysfs_is_ethernet, wait_for_carrier, wait_prefetch
 
@@ -613,4 +614,6 @@ HOOK = Hook(
     # the features the network states use, loaded at every boot.
     modules=("bridge", "nf_tables", "nft_chain_nat", "nft_masq"),
     parameters=PARAMETERS,
+    os_files=OS_FILES,
+    os_packages=OS_PACKAGES,
 )

@@ -15,7 +15,7 @@ import dataclasses
 import os
 import posixpath
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from initpy.builder import cpio, freeze
@@ -78,10 +78,13 @@ def add_frozen(layer: Layer, frozen: freeze.Frozen) -> None:
     layer.add(cpio.symlink("init", freeze.FROZEN_EXE), PART_INIT)
 
 
-def add_tree(layer: Layer, top: str, part: str) -> None:
-    """A whole host folder (a --rootfs), owners kept."""
+def add_tree(
+    layer: Layer, top: str, part: str, keep: Callable[[str], bool] = lambda _path: True
+) -> None:
+    """A whole host folder (a --rootfs), owners kept, but for the paths `keep` refuses."""
     for entry in cpio.entries_from_tree(top, keep_owners=True):
-        layer.add(entry, part)
+        if keep(entry.path):
+            layer.add(entry, part)
 
 
 def add_host_path(layer: Layer, source: str, dest: str, part: str) -> None:

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from initpy.builder import cpio, freeze, hooks, layers
+from initpy.builder import rootfs as os_tree
 from initpy.builder.binaries import add_busybox, add_elf_files, wanted_binaries
 from initpy.builder.command import BuildError
 from initpy.builder.kernel_modules import add_modules
@@ -85,6 +86,8 @@ def build(
     folders = [*([options.base_hooks_dir] if options.base_hooks_dir else []), *options.hook_dirs]
     chosen = hooks.choose(folders, options.hooks)
     registry = chosen.registry
+    if options.rootfs:  # before the freeze: a tree that cannot work fails in a second
+        os_tree.check(options.rootfs, options.modules, registry.hooks)
     lap("registry")
 
     frozen = (freezer or freeze.freeze)(chosen.sources())
@@ -118,7 +121,11 @@ def build(
         if options.rootfs:
             if not os.path.isdir(options.rootfs):
                 raise BuildError(f"--rootfs {options.rootfs}: not a folder")
-            layers.add_tree(rootfs, options.rootfs, PART_ROOTFS)
+            layers.add_tree(rootfs, options.rootfs, PART_ROOTFS, keep=os_tree.keeps)
+            for entry, part in os_tree.entries(
+                options.rootfs, options.modules, packed_modules.kernel_version, registry.hooks
+            ):
+                rootfs.add(entry, part)
         merged = layers.merge([fallback, rootfs, init])
         lap("layout")
         archives = layers.split_archives(merged, options.source_date_epoch)

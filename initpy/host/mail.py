@@ -1,6 +1,6 @@
 """The monitor's mail to the admin, through the host's MTA.
 
-The spec's hosts relay everything through postfix (hooks/services.py
+The spec's hosts relay everything through postfix (hooks/services
 configures it from `buildos.smtp_relay`), so the monitor hands a complete
 message to `/usr/sbin/sendmail -t -i` (recipients from the headers) and
 never speaks SMTP itself. The host lives in RAM: postfix's queue dies with

@@ -3,7 +3,7 @@
 PID 1 parsed the kernel command line once (initpy.runtime.cmdline: the
 kernel's quoting rules, checked values, warnings in the boot report) and
 left the values in two files, which the monitor reads and nothing else:
-`buildos.env` (hooks/services.py: `BUILDOS_BUILDID_URL`,
+`buildos.env` (hooks/services: `BUILDOS_BUILDID_URL`,
 `BUILDOS_ADMIN_EMAIL`) and `monitor.env` (hooks/monitor.py:
 `INITPY_MONITOR_INTERVAL`, `INITPY_MONITOR_AGENT`). Reading /proc/cmdline
 again would be a second parser that could disagree with the first. Each
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from initpy.host.fetch import parse_build_id
 from initpy.runtime import layout
 
-# The files PID 1 writes (hooks/services.py, hooks/monitor.py).
+# The files PID 1 writes (hooks/services, hooks/monitor.py).
 BUILDOS_ENV = layout.BUILDOS_ENV
 MONITOR_ENV = layout.MONITOR_ENV
 DEFAULT_INTERVAL = 600.0

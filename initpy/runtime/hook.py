@@ -28,6 +28,7 @@ from typing import Generic, TypeVar, cast
 from initpy.runtime.cmdline import BootConfig, Parameter
 from initpy.runtime.kernel import Kernel
 from initpy.runtime.layout import Manifest
+from initpy.runtime.osimage import OsFile, OsPackage
 from initpy.runtime.record import field, frozen, mutable
 from initpy.runtime.report import Report
 
@@ -120,7 +121,7 @@ class BootContext:
     def rescuing(self) -> None:
         """The driver's call at a rescue: each on_rescue function once, in order.
 
-        A function must bound its own time (the mail of hooks/services.py
+        A function must bound its own time (the mail of hooks/services
         gives up after 10 s); what it raises is a console line, never the
         end of the rescue.
         """
@@ -213,6 +214,10 @@ class Hook:
     # checks for itself what it needs (ctx.reached, ctx.value) and bounds
     # its own time.
     on_rescue: tuple[RescueFunction, ...] = ()
+    # What the OS after the hand-off gets from this hook and must hold for
+    # it (only with --rootfs; initpy.builder.rootfs).
+    os_files: tuple[OsFile, ...] = ()
+    os_packages: tuple[OsPackage, ...] = ()
 
 
 @frozen

@@ -48,7 +48,7 @@ REPORT = f"{RUN_DIR}/report.json"
 # this folder as its PYTHONPATH; the monitor hook puts it into the image.
 HOST_PYTHONPATH = f"{LIB}/python"
 # What PID 1 leaves for the OS's services, KEY=VALUE lines from the parsed
-# command line: the buildos.* values (hooks/services.py) and the monitor's
+# command line: the buildos.* values (hooks/services) and the monitor's
 # own (hooks/monitor.py). The monitor reads both.
 ETC_DIR = "/etc/initpy"
 BUILDOS_ENV = f"{ETC_DIR}/buildos.env"

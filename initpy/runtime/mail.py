@@ -3,7 +3,7 @@
 At a rescue there is no postfix yet (systemd starts it after the hand-off),
 so the init speaks SMTP itself with the standard library's `smtplib`:
 plain SMTP, no authentication, no TLS (the initrd carries no OpenSSL:
-nossl.py), as postfix is configured to relay (hooks/services.py). The
+nossl.py), as postfix is configured to relay (hooks/services). The
 connection comes from the kernel seam (`Kernel.connect_tcp`), so a fake
 kernel sends nowhere but to a test's sink.
 

@@ -3,7 +3,7 @@
 One place for the VM tests (tests/vm/test_fullos.py), the demo
 (`scripts/demo --full`) and the benchmark (benchmarks/full_os.py):
 
-- `build_tree(modules)`: scripts/mkrootfs (cached in ~/.cache/initpy/rootfs);
+- `build_tree()`: scripts/mkrootfs (cached in ~/.cache/initpy/rootfs);
 - `build_image(...)`: mkinitrd.py --rootfs TREE, at a fast zstd level by
   default (zstd:3 packs in seconds; zstd:19, the release default, takes
   minutes for the same boot);
@@ -14,6 +14,7 @@ One place for the VM tests (tests/vm/test_fullos.py), the demo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -22,12 +23,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 
-from . import smtp_sink
+from . import qemu, smtp_sink
 from .disks import state_and_machines
+from .images import InitrdFiles
 from .qemu import REPO
 from .qemu_rules import BootArgs, Nic
 from .scenario import FULL_BOOT_MAC
@@ -56,9 +58,9 @@ def _run(argv: list[str], timeout: float) -> str:
     return done.stdout
 
 
-def build_tree(modules: Path) -> Path:
-    """The OS tree with the kernel's modules (scripts/mkrootfs; cached)."""
-    out = _run([str(REPO / "scripts" / "mkrootfs"), "--modules", str(modules)], 1800)
+def build_tree() -> Path:
+    """The OS tree (scripts/mkrootfs; cached); mkinitrd adds the kernel's modules."""
+    out = _run([str(REPO / "scripts" / "mkrootfs")], 1800)
     return Path(out.strip().splitlines()[-1])
 
 
@@ -213,3 +215,81 @@ def wait_for_mail(
 
 def env_flag(name: str) -> str | None:
     return os.environ.get(name) or None
+
+
+@dataclass
+class Host:
+    """One boot of the full image, with its SSH client and the SMTP sink's folder."""
+
+    vm: qemu.Vm
+    ssh: Ssh
+    mail: Path
+    ready: re.Match[str]
+    host_keys: dict[str, str]
+    image: InitrdFiles
+    workdir: Path
+    disks: list[str]
+    stack: contextlib.ExitStack = field(repr=False)
+
+    def sections(self, commands: dict[str, str]) -> dict[str, str]:
+        """Run each command in one SSH session; their outputs by name."""
+        return self.ssh.sections(commands)
+
+    def close(self) -> None:
+        self.stack.close()
+
+
+def boot_full(image: InitrdFiles, workdir: Path, name: str, disks: list[str] | None = None) -> Host:
+    """Boot the full image and wait for the console's `buildos: up` line and SSH."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    key = make_key(workdir)
+    mail = workdir / "mail"
+    mail.mkdir(exist_ok=True)
+    port = free_port()
+    args: BootArgs = full_os_args(
+        workdir, port, key.with_suffix(".pub").read_text().strip(), mail, disks
+    )
+    stack = contextlib.ExitStack()
+    try:
+        vm = stack.enter_context(
+            qemu.boot(image.image, image.initrd, args.plus(append=["initpy.debug"]), name=name)
+        )
+        ready = vm.expect(READY, BOOT_TIMEOUT, fail_on=r"initpy: rescue: .*")
+        ssh = Ssh(port, key)
+        ssh.wait()
+        keys = ssh.host_keys()
+    except BaseException:
+        stack.close()
+        raise
+    disk_paths = [d for d in args.disks if isinstance(d, str)]
+    return Host(vm, ssh, mail, ready, keys, image, workdir, disk_paths, stack)
+
+
+# A namespace on br1 in the guest: a lease (busybox udhcpc), the sink through
+# the NAT, and a file over TFTP from /build/tftp.
+GUEST_BR1_SCRIPT = r"""
+set -e
+cat > /run/udhcpc.sh <<'EOS'
+#!/bin/sh
+case $1 in
+  bound|renew)
+    ip addr add "$ip/$mask" dev "$interface"
+    ip route add default via "${router%% *}"
+    echo "lease $ip/$mask router ${router%% *}" ;;
+esac
+EOS
+chmod +x /run/udhcpc.sh
+ip netns add lan
+ip link add vbr1 type veth peer name eth0 netns lan
+ip link set vbr1 master br1 up
+ip -n lan link set lo up
+ip -n lan link set eth0 up
+ip netns exec lan busybox udhcpc -i eth0 -n -q -t 10 -T 3 -s /run/udhcpc.sh 2>&1 | grep '^lease'
+echo "==sink"
+printf 'QUIT\r\n' | ip netns exec lan busybox nc -w 20 SINK 25
+echo "==tftp"
+echo TOKEN > /build/tftp/hello.txt
+server=$(ip -4 -o addr show br1 | awk '{print $4}' | cut -d/ -f1)
+cd /run && ip netns exec lan busybox tftp -g -r hello.txt -l /run/fetched.txt "$server"
+cat /run/fetched.txt
+"""

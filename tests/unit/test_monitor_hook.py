@@ -1,10 +1,12 @@
-"""The monitor hook: the units it writes at boot (fake kernel), and what it ships.
+"""The monitor hook: its units, the settings it writes at boot, and what it ships.
 
-The boot side runs on the fake kernel: the unit files, the enabling link
-and monitor.env appear only when the hand-off goes to systemd. The build
-side: the files the hook asks mkinitrd for are enough for Debian's python3
-to run the monitor from the image's tree alone, tftp:// included, and
-mkinitrd puts them into the initrd.
+The units are the hook's `os_files` (mkinitrd --rootfs writes them:
+tests/unit/test_rootfs.py); systemd reads them without a complaint. The
+boot side runs on the fake kernel with the units in place, as the build
+leaves them: monitor.env appears only when the hand-off goes to systemd.
+The build side: the files the hook asks mkinitrd for are enough for
+Debian's python3 to run the monitor from the image's tree alone, tftp://
+included, and mkinitrd puts them into the initrd.
 """
 
 from __future__ import annotations
@@ -36,12 +38,14 @@ SYSTEMD = "/lib/systemd/systemd"
 UNITS = "/etc/systemd/system"
 
 
-def booted_host(root: str, cmdline: str, *, python3: bool = True) -> FakeKernel:
+def booted_host(root: str, cmdline: str, *, units: bool = True) -> FakeKernel:
+    """systemd, and the monitor's units where mkinitrd --rootfs puts them."""
     kernel = FakeKernel(root=root, cmdline=cmdline)
     make_executable(kernel, SYSTEMD)
-    if python3:
-        make_executable(kernel, monitor.PYTHON3)
-    make_executable(kernel, monitor.HOST_ENTRY, "# the monitor\n")
+    if units:
+        kernel.mkdir(UNITS)
+        for os_file in monitor.HOOK.os_files:
+            kernel.write_text(os_file.path, os_file.text)
     return kernel
 
 
@@ -50,23 +54,10 @@ def read(kernel: FakeKernel, path: str) -> str:
         return f.read()
 
 
-def test_the_units_are_written_and_enabled_when_systemd_comes_next(
-    tmp_path: os.PathLike[str],
-) -> None:
-    kernel = booted_host(
-        str(tmp_path),
-        "buildos.buildid_url=tftp://10.0.2.2/buildos/buildos-buildid "
-        "buildos.admin_email=admin@example.org initpy.monitor.interval=30 "
-        'initpy.monitor.agent="/opt/bbot/agent --mode agent"',
-    )
-    ended = run_boot(kernel, [services.HOOK, monitor.HOOK])
-    assert isinstance(ended, HandedOff) and ended.path == SYSTEMD
-    assert any(
-        line.startswith("initpy: monitor: ok in ")
-        and line.endswith("initpy-monitor.service enabled (poll every 30 s, agent /opt/bbot/agent)")
-        for line in kernel.console_lines
-    )
-    unit = read(kernel, f"{UNITS}/initpy-monitor.service")
+def test_the_units_come_with_the_hook_and_the_monitor_is_enabled() -> None:
+    files = {f.path: f for f in monitor.HOOK.os_files}
+    service = files[f"{UNITS}/initpy-monitor.service"]
+    assert service.wanted_by == "multi-user.target"
     for line in (
         "Type=notify",
         "User=build",
@@ -80,13 +71,30 @@ def test_the_units_are_written_and_enabled_when_systemd_comes_next(
         "Wants=network-online.target initpy-reboot.path",
         "WantedBy=multi-user.target",
     ):
-        assert f"\n{line}\n" in unit, line
-    link = f"{UNITS}/multi-user.target.wants/initpy-monitor.service"
-    assert kernel.readlink(link) == f"{UNITS}/initpy-monitor.service"
-    path_unit = read(kernel, f"{UNITS}/initpy-reboot.path")
+        assert f"\n{line}\n" in service.text, line
+    path_unit = files[f"{UNITS}/initpy-reboot.path"].text
     assert "\nPathExists=/run/initpy-monitor/reboot\n" in path_unit
     assert "\nUnit=initpy-reboot.service\n" in path_unit
-    assert "\nExecStart=/bin/systemctl reboot\n" in read(kernel, f"{UNITS}/initpy-reboot.service")
+    reboot = files[f"{UNITS}/initpy-reboot.service"]
+    assert "\nExecStart=/bin/systemctl reboot\n" in reboot.text
+    assert reboot.wanted_by is None  # started by the path unit only
+    assert [(p.name, p.path) for p in monitor.HOOK.os_packages] == [("python3", "/usr/bin/python3")]
+
+
+def test_the_settings_are_written_when_systemd_comes_next(tmp_path: os.PathLike[str]) -> None:
+    kernel = booted_host(
+        str(tmp_path),
+        "buildos.buildid_url=tftp://10.0.2.2/buildos/buildos-buildid "
+        "buildos.admin_email=admin@example.org initpy.monitor.interval=30 "
+        'initpy.monitor.agent="/opt/bbot/agent --mode agent"',
+    )
+    ended = run_boot(kernel, [services.HOOK, monitor.HOOK])
+    assert isinstance(ended, HandedOff) and ended.path == SYSTEMD
+    assert any(
+        line.startswith("initpy: monitor: ok in ")
+        and line.endswith("initpy-monitor.service enabled (poll every 30 s, agent /opt/bbot/agent)")
+        for line in kernel.console_lines
+    )
     # What the monitor will read is what the command line said.
     settings, problems = host_settings.load_settings(
         kernel.path(layout.BUILDOS_ENV), kernel.path(layout.MONITOR_ENV)
@@ -121,7 +129,7 @@ def test_systemd_reads_the_units_without_a_complaint(tmp_path: os.PathLike[str])
     assert (done.returncode, done.stderr) == (0, "")
 
 
-def test_sbin_init_that_is_systemd_counts_and_a_second_boot_rewrites(
+def test_sbin_init_that_is_systemd_counts_and_a_second_boot_rewrites_the_settings(
     tmp_path: os.PathLike[str],
 ) -> None:
     kernel = booted_host(str(tmp_path), "initpy.exec=/sbin/init")
@@ -131,7 +139,7 @@ def test_sbin_init_that_is_systemd_counts_and_a_second_boot_rewrites(
         ended = run_boot(kernel, [monitor.HOOK])
         assert isinstance(ended, HandedOff) and ended.path == "/sbin/init"
         assert read(kernel, layout.MONITOR_ENV) == "INITPY_MONITOR_INTERVAL=600\n"
-    assert kernel.exists(f"{UNITS}/multi-user.target.wants/initpy-monitor.service")
+        kernel.write_text(layout.MONITOR_ENV, "stale\n")
 
 
 @pytest.mark.parametrize(
@@ -147,20 +155,20 @@ def test_nothing_is_installed_when_something_else_comes_next(
     kernel = FakeKernel(root=str(tmp_path), cmdline=cmdline)
     make_executable(kernel, "/sbin/init")
     make_executable(kernel, "/bin/sh")
-    make_executable(kernel, monitor.PYTHON3)
     run_boot(kernel, [monitor.HOOK])
     assert any(line.endswith(f"not installed: {why}") for line in kernel.console_lines)
-    assert not kernel.exists(UNITS) and not kernel.exists(layout.MONITOR_ENV)
+    assert not kernel.exists(layout.MONITOR_ENV)
 
 
-def test_an_image_without_python3_boots_with_a_warning(tmp_path: os.PathLike[str]) -> None:
-    kernel = booted_host(str(tmp_path), "", python3=False)
+def test_an_image_without_the_units_boots_with_a_warning(tmp_path: os.PathLike[str]) -> None:
+    kernel = booted_host(str(tmp_path), "", units=False)
     ended = run_boot(kernel, [monitor.HOOK])
     assert isinstance(ended, HandedOff)
     warnings = read_report(kernel)["warnings"]
     assert isinstance(warnings, list)
-    assert any("/usr/bin/python3 is not in the image" in w for w in warnings)
-    assert not kernel.exists(f"{UNITS}/initpy-monitor.service")
+    assert any("initpy-monitor.service is not in the image" in w for w in warnings)
+    assert any("--rootfs" in w for w in warnings)
+    assert not kernel.exists(layout.MONITOR_ENV)
 
 
 def test_inside_the_frozen_init_the_hook_lists_no_host_files(

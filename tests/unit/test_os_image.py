@@ -1,61 +1,80 @@
-"""The OS image's own files (os/): the package list, the overlay's units and
-scripts, and the boot mail's summary of a real report.json.
+"""What the booted OS gets from the hooks, and os/packages.list.
 
-The full image itself boots in tests/vm/test_fullos.py; these catch, in
-seconds, a unit that names a missing script, a script sh cannot parse, or
-a boot mail that no longer understands initpy's report.
+The hooks' `os_files` (units, their scripts, config) and `os_packages`,
+which mkinitrd --rootfs writes and checks (initpy.builder.rootfs). The full
+image boots in tests/vm/test_fullos.py and a plain Debian tree in
+tests/vm/test_plain_tree.py; these catch, in seconds, a unit that names a
+missing script, a script sh cannot parse, a package a hook needs that the
+list lacks, or a boot mail that no longer understands initpy's report.
 """
 
 from __future__ import annotations
 
 import configparser
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from hooks.services import os_files as services_os
 from initpy.devtools.fake import FakeKernel
+from initpy.runtime.hook import Hook, discover
+from initpy.runtime.osimage import OS_PROGRAMS, OsFile
 from initpy.runtime.report import Outcome, Report, Result, StateRecord
+from tests.unit.conftest import HOOKS_DIR
 
 REPO = Path(__file__).resolve().parents[2]
-OS = REPO / "os"
-OVERLAY = OS / "overlay"
-UNITS = sorted((OVERLAY / "etc/systemd/system").glob("*.service"))
-SCRIPTS = sorted(p for p in (OVERLAY / "usr/local/sbin").iterdir())
+HOOKS = sorted(discover([HOOKS_DIR]).values(), key=lambda h: h.name)
+OS_FILES = [(hook, f) for hook in HOOKS for f in hook.os_files]
+SCRIPTS = [(h, f) for h, f in OS_FILES if f.text.startswith("#!/bin/sh")]
+# The enabled services (initpy-reboot.service is started by its path unit).
+UNITS = [(h, f) for h, f in OS_FILES if f.path.endswith(".service") and f.wanted_by]
 
 
 def packages() -> list[str]:
-    lines = (OS / "packages.list").read_text().splitlines()
+    lines = (REPO / "os" / "packages.list").read_text().splitlines()
     return [w for line in lines for w in line.split("#")[0].split()]
 
 
-def test_the_package_list_has_what_the_spec_names() -> None:
+def name(case: tuple[Hook, OsFile]) -> str:
+    return f"{case[0].name}:{case[1].path}"
+
+
+def test_the_package_list_has_what_the_spec_and_every_hook_need() -> None:
     wanted = {
         "systemd", "udev", "openssh-server", "postfix", "dnsmasq", "ifupdown", "nftables",
         "btrfs-progs", "e2fsprogs", "util-linux", "hdparm", "fdisk", "ca-certificates",
     }  # fmt: skip
+    wanted |= {p.name for hook in HOOKS for p in hook.os_packages}
     listed = packages()
     assert wanted <= set(listed), wanted - set(listed)
     assert len(listed) == len(set(listed)), "a package is listed twice"
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
-def test_overlay_scripts_parse_and_are_executable(script: Path) -> None:
-    assert os.access(script, os.X_OK), f"{script} is not executable (chmod 755)"
-    subprocess.run(["sh", "-n", str(script)], check=True)
+@pytest.mark.parametrize("case", SCRIPTS, ids=name)
+def test_the_hooks_scripts_parse_and_are_executable(
+    case: tuple[Hook, OsFile], tmp_path: Path
+) -> None:
+    _hook, script = case
+    assert script.mode == 0o755, f"{script.path} is not executable"
+    assert script.path.startswith(OS_PROGRAMS + "/")
+    (tmp_path / "script").write_text(script.text)
+    subprocess.run(["sh", "-n", str(tmp_path / "script")], check=True)
 
 
-@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
-def test_every_unit_runs_a_script_of_the_overlay_and_is_enabled(unit: Path) -> None:
+@pytest.mark.parametrize("case", UNITS, ids=name)
+def test_every_unit_runs_what_its_hook_ships_or_needs_and_is_enabled(
+    case: tuple[Hook, OsFile],
+) -> None:
+    hook, unit = case
     parser = configparser.ConfigParser(strict=False, interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]
-    parser.read(unit)
+    parser.read_string(unit.text)
     program = parser["Service"]["ExecStart"].split()[0]
-    assert (OVERLAY / program.lstrip("/")).is_file(), f"{unit.name}: {program} not in os/overlay"
-    assert parser["Install"]["WantedBy"] == "multi-user.target"
-    assert unit.name in (OS / "customize").read_text(), f"os/customize does not enable {unit.name}"
+    known = {f.path for f in hook.os_files} | {p.path for p in hook.os_packages}
+    assert program in known, f"{unit.path}: {program} is neither shipped nor a needed package's"
+    assert parser["Install"]["WantedBy"] == unit.wanted_by == "multi-user.target"
 
 
 def boot_mail(tmp_path: Path, env: str, report: dict[str, object]) -> tuple[str, str]:
@@ -66,8 +85,9 @@ def boot_mail(tmp_path: Path, env: str, report: dict[str, object]) -> tuple[str,
     mail.chmod(0o755)
     (tmp_path / "buildos.env").write_text(env)
     (tmp_path / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (tmp_path / "buildos-boot-mail").write_text(services_os.BOOT_MAIL_SCRIPT)
     done = subprocess.run(
-        ["sh", str(OVERLAY / "usr/local/sbin/buildos-boot-mail")],
+        ["sh", str(tmp_path / "buildos-boot-mail")],
         env={
             "PATH": f"{tmp_path}/bin:/usr/bin:/bin",
             "BUILDOS_ENV_FILE": str(tmp_path / "buildos.env"),

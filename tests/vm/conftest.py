@@ -29,12 +29,12 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.harness import qemu
+from tests.harness.images import InitrdFiles, KernelFiles
 from tests.harness.qemu import BootArgs
 from tests.harness.scenario import GUEST_PATH, GUEST_PROGRAM, full_boot_args
 
@@ -49,27 +49,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("vm"):
             item.add_marker(skip)
-
-
-@dataclass(frozen=True)
-class KernelFiles:
-    folder: Path
-    vmlinuz: Path
-    modules: Path  # lib/modules/<version>
-    vmlinux: Path | None = None  # the uncompressed ELF, when fetch-kernel made one
-
-    @property
-    def boot_image(self) -> Path:
-        """What QEMU boots fastest: vmlinux (PVH entry, no xz under TCG), else vmlinuz."""
-        return self.vmlinux or self.vmlinuz
-
-
-@dataclass(frozen=True)
-class InitrdFiles:
-    outdir: Path
-    image: Path  # buildos-image, the kernel mkinitrd copied
-    initrd: Path  # buildos-initrd
-    buildid: Path
 
 
 def _run(argv: Sequence[str], what: str, timeout: float) -> str:
@@ -190,11 +169,11 @@ def vm_initrd(vm_kernel: KernelFiles, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.fixture(scope="session")
-def vm_rootfs(vm_kernel: KernelFiles) -> Path:
+def vm_rootfs() -> Path:
     from tests.harness.fullos import build_tree
 
     try:
-        return build_tree(vm_kernel.modules)
+        return build_tree()
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         pytest.fail(f"building the OS tree (scripts/mkrootfs): {exc}", pytrace=False)
 

@@ -18,84 +18,28 @@ zstd:3. Logs: artifacts/vm/fullos-boot1.log, fullos-boot2.log.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import secrets
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from email.utils import getaddresses
-from pathlib import Path
 
 import pytest
 
-from tests.harness import qemu, smtp_sink
+from tests.harness import smtp_sink
 from tests.harness.fullos import (
     ADMIN,
-    BOOT_TIMEOUT,
+    GUEST_BR1_SCRIPT,
     HOSTNAME,
-    READY,
-    Ssh,
-    free_port,
-    full_os_args,
-    make_key,
+    Host,
+    boot_full,
     wait_for_mail,
 )
-from tests.harness.qemu import BootArgs
-
-from .conftest import InitrdFiles
+from tests.harness.images import InitrdFiles
 
 pytestmark = pytest.mark.vm
 
 SHUTDOWN_TIMEOUT = 240
-
-
-@dataclass
-class Host:
-    """One boot of the full image, with its SSH client and the SMTP sink's folder."""
-
-    vm: qemu.Vm
-    ssh: Ssh
-    mail: Path
-    ready: re.Match[str]
-    host_keys: dict[str, str]
-    image: InitrdFiles
-    workdir: Path
-    disks: list[str]
-    stack: contextlib.ExitStack = field(repr=False)
-
-    def sections(self, commands: dict[str, str]) -> dict[str, str]:
-        """Run each command in one SSH session; their outputs by name."""
-        return self.ssh.sections(commands)
-
-    def close(self) -> None:
-        self.stack.close()
-
-
-def boot_full(image: InitrdFiles, workdir: Path, name: str, disks: list[str] | None = None) -> Host:
-    """Boot the full image and wait for the console's `buildos: up` line and SSH."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    key = make_key(workdir)
-    mail = workdir / "mail"
-    mail.mkdir(exist_ok=True)
-    port = free_port()
-    args: BootArgs = full_os_args(
-        workdir, port, key.with_suffix(".pub").read_text().strip(), mail, disks
-    )
-    stack = contextlib.ExitStack()
-    try:
-        vm = stack.enter_context(
-            qemu.boot(image.image, image.initrd, args.plus(append=["initpy.debug"]), name=name)
-        )
-        ready = vm.expect(READY, BOOT_TIMEOUT, fail_on=r"initpy: rescue: .*")
-        ssh = Ssh(port, key)
-        ssh.wait()
-        keys = ssh.host_keys()
-    except BaseException:
-        stack.close()
-        raise
-    disk_paths = [d for d in args.disks if isinstance(d, str)]
-    return Host(vm, ssh, mail, ready, keys, image, workdir, disk_paths, stack)
 
 
 @pytest.fixture(scope="module")
@@ -196,34 +140,6 @@ def test_3_boot_mail_and_mail_to_root_reach_the_admin(host1: Host) -> None:
     # The host names itself fully qualified: the admin's domain, no .localdomain.
     sender = boot["X-Sink-Mail-From"].split()[0]  # then ESMTP parameters: BODY=8BITMIME
     assert sender == f"<root@{HOSTNAME}.example.org>", sender
-
-
-GUEST_BR1_SCRIPT = r"""
-set -e
-cat > /run/udhcpc.sh <<'EOS'
-#!/bin/sh
-case $1 in
-  bound|renew)
-    ip addr add "$ip/$mask" dev "$interface"
-    ip route add default via "${router%% *}"
-    echo "lease $ip/$mask router ${router%% *}" ;;
-esac
-EOS
-chmod +x /run/udhcpc.sh
-ip netns add lan
-ip link add vbr1 type veth peer name eth0 netns lan
-ip link set vbr1 master br1 up
-ip -n lan link set lo up
-ip -n lan link set eth0 up
-ip netns exec lan busybox udhcpc -i eth0 -n -q -t 10 -T 3 -s /run/udhcpc.sh 2>&1 | grep '^lease'
-echo "==sink"
-printf 'QUIT\r\n' | ip netns exec lan busybox nc -w 20 SINK 25
-echo "==tftp"
-echo TOKEN > /build/tftp/hello.txt
-server=$(ip -4 -o addr show br1 | awk '{print $4}' | cut -d/ -f1)
-cd /run && ip netns exec lan busybox tftp -g -r hello.txt -l /run/fetched.txt "$server"
-cat /run/fetched.txt
-"""
 
 
 def test_4_a_namespace_on_br1_gets_a_lease_nat_and_tftp(host1: Host) -> None:

@@ -34,10 +34,11 @@ import pytest
 
 from tests.harness import disks, qemu
 from tests.harness.guest_output import read_sections, report
+from tests.harness.images import InitrdFiles, KernelFiles
 from tests.harness.qemu import Nic
 from tests.harness.scenario import GUEST_PATH
 
-from .conftest import InitrdFiles, KernelFiles, build_initrd
+from .conftest import build_initrd
 
 pytestmark = pytest.mark.vm
 

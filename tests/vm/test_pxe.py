@@ -39,9 +39,10 @@ import pytest
 from tests.harness import qemu, smtp_sink
 from tests.harness.disks import state_and_machines
 from tests.harness.fullos import ADMIN, READY, Ssh, build_image, free_port, make_key, wait_for_mail
+from tests.harness.images import InitrdFiles, KernelFiles
 from tests.harness.scenario import FULL_BOOT_MAC
 
-from .conftest import InitrdFiles, KernelFiles, _initrd_files
+from .conftest import _initrd_files
 
 pytestmark = pytest.mark.vm
 

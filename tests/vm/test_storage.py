@@ -29,10 +29,11 @@ import pytest
 
 from tests.harness import disks, qemu
 from tests.harness.guest_output import read_sections, report
+from tests.harness.images import InitrdFiles, KernelFiles
 from tests.harness.qemu import BootArgs
 from tests.harness.scenario import GUEST_PATH, GUEST_PROGRAM
 
-from .conftest import BUILD_TIMEOUT, InitrdFiles, KernelFiles, _initrd_files, _run
+from .conftest import BUILD_TIMEOUT, _initrd_files, _run
 
 pytestmark = pytest.mark.vm
 

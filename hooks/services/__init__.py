@@ -28,6 +28,8 @@ from initpy.runtime.cmdline import BadValue, Parameter
 from initpy.runtime.hook import BootContext, Hook, Milestone, State
 from initpy.runtime.record import frozen
 
+from .os_files import OS_FILES, OS_PACKAGES, POSTFIX_ADMIN_MAP, POSTFIX_MAIN
+
 # -- the relay and the admin address: strict, because postfix reads them as syntax
 
 # A host name (RFC 1123) or a dotted IPv4 address.
@@ -116,9 +118,7 @@ KEY_TYPES = (
     "sk-ssh-ed25519@openssh.com",
     "sk-ecdsa-sha2-nistp256@openssh.com",
 )
-POSTFIX_MAIN = "/etc/postfix/main.cf"
 ALIASES = "/etc/aliases"
-POSTFIX_ADMIN_MAP = "/etc/postfix/admin"
 AUTHORIZED_KEYS = "/root/.ssh/authorized_keys"
 SSHD_DROPIN = "/etc/ssh/sshd_config.d/initpy.conf"
 BOOT_ENV = layout.BUILDOS_ENV
@@ -208,7 +208,7 @@ def admin_map(admin: str | None) -> str:
     A bare key matches the local part in any domain that is this host's
     ($myorigin, $myhostname), which is where postfix puts a bare `root`.
     """
-    head = "# Written by initpy from buildos.admin_email (hooks/services.py).\n"
+    head = "# Written by initpy from buildos.admin_email (hooks/services).\n"
     if admin is None:
         return (
             head + "# No buildos.admin_email: root's mail goes to root@ the host, via the relay.\n"
@@ -349,4 +349,6 @@ HOOK = Hook(
     ),
     parameters=(SMTP_RELAY, ADMIN_EMAIL, BUILDID_URL, SSH_KEY),
     on_rescue=(mail_rescue,),
+    os_files=OS_FILES,
+    os_packages=OS_PACKAGES,
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -54,3 +55,49 @@ def test_the_hook_example_in_the_design_doc_works(tmp_path: os.PathLike[str]) ->
         pass
     with open(kernel.path("/etc/motd")) as f:
         assert f.read() == "hello\n"
+
+
+ROOMS_BEGIN = "<!-- rooms: checked by tests/unit/test_docs.py -->"
+ROOMS_END = "<!-- end of rooms -->"
+
+
+def rooms() -> dict[str, str]:
+    """design.md's rooms table: each room's path (e.g. `hooks/*.py`) -> its row's text."""
+    with open(os.path.join(REPO, "docs", "design.md"), encoding="utf-8") as f:
+        text = f.read()
+    table = text[text.index(ROOMS_BEGIN) : text.index(ROOMS_END)]
+    found: dict[str, str] = {}
+    for line in table.splitlines():
+        match = re.match(r"\| `([^`]+)`", line)
+        if match:
+            found[match.group(1)] = found.get(match.group(1), "") + line
+    return found
+
+
+def test_the_design_names_every_room_and_every_module_in_it() -> None:
+    """Every package and folder has its row in design.md's house, and each row
+    names every module of its folder: a new room or module cannot go unmentioned."""
+    table = rooms()
+    folders = [
+        *(f"initpy/{d}/" for d in ("runtime", "builder", "devtools", "host")),
+        *(
+            f"hooks/{d}/"
+            for d in sorted(os.listdir(os.path.join(REPO, "hooks")))
+            if os.path.isfile(os.path.join(REPO, "hooks", d, "__init__.py"))
+        ),
+        *(f"tests/{d}/" for d in ("unit", "root", "vm", "harness")),
+        "os/",
+        "scripts/",
+        "benchmarks/",
+        "docs/",
+    ]
+    assert sorted(set(folders) - set(table)) == [], "rooms missing from docs/design.md"
+    unnamed: list[str] = []
+    for room, row in table.items():
+        if not room.startswith(("initpy/", "hooks/")) or room == "initpy/cli.py":
+            continue
+        folder = room.removesuffix("*.py")
+        for name in sorted(os.listdir(os.path.join(REPO, folder))):
+            if name.endswith(".py") and name != "__init__.py" and f"`{name}`" not in row:
+                unnamed.append(folder + name)
+    assert unnamed == [], "modules that design.md's house does not name"

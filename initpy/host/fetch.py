@@ -64,10 +64,11 @@ class _Sink:
         return self.out.write(data)
 
 
-def fetch(url: str, timeout: float) -> bytes:
-    """The body at `url` (at most ANSWER_LIMIT bytes), or FetchError."""
+def fetch(url: str, timeout: float, limit: int = ANSWER_LIMIT) -> bytes:
+    """The body at `url` (at most `limit` bytes, a build id file's by default), or FetchError."""
     body = io.BytesIO()
-    _transfer(url, _Sink(body, ANSWER_LIMIT, "not a build id file", float("inf")), timeout)
+    what = "not a build id file" if limit == ANSWER_LIMIT else "too long to be what was asked for"
+    _transfer(url, _Sink(body, limit, what, float("inf")), timeout)
     return body.getvalue()
 
 

@@ -1,10 +1,11 @@
-"""What initpy-monitor is told: the env files PID 1 left, and the running image's build id.
+"""What initpy-monitor and initpy-toolchain are told: the env files PID 1 left, the build id.
 
 PID 1 parsed the kernel command line once (initpy.runtime.cmdline: the
 kernel's quoting rules, checked values, warnings in the boot report) and
-left the values in two files, which the monitor reads and nothing else:
-`buildos.env` (hooks/services.py: `BUILDOS_BUILDID_URL`,
-`BUILDOS_ADMIN_EMAIL`) and `monitor.env` (hooks/monitor.py:
+left the values in two files, which the host's programs read and nothing
+else: `buildos.env` (hooks/services.py: `BUILDOS_BUILDID_URL`,
+`BUILDOS_ADMIN_EMAIL`, and `BUILDOS_TOOLCHAIN_URL`, `BUILDOS_TOOLCHAIN_TRUST`
+once its parameters are added) and `monitor.env` (hooks/monitor.py:
 `INITPY_MONITOR_INTERVAL`, `INITPY_MONITOR_AGENT`). Reading /proc/cmdline
 again would be a second parser that could disagree with the first. Each
 line is `KEY=VALUE`, the value verbatim.
@@ -33,6 +34,16 @@ class Settings:
     admin_email: str | None = None
     interval: float = DEFAULT_INTERVAL
     agent: tuple[str, ...] = ()
+    toolchain_url: str | None = None
+
+
+@dataclass(frozen=True)
+class ToolchainSettings:
+    """What PID 1 left for initpy-toolchain."""
+
+    url: str | None
+    trust: str | None
+    admin_email: str | None
 
 
 def read_env_file(path: str) -> dict[str, str]:
@@ -89,8 +100,18 @@ def load_settings(
             admin_email=buildos.get("BUILDOS_ADMIN_EMAIL") or None,
             interval=interval,
             agent=agent,
+            toolchain_url=buildos.get("BUILDOS_TOOLCHAIN_URL") or None,
         ),
         problems,
+    )
+
+
+def load_toolchain_settings(buildos_env: str = BUILDOS_ENV) -> ToolchainSettings:
+    buildos = read_env_file(buildos_env)
+    return ToolchainSettings(
+        url=buildos.get("BUILDOS_TOOLCHAIN_URL") or None,
+        trust=buildos.get("BUILDOS_TOOLCHAIN_TRUST") or None,
+        admin_email=buildos.get("BUILDOS_ADMIN_EMAIL") or None,
     )
 
 

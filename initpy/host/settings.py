@@ -16,12 +16,16 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
-from initpy.host.fetch import parse_build_id
+from initpy.host.fetch import BUILD_ID, parse_build_id
 from initpy.runtime import layout
 
 # The files PID 1 writes (hooks/services.py, hooks/monitor.py).
 BUILDOS_ENV = layout.BUILDOS_ENV
 MONITOR_ENV = layout.MONITOR_ENV
+# What initpy-toolchain leaves for the agent's service and the monitor (its
+# RuntimeDirectory=, kept after it exits): BUILDOS_TOOLCHAIN_ID is the sha256
+# of the checksums file this boot's toolchain was built from.
+TOOLCHAIN_RESULT = "/run/initpy-toolchain/toolchain.env"
 DEFAULT_INTERVAL = 600.0
 MIN_INTERVAL = 1.0
 
@@ -128,3 +132,9 @@ def running_build_id(manifest: str = layout.MANIFEST) -> tuple[str | None, str]:
         return parse_build_id(build_id.encode()), ""
     except ValueError as exc:
         return None, f"{manifest}: build_id {exc}"
+
+
+def running_toolchain(result: str = TOOLCHAIN_RESULT) -> str | None:
+    """The sha256 of the checksums file this boot's toolchain came from, if it was built."""
+    key = read_env_file(result).get("BUILDOS_TOOLCHAIN_ID", "").lower()
+    return key if BUILD_ID.fullmatch(key) else None

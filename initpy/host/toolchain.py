@@ -59,14 +59,12 @@ from initpy.host import mail as mailer
 from initpy.host import mailtext
 from initpy.host.checksums import CHECKSUMS_LIMIT, Checksums, ChecksumsError, parse_checksums
 from initpy.host.fetch import FetchError, fetch, fetch_to_file
-from initpy.host.settings import BUILDOS_ENV, load_toolchain_settings
+from initpy.host.settings import BUILDOS_ENV, TOOLCHAIN_RESULT, load_toolchain_settings
 from initpy.host.toolchain_cache import CHECKSUMS_COPY, CacheError, Entry, open_root
 
 LOG_PREFIX = "initpy-toolchain: "
 # On the machines disk, beside the machines (docs/toolchain.md).
 CACHE_ROOT = "/build/machines/.toolchain"
-# The service's RuntimeDirectory= (kept after it exits); the agent's service reads it.
-RESULT = "/run/initpy-toolchain/toolchain.env"
 AGENT_BUILDER = "bin/build-agent"
 AGENT = "bin/bbot-agent"
 FETCH_TIMEOUT = 30.0
@@ -298,7 +296,7 @@ def main(
     )
     parser.add_argument("--buildos-env", default=BUILDOS_ENV, help="default: %(default)s")
     parser.add_argument("--cache", default=CACHE_ROOT, help="default: %(default)s")
-    parser.add_argument("--result", default=RESULT, help="default: %(default)s")
+    parser.add_argument("--result", default=TOOLCHAIN_RESULT, help="default: %(default)s")
     args = parser.parse_args(argv)
     os.umask(0o022)  # what it builds is readable by the agent, writable by nobody else
     settings = load_toolchain_settings(args.buildos_env)

@@ -46,6 +46,10 @@ class FetchError(Exception):
     """The URL gave no answer; the text says why."""
 
 
+class TooLong(FetchError):
+    """The answer passed its limit: asking again would give the same."""
+
+
 class _Sink:
     """Where a transfer's bytes go: counted against a limit and a deadline, hashed."""
 
@@ -57,7 +61,7 @@ class _Sink:
     def write(self, data: bytes) -> int:
         self.received += len(data)
         if self.received > self.limit:
-            raise FetchError(f"answer longer than {self.limit} bytes: {self.what}")
+            raise TooLong(f"answer longer than {self.limit} bytes: {self.what}")
         if time.monotonic() > self.deadline:
             raise FetchError(f"not done within the deadline ({self.received} bytes so far)")
         self.sha256.update(data)

@@ -58,7 +58,7 @@ from typing import TypeVar
 from initpy.host import mail as mailer
 from initpy.host import mailtext
 from initpy.host.checksums import CHECKSUMS_LIMIT, Checksums, ChecksumsError, parse_checksums
-from initpy.host.fetch import FetchError, fetch, fetch_to_file
+from initpy.host.fetch import FetchError, TooLong, fetch, fetch_to_file
 from initpy.host.settings import BUILDOS_ENV, TOOLCHAIN_RESULT, load_toolchain_settings
 from initpy.host.toolchain_cache import CHECKSUMS_COPY, CacheError, Entry, open_root
 
@@ -195,19 +195,23 @@ def _fetch_all(job: Bootstrap, checksums: Checksums, entry: Entry) -> None:
 
 
 def _retried(job: Bootstrap, url: str, attempt: Callable[[], T]) -> T:
-    """`attempt()`, tried again after a FetchError at most `tries` times in all."""
+    """`attempt()`, tried again after a FetchError at most `tries` times in all.
+
+    Not after TooLong: the same file is as long the next time.
+    """
     wait = job.backoff
-    for tries in range(1, job.tries):
+    for tries in range(1, job.tries + 1):
         try:
             return attempt()
+        except TooLong as exc:
+            raise ToolchainError("fetch", f"{url}: {exc}; refused") from None
         except FetchError as exc:
+            if tries >= job.tries:
+                raise ToolchainError("fetch", f"{url}: {exc} ({tries} tries)") from None
             job.log(f"<4>{url}: {exc}; try {tries + 1} of {job.tries} in {wait:g} s")
         job.sleep(wait)
         wait *= 2
-    try:
-        return attempt()
-    except FetchError as exc:
-        raise ToolchainError("fetch", f"{url}: {exc} ({job.tries} tries)") from None
+    raise ToolchainError("fetch", f"{url}: not tried ({job.tries} tries asked for)")
 
 
 def _build_agent(job: Bootstrap, checksums: Checksums, entry: Entry) -> None:

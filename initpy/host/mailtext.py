@@ -80,13 +80,15 @@ def failing(
     failures: int,
     last_error: str,
     running_id: str | None,
+    what: str = "build id URL",
 ) -> EmailMessage:
+    follows = "toolchain" if what.startswith("toolchain") else "build"
     return mailer.message(
         sender.user,
         sender.recipient,
-        f"{sender.hostname}: build id URL failing for {mailer.format_uptime(failing_for)}",
-        f"{sender.hostname} cannot read its build id or toolchain URL, so it cannot follow "
-        "a new build; it keeps running the build it has, and keeps trying.\n\n"
+        f"{sender.hostname}: {what} failing for {mailer.format_uptime(failing_for)}",
+        f"{sender.hostname} cannot read its {what}, so it cannot follow a new "
+        f"{follows}; it keeps running the {follows} it has, and keeps trying.\n\n"
         f"URL:          {url}\n"
         f"failing for:  {mailer.format_uptime(failing_for)} ({failures} polls)\n"
         f"last error:   {last_error}\n"
@@ -95,10 +97,12 @@ def failing(
     )
 
 
-def recovered(sender: Sender, url: str | None, failures: int) -> EmailMessage:
+def recovered(
+    sender: Sender, url: str | None, failures: int, what: str = "build id URL"
+) -> EmailMessage:
     return mailer.message(
         sender.user,
         sender.recipient,
-        f"{sender.hostname}: build id URL answers again",
+        f"{sender.hostname}: {what} answers again",
         f"{url} answers again after {failures} failed polls.\n",
     )

@@ -139,6 +139,8 @@ class LoopState:
     failing_since: float | None = None
     failing_mailed: bool = False
     last_error: str = ""
+    failing_url: str | None = None  # the URL the last failed poll could not read
+    failing_what: str = "build id URL"
     rebooting_to: str | None = None
     reboots: int = 0
     summary: str = "starting"  # what the last step found, for the log and STATUS=
@@ -173,7 +175,7 @@ class Monitor:
             try:
                 new_id = parse_build_id(self.deps.fetch(url, self.deps.fetch_timeout))
             except (FetchError, ValueError) as exc:
-                return self._failed(f"{url}: {exc}")
+                return self._failed(url, f"{url}: {exc}")
         if new_id is not None and new_id != self.running_id:
             self._answered()
             self._changed(new_id)
@@ -185,7 +187,7 @@ class Monitor:
                 body = self.deps.fetch_checksums(url, self.deps.fetch_timeout)
                 new_key = parse_checksums(body, url).key
             except (FetchError, ChecksumsError) as exc:
-                return self._failed(f"{url}: {exc}", "toolchain URL")
+                return self._failed(url, f"{url}: {exc}", "toolchain URL")
         self._answered()
         if new_key is not None and self.running_toolchain is None:
             self.running_toolchain = new_key
@@ -206,11 +208,11 @@ class Monitor:
     def _answered(self) -> None:
         """A poll whose URLs all answered: the failures end."""
         loop = self.loop
-        url = self.settings.buildid_url or self.settings.toolchain_url
+        url, what = loop.failing_url, loop.failing_what
         if loop.failures:
             self.deps.log(f"{url} answers again after {loop.failures} failed poll(s)")
             if loop.failing_mailed:
-                self._mail(mailtext.recovered(self._sender(), url, loop.failures))
+                self._mail(mailtext.recovered(self._sender(), url, loop.failures, what))
         loop.failures, loop.failing_since, loop.failing_mailed = 0, None, False
 
     def _changed(self, new_id: str) -> None:
@@ -255,10 +257,11 @@ class Monitor:
                 "(RuntimeDirectory= of initpy-monitor.service)?"
             )
 
-    def _failed(self, error: str, what: str = "build id URL") -> Poll:
+    def _failed(self, url: str, error: str, what: str = "build id URL") -> Poll:
         loop = self.loop
         now = self.deps.clock()
         loop.failures += 1
+        loop.failing_url, loop.failing_what = url, what
         if loop.failing_since is None:
             loop.failing_since = now
         loop.last_error = error
@@ -271,11 +274,12 @@ class Monitor:
             loop.failing_mailed = self._mail(
                 mailtext.failing(
                     self._sender(),
-                    self.settings.buildid_url,
+                    url,
                     failing_for,
                     loop.failures,
                     loop.last_error,
                     self.running_id,
+                    what,
                 )
             )
         loop.summary = f"{what} failing ({loop.failures} in a row): {error}"

@@ -127,3 +127,29 @@ def test_the_toolchain_is_polled_without_a_build_id_url(servers: Servers) -> Non
     run_polls(m, 2)
     assert m.loop.polls == 2 and world.reboots == []
     assert f"toolchain {key[:12]} is current" in world.notes[-1]
+
+
+def test_a_toolchain_url_failing_for_an_hour_is_named_in_the_mails(
+    servers: Servers,  # noqa: F811
+) -> None:
+    key, buildid = published(servers, "tcpoll-hour")
+    path = os.path.join(servers.root, "tcpoll-hour", "toolchain.sha256")
+    with open(path, "rb") as f:
+        body = f.read()
+    os.unlink(path)
+    world = World()
+    m = make_monitor(world, servers.url("file", buildid))
+    with_toolchain(m, servers.url("file", "tcpoll-hour/toolchain.sha256"), key)
+
+    def serve() -> bool:
+        if world.now - 1000.0 >= 2 * 3600 and not os.path.exists(path):
+            servers.put("tcpoll-hour/toolchain.sha256", body)
+        return world.now - 1000.0 >= 3 * 3600
+
+    m.run(stop=serve)
+    assert [mail["Subject"] for mail in world.mails] == [
+        "build-5400123456: toolchain URL failing for 1 h 0 min",
+        "build-5400123456: toolchain URL answers again",
+    ]
+    assert "tcpoll-hour/toolchain.sha256" in world.mails[0].get_content()
+    assert world.reboots == []

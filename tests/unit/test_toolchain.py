@@ -267,6 +267,21 @@ def test_a_cache_root_of_another_uid_is_refused(tmp_path: os.PathLike[str]) -> N
         open_root(root)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another uid")
+def test_an_entry_with_a_file_of_another_uid_is_built_again(
+    servers: Servers,  # noqa: F811
+    run: Run,
+) -> None:
+    """What the agent's uid wrote (or swapped in) is never used, even with the same bytes."""
+    standin.publish(os.path.join(servers.root, "tc-uid"))
+    url = servers.url("file", "tc-uid/toolchain.sha256")
+    got = bootstrap(run.job(url))
+    os.chown(got.agent, 65534, 65534)
+    again = bootstrap(run.job(url))
+    assert not again.cached and any("owned by uid 65534" in line for line in run.lines)
+    assert os.stat(again.agent).st_uid == os.geteuid()
+
+
 # -- verified before anything runs ---------------------------------------------------------
 
 
@@ -376,3 +391,14 @@ def test_main_writes_the_result_or_mails_the_admin(
     (mail,) = mails
     assert mail["Subject"].endswith("toolchain bootstrap failed (fetch)")
     assert mail["From"].startswith("initpy-toolchain <")
+
+
+def test_main_without_a_url_does_nothing(run: Run, capsys: pytest.CaptureFixture[str]) -> None:
+    env = os.path.join(run.top, "buildos.env")
+    with open(env, "w") as f:
+        f.write("BUILDOS_ADMIN_EMAIL=admin@example.org\n")
+    result = os.path.join(run.top, "toolchain.env")
+    argv = ["--buildos-env", env, "--cache", run.cache, "--result", result]
+    assert toolchain.main(argv, mail=lambda message: None) == 0
+    assert "no buildos.toolchain_url" in capsys.readouterr().out
+    assert not os.path.exists(run.cache) and not os.path.exists(result)

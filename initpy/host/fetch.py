@@ -1,13 +1,15 @@
-"""Fetching `buildos.buildid_url`, and reading what came back as a build id.
+"""Fetching a URL: a build id (`fetch`), or a whole file to disk (`fetch_to_file`).
 
-The monitor's one way to the network: `fetch(url, timeout)` for the URL
-schemes the spec's hosts use, `tftp://HOST[:PORT]/path` (tftpy),
-`http://` and `https://` (urllib, the system's CA certificates), and
-`file://` (a path on the host, for tests and local mirrors). Every failure,
-whatever its kind (a name that does not resolve, a refused connection, a
-timeout, a 404, a file not found, an answer too long), is a `FetchError`
-whose text says what failed: the monitor only ever needs "it failed, and
-why".
+The host's one way to the network, for the URL schemes the spec's hosts
+use: `tftp://HOST[:PORT]/path` (tftpy), `http://` and `https://` (urllib,
+the system's CA certificates), and `file://` (a path on the host, for tests
+and local mirrors). `fetch(url, timeout)` reads a short answer (the
+monitor's build id and checksums file); `fetch_to_file` streams a file of
+up to `limit` bytes to disk within an overall deadline, hashing it as it
+goes (the toolchain's archives). Every failure, whatever its kind (a name
+that does not resolve, a refused connection, a timeout, a 404, a file not
+found, an answer too long), is a `FetchError` whose text says what failed:
+the callers only ever need "it failed, and why".
 
 A TFTP URL names the file after the host the way RFC 3617 does: the first
 `/` separates, so `tftp://10.0.0.1/buildos/buildos-buildid` asks for
@@ -18,12 +20,16 @@ QEMU's) resolves below its root; `tftp://HOST//srv/tftp/x` asks for
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
+import os
 import re
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from typing import BinaryIO
 
 # A build id file is 65 bytes (64 hex digits and a newline); anything much
 # longer is not one, and is not read to the end.
@@ -33,23 +39,82 @@ TFTP_PORT = 69
 # again that many times, so one fetch takes at most about `timeout`.
 TFTP_TRIES = 3
 BUILD_ID = re.compile(r"[0-9a-f]{64}")
+CHUNK = 1 << 16
 
 
 class FetchError(Exception):
     """The URL gave no answer; the text says why."""
 
 
-def fetch(url: str, timeout: float) -> bytes:
-    """The body at `url` (at most ANSWER_LIMIT bytes), or FetchError."""
+class TooLong(FetchError):
+    """The answer passed its limit: asking again would give the same."""
+
+
+class _Sink:
+    """Where a transfer's bytes go: counted against a limit and a deadline, hashed."""
+
+    def __init__(self, out: BinaryIO, limit: int, what: str, deadline: float) -> None:
+        self.out, self.limit, self.what, self.deadline = out, limit, what, deadline
+        self.received = 0
+        self.sha256 = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.received += len(data)
+        if self.received > self.limit:
+            raise TooLong(f"answer longer than {self.limit} bytes: {self.what}")
+        if time.monotonic() > self.deadline:
+            raise FetchError(f"not done within the deadline ({self.received} bytes so far)")
+        self.sha256.update(data)
+        return self.out.write(data)
+
+
+def fetch(url: str, timeout: float, limit: int = ANSWER_LIMIT) -> bytes:
+    """The body at `url` (at most `limit` bytes, a build id file's by default), or FetchError."""
+    body = io.BytesIO()
+    what = "not a build id file" if limit == ANSWER_LIMIT else "too long to be what was asked for"
+    _transfer(url, _Sink(body, limit, what, float("inf")), timeout)
+    return body.getvalue()
+
+
+def fetch_to_file(url: str, path: str, limit: int, timeout: float, deadline: float) -> str:
+    """Stream `url` into a new file at `path`; its sha256 (hex), or FetchError.
+
+    `timeout` bounds each wait for the server, `deadline` (seconds) the
+    whole transfer; more than `limit` bytes stops it. On any failure the
+    partial file is removed.
+    """
+    try:
+        with open(path, "xb") as out:
+            sink = _Sink(
+                out, limit, f"larger than the {limit}-byte cap", time.monotonic() + deadline
+            )
+            _transfer(url, sink, timeout)
+    except FetchError:
+        _remove(path)
+        raise
+    except OSError as exc:
+        _remove(path)
+        raise FetchError(f"{path}: {exc.strerror or exc}") from None
+    return sink.sha256.hexdigest()
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _transfer(url: str, sink: _Sink, timeout: float) -> None:
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()
     try:
         if scheme == "tftp":
-            return _fetch_tftp(parts, timeout)
+            return _fetch_tftp(parts, sink, timeout)
         if scheme in ("http", "https"):
-            return _fetch_http(url, timeout)
+            return _fetch_http(url, sink, timeout)
         if scheme == "file":
-            return _fetch_file(parts)
+            return _fetch_file(parts, sink)
     except FetchError:
         raise
     except TimeoutError as exc:
@@ -78,7 +143,7 @@ def parse_build_id(answer: bytes) -> str:
     return text
 
 
-def _fetch_tftp(parts: urllib.parse.SplitResult, timeout: float) -> bytes:
+def _fetch_tftp(parts: urllib.parse.SplitResult, sink: _Sink, timeout: float) -> None:
     import tftpy
 
     if not parts.hostname:
@@ -87,15 +152,12 @@ def _fetch_tftp(parts: urllib.parse.SplitResult, timeout: float) -> bytes:
     filename = filename[1:] if filename.startswith("/") else filename
     if not filename:
         raise FetchError("tftp URL without a file (expected tftp://HOST[:PORT]/path)")
-    # tftpy logs every timeout and retry at warning level; the monitor says
+    # tftpy logs every timeout and retry at warning level; the caller says
     # once what failed.
     logging.getLogger("tftpy").setLevel(logging.CRITICAL)
-    body = _Capped()
     client = tftpy.TftpClient(parts.hostname, parts.port or TFTP_PORT, {}, flock=False)
     try:
-        client.download(
-            filename, body, timeout=timeout / TFTP_TRIES, retries=TFTP_TRIES, packethook=body.count
-        )
+        client.download(filename, sink, timeout=timeout / TFTP_TRIES, retries=TFTP_TRIES)
     except tftpy.TftpTimeout:
         raise FetchError(
             f"no answer from {parts.hostname}:{parts.port or TFTP_PORT} "
@@ -103,27 +165,13 @@ def _fetch_tftp(parts: urllib.parse.SplitResult, timeout: float) -> bytes:
         ) from None
     except tftpy.TftpException as exc:
         raise FetchError(f"TFTP error from {parts.hostname}: {exc}") from None
-    return body.getvalue()
 
 
-class _Capped(io.BytesIO):
-    """tftpy's download target, which stops a transfer that is far too long."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.received = 0
-
-    def count(self, packet: object) -> None:
-        self.received += len(getattr(packet, "data", b"") or b"")
-        if self.received > ANSWER_LIMIT:
-            raise FetchError(f"answer longer than {ANSWER_LIMIT} bytes: not a build id file")
-
-
-def _fetch_http(url: str, timeout: float) -> bytes:
-    request = urllib.request.Request(url, headers={"User-Agent": "initpy-monitor"})
+def _fetch_http(url: str, sink: _Sink, timeout: float) -> None:
+    request = urllib.request.Request(url, headers={"User-Agent": "initpy-host"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return _capped(response.read(ANSWER_LIMIT + 1))
+            _copy(response, sink)
     except urllib.error.HTTPError as exc:
         raise FetchError(f"HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
@@ -133,18 +181,17 @@ def _fetch_http(url: str, timeout: float) -> bytes:
         raise FetchError(f"{reason}") from None
 
 
-def _fetch_file(parts: urllib.parse.SplitResult) -> bytes:
+def _fetch_file(parts: urllib.parse.SplitResult, sink: _Sink) -> None:
     if parts.netloc not in ("", "localhost"):
         raise FetchError(f"file URL names host {parts.netloc!r} (use file:///path)")
     path = urllib.request.url2pathname(parts.path)
     try:
         with open(path, "rb") as f:
-            return _capped(f.read(ANSWER_LIMIT + 1))
+            _copy(f, sink)
     except OSError as exc:
         raise FetchError(f"{path}: {exc.strerror or exc}") from None
 
 
-def _capped(body: bytes) -> bytes:
-    if len(body) > ANSWER_LIMIT:
-        raise FetchError(f"answer longer than {ANSWER_LIMIT} bytes: not a build id file")
-    return body
+def _copy(source: BinaryIO, sink: _Sink) -> None:
+    while chunk := source.read(CHUNK):
+        sink.write(chunk)

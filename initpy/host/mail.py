@@ -1,4 +1,4 @@
-"""The monitor's mail to the admin, through the host's MTA.
+"""The host's mail to the admin (the monitor's, the toolchain bootstrap's), through its MTA.
 
 The spec's hosts relay everything through postfix (hooks/services
 configures it from `buildos.smtp_relay`), so the monitor hands a complete
@@ -35,9 +35,11 @@ class MailError(Exception):
     """The MTA did not take the message; the text says why."""
 
 
-def message(sender: str, recipient: str, subject: str, body: str) -> EmailMessage:
+def message(
+    sender: str, recipient: str, subject: str, body: str, program: str = "initpy-monitor"
+) -> EmailMessage:
     mail = EmailMessage()
-    mail["From"] = f"initpy-monitor <{sender}>"
+    mail["From"] = f"{program} <{sender}>"
     mail["To"] = recipient
     mail["Subject"] = subject
     mail["Date"] = formatdate(localtime=True)

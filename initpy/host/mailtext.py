@@ -1,4 +1,7 @@
-"""The words of initpy-monitor's three mails to the admin: a new build, a failing URL, a recovery.
+"""The words of the host's mails to the admin.
+
+initpy-monitor's: a new build, a new toolchain, a failing URL, a recovery;
+initpy-toolchain's: a bootstrap that failed.
 
 Each function takes the facts and returns a whole message (initpy.host.mail
 builds the headers and hands it to the MTA); none of them reads the loop's
@@ -39,6 +42,37 @@ def change(
     )
 
 
+def toolchain_change(
+    sender: Sender, url: str | None, old_key: str, new_key: str, uptime: float
+) -> EmailMessage:
+    return mailer.message(
+        sender.user,
+        sender.recipient,
+        f"{sender.hostname}: new toolchain {new_key[:12]}, rebooting",
+        f"The toolchain's checksums file at {url} changed; {sender.hostname} reboots "
+        "now and builds the new toolchain (or takes it from its cache) at boot.\n\n"
+        f"old checksums sha256: {old_key}\n"
+        f"new checksums sha256: {new_key}\n"
+        f"uptime:               {mailer.format_uptime(uptime)}\n",
+    )
+
+
+def toolchain_failed(sender: Sender, url: str, stage: str, error: str) -> EmailMessage:
+    return mailer.message(
+        sender.user,
+        sender.recipient,
+        f"{sender.hostname}: toolchain bootstrap failed ({stage})",
+        f"{sender.hostname} could not bootstrap the toolchain from {url}, so no agent "
+        "runs on it this boot. The host does not reboot; the toolchains already in its "
+        "cache are kept. Fix the toolchain and replace its checksums file: the host "
+        "reboots onto it.\n\n"
+        f"stage: {stage}\n"
+        f"error: {error}\n\n"
+        "The whole log: journalctl -u initpy-toolchain -b\n",
+        program="initpy-toolchain",
+    )
+
+
 def failing(
     sender: Sender,
     url: str | None,
@@ -46,13 +80,15 @@ def failing(
     failures: int,
     last_error: str,
     running_id: str | None,
+    what: str = "build id URL",
 ) -> EmailMessage:
+    follows = "toolchain" if what.startswith("toolchain") else "build"
     return mailer.message(
         sender.user,
         sender.recipient,
-        f"{sender.hostname}: build id URL failing for {mailer.format_uptime(failing_for)}",
-        f"{sender.hostname} cannot read its build id URL, so it cannot follow a new "
-        "build; it keeps running the build it has, and keeps trying.\n\n"
+        f"{sender.hostname}: {what} failing for {mailer.format_uptime(failing_for)}",
+        f"{sender.hostname} cannot read its {what}, so it cannot follow a new "
+        f"{follows}; it keeps running the {follows} it has, and keeps trying.\n\n"
         f"URL:          {url}\n"
         f"failing for:  {mailer.format_uptime(failing_for)} ({failures} polls)\n"
         f"last error:   {last_error}\n"
@@ -61,10 +97,12 @@ def failing(
     )
 
 
-def recovered(sender: Sender, url: str | None, failures: int) -> EmailMessage:
+def recovered(
+    sender: Sender, url: str | None, failures: int, what: str = "build id URL"
+) -> EmailMessage:
     return mailer.message(
         sender.user,
         sender.recipient,
-        f"{sender.hostname}: build id URL answers again",
+        f"{sender.hostname}: {what} answers again",
         f"{url} answers again after {failures} failed polls.\n",
     )

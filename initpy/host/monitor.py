@@ -1,4 +1,4 @@
-"""initpy-monitor: reboot the build host onto a new build; keep the build agent running.
+"""initpy-monitor: reboot the build host onto a new build or toolchain; keep the agent running.
 
 Runs on the booted OS, not in the initrd: systemd starts it as the `build`
 user (`initpy-monitor.service`, written by hooks/monitor.py), with the
@@ -20,6 +20,15 @@ running image's (the manifest mkinitrd packed, `layout.MANIFEST`):
   4 × `interval`, with the same jitter), and when the URL has failed for
   an hour without a success between, the admin gets one mail; the next
   one only after a success and a new hour of failures.
+
+**The toolchain.** With `buildos.toolchain_url` set, each poll also reads
+the toolchain's checksums file (after the build id: a new build reboots
+first). The boot's own toolchain is the sha256 initpy-toolchain recorded
+(`settings.TOOLCHAIN_RESULT`); without one (it failed, or has not run) the
+first file read is the baseline. Another file that parses
+(initpy.host.checksums) mails the admin and reboots the same way as a new
+build; one that does not parse, or does not come, is a failed poll: never
+a reboot.
 
 The first poll comes after U(0, 1) × `interval`, so hosts that boot
 together (a power cut, a rollout) do not poll together. The jitter is
@@ -48,13 +57,16 @@ from enum import StrEnum
 from initpy.host import agent as agent_slot
 from initpy.host import mail as mailer
 from initpy.host import mailtext, systemd
+from initpy.host.checksums import CHECKSUMS_LIMIT, ChecksumsError, parse_checksums
 from initpy.host.fetch import FetchError, fetch, parse_build_id
 from initpy.host.settings import (
     BUILDOS_ENV,
     MONITOR_ENV,
+    TOOLCHAIN_RESULT,
     Settings,
     load_settings,
     running_build_id,
+    running_toolchain,
 )
 from initpy.runtime import layout
 
@@ -92,11 +104,17 @@ def log_to_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def fetch_checksums(url: str, timeout: float) -> bytes:
+    """The toolchain's checksums file: longer than a build id file may be."""
+    return fetch(url, timeout, CHECKSUMS_LIMIT)
+
+
 @dataclass(frozen=True)
 class Dependencies:
     """Everything the loop touches the world with; tests inject each one."""
 
     fetch: Callable[[str, float], bytes] = fetch
+    fetch_checksums: Callable[[str, float], bytes] = fetch_checksums
     reboot: Callable[[str], None] = systemd.request_reboot
     mail: Callable[[EmailMessage], None] = mailer.sendmail
     flush_mail: Callable[[], bool] = mailer.wait_for_queue
@@ -121,6 +139,8 @@ class LoopState:
     failing_since: float | None = None
     failing_mailed: bool = False
     last_error: str = ""
+    failing_url: str | None = None  # the URL the last failed poll could not read
+    failing_what: str = "build id URL"
     rebooting_to: str | None = None
     reboots: int = 0
     summary: str = "starting"  # what the last step found, for the log and STATUS=
@@ -136,57 +156,100 @@ class Monitor:
     running_id: str | None
     deps: Dependencies = field(default_factory=Dependencies)
     loop: LoopState = field(default_factory=LoopState)
+    # The sha256 of the checksums file this boot's toolchain came from.
+    running_toolchain: str | None = None
 
     # -- one poll ----------------------------------------------------------------
 
+    def polls_build_id(self) -> bool:
+        return self.settings.buildid_url is not None and self.running_id is not None
+
     def poll(self) -> Poll:
         """Fetch, compare, act: a change reboots, a failure never does."""
-        assert self.settings.buildid_url is not None and self.running_id is not None
         loop = self.loop
         loop.polls += 1
-        url = self.settings.buildid_url
-        try:
-            answer = self.deps.fetch(url, self.deps.fetch_timeout)
-            new_id = parse_build_id(answer)
-        except (FetchError, ValueError) as exc:
-            return self._failed(f"{url}: {exc}")
+        new_id = None
+        if self.polls_build_id():
+            assert self.settings.buildid_url is not None
+            url = self.settings.buildid_url
+            try:
+                new_id = parse_build_id(self.deps.fetch(url, self.deps.fetch_timeout))
+            except (FetchError, ValueError) as exc:
+                return self._failed(url, f"{url}: {exc}")
+        if new_id is not None and new_id != self.running_id:
+            self._answered()
+            self._changed(new_id)
+            return Poll(Outcome.CHANGED, loop.summary, new_id)
+        new_key = None
+        if self.settings.toolchain_url is not None:
+            url = self.settings.toolchain_url
+            try:
+                body = self.deps.fetch_checksums(url, self.deps.fetch_timeout)
+                new_key = parse_checksums(body, url).key
+            except (FetchError, ChecksumsError) as exc:
+                return self._failed(url, f"{url}: {exc}", "toolchain URL")
+        self._answered()
+        if new_key is not None and self.running_toolchain is None:
+            self.running_toolchain = new_key
+            self.deps.log(f"no toolchain recorded for this boot: {new_key[:12]} is the baseline")
+        if new_key is not None and new_key != self.running_toolchain:
+            self._toolchain_changed(new_key)
+            return Poll(Outcome.CHANGED, loop.summary, new_id)
+        current = []
+        if new_id is not None:
+            current.append(f"build {new_id[:12]}")
+        if new_key is not None:
+            current.append(f"toolchain {new_key[:12]}")
+        loop.summary = " and ".join(current) + (
+            " is current" if len(current) == 1 else " are current"
+        )
+        return Poll(Outcome.SAME, loop.summary, new_id)
+
+    def _answered(self) -> None:
+        """A poll whose URLs all answered: the failures end."""
+        loop = self.loop
+        url, what = loop.failing_url, loop.failing_what
         if loop.failures:
             self.deps.log(f"{url} answers again after {loop.failures} failed poll(s)")
             if loop.failing_mailed:
-                self._mail(mailtext.recovered(self._sender(), url, loop.failures))
+                self._mail(mailtext.recovered(self._sender(), url, loop.failures, what))
         loop.failures, loop.failing_since, loop.failing_mailed = 0, None, False
-        if new_id == self.running_id:
-            loop.summary = f"build {self.running_id[:12]} is current"
-            return Poll(Outcome.SAME, loop.summary, new_id)
-        self._changed(new_id)
-        return Poll(Outcome.CHANGED, loop.summary, new_id)
 
     def _changed(self, new_id: str) -> None:
         assert self.running_id is not None
+        change = mailtext.change(
+            self._sender(), self.settings.buildid_url, self.running_id, new_id, self.deps.uptime()
+        )
+        self._reboot("build", self.settings.buildid_url, self.running_id, new_id, change)
+
+    def _toolchain_changed(self, new_key: str) -> None:
+        assert self.running_toolchain is not None
+        url, old = self.settings.toolchain_url, self.running_toolchain
+        change = mailtext.toolchain_change(self._sender(), url, old, new_key, self.deps.uptime())
+        self._reboot("toolchain", url, old, new_key, change)
+
+    def _reboot(self, what: str, url: str | None, old: str, new: str, change: EmailMessage) -> None:
+        """Mail the admin once, then ask for the reboot (again, at each poll it has not come)."""
         loop, deps = self.loop, self.deps
-        if loop.rebooting_to != new_id:
-            loop.rebooting_to = new_id
+        if loop.rebooting_to != new:
+            loop.rebooting_to = new
             deps.log(
-                f"new build at {self.settings.buildid_url}: {new_id} "
-                f"(running {self.running_id}); mailing the admin, then rebooting"
+                f"new {what} at {url}: {new} (running {old}); mailing the admin, then rebooting"
             )
-            self._status(f"new build {new_id[:12]} found; mailing the admin")
-            change = mailtext.change(
-                self._sender(), self.settings.buildid_url, self.running_id, new_id, deps.uptime()
-            )
+            self._status(f"new {what} {new[:12]} found; mailing the admin")
             if self._mail(change) and not deps.flush_mail():
                 deps.log(
-                    f"<4>the mail about build {new_id[:12]} is still queued after "
+                    f"<4>the mail about {what} {new[:12]} is still queued after "
                     f"{mailer.FLUSH_TIMEOUT:g} s; rebooting anyway (postqueue -p says why)"
                 )
         else:
-            deps.log(f"<4>still running {self.running_id[:12]}: asking for the reboot again")
-        loop.summary = f"rebooting onto build {new_id[:12]} (running {self.running_id[:12]})"
+            deps.log(f"<4>still running {what} {old[:12]}: asking for the reboot again")
+        loop.summary = f"rebooting onto {what} {new[:12]} (running {old[:12]})"
         # Not STOPPING=1: systemd would take it as the service's own stop,
         # and kill the monitor if the reboot never came.
         self._status(loop.summary)
         try:
-            deps.reboot(f"initpy-monitor: build {self.running_id} -> {new_id}")
+            deps.reboot(f"initpy-monitor: {what} {old} -> {new}")
             loop.reboots += 1
         except OSError as exc:
             deps.log(
@@ -194,10 +257,11 @@ class Monitor:
                 "(RuntimeDirectory= of initpy-monitor.service)?"
             )
 
-    def _failed(self, error: str) -> Poll:
+    def _failed(self, url: str, error: str, what: str = "build id URL") -> Poll:
         loop = self.loop
         now = self.deps.clock()
         loop.failures += 1
+        loop.failing_url, loop.failing_what = url, what
         if loop.failing_since is None:
             loop.failing_since = now
         loop.last_error = error
@@ -210,14 +274,15 @@ class Monitor:
             loop.failing_mailed = self._mail(
                 mailtext.failing(
                     self._sender(),
-                    self.settings.buildid_url,
+                    url,
                     failing_for,
                     loop.failures,
                     loop.last_error,
                     self.running_id,
+                    what,
                 )
             )
-        loop.summary = f"build id URL failing ({loop.failures} in a row): {error}"
+        loop.summary = f"{what} failing ({loop.failures} in a row): {error}"
         return Poll(Outcome.FAILED, loop.summary)
 
     # -- timing ------------------------------------------------------------------
@@ -267,7 +332,7 @@ class Monitor:
         """Poll and supervise until `stop()` says so (never, as a service)."""
         loop, deps = self.loop, self.deps
         url, interval = self.settings.buildid_url, self.settings.interval
-        polling = url is not None and self.running_id is not None
+        polling = self.polls_build_id() or self.settings.toolchain_url is not None
         now = deps.clock()
         next_poll = now + self.first_wait() if polling else float("inf")
         if not polling:
@@ -278,8 +343,15 @@ class Monitor:
             )
             deps.log(f"<4>{loop.summary}")
         else:
+            if not self.polls_build_id():
+                deps.log("<4>not polling the build id: no URL or no running id")
+            urls = " and ".join(
+                u
+                for u in (url if self.polls_build_id() else None, self.settings.toolchain_url)
+                if u
+            )
             loop.summary = f"running build {self.running_id}; first poll in {next_poll - now:.0f} s"
-            deps.log(f"polling {url} every {interval:g} s (jitter ±{JITTER:.0%}); {loop.summary}")
+            deps.log(f"polling {urls} every {interval:g} s (jitter ±{JITTER:.0%}); {loop.summary}")
         self._status(loop.summary, ready=True)
         while not stop():
             now = deps.clock()
@@ -314,6 +386,11 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     parser.add_argument("--monitor-env", default=MONITOR_ENV, help="default: %(default)s")
     parser.add_argument("--manifest", default=layout.MANIFEST, help="default: %(default)s")
     parser.add_argument(
+        "--toolchain-result",
+        default=TOOLCHAIN_RESULT,
+        help="initpy-toolchain's result, naming this boot's toolchain; default: %(default)s",
+    )
+    parser.add_argument(
         "--check",
         action="store_true",
         help="poll once and say what the monitor would do; mail nothing, reboot nothing",
@@ -334,7 +411,12 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     agent = agent_slot.Agent(settings.agent, log_to_stderr, env=env) if settings.agent else None
     if agent is None:
         log_to_stderr("no initpy.monitor.agent: no agent to run")
-    monitor = Monitor(settings, running_id, Dependencies(user=user, agent=agent))
+    monitor = Monitor(
+        settings,
+        running_id,
+        Dependencies(user=user, agent=agent),
+        running_toolchain=running_toolchain(args.toolchain_result),
+    )
     signal.signal(signal.SIGTERM, _stop)
     try:
         monitor.run()

@@ -1,10 +1,11 @@
-"""What initpy-monitor is told: the env files PID 1 left, and the running image's build id.
+"""What initpy-monitor and initpy-toolchain are told: the env files PID 1 left, the build id.
 
 PID 1 parsed the kernel command line once (initpy.runtime.cmdline: the
 kernel's quoting rules, checked values, warnings in the boot report) and
-left the values in two files, which the monitor reads and nothing else:
-`buildos.env` (hooks/services: `BUILDOS_BUILDID_URL`,
-`BUILDOS_ADMIN_EMAIL`) and `monitor.env` (hooks/monitor.py:
+left the values in two files, which the host's programs read and nothing
+else: `buildos.env` (hooks/services: `BUILDOS_BUILDID_URL`,
+`BUILDOS_ADMIN_EMAIL`, and `BUILDOS_TOOLCHAIN_URL`, `BUILDOS_TOOLCHAIN_TRUST`
+once its parameters are added) and `monitor.env` (hooks/monitor.py:
 `INITPY_MONITOR_INTERVAL`, `INITPY_MONITOR_AGENT`). Reading /proc/cmdline
 again would be a second parser that could disagree with the first. Each
 line is `KEY=VALUE`, the value verbatim.
@@ -15,12 +16,16 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
-from initpy.host.fetch import parse_build_id
+from initpy.host.fetch import BUILD_ID, parse_build_id
 from initpy.runtime import layout
 
 # The files PID 1 writes (hooks/services, hooks/monitor.py).
 BUILDOS_ENV = layout.BUILDOS_ENV
 MONITOR_ENV = layout.MONITOR_ENV
+# What initpy-toolchain leaves for the agent's service and the monitor (its
+# RuntimeDirectory=, kept after it exits): BUILDOS_TOOLCHAIN_ID is the sha256
+# of the checksums file this boot's toolchain was built from.
+TOOLCHAIN_RESULT = "/run/initpy-toolchain/toolchain.env"
 DEFAULT_INTERVAL = 600.0
 MIN_INTERVAL = 1.0
 
@@ -33,6 +38,16 @@ class Settings:
     admin_email: str | None = None
     interval: float = DEFAULT_INTERVAL
     agent: tuple[str, ...] = ()
+    toolchain_url: str | None = None
+
+
+@dataclass(frozen=True)
+class ToolchainSettings:
+    """What PID 1 left for initpy-toolchain."""
+
+    url: str | None
+    trust: str | None
+    admin_email: str | None
 
 
 def read_env_file(path: str) -> dict[str, str]:
@@ -89,8 +104,18 @@ def load_settings(
             admin_email=buildos.get("BUILDOS_ADMIN_EMAIL") or None,
             interval=interval,
             agent=agent,
+            toolchain_url=buildos.get("BUILDOS_TOOLCHAIN_URL") or None,
         ),
         problems,
+    )
+
+
+def load_toolchain_settings(buildos_env: str = BUILDOS_ENV) -> ToolchainSettings:
+    buildos = read_env_file(buildos_env)
+    return ToolchainSettings(
+        url=buildos.get("BUILDOS_TOOLCHAIN_URL") or None,
+        trust=buildos.get("BUILDOS_TOOLCHAIN_TRUST") or None,
+        admin_email=buildos.get("BUILDOS_ADMIN_EMAIL") or None,
     )
 
 
@@ -107,3 +132,9 @@ def running_build_id(manifest: str = layout.MANIFEST) -> tuple[str | None, str]:
         return parse_build_id(build_id.encode()), ""
     except ValueError as exc:
         return None, f"{manifest}: build_id {exc}"
+
+
+def running_toolchain(result: str = TOOLCHAIN_RESULT) -> str | None:
+    """The sha256 of the checksums file this boot's toolchain came from, if it was built."""
+    key = read_env_file(result).get("BUILDOS_TOOLCHAIN_ID", "").lower()
+    return key if BUILD_ID.fullmatch(key) else None

@@ -1,0 +1,155 @@
+"""initpy-monitor's toolchain poll, against test_monitor's real servers on 127.0.0.1.
+
+The checksums file is polled with the build id, under the same jitter,
+backoff and rule: another file that parses mails the admin and reboots; an
+error (no answer, a file that does not parse) never reboots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import socket
+
+import pytest
+
+from initpy.host import monitor
+from tests.unit import standin_toolchain as standin
+from tests.unit.test_monitor import (  # noqa: F401
+    BUILDID,
+    NEW,
+    OLD,
+    SCHEMES,
+    Servers,
+    World,
+    closed_port,
+    make_monitor,
+    run_polls,
+    servers,
+)
+
+
+def with_toolchain(m: monitor.Monitor, url: str, running: str | None) -> monitor.Monitor:
+    m.settings = dataclasses.replace(m.settings, toolchain_url=url)
+    m.running_toolchain = running
+    return m
+
+
+def published(served: Servers, name: str, extra: bytes = b"") -> tuple[str, str]:
+    """A stand-in toolchain in `name`/: the checksums file's sha256 and the build id URL."""
+    files = standin.publish(os.path.join(served.root, name), extra=extra)
+    served.put(f"{name}/{BUILDID}", (OLD + "\n").encode())
+    return hashlib.sha256(files["toolchain.sha256"]).hexdigest(), f"{name}/{BUILDID}"
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_an_unchanged_toolchain_gives_no_reboot(servers: Servers, scheme: str) -> None:  # noqa: F811
+    key, buildid = published(servers, f"tcpoll-same-{scheme}")
+    world = World()
+    m = make_monitor(world, servers.url(scheme, buildid))
+    with_toolchain(m, servers.url(scheme, f"tcpoll-same-{scheme}/toolchain.sha256"), key)
+    run_polls(m, 3)
+    assert world.reboots == [] and world.mails == [] and m.loop.failures == 0
+    assert f"build {OLD[:12]} and toolchain {key[:12]} are current" in world.notes[-1]
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_a_changed_toolchain_mails_and_reboots(servers: Servers, scheme: str) -> None:  # noqa: F811
+    old_key, buildid = published(servers, f"tcpoll-new-{scheme}")
+    new_key, _ = published(servers, f"tcpoll-new-{scheme}", extra=b"/* 0.1.1 */")
+    world = World()
+    m = make_monitor(world, servers.url(scheme, buildid))
+    with_toolchain(m, servers.url(scheme, f"tcpoll-new-{scheme}/toolchain.sha256"), old_key)
+    run_polls(m, 2)
+    assert world.reboots == [f"initpy-monitor: toolchain {old_key} -> {new_key}"] * 2
+    (mail,) = world.mails  # one mail; the second poll asks for the reboot again
+    assert mail["Subject"] == f"build-5400123456: new toolchain {new_key[:12]}, rebooting"
+    assert f"new checksums sha256: {new_key}" in mail.get_content()
+    assert world.mail_at[0] == world.polled_at[0]
+
+
+def test_a_new_build_reboots_before_the_toolchain_is_read(servers: Servers) -> None:  # noqa: F811
+    key, _ = published(servers, "tcpoll-build")
+    servers.put(f"tcpoll-build/{BUILDID}", (NEW + "\n").encode())
+    world = World()
+    m = make_monitor(world, servers.url("http", f"tcpoll-build/{BUILDID}"))
+    with_toolchain(m, servers.url("http", "tcpoll-build/missing.sha256"), key)
+    run_polls(m, 1)
+    assert world.reboots == [f"initpy-monitor: build {OLD} -> {NEW}"]
+
+
+@pytest.mark.parametrize("problem", ["missing", "not a checksums file", "server down"])
+def test_a_toolchain_error_never_reboots_and_backs_off(
+    servers: Servers,  # noqa: F811
+    problem: str,
+) -> None:
+    key, buildid = published(servers, "tcpoll-error")
+    servers.put("tcpoll-error/garbage.sha256", b"<html>503 Service Unavailable</html>\n")
+    url = {
+        "missing": servers.url("tftp", "tcpoll-error/missing.sha256"),
+        "not a checksums file": servers.url("http", "tcpoll-error/garbage.sha256"),
+        "server down": f"http://127.0.0.1:{closed_port(socket.SOCK_STREAM)}/toolchain.sha256",
+    }[problem]
+    world = World()
+    m = make_monitor(world, servers.url("file", buildid), timeout=0.3, interval=60)
+    with_toolchain(m, url, key)
+    run_polls(m, 3)
+    assert world.reboots == [] and world.mails == [] and m.loop.failures == 3
+    gaps = [b - a for a, b in zip(world.polled_at, world.polled_at[1:], strict=False)]
+    for failures, gap in enumerate(gaps, start=1):
+        base = min(2**failures, monitor.BACKOFF_CAP) * 60
+        assert 0.75 * base <= gap <= 1.25 * base, (failures, gap)
+    assert "STATUS=toolchain URL failing (3 in a row)" in world.notes[-1]
+    assert all(line.endswith("no reboot") for line in world.lines if "poll failed" in line)
+
+
+def test_without_a_recorded_toolchain_the_first_file_is_the_baseline(
+    servers: Servers,  # noqa: F811
+) -> None:
+    key, buildid = published(servers, "tcpoll-base")
+    world = World()
+    m = make_monitor(world, servers.url("file", buildid))
+    with_toolchain(m, servers.url("file", "tcpoll-base/toolchain.sha256"), None)
+    run_polls(m, 2)
+    assert m.running_toolchain == key and world.reboots == []
+    new_key, _ = published(servers, "tcpoll-base", extra=b"/* next */")
+    run_polls(m, 3)
+    assert world.reboots == [f"initpy-monitor: toolchain {key} -> {new_key}"]
+
+
+def test_the_toolchain_is_polled_without_a_build_id_url(servers: Servers) -> None:  # noqa: F811
+    key, _ = published(servers, "tcpoll-alone")
+    world = World()
+    m = with_toolchain(
+        make_monitor(world, None), servers.url("file", "tcpoll-alone/toolchain.sha256"), key
+    )
+    run_polls(m, 2)
+    assert m.loop.polls == 2 and world.reboots == []
+    assert f"toolchain {key[:12]} is current" in world.notes[-1]
+
+
+def test_a_toolchain_url_failing_for_an_hour_is_named_in_the_mails(
+    servers: Servers,  # noqa: F811
+) -> None:
+    key, buildid = published(servers, "tcpoll-hour")
+    path = os.path.join(servers.root, "tcpoll-hour", "toolchain.sha256")
+    with open(path, "rb") as f:
+        body = f.read()
+    os.unlink(path)
+    world = World()
+    m = make_monitor(world, servers.url("file", buildid))
+    with_toolchain(m, servers.url("file", "tcpoll-hour/toolchain.sha256"), key)
+
+    def serve() -> bool:
+        if world.now - 1000.0 >= 2 * 3600 and not os.path.exists(path):
+            servers.put("tcpoll-hour/toolchain.sha256", body)
+        return world.now - 1000.0 >= 3 * 3600
+
+    m.run(stop=serve)
+    assert [mail["Subject"] for mail in world.mails] == [
+        "build-5400123456: toolchain URL failing for 1 h 0 min",
+        "build-5400123456: toolchain URL answers again",
+    ]
+    assert "tcpoll-hour/toolchain.sha256" in world.mails[0].get_content()
+    assert world.reboots == []

@@ -1,6 +1,6 @@
 """The network hook on the fake kernel: NICs, the DHCP race, hostname, bridges, files.
 
-The scripted network (hooks.network.netlink.FakeNetlink) plays the NICs, their
+The scripted network (initpy.devtools.fake_network.FakeNetlink) plays the NICs, their
 carrier and what a DHCP server on each would answer; tests assert on what
 the boot leaves behind: the fake network's bridges, addresses and routes,
 the files in the fake root, the console and report.json.

@@ -20,8 +20,8 @@ This file holds the hook's parameters, its states and `HOOK` (at the end).
 Only the standard library, initpy and light helpers are imported at module
 level: this file is imported on PID 1's start-up path, and it starts
 nothing. The DHCP code's imports (asyncio, pyroute2's message class) begin
-in a thread at the start of find_nics (netlink.start_prefetch), in the
-shadow of the wait for carrier.
+in a thread before the first state (`on_start`: netlink.start_prefetch), in
+the shadow of the states before dhcp, and dhcp joins them.
 """
 
 from __future__ import annotations
@@ -135,8 +135,6 @@ def _ethernet_nics(ctx: BootContext) -> tuple[list[str], list[str]]:
 
 def find_nics(ctx: BootContext) -> str:
     k = ctx.kernel
-    # The dhcp state's imports, in the shadow of the wait for carrier below.
-    start_prefetch(k)
     timeout = ctx.value(CARRIER_TIMEOUT)
     with opened(k) as nl:
         # A driver may register its NIC after its module loaded (firmware,
@@ -194,7 +192,7 @@ def find_nics(ctx: BootContext) -> str:
 
 
 def dhcp(ctx: BootContext) -> str:
-    from .race import race  # asyncio: imported by find_nics' prefetch, or here
+    from .race import race  # asyncio: imported by the prefetch thread, or here
 
     nics = ctx.get(NICS, ())
     candidates = [(n.name, n.mac) for n in nics if n.carrier]
@@ -397,6 +395,8 @@ HOOK = Hook(
     # the features the network states use, loaded at every boot.
     modules=("bridge", "nf_tables", "nft_chain_nat", "nft_masq"),
     parameters=PARAMETERS,
+    # The dhcp state's imports begin in a thread before the first state.
+    on_start=(start_prefetch,),
     os_files=OS_FILES,
     os_packages=OS_PACKAGES,
 )

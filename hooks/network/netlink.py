@@ -11,7 +11,8 @@ fake kernel hands out its scripted network instead
 
 DHCP clients are handed out here as well (`dhcp_client()`): the real one is
 the packet-socket client (dhcppacket.py beside this file), whose imports
-(asyncio, pyroute2's DHCP messages) `start_prefetch` begins in a thread.
+(asyncio, pyroute2's DHCP messages) `start_prefetch` begins in a thread
+before the first state.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol
 
+from initpy.runtime.hook import BootContext
 from initpy.runtime.kernel import Kernel, NetlinkSocket
 
 from .lease import DhcpClient
@@ -75,12 +77,12 @@ def import_dhcp() -> None:
     """Import what the dhcp state needs, once, whoever asks first.
 
     asyncio, pyroute2's DHCP message class, the race and the boot's client:
-    about 65 ms natively, about 1 s of one vCPU under TCG.
-    `find_nics` starts this in a thread (`start_prefetch`); the first DHCP
-    client and the renewer's fork call it again, and so wait for the thread
-    if it is still importing, or import here if it never ran (a fake kernel
-    records threads without running them). After it returns no import is in
-    flight, so PID 1 may fork.
+    about 65 ms natively, about 1 s of one vCPU under TCG. The hook starts
+    this in a thread before the first state (`start_prefetch`, its
+    `on_start`); the first DHCP client and the renewer's fork call it again,
+    and so wait for the thread if it is still importing, or import here if
+    it never ran (a fake kernel records threads without running them).
+    After it returns no import is in flight, so PID 1 may fork.
     """
     global _imported
     with _imports:
@@ -96,9 +98,14 @@ def import_dhcp() -> None:
         _imported = True
 
 
-def start_prefetch(kernel: Kernel) -> None:
-    """Run `import_dhcp` in a thread of PID 1, to fill find_nics' wait for carrier."""
-    kernel.start_thread("prefetch pyroute2", import_dhcp)
+def start_prefetch(ctx: BootContext) -> None:
+    """Run `import_dhcp` in a thread of PID 1, in the shadow of the states before dhcp.
+
+    They wait on the kernel at times (disks, carrier). pyroute2 imports
+    multiprocessing, whose os.urandom(32) waits for the kernel's random
+    pool; the thread takes that wait too, off the boot's path.
+    """
+    ctx.kernel.start_thread("prefetch pyroute2", import_dhcp)
 
 
 # -- the real one ------------------------------------------------------------------

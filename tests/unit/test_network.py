@@ -62,7 +62,7 @@ def read(k: FakeKernel, path: str) -> str:
 
 def test_importing_the_hook_starts_no_thread_even_as_pid_1() -> None:
     """PID 1 imports every hook before the first state; the network hook's
-    DHCP imports begin in find_nics, not then."""
+    DHCP imports begin when the boot runs its on_start, not then."""
     code = (
         "import os, threading; os.getpid = lambda: 1; import hooks.network; "
         "print(threading.active_count())"
@@ -73,12 +73,14 @@ def test_importing_the_hook_starts_no_thread_even_as_pid_1() -> None:
     assert out.stdout.split() == ["1"]
 
 
-def test_find_nics_starts_the_dhcp_imports_through_the_seam(
+def test_the_hook_starts_the_dhcp_imports_through_the_seam(
     tmp_path: Path, net: types.ModuleType
 ) -> None:
     k = machine(tmp_path, FakeNic("eth0", "52:54:00:00:00:0A"))
-    net.find_nics(context(k, net))
-    assert ("thread", "prefetch pyroute2") in k.calls  # recorded by the fake, not run
+    ctx = context(k, net)
+    for start in net.HOOK.on_start:
+        start(ctx)
+    assert list(k.threads) == ["prefetch pyroute2"]  # recorded by the fake, not run
 
 
 # -- find_nics ---------------------------------------------------------------------

@@ -4,8 +4,8 @@
 Needs root. Builds, in network namespaces of its own (removed at the end):
 a "host" namespace with 4 veth NICs nic0..nic3, each linked to a "lan"
 namespace where only nic3's peer has a DHCP server (dnsmasq, with router
-and DNS). Then, inside the host namespace, with the real pyroute2 code the
-init uses (hooks.network.dhcpclient.race through hooks.network.netlink.KernelNetlink):
+and DNS). Then, inside the host namespace, with the code the init uses
+(hooks.network.race.race, its clients from hooks.network.netlink.KernelNetlink):
 
 - 1 NIC (nic3 only): parallel race vs sequential;
 - 4 NICs, only the last served: parallel race vs the spec's "tried in
@@ -24,11 +24,33 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 NICS = ("nic0", "nic1", "nic2", "nic3")
+
+if TYPE_CHECKING:
+    from hooks.network.lease import DhcpClients
+    from hooks.network.race import RaceResult
+
+
+def sequential(
+    netlink: DhcpClients, nics: Sequence[tuple[str, str]], per_nic_timeout: float
+) -> RaceResult:
+    """The spec's "tried in (some) order", the baseline: a race of one NIC after another."""
+    from hooks.network.race import Attempt, RaceResult, race
+
+    start = time.monotonic()
+    attempts: list[Attempt] = []
+    for name, mac in nics:
+        result = race(netlink, [(name, mac)], per_nic_timeout)
+        attempts.extend(result.attempts)
+        if result.winner is not None:
+            return RaceResult(result.winner, tuple(attempts), time.monotonic() - start)
+    return RaceResult(None, tuple(attempts), time.monotonic() - start)
 
 
 def outer(args: argparse.Namespace) -> int:
@@ -61,8 +83,8 @@ def outer(args: argparse.Namespace) -> int:
 
 
 def inner(args: argparse.Namespace) -> int:
-    from hooks.network import dhcpclient as dhcp
     from hooks.network.netlink import KernelNetlink, wait_for_carrier
+    from hooks.network.race import race
     from initpy.runtime.kernel import Kernel
 
     nl = KernelNetlink(Kernel())
@@ -78,9 +100,9 @@ def inner(args: argparse.Namespace) -> int:
         for case, nics in cases.items():
             for how in ("parallel", "sequential"):
                 if how == "parallel":
-                    result = dhcp.race(nl, nics, timeout=30)
+                    result = race(nl, nics, timeout=30)
                 else:
-                    result = dhcp.sequential(nl, nics, args.per_nic)
+                    result = sequential(nl, nics, args.per_nic)
                 assert result.winner is not None, result.attempts
                 lease_at = (
                     result.seconds

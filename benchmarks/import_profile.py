@@ -62,9 +62,8 @@ marks.append(time.perf_counter())
 for _ in registry.order:
     boot.trigger("advance")
 marks.append(time.perf_counter())
-from hooks.network.netlink import _import_pyroute2
-_import_pyroute2()
-import hooks.network.dhcpclient
+from hooks.network.netlink import import_dhcp
+import_dhcp()
 marks.append(time.perf_counter())
 print(json.dumps([b - a for a, b in zip(marks, marks[1:])]))
 """
@@ -83,8 +82,7 @@ PHASES: dict[str, str] = {
         "from initpy.runtime.driver import Boot, load_registry; "
         "from initpy.runtime.kernel import Kernel; "
         "Boot(Kernel(watch_orphans=False), load_registry([HOOKS])); "
-        "from hooks.network.netlink import _import_pyroute2; _import_pyroute2(); "
-        "import hooks.network.dhcpclient"
+        "from hooks.network.netlink import import_dhcp; import_dhcp()"
     ),
 }
 LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)$")

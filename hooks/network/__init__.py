@@ -5,30 +5,32 @@ States, in order:
   links), brought up, carrier awaited on netlink link events until every
   NIC has it or `initpy.timeout.carrier` passes. Chosen by MAC and carrier,
   never by name: names follow driver load order without udev.
-- `dhcp`: DHCP on every NIC with carrier at once (hooks.network.dhcpclient); the first
-  lease wins (lowest MAC among leases within 0.25 s of the first).
+- `dhcp`: DHCP on every NIC with carrier at once (race.py, with the
+  packet-socket client of dhcppacket.py); the first lease wins (lowest MAC
+  among leases within 0.25 s of the first).
 - `hostname`: DHCP option 12, else `build-` + the last 10 hex digits of the
   winning NIC's MAC; in the kernel, /etc/hostname and /etc/hosts.
 - `bridges`: br0 with the winning NIC and its MAC, carrying the lease's
-  address, route and DNS; br1 private with NAT (nft) and a dnsmasq config;
-  /etc/network/interfaces; then the lease renewer `initpy-dhcp` is forked
-  to keep br0's lease after the hand-off.
+  address, route and DNS; br1 private with NAT (nft) and a dnsmasq config
+  (its subnet: br1.py); /etc/network/interfaces (the texts: files.py); then
+  the lease renewer `initpy-dhcp` is forked to keep br0's lease after the
+  hand-off (renewer.py).
 
-Only the standard library and initpy are imported at module level: this
-file is imported on PID 1's start-up path. The DHCP client's imports
-(asyncio, pyroute2's message class) run in a background thread started here
-(PID 1 only), joined by the first DHCP client and before the renewer's fork.
+This file holds the hook's parameters, its states and `HOOK` (at the end).
+Only the standard library, initpy and light helpers are imported at module
+level: this file is imported on PID 1's start-up path, and it starts
+nothing. The DHCP code's imports (asyncio, pyroute2's message class) begin
+in a thread before the first state (`on_start`: netlink.start_prefetch), in
+the shadow of the states before dhcp, and dhcp joins them.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
-from collections.abc import Mapping
 from typing import Any
 
 from initpy.runtime import cmdline
-from initpy.runtime.cmdline import BadValue, Parameter
+from initpy.runtime.cmdline import Parameter
 from initpy.runtime.hook import (
     DRIVERLESS,
     BootContext,
@@ -40,43 +42,28 @@ from initpy.runtime.hook import (
 )
 from initpy.runtime.layout import DEFAULT_PATH
 from initpy.runtime.record import frozen
-from initpy.runtime.report import printable
 from initpy.runtime.run import run
 
-# The DHCP client (dhcpclient.py) pulls in asyncio (about 0.5 s under TCG): the
-# states import it when they run, in the prefetch thread's shadow; the
-# lease type alone is light.
 from .adopt import OS_FILES, OS_PACKAGES
+from .br1 import DEFAULT_BR1, br1_address, choose_br1
+from .files import (
+    BR0,
+    BR1,
+    DNSMASQ_CONF,
+    INTERFACES,
+    NFT_RULES,
+    RENEWER_NAME,
+    RESOLV_CONF,
+    SYSCTL_CONF,
+    SYSCTL_TEXT,
+    dnsmasq_conf,
+    hosts_file,
+    interfaces_file,
+    nft_ruleset,
+    resolv_conf,
+)
 from .lease import Lease, is_hostname
-from .netlink import opened, start_prefetch, sysfs_is_ethernet, wait_for_carrier, wait_prefetch
-
-# As PID 1, start importing pyroute2 now, in the shadow of the states that
-# run before find_nics (see hooks.network.netlink.start_prefetch); tests, the walk
-# and mkinitrd import this file too, and need no such thing.
-if os.getpid() == 1:
-    start_prefetch()
-
-BR0 = "br0"
-BR1 = "br1"
-NFT_RULES = "/etc/initpy/nat.nft"
-NFT_TABLE = "initpy_nat"
-DNSMASQ_CONF = "/etc/dnsmasq.d/initpy-br1.conf"
-SYSCTL_CONF = "/etc/sysctl.d/60-initpy-forward.conf"
-RENEWER_STATUS = "/run/initpy/dhcp-br0.json"
-DEFAULT_BR1 = "172.23.0.1/16"
-
-
-def _br1_address(raw: str | None) -> ipaddress.IPv4Interface:
-    try:
-        iface = ipaddress.IPv4Interface(raw or "")
-    except ValueError:
-        raise BadValue(f"expected ADDRESS/PREFIX such as {DEFAULT_BR1}, got {raw!r}") from None
-    if not iface.network.is_private or iface.network.prefixlen > 30:
-        raise BadValue(f"expected a private IPv4 subnet of /30 or larger, got {raw!r}")
-    if iface.ip in (iface.network.network_address, iface.network.broadcast_address):
-        raise BadValue(f"expected a host address inside the subnet, got {raw!r}")
-    return iface
-
+from .netlink import opened, start_prefetch, sysfs_is_ethernet, wait_for_carrier
 
 CARRIER_TIMEOUT: Parameter[float] = Parameter(
     "initpy.timeout.carrier",
@@ -94,7 +81,7 @@ DHCP_TIMEOUT: Parameter[float] = Parameter(
 )
 BR1_ADDRESS: Parameter[ipaddress.IPv4Interface] = Parameter(
     "initpy.br1",
-    _br1_address,
+    br1_address,
     ipaddress.IPv4Interface(DEFAULT_BR1),
     "address/prefix of br1, the private NAT bridge; dnsmasq serves DHCP in that subnet",
     "initpy.br1=192.168.77.1/24",
@@ -205,7 +192,7 @@ def find_nics(ctx: BootContext) -> str:
 
 
 def dhcp(ctx: BootContext) -> str:
-    from .dhcpclient import race
+    from .race import race  # asyncio: imported by the prefetch thread, or here
 
     nics = ctx.get(NICS, ())
     candidates = [(n.name, n.mac) for n in nics if n.carrier]
@@ -285,17 +272,7 @@ def hostname(ctx: BootContext) -> str:
     k.sethostname(short)
     k.mkdir("/etc")
     k.write_text("/etc/hostname", short + "\n")
-    names = f"{fqdn} {short}" if fqdn else short
-    # 127.0.1.1 is Debian's convention for the host's own name: it stays
-    # right when the lease's address changes.
-    k.write_text(
-        "/etc/hosts",
-        "127.0.0.1\tlocalhost\n"
-        f"127.0.1.1\t{names}\n\n"
-        "::1\tlocalhost ip6-localhost ip6-loopback\n"
-        "ff02::1\tip6-allnodes\n"
-        "ff02::2\tip6-allrouters\n",
-    )
+    k.write_text("/etc/hosts", hosts_file(short, fqdn))
     ctx.put(HOSTNAME, short)
     _report(ctx)["hostname"] = short
     return f"{short} ({source})"
@@ -304,154 +281,10 @@ def hostname(ctx: BootContext) -> str:
 # -- bridges -------------------------------------------------------------------------
 
 
-def resolv_conf(lease: Lease) -> str:
-    text = f"# Written by initpy from the DHCP lease on {BR0} (server {lease.server or '?'}).\n"
-    if not lease.dns:
-        return text + "# The lease offered no DNS servers.\n"
-    if lease.domain:
-        text += f"search {lease.domain}\n"
-    return text + "".join(f"nameserver {server}\n" for server in lease.dns)
-
-
-def interfaces_file(lease: Lease, br1: ipaddress.IPv4Interface) -> str:
-    from .dhcpclient import RENEWER_NAME
-
-    return f"""\
-# Written by initpy at boot (hooks/network.py); see docs/network.md.
-# The init configured these interfaces itself: br0 holds {lease.nic} and its
-# DHCP lease ({lease.cidr} from {lease.server or "?"}), renewed after the
-# hand-off by the {RENEWER_NAME} process (status: {RENEWER_STATUS}).
-# They are not "auto", so `ifup -a` leaves them alone.
-
-auto lo
-iface lo inet loopback
-
-# br0: the public bridge ({lease.nic}, MAC {lease.mac}, configured by DHCP).
-iface {BR0} inet dhcp
-    bridge_ports {lease.nic}
-    bridge_hw {lease.mac}
-    bridge_stp off
-    bridge_fd 0
-
-# br1: the private bridge for build machines: NAT out through br0
-# ({NFT_RULES}), DHCP from dnsmasq ({DNSMASQ_CONF}).
-iface {BR1} inet static
-    address {br1.with_prefixlen}
-    bridge_ports none
-    bridge_stp off
-    bridge_fd 0
-"""
-
-
-def nft_ruleset(br1: ipaddress.IPv4Interface) -> str:
-    # Declare-then-delete makes the file idempotent: loading it twice leaves
-    # one table, and it never touches tables the OS adds.
-    return f"""\
-# Written by initpy (hooks/network.py): masquerade br1's subnet out through br0.
-table ip {NFT_TABLE}
-delete table ip {NFT_TABLE}
-table ip {NFT_TABLE} {{
-    chain postrouting {{
-        type nat hook postrouting priority srcnat; policy accept;
-        ip saddr {br1.network} oifname "{BR0}" masquerade
-    }}
-}}
-"""
-
-
-def dhcp_pool(br1: ipaddress.IPv4Interface) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
-    """The pool dnsmasq hands out: the subnet less its bottom ten and br1's address."""
-    net = br1.network
-    first, last = net.network_address + 1, net.broadcast_address - 1
-    if net.num_addresses > 32:
-        first += 10  # room for hosts given static addresses by hand
-    if br1.ip == last:
-        last -= 1
-    elif first <= br1.ip <= last:
-        first = br1.ip + 1
-    return first, last
-
-
-def dnsmasq_conf(br1: ipaddress.IPv4Interface) -> str:
-    first, last = dhcp_pool(br1)
-    return f"""\
-# Written by initpy (hooks/network.py): DHCP for build machines on {BR1} only.
-interface={BR1}
-bind-dynamic
-except-interface=lo
-no-dhcp-interface={BR0}
-dhcp-range={first},{last},{br1.netmask},12h
-dhcp-option=option:router,{br1.ip}
-dhcp-option=option:dns-server,{br1.ip}
-dhcp-authoritative
-"""
-
-
-# Where br1 may go when its default subnet collides with the lease: the
-# default first, then the rest of 172.16.0.0/12, then 10/8 and 192.168/16.
-BR1_CANDIDATES = (
-    *(f"172.{n}.0.1/16" for n in (*range(23, 32), *range(16, 23))),
-    *(f"10.{n}.0.1/16" for n in (*range(23, 256), *range(0, 23))),
-    *(f"192.168.{n}.1/24" for n in range(256)),
-)
-
-
-def br1_conflicts(br1: ipaddress.IPv4Interface, lease: Lease) -> list[str]:
-    """What of the lease lies inside br1's subnet (then br0's traffic would go to br1)."""
-    subnet = br1.network
-    found = []
-    lease_subnet = ipaddress.IPv4Network(lease.cidr, strict=False)
-    if subnet.overlaps(lease_subnet):
-        found.append(f"the lease's subnet {lease_subnet}")
-    for what, address in (
-        ("router", lease.router),
-        ("DHCP server", lease.server),
-        *(("DNS server", dns) for dns in lease.dns),
-    ):
-        if address is not None and ipaddress.IPv4Address(address) in subnet:
-            found.append(f"its {what} {address}")
-    return found
-
-
-def free_br1(lease: Lease) -> ipaddress.IPv4Interface | None:
-    """The first of BR1_CANDIDATES clear of the lease."""
-    for candidate in map(ipaddress.IPv4Interface, BR1_CANDIDATES):
-        if not br1_conflicts(candidate, lease):
-            return candidate
-    return None
-
-
-def choose_br1(ctx: BootContext, lease: Lease) -> ipaddress.IPv4Interface:
-    """initpy.br1, or the default moved clear of the lease (docs/network.md says why).
-
-    A subnet the operator chose is never moved: an overlap is a rescue with
-    the fix. The default nobody chose moves to a free private subnet, and the
-    report says so.
-    """
-    br1 = ctx.value(BR1_ADDRESS)
-    conflicts = br1_conflicts(br1, lease)
-    if not conflicts:
-        return br1
-    free = free_br1(lease)
-    overlap = (
-        f"br1's subnet {br1.network} overlaps the DHCP lease on {lease.nic} "
-        f"({lease.cidr}): " + ", ".join(conflicts)
-    )
-    if BR1_ADDRESS.key in ctx.config.values or free is None:
-        raise BootFailure(
-            f"{overlap} (from initpy.br1)" if free else f"{overlap}; no free private subnet",
-            f"boot with initpy.br1={free or 'ADDRESS/PREFIX'} (any private subnet clear of "
-            f"{lease.cidr} and its servers), then exit this shell to reboot",
-        )
-    ctx.warn(
-        f"bridges: {overlap}; br1 moved to {free.with_prefixlen}; to choose its subnet, "
-        "boot with initpy.br1=ADDRESS/PREFIX"
-    )
-    return free
-
-
 def bridges(ctx: BootContext) -> str:
-    from .dhcpclient import RENEWER_NAME
+    # Imported here: the renewer module brings the boot's DHCP client (asyncio),
+    # which the dhcp state has imported by now.
+    from .renewer import start_renewer
 
     lease = ctx.get(LEASE, None)
     if lease is None:
@@ -460,7 +293,9 @@ def bridges(ctx: BootContext) -> str:
             "the dhcp state must run before bridges; this is a hook bug",
         )
     # Before any link changes: an overlap is found, and the fix said, first.
-    br1 = choose_br1(ctx, lease)
+    br1, moved = choose_br1(ctx.value(BR1_ADDRESS), BR1_ADDRESS.key in ctx.config.values, lease)
+    if moved:
+        ctx.warn(moved)
     _report(ctx)["br1"] = br1.with_prefixlen
     k = ctx.kernel
     with opened(k) as nl:
@@ -485,9 +320,7 @@ def bridges(ctx: BootContext) -> str:
     k.write_text("/proc/sys/net/ipv4/ip_forward", "1\n")
     for folder in ("/etc/sysctl.d", "/etc/initpy", "/etc/dnsmasq.d", "/etc/network"):
         k.mkdir(folder)
-    k.write_text(
-        SYSCTL_CONF, "# Written by initpy: br1's NAT needs forwarding.\nnet.ipv4.ip_forward = 1\n"
-    )
+    k.write_text(SYSCTL_CONF, SYSCTL_TEXT)
     k.write_text(NFT_RULES, nft_ruleset(br1))
     run(
         k,
@@ -497,8 +330,8 @@ def bridges(ctx: BootContext) -> str:
     )
     k.write_text(DNSMASQ_CONF, dnsmasq_conf(br1))
     _write_resolv_conf(ctx, lease)
-    k.write_text("/etc/network/interfaces", interfaces_file(lease, br1))
-    pid = _start_renewer(ctx, lease)
+    k.write_text(INTERFACES, interfaces_file(lease, br1))
+    pid = start_renewer(k, lease)
     _report(ctx)["renewer_pid"] = pid
     return (
         f"{BR0} = {lease.nic} + {lease.cidr}"
@@ -520,63 +353,11 @@ def _write_resolv_conf(ctx: BootContext, lease: Lease) -> None:
     # A rootfs built for systemd-resolved has a symlink here that dangles in
     # the initrd; the lease's servers replace it.
     try:
-        k.readlink("/etc/resolv.conf")
-        k.remove("/etc/resolv.conf")
+        k.readlink(RESOLV_CONF)
+        k.remove(RESOLV_CONF)
     except OSError:
         pass
-    k.write_text("/etc/resolv.conf", resolv_conf(lease))
-
-
-def _start_renewer(ctx: BootContext, lease: Lease) -> int:
-    """Fork the process that keeps br0's lease alive after the hand-off."""
-    from .dhcpclient import RENEWER_NAME, renew_forever, status_json
-
-    # No thread may be in the middle of an import when PID 1 forks.
-    wait_prefetch()
-    k = ctx.kernel
-
-    def write_status(status: Mapping[str, object]) -> None:
-        try:
-            k.mkdir(os.path.dirname(RENEWER_STATUS))
-            k.write_atomic(RENEWER_STATUS, status_json(status))
-        except OSError:
-            pass
-
-    async def apply_address(fresh: Lease) -> None:
-        import asyncio
-
-        def apply() -> None:
-            with opened(k) as nl:
-                if fresh.cidr in nl.ipv4_addresses(BR0):
-                    return
-                nl.flush_ipv4(BR0)
-                nl.add_address(BR0, fresh.address, fresh.prefixlen, fresh.broadcast_or_computed)
-                if fresh.router:
-                    nl.add_default_route(fresh.router, BR0)
-
-        await asyncio.to_thread(apply)
-
-    def renewer() -> None:
-        try:
-            renew_forever(lease, BR0, write_status, apply_address)
-        except BaseException as exc:  # noqa: B036 - say why renewal stopped, then exit
-            write_status(
-                {
-                    "pid": os.getpid(),
-                    "interface": BR0,
-                    "trigger": "stopped",
-                    "error": f"{type(exc).__name__}: {exc}",
-                }
-            )
-            k.kmsg(printable(f"initpy: {RENEWER_NAME}: stopped: {type(exc).__name__}: {exc}"))
-            raise
-
-    # The status file exists from here on, whenever the renewer gets the CPU
-    # for its first exchange (it runs at nice 10): the OS's
-    # initpy-dhcp.service adopts the renewer on this file's condition, and
-    # systemd may check it before the renewer has said anything.
-    write_status({"interface": BR0, "trigger": "starting"})
-    return k.spawn_daemon(RENEWER_NAME, renewer)
+    k.write_text(RESOLV_CONF, resolv_conf(lease))
 
 
 HOOK = Hook(
@@ -614,6 +395,8 @@ HOOK = Hook(
     # the features the network states use, loaded at every boot.
     modules=("bridge", "nf_tables", "nft_chain_nat", "nft_masq"),
     parameters=PARAMETERS,
+    # The dhcp state's imports begin in a thread before the first state.
+    on_start=(start_prefetch,),
     os_files=OS_FILES,
     os_packages=OS_PACKAGES,
 )

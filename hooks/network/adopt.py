@@ -15,16 +15,18 @@ from __future__ import annotations
 
 from initpy.runtime.osimage import OS_PROGRAMS, OsFile, OsPackage
 
+from .files import RENEWER_NAME, RENEWER_STATUS
+
 ADOPT = f"{OS_PROGRAMS}/initpy-dhcp-adopt"
 
 ADOPT_SERVICE = f"""\
 # Shipped by initpy (hooks/network/adopt.py).
 [Unit]
 Description=Adopt initpy's DHCP lease renewer for br0 as initpy-dhcp.scope
-Documentation=file:/run/initpy/dhcp-br0.json
+Documentation=file:{RENEWER_STATUS}
 Wants=dbus.service
 After=dbus.service
-ConditionPathExists=/run/initpy/dhcp-br0.json
+ConditionPathExists={RENEWER_STATUS}
 
 [Service]
 Type=oneshot
@@ -35,19 +37,19 @@ ExecStart={ADOPT}
 WantedBy=multi-user.target
 """
 
-ADOPT_SCRIPT = """\
+ADOPT_SCRIPT = f"""\
 #!/bin/sh
 # Shipped by initpy (hooks/network/adopt.py): move initpy's lease renewer
-# (process name initpy-dhcp) into a transient scope, initpy-dhcp.scope.
+# (process name {RENEWER_NAME}) into a transient scope, initpy-dhcp.scope.
 set -eu
-pid=$(pgrep -x initpy-dhcp) || { echo "no initpy-dhcp process to adopt" >&2; exit 1; }
+pid=$(pgrep -x {RENEWER_NAME}) || {{ echo "no {RENEWER_NAME} process to adopt" >&2; exit 1; }}
 busctl call org.freedesktop.systemd1 /org/freedesktop/systemd1 \\
   org.freedesktop.systemd1.Manager StartTransientUnit 'ssa(sv)a(sa(sv))' \\
   initpy-dhcp.scope fail 2 \\
   PIDs au 1 "$pid" \\
   Description s "initpy DHCP lease renewer for br0 (pid $pid)" \\
   0 >/dev/null
-echo "initpy-dhcp (pid $pid) is now initpy-dhcp.scope"
+echo "{RENEWER_NAME} (pid $pid) is now initpy-dhcp.scope"
 """
 
 OS_FILES = (

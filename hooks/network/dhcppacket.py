@@ -8,12 +8,13 @@ about a second of CPU under TCG before the first DISCOVER. Here, the
 messages are still pyroute2's (`pyroute2.dhcp.dhcp4msg`, which encodes and
 decodes every field and option), carried in IPv4/UDP headers packed with
 struct on the seam's `Kernel.packet_socket`. The lease renewer after the
-hand-off keeps pyroute2's full client (dhcpclient.renew_forever): it needs
-timers, renewal and rebinding, and runs off the boot's path.
+hand-off keeps pyroute2's full client (renewer.py): it needs timers,
+renewal and rebinding, and runs off the boot's path.
 
-What the client sends follows the pitfalls in docs/network.md: no host
-name (option 12 is requested instead), vendor id "initpy", the client id
-is the MAC, retransmission after 1, 2, 4, then every 8 s.
+What both clients send follows the pitfalls in docs/network.md, and is
+defined here once: no host name (option 12 is requested instead,
+`requested_options`), vendor id "initpy", retransmission after 1, 2, 4,
+then every 8 s (`backoff`); this one sends the MAC as the client id.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from typing import Any
 from initpy.runtime.kernel import Kernel
 from initpy.runtime.record import mutable
 
-from .lease import Lease
+from .lease import Lease, lease_from_options
+from .pyroute import lean_pyroute2
 
 CLIENT_PORT = 68
 SERVER_PORT = 67
@@ -39,6 +41,7 @@ IP_HEADER = struct.Struct("!BBHHHBBH4s4s")
 UDP_HEADER = struct.Struct("!HHHH")
 # After this many REQUESTs without an answer, start over with a DISCOVER.
 REQUEST_TRIES = 4
+VENDOR_ID = "initpy"
 
 # DHCP message types (RFC 2132, option 53) and BOOTP fields.
 DISCOVER, OFFER, REQUEST, ACK, NAK, RELEASE = 1, 2, 3, 5, 6, 7
@@ -92,16 +95,36 @@ def udp_payload(packet: bytes) -> bytes | None:
 
 
 def _dhcp4msg() -> Any:
-    from .pyroute import lean_pyroute2
-
     lean_pyroute2()
     from pyroute2.dhcp.dhcp4msg import dhcp4msg
 
     return dhcp4msg
 
 
+def requested_options() -> tuple[Any, ...]:
+    """The options every request asks for, option 12 among them (pyroute2's `Option`)."""
+    lean_pyroute2()
+    from pyroute2.dhcp.enums.dhcp import Option
+
+    return (
+        Option.SUBNET_MASK,
+        Option.BROADCAST_ADDRESS,
+        Option.ROUTER,
+        Option.NAME_SERVER,
+        Option.HOST_NAME,
+        Option.DOMAIN_NAME,
+        Option.LEASE_TIME,
+        Option.RENEWAL_TIME,
+        Option.REBINDING_TIME,
+    )
+
+
 def backoff() -> Iterator[float]:
-    """Retransmit after 1, 2, 4, then every 8 s (pyroute2's default starts at 4 s)."""
+    """Retransmit after 1, 2, 4, then every 8 s: a boot cannot wait 4 s first.
+
+    pyroute2's default starts at 4 s; the first DISCOVER on a link that just
+    got carrier is often lost (switch port, tap not yet bridged).
+    """
     delay = 1.0
     while True:
         yield delay
@@ -121,14 +144,11 @@ class BoundLease:
 class PacketDhcpClient:
     """One NIC's DHCP client for the boot's race (hooks.network.lease.DhcpClient)."""
 
-    def __init__(
-        self, kernel: Kernel, name: str, mac: str, requested: tuple[int, ...], vendor_id: str
-    ) -> None:
+    def __init__(self, kernel: Kernel, name: str, mac: str) -> None:
         self.name = name
         self.mac = mac.lower()
         self._kernel = kernel
-        self._requested = requested
-        self._vendor_id = vendor_id
+        self._requested = tuple(int(option) for option in requested_options())
         self._sock: socket.socket | None = None
         self._xid = struct.unpack("!I", os.urandom(4))[0]
         self._state = "client not started"
@@ -159,7 +179,7 @@ class PacketDhcpClient:
         return self._message(
             kind,
             parameter_list=list(self._requested),
-            vendor_id=self._vendor_id,
+            vendor_id=VENDOR_ID,
             **options,
         )
 
@@ -208,8 +228,6 @@ class PacketDhcpClient:
                 return reply, ":".join(f"{b:02x}" for b in sender[4][:6])
 
     async def lease(self) -> Lease:
-        from .dhcpclient import lease_from_options
-
         loop = asyncio.get_running_loop()
         while True:
             self._state = "no DHCP offer (DISCOVER sent, no answer)"

@@ -1,7 +1,8 @@
-"""A DHCP lease, its checks, and the client interface the race drives.
+"""A DHCP lease: read from a reply's options, checked, and the client interface the race drives.
 
-Kept apart from dhcpclient.py (pyroute2's client, asyncio) and netlink.py
-(IPRoute) so that neither needs the other to name them.
+Only the standard library: the DHCP clients (dhcppacket.py at boot,
+renewer.py after the hand-off), the race and the states all name these
+without importing asyncio or pyroute2.
 
 Whoever answers DHCP on a build host's network decides every value of a
 lease, so `checked()` holds each one to what it must be before any of it
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from initpy.runtime.record import field, frozen, replace
@@ -46,7 +48,8 @@ class Lease:
     domain: str | None = None
     broadcast: str | None = None
     lease_time: int | None = None
-    # pyroute2's own lease object, kept so the renewer can carry it on.
+    # The reply as the client bound it (dhcppacket.BoundLease): the renewer
+    # carries it into pyroute2's client.
     raw: Any = field(default=None, compare=False, repr=False)
     # What checked() dropped, each naming the value (escaped) and what was expected.
     problems: tuple[str, ...] = field(default=(), compare=False)
@@ -189,6 +192,79 @@ def checked(lease: Lease) -> Lease:
         domain=domain,
         lease_time=lease_time,
         problems=tuple(problems),
+    )
+
+
+def option_text(value: object) -> str | None:
+    """A DHCP string option as pyroute2 decodes it (str, or bytes), padding removed."""
+    if isinstance(value, bytes):
+        value = value.rstrip(b"\0").decode("ascii", "replace")
+    if isinstance(value, str):
+        value = value.rstrip("\0").strip()
+        return value or None
+    return None
+
+
+def lease_from_options(
+    nic: str, mac: str, address: str, options: Mapping[str, Any], raw: Any = None
+) -> Lease:
+    """A checked `Lease` from decoded DHCP options, none of which is required.
+
+    A value of the wrong shape (pyroute2 hands a string that is not UTF-8 over
+    as a list of byte values) is dropped here, one that fails its check in
+    `checked()`; either way the lease's `problems` say so. Raises BadLease
+    for an address the host cannot take.
+    """
+    problems: list[str] = []
+
+    def dropped(what: str, value: object, expected: str) -> None:
+        problems.append(f"{nic}: {what} {value!r} dropped: expected {expected}")
+
+    prefixlen = classful_prefix(address)
+    mask = options.get("subnet_mask")
+    if mask:
+        try:
+            prefixlen = ipaddress.IPv4Network(f"0.0.0.0/{mask}").prefixlen
+        except (ValueError, TypeError):
+            dropped("subnet mask", mask, f"a contiguous netmask; using the classful /{prefixlen}")
+
+    def strings(key: str, what: str) -> list[str]:
+        value = options.get(key) or []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            dropped(what, value, "a list of IPv4 addresses")
+            return []
+        return value
+
+    def text(key: str, what: str) -> str | None:
+        value = options.get(key)
+        found = option_text(value)
+        if value is not None and found is None and value not in ("", b""):
+            dropped(what, value, "text (it is not UTF-8)")
+        return found
+
+    routers = strings("router", "router")
+    lease_time = options.get("lease_time")
+    if lease_time == -1:
+        lease_time = INFINITE_LEASE  # pyroute2 reads option 51 as signed: all ones
+    elif lease_time is not None and not isinstance(lease_time, int):
+        dropped("lease time", lease_time, "a number of seconds")
+        lease_time = None
+    return checked(
+        Lease(
+            nic=nic,
+            mac=mac.lower(),
+            address=address,
+            prefixlen=prefixlen,
+            server=text("server_id", "server identifier"),
+            router=routers[0] if routers else None,
+            dns=tuple(strings("name_server", "DNS servers")),
+            hostname=text("host_name", "host name"),
+            domain=text("domain_name", "domain name"),
+            broadcast=text("broadcast_address", "broadcast address"),
+            lease_time=lease_time,
+            raw=raw,
+            problems=tuple(problems),
+        )
     )
 
 

@@ -10,7 +10,9 @@ fake kernel hands out its scripted network instead
 (initpy/devtools/fake_network.py).
 
 DHCP clients are handed out here as well (`dhcp_client()`): the real one is
-pyroute2's raw-socket client (dhcpclient.py beside this file).
+the packet-socket client (dhcppacket.py beside this file), whose imports
+(asyncio, pyroute2's DHCP messages) `start_prefetch` begins in a thread
+before the first state.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol
 
+from initpy.runtime.hook import BootContext
 from initpy.runtime.kernel import Kernel, NetlinkSocket
 
 from .lease import DhcpClient
@@ -64,40 +67,45 @@ class Netlink(Protocol):
     def close(self) -> None: ...
 
 
-# -- pyroute2, imported early --------------------------------------------------------
+# -- the DHCP code's imports, early ---------------------------------------------------
 
-_prefetch: threading.Thread | None = None
-
-
-def _import_pyroute2() -> None:
-    try:
-        lean_pyroute2()
-        import pyroute2.dhcp.dhcp4msg  # noqa: F401
-
-        # The dhcp state's race and client (asyncio: about 0.4 s of imports
-        # under TCG): here they fill the main thread's waits instead.
-        from . import dhcpclient, dhcppacket  # noqa: F401
-    except Exception:  # the state that needs it imports it again and reports
-        pass
+_imports = threading.Lock()
+_imported = False
 
 
-def start_prefetch() -> None:
-    """Import the DHCP client's modules in a thread while the states before it run.
+def import_dhcp() -> None:
+    """Import what the dhcp state needs, once, whoever asks first.
 
-    asyncio and pyroute2's DHCP message class: about 40 ms natively, half a
-    second under TCG; the states before dhcp wait on the kernel (disks,
-    carrier) at times, and the import fills those waits.
+    asyncio, pyroute2's DHCP message class, the race and the boot's client:
+    about 65 ms natively, about 1 s of one vCPU under TCG. The hook starts
+    this in a thread before the first state (`start_prefetch`, its
+    `on_start`); the first DHCP client and the renewer's fork call it again,
+    and so wait for the thread if it is still importing, or import here if
+    it never ran (a fake kernel records threads without running them).
+    After it returns no import is in flight, so PID 1 may fork.
     """
-    global _prefetch
-    if _prefetch is None:
-        _prefetch = threading.Thread(target=_import_pyroute2, name="prefetch pyroute2", daemon=True)
-        _prefetch.start()
+    global _imported
+    with _imports:
+        if _imported:
+            return
+        try:
+            lean_pyroute2()
+            import pyroute2.dhcp.dhcp4msg  # noqa: F401
+
+            from . import dhcppacket, race  # noqa: F401
+        except Exception:  # the state that needs it imports it again and reports
+            pass
+        _imported = True
 
 
-def wait_prefetch() -> None:
-    """Join the import thread (before any fork: no thread may be mid-import)."""
-    if _prefetch is not None:
-        _prefetch.join()
+def start_prefetch(ctx: BootContext) -> None:
+    """Run `import_dhcp` in a thread of PID 1, in the shadow of the states before dhcp.
+
+    They wait on the kernel at times (disks, carrier). pyroute2 imports
+    multiprocessing, whose os.urandom(32) waits for the kernel's random
+    pool; the thread takes that wait too, off the boot's path.
+    """
+    ctx.kernel.start_thread("prefetch pyroute2", import_dhcp)
 
 
 # -- the real one ------------------------------------------------------------------
@@ -123,11 +131,10 @@ class KernelNetlink(RtNetlink):
         return bool(self._events.receive(timeout))
 
     def dhcp_client(self, name: str, mac: str) -> DhcpClient:
-        wait_prefetch()
-        from .dhcpclient import VENDOR_ID, requested_options
+        import_dhcp()
         from .dhcppacket import PacketDhcpClient
 
-        return PacketDhcpClient(self._kernel, name, mac, requested_options(), VENDOR_ID)
+        return PacketDhcpClient(self._kernel, name, mac)
 
     def close(self) -> None:
         if self._events is not None:

@@ -197,6 +197,9 @@ class Boot:
     # -- driving -----------------------------------------------------------------
 
     def run(self) -> NoReturn:
+        for hook in self.registry.hooks:
+            for start in hook.on_start:
+                start(self.ctx)
         while True:
             name = self._next_state()
             self._maybe_break(name)

@@ -157,6 +157,9 @@ StateFunction = Callable[[BootContext], "str | None"]
 # What a hook does at a rescue (BootContext.on_rescue): say why the host
 # stopped, elsewhere than on the console (the services hook mails the admin).
 RescueFunction = Callable[[BootContext], None]
+# What a hook starts before the first state (Hook.on_start): work in the
+# background (Kernel.start_thread) that one of its states joins later.
+StartFunction = Callable[[BootContext], None]
 
 
 class Milestone(StrEnum):
@@ -214,6 +217,11 @@ class Hook:
     # checks for itself what it needs (ctx.reached, ctx.value) and bounds
     # its own time.
     on_rescue: tuple[RescueFunction, ...] = ()
+    # Run once before the first state (the driver's run), in the order of the
+    # hooks: start early, join late. Each returns at once, and cannot read a
+    # parameter yet (the command line comes later). Importing a hook file
+    # starts nothing: the builder, the walk and the tests import it too.
+    on_start: tuple[StartFunction, ...] = ()
     # What the OS after the hand-off gets from this hook and must hold for
     # it (only with --rootfs; initpy.builder.rootfs).
     os_files: tuple[OsFile, ...] = ()

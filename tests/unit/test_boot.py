@@ -62,6 +62,17 @@ def test_walks_every_state_in_order_and_hands_off(kernel: FakeKernel) -> None:
     assert kernel.kmsg_lines == [ln for ln in kernel.console_lines if ln.startswith("initpy:")]
 
 
+def test_on_start_runs_once_before_the_first_state(kernel: FakeKernel) -> None:
+    trail: list[str] = []
+
+    def start(ctx: BootContext) -> None:
+        trail.append(f"started after {len(kernel.syscalls('mount'))} mounts")
+
+    starter = Hook("starter", "starts early", (recorder(trail, "delta"),), on_start=(start,))
+    run_boot(kernel, [*two_hooks(trail), starter])
+    assert trail == ["started after 0 mounts", "alpha", "beta", "gamma", "delta"]
+
+
 def test_early_mounts_mount_what_is_missing_only(kernel: FakeKernel) -> None:
     with open(kernel.path("/proc/self/mounts"), "a") as f:
         f.write("devtmpfs /dev devtmpfs rw 0 0\n")

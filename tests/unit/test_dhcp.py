@@ -1,9 +1,8 @@
-"""hooks.network.dhcpclient: pyroute2's client configured against its pitfalls, leases, the race."""
+"""The renewer's pyroute2 client against its pitfalls, leases read and checked, the race."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import re
 from dataclasses import dataclass
@@ -13,45 +12,61 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hooks.network import dhcpclient as dhcp
-from hooks.network.dhcpclient import Lease, PyrouteDhcpClient, choose, lease_from_options, race
-from hooks.network.lease import BadLease, checked
+from hooks.network import race as race_module
+from hooks.network.lease import BadLease, Lease, checked, lease_from_options
+from hooks.network.race import choose, race
+from hooks.network.renewer import client_config
 from initpy.devtools.fake_network import FakeNetlink, FakeNic
 
 
-def test_the_client_sends_no_hostname_and_requests_one() -> None:
+def test_the_renewer_sends_no_hostname_and_asks_what_the_boot_asks() -> None:
     from pyroute2.dhcp.enums.dhcp import Option
 
-    config = PyrouteDhcpClient("eth0", "52:54:00:12:34:56")._config()
+    from hooks.network.dhcppacket import VENDOR_ID, backoff
+
+    config = client_config("br0", None, ())
     assert config.host_name is None  # not gethostname()'s "(none)"
     assert Option.HOST_NAME in config.requested_parameters
     assert Option.ROUTER in config.requested_parameters
+    assert (config.vendor_id, config.retransmission) == (VENDOR_ID, backoff)
 
 
-def test_the_client_leaves_pid1s_signals_and_the_lease_alone() -> None:
-    config = PyrouteDhcpClient("eth0", "52:54:00:12:34:56")._config()
-    assert config.handle_signals is False
-    assert config.release is False  # decided per client when the race stops it
-    assert tuple(config.hooks) == ()  # no client ever configures an address
+def test_the_renewer_keeps_the_lease_when_it_stops_and_takes_its_own_signals() -> None:
+    config = client_config("br0", None, ())
+    assert config.release is False  # a stopped renewer leaves br0's address in place
+    assert config.handle_signals is True  # not PID 1: USR1 renews, USR2 rebinds, HUP restarts
     assert config.write_pidfile is False
 
 
-def test_the_lease_type_writes_and_reads_no_file(
+def test_the_renewers_lease_type_writes_and_reads_no_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    config = PyrouteDhcpClient("eth0", "52:54:00:12:34:56")._config()
-    (tmp_path / "eth0.lease.json").write_text("{}")  # a stale lease must not be loaded
-    assert config.lease_type.load("eth0") is None
+    config = client_config("br0", None, ())
+    (tmp_path / "br0.lease.json").write_text("{}")  # a stale lease must not be loaded
+    assert config.lease_type.load("br0") is None
     lease = config.lease_type(
-        ack={"options": {}, "yiaddr": "10.0.0.5"}, interface="eth0", server_mac="52:54:00:00:00:01"
+        ack={"options": {}, "yiaddr": "10.0.0.5"}, interface="br0", server_mac="52:54:00:00:00:01"
     )
     lease.dump()
-    assert sorted(os.listdir(tmp_path)) == ["eth0.lease.json"]
+    assert sorted(os.listdir(tmp_path)) == ["br0.lease.json"]
 
 
-def test_retransmission_starts_at_one_second() -> None:
-    assert list(itertools.islice(dhcp.fast_backoff(), 6)) == [1, 2, 4, 8, 8, 8]
+def test_the_renewer_starts_from_the_boots_ack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hooks.network.dhcppacket import BoundLease
+
+    monkeypatch.chdir(tmp_path)
+    ack = {"options": {"lease_time": 3600}, "yiaddr": "10.0.0.5"}
+    config = client_config("br0", BoundLease(ack, "52:54:00:00:00:01", 1000.0, "10.0.0.5"), ())
+    carried = config.lease_type.load("br0")
+    assert (carried.ip, carried.server_mac, carried.obtained) == (
+        "10.0.0.5",
+        "52:54:00:00:00:01",
+        1000.0,
+    )
+    assert os.listdir(tmp_path) == []
 
 
 def test_a_lease_without_router_dns_or_mask_is_read_without_error() -> None:
@@ -124,7 +139,7 @@ class StuckNetwork(FakeNetlink):
 def test_a_client_that_will_not_stop_does_not_hold_the_boot(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(dhcp, "STOP_TIMEOUT", 0.05)
+    monkeypatch.setattr(race_module, "STOP_TIMEOUT", 0.05)
     won = Lease("eth0", "52:54:00:00:00:01", "10.0.0.2", 24)
     network = StuckNetwork(
         nics=[FakeNic("eth0", won.mac, lease=won), FakeNic("eth1", "52:54:00:00:00:02")]

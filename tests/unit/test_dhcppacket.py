@@ -8,6 +8,7 @@ a hostile dnsmasq); here: the frames, the filter and the messages.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import struct
 from typing import Any
@@ -15,21 +16,15 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hooks.network import dhcpclient, dhcppacket
-from hooks.network.dhcppacket import PacketDhcpClient, checksum, ip_udp, udp_payload
-from hooks.network.lease import checked
+from hooks.network import dhcppacket
+from hooks.network.dhcppacket import PacketDhcpClient, backoff, checksum, ip_udp, udp_payload
+from hooks.network.lease import checked, lease_from_options
 
 MAC = "52:54:00:12:34:56"
 
 
 def _client() -> PacketDhcpClient:
-    return PacketDhcpClient(
-        None,  # type: ignore[arg-type]  # no socket is opened here
-        "eth0",
-        MAC.upper(),
-        dhcpclient.requested_options(),
-        dhcpclient.VENDOR_ID,
-    )
+    return PacketDhcpClient(None, "eth0", MAC.upper())  # type: ignore[arg-type]  # no socket
 
 
 def _decode(payload: bytes) -> Any:
@@ -105,9 +100,7 @@ def test_only_replies_to_this_client_are_taken_and_their_lease_is_checked() -> N
     assert client._answer(_reply(client, chaddr="52:54:00:00:00:01")) is None  # another NIC
     assert client._answer(_reply(client, op=dhcppacket.BOOTREQUEST)) is None  # a client's
     assert client._answer(_reply(client)[:200]) is None  # truncated
-    lease = checked(
-        dhcpclient.lease_from_options("eth0", MAC, reply["yiaddr"], reply["options"], reply)
-    )
+    lease = checked(lease_from_options("eth0", MAC, reply["yiaddr"], reply["options"], reply))
     assert (lease.cidr, lease.server) == ("10.0.2.15/24", "10.0.2.2")
     assert lease.domain is None  # the hostile domain name was dropped ...
     assert any("domain name" in problem for problem in lease.problems)  # ... and said
@@ -196,3 +189,7 @@ def test_any_bytes_off_the_wire_are_ignored_or_a_reply_to_this_client(
                 if reply is not None:
                     assert reply["xid"] == client._xid
                     assert str(reply["chaddr"]).lower() == MAC.lower()
+
+
+def test_retransmission_starts_at_one_second() -> None:
+    assert list(itertools.islice(backoff(), 6)) == [1, 2, 4, 8, 8, 8]

@@ -258,8 +258,8 @@ def test_design_md_carries_the_rules() -> None:
 
 
 def test_the_check_sees_relative_and_function_level_imports() -> None:
-    assert "hooks.network.dhcpclient" in GRAPH["hooks.network"]  # inside a state function
-    assert "hooks.network.lease" in GRAPH["hooks.network.dhcpclient"]  # `from .lease import`
+    assert "hooks.network.race" in GRAPH["hooks.network"]  # inside a state function
+    assert "hooks.network.lease" in GRAPH["hooks.network.race"]  # `from .lease import`
     assert "initpy.runtime.kernel" in GRAPH["initpy.runtime.driver"]
     assert "initpy.runtime.layout" in GRAPH["initpy.host.monitor"]
     assert "tftpy" in top_level_imports(SOURCES["initpy.host.fetch"])  # in a function

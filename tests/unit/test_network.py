@@ -1,6 +1,6 @@
 """The network hook on the fake kernel: NICs, the DHCP race, hostname, bridges, files.
 
-The scripted network (hooks.network.netlink.FakeNetlink) plays the NICs, their
+The scripted network (initpy.devtools.fake_network.FakeNetlink) plays the NICs, their
 carrier and what a DHCP server on each would answer; tests assert on what
 the boot leaves behind: the fake network's bridges, addresses and routes,
 the files in the fake root, the console and report.json.
@@ -10,20 +10,22 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import types
 from pathlib import Path
 
 import pytest
 from pytest_mock import MockerFixture
 
-from hooks.network.dhcpclient import Lease
+from hooks.network.lease import Lease
 from initpy.devtools.fake import FakeKernel, HandedOff
 from initpy.devtools.fake_network import FakeNetlink, FakeNic
 from initpy.runtime import cmdline
 from initpy.runtime.driver import CORE_PARAMETERS
 from initpy.runtime.hook import BootContext, BootFailure, Hook
 from initpy.runtime.report import Report
-from tests.unit.conftest import hook_module, read_report, run_boot
+from tests.unit.conftest import REPO, hook_module, read_report, run_boot
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +55,32 @@ def context(k: FakeKernel, net: types.ModuleType) -> BootContext:
 def read(k: FakeKernel, path: str) -> str:
     with open(k.path(path)) as f:
         return f.read()
+
+
+# -- the hook starts nothing on import --------------------------------------------------
+
+
+def test_importing_the_hook_starts_no_thread_even_as_pid_1() -> None:
+    """PID 1 imports every hook before the first state; the network hook's
+    DHCP imports begin when the boot runs its on_start, not then."""
+    code = (
+        "import os, threading; os.getpid = lambda: 1; import hooks.network; "
+        "print(threading.active_count())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["1"]
+
+
+def test_the_hook_starts_the_dhcp_imports_through_the_seam(
+    tmp_path: Path, net: types.ModuleType
+) -> None:
+    k = machine(tmp_path, FakeNic("eth0", "52:54:00:00:00:0A"))
+    ctx = context(k, net)
+    for start in net.HOOK.on_start:
+        start(ctx)
+    assert list(k.threads) == ["prefetch pyroute2"]  # recorded by the fake, not run
 
 
 # -- find_nics ---------------------------------------------------------------------
@@ -356,6 +384,21 @@ def test_br1_nat_forwarding_dnsmasq_and_interfaces(tmp_path: Path, net: types.Mo
     assert "initpy-dhcp" in k.daemons
 
 
+def test_the_files_an_operator_reads_name_the_module_that_wrote_them(
+    tmp_path: Path, net: types.ModuleType
+) -> None:
+    from hooks.network.files import SOURCE
+
+    assert os.path.isfile(os.path.join(REPO, SOURCE))
+    k = bridged(tmp_path, net, lease("eth0", "52:54:00:12:34:56", "10.0.2.15"))
+    for path in (
+        "/etc/network/interfaces",
+        "/etc/initpy/nat.nft",
+        "/etc/dnsmasq.d/initpy-br1.conf",
+    ):
+        assert f"({SOURCE})" in read(k, path).splitlines()[0], path
+
+
 def test_br1_subnet_from_the_command_line(tmp_path: Path, net: types.ModuleType) -> None:
     k = bridged(
         tmp_path, net, lease("eth0", "52:54:00:12:34:56"), cmdline_text="initpy.br1=192.168.77.1/24"
@@ -440,7 +483,7 @@ def test_the_renewer_status_exists_before_the_renewer_has_run(
 def test_the_renewer_says_why_it_stopped(
     tmp_path: Path, net: types.ModuleType, mocker: MockerFixture
 ) -> None:
-    mocker.patch("hooks.network.dhcpclient.renew_forever", side_effect=OSError("br0 is gone"))
+    mocker.patch("hooks.network.renewer.renew_forever", side_effect=OSError("br0 is gone"))
     k = bridged(tmp_path, net, lease("eth0", "52:54:00:12:34:56", "10.0.2.15"))
     with pytest.raises(OSError):
         k.daemons["initpy-dhcp"]()  # what the forked process runs

@@ -23,7 +23,7 @@ def test_hook_files_import_nothing_heavy() -> None:
     code = (
         "import sys; from initpy.runtime.driver import load_registry; "
         f"load_registry([{str(HOOKS_DIR)!r}]); "
-        "print(' '.join(m for m in ('asyncio', 'pyroute2', 'hooks.network.dhcpclient', 'ssl',"
+        "print(' '.join(m for m in ('asyncio', 'pyroute2', 'hooks.network.race', 'ssl',"
         " 'concurrent.futures', 'dataclasses', 'inspect') if m in sys.modules))"
     )
     loaded = subprocess.run(
@@ -61,8 +61,8 @@ def test_the_state_machine_brings_no_dataclasses() -> None:
 
 def test_lean_pyroute2_skips_the_package_init_and_still_talks_netlink() -> None:
     code = (
-        "import sys, logging; from hooks.network.netlink import lean_pyroute2, _import_pyroute2; "
-        "_import_pyroute2(); "
+        "import sys, logging; from hooks.network.netlink import lean_pyroute2, import_dhcp; "
+        "import_dhcp(); "
         # The boot's DHCP client takes pyroute2's messages only: no IPRoute, no client.
         "heavy = [m for m in ('pyroute2.iproute.linux', 'pyroute2.dhcp.client') "
         "if m in sys.modules]; "
@@ -169,9 +169,9 @@ load_registry(["hooks"])
 from concurrent.futures import ThreadPoolExecutor
 with ThreadPoolExecutor(2) as pool:
     pool.submit(int).result()
-from hooks.network.netlink import _import_pyroute2
-_import_pyroute2()  # swallows errors: the imports follow again, bare
-import hooks.network.dhcpclient, pyroute2.dhcp.client, pyroute2.dhcp.hooks
+from hooks.network.netlink import import_dhcp
+import_dhcp()  # swallows errors: the imports follow again, bare
+import hooks.network.race, hooks.network.renewer, pyroute2.dhcp.client, pyroute2.dhcp.hooks
 from pyroute2.iproute.linux import IPRoute
 ipr = IPRoute()
 assert ipr.get_links()

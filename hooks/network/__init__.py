@@ -104,7 +104,7 @@ class Nic:
 
 
 NICS: Fact[tuple[Nic, ...]] = Fact("network.nics")
-LEASE: Fact[Lease | None] = Fact("network.lease")
+LEASE: Fact[Lease] = Fact("network.lease")
 HOSTNAME: Fact[str] = Fact("network.hostname")
 
 
@@ -261,12 +261,7 @@ def choose_hostname(lease: Lease) -> tuple[str, str | None, str]:
 
 
 def hostname(ctx: BootContext) -> str:
-    lease = ctx.get(LEASE, None)
-    if lease is None:
-        raise BootFailure(
-            "no DHCP lease to name the host from",
-            "the dhcp state must run before hostname; this is a hook bug",
-        )
+    lease = ctx.require(LEASE, "dhcp")
     short, fqdn, source = choose_hostname(lease)
     k = ctx.kernel
     k.sethostname(short)
@@ -286,12 +281,7 @@ def bridges(ctx: BootContext) -> str:
     # which the dhcp state has imported by now.
     from .renewer import start_renewer
 
-    lease = ctx.get(LEASE, None)
-    if lease is None:
-        raise BootFailure(
-            "no DHCP lease to configure br0 with",
-            "the dhcp state must run before bridges; this is a hook bug",
-        )
+    lease = ctx.require(LEASE, "dhcp")
     # Before any link changes: an overlap is found, and the fix said, first.
     br1, moved = choose_br1(ctx.value(BR1_ADDRESS), BR1_ADDRESS.key in ctx.config.values, lease)
     if moved:

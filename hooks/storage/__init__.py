@@ -155,7 +155,7 @@ class StoragePlan:
     machines: tuple[MachinesMount, ...]
 
 
-PLAN: Fact[StoragePlan | None] = Fact("storage_plan")
+PLAN: Fact[StoragePlan] = Fact("storage_plan")
 
 
 def required_present(devices: list[BlockDevice]) -> bool:
@@ -350,23 +350,13 @@ def _mount(ctx: BootContext, fs: Filesystem, target: str) -> str:
     return f"{target} <- {fs.paths}"
 
 
-def _plan(ctx: BootContext) -> StoragePlan:
-    plan = ctx.get(PLAN, None)
-    if plan is None:
-        raise BootFailure(
-            "the disks were not looked at (find_disks did not run)",
-            "rebuild the initrd with the storage hook's states in order",
-        )
-    return plan
-
-
 # `nofail`: the init has mounted these already; on the booted OS, systemd must
 # not stop in emergency mode if udev is slow to name a device by label.
 FSTAB_OPTIONS = "defaults,nofail"
 
 
 def mount_state(ctx: BootContext) -> str:
-    plan = _plan(ctx)
+    plan = ctx.require(PLAN, "find_disks")
     detail = _mount(ctx, plan.state, STATE_MOUNT)
     etc.record_mount(
         ctx,
@@ -376,7 +366,7 @@ def mount_state(ctx: BootContext) -> str:
 
 
 def mount_machines(ctx: BootContext) -> str:
-    plan = _plan(ctx)
+    plan = ctx.require(PLAN, "find_disks")
     details = []
     for mount in plan.machines:
         details.append(_mount(ctx, mount.filesystem, mount.target))

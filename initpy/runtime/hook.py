@@ -90,6 +90,17 @@ class BootContext:
     def get(self, fact: Fact[T], default: T) -> T:
         return cast(T, self._facts.get(fact.name, default))
 
+    def require(self, fact: Fact[T], producer: str) -> T:
+        """The fact that `producer`, an earlier state, left; missing, a rescue
+        that names both: the order of a hook's states is the hook's to keep."""
+        if fact.name not in self._facts:
+            raise BootFailure(
+                f"no {fact.name}: the {producer} state did not run before this one",
+                f"a hook bug: order {producer} before the states that read {fact.name}, "
+                "and rebuild the initrd",
+            )
+        return cast(T, self._facts[fact.name])
+
     def value(self, parameter: Parameter[T]) -> T:
         return self.config.value(parameter)
 

@@ -197,7 +197,7 @@ def test_lowest_mac_wins_among_leases_within_the_window(
     ctx = context(k, net)
     found(ctx, net)
     net.dhcp(ctx)
-    winner = ctx.get(net.LEASE, None)
+    winner = ctx.require(net.LEASE, "dhcp")
     assert winner is not None and winner.nic == "eth1"  # answered later, lower MAC
     # The loser's lease is released; the winner's is kept for br0.
     assert k.network.clients["eth0"].released is True
@@ -219,7 +219,7 @@ def test_first_lease_wins_when_the_other_comes_after_the_window(
     ctx = context(k, net)
     found(ctx, net)
     net.dhcp(ctx)
-    assert ctx.get(net.LEASE, None).nic == "eth0"
+    assert ctx.require(net.LEASE, "dhcp").nic == "eth0"
     # The slow NIC's client was stopped without waiting for its answer.
     assert k.network.clients["eth1"].stopped
     network = ctx.report.extra["network"]
@@ -244,7 +244,7 @@ def test_nics_without_carrier_are_not_tried(tmp_path: Path, net: types.ModuleTyp
     found(ctx, net)
     net.dhcp(ctx)
     assert set(k.network.clients) == {"eth0"}
-    assert ctx.get(net.LEASE, None).nic == "eth0"
+    assert ctx.require(net.LEASE, "dhcp").nic == "eth0"
 
 
 def test_no_lease_anywhere_rescues_with_each_nics_story(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,8 @@ from hooks import storage as MODULE
 from hooks.storage.blockdev import scan, wait_for_devices
 from initpy.devtools.fake import FakeKernel, HandedOff, Rebooted
 from initpy.devtools.walk import fake_ssh_keygen
+from initpy.runtime.hook import BootContext, BootFailure
+from initpy.runtime.report import Report
 from initpy.runtime.uevent import Uevent
 from tests.unit.conftest import read_report
 from tests.unit.storage_boot import (
@@ -372,3 +375,18 @@ def test_a_hostile_label_is_escaped_on_the_console_and_kept_whole_in_the_report(
     reason = read_report(k)["reason"]
     kept = "buildos.machines.x\x1b[2J\x1b]0;owned\x07\\ninitpy: rescue: fix: rm -rf /build\\r"
     assert isinstance(reason, str) and f"is labelled {kept}, but" in reason
+
+
+def test_a_mount_state_without_find_disks_is_a_rescue_that_names_both(tmp_path: Path) -> None:
+    """A state that reads another's fact, run without it (a hook's own order
+    broken), stops with a reason naming the missing fact and the state that
+    leaves it, not an AttributeError on None."""
+    k = FakeKernel(str(tmp_path))
+    ctx = BootContext(kernel=k, report=Report(k))
+    with pytest.raises(BootFailure) as failure:
+        MODULE.mount_state(ctx)
+    assert failure.value.reason == (
+        "no storage_plan: the find_disks state did not run before this one"
+    )
+    assert "order find_disks before" in failure.value.fix
+    assert [call for call in k.calls if call[0] == "mount"] == []

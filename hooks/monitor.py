@@ -152,7 +152,7 @@ def install_monitor(ctx: BootContext) -> str:
 
 
 def host_python_files() -> tuple[str, ...]:
-    """ "SRC:DST" for the monitor's Python: initpy/host, HOST_RUNTIME, tftpy.
+    """ "SRC:DST" for the monitor's Python: initpy/host, HOST_RUNTIME, cli.py, tftpy.
 
     Empty inside the frozen init (PID 1 never reads a hook's files). A
     tftpy missing on the build host gives a source that does not exist,
@@ -166,6 +166,7 @@ def host_python_files() -> tuple[str, ...]:
     package = os.path.dirname(os.path.dirname(os.path.abspath(layout.__file__)))  # initpy/
     sources = [
         os.path.join(package, "__init__.py"),
+        os.path.join(package, "cli.py"),  # every command's edge, initpy-monitor's too
         os.path.join(package, "runtime", "__init__.py"),
         *(os.path.join(package, "runtime", f"{name}.py") for name in HOST_RUNTIME),
         *sorted(glob.glob(os.path.join(package, "host", "*.py"))),

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from enum import StrEnum
 
+from initpy.cli import DEBUG_FLAG, handle
 from initpy.host import agent as agent_slot
 from initpy.host import mail as mailer
 from initpy.host import mailtext, systemd
@@ -378,6 +379,12 @@ def _stop(signum: int, frame: types.FrameType | None) -> None:
 
 
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    """initpy-monitor's command: what escapes the loop is one error line and a
+    hint in the journal (initpy.cli), the traceback with --debug."""
+    return handle("initpy-monitor", lambda args: _main(args, env), argv)
+
+
+def _main(argv: list[str], env: Mapping[str, str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="initpy-monitor",
         description="Reboot this build host onto a new build; keep the build agent running.",
@@ -395,6 +402,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         action="store_true",
         help="poll once and say what the monitor would do; mail nothing, reboot nothing",
     )
+    parser.add_argument(DEBUG_FLAG, action="store_true", help="tracebacks for errors")
     args = parser.parse_args(argv)
     settings, problems = load_settings(args.buildos_env, args.monitor_env)
     for problem in problems:

@@ -54,7 +54,7 @@ RULES: dict[str, tuple[tuple[str, ...], str]] = {
         ("leaves", "runtime", "engine", "builder", "hooks", "cli"),
         "the fake plays the hooks' counterparts",
     ),
-    "host": (("shipped runtime",), "runs under the booted host's python3"),
+    "host": (("shipped runtime", "cli"), "runs under the booted host's python3"),
     "initpy": (("devtools",), "`python -m initpy`"),
 }
 # The third-party packages a part may import (None: any that the build has).

@@ -574,3 +574,26 @@ def test_the_monitor_runs_as_a_program(tmp_path: os.PathLike[str], servers: Serv
     # The agent went with the monitor.
     (pid,) = runs(top)
     assert not os.path.exists(f"/proc/{pid}")
+
+
+def test_an_error_escaping_the_monitor_is_one_journal_line_and_a_hint(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """initpy-monitor goes through every command's edge (initpy.cli): an
+    unexpected error is an `error:` line and a `hint:` line, the traceback
+    only with --debug."""
+
+    def broken(*_args: object) -> object:
+        raise PermissionError(13, "Permission denied", "/etc/initpy/buildos.env")
+
+    monkeypatch.setattr(monitor, "load_settings", broken)
+    assert monitor.main(["--check"]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "initpy-monitor: error: PermissionError: [Errno 13] Permission denied: "
+        "'/etc/initpy/buildos.env'",
+        "initpy-monitor: hint: this error was not expected here; "
+        "run again with --debug for the traceback",
+    ]
+    assert monitor.main(["--check", "--debug"]) == 1
+    assert "Traceback (most recent call last)" in capsys.readouterr().err

@@ -33,6 +33,11 @@ class CommandError(Exception):
         return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
 
 
+def say(prog: str, message: str) -> None:
+    """A command's progress line on stderr, named like its errors."""
+    print(f"{prog}: {message}", file=sys.stderr)
+
+
 def die(message: str, hint: str = "") -> NoReturn:
     """Stop the command with `message` and `hint` (printed by `handle`)."""
     raise CommandError(message, hint)

@@ -20,16 +20,13 @@ PROG = "mkinitrd"
 
 
 def parser() -> argparse.ArgumentParser:
-    made = argparse.ArgumentParser(
-        prog=PROG,
-        description="Build buildos-image, buildos-initrd and buildos-buildid into OUTDIR.",
+    return settings.parser(
+        PROG, "Build buildos-image, buildos-initrd and buildos-buildid into OUTDIR.", SETTINGS
     )
-    settings.add_arguments(made, SETTINGS)
-    return made
 
 
 def say(message: str) -> None:
-    print(f"{PROG}: {message}", file=sys.stderr)
+    cli.say(PROG, message)
 
 
 def run(argv: Sequence[str]) -> int:

@@ -68,16 +68,13 @@ SETTINGS: tuple[Setting, ...] = (
 
 
 def parser() -> argparse.ArgumentParser:
-    made = argparse.ArgumentParser(
-        prog=PROG,
-        description="Lay out a TFTP folder that PXE-boots mkinitrd's OUTDIR with pxelinux.",
+    return settings.parser(
+        PROG, "Lay out a TFTP folder that PXE-boots mkinitrd's OUTDIR with pxelinux.", SETTINGS
     )
-    settings.add_arguments(made, SETTINGS)
-    return made
 
 
 def say(message: str) -> None:
-    print(f"{PROG}: {message}", file=sys.stderr)
+    cli.say(PROG, message)
 
 
 def _ssh_key(given: str | None) -> str | None:

@@ -81,6 +81,13 @@ def default_of(settings: Sequence[Setting], name: str) -> Any:
     raise KeyError(f"no setting sets {name!r}")
 
 
+def parser(prog: str, description: str, settings: Sequence[Setting]) -> argparse.ArgumentParser:
+    """A command's whole parser, from its table."""
+    made = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(made, settings)
+    return made
+
+
 def add_arguments(parser: argparse.ArgumentParser, settings: Sequence[Setting]) -> None:
     groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
     for setting in settings:

@@ -16,6 +16,19 @@ from initpy.runtime.kernel import Kernel
 from tests.unit.conftest import HOOKS_DIR
 
 
+def fresh_python(code: str) -> list[str]:
+    """The words `code` prints in a new interpreter without site (as the frozen
+    init starts), from the repository, with the venv's packages."""
+    return subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.path.dirname(HOOKS_DIR),
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if "-packages" in p)),
+    ).stdout.split()
+
+
 def test_hook_files_import_nothing_heavy() -> None:
     """Loading every hook (PID 1's path to the first state) leaves asyncio,
     pyroute2 and the DHCP client for the states that need them; dataclasses
@@ -26,14 +39,7 @@ def test_hook_files_import_nothing_heavy() -> None:
         "print(' '.join(m for m in ('asyncio', 'pyroute2', 'hooks.network.race', 'ssl',"
         " 'concurrent.futures', 'dataclasses', 'inspect') if m in sys.modules))"
     )
-    loaded = subprocess.run(
-        [sys.executable, "-S", "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=os.path.dirname(HOOKS_DIR),
-        env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if "-packages" in p)),
-    ).stdout.split()
+    loaded = fresh_python(code)
     assert loaded == []
 
 
@@ -48,14 +54,7 @@ def test_the_state_machine_brings_no_dataclasses() -> None:
         "boot.trigger('advance'); "
         "print(boot.state, 'dataclasses' in sys.modules)"
     )
-    out = subprocess.run(
-        [sys.executable, "-S", "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=os.path.dirname(HOOKS_DIR),
-        env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if "-packages" in p)),
-    ).stdout.split()
+    out = fresh_python(code)
     assert out == ["early_mounts", "False"]
 
 

@@ -128,6 +128,12 @@ def build_initrd(kernel: KernelFiles, outdir: Path, *options: str) -> InitrdFile
     return _initrd_files(outdir)
 
 
+def prebuilt(variable: str) -> InitrdFiles | None:
+    """The initrd a developer points `variable` at (to skip the build), if any."""
+    folder = os.environ.get(variable)
+    return _initrd_files(Path(folder)) if folder else None
+
+
 def _initrd_files(outdir: Path) -> InitrdFiles:
     files = InitrdFiles(
         outdir, outdir / "buildos-image", outdir / "buildos-initrd", outdir / "buildos-buildid"
@@ -142,30 +148,9 @@ def _initrd_files(outdir: Path) -> InitrdFiles:
 
 @pytest.fixture(scope="session")
 def vm_initrd(vm_kernel: KernelFiles, tmp_path_factory: pytest.TempPathFactory) -> InitrdFiles:
-    prebuilt = os.environ.get("INITPY_VM_INITRD")
-    if prebuilt:
-        return _initrd_files(Path(prebuilt))
-    builder = qemu.REPO / "mkinitrd.py"
-    if not builder.is_file():
-        pytest.fail(f"{builder} is missing: the VM tier needs the initrd builder", pytrace=False)
-    outdir = tmp_path_factory.mktemp("initrd")
-    _run(
-        [
-            sys.executable,
-            str(builder),
-            "--kernel",
-            str(vm_kernel.vmlinuz),
-            "--modules",
-            str(vm_kernel.modules),
-            "-o",
-            str(outdir),
-            "--include",
-            f"{GUEST_PROGRAM}:{GUEST_PATH}",
-        ],
-        "building the initrd",
-        BUILD_TIMEOUT,
+    return prebuilt("INITPY_VM_INITRD") or build_initrd(
+        vm_kernel, tmp_path_factory.mktemp("initrd")
     )
-    return _initrd_files(outdir)
 
 
 @pytest.fixture(scope="session")

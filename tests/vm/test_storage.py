@@ -19,9 +19,7 @@ INITPY_VM_STORAGE_INITRD=DIR reuses an OUTDIR built before.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,9 +29,9 @@ from tests.harness import disks, qemu
 from tests.harness.guest_output import read_sections, report
 from tests.harness.images import InitrdFiles, KernelFiles
 from tests.harness.qemu import BootArgs
-from tests.harness.scenario import GUEST_PATH, GUEST_PROGRAM
+from tests.harness.scenario import GUEST_PATH
 
-from .conftest import BUILD_TIMEOUT, _initrd_files, _run
+from .conftest import build_initrd, prebuilt
 
 pytestmark = pytest.mark.vm
 
@@ -45,29 +43,9 @@ Boot = Callable[..., contextlib.AbstractContextManager[qemu.Vm]]
 
 @pytest.fixture(scope="module")
 def storage_initrd(vm_kernel: KernelFiles, tmp_path_factory: pytest.TempPathFactory) -> InitrdFiles:
-    prebuilt = os.environ.get("INITPY_VM_STORAGE_INITRD")
-    if prebuilt:
-        return _initrd_files(Path(prebuilt))
-    outdir = tmp_path_factory.mktemp("storage-initrd")
-    _run(
-        [
-            sys.executable,
-            str(qemu.REPO / "mkinitrd.py"),
-            "--kernel",
-            str(vm_kernel.vmlinuz),
-            "--modules",
-            str(vm_kernel.modules),
-            "-o",
-            str(outdir),
-            "--hooks",
-            "storage,persist,buildhost",
-            "--include",
-            f"{GUEST_PROGRAM}:{GUEST_PATH}",
-        ],
-        "building the storage initrd",
-        BUILD_TIMEOUT,
+    return prebuilt("INITPY_VM_STORAGE_INITRD") or build_initrd(
+        vm_kernel, tmp_path_factory.mktemp("storage-initrd"), "--hooks", "storage,persist,buildhost"
     )
-    return _initrd_files(outdir)
 
 
 @pytest.fixture

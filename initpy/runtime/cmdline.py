@@ -204,6 +204,15 @@ def text(what: str, pattern: str | None = None) -> Callable[[str | None], str | 
     return parse_text
 
 
+def url(*schemes: str) -> Callable[[str | None], str | None]:
+    """A URL of one of `schemes` (any case), in visible ASCII only: \\S would
+    let ESC and other controls through. The schemes are the ones the host's
+    fetcher speaks (initpy/host/fetch.py), so a typo fails at boot, not at
+    the first poll."""
+    names = "|".join(re.escape(s) for s in schemes)
+    return text(f"a URL ({', '.join(schemes)})", rf"(?i:{names})://[\x21-\x7e]*")
+
+
 def flag(raw: str | None) -> bool:
     if raw is None:
         return True

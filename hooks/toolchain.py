@@ -105,6 +105,8 @@ def install_toolchain(ctx: BootContext) -> str:
     systemd, target = handoff_to_systemd(ctx)
     if not systemd:
         return f"not installed: the hand-off goes to {target}, not systemd"
+    if not k.exists(f"{UNIT_DIR}/{TOOLCHAIN_UNIT}"):
+        return f"not installed: no {UNIT_DIR}/{TOOLCHAIN_UNIT} (an initrd built without --rootfs)"
     uid, gid, done = etc.add_account(k, TOOLCHAIN)
     if k.exists(CACHE_ROOT):
         # initpy-toolchain checks the owner and mode itself, and refuses a

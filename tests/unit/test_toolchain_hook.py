@@ -56,9 +56,14 @@ def test_the_units_name_what_initpy_host_uses() -> None:
         assert f"\n{line}\n" in agent, line
 
 
-def booted(root: str) -> FakeKernel:
+def booted(root: str, units: bool = True) -> FakeKernel:
+    """systemd, and the hook's units where mkinitrd --rootfs puts them."""
     kernel = FakeKernel(root=root, cmdline="")
     make_executable(kernel, SYSTEMD)
+    if units:
+        kernel.mkdir(UNITS)
+        for os_file in toolchain.HOOK.os_files:
+            kernel.write_text(os_file.path, os_file.text)
     return kernel
 
 
@@ -94,6 +99,16 @@ def test_nothing_is_made_when_systemd_does_not_come_next(tmp_path: os.PathLike[s
     kernel = FakeKernel(root=str(tmp_path), cmdline="")
     run_boot(kernel, [toolchain.HOOK])
     assert not kernel.exists(toolchain.CACHE_ROOT)
+
+
+def test_nothing_is_made_in_an_image_without_the_units(tmp_path: os.PathLike[str]) -> None:
+    kernel = booted(str(tmp_path), units=False)
+    run_boot(kernel, [toolchain.HOOK])
+    assert not kernel.exists(toolchain.CACHE_ROOT)
+    assert any(
+        "not installed: no /etc/systemd/system/initpy-toolchain" in line
+        for line in kernel.console_lines
+    )
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")

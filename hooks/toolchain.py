@@ -47,11 +47,24 @@ CACHE_ROOT = "/build/machines/.toolchain"
 BUILD_USER = "build"
 BUILD_HOME = "/build"
 
+# A target waits for the units it wants (systemd's default After=): a
+# first build of build2 takes many minutes, and multi-user.target (the
+# console's `buildos: up`, the boot mail) must not wait for it, nor for
+# the agent ordered after it. So no default dependencies; these are the
+# defaults less that one.
+NOT_HELD_BY_TARGETS = """\
+DefaultDependencies=no
+Requires=sysinit.target
+After=sysinit.target basic.target
+Conflicts=shutdown.target
+Before=shutdown.target
+"""
+
 TOOLCHAIN_SERVICE = f"""\
 # Shipped by initpy (hooks/toolchain.py).
 [Unit]
 Description=initpy toolchain: build the toolchain and its agent from buildos.toolchain_url
-Wants=network-online.target
+{NOT_HELD_BY_TARGETS}Wants=network-online.target
 After=network-online.target postfix.service
 
 [Service]
@@ -80,7 +93,7 @@ AGENT_SERVICE = f"""\
 # Shipped by initpy (hooks/toolchain.py): the agent initpy-toolchain built.
 [Unit]
 Description=build agent (bbot) of the toolchain initpy-toolchain built
-Requires={TOOLCHAIN_UNIT}
+{NOT_HELD_BY_TARGETS}Requires={TOOLCHAIN_UNIT}
 After={TOOLCHAIN_UNIT}
 ConditionPathExists={RESULT}
 StartLimitIntervalSec=0

@@ -43,6 +43,9 @@ def test_the_units_name_what_initpy_host_uses() -> None:
     ):
         assert f"\n{line}\n" in bootstrap, line
     assert "Reboot" not in bootstrap and "FailureAction" not in bootstrap
+    # multi-user.target does not wait for a build, nor for the agent after it.
+    assert "\nDefaultDependencies=no\n" in bootstrap
+    assert "\nDefaultDependencies=no\n" in unit("bbot-agent.service")
     agent = unit("bbot-agent.service")
     for line in (
         "User=build",

@@ -57,6 +57,15 @@ def boot(image: InitrdFiles, workdir: Path, name: str, tftp: Path, disks: list[s
     )
 
 
+def figure(boot: str, out: dict[str, str]) -> None:
+    """Acceptance 2's figure: seconds from the kernel's start to the agent's."""
+    began, ended = (int(v) / 1e6 for v in out["bootstrap_us"].split())
+    print(
+        f"{boot}: agent started {int(out['started_us']) / 1e6:.1f} s after boot; "
+        f"initpy-toolchain ran {began:.1f}-{ended:.1f} s"
+    )
+
+
 def running_agent(host: Host) -> dict[str, str]:
     """Wait until bbot-agent.service runs; what the guest says about it."""
     deadline = time.monotonic() + AGENT_TIMEOUT
@@ -78,6 +87,9 @@ def running_agent(host: Host) -> dict[str, str]:
             "agent_env": f"tr '\\0' '\\n' < /proc/{agent_pid}/environ | grep ^BUILDOS_ | sort",
             "agent_said": "journalctl -b --no-pager -o cat -u bbot-agent | grep stand-in | head -1",
             "started_us": "systemctl show -p ExecMainStartTimestampMonotonic --value bbot-agent",
+            "bootstrap_us": "systemctl show --value -p ExecMainStartTimestampMonotonic "
+            "-p ExecMainExitTimestampMonotonic initpy-toolchain",
+            "target_after": "systemctl show -p After --value multi-user.target",
             "monitor_user": "ps -o user= -p $(systemctl show -p MainPID --value initpy-monitor)",
             "toolchain": "journalctl -b --no-pager -o cat -u initpy-toolchain",
             "cache": "stat -c '%U %a' /build/machines/.toolchain",
@@ -105,7 +117,10 @@ def test_1_the_toolchain_is_built_and_its_agent_runs_as_build(
 ) -> None:
     _folder, key = served
     out = running_agent(host1)
-    print(f"boot 1 (fresh build): agent started {int(out['started_us']) / 1e6:.1f} s after boot")
+    figure("boot 1 (fresh build)", out)
+    # multi-user.target (the console's `buildos: up`) never waits for a build.
+    assert "initpy-toolchain" not in out["target_after"]
+    assert "bbot-agent" not in out["target_after"]
     assert out["agent_user"] == "build"
     assert out["monitor_user"] == "initpy-monitor"
     env = dict(line.split("=", 1) for line in out["agent_env"].splitlines())
@@ -130,7 +145,7 @@ def test_2_a_second_boot_takes_the_toolchain_from_the_cache(
     )
     try:
         out = running_agent(host2)
-        print(f"boot 2 (cache): agent started {int(out['started_us']) / 1e6:.1f} s after boot")
+        figure("boot 2 (cache)", out)
         assert f"toolchain {key[:12]} taken from the cache" in out["toolchain"], out["toolchain"]
         assert "no install script runs" in out["toolchain"]
         assert "install|" not in out["toolchain"]

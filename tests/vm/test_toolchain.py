@@ -9,11 +9,19 @@ boot 1  buildos.toolchain_url names a stand-in toolchain in build2's shape
         program ran in the guest (its output is in the install's journal);
         the cache root belongs to initpy-toolchain. Then a poweroff.
 boot 2  the same disks: the toolchain comes from the cache (the journal
-        says so) and no install script runs; the agent runs again.
+        says so) and no install script runs; the agent runs again. Then
+        the checksums file is replaced by a new toolchain's: the monitor
+        mails the admin and reboots (acceptance 3).
+boot 3  the new toolchain is built and its agent runs. Then a checksums
+        file whose archive does not match its sum is published: another
+        mail and reboot.
+boot 4  nothing runs: initpy-toolchain fails at "verify" and mails, the
+        agent does not start, the host does not reboot, and the cache keeps
+        both earlier toolchains.
 
 Each boot prints the seconds from the kernel's start to the agent's start
 (systemd's ExecMainStartTimestampMonotonic): acceptance 2's figure.
-Logs: artifacts/vm/toolchain-boot1.log, toolchain-boot2.log.
+Logs: artifacts/vm/toolchain-boot1.log ... toolchain-boot4.log.
 """
 
 from __future__ import annotations
@@ -25,7 +33,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.fullos import Host, boot_full
+from tests.harness import smtp_sink
+from tests.harness.fullos import Host, boot_full, wait_for_mail
 from tests.harness.images import InitrdFiles
 from tests.unit import standin_toolchain as standin
 
@@ -36,6 +45,8 @@ TRUST = ":".join(f"{i:02X}" for i in range(32))
 # Under TCG: fetch over QEMU's TFTP, tar, c++ with <iostream>, cc for the agent.
 AGENT_TIMEOUT = 600
 SHUTDOWN_TIMEOUT = 240
+# The monitor's poll, short so that a new checksums file is seen at once.
+POLL = 5
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +64,11 @@ def boot(image: InitrdFiles, workdir: Path, name: str, tftp: Path, disks: list[s
         name,
         disks=disks,
         tftp=tftp,
-        append=[f"buildos.toolchain_url={URL}", f"buildos.toolchain_trust={TRUST}"],
+        append=[
+            f"buildos.toolchain_url={URL}",
+            f"buildos.toolchain_trust={TRUST}",
+            f"initpy.monitor.interval={POLL}",
+        ],
     )
 
 
@@ -98,6 +113,15 @@ def running_agent(host: Host) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
+def later() -> Iterator[dict[str, Host]]:
+    """The hosts after the first, by boot; each test hands its host on here."""
+    hosts: dict[str, Host] = {}
+    yield hosts
+    for host in hosts.values():
+        host.close()
+
+
+@pytest.fixture(scope="module")
 def host1(
     vm_full_image: InitrdFiles,
     served: tuple[Path, str],
@@ -134,24 +158,82 @@ def test_1_the_toolchain_is_built_and_its_agent_runs_as_build(
 
 
 def test_2_a_second_boot_takes_the_toolchain_from_the_cache(
-    host1: Host, served: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory
+    host1: Host,
+    served: tuple[Path, str],
+    later: dict[str, Host],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     folder, key = served
     host1.ssh.run("systemctl poweroff", check=False, timeout=60)
     host1.vm.wait_exit(SHUTDOWN_TIMEOUT)
     host1.close()
-    host2 = boot(
+    host2 = later["2"] = boot(
         host1.image, tmp_path_factory.mktemp("toolchain2"), "toolchain-boot2", folder, host1.disks
     )
-    try:
-        out = running_agent(host2)
-        figure("boot 2 (cache)", out)
-        assert f"toolchain {key[:12]} taken from the cache" in out["toolchain"], out["toolchain"]
-        assert "no install script runs" in out["toolchain"]
-        assert "install|" not in out["toolchain"]
-        assert out["agent_user"] == "build"
-        assert out["agent_said"] == f"bbot-agent stand-in, toolchain {key}, trust {TRUST}"
-        host2.ssh.run("systemctl poweroff", check=False, timeout=60)
-        host2.vm.wait_exit(SHUTDOWN_TIMEOUT)
-    finally:
-        host2.close()
+    out = running_agent(host2)
+    figure("boot 2 (cache)", out)
+    assert f"toolchain {key[:12]} taken from the cache" in out["toolchain"], out["toolchain"]
+    assert "no install script runs" in out["toolchain"]
+    assert "install|" not in out["toolchain"]
+    assert out["agent_user"] == "build"
+    assert out["agent_said"] == f"bbot-agent stand-in, toolchain {key}, trust {TRUST}"
+
+
+def rebooted_onto(host: Host, key: str) -> None:
+    """The monitor mails the admin about `key` and reboots (QEMU's -no-reboot: it exits)."""
+    wait_for_mail(host.mail, f"new toolchain {key[:12]}, rebooting", timeout=300)
+    host.vm.wait_exit(SHUTDOWN_TIMEOUT)
+    host.close()
+
+
+def test_3_a_new_toolchain_reboots_and_a_mismatching_one_runs_nothing(
+    host1: Host,
+    served: tuple[Path, str],
+    later: dict[str, Host],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    folder, key1 = served
+    assert "2" in later, "test_2 left no running host"
+    files = standin.publish(
+        str(folder / "toolchain"), install=standin.CXX_INSTALL_SH, extra=b"/* 0.1.1 */\n"
+    )
+    key2 = hashlib.sha256(files["toolchain.sha256"]).hexdigest()
+    rebooted_onto(later["2"], key2)
+    host3 = later["3"] = boot(
+        host1.image, tmp_path_factory.mktemp("toolchain3"), "toolchain-boot3", folder, host1.disks
+    )
+    out = running_agent(host3)
+    env = dict(line.split("=", 1) for line in out["agent_env"].splitlines())
+    assert env["BUILDOS_TOOLCHAIN_ID"] == key2
+    assert f"install| build2 stand-in (C++) {standin.VERSION}" in out["toolchain"]
+    assert "taken from the cache" not in out["toolchain"]
+
+    # The archive no longer matches the sum its checksums file gives.
+    files = standin.publish(
+        str(folder / "toolchain"), install=standin.CXX_INSTALL_SH, extra=b"/* 0.1.2 */\n"
+    )
+    (folder / "toolchain" / standin.ARCHIVE).write_bytes(standin.archive(b"/* tampered */\n"))
+    key3 = hashlib.sha256(files["toolchain.sha256"]).hexdigest()
+    rebooted_onto(host3, key3)
+    host4 = later["4"] = boot(
+        host1.image, tmp_path_factory.mktemp("toolchain4"), "toolchain-boot4", folder, host1.disks
+    )
+    failed = wait_for_mail(host4.mail, "toolchain bootstrap failed (verify)", timeout=AGENT_TIMEOUT)
+    assert "nothing was run" in str(failed.get_payload())
+    # A few of the monitor's polls: the file it baselined on is the same.
+    time.sleep(6 * POLL)
+    out = host4.sections(
+        {
+            "units": "systemctl is-active initpy-toolchain bbot-agent",
+            "toolchain": "journalctl -b --no-pager -o cat -u initpy-toolchain",
+            "cache": f"ls /build/machines/.toolchain/{key1} /build/machines/.toolchain/{key2}",
+            "monitor": "systemctl show -P StatusText initpy-monitor",
+        }
+    )
+    assert out["units"].split() == ["failed", "inactive"], out
+    assert "install|" not in out["toolchain"]
+    assert out["cache"].count("MANIFEST") == 2, out["cache"]
+    assert not [
+        m for m in smtp_sink.read_mail(host4.mail) if "new toolchain" in str(m.get("Subject"))
+    ]
+    assert host4.vm.proc.poll() is None, "the host rebooted"

@@ -205,10 +205,12 @@ def text(what: str, pattern: str | None = None) -> Callable[[str | None], str | 
 
 
 def url(*schemes: str) -> Callable[[str | None], str | None]:
-    """A URL of one of `schemes` (any case), in visible ASCII only: \\S would
-    let ESC and other controls through. The schemes are the ones the host's
-    fetcher speaks (initpy/host/fetch.py), so a typo fails at boot, not at
-    the first poll."""
+    """A URL of one of `schemes` (any case), in visible ASCII only.
+
+    Visible ASCII, not \\S, which would let ESC and other controls through.
+    A caller names the schemes its reader speaks, so that a typo is a
+    warning at boot, not a failure at the first fetch.
+    """
     names = "|".join(re.escape(s) for s in schemes)
     return text(f"a URL ({', '.join(schemes)})", rf"(?i:{names})://[\x21-\x7e]*")
 

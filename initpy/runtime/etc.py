@@ -3,7 +3,8 @@
 /etc/fstab lists what the init mounted (the storage and build host hooks
 record their mounts here, and each writes the file again); /etc/passwd and
 /etc/group are read and written as tables, keeping the mode and owner an
-OS image gave them; `env_file` is the one way to write KEY=VALUE files that
+OS image gave them (`add_account`: the build user, and the users initpy's
+own services run as); `env_file` is the one way to write KEY=VALUE files that
 a shell sources. Nothing here is specific to one hook.
 """
 

@@ -56,60 +56,9 @@ BUILD_IDS: Fact[tuple[int, int]] = Fact("build_ids")
 def build_user(ctx: BootContext) -> str:
     """The `build` user and group (uid/gid 1100, home /build), unless the OS has them."""
     k = ctx.kernel
-    k.mkdir("/etc")
-    passwd = etc.read_table(ctx.kernel, "/etc/passwd")
-    group = etc.read_table(ctx.kernel, "/etc/group")
-    user_row = next((r for r in passwd if r[0] == BUILD_USER and len(r) >= 7), None)
-    group_row = next((r for r in group if r[0] == BUILD_USER and len(r) >= 3), None)
-    done = []
-    if group_row is not None:
-        gid = int(group_row[2])
-    else:
-        gid = int(user_row[3]) if user_row is not None else BUILD_GID
-        taken = [r for r in group if len(r) >= 3 and r[2] == str(gid)]
-        if taken:
-            raise BootFailure(
-                f"cannot create group {BUILD_USER}: gid {gid} already belongs to "
-                f"{taken[0][0]!r} in /etc/group",
-                f"add group {BUILD_USER} to the OS image (any free gid), then rebuild it",
-            )
-        if not group:
-            group = [etc.ROOT_GROUP.strip().split(":")]
-        group.append([BUILD_USER, "x", str(gid), ""])
-        etc.write_table(ctx.kernel, "/etc/group", group, 0o644)
-        if k.exists("/etc/gshadow"):
-            gshadow = etc.read_table(ctx.kernel, "/etc/gshadow")
-            gshadow.append([BUILD_USER, "!", "", ""])
-            etc.write_table(ctx.kernel, "/etc/gshadow", gshadow, 0o640)
-        done.append(f"group {BUILD_USER} ({gid}) created")
-    if user_row is not None:
-        uid = int(user_row[2])
-        done.append(f"user {BUILD_USER} ({uid}) kept from the OS")
-    else:
-        uid = BUILD_UID
-        taken = [r for r in passwd if len(r) >= 3 and r[2] == str(uid)]
-        if taken:
-            raise BootFailure(
-                f"cannot create user {BUILD_USER}: uid {uid} already belongs to "
-                f"{taken[0][0]!r} in /etc/passwd",
-                f"add user {BUILD_USER} to the OS image (any free uid, home {BUILD_HOME}), "
-                "then rebuild it",
-            )
-        shadowed = k.exists("/etc/shadow")
-        shell = "/bin/bash" if k.exists("/bin/bash") else "/bin/sh"
-        if not passwd:
-            passwd = [etc.ROOT_PASSWD.strip().split(":")]
-        passwd.append(
-            [BUILD_USER, "x" if shadowed else "*", str(uid), str(gid), "build", BUILD_HOME, shell]
-        )
-        etc.write_table(ctx.kernel, "/etc/passwd", passwd, 0o644)
-        if shadowed:
-            shadow = etc.read_table(ctx.kernel, "/etc/shadow")
-            if not any(r[0] == BUILD_USER for r in shadow):
-                # Locked: build logs in by key or su, never by password.
-                shadow.append([BUILD_USER, "!", "", "0", "99999", "7", "", "", ""])
-                etc.write_table(ctx.kernel, "/etc/shadow", shadow, 0o640)
-        done.append(f"user {BUILD_USER} ({uid}) created")
+    uid, gid, done = etc.add_account(
+        k, etc.Account(BUILD_USER, BUILD_UID, BUILD_GID, BUILD_HOME, "build")
+    )
     k.mkdir(BUILD_HOME)
     k.chown(BUILD_HOME, uid, gid)
     ctx.put(BUILD_IDS, (uid, gid))

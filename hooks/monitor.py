@@ -3,16 +3,22 @@
 Its units come with the hook (`os_files`), which mkinitrd --rootfs writes
 into the OS with the other hooks' (initpy.builder.rootfs), and it needs
 python3 there (`os_packages`, checked at build time):
-- `initpy-monitor.service` (Type=notify, User=build, Restart=always),
-  enabled in multi-user.target;
+- `initpy-monitor.service` (Type=notify, User=initpy-monitor,
+  Restart=always), enabled in multi-user.target;
 - `initpy-reboot.path` and `initpy-reboot.service`, root's half of a
   reboot: the monitor, unprivileged, drops a request file and systemd runs
   `systemctl reboot` (initpy/host/systemd.py says why).
 
-One state, `monitor`, when the hand-off goes to systemd: writes
-`/etc/initpy/monitor.env` with `initpy.monitor.interval` and
-`initpy.monitor.agent`, which the monitor reads with the `buildos.env` of
-hooks/services.
+One state, `monitor`, when the hand-off goes to systemd: the
+`initpy-monitor` user, and `/etc/initpy/monitor.env` with
+`initpy.monitor.interval` and `initpy.monitor.agent`, which the monitor
+reads with the `buildos.env` of hooks/services.
+
+The monitor has a uid of its own so that the agent (bbot-agent.service of
+hooks/toolchain.py, as `build`) can neither signal it nor write what it
+reads. An operator's own agent (`initpy.monitor.agent`) is the monitor's
+child and must run as `build`: then a drop-in runs the monitor as `build`,
+as before the split.
 
 The monitor itself (initpy/host, the runtime modules it imports, HOST_RUNTIME,
 and tftpy) is not frozen: `files` copies its .py files
@@ -26,6 +32,7 @@ looked up.
 from __future__ import annotations
 
 import os
+import posixpath
 import sys
 
 from initpy.runtime import cmdline, etc, layout
@@ -42,9 +49,20 @@ PYTHON3 = "/usr/bin/python3"
 # The runtime modules initpy/host imports, all stdlib leaves: the image gets
 # them beside initpy/host (tests/unit/test_imports.py holds host to these).
 HOST_RUNTIME = ("layout", "record", "exit_status")
+MONITOR = etc.Account("initpy-monitor", 1102, 1102, "/", "initpy monitor", "/usr/sbin/nologin")
 # hooks/buildhost.py creates this user (or the image has it).
 BUILD_USER = "build"
 BUILD_HOME = "/build"
+# With initpy.monitor.agent: the monitor, and so its child, runs as build.
+AGENT_DROPIN = f"{UNIT_DIR}/{MONITOR_UNIT}.d/initpy-agent.conf"
+AGENT_DROPIN_TEXT = f"""\
+# Written by initpy at boot (hooks/monitor.py): initpy.monitor.agent is
+# set, and the agent, the monitor's child, runs as {BUILD_USER}.
+[Service]
+User={BUILD_USER}
+Group={BUILD_USER}
+WorkingDirectory={BUILD_HOME}
+"""
 # initpy/host/systemd.py: the monitor's runtime folder and its request file.
 RUN_DIR_NAME = "initpy-monitor"
 REBOOT_REQUEST = f"/run/{RUN_DIR_NAME}/reboot"
@@ -86,9 +104,9 @@ StartLimitIntervalSec=0
 
 [Service]
 Type=notify
-User={BUILD_USER}
-Group={BUILD_USER}
-WorkingDirectory={BUILD_HOME}
+User={MONITOR.name}
+Group={MONITOR.name}
+WorkingDirectory=/
 RuntimeDirectory={RUN_DIR_NAME}
 RuntimeDirectoryPreserve=restart
 Environment=PYTHONPATH={layout.HOST_PYTHONPATH}
@@ -104,7 +122,7 @@ WantedBy=multi-user.target
 
 REBOOT_PATH = f"""\
 # Shipped by initpy (hooks/monitor.py): initpy-monitor, which runs
-# as {BUILD_USER} and may not reboot, asks for a reboot with this file.
+# unprivileged and may not reboot, asks for a reboot with this file.
 [Unit]
 Description=initpy monitor's reboot request
 
@@ -137,14 +155,17 @@ def install_monitor(ctx: BootContext) -> str:
             "build the initrd with --rootfs (mkinitrd writes the monitor's units there)"
         )
         return f"not installed: no {unit}"
+    etc.add_account(k, MONITOR)
     interval, agent = ctx.value(INTERVAL), ctx.value(AGENT)
     settings = {"INITPY_MONITOR_INTERVAL": f"{interval:g}"}
     if agent is not None:
         settings["INITPY_MONITOR_AGENT"] = agent
+        k.mkdir(posixpath.dirname(AGENT_DROPIN))
+        k.write_text(AGENT_DROPIN, AGENT_DROPIN_TEXT)
     k.mkdir(layout.ETC_DIR)
     k.write_text(layout.MONITOR_ENV, etc.env_file(settings))
     return f"{MONITOR_UNIT} enabled (poll every {interval:g} s, " + (
-        f"agent {agent.split()[0]})" if agent else "no agent)"
+        f"agent {agent.split()[0]}, as {BUILD_USER})" if agent else f"as {MONITOR.name}, no agent)"
     )
 
 

@@ -93,13 +93,32 @@ ADMIN_EMAIL: Parameter[str | None] = Parameter(
     "address that receives root's mail and notifications",
     "buildos.admin_email=admin@example.org",
 )
+# What initpy/host/fetch.py fetches with.
+URL_SCHEMES = ("tftp", "http", "https", "file")
 BUILDID_URL: Parameter[str | None] = Parameter(
     "buildos.buildid_url",
-    # Visible ASCII only: \S would let ESC and other controls through.
-    cmdline.text("a URL", r"[a-z][a-z0-9+.\-]*://[\x21-\x7e]*"),
+    cmdline.url(*URL_SCHEMES),
     None,
     "URL of buildos-buildid, polled by the monitor; a change reboots the host",
     "buildos.buildid_url=tftp://10.0.0.1/buildos/buildos-buildid",
+)
+TOOLCHAIN_URL: Parameter[str | None] = Parameter(
+    "buildos.toolchain_url",
+    cmdline.url(*URL_SCHEMES),
+    None,
+    "URL of the toolchain's checksums file (sha256sum format, build2's toolchain.sha256); "
+    "built at boot, a change reboots the host",
+    "buildos.toolchain_url=https://download.build2.org/toolchain.sha256",
+)
+TOOLCHAIN_TRUST: Parameter[str | None] = Parameter(
+    "buildos.toolchain_trust",
+    cmdline.text(
+        "a SHA256 certificate fingerprint (32 hex pairs joined by ':')",
+        r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){31}",
+    ),
+    None,
+    "fingerprint of the repository certificate the agent's package is trusted by (bpkg --trust)",
+    "buildos.toolchain_trust=" + ":".join(["AB"] * 32),
 )
 SSH_KEY: Parameter[str | None] = Parameter(
     "buildos.ssh_key",
@@ -263,6 +282,8 @@ def _write_boot_env(ctx: BootContext) -> None:
         "BUILDOS_SMTP_RELAY": str(relay) if relay is not None else None,
         "BUILDOS_ADMIN_EMAIL": ctx.value(ADMIN_EMAIL),
         "BUILDOS_BUILDID_URL": ctx.value(BUILDID_URL),
+        "BUILDOS_TOOLCHAIN_URL": ctx.value(TOOLCHAIN_URL),
+        "BUILDOS_TOOLCHAIN_TRUST": ctx.value(TOOLCHAIN_TRUST),
         # What mkinitrd wrote into buildos-buildid; the boot mail names it.
         "BUILDOS_BUILD_ID": (ctx.manifest.build_id or None) if ctx.manifest else None,
     }
@@ -347,7 +368,7 @@ HOOK = Hook(
         ),
         State("ssh_key", ssh_key, "add buildos.ssh_key to root's authorized_keys; no passwords"),
     ),
-    parameters=(SMTP_RELAY, ADMIN_EMAIL, BUILDID_URL, SSH_KEY),
+    parameters=(SMTP_RELAY, ADMIN_EMAIL, BUILDID_URL, TOOLCHAIN_URL, TOOLCHAIN_TRUST, SSH_KEY),
     on_rescue=(mail_rescue,),
     os_files=OS_FILES,
     os_packages=OS_PACKAGES,

@@ -204,6 +204,17 @@ def text(what: str, pattern: str | None = None) -> Callable[[str | None], str | 
     return parse_text
 
 
+def url(*schemes: str) -> Callable[[str | None], str | None]:
+    """A URL of one of `schemes` (any case), in visible ASCII only.
+
+    Visible ASCII, not \\S, which would let ESC and other controls through.
+    A caller names the schemes its reader speaks, so that a typo is a
+    warning at boot, not a failure at the first fetch.
+    """
+    names = "|".join(re.escape(s) for s in schemes)
+    return text(f"a URL ({', '.join(schemes)})", rf"(?i:{names})://[\x21-\x7e]*")
+
+
 def flag(raw: str | None) -> bool:
     if raw is None:
         return True

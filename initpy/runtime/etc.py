@@ -3,7 +3,8 @@
 /etc/fstab lists what the init mounted (the storage and build host hooks
 record their mounts here, and each writes the file again); /etc/passwd and
 /etc/group are read and written as tables, keeping the mode and owner an
-OS image gave them; `env_file` is the one way to write KEY=VALUE files that
+OS image gave them (`add_account`: the build user, and the users initpy's
+own services run as); `env_file` is the one way to write KEY=VALUE files that
 a shell sources. Nothing here is specific to one hook.
 """
 
@@ -13,7 +14,7 @@ import re
 import shlex
 from collections.abc import Mapping
 
-from initpy.runtime.hook import BootContext, Fact
+from initpy.runtime.hook import BootContext, BootFailure, Fact
 from initpy.runtime.kernel import Kernel
 from initpy.runtime.record import frozen
 
@@ -116,6 +117,83 @@ def ensure_root_account(kernel: Kernel) -> None:
     for path, line in (("/etc/passwd", ROOT_PASSWD), ("/etc/group", ROOT_GROUP)):
         if not kernel.exists(path):
             kernel.write_atomic(path, line.encode(), 0o644)
+
+
+@frozen
+class Account:
+    """A user and its group of the same name, created unless the OS has them."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+    gecos: str
+    # None: bash if the OS has it, else sh (a user one logs in as)
+    shell: str | None = None
+
+
+def add_account(kernel: Kernel, account: Account) -> tuple[int, int, list[str]]:
+    """The account's (uid, gid) and what was done; the OS's own entries are kept.
+
+    Its group is created unless /etc/group has it (with the user's gid if
+    only the user is there); the user unless /etc/passwd has it, locked in
+    /etc/shadow (never a password). A uid or gid another name holds is a
+    BootFailure that says how to fix the image.
+    """
+    name, k = account.name, kernel
+    k.mkdir("/etc")
+    passwd = read_table(k, "/etc/passwd")
+    group = read_table(k, "/etc/group")
+    user_row = next((r for r in passwd if r[0] == name and len(r) >= 7), None)
+    group_row = next((r for r in group if r[0] == name and len(r) >= 3), None)
+    done = []
+    if group_row is not None:
+        gid = int(group_row[2])
+    else:
+        gid = int(user_row[3]) if user_row is not None else account.gid
+        taken = [r for r in group if len(r) >= 3 and r[2] == str(gid)]
+        if taken:
+            raise BootFailure(
+                f"cannot create group {name}: gid {gid} already belongs to "
+                f"{taken[0][0]!r} in /etc/group",
+                f"add group {name} to the OS image (any free gid), then rebuild it",
+            )
+        if not group:
+            group = [ROOT_GROUP.strip().split(":")]
+        group.append([name, "x", str(gid), ""])
+        write_table(k, "/etc/group", group, 0o644)
+        if k.exists("/etc/gshadow"):
+            gshadow = read_table(k, "/etc/gshadow")
+            gshadow.append([name, "!", "", ""])
+            write_table(k, "/etc/gshadow", gshadow, 0o640)
+        done.append(f"group {name} ({gid}) created")
+    if user_row is not None:
+        uid = int(user_row[2])
+        done.append(f"user {name} ({uid}) kept from the OS")
+        return uid, gid, done
+    uid = account.uid
+    taken = [r for r in passwd if len(r) >= 3 and r[2] == str(uid)]
+    if taken:
+        raise BootFailure(
+            f"cannot create user {name}: uid {uid} already belongs to "
+            f"{taken[0][0]!r} in /etc/passwd",
+            f"add user {name} to the OS image (any free uid, home {account.home}), then rebuild it",
+        )
+    shadowed = k.exists("/etc/shadow")
+    shell = account.shell or ("/bin/bash" if k.exists("/bin/bash") else "/bin/sh")
+    if not passwd:
+        passwd = [ROOT_PASSWD.strip().split(":")]
+    passwd.append(
+        [name, "x" if shadowed else "*", str(uid), str(gid), account.gecos, account.home, shell]
+    )
+    write_table(k, "/etc/passwd", passwd, 0o644)
+    if shadowed:
+        shadow = read_table(k, "/etc/shadow")
+        if not any(r[0] == name for r in shadow):
+            shadow.append([name, "!", "", "0", "99999", "7", "", "", ""])
+            write_table(k, "/etc/shadow", shadow, 0o640)
+    done.append(f"user {name} ({uid}) created")
+    return uid, gid, done
 
 
 ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"  # compiled at its first use (re's cache)

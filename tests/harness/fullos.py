@@ -109,9 +109,14 @@ def full_os_args(
     public_key: str,
     mail_folder: Path,
     disks: list[str] | None = None,
+    tftp: Path | None = None,
 ) -> BootArgs:
-    """The full image's boot: state and machines disks, SSH and the SMTP sink."""
+    """The full image's boot: state and machines disks, SSH and the SMTP sink.
+
+    `tftp`: a folder QEMU's user network serves at tftp://10.0.2.2/.
+    """
     forwards = f"hostname={HOSTNAME},hostfwd=tcp:127.0.0.1:{ssh_port}-:22,"
+    forwards += f"tftp={tftp}," if tftp is not None else ""
     forwards += smtp_sink.guestfwd(mail_folder)
     args = BootArgs(memory=MEMORY)
     args.disks += disks if disks is not None else state_and_machines(workdir)
@@ -239,16 +244,27 @@ class Host:
         self.stack.close()
 
 
-def boot_full(image: InitrdFiles, workdir: Path, name: str, disks: list[str] | None = None) -> Host:
-    """Boot the full image and wait for the console's `buildos: up` line and SSH."""
+def boot_full(
+    image: InitrdFiles,
+    workdir: Path,
+    name: str,
+    disks: list[str] | None = None,
+    tftp: Path | None = None,
+    append: Sequence[str] = (),
+) -> Host:
+    """Boot the full image and wait for the console's `buildos: up` line and SSH.
+
+    `tftp` is served at tftp://10.0.2.2/; `append` are more command-line words.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     key = make_key(workdir)
     mail = workdir / "mail"
     mail.mkdir(exist_ok=True)
     port = free_port()
     args: BootArgs = full_os_args(
-        workdir, port, key.with_suffix(".pub").read_text().strip(), mail, disks
+        workdir, port, key.with_suffix(".pub").read_text().strip(), mail, disks, tftp
     )
+    args.append += list(append)
     stack = contextlib.ExitStack()
     try:
         vm = stack.enter_context(

@@ -8,7 +8,10 @@ program with the host's `cc` into `PREFIX/bin/b`, and installs
 `PREFIX/bin/build-agent`, which compiles the stand-in agent into
 `PREFIX/bin/bbot-agent` (the contract in initpy/host/toolchain.py). Each
 script appends a line to `$STANDIN_RUNS` when that is set, so a test sees
-what ran.
+what ran. CXX_INSTALL_SH builds `b` from a C++ source with `c++` instead
+(the image's compiler, tests/vm/test_toolchain.py). The agent prints its
+toolchain and trust and exits; as a service (its parent is PID 1) it then
+stays up, as a real agent does.
 """
 
 from __future__ import annotations
@@ -46,9 +49,19 @@ chmod 755 "$prefix/bin/build-agent"
 "$prefix/bin/b" --version
 """
 
+CXX_INSTALL_SH = INSTALL_SH.replace(
+    'cc -O1 -o "$prefix/bin/b" b.c', 'c++ -O1 -o "$prefix/bin/b" b.cxx'
+)
+
 B_C = """\
 #include <stdio.h>
 int main(void) { puts("build2 stand-in " "VERSION"); return 0; }
+""".replace("VERSION", VERSION)
+
+B_CXX = """\
+#include <iostream>
+#include <string>
+int main() { std::cout << std::string("build2 stand-in (C++) ") + "VERSION" << std::endl; }
 """.replace("VERSION", VERSION)
 
 BUILD_AGENT = """\
@@ -63,9 +76,13 @@ echo "bbot-agent built"
 AGENT_C = """\
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 int main(void) {
   const char *trust = getenv("BUILDOS_TOOLCHAIN_TRUST");
   printf("bbot-agent stand-in, toolchain %s, trust %s\\n", TOOLCHAIN_ID, trust ? trust : "-");
+  fflush(stdout);
+  if (getppid() == 1) /* a service of systemd's: stay up */
+    pause();
   return 0;
 }
 """
@@ -77,6 +94,7 @@ def archive(extra: bytes = b"") -> bytes:
     with tarfile.open(fileobj=out, mode="w:xz") as tar:
         for name, body, mode in (
             ("b.c", B_C.encode() + extra, 0o644),
+            ("b.cxx", B_CXX.encode(), 0o644),
             ("agent.c", AGENT_C.encode(), 0o644),
             ("build-agent", BUILD_AGENT.encode(), 0o755),
         ):

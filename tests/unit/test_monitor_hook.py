@@ -60,9 +60,9 @@ def test_the_units_come_with_the_hook_and_the_monitor_is_enabled() -> None:
     assert service.wanted_by == "multi-user.target"
     for line in (
         "Type=notify",
-        "User=build",
-        "Group=build",
-        "WorkingDirectory=/build",
+        "User=initpy-monitor",
+        "Group=initpy-monitor",
+        "WorkingDirectory=/",
         "RuntimeDirectory=initpy-monitor",
         f"Environment=PYTHONPATH={layout.HOST_PYTHONPATH}",
         "ExecStart=/usr/bin/python3 -s -B -P -m initpy.host.monitor",
@@ -92,8 +92,17 @@ def test_the_settings_are_written_when_systemd_comes_next(tmp_path: os.PathLike[
     assert isinstance(ended, HandedOff) and ended.path == SYSTEMD
     assert any(
         line.startswith("initpy: monitor: ok in ")
-        and line.endswith("initpy-monitor.service enabled (poll every 30 s, agent /opt/bbot/agent)")
+        and line.endswith(
+            "initpy-monitor.service enabled (poll every 30 s, agent /opt/bbot/agent, as build)"
+        )
         for line in kernel.console_lines
+    )
+    # The operator's agent is the monitor's child, which runs as build for it.
+    dropin = read(kernel, f"{UNITS}/initpy-monitor.service.d/initpy-agent.conf")
+    assert "\nUser=build\nGroup=build\nWorkingDirectory=/build\n" in dropin
+    assert (
+        "initpy-monitor:*:1102:1102:initpy monitor:/:/usr/sbin/nologin"
+        in read(kernel, "/etc/passwd").splitlines()
     )
     # What the monitor will read is what the command line said.
     settings, problems = host_settings.load_settings(
@@ -106,6 +115,18 @@ def test_the_settings_are_written_when_systemd_comes_next(tmp_path: os.PathLike[
         30.0,
         ("/opt/bbot/agent", "--mode", "agent"),
     )
+
+
+def test_without_an_agent_the_monitor_keeps_its_own_uid(tmp_path: os.PathLike[str]) -> None:
+    kernel = booted_host(str(tmp_path), "initpy.monitor.interval=30")
+    ended = run_boot(kernel, [services.HOOK, monitor.HOOK])
+    assert isinstance(ended, HandedOff)
+    assert any(
+        line.endswith("(poll every 30 s, as initpy-monitor, no agent)")
+        for line in kernel.console_lines
+    )
+    assert not kernel.exists(f"{UNITS}/initpy-monitor.service.d")
+    assert any(line.startswith("initpy-monitor:") for line in read(kernel, "/etc/passwd").split())
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")

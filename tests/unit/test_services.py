@@ -289,3 +289,56 @@ def test_the_env_file_refuses_what_it_cannot_write_safely() -> None:
         etc.env_file({"A": "x\ny=1"})
     with pytest.raises(ValueError, match="not an environment variable name"):
         etc.env_file({"A;B": "x"})
+
+
+FINGERPRINT = ":".join(f"{i:02X}" for i in range(32))
+
+
+def test_the_toolchain_parameters_go_to_the_env_file(tmp_path: os.PathLike[str]) -> None:
+    url = "tftp://10.0.2.2/toolchain/toolchain.sha256"
+    ctx = context(
+        str(tmp_path),
+        f"buildos.toolchain_url={url} buildos.toolchain_trust={FINGERPRINT.lower()}",
+    )
+    services.mail_relay(ctx)
+    assert isinstance(ctx.kernel, FakeKernel)
+    env = ctx.kernel.path("/etc/initpy/buildos.env")
+    names = ["BUILDOS_TOOLCHAIN_URL", "BUILDOS_TOOLCHAIN_TRUST"]
+    assert sourced(env, names, str(tmp_path)) == [url, FINGERPRINT.lower()]
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "problem"),
+    [
+        ("buildos.toolchain_url=ftp://x/toolchain.sha256", "expected a URL (tftp, http"),
+        ("buildos.toolchain_url=x/toolchain.sha256", "expected a URL"),
+        ("buildos.toolchain_url=http://x/\x1b[2Jt.sha256", "expected a URL"),
+        ("buildos.toolchain_url", "got no value"),
+        ("buildos.buildid_url=gopher://x/buildos-buildid", "expected a URL (tftp, http"),
+        ("buildos.toolchain_trust=" + FINGERPRINT[:-3], "32 hex pairs"),
+        ("buildos.toolchain_trust=" + FINGERPRINT.replace(":", "-"), "32 hex pairs"),
+        ("buildos.toolchain_trust=" + FINGERPRINT + ":00", "32 hex pairs"),
+        ("buildos.toolchain_trust=" + FINGERPRINT.replace("1F", "1G"), "32 hex pairs"),
+    ],
+)
+def test_a_bad_toolchain_or_build_id_url_is_refused_at_boot(cmdline: str, problem: str) -> None:
+    config = parse(cmdline, [*CORE_PARAMETERS, *services.HOOK.parameters])
+    assert [p for p in config.problems if problem in p], config.problems
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "tftp://10.0.0.1/toolchain.sha256",
+        "HTTP://download.build2.org/toolchain.sha256",
+        "https://download.build2.org/toolchain.sha256",
+        "file:///srv/toolchain.sha256",
+    ],
+)
+def test_every_scheme_the_host_fetches_is_taken(url: str) -> None:
+    config = parse(
+        f"buildos.toolchain_url={url} buildos.buildid_url={url}",
+        [*CORE_PARAMETERS, *services.HOOK.parameters],
+    )
+    assert config.problems == ()
+    assert config.values["buildos.toolchain_url"] == config.values["buildos.buildid_url"] == url

@@ -1,4 +1,5 @@
-"""The toolchain's checksums file: reading `buildos.toolchain_url`'s `sha256sum` lines.
+"""The toolchain's checksums file: reading `buildos.toolchain_url`'s `sha256sum` lines,
+and fetching a file it lists with its sha256 checked (`fetch_verified`).
 
 The file is the shape of build2's `toolchain.sha256`: one line per file,
 `<64 hex digits> <space or *><name>` (what `sha256sum` and `sha256sum -b`
@@ -14,18 +15,29 @@ component, no backslash or control character. The files land in one flat
 folder under their last component, so two names with the same last
 component are refused as duplicates: nothing a server lists can write
 outside that folder or replace another listed file.
+
+`fetch_verified` is the one way a listed file is fetched, by
+initpy-toolchain before it runs anything and by initpy-monitor before it
+reboots onto a new toolchain: streamed to disk within `FILE_LIMIT` bytes
+and `FILE_DEADLINE` seconds, hashed as it comes, `Mismatch` when its sum is
+not the listed one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import urllib.parse
 from dataclasses import dataclass
 
+from initpy.host.fetch import fetch_to_file
+
 # A real toolchain.sha256 is under 2 KiB; a file this long is not one.
 CHECKSUMS_LIMIT = 65536
 MAX_FILES = 64
+FILE_LIMIT = 1 << 30  # build2's source archive is about 30 MB
+FILE_DEADLINE = 1800.0
 _LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.*)")
 _COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 INSTALL_SCRIPT_SUFFIX = ".sh"
@@ -33,6 +45,10 @@ INSTALL_SCRIPT_SUFFIX = ".sh"
 
 class ChecksumsError(ValueError):
     """The checksums file cannot be used; the text names the line and the fix."""
+
+
+class Mismatch(ChecksumsError):
+    """A listed file's sha256 is not the one the checksums file gives."""
 
 
 @dataclass(frozen=True)
@@ -131,3 +147,27 @@ def _check_name(name: str, where: str) -> None:
                 f"{where}: {component!r} is not a plain file name (letters, digits, . _ + -, "
                 "not starting with a dot)"
             )
+
+
+def fetch_verified(
+    url: str,
+    listed: Listed,
+    folder: str,
+    timeout: float,
+    limit: int = FILE_LIMIT,
+    deadline: float = FILE_DEADLINE,
+) -> str:
+    """Fetch `listed` from `url` (`Checksums.url_of`) into `folder` under its
+    file name and check its sha256; the file's path.
+
+    FetchError when it cannot be fetched (TooLong past `limit`, NotFound
+    when the server has no such file), Mismatch when its sum differs.
+    """
+    path = os.path.join(folder, listed.filename)
+    digest = fetch_to_file(url, path, limit, timeout, deadline)
+    if digest != listed.sha256:
+        raise Mismatch(
+            f"{listed.name} at {url} has sha256 {digest}, but the checksums file says "
+            f"{listed.sha256}"
+        )
+    return path

@@ -8,8 +8,10 @@ monitor's build id and checksums file); `fetch_to_file` streams a file of
 up to `limit` bytes to disk within an overall deadline, hashing it as it
 goes (the toolchain's archives). Every failure, whatever its kind (a name
 that does not resolve, a refused connection, a timeout, a 404, a file not
-found, an answer too long), is a `FetchError` whose text says what failed:
-the callers only ever need "it failed, and why".
+found, an answer too long), is a `FetchError` whose text says what failed.
+Two kinds are told apart, for the callers that judge a file rather than
+the network: `TooLong` (asking again gives the same) and `NotFound` (the
+server answered that the file is not there).
 
 A TFTP URL names the file after the host the way RFC 3617 does: the first
 `/` separates, so `tftp://10.0.0.1/buildos/buildos-buildid` asks for
@@ -48,6 +50,11 @@ class FetchError(Exception):
 
 class TooLong(FetchError):
     """The answer passed its limit: asking again would give the same."""
+
+
+class NotFound(FetchError):
+    """The server answered that there is no such file (HTTP 404 or 410, TFTP's
+    error 1, a missing local file): not a network failure."""
 
 
 class _Sink:
@@ -163,6 +170,8 @@ def _fetch_tftp(parts: urllib.parse.SplitResult, sink: _Sink, timeout: float) ->
             f"no answer from {parts.hostname}:{parts.port or TFTP_PORT} "
             f"within {timeout:g} s ({TFTP_TRIES} tries)"
         ) from None
+    except tftpy.TftpFileNotFoundError as exc:
+        raise NotFound(f"TFTP error from {parts.hostname}: {exc}") from None
     except tftpy.TftpException as exc:
         raise FetchError(f"TFTP error from {parts.hostname}: {exc}") from None
 
@@ -173,7 +182,8 @@ def _fetch_http(url: str, sink: _Sink, timeout: float) -> None:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             _copy(response, sink)
     except urllib.error.HTTPError as exc:
-        raise FetchError(f"HTTP {exc.code} {exc.reason}") from None
+        kind = NotFound if exc.code in (404, 410) else FetchError
+        raise kind(f"HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
         reason = exc.reason
         if isinstance(reason, TimeoutError):
@@ -188,6 +198,8 @@ def _fetch_file(parts: urllib.parse.SplitResult, sink: _Sink) -> None:
     try:
         with open(path, "rb") as f:
             _copy(f, sink)
+    except FileNotFoundError as exc:
+        raise NotFound(f"{path}: {exc.strerror or exc}") from None
     except OSError as exc:
         raise FetchError(f"{path}: {exc.strerror or exc}") from None
 

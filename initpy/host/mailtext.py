@@ -1,6 +1,7 @@
 """The words of the host's mails to the admin.
 
-initpy-monitor's: a new build, a new toolchain, a failing URL, a recovery;
+initpy-monitor's: a new build, a new toolchain, a refused toolchain, a
+failing URL, a recovery;
 initpy-toolchain's: a bootstrap that failed.
 
 Each function takes the facts and returns a whole message (initpy.host.mail
@@ -54,6 +55,24 @@ def toolchain_change(
         f"old checksums sha256: {old_key}\n"
         f"new checksums sha256: {new_key}\n"
         f"uptime:               {mailer.format_uptime(uptime)}\n",
+    )
+
+
+def toolchain_refused(
+    sender: Sender, url: str | None, running_key: str, new_key: str, problem: str
+) -> EmailMessage:
+    return mailer.message(
+        sender.user,
+        sender.recipient,
+        f"{sender.hostname}: toolchain {new_key[:12]} refused, not rebooting",
+        f"The toolchain's checksums file at {url} changed, but {sender.hostname} does not "
+        "reboot onto it: it fetched what the file lists, ran nothing, and found\n\n"
+        f"  {problem}\n\n"
+        "The host keeps running its toolchain and agent. Publish the files, then a new "
+        "checksums file (last): the host looks at it at its next poll. It does not look at "
+        "this same file again until initpy-monitor restarts.\n\n"
+        f"running checksums sha256: {running_key}\n"
+        f"refused checksums sha256: {new_key}\n",
     )
 
 

@@ -25,10 +25,10 @@ running image's (the manifest mkinitrd packed, `layout.MANIFEST`):
 the toolchain's checksums file (after the build id: a new build reboots
 first). The boot's own toolchain is the sha256 initpy-toolchain recorded
 (`settings.TOOLCHAIN_RESULT`); without one (it failed, or has not run) the
-first file read is the baseline. Another file that parses
-(initpy.host.checksums) mails the admin and reboots the same way as a new
-build; one that does not parse, or does not come, is a failed poll: never
-a reboot.
+first file read is the baseline. Another file is examined first
+(initpy.host.toolchain_check, nothing run): all its files match, and it
+mails and reboots as for a new build; else it is refused (one `<3>` line
+and one mail per file's sha256, no reboot). No answer is a failed poll.
 
 The first poll comes after U(0, 1) × `interval`, so hosts that boot
 together (a power cut, a rollout) do not poll together. The jitter is
@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import hashlib
 import random
 import signal
 import socket
@@ -57,7 +58,7 @@ from enum import StrEnum
 from initpy.cli import DEBUG_FLAG, handle
 from initpy.host import agent as agent_slot
 from initpy.host import mail as mailer
-from initpy.host import mailtext, systemd
+from initpy.host import mailtext, systemd, toolchain_check
 from initpy.host.checksums import CHECKSUMS_LIMIT, ChecksumsError, parse_checksums
 from initpy.host.fetch import FetchError, fetch, parse_build_id
 from initpy.host.settings import (
@@ -83,6 +84,7 @@ MAX_NAP = 60.0
 class Outcome(StrEnum):
     SAME = "same"
     CHANGED = "changed"
+    REFUSED = "refused"  # a new toolchain whose files do not match: no reboot
     FAILED = "failed"
 
 
@@ -129,6 +131,7 @@ class Dependencies:
     user: str = "build"
     agent: agent_slot.Agent | None = None
     fetch_timeout: float = FETCH_TIMEOUT
+    run_dir: str = systemd.RUN_DIR  # where a new toolchain's files are verified
 
 
 @dataclass
@@ -143,6 +146,8 @@ class LoopState:
     failing_url: str | None = None  # the URL the last failed poll could not read
     failing_what: str = "build id URL"
     rebooting_to: str | None = None
+    refused_toolchain: str | None = None  # the sha256 of the last checksums file refused
+    refused_problem: str = ""
     reboots: int = 0
     summary: str = "starting"  # what the last step found, for the log and STATUS=
     status_text: str = ""
@@ -181,15 +186,18 @@ class Monitor:
             self._answered()
             self._changed(new_id)
             return Poll(Outcome.CHANGED, loop.summary, new_id)
-        new_key = None
+        new_key, refused = None, None
         if self.settings.toolchain_url is not None:
             url = self.settings.toolchain_url
             try:
                 body = self.deps.fetch_checksums(url, self.deps.fetch_timeout)
-                new_key = parse_checksums(body, url).key
-            except (FetchError, ChecksumsError) as exc:
+                new_key = hashlib.sha256(body).hexdigest()
+                refused = self._judge(url, body, new_key)
+            except (FetchError, OSError) as exc:
                 return self._failed(url, f"{url}: {exc}", "toolchain URL")
         self._answered()
+        if new_key is not None and refused is not None:
+            return self._refused(new_key, refused, new_id)
         if new_key is not None and self.running_toolchain is None:
             self.running_toolchain = new_key
             self.deps.log(f"no toolchain recorded for this boot: {new_key[:12]} is the baseline")
@@ -205,6 +213,39 @@ class Monitor:
             " is current" if len(current) == 1 else " are current"
         )
         return Poll(Outcome.SAME, loop.summary, new_id)
+
+    def _judge(self, url: str, body: bytes, key: str) -> str | None:
+        """Why `body` may not be booted onto, or None; a refused file is not examined again."""
+        loop = self.loop
+        if key in (self.running_toolchain, loop.rebooting_to):
+            return None
+        if key == loop.refused_toolchain:
+            return loop.refused_problem
+        try:
+            if self.running_toolchain is None:
+                parse_checksums(body, url)  # the baseline: this boot's, no reboot to guard
+            else:
+                self._status(f"new toolchain {key[:12]}: fetching and verifying its files")
+                toolchain_check.examine(body, url, self.deps.run_dir, self.deps.fetch_timeout)
+        except ChecksumsError as exc:
+            return f"the checksums file does not parse: {exc}"
+        except toolchain_check.Refused as exc:
+            return str(exc)
+        return None
+
+    def _refused(self, key: str, problem: str, new_id: str | None) -> Poll:
+        """A checksums file that cannot be booted onto: one line, one mail, no reboot."""
+        loop, url = self.loop, self.settings.toolchain_url
+        running = self.running_toolchain or "none"
+        if loop.refused_toolchain != key:
+            loop.refused_toolchain, loop.refused_problem = key, problem
+            self.deps.log(
+                f"<3>new toolchain {key[:12]} at {url} refused: {problem}; nothing ran, "
+                f"no reboot, still running toolchain {running[:12]}"
+            )
+            self._mail(mailtext.toolchain_refused(self._sender(), url, running, key, problem))
+        loop.summary = f"toolchain {key[:12]} refused, running {running[:12]}: {problem}"
+        return Poll(Outcome.REFUSED, loop.summary, new_id)
 
     def _answered(self) -> None:
         """A poll whose URLs all answered: the failures end."""

@@ -57,8 +57,18 @@ from typing import TypeVar
 
 from initpy.host import mail as mailer
 from initpy.host import mailtext
-from initpy.host.checksums import CHECKSUMS_LIMIT, Checksums, ChecksumsError, parse_checksums
-from initpy.host.fetch import FetchError, TooLong, fetch, fetch_to_file
+from initpy.host.checksums import (
+    CHECKSUMS_LIMIT,
+    FILE_DEADLINE,
+    FILE_LIMIT,
+    Checksums,
+    ChecksumsError,
+    Listed,
+    Mismatch,
+    fetch_verified,
+    parse_checksums,
+)
+from initpy.host.fetch import FetchError, TooLong, fetch
 from initpy.host.settings import BUILDOS_ENV, TOOLCHAIN_RESULT, load_toolchain_settings
 from initpy.host.toolchain_cache import CHECKSUMS_COPY, CacheError, Entry, open_root
 
@@ -68,8 +78,6 @@ CACHE_ROOT = "/build/machines/.toolchain"
 AGENT_BUILDER = "bin/build-agent"
 AGENT = "bin/bbot-agent"
 FETCH_TIMEOUT = 30.0
-FILE_LIMIT = 1 << 30  # build2's source archive is about 30 MB
-FILE_DEADLINE = 1800.0
 INSTALL_DEADLINE = 4 * 3600.0  # build2 from source on a slow host
 TRIES = 5
 BACKOFF = 10.0  # the first wait between tries; it doubles
@@ -179,18 +187,18 @@ def _fetch_all(job: Bootstrap, checksums: Checksums, entry: Entry) -> None:
     """Every listed file, each checked against its sum, before anything runs."""
     for listed in checksums.files:
         url = checksums.url_of(job.url, listed)
-        path = os.path.join(entry.work, listed.filename)
 
-        def one(url: str = url, path: str = path) -> str:
-            return fetch_to_file(url, path, job.file_limit, job.fetch_timeout, job.file_deadline)
-
-        digest = _retried(job, url, one)
-        if digest != listed.sha256:
-            raise ToolchainError(
-                "verify",
-                f"{listed.name} at {url} has sha256 {digest}, but the checksums file says "
-                f"{listed.sha256}: nothing was run; publish the file and its sum together",
+        def one(url: str = url, listed: Listed = listed) -> str:
+            return fetch_verified(
+                url, listed, entry.work, job.fetch_timeout, job.file_limit, job.file_deadline
             )
+
+        try:
+            path = _retried(job, url, one)
+        except Mismatch as exc:
+            raise ToolchainError(
+                "verify", f"{exc}: nothing was run; publish the file and its sum together"
+            ) from None
         job.log(f"{listed.name}: sha256 verified ({os.path.getsize(path)} bytes)")
 
 

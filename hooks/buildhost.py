@@ -2,7 +2,8 @@
 
 States, last before the hand-off:
 - `build_user`: the `build` user and group (uid/gid 1100, home /build),
-  unless the OS image has them; locked, never a password.
+  unless the OS image has them; locked, never a password; a member of
+  the OS's kvm group, for the build machines' /dev/kvm.
 - `tftp`: /build/tftp, a tmpfs of `initpy.tftp_size` owned by build, which
   the OS serves read-only over TFTP on the default port; listed in
   /etc/fstab. On br1 always (the build machines), on br0 too (the LAN, for
@@ -24,6 +25,7 @@ BUILD_USER = "build"
 BUILD_UID = 1100
 BUILD_GID = 1100
 BUILD_HOME = "/build"
+KVM_GROUP = "kvm"
 TFTP_MOUNT = "/build/tftp"
 # The network hook's bridges (hooks/network/files.py), by name: a hook
 # imports no other hook.
@@ -112,6 +114,8 @@ def build_user(ctx: BootContext) -> str:
     k.mkdir(BUILD_HOME)
     k.chown(BUILD_HOME, uid, gid)
     ctx.put(BUILD_IDS, (uid, gid))
+    # /dev/kvm is root:kvm 0660 (udev): the agent's machines need it.
+    done.append(etc.join_group(k, KVM_GROUP, BUILD_USER))
     return "; ".join(done) + f"; home {BUILD_HOME}"
 
 
@@ -152,7 +156,8 @@ HOOK = Hook(
         State(
             "build_user",
             build_user,
-            "create the build user and group (1100, home /build) unless the OS has them",
+            "create the build user and group (1100, home /build) unless the OS has them; "
+            "add it to group kvm",
             wants=(Milestone.MACHINES, Milestone.NETWORK),
         ),
         State(
@@ -168,9 +173,17 @@ HOOK = Hook(
         OsFile(
             f"/etc/systemd/system/{TFTP_LAN_UNIT}", TFTP_LAN_SERVICE, wanted_by="multi-user.target"
         ),
+        # An empty unit file masks: tftpd-hpa's own daemon (its init script)
+        # would take port 69 on every address, /srv/tftp writable or not;
+        # the agent runs in.tftpd itself, on other ports.
+        OsFile("/etc/systemd/system/tftpd-hpa.service", ""),
     ),
     os_packages=(
         OsPackage("dnsmasq", "/lib/systemd/system/dnsmasq.service"),
         OsPackage("dnsmasq-base", "/usr/sbin/dnsmasq"),
+        # What the agent runs for its build machines.
+        OsPackage("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
+        OsPackage("qemu-utils", "/usr/bin/qemu-img"),
+        OsPackage("tftpd-hpa", "/usr/sbin/in.tftpd"),
     ),
 )

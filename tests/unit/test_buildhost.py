@@ -40,6 +40,19 @@ def test_build_user_is_created_in_passwd_group_and_shadow(k: FakeKernel) -> None
     assert ("chown", "/build", 1100, 1100) in k.calls
 
 
+def test_build_user_joins_the_oss_kvm_group_once(k: FakeKernel) -> None:
+    write_etc(k, "passwd", "root:x:0:0:root:/root:/bin/sh\n")
+    write_etc(k, "group", "root:x:0:\nkvm:x:106:alice\n")
+    write_etc(k, "gshadow", "root:*::\nkvm:!::alice\n", 0o640)
+    boot(k)
+    assert "kvm:x:106:alice,build" in etc_text(k, "group").splitlines()
+    assert "kvm:!::alice,build" in etc_text(k, "gshadow").splitlines()
+    group = etc_text(k, "group")
+    buildhost.build_user(BootContext(kernel=k, report=Report(k)))
+    assert etc_text(k, "group") == group
+    assert any("build added to group kvm" in line for line in k.console_lines)
+
+
 def test_build_user_without_any_passwd_file(k: FakeKernel) -> None:
     boot(k)
     assert etc_text(k, "passwd") == (

@@ -2,17 +2,21 @@
 
 States, last before the hand-off:
 - `build_user`: the `build` user and group (uid/gid 1100, home /build),
-  unless the OS image has them; locked, never a password.
+  unless the OS image has them; locked, never a password; a member of
+  the OS's kvm group, for the build machines' /dev/kvm.
 - `tftp`: /build/tftp, a tmpfs of `initpy.tftp_size` owned by build, which
-  the OS serves read-only over TFTP; listed in /etc/fstab.
+  the OS serves read-only over TFTP on the default port; listed in
+  /etc/fstab. On br1 always (the build machines), on br0 too (the LAN, for
+  log access, as the spec says) unless `initpy.tftp=br1`: the state writes
+  the br0 server's config, whose presence starts its unit.
 """
 
 from __future__ import annotations
 
 import re
 
-from initpy.runtime import etc
-from initpy.runtime.cmdline import BadValue, Parameter
+from initpy.runtime import etc, layout
+from initpy.runtime.cmdline import BadValue, Parameter, choice
 from initpy.runtime.hook import BootContext, BootFailure, Fact, Hook, Milestone, State
 from initpy.runtime.kernel import MS_NODEV, MS_NOSUID
 from initpy.runtime.osimage import OsFile, OsPackage
@@ -21,15 +25,54 @@ BUILD_USER = "build"
 BUILD_UID = 1100
 BUILD_GID = 1100
 BUILD_HOME = "/build"
+KVM_GROUP = "kvm"
 TFTP_MOUNT = "/build/tftp"
-# The OS serves /build/tftp with dnsmasq's own TFTP server (no tftpd package).
-TFTP_CONF = """\
+# The network hook's bridges (hooks/network/files.py), by name: a hook
+# imports no other hook.
+BR0, BR1 = "br0", "br1"
+# The LAN's TFTP server: a second dnsmasq, TFTP only, on br0 only. The main
+# dnsmasq cannot do it: its enable-tftp=br0 serves nothing unless br0 is
+# one of its interfaces, which would open its DNS to the LAN too.
+TFTP_LAN_UNIT = "initpy-tftp-lan.service"
+TFTP_LAN_CONF = f"{layout.ETC_DIR}/tftp-lan.conf"
+# dnsmasq's TFTP server (no tftpd package) is read-only: it refuses every
+# write request.
+TFTP_CONF = f"""\
 # Shipped by initpy (hooks/buildhost.py): /build/tftp, read-only over TFTP
-# on the default port (69), on the interfaces this dnsmasq serves: br1 only
-# (initpy-br1.conf, written by initpy at boot). Why not br0: docs/manual.md,
-# "TFTP".
+# on the default port (69), on the interfaces this dnsmasq serves: {BR1} only
+# (initpy-br1.conf, written by initpy at boot). On {BR0}, {TFTP_LAN_UNIT}
+# serves it too unless initpy.tftp=br1: docs/manual.md, "TFTP".
 enable-tftp
-tftp-root=/build/tftp
+tftp-root={TFTP_MOUNT}
+"""
+# port=0: no DNS; no dhcp-range: no DHCP. bind-dynamic binds br0's own
+# addresses, so port 69 on br1's stays the main dnsmasq's.
+TFTP_LAN_TEXT = f"""\
+# Written by initpy at boot (hooks/buildhost.py; initpy.tftp=lan, the
+# default): /build/tftp, read-only over TFTP on {BR0}, for {TFTP_LAN_UNIT}.
+# With initpy.tftp=br1 this file is absent and the unit does not start.
+port=0
+interface={BR0}
+except-interface=lo
+bind-dynamic
+user=dnsmasq
+pid-file=
+enable-tftp
+tftp-root={TFTP_MOUNT}
+"""
+TFTP_LAN_SERVICE = f"""\
+# Shipped by initpy (hooks/buildhost.py).
+[Unit]
+Description=TFTP of {TFTP_MOUNT} on {BR0}, read-only (dnsmasq, initpy.tftp=lan)
+ConditionPathExists={TFTP_LAN_CONF}
+After=network.target
+
+[Service]
+ExecStart=/usr/sbin/dnsmasq --keep-in-foreground --conf-file={TFTP_LAN_CONF}
+Restart=on-failure
+
+[Install]
+WantedBy=multi-user.target
 """
 
 
@@ -50,6 +93,15 @@ TFTP_SIZE: Parameter[str] = Parameter(
 )
 
 
+TFTP_ON: Parameter[str] = Parameter(
+    "initpy.tftp",
+    choice("lan", "br1"),
+    "lan",
+    "where /build/tftp is served over TFTP: lan (br0 and br1) or br1 (the build machines only)",
+    "initpy.tftp=br1",
+)
+
+
 BUILD_IDS: Fact[tuple[int, int]] = Fact("build_ids")
 
 
@@ -62,6 +114,8 @@ def build_user(ctx: BootContext) -> str:
     k.mkdir(BUILD_HOME)
     k.chown(BUILD_HOME, uid, gid)
     ctx.put(BUILD_IDS, (uid, gid))
+    # /dev/kvm is root:kvm 0660 (udev): the agent's machines need it.
+    done.append(etc.join_group(k, KVM_GROUP, BUILD_USER))
     return "; ".join(done) + f"; home {BUILD_HOME}"
 
 
@@ -81,7 +135,18 @@ def tftp(ctx: BootContext) -> str:
             ) from exc
     etc.record_mount(ctx, etc.FstabEntry("tmpfs", TFTP_MOUNT, "tmpfs", f"{options},nosuid,nodev"))
     etc.write_fstab(ctx)
-    return f"{TFTP_MOUNT}: tmpfs {options}"
+    return f"{TFTP_MOUNT}: tmpfs {options}; {_serve_on_lan(ctx)}"
+
+
+def _serve_on_lan(ctx: BootContext) -> str:
+    k = ctx.kernel
+    if ctx.value(TFTP_ON) == "br1":
+        if k.exists(TFTP_LAN_CONF):
+            k.remove(TFTP_LAN_CONF)
+        return f"TFTP on {BR1} only (initpy.tftp=br1)"
+    k.mkdir(layout.ETC_DIR)
+    k.write_text(TFTP_LAN_CONF, TFTP_LAN_TEXT)
+    return f"TFTP on {BR1} and {BR0} (read-only)"
 
 
 HOOK = Hook(
@@ -91,12 +156,34 @@ HOOK = Hook(
         State(
             "build_user",
             build_user,
-            "create the build user and group (1100, home /build) unless the OS has them",
+            "create the build user and group (1100, home /build) unless the OS has them; "
+            "add it to group kvm",
             wants=(Milestone.MACHINES, Milestone.NETWORK),
         ),
-        State("tftp", tftp, "mount /build/tftp, a tmpfs of initpy.tftp_size owned by build"),
+        State(
+            "tftp",
+            tftp,
+            "mount /build/tftp, a tmpfs of initpy.tftp_size owned by build; "
+            "serve it on br0 too unless initpy.tftp=br1",
+        ),
     ),
-    parameters=(TFTP_SIZE,),
-    os_files=(OsFile("/etc/dnsmasq.d/buildos-tftp.conf", TFTP_CONF),),
-    os_packages=(OsPackage("dnsmasq", "/lib/systemd/system/dnsmasq.service"),),
+    parameters=(TFTP_SIZE, TFTP_ON),
+    os_files=(
+        OsFile("/etc/dnsmasq.d/buildos-tftp.conf", TFTP_CONF),
+        OsFile(
+            f"/etc/systemd/system/{TFTP_LAN_UNIT}", TFTP_LAN_SERVICE, wanted_by="multi-user.target"
+        ),
+        # An empty unit file masks: tftpd-hpa's own daemon (its init script)
+        # would take port 69 on every address, /srv/tftp writable or not;
+        # the agent runs in.tftpd itself, on other ports.
+        OsFile("/etc/systemd/system/tftpd-hpa.service", ""),
+    ),
+    os_packages=(
+        OsPackage("dnsmasq", "/lib/systemd/system/dnsmasq.service"),
+        OsPackage("dnsmasq-base", "/usr/sbin/dnsmasq"),
+        # What the agent runs for its build machines.
+        OsPackage("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
+        OsPackage("qemu-utils", "/usr/bin/qemu-img"),
+        OsPackage("tftpd-hpa", "/usr/sbin/in.tftpd"),
+    ),
 )

@@ -196,6 +196,32 @@ def add_account(kernel: Kernel, account: Account) -> tuple[int, int, list[str]]:
     return uid, gid, done
 
 
+def join_group(kernel: Kernel, group_name: str, user: str) -> str:
+    """Add `user` to the members of the OS's group `group_name`; what was done.
+
+    A group the OS does not have is left alone (the image lacks the package
+    that uses it); a member already listed is kept as it is.
+    """
+    k = kernel
+    group = read_table(k, "/etc/group")
+    row = next((r for r in group if r[0] == group_name and len(r) >= 4), None)
+    if row is None:
+        return f"no group {group_name} in the OS"
+    members = [m for m in row[3].split(",") if m]
+    if user in members:
+        return f"{user} already in group {group_name}"
+    row[3] = ",".join([*members, user])
+    write_table(k, "/etc/group", group, 0o644)
+    if k.exists("/etc/gshadow"):
+        gshadow = read_table(k, "/etc/gshadow")
+        for grow in gshadow:
+            listed = [m for m in grow[3].split(",") if m] if len(grow) >= 4 else [user]
+            if grow[0] == group_name and user not in listed:
+                grow[3] = ",".join([*listed, user])
+        write_table(k, "/etc/gshadow", gshadow, 0o640)
+    return f"{user} added to group {group_name}"
+
+
 ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"  # compiled at its first use (re's cache)
 
 

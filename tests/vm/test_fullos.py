@@ -120,7 +120,7 @@ def test_2_ssh_login_with_the_test_key_and_passwords_refused(host1: Host) -> Non
     assert re.search(r"inet 172\.23\.0\.1/16", out["br1"]), out["br1"]
     assert re.search(r'oifname "br0" masquerade', out["nft"]), out["nft"]
     # kvm: the build machines' /dev/kvm (hooks/buildhost.py, issue 18)
-        assert out["id"] == "uid=1100(build) gid=1100(build) groups=1100(build),106(kvm)"
+    assert out["id"] == "uid=1100(build) gid=1100(build) groups=1100(build),106(kvm)"
     assert out["authorized"].split()[2] == "vm-test"
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
+import subprocess
 import types
 from collections.abc import Callable, Sequence
 
@@ -54,3 +56,26 @@ BootRunner = Callable[[FakeKernel, Sequence[Hook]], Halted]
 def hook_module(name: str) -> types.ModuleType:
     """The module of hooks/<name> (file or folder), as the boot imports it."""
     return importlib.import_module(f"hooks.{name}")
+
+
+# A unit test that asks systemd itself whether it reads a hook's units.
+needs_systemd_analyze = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="needs systemd-analyze"
+)
+
+
+def systemd_verify(folder: str, units: dict[str, str]) -> tuple[int, str]:
+    """`systemd-analyze verify` of `units` (name -> text) written into `folder`:
+    its exit status and stderr (an unknown key or a bad value is only a
+    warning on stderr)."""
+    for name, text in units.items():
+        with open(os.path.join(folder, name), "w") as f:
+            f.write(text)
+    done = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *(f"./{name}" for name in units)],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return done.returncode, done.stderr

@@ -28,7 +28,15 @@ from initpy.builder import cpio, mkinitrd
 from initpy.devtools.fake import FakeKernel, HandedOff
 from initpy.host import settings as host_settings
 from initpy.runtime import layout
-from tests.unit.conftest import HOOKS_DIR, hook_module, make_executable, read_report, run_boot
+from tests.unit.conftest import (
+    HOOKS_DIR,
+    hook_module,
+    make_executable,
+    needs_systemd_analyze,
+    read_report,
+    run_boot,
+    systemd_verify,
+)
 from tests.unit.test_mkinitrd import fake_freezer, module_tree
 
 monitor = hook_module("monitor")
@@ -129,25 +137,15 @@ def test_without_an_agent_the_monitor_keeps_its_own_uid(tmp_path: os.PathLike[st
     assert any(line.startswith("initpy-monitor:") for line in read(kernel, "/etc/passwd").split())
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+@needs_systemd_analyze
 def test_systemd_reads_the_units_without_a_complaint(tmp_path: os.PathLike[str]) -> None:
     units = {
         "initpy-monitor.service": monitor.MONITOR_SERVICE,
         "initpy-reboot.path": monitor.REBOOT_PATH,
         "initpy-reboot.service": monitor.REBOOT_SERVICE,
     }
-    for name, text in units.items():
-        with open(os.path.join(str(tmp_path), name), "w") as f:
-            f.write(text)
-    done = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", *(f"./{name}" for name in units)],
-        cwd=str(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
     # An unknown key or a bad value is only a warning on stderr.
-    assert (done.returncode, done.stderr) == (0, "")
+    assert systemd_verify(str(tmp_path), units) == (0, "")
 
 
 def test_sbin_init_that_is_systemd_counts_and_a_second_boot_rewrites_the_settings(

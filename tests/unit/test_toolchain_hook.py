@@ -8,15 +8,17 @@ ones initpy/host uses. The boot side runs on the fake kernel.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-
-import pytest
 
 from initpy.devtools.fake import FakeKernel, HandedOff
 from initpy.host import settings as host_settings
 from initpy.host import toolchain as host_toolchain
-from tests.unit.conftest import hook_module, make_executable, run_boot
+from tests.unit.conftest import (
+    hook_module,
+    make_executable,
+    needs_systemd_analyze,
+    run_boot,
+    systemd_verify,
+)
 
 toolchain = hook_module("toolchain")
 SYSTEMD = "/lib/systemd/systemd"
@@ -114,17 +116,7 @@ def test_nothing_is_made_in_an_image_without_the_units(tmp_path: os.PathLike[str
     )
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+@needs_systemd_analyze
 def test_systemd_reads_the_units_without_a_complaint(tmp_path: os.PathLike[str]) -> None:
     names = ["initpy-toolchain.service", "bbot-agent.service"]
-    for name in names:
-        with open(os.path.join(str(tmp_path), name), "w") as f:
-            f.write(unit(name))
-    done = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", *(f"./{name}" for name in names)],
-        cwd=str(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert (done.returncode, done.stderr) == (0, "")
+    assert systemd_verify(str(tmp_path), {name: unit(name) for name in names}) == (0, "")

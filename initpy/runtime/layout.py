@@ -54,6 +54,11 @@ ETC_DIR = "/etc/initpy"
 BUILDOS_ENV = f"{ETC_DIR}/buildos.env"
 MONITOR_ENV = f"{ETC_DIR}/monitor.env"
 # The state disk's mount point and the init's own folder on it.
+# The agent's TFTP servers for build machines (bbot's --tftp-port, 23400,
+# and the per-task ports above it), first and last, inclusive: the only
+# ports in.tftpd is started on for the agent (hooks/buildhost.py), and the
+# only high ports of the host that br1's filter opens (hooks/network).
+AGENT_TFTP_PORTS = (23400, 23999)
 STATE_MOUNT = "/state"
 STATE_OWN_DIR = f"{STATE_MOUNT}/initpy"
 

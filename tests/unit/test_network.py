@@ -413,6 +413,20 @@ def test_br1_subnet_from_the_command_line(tmp_path: Path, net: types.ModuleType)
     assert "ip saddr 192.168.77.0/24" in read(k, "/etc/initpy/br1.nft")
 
 
+@pytest.mark.parametrize(
+    ("cmdline_text", "denied"),
+    [("", True), ("initpy.br1_lan=deny", True), ("initpy.br1_lan=allow", False)],
+)
+def test_br1s_firewall_follows_the_lease_and_initpy_br1_lan(
+    tmp_path: Path, net: types.ModuleType, cmdline_text: str, denied: bool
+) -> None:
+    # A public LAN: its subnet joins the denied ranges (the relay may live there).
+    k = bridged(tmp_path, net, lease("eth0", "52:54:00:12:34:56", "198.51.100.7"), cmdline_text)
+    rules = read(k, "/etc/initpy/br1.nft")
+    assert ("192.168.0.0/16, 198.51.100.0/24 } drop" in rules) is denied
+    assert f"# initpy.br1_lan={'deny' if denied else 'allow'}:" in rules
+
+
 @pytest.mark.parametrize("raw", ["8.8.8.0/24", "172.23.0.0/16", "10.1.1.1/31", "x"])
 def test_a_bad_br1_value_is_a_warning_and_the_default_stays(
     net: types.ModuleType, raw: str

@@ -11,10 +11,11 @@ States, in order:
 - `hostname`: DHCP option 12, else `build-` + the last 10 hex digits of the
   winning NIC's MAC; in the kernel, /etc/hostname and /etc/hosts.
 - `bridges`: br0 with the winning NIC and its MAC, carrying the lease's
-  address, route and DNS; br1 private with NAT (nft) and a dnsmasq config
-  (its subnet: br1.py); /etc/network/interfaces (the texts: files.py); then
-  the lease renewer `initpy-dhcp` is forked to keep br0's lease after the
-  hand-off (renewer.py).
+  address, route and DNS; br1 private with NAT and a firewall (nft, the
+  rules: firewall.py) and a dnsmasq config (its subnet: br1.py);
+  /etc/network/interfaces (the texts: files.py); then the lease renewer
+  `initpy-dhcp` is forked to keep br0's lease after the hand-off
+  (renewer.py).
 
 This file holds the hook's parameters, its states and `HOOK` (at the end).
 Only the standard library, initpy and light helpers are imported at module
@@ -59,9 +60,9 @@ from .files import (
     dnsmasq_conf,
     hosts_file,
     interfaces_file,
-    nft_ruleset,
     resolv_conf,
 )
+from .firewall import LanAccess, nft_ruleset
 from .lease import Lease, is_hostname
 from .netlink import opened, start_prefetch, sysfs_is_ethernet, wait_for_carrier
 
@@ -88,7 +89,24 @@ BR1_ADDRESS: Parameter[ipaddress.IPv4Interface] = Parameter(
 )
 
 
-PARAMETERS: tuple[Parameter[Any], ...] = (CARRIER_TIMEOUT, DHCP_TIMEOUT, BR1_ADDRESS)
+def _lan_access(raw: str | None) -> LanAccess:
+    return LanAccess(cmdline.choice(*LanAccess)(raw))
+
+
+# Deny by default: build machines run untrusted code, and the LAN's services
+# (the SMTP relay first) trust the host's address, which the masquerade gives
+# them (docs/network.md, "br1's firewall").
+BR1_LAN: Parameter[LanAccess] = Parameter(
+    "initpy.br1_lan",
+    _lan_access,
+    LanAccess.DENY,
+    "whether build machines on br1 may reach the LAN's private ranges and its own subnet "
+    "(the SMTP relay among them): deny or allow; the Internet is reached either way",
+    "initpy.br1_lan=allow",
+)
+
+
+PARAMETERS: tuple[Parameter[Any], ...] = (CARRIER_TIMEOUT, DHCP_TIMEOUT, BR1_ADDRESS, BR1_LAN)
 
 
 @frozen
@@ -311,12 +329,13 @@ def bridges(ctx: BootContext) -> str:
     for folder in ("/etc/sysctl.d", "/etc/initpy", "/etc/dnsmasq.d", "/etc/network"):
         k.mkdir(folder)
     k.write_text(SYSCTL_CONF, SYSCTL_TEXT)
-    k.write_text(NFT_RULES, nft_ruleset(br1))
+    lan = ipaddress.IPv4Network(lease.cidr, strict=False)
+    k.write_text(NFT_RULES, nft_ruleset(br1, lan, ctx.value(BR1_LAN)))
     run(
         k,
         [_binary(ctx, "nft"), "-f", NFT_RULES],
-        fix="the initrd needs nft and the nf_tables, nft_chain_nat and nft_masq modules "
-        "(the network hook declares them); rebuild it, then exit this shell to reboot",
+        fix="the initrd needs nft and the nf_tables, nft_ct, nft_chain_nat and nft_masq "
+        "modules (the network hook declares them); rebuild it, then exit this shell to reboot",
     )
     k.write_text(DNSMASQ_CONF, dnsmasq_conf(br1))
     _write_resolv_conf(ctx, lease)
@@ -326,7 +345,8 @@ def bridges(ctx: BootContext) -> str:
     return (
         f"{BR0} = {lease.nic} + {lease.cidr}"
         + (f" via {lease.router}" if lease.router else " (no router)")
-        + f"; {BR1} = {br1.with_prefixlen} with NAT; {RENEWER_NAME} pid {pid}"
+        + f"; {BR1} = {br1.with_prefixlen} with NAT and firewall "
+        + f"({BR1_LAN.name}={ctx.value(BR1_LAN)}); {RENEWER_NAME} pid {pid}"
     )
 
 
@@ -383,7 +403,7 @@ HOOK = Hook(
     binaries=("nft",),
     # NIC drivers come from the devices' modaliases (hooks/modules); these are
     # the features the network states use, loaded at every boot.
-    modules=("bridge", "nf_tables", "nft_chain_nat", "nft_masq"),
+    modules=("bridge", "nf_tables", "nft_ct", "nft_chain_nat", "nft_masq"),
     parameters=PARAMETERS,
     # The dhcp state's imports begin in a thread before the first state.
     on_start=(start_prefetch,),

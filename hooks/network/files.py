@@ -3,10 +3,11 @@
 The bridges' names, the renewer's process name and status file (the OS's
 initpy-dhcp.service adopts the renewer by them), the files' paths, and each
 file's text as a pure function of the lease and br1's subnet, so that a
-test reads exactly what a host gets. The states decide when each is
-written (hooks/network/__init__.py). The files an operator reads on a
-booted host (/etc/network/interfaces, the nft rules, dnsmasq's
-configuration) name this module in their first line.
+test reads exactly what a host gets (br1's nft rules: firewall.py). The
+states decide when each is written (hooks/network/__init__.py). The files
+an operator reads on a booted host (/etc/network/interfaces, dnsmasq's
+configuration; the nft rules name firewall.py) name this module in their
+first line.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ BR0 = "br0"
 BR1 = "br1"
 RENEWER_NAME = "initpy-dhcp"
 RENEWER_STATUS = "/run/initpy/dhcp-br0.json"
-NFT_RULES = "/etc/initpy/nat.nft"
-NFT_TABLE = "initpy_nat"
+NFT_RULES = "/etc/initpy/br1.nft"
 DNSMASQ_CONF = "/etc/dnsmasq.d/initpy-br1.conf"
 SYSCTL_CONF = "/etc/sysctl.d/60-initpy-forward.conf"
 INTERFACES = "/etc/network/interfaces"
@@ -73,29 +73,13 @@ iface {BR0} inet dhcp
     bridge_stp off
     bridge_fd 0
 
-# br1: the private bridge for build machines: NAT out through br0
-# ({NFT_RULES}), DHCP from dnsmasq ({DNSMASQ_CONF}).
+# br1: the private bridge for build machines: a firewall and NAT out through
+# br0 ({NFT_RULES}), DHCP from dnsmasq ({DNSMASQ_CONF}).
 iface {BR1} inet static
     address {br1.with_prefixlen}
     bridge_ports none
     bridge_stp off
     bridge_fd 0
-"""
-
-
-def nft_ruleset(br1: ipaddress.IPv4Interface) -> str:
-    # Declare-then-delete makes the file idempotent: loading it twice leaves
-    # one table, and it never touches tables the OS adds.
-    return f"""\
-# Written by initpy ({SOURCE}): masquerade br1's subnet out through br0.
-table ip {NFT_TABLE}
-delete table ip {NFT_TABLE}
-table ip {NFT_TABLE} {{
-    chain postrouting {{
-        type nat hook postrouting priority srcnat; policy accept;
-        ip saddr {br1.network} oifname "{BR0}" masquerade
-    }}
-}}
 """
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
+from enum import Enum
 from typing import Generic, TypeVar, cast
 
 from initpy.runtime.record import field, frozen
@@ -181,7 +182,10 @@ def parse(cmdline: str, parameters: Iterable[Parameter[object]]) -> BootConfig:
 
 
 def _describe(value: object) -> str:
-    return "(none)" if value is None else repr(value)
+    if value is None:
+        return "(none)"
+    # A closed set's member reads as the word the command line takes ('shell').
+    return repr(value.value if isinstance(value, Enum) else value)
 
 
 # -- value parsers: each turns the raw text (None for a bare flag) into a value

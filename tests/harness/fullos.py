@@ -128,6 +128,11 @@ def full_os_args(
         f"buildos.smtp_relay={smtp_sink.SINK_ADDRESS}",
         f"buildos.admin_email={ADMIN}",
         f'buildos.ssh_key="{public_key}"',
+        # The SMTP sink is the only "outside" a restricted user network has,
+        # and it is on br0's private subnet: GUEST_BR1_SCRIPT's build machine
+        # reaches it through the NAT only when br1 may reach the LAN (the
+        # default, deny, is shown by tests/root/test_br1_filter.py).
+        "initpy.br1_lan=allow",
     ]
     return args
 

@@ -9,6 +9,9 @@ addresses inside them are used. Nothing touches the host's own network.
 - `.veth(name, peer_ns, peer_name)`, `.tap(name)`: links.
 - `.dnsmasq(interface, ...)`: a DHCP server (no DNS service: port 0) whose
   leases offer a router and DNS server only when asked to.
+- `.dnsmasq_conf(name, text, ready)`: dnsmasq with a configuration of
+  initpy's (`local_conf` makes one runnable here); `.spawn(argv, log)`:
+  any other daemon.
 - `entered(ns)`: the calling thread inside the namespace, so that a QEMU
   started there can open the namespace's tap by name.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -153,6 +157,38 @@ class Netns:
             time.sleep(0.05)
         return proc
 
+    def spawn(self, argv: Sequence[str], log: str) -> subprocess.Popen[bytes]:
+        """A daemon in this namespace (stopped by `close`), its output in the file `log`."""
+        with open(log, "wb") as out:
+            # `ip netns exec` execs the program: this PID is the daemon itself.
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.name, *argv],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._daemons.append(proc)
+        return proc
+
+    def dnsmasq_conf(self, name: str, text: str, ready: str) -> subprocess.Popen[bytes]:
+        """dnsmasq with `text` as its configuration, once its log shows `ready`."""
+        conf = f"{self._tmp.name}/{name}.conf"
+        with open(conf, "w") as f:
+            f.write(text)
+        argv = ["dnsmasq", "--keep-in-foreground", f"--conf-file={conf}"]
+        argv += [f"--log-facility={self._tmp.name}/{name}.log"]
+        argv += [f"--pid-file={self._tmp.name}/{name}.pid"]
+        argv += [f"--dhcp-leasefile={self._tmp.name}/{name}.leases"]
+        proc = self.spawn(argv, f"{self._tmp.name}/{name}.out")
+        deadline = time.monotonic() + 10
+        while ready not in self.dnsmasq_log(name):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                with open(f"{self._tmp.name}/{name}.out") as f:
+                    said = f.read()[-500:]
+                raise RuntimeError(f"dnsmasq {name} in {self.name} did not start: {said}")
+            time.sleep(0.05)
+        return proc
+
     def dnsmasq_log(self, interface: str) -> str:
         try:
             with open(f"{self._tmp.name}/{interface}.log") as f:
@@ -174,6 +210,15 @@ class Netns:
         self._daemons.clear()
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
         self._tmp.cleanup()
+
+
+def local_conf(text: str, tftp_root: str) -> str:
+    """An initpy dnsmasq configuration with `tftp-root` here, run as root.
+
+    The dnsmasq user may not exist here, and pytest's folders are private.
+    """
+    text = re.sub(r"^tftp-root=.*$", f"tftp-root={tftp_root}", text, flags=re.M)
+    return re.sub(r"^user=dnsmasq$", "user=root", text, flags=re.M)
 
 
 @contextlib.contextmanager

@@ -14,8 +14,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import pytest
 
 from hooks import buildhost
 from hooks.network.files import dnsmasq_conf
-from tests.harness.netns import Netns
+from tests.harness.netns import Netns, local_conf
 
 pytestmark = [
     pytest.mark.root,
@@ -35,12 +33,7 @@ pytestmark = [
 ]
 
 BR0, BR1 = "10.9.0.1", "172.23.0.1"
-
-
-def _conf(text: str, root: Path) -> str:
-    return text.replace(f"tftp-root={buildhost.TFTP_MOUNT}", f"tftp-root={root}").replace(
-        "user=dnsmasq", "user=root"
-    )
+READY = "TFTP root is"  # dnsmasq's log line once TFTP is served
 
 
 @pytest.fixture
@@ -61,23 +54,6 @@ def net(tmp_path: Path) -> Iterator[tuple[Netns, Netns, Netns]]:
         yield host, lan, vm
 
 
-def _dnsmasq(host: Netns, tmp: Path, name: str, text: str) -> subprocess.Popen[bytes]:
-    conf = tmp / f"{name}.conf"
-    conf.write_text(text)
-    argv = ["ip", "netns", "exec", host.name, "dnsmasq", "--keep-in-foreground"]
-    argv += [f"--conf-file={conf}", f"--log-facility={tmp / name}.log"]
-    argv += [f"--pid-file={tmp / name}.pid", f"--dhcp-leasefile={tmp / name}.leases"]
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 10
-    log = tmp / f"{name}.log"
-    while "TFTP root is" not in (log.read_text() if log.exists() else ""):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"{name} dnsmasq did not start: {proc.communicate()[1].decode()}")
-        time.sleep(0.05)
-    return proc
-
-
 def _get(peer: Netns, server: str, name: str, out: Path) -> str | None:
     out.unlink(missing_ok=True)
     argv = ["timeout", "10", "busybox", "tftp", "-g", "-r", name, "-l", str(out), server]
@@ -93,24 +69,18 @@ def test_tftp_on_br1_and_on_br0_only_with_the_lan_config(
     root = tmp_path / "tftp"
     root.mkdir()
     (root / "log.txt").write_text("agent log\n")
-    main = _conf(dnsmasq_conf(ipaddress.IPv4Interface(f"{BR1}/16")), root)
-    main += _conf(buildhost.TFTP_CONF, root) + "user=root\n"
-    procs = [_dnsmasq(host, tmp_path, "main", main)]
+    main = dnsmasq_conf(ipaddress.IPv4Interface(f"{BR1}/16")) + buildhost.TFTP_CONF
+    host.dnsmasq_conf("main", local_conf(main, str(root)) + "user=root\n", READY)
     if lan_too:
-        procs.append(_dnsmasq(host, tmp_path, "lan", _conf(buildhost.TFTP_LAN_TEXT, root)))
-    try:
-        assert _get(vm, BR1, "log.txt", tmp_path / "vm.txt") == "agent log\n"
-        from_lan = _get(lan, BR0, "log.txt", tmp_path / "lan.txt")
-        assert from_lan == ("agent log\n" if lan_too else None)
-        # Never a write, and never DNS on br0: that dnsmasq does TFTP only.
-        (tmp_path / "up.txt").write_text("x\n")
-        put = ["busybox", "tftp", "-p", "-l", str(tmp_path / "up.txt"), "-r", "up.txt", BR0]
-        lan.run(["timeout", "10", *put], check=False)
-        assert sorted(p.name for p in root.iterdir()) == ["log.txt"]
-        listening = host.run(["ss", "-Hlun"]).split()
-        assert (f"{BR0}:69" in listening) == lan_too
-        assert f"{BR0}:53" not in listening and f"{BR1}:53" in listening
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(timeout=10)
+        host.dnsmasq_conf("lan", local_conf(buildhost.TFTP_LAN_TEXT, str(root)), READY)
+    assert _get(vm, BR1, "log.txt", tmp_path / "vm.txt") == "agent log\n"
+    from_lan = _get(lan, BR0, "log.txt", tmp_path / "lan.txt")
+    assert from_lan == ("agent log\n" if lan_too else None)
+    # Never a write, and never DNS on br0: that dnsmasq does TFTP only.
+    (tmp_path / "up.txt").write_text("x\n")
+    put = ["busybox", "tftp", "-p", "-l", str(tmp_path / "up.txt"), "-r", "up.txt", BR0]
+    lan.run(["timeout", "10", *put], check=False)
+    assert sorted(p.name for p in root.iterdir()) == ["log.txt"]
+    listening = host.run(["ss", "-Hlun"]).split()
+    assert (f"{BR0}:69" in listening) == lan_too
+    assert f"{BR0}:53" not in listening and f"{BR1}:53" in listening

@@ -367,10 +367,13 @@ def test_br1_nat_forwarding_dnsmasq_and_interfaces(tmp_path: Path, net: types.Mo
     assert k.network.addresses["br1"] == ["172.23.0.1/16"]
     assert read(k, "/proc/sys/net/ipv4/ip_forward") == "1\n"
     assert "net.ipv4.ip_forward = 1" in read(k, "/etc/sysctl.d/60-initpy-forward.conf")
-    rules = read(k, "/etc/initpy/nat.nft")
+    rules = read(k, "/etc/initpy/br1.nft")
     assert 'ip saddr 172.23.0.0/16 oifname "br0" masquerade' in rules
     assert "type nat hook postrouting" in rules
-    assert ("run", ("nft", "-f", "/etc/initpy/nat.nft")) in k.calls
+    # The firewall, with the LAN's subnet from the lease and the default deny
+    # (the rules themselves: tests/unit/test_firewall.py, tests/root/test_br1_filter.py).
+    assert "ip daddr { 10.0.0.0/8, " in rules
+    assert ("run", ("nft", "-f", "/etc/initpy/br1.nft")) in k.calls
     dnsmasq = read(k, "/etc/dnsmasq.d/initpy-br1.conf").splitlines()
     assert "interface=br1" in dnsmasq and "no-dhcp-interface=br0" in dnsmasq
     assert "dhcp-range=172.23.0.11,172.23.255.254,255.255.0.0,12h" in dnsmasq
@@ -387,16 +390,16 @@ def test_br1_nat_forwarding_dnsmasq_and_interfaces(tmp_path: Path, net: types.Mo
 def test_the_files_an_operator_reads_name_the_module_that_wrote_them(
     tmp_path: Path, net: types.ModuleType
 ) -> None:
-    from hooks.network.files import SOURCE
+    from hooks.network import files, firewall
 
-    assert os.path.isfile(os.path.join(REPO, SOURCE))
     k = bridged(tmp_path, net, lease("eth0", "52:54:00:12:34:56", "10.0.2.15"))
-    for path in (
-        "/etc/network/interfaces",
-        "/etc/initpy/nat.nft",
-        "/etc/dnsmasq.d/initpy-br1.conf",
+    for path, source in (
+        ("/etc/network/interfaces", files.SOURCE),
+        ("/etc/initpy/br1.nft", firewall.SOURCE),
+        ("/etc/dnsmasq.d/initpy-br1.conf", files.SOURCE),
     ):
-        assert f"({SOURCE})" in read(k, path).splitlines()[0], path
+        assert os.path.isfile(os.path.join(REPO, source))
+        assert f"({source})" in read(k, path).splitlines()[0], path
 
 
 def test_br1_subnet_from_the_command_line(tmp_path: Path, net: types.ModuleType) -> None:
@@ -407,7 +410,21 @@ def test_br1_subnet_from_the_command_line(tmp_path: Path, net: types.ModuleType)
     assert "dhcp-range=192.168.77.11,192.168.77.254,255.255.255.0,12h" in read(
         k, "/etc/dnsmasq.d/initpy-br1.conf"
     )
-    assert "ip saddr 192.168.77.0/24" in read(k, "/etc/initpy/nat.nft")
+    assert "ip saddr 192.168.77.0/24" in read(k, "/etc/initpy/br1.nft")
+
+
+@pytest.mark.parametrize(
+    ("cmdline_text", "denied"),
+    [("", True), ("initpy.br1_lan=deny", True), ("initpy.br1_lan=allow", False)],
+)
+def test_br1s_firewall_follows_the_lease_and_initpy_br1_lan(
+    tmp_path: Path, net: types.ModuleType, cmdline_text: str, denied: bool
+) -> None:
+    # A public LAN: its subnet joins the denied ranges (the relay may live there).
+    k = bridged(tmp_path, net, lease("eth0", "52:54:00:12:34:56", "198.51.100.7"), cmdline_text)
+    rules = read(k, "/etc/initpy/br1.nft")
+    assert ("192.168.0.0/16, 198.51.100.0/24 } drop" in rules) is denied
+    assert f"# initpy.br1_lan={'deny' if denied else 'allow'}:" in rules
 
 
 @pytest.mark.parametrize("raw", ["8.8.8.0/24", "172.23.0.0/16", "10.1.1.1/31", "x"])
@@ -431,7 +448,7 @@ def test_a_failing_nft_is_a_rescue_with_the_fix(tmp_path: Path, net: types.Modul
     ctx.put(net.LEASE, lease("eth0", "52:54:00:12:34:56"))
     with pytest.raises(BootFailure) as failed:
         net.bridges(ctx)
-    assert "nft -f /etc/initpy/nat.nft: exit 1" in failed.value.reason
+    assert "nft -f /etc/initpy/br1.nft: exit 1" in failed.value.reason
     assert "nft_masq" in failed.value.fix
 
 
@@ -551,7 +568,7 @@ def test_a_lease_inside_the_default_br1_subnet_moves_br1_and_says_so(
     assert k.network.routes == [("default", "172.23.0.1", "br0")]
     assert k.network.addresses["br1"] == ["172.24.0.1/16"]
     assert "br1 = 172.24.0.1/16 with NAT" in detail
-    assert 'ip saddr 172.24.0.0/16 oifname "br0" masquerade' in read(k, "/etc/initpy/nat.nft")
+    assert 'ip saddr 172.24.0.0/16 oifname "br0" masquerade' in read(k, "/etc/initpy/br1.nft")
     assert "dhcp-option=option:router,172.24.0.1" in read(k, "/etc/dnsmasq.d/initpy-br1.conf")
     assert "    address 172.24.0.1/16" in read(k, "/etc/network/interfaces")
     assert ctx.report.extra["network"]["br1"] == "172.24.0.1/16"  # type: ignore[index]

@@ -12,7 +12,8 @@ boot 1  the default (initpy.tftp=lan): the LAN host reads a file of
         br0's address listens on UDP 69 only (that dnsmasq does TFTP, not
         DNS or DHCP). Then the build machines: as build (in group kvm),
         qemu-system-x86_64 -accel tcg boots the test's own kernel to its
-        first console line; in.tftpd, started on port 6969 of br1's
+        first console line; in.tftpd, started on the agent's last TFTP
+        port (AGENT_TFTP_PORTS: br1's filter opens no other) of br1's
         address with --user build and --create on a subfolder of
         /build/tftp, takes a file a namespace on br1 writes, and the file
         is on the host, owned by build.
@@ -34,6 +35,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from initpy.runtime.layout import AGENT_TFTP_PORTS
 from tests.harness import smtp_sink
 from tests.harness.fullos import GUEST_BR1_SCRIPT, Host, boot_full
 from tests.harness.images import InitrdFiles, KernelFiles
@@ -85,12 +87,13 @@ echo "nested seconds $(( $(date +%s) - start ))"
 # The agent's TFTP server for one machine: a writable subfolder of /build/tftp.
 # in.tftpd must start as root: it drops to --user with initgroups(), which
 # needs CAP_SETGID (as build alone each request's child exits 71).
+# PORT: the last of the agent's TFTP ports, the only high ports br1's filter opens.
 IN_TFTPD_SCRIPT = r"""
 set -e
 install -d -o build -g build /build/tftp/machine1
-in.tftpd --listen --address 172.23.0.1:6969 --user build --secure --create /build/tftp/machine1
+in.tftpd --listen --address 172.23.0.1:PORT --user build --secure --create /build/tftp/machine1
 echo TOKEN > /run/upload.txt
-ip netns exec lan busybox tftp -p -l /run/upload.txt -r upload.txt 172.23.0.1 6969
+ip netns exec lan busybox tftp -p -l /run/upload.txt -r upload.txt 172.23.0.1 PORT
 echo "owner $(stat -c %U /build/tftp/machine1/upload.txt)"
 echo "content $(cat /build/tftp/machine1/upload.txt)"
 """
@@ -156,7 +159,11 @@ def test_2_build_machines_run_as_build(lan: Host, vm_kernel: KernelFiles) -> Non
     token = f"up-{secrets.token_hex(6)}"
     br1 = GUEST_BR1_SCRIPT.replace("SINK", smtp_sink.SINK_ADDRESS).replace("TOKEN", "br1")
     lan.ssh.run("sh -s", stdin=br1, timeout=300)
-    out = lan.ssh.run("sh -s", stdin=IN_TFTPD_SCRIPT.replace("TOKEN", token), timeout=300).stdout
+    out = lan.ssh.run(
+        "sh -s",
+        stdin=IN_TFTPD_SCRIPT.replace("TOKEN", token).replace("PORT", str(AGENT_TFTP_PORTS[1])),
+        timeout=300,
+    ).stdout
     assert f"owner build\ncontent {token}" in out, out
 
 

@@ -4,8 +4,9 @@ Each boot is the whole boot of scenario.py (every hook: the network states
 run after storage's) with the test's own NICs in place of the standard one.
 
 1. user network with hostname=NAME: NAME, br0 with the NIC and the lease,
-   br1, forwarding, the masquerade rule, /etc/network/interfaces, and the
-   renewer left running (the guest lists its process and status file);
+   br1, forwarding, the masquerade rule and br1's firewall,
+   /etc/network/interfaces, and the renewer left running (the guest lists
+   its process and status file);
 2+3. three NICs, two switched off on the monitor before the guest looks:
    the one with carrier wins without waiting for the DHCP deadline, and
    with no hostname offered the name is build-<10 hex digits of its MAC>;
@@ -128,6 +129,8 @@ def test_user_network_hostname_bridges_nat_files_and_renewer(
     assert facts["forward"] == ["1"]
     ruleset = "\n".join(facts["nft"])
     assert re.search(r'ip saddr 172\.23\.0\.0/16 oifname "br0" masquerade', ruleset), ruleset
+    # br1's firewall loaded on the image's kernel (what it does: tests/root/test_br1_filter.py).
+    assert re.search(r"chain forward_to_br1 \{\s+ct state established,related accept", ruleset)
     interfaces = file_lines(facts, "/etc/network/interfaces")
     assert "iface br0 inet dhcp" in interfaces
     assert f"    bridge_ports {nic}" in interfaces

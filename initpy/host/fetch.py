@@ -35,6 +35,7 @@ import io
 import os
 import re
 import socket
+import ssl
 import threading
 import time
 import urllib.error
@@ -310,8 +311,10 @@ class _Handler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
         return self.do_open(_watched(_Watched, self.guard), req)
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        # The default context: the OS's CA store, the host name checked.
-        return self.do_open(_watched(_WatchedTls, self.guard), req)
+        # Named, not left to http.client's default (which a process may
+        # change): the OS's CA store, the certificate's name checked.
+        context = ssl.create_default_context()
+        return self.do_open(_watched(_WatchedTls, self.guard), req, context=context)
 
 
 def _fetch_http(url: str, sink: _Sink, timeout: float) -> None:

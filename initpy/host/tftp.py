@@ -70,7 +70,6 @@ class _Transfer:
         self.tid: int | None = None  # the server's port, fixed by its first reply
         self.blksize = DEFAULT_BLKSIZE
         self.block = 0  # the last block written (and acknowledged)
-        self.strangers = 0
 
     def peer(self) -> tuple[str, int]:
         return (self.server[0], self.tid if self.tid is not None else self.server[1])
@@ -91,8 +90,12 @@ class _Transfer:
             except ConnectionRefusedError:  # an ICMP error for the last packet sent
                 continue
             if address != self.server[0] or (self.tid is not None and port != self.tid):
-                self.strangers += 1
-                self.sock.sendto(_error_packet(UNKNOWN_TID, "unknown transfer ID"), (address, port))
+                try:
+                    self.sock.sendto(
+                        _error_packet(UNKNOWN_TID, "unknown transfer ID"), (address, port)
+                    )
+                except OSError:
+                    pass  # a source that cannot be answered: ignored all the same
                 continue
             if len(packet) < 4:
                 continue

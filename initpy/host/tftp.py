@@ -141,10 +141,11 @@ def download(
     """Read `filename` from `host`:`port` into `write`; the number of bytes.
 
     `announce` gets the size the server announces (`tsize`), and may refuse
-    it by raising; `write` still counts what arrives. TftpError for the server's error (its code)
-    or a broken exchange; TftpTimeout when the server stays silent for
-    `tries` waits of `wait` seconds, or the transfer passes `deadline`
-    (a time.monotonic() value). OSError for a name that does not resolve.
+    it by raising; `write` still counts what arrives. TftpError for the
+    server's error (its code) or a broken exchange; TftpTimeout when the
+    server stays silent for `tries` waits of `wait` seconds, or the
+    transfer passes `deadline` (a time.monotonic() value). OSError for a
+    name that does not resolve.
     """
     family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
     request = (

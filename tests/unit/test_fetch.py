@@ -247,6 +247,7 @@ def test_a_trickling_tftp_server_is_cut_off_at_the_deadline(
     """8-byte blocks, each well within the per-packet wait, forever."""
 
     def script(own: socket.socket, client: tuple[str, int], seen: Exchange) -> None:
+        own.settimeout(0.5)  # the client's gone once no ACK comes
         own.sendto(oack(blksize=8), client)
         for block in range(1, 200):
             try:

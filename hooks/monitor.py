@@ -20,8 +20,8 @@ reads. An operator's own agent (`initpy.monitor.agent`) is the monitor's
 child and must run as `build`: then a drop-in runs the monitor as `build`,
 as before the split.
 
-The monitor itself (initpy/host, the runtime modules it imports, HOST_RUNTIME,
-and tftpy) is not frozen: `files` copies its .py files
+The monitor itself (initpy/host and the runtime modules it imports,
+HOST_RUNTIME) is not frozen: `files` copies its .py files
 from the build host into the image at `layout.HOST_PYTHONPATH`, and the
 OS's python3 runs them. Those host paths are computed when the hook is
 imported, and the hook is also imported at every boot, inside the frozen
@@ -48,7 +48,7 @@ REBOOT_SERVICE_UNIT = "initpy-reboot.service"
 PYTHON3 = "/usr/bin/python3"
 # The runtime modules initpy/host imports, all stdlib leaves: the image gets
 # them beside initpy/host (tests/unit/test_imports.py holds host to these).
-HOST_RUNTIME = ("layout", "record", "exit_status")
+HOST_RUNTIME = ("layout", "record", "exit_status", "escape")
 MONITOR = etc.Account("initpy-monitor", 1102, 1102, "/", "initpy monitor", "/usr/sbin/nologin")
 # hooks/buildhost.py creates this user (or the image has it).
 BUILD_USER = "build"
@@ -173,16 +173,15 @@ def install_monitor(ctx: BootContext) -> str:
 
 
 def host_python_files() -> tuple[str, ...]:
-    """ "SRC:DST" for the monitor's Python: initpy/host, HOST_RUNTIME, cli.py, tftpy.
+    """ "SRC:DST" for the monitor's Python: initpy/host, HOST_RUNTIME, cli.py.
 
-    Empty inside the frozen init (PID 1 never reads a hook's files). A
-    tftpy missing on the build host gives a source that does not exist,
-    so that mkinitrd stops and names it.
+    Empty inside the frozen init (PID 1 never reads a hook's files). The
+    standard library is all they import beside (initpy/host/tftp.py is the
+    TFTP client).
     """
     if getattr(sys, "frozen", False):
         return ()
     import glob  # here: PID 1 imports this hook at every boot and never lists files
-    import importlib.util
 
     package = os.path.dirname(os.path.dirname(os.path.abspath(layout.__file__)))  # initpy/
     sources = [
@@ -192,24 +191,10 @@ def host_python_files() -> tuple[str, ...]:
         *(os.path.join(package, "runtime", f"{name}.py") for name in HOST_RUNTIME),
         *sorted(glob.glob(os.path.join(package, "host", "*.py"))),
     ]
-    specs = [
+    return tuple(
         f"{path}:{layout.HOST_PYTHONPATH}/initpy/{os.path.relpath(path, package)}"
         for path in sources
-    ]
-    try:
-        found = importlib.util.find_spec("tftpy")
-    except (ImportError, ValueError):
-        found = None
-    locations = list(found.submodule_search_locations or []) if found is not None else []
-    if not locations:
-        return (
-            *specs,
-            "tftpy (not installed, the build extra has it - pip install 'initpy[build]')",
-        )
-    tftpy = locations[0]
-    for path in sorted(glob.glob(os.path.join(tftpy, "*.py"))):
-        specs.append(f"{path}:{layout.HOST_PYTHONPATH}/tftpy/{os.path.basename(path)}")
-    return tuple(specs)
+    )
 
 
 HOOK = Hook(

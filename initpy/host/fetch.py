@@ -1,17 +1,24 @@
 """Fetching a URL: a build id (`fetch`), or a whole file to disk (`fetch_to_file`).
 
 The host's one way to the network, for the URL schemes the spec's hosts
-use: `tftp://HOST[:PORT]/path` (tftpy), `http://` and `https://` (urllib,
-the system's CA certificates), and `file://` (a path on the host, for tests
-and local mirrors). `fetch(url, timeout)` reads a short answer (the
-monitor's build id and checksums file); `fetch_to_file` streams a file of
-up to `limit` bytes to disk within an overall deadline, hashing it as it
-goes (the toolchain's archives). Every failure, whatever its kind (a name
-that does not resolve, a refused connection, a timeout, a 404, a file not
-found, an answer too long), is a `FetchError` whose text says what failed.
-Two kinds are told apart, for the callers that judge a file rather than
-the network: `TooLong` (asking again gives the same) and `NotFound` (the
-server answered that the file is not there).
+use: `tftp://HOST[:PORT]/path` (initpy/host/tftp.py, which takes answers
+from the server alone), `http://` and `https://` (urllib; https verifies the
+server's certificate and name against the OS's CA store), and `file://` (a
+path on the host, for tests and local mirrors). `fetch(url, timeout)` reads
+a short answer (the monitor's build id and checksums file) within
+`timeout` in all; `fetch_to_file` streams a file of up to `limit` bytes to
+disk within an overall deadline, hashing it as it goes (the toolchain's
+archives). One deadline covers each fetch from the connect through every
+read, whatever the scheme: a server that trickles a byte at a time is cut
+off at it (`_Deadline`).
+
+Every failure, whatever its kind (a name that does not resolve, a refused
+connection, a timeout, a 404, a file not found, an answer too long), is a
+`FetchError` whose text says what failed, made printable: a server's words
+in it (an HTTP reason, a TFTP error message) reach the journal escaped
+(initpy/runtime/escape.py). Two kinds are told apart, for the callers that
+judge a file rather than the network: `TooLong` (asking again gives the
+same) and `NotFound` (the server answered that the file is not there).
 
 A TFTP URL names the file after the host the way RFC 3617 does: the first
 `/` separates, so `tftp://10.0.0.1/buildos/buildos-buildid` asks for
@@ -23,22 +30,30 @@ QEMU's) resolves below its root; `tftp://HOST//srv/tftp/x` asks for
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
-import logging
 import os
 import re
+import socket
+import ssl
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import BinaryIO
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, BinaryIO
+
+from initpy.host import tftp
+from initpy.runtime.escape import printable
 
 # A build id file is 65 bytes (64 hex digits and a newline); anything much
 # longer is not one, and is not read to the end.
 ANSWER_LIMIT = 4096
 TFTP_PORT = 69
-# tftpy waits `timeout / TFTP_TRIES` for each packet and sends the request
-# again that many times, so one fetch takes at most about `timeout`.
+# Each TFTP packet is waited for `timeout / TFTP_TRIES` and the last one sent
+# again that many times, so a silent server costs about `timeout`.
 TFTP_TRIES = 3
 BUILD_ID = re.compile(r"[0-9a-f]{64}")
 CHUNK = 1 << 16
@@ -60,26 +75,40 @@ class NotFound(FetchError):
 class _Sink:
     """Where a transfer's bytes go: counted against a limit and a deadline, hashed."""
 
-    def __init__(self, out: BinaryIO, limit: int, what: str, deadline: float) -> None:
-        self.out, self.limit, self.what, self.deadline = out, limit, what, deadline
+    def __init__(self, out: BinaryIO, limit: int, what: str, budget: float) -> None:
+        self.out, self.limit, self.what, self.budget = out, limit, what, budget
+        self.deadline = time.monotonic() + budget
         self.received = 0
         self.sha256 = hashlib.sha256()
 
     def write(self, data: bytes) -> int:
         self.received += len(data)
-        if self.received > self.limit:
-            raise TooLong(f"answer longer than {self.limit} bytes: {self.what}")
-        if time.monotonic() > self.deadline:
-            raise FetchError(f"not done within the deadline ({self.received} bytes so far)")
+        self.announce(self.received)
+        self.check_deadline()
         self.sha256.update(data)
         return self.out.write(data)
 
+    def announce(self, size: int) -> None:
+        """Refuse an answer of `size` bytes (so far, or as the server announces it)."""
+        if size > self.limit:
+            raise TooLong(f"answer longer than {self.limit} bytes: {self.what}")
+
+    def check_deadline(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise self.late()
+
+    def late(self) -> FetchError:
+        return FetchError(
+            f"timed out after {self.budget:g} s in all ({self.received} bytes so far)"
+        )
+
 
 def fetch(url: str, timeout: float, limit: int = ANSWER_LIMIT) -> bytes:
-    """The body at `url` (at most `limit` bytes, a build id file's by default), or FetchError."""
+    """The body at `url` (at most `limit` bytes, a build id file's by default),
+    all of it within `timeout` seconds, or FetchError."""
     body = io.BytesIO()
     what = "not a build id file" if limit == ANSWER_LIMIT else "too long to be what was asked for"
-    _transfer(url, _Sink(body, limit, what, float("inf")), timeout)
+    _transfer(url, _Sink(body, limit, what, timeout), timeout)
     return body.getvalue()
 
 
@@ -92,9 +121,7 @@ def fetch_to_file(url: str, path: str, limit: int, timeout: float, deadline: flo
     """
     try:
         with open(path, "xb") as out:
-            sink = _Sink(
-                out, limit, f"larger than the {limit}-byte cap", time.monotonic() + deadline
-            )
+            sink = _Sink(out, limit, f"larger than the {limit}-byte cap", deadline)
             _transfer(url, sink, timeout)
     except FetchError:
         _remove(path)
@@ -113,6 +140,14 @@ def _remove(path: str) -> None:
 
 
 def _transfer(url: str, sink: _Sink, timeout: float) -> None:
+    """One fetch; any failure a FetchError (its kind kept) with a printable text."""
+    try:
+        _dispatch(url, sink, min(timeout, sink.budget))
+    except FetchError as exc:
+        raise type(exc)(printable(str(exc))) from None
+
+
+def _dispatch(url: str, sink: _Sink, timeout: float) -> None:
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()
     try:
@@ -136,7 +171,8 @@ def parse_build_id(answer: bytes) -> str:
 
     The file mkinitrd writes is 64 lowercase hex digits and a newline;
     surrounding white space is allowed, upper case is read as lower case,
-    anything else (empty, truncated, an HTML error page) is refused.
+    anything else (empty, truncated, an HTML error page) is refused, its
+    start quoted escaped.
     """
     try:
         text = answer.decode("ascii").strip().lower()
@@ -146,49 +182,162 @@ def parse_build_id(answer: bytes) -> str:
         raise ValueError(f"empty answer ({len(answer)} bytes)")
     if not BUILD_ID.fullmatch(text):
         shown = text if len(text) <= 80 else text[:77] + "..."
-        raise ValueError(f"not 64 hex digits: {shown!r}")
+        raise ValueError(f"not 64 hex digits: '{printable(shown)}'")
     return text
 
 
 def _fetch_tftp(parts: urllib.parse.SplitResult, sink: _Sink, timeout: float) -> None:
-    import tftpy
-
     if not parts.hostname:
         raise FetchError("tftp URL without a host (expected tftp://HOST[:PORT]/path)")
     filename = urllib.parse.unquote(parts.path)
     filename = filename[1:] if filename.startswith("/") else filename
     if not filename:
         raise FetchError("tftp URL without a file (expected tftp://HOST[:PORT]/path)")
-    # tftpy logs every timeout and retry at warning level; the caller says
-    # once what failed.
-    logging.getLogger("tftpy").setLevel(logging.CRITICAL)
-    client = tftpy.TftpClient(parts.hostname, parts.port or TFTP_PORT, {}, flock=False)
+    host = parts.hostname
     try:
-        client.download(filename, sink, timeout=timeout / TFTP_TRIES, retries=TFTP_TRIES)
-    except tftpy.TftpTimeout:
-        raise FetchError(
-            f"no answer from {parts.hostname}:{parts.port or TFTP_PORT} "
-            f"within {timeout:g} s ({TFTP_TRIES} tries)"
-        ) from None
-    except tftpy.TftpFileNotFoundError as exc:
-        raise NotFound(f"TFTP error from {parts.hostname}: {exc}") from None
-    except tftpy.TftpException as exc:
-        raise FetchError(f"TFTP error from {parts.hostname}: {exc}") from None
+        tftp.download(
+            host,
+            parts.port or TFTP_PORT,
+            filename,
+            sink.write,
+            announce=sink.announce,
+            wait=timeout / TFTP_TRIES,
+            tries=TFTP_TRIES,
+            deadline=sink.deadline,
+        )
+    except tftp.TftpTimeout as exc:
+        raise sink.late() if exc.late else FetchError(str(exc)) from None
+    except tftp.TftpError as exc:
+        kind = NotFound if exc.code == tftp.NOT_FOUND else FetchError
+        raise kind(f"TFTP error from {host}: {exc}") from None
+
+
+# -- http(s) under one deadline ----------------------------------------------------------
+
+
+class _Deadline:
+    """Shuts every socket of one HTTP fetch down when its deadline passes.
+
+    A socket timeout bounds one wait only: a server that sends a byte just
+    before each would hold a fetch for as long as it likes, in the status
+    line, the headers or the body, and in TLS's handshake too. So each
+    connection's socket (before TLS wraps it) is kept as a duplicate file
+    descriptor, and a timer shuts the socket down at the deadline: the read
+    that waits returns at once, and the fetch fails as late.
+    """
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.fired = False
+        self._fds: list[int] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._fire)
+        self._timer.daemon = True
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._fds.append(os.dup(sock.fileno()))
+            if self.fired:
+                _shut(self._fds[-1])
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            for fd in self._fds:
+                _shut(fd)
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._timer.cancel()
+        with self._lock:
+            for fd in self._fds:
+                os.close(fd)
+            self._fds.clear()
+
+
+def _shut(fd: int) -> None:
+    sock = socket.socket(fileno=fd)
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # not connected (yet, or any more): nothing waits on it
+    finally:
+        sock.detach()  # the descriptor stays the deadline's, closed on its exit
+
+
+class _Watched(http.client.HTTPConnection):
+    """A connection whose socket the deadline may shut down (`_watched` sets it)."""
+
+    guard: _Deadline
+
+    def connect(self) -> None:
+        super().connect()  # the TCP connection: HTTPSConnection wraps it after this
+        assert self.sock is not None
+        self.guard.watch(self.sock)
+
+
+# The MRO runs HTTPSConnection.connect, then _Watched.connect (the TCP
+# connection, watched), then wraps it in TLS: the handshake is covered too.
+class _WatchedTls(http.client.HTTPSConnection, _Watched):
+    pass
+
+
+def _watched(kind: type[_Watched], guard: _Deadline) -> Callable[..., _Watched]:
+    def connection(*args: Any, **kwargs: Any) -> _Watched:
+        made = kind(*args, **kwargs)
+        made.guard = guard
+        return made
+
+    return connection
+
+
+class _Handler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
+    """urllib's http and https, each connection under the fetch's deadline."""
+
+    def __init__(self, deadline: _Deadline) -> None:
+        urllib.request.HTTPHandler.__init__(self)
+        urllib.request.HTTPSHandler.__init__(self)
+        self.guard = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_watched(_Watched, self.guard), req)
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        # Named, not left to http.client's default (which a process may
+        # change): the OS's CA store, the certificate's name checked.
+        context = ssl.create_default_context()
+        return self.do_open(_watched(_WatchedTls, self.guard), req, context=context)
 
 
 def _fetch_http(url: str, sink: _Sink, timeout: float) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "initpy-host"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            _copy(response, sink)
-    except urllib.error.HTTPError as exc:
-        kind = NotFound if exc.code in (404, 410) else FetchError
-        raise kind(f"HTTP {exc.code} {exc.reason}") from None
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        if isinstance(reason, TimeoutError):
-            raise FetchError(f"timed out after {timeout:g} s") from None
-        raise FetchError(f"{reason}") from None
+    with _Deadline(sink.deadline) as deadline:
+        opener = urllib.request.build_opener(_Handler(deadline))
+        try:
+            with opener.open(request, timeout=timeout) as response:
+                _copy(response, sink)
+        except urllib.error.HTTPError as exc:
+            kind = NotFound if exc.code in (404, 410) else FetchError
+            raise kind(f"HTTP {exc.code} {exc.reason}") from None
+        except Exception as exc:
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            if isinstance(reason, TimeoutError):  # one wait's timeout, the likelier word
+                raise FetchError(f"timed out after {timeout:g} s") from None
+            if deadline.fired:
+                raise sink.late() from None
+            if isinstance(exc, urllib.error.URLError):
+                raise FetchError(f"{exc.reason}") from None
+            raise
+        if deadline.fired:  # an answer cut short by the deadline's shutdown
+            raise sink.late()
 
 
 def _fetch_file(parts: urllib.parse.SplitResult, sink: _Sink) -> None:

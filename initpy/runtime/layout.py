@@ -44,8 +44,9 @@ FIRMWARE_ROOT = "/lib/firmware"
 RUN_DIR = "/run/initpy"
 REPORT = f"{RUN_DIR}/report.json"
 # The Python tree of what runs on the booted host after the hand-off (the
-# monitor: initpy/host, this module, tftpy), run by the OS's python3 with
-# this folder as its PYTHONPATH; the monitor hook puts it into the image.
+# monitor: initpy/host, this module and the other runtime modules it
+# imports), run by the OS's python3 with this folder as its PYTHONPATH; the
+# monitor hook puts it into the image.
 HOST_PYTHONPATH = f"{LIB}/python"
 # What PID 1 leaves for the OS's services, KEY=VALUE lines from the parsed
 # command line: the buildos.* values (hooks/services) and the monitor's

@@ -6,9 +6,9 @@ log, and is recorded with its timing and result. The report is written to
 and copied to /state/initpy/ (rotated) when /state is mounted.
 
 What reaches the console and the kernel log passes through `printable()`
-here, at one place: a disk label, a DHCP option or a command's output
-quoted in a message cannot move the cursor, clear the screen or start a
-line of its own (docs/security.md). report.json keeps the text as it was:
+(initpy/runtime/escape.py) here, at one place: a disk label, a DHCP option
+or a command's output quoted in a message cannot move the cursor, clear
+the screen or start a line of its own (docs/security.md). report.json keeps the text as it was:
 JSON escapes control characters by itself.
 """
 
@@ -18,6 +18,8 @@ import json
 from enum import StrEnum
 
 from initpy.runtime import layout
+from initpy.runtime.escape import one_line as one_line
+from initpy.runtime.escape import printable as printable
 from initpy.runtime.kernel import Kernel
 from initpy.runtime.record import as_dict, field, mutable
 
@@ -25,36 +27,6 @@ REPORT_DIR = layout.RUN_DIR
 REPORT_PATH = layout.REPORT
 STATE_REPORT_DIR = f"{layout.STATE_OWN_DIR}/reports"
 KEEP_REPORTS = 10
-
-
-def printable(text: str) -> str:
-    """`text` with every character that is not printable escaped as Python escapes it.
-
-    ESC, CR, backspace, newline, DEL, the C1 controls and Unicode's
-    invisible and line-breaking characters (bidi overrides, U+2028) become
-    `\\x1b`, `\\r`, `\\u202e`...; everything else, spaces and non-ASCII
-    letters included, is kept. `repr()` of a string is printable already.
-    """
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-# What str.splitlines() breaks a line at: any of them could start a line of
-# its own in a viewer, not only "\n".
-LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
-_ESCAPED_BREAKS = {ord(c): repr(c)[1:-1] for c in LINE_BREAKS}
-
-
-def one_line(text: str) -> str:
-    """`text` with its line breaks escaped (`\\n`, `\\r`, `\\u2028`...), the rest kept.
-
-    For a value from a disk or the network quoted in a message: the lines
-    of a message are its author's (say() prints each as a line of its own),
-    so a quoted value must not bring one. Other control characters stay, for
-    report.json to keep them as they were; say() escapes them when printing.
-    """
-    return text.translate(_ESCAPED_BREAKS)
 
 
 class Outcome(StrEnum):

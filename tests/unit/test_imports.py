@@ -29,7 +29,16 @@ PACKAGES = ("initpy", "hooks")
 # (which the booted host imports too).
 LEAVES = frozenset(
     f"initpy.runtime.{name}"
-    for name in ("kernel", "processes", "sockets", "record", "uevent", "layout", "exit_status")
+    for name in (
+        "kernel",
+        "files",
+        "processes",
+        "sockets",
+        "record",
+        "uevent",
+        "layout",
+        "exit_status",
+    )
 )
 # PID 1's life: the entry, the freeze's script, the machine and rescue. Only
 # the dev tools run it; a hook or the builder that imported it would pull

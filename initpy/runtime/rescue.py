@@ -210,7 +210,6 @@ def _tell_failed_boots(
         + ("rebooting" if policy == RescuePolicy.REBOOT else "rebooting when idle")
         + ", so that a broken image cannot reboot the host in a loop"
     )
-    _tell_retry(kernel, report, guard)
     history = failed_boots.history(kernel, report, guard.count)
     report.extra["failed_boots_history"] = history
     for line in history:
@@ -220,6 +219,7 @@ def _tell_failed_boots(
         f"goes back to 0 at the next hand-off (rm {failed_boots.COUNT_PATH} gives "
         f"{guard.limit} more reboots)"
     )
+    _tell_retry(kernel, report, guard)
 
 
 def _tell_retry(kernel: Kernel, report: Report, guard: failed_boots.Guard) -> None:

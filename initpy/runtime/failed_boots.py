@@ -60,7 +60,8 @@ MAX_FAILED_BOOTS: Parameter[int] = Parameter(
     _max_failed_boots,
     DEFAULT_MAX_FAILED_BOOTS,
     "failed boots in a row after which a rescue stays in its shell instead of rebooting "
-    "(initpy.rescue=reboot, or an idle initpy.rescue_timeout); 0: never",
+    "(initpy.rescue=reboot, or an idle initpy.rescue_timeout) until initpy.guard_retry; "
+    "0: never",
     "initpy.max_failed_boots=5",
 )
 

@@ -60,7 +60,7 @@ TimeoutStartSec=15min
 
 def _feed_seed(ctx: BootContext) -> str:
     k = ctx.kernel
-    own_folder(k, OWN_FOLDER)
+    own_folder(k, OWN_FOLDER, ctx.warn)
     fed = "no saved seed (first boot on this state disk)"
     if k.exists(SEED_PATH):
         try:
@@ -206,7 +206,7 @@ def _host_keys(ctx: BootContext) -> str:
     k = ctx.kernel
     k.mkdir(SSH_FOLDER)
     try:
-        own_folder(k, HOST_KEY_FOLDER)  # and OWN_FOLDER above it
+        own_folder(k, HOST_KEY_FOLDER, ctx.warn)  # and OWN_FOLDER above it
         unsaved: OSError | None = None
     except OSError as exc:
         ctx.warn(f"restore_state: host keys cannot be kept on /state: {exc}")

@@ -134,8 +134,9 @@ def read_count(kernel: Kernel, report: Report) -> int:
     return int(text)
 
 
-def _write(kernel: Kernel, count: int) -> None:
-    own_folder(kernel, layout.STATE_OWN_DIR)  # never through a symlink, nor into a foreign folder
+def _write(kernel: Kernel, report: Report, count: int) -> None:
+    # Never through a symlink, nor into a folder someone else could write.
+    own_folder(kernel, layout.STATE_OWN_DIR, report.warn)
     kernel.write_atomic(COUNT_PATH, f"{count}\n".encode(), 0o600)
 
 
@@ -146,9 +147,9 @@ def count_this_boot(kernel: Kernel, report: Report) -> int | None:
     (a warning: the guard then cannot act in this boot).
     """
     try:
-        own_folder(kernel, layout.STATE_OWN_DIR)  # a count someone else could write is not read
+        own_folder(kernel, layout.STATE_OWN_DIR, report.warn)  # nor read from one
         count = read_count(kernel, report) + 1
-        _write(kernel, count)
+        _write(kernel, report, count)
     except OSError as exc:
         report.warn(f"failed boots: cannot keep the count in {COUNT_PATH}: {exc}")
         return None
@@ -160,7 +161,7 @@ def reset(kernel: Kernel, report: Report) -> None:
     """This boot reaches the hand-off: no failed boot in a row any more."""
     report.extra["failed_boots"] = 0
     try:
-        _write(kernel, 0)
+        _write(kernel, report, 0)
     except OSError as exc:
         report.warn(f"failed boots: cannot reset {COUNT_PATH}: {exc}")
 
@@ -169,7 +170,7 @@ def restore(kernel: Kernel, report: Report, count: int) -> None:
     """The hand-off's exec failed after `reset`: this boot failed after all."""
     report.extra["failed_boots"] = count
     try:
-        _write(kernel, count)
+        _write(kernel, report, count)
     except OSError:
         pass  # the rescue that follows says nothing new about /state
 

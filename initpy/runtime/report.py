@@ -148,7 +148,7 @@ class Report:
         """Keep report.json.0 (this boot) .. report.json.9 (nine boots ago) on /state."""
         try:
             k = self.kernel
-            own_folder(k, STATE_REPORT_DIR)  # /state is not trusted: root's folders only
+            own_folder(k, STATE_REPORT_DIR, self.warn)  # /state is not trusted: root's only
             for i in range(KEEP_REPORTS - 1, 0, -1):
                 older = f"{STATE_REPORT_DIR}/report.json.{i - 1}"
                 if not self.rotated and k.exists(older):

@@ -23,10 +23,11 @@ Two functions, one for each moment:
   would have left the host without a loop guard or kept host keys until a
   person came.
 - `own_folder`, at each use: a writer (failed_boots.py, report.py,
-  hooks/persist.py) makes its folder through it, and gets an OSError
-  instead of a folder that is not a real folder, root's, and writable by
-  root alone (for instance when `secure` could not move it aside), so
-  that nothing is read from or written through such a folder.
+  hooks/persist.py) makes its folder through it. What stands in the way
+  (a file where the folder belongs, or anything `secure` would move) is
+  moved aside the same way; what cannot be moved (a read-only disk) is an
+  OSError instead of a folder, so that nothing is read from or written
+  through a folder that is not root's alone.
 
 /state itself belongs to the operator (other things may live there): a
 /state that others can write is a warning, never changed.
@@ -78,11 +79,12 @@ def untrusted(kernel: Kernel, path: str, folder: bool) -> str | None:
     return None
 
 
-def own_folder(kernel: Kernel, path: str) -> None:
+def own_folder(kernel: Kernel, path: str, warn: Callable[[str], None]) -> None:
     """Make `path` (a folder of the init's tree) and those above it, root's 0700.
 
-    Raises OSError when one of them is there but not fit (`untrusted`), so
-    that a caller never reads from or writes through it.
+    One that is there but not fit (`untrusted`) is moved aside first (a
+    warning); when that fails, OSError, so that a caller never reads from
+    or writes through it.
     """
     top = layout.STATE_OWN_DIR
     if path != top and not path.startswith(top + "/"):
@@ -91,7 +93,7 @@ def own_folder(kernel: Kernel, path: str) -> None:
     chain = [top] + [f"{top}/{'/'.join(parts[: i + 1])}" for i in range(len(parts)) if parts[i]]
     for folder in chain:
         problem = untrusted(kernel, folder, folder=True)
-        if problem is not None:
+        if problem is not None and not _move_aside(kernel, warn, folder, problem, []):
             raise OSError(f"{folder} is {problem}: not used (docs/security.md)")
         if not kernel.exists(folder):
             kernel.mkdir(folder, FOLDER_MODE)
@@ -137,9 +139,12 @@ def _secure(
         if problem is not None:
             _move_aside(kernel, warn, path, problem, changes)
             return
-        if not kernel.exists(path) or not stat.S_ISDIR(kernel.lstat(path).st_mode):
+        if not kernel.exists(path):
             return
-        mode = stat.S_IMODE(kernel.lstat(path).st_mode)
+        found = kernel.lstat(path)
+        if not stat.S_ISDIR(found.st_mode):
+            return
+        mode = stat.S_IMODE(found.st_mode)
         if mode != FOLDER_MODE:
             kernel.chmod(path, FOLDER_MODE)
             changes.append(f"{path}: mode {mode:04o} -> {FOLDER_MODE:04o}")
@@ -158,8 +163,11 @@ def _secure(
 
 def _move_aside(
     kernel: Kernel, warn: Callable[[str], None], path: str, problem: str, changes: list[str]
-) -> None:
-    """Rename `path` to the first free `path.untrusted-N`: kept on /state, never used."""
+) -> bool:
+    """Rename `path` to the first free `path.untrusted-N`: kept on /state, never used.
+
+    False (a warning) when it cannot be moved.
+    """
     number = 1
     while kernel.exists(f"{path}{SUFFIX}{number}"):
         number += 1
@@ -168,9 +176,10 @@ def _move_aside(
         kernel.rename(path, aside)
     except OSError as exc:
         warn(f"state: {path} is {problem}, and cannot be moved aside ({exc}); it is not used")
-        return
+        return False
     changes.append(f"{path}: {problem}; moved to {aside}")
     warn(
         f"state: {path} was {problem}: moved to {aside}, kept but never used; a new one "
         f"is made (look at it, then delete it: rm -r {aside})"
     )
+    return True

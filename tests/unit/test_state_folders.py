@@ -172,10 +172,21 @@ def test_a_folder_that_cannot_be_moved_aside_is_refused_at_every_use(kernel: Fak
     assert "host keys cannot be kept on /state" in text
 
 
-def test_own_folder_refuses_what_is_not_root_s_alone(kernel: FakeKernel) -> None:
+def test_own_folder_moves_aside_what_stands_in_its_way_or_refuses_it(
+    kernel: FakeKernel,
+) -> None:
+    said: list[str] = []
     folder(kernel, "/state/initpy", 0o700)
-    state_folders.own_folder(kernel, f"{KEYS}")
+    write(kernel, KEYS, b"a file where the folder belongs\n")
+    state_folders.own_folder(kernel, KEYS, said.append)
     assert kernel.is_dir(KEYS) and stat.S_IMODE(kernel.lstat(KEYS).st_mode) == 0o700
+    assert read(kernel, f"{KEYS}.untrusted-1") == b"a file where the folder belongs\n"
+    assert said == [
+        f"state: {KEYS} was not a folder: moved to {KEYS}.untrusted-1, kept but never used; "
+        f"a new one is made (look at it, then delete it: rm -r {KEYS}.untrusted-1)"
+    ]
     kernel.owners[KEYS] = BUILD
+    kernel.failures["rename"] = {KEYS: errno.EROFS}
     with pytest.raises(OSError, match="owned by uid 1100"):
-        state_folders.own_folder(kernel, KEYS)
+        state_folders.own_folder(kernel, KEYS, said.append)
+    assert "cannot be moved aside" in said[-1]

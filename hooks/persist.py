@@ -12,7 +12,9 @@ folder); it never formats, deletes or overwrites anything else there.
 
 Nothing on /state is trusted: a file is read only if it is a regular file
 and not a symlink, and only up to a size (Kernel.read_file); the own
-folders must be real folders. A read-only, full or odd /state costs the
+folders must be real folders, root's and writable by root alone
+(initpy/runtime/state_folders.py: the driver moves aside, at the mount,
+what is not). A read-only, full or odd /state costs the
 saved seed or keys, with a warning; the host keys are still made, and
 installed in /etc/ssh.
 """
@@ -27,6 +29,7 @@ from initpy.runtime.hook import BootContext, Fact, Hook, Milestone, State
 from initpy.runtime.kernel import DAEMON_NICE, Kernel
 from initpy.runtime.record import frozen
 from initpy.runtime.run import CommandFailed, run
+from initpy.runtime.state_folders import own_folder
 
 # The init's own folder on /state: the only place it writes there.
 OWN_FOLDER = layout.STATE_OWN_DIR
@@ -55,21 +58,9 @@ TimeoutStartSec=15min
 """
 
 
-def _own_folder(ctx: BootContext, path: str) -> None:
-    """Make one of the init's folders on /state; OSError if it is not a real folder.
-
-    A symlink there (a disk prepared elsewhere, or by someone else) would
-    send the writes anywhere.
-    """
-    k = ctx.kernel
-    if k.is_symlink(path):
-        raise OSError(f"{path} is a symlink to {k.readlink(path)}, not a folder")
-    k.mkdir(path, 0o700)
-
-
 def _feed_seed(ctx: BootContext) -> str:
     k = ctx.kernel
-    _own_folder(ctx, OWN_FOLDER)
+    own_folder(k, OWN_FOLDER, ctx.warn)
     fed = "no saved seed (first boot on this state disk)"
     if k.exists(SEED_PATH):
         try:
@@ -215,8 +206,7 @@ def _host_keys(ctx: BootContext) -> str:
     k = ctx.kernel
     k.mkdir(SSH_FOLDER)
     try:
-        _own_folder(ctx, OWN_FOLDER)
-        _own_folder(ctx, HOST_KEY_FOLDER)
+        own_folder(k, HOST_KEY_FOLDER, ctx.warn)  # and OWN_FOLDER above it
         unsaved: OSError | None = None
     except OSError as exc:
         ctx.warn(f"restore_state: host keys cannot be kept on /state: {exc}")

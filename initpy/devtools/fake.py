@@ -5,7 +5,8 @@ root folder and recorded answers. Files are read and written below the
 root; syscalls (mount, reboot, finit_module, sethostname, execve, mknod)
 are recorded in `calls` and answered from the script the test or the
 operator gives. `reboot` and `execve` end the walk by raising `Halted`,
-where a real kernel would never return.
+where a real kernel would never return. The file calls, and the owners the
+fake models, are fake_files.py's.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn, TypeVar, cast
 
 from initpy.devtools.fake_events import FloodingSocket, ScriptedUevents, UeventStep
+from initpy.devtools.fake_files import FakeFiles
 from initpy.devtools.fake_network import FakeNetlink
 from initpy.runtime.kernel import DAEMON_NICE, Completed, Halted, Kernel, NetlinkSocket, ShellExit
 from initpy.runtime.processes import SignalHandler, signal_handlers
@@ -44,12 +46,9 @@ class HandedOff(Halted):
 
 CommandAnswer = Completed | Callable[[Sequence[str]], Completed]
 
-# Errors a disk gives in the middle of a write, after part of the data.
-WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG})
-
 
 @dataclass
-class FakeKernel(Kernel):
+class FakeKernel(FakeFiles):
     """A machine made of a folder and a script of answers."""
 
     root: str
@@ -72,8 +71,10 @@ class FakeKernel(Kernel):
     # of path where a disk would: ENOSPC, EDQUOT, EIO, EFBIG after part of the
     # data (write_atomic then holds a partial temporary file); EEXIST leaves a
     # stale temporary file at write_atomic's temporary path first; any other
-    # (EROFS, EACCES) when the file is created.
+    # (EROFS, EACCES) when the file is created. "rename", "chown": {path: errno}.
     failures: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Owners of guest paths, (uid, gid); any other is root's (fake_files.py).
+    owners: dict[str, tuple[int, int]] = field(default_factory=dict)
     # Commands: the first argv word -> answer (a Completed or a function).
     commands: dict[str, CommandAnswer] = field(default_factory=dict)
     # What each interactive shell does, in order; empty means "exit 0".
@@ -130,17 +131,6 @@ class FakeKernel(Kernel):
             with open(path, "w") as f:
                 f.write(text)
 
-    def path(self, path: str) -> str:
-        """The host path of a guest path."""
-        if not path.startswith("/"):
-            raise ValueError(f"fake kernel: guest paths are absolute, got {path!r}")
-        return os.path.join(self.root, path.lstrip("/"))
-
-    def _fail(self, call: str, key: str) -> None:
-        err = self.failures.get(call, {}).get(key)
-        if err is not None:
-            raise OSError(err, f"{call} {key}: {os.strerror(err)}")
-
     # -- time ---------------------------------------------------------------------
 
     def monotonic(self) -> float:
@@ -167,97 +157,6 @@ class FakeKernel(Kernel):
         return self.kernel_argv
 
     # -- files ---------------------------------------------------------------------
-
-    def exists(self, path: str) -> bool:
-        return path in self.block_devices or os.path.lexists(self.path(path))
-
-    def is_dir(self, path: str) -> bool:
-        return os.path.isdir(self.path(path))
-
-    def is_symlink(self, path: str) -> bool:
-        return os.path.islink(self.path(path))
-
-    def listdir(self, path: str) -> list[str]:
-        return sorted(os.listdir(self.path(path)))
-
-    def read_bytes(self, path: str, offset: int = 0, size: int = -1) -> bytes:
-        if path in self.block_devices:
-            image = self.block_devices[path]
-            return image[offset:] if size < 0 else image[offset : offset + size]
-        return super().read_bytes(self.path(path), offset, size)
-
-    def read_text(self, path: str) -> str:
-        return super().read_text(self.path(path))
-
-    def read_file(self, path: str, limit: int) -> bytes:
-        self.calls.append(("read_file", path, limit))
-        return super().read_file(self.path(path), limit)
-
-    def readlink(self, path: str) -> str:
-        return os.readlink(self.path(path))
-
-    def write_text(self, path: str, text: str, mode: int = 0o644) -> None:
-        fault = self.failures.get("write", {}).get(path)
-        if fault is not None and fault not in WRITE_ERRORS:
-            self._fail("write", path)
-        os.makedirs(os.path.dirname(self.path(path)), exist_ok=True)
-        with open(self.path(path), "w", encoding="utf-8") as f:
-            f.write(text[: len(text) // 2] if fault is not None else text)
-        if fault is not None:  # the disk filled up halfway
-            self._fail("write", path)
-        os.chmod(self.path(path), mode)
-
-    def write_atomic(self, path: str, data: bytes, mode: int = 0o644) -> None:
-        """The real seam's write_atomic in the fake root, with the scripted fault."""
-        self.calls.append(("write_atomic", path))
-        self._write_fault = self.failures.get("write", {}).get(path)
-        if self._write_fault == errno.EEXIST:
-            with open(self.path(path) + ".initpy-tmp", "wb") as f:
-                f.write(b"left by a power cut\n")
-        try:
-            super().write_atomic(self.path(path), data, mode)
-        finally:
-            self._write_fault = None
-
-    def _create_new(self, path: str, mode: int) -> int:
-        fault = self._write_fault
-        if fault is not None and fault not in WRITE_ERRORS and fault != errno.EEXIST:
-            raise OSError(fault, f"open {path}: {os.strerror(fault)}")
-        return super()._create_new(path, mode)
-
-    def _write_some(self, fd: int, data: memoryview) -> int:
-        fault = self._write_fault
-        if fault in WRITE_ERRORS:
-            if os.lseek(fd, 0, os.SEEK_CUR) > 0 or len(data) < 2:
-                raise OSError(fault, f"write: {os.strerror(fault)}")
-            return super()._write_some(fd, data[: len(data) // 2])
-        return super()._write_some(fd, data)
-
-    def append_text(self, path: str, text: str) -> None:
-        super().append_text(self.path(path), text)
-
-    def mkdir(self, path: str, mode: int = 0o755) -> None:
-        self._fail("mkdir", path)
-        os.makedirs(self.path(path), mode=mode, exist_ok=True)
-
-    def remove(self, path: str) -> None:
-        os.unlink(self.path(path))
-
-    def rename(self, src: str, dst: str) -> None:
-        os.rename(self.path(src), self.path(dst))
-
-    def symlink(self, target: str, path: str) -> None:
-        os.symlink(target, self.path(path))
-
-    def chmod(self, path: str, mode: int) -> None:
-        os.chmod(self.path(path), mode)
-
-    def chown(self, path: str, uid: int, gid: int) -> None:
-        self.calls.append(("chown", path, uid, gid))
-
-    def stat(self, path: str) -> os.stat_result:
-        return os.stat(self.path(path))
-
     # -- syscalls ------------------------------------------------------------------
 
     def mknod(self, path: str, mode: int, major: int, minor: int) -> None:

@@ -252,6 +252,34 @@ def seconds(minimum: float = 0.0, maximum: float = 86400.0) -> Callable[[str | N
     return parse_seconds
 
 
+# A duration's units, in seconds: `90`, `90s`, `15m`, `1h`, `1d`.
+DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(raw: str, minimum: float, maximum: float) -> float:
+    """Seconds from `90`, `90s`, `15m`, `1.5h` or `1d`, between the bounds (else BadValue)."""
+    number = raw.rstrip("smhd")
+    unit = raw[len(number) :]
+    try:
+        value = float(number) * DURATION_UNITS[unit] if number.strip() == number else None
+    except (ValueError, KeyError):
+        value = None
+    if value is None or not (minimum <= value <= maximum):
+        raise BadValue(
+            f"expected a duration from {spoken(minimum)} to {spoken(maximum)}, as 90s, 15m, "
+            f"1h or 1d, got {raw!r}"
+        )
+    return value
+
+
+def spoken(seconds: float) -> str:
+    """A duration for the console: `20 s`, `15 min`, `1.5 h`, `2 d`."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and (seconds % size == 0 or unit != "d"):
+            return f"{round(seconds / size, 2):g} {unit}"
+    return f"{round(seconds, 2):g} s"
+
+
 def absolute_path(raw: str | None) -> str:
     if raw is None or not raw.startswith("/") or "\0" in raw:
         raise BadValue(f"expected an absolute path, got {raw!r}")

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from initpy.runtime import cmdline, failed_boots, layout
+from initpy.runtime import cmdline, failed_boots, layout, state_folders
 from initpy.runtime.cmdline import BadValue, Parameter
-from initpy.runtime.failed_boots import FAILED_BOOTS, MAX_FAILED_BOOTS
+from initpy.runtime.failed_boots import FAILED_BOOTS, GUARD_RETRY, MAX_FAILED_BOOTS
 from initpy.runtime.handoff import EXEC, KMSG_RATELIMIT, PRINTK_DEVKMSG, clean_environment, handoff
 from initpy.runtime.hook import (
     CMDLINE,
@@ -67,6 +67,7 @@ CORE_PARAMETERS: tuple[Parameter[Any], ...] = (
     RESCUE_POLICY,
     RESCUE_TIMEOUT,
     MAX_FAILED_BOOTS,
+    GUARD_RETRY,
     DEBUG,
 )
 
@@ -233,7 +234,12 @@ class Boot:
         state = self.registry.states.get(name)
         if state is not None:
             self.ctx.reached.update(state.provides)
-            if Milestone.STATE in state.provides:  # failed until the hand-off
+            if Milestone.STATE in state.provides:
+                # Before anything on /state is read: the init's folders must be its own.
+                changed = state_folders.secure(self.kernel, self.report.warn)
+                if changed:
+                    self.report.extra["state_folders"] = changed
+                # Failed until the hand-off.
                 self.ctx.put(FAILED_BOOTS, failed_boots.count_this_boot(self.kernel, self.report))
         self.kernel.reap_orphans()
 

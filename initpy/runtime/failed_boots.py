@@ -8,11 +8,15 @@ rescue, a kernel panic, a hang or a power cut after /state was mounted is
 counted; one that fails before /state is mounted cannot be, since there is
 nowhere to keep the count (docs/manual.md says so).
 
-At a rescue the driver asks `guard`: once more than
+At a rescue the driver asks `decide`: once more than
 `initpy.max_failed_boots` boots in a row have failed, a rescue that would
 reboot stays in a shell on the console instead, with the history of those
 boots read from the reports kept on /state (report.py), so that a broken
-image cannot turn a fleet into a reboot storm.
+image cannot turn a fleet into a reboot storm. It does not stay for good:
+after `initpy.guard_retry` (1 h, doubling with each further failed boot
+up to 24 h) without input on the console, the host boots again, so that
+an image rolled back on the boot server reaches it without a person, and
+a LAN attacker who broke four boots in a row cannot keep it in rescue.
 
 Everything read here comes from /state, which the init does not trust
 (docs/security.md): the count file and the reports go through
@@ -25,12 +29,13 @@ from __future__ import annotations
 
 import json
 
-from initpy.runtime import layout
+from initpy.runtime import cmdline, layout
 from initpy.runtime.cmdline import BadValue, Parameter
 from initpy.runtime.hook import Fact
 from initpy.runtime.kernel import Kernel
 from initpy.runtime.record import frozen
 from initpy.runtime.report import KEEP_REPORTS, STATE_REPORT_DIR, Report, one_line
+from initpy.runtime.state_folders import own_folder
 
 COUNT_PATH = f"{layout.STATE_OWN_DIR}/failed_boots"
 # A count is a few digits; a report a few tens of kB (its modules list).
@@ -55,19 +60,63 @@ MAX_FAILED_BOOTS: Parameter[int] = Parameter(
     _max_failed_boots,
     DEFAULT_MAX_FAILED_BOOTS,
     "failed boots in a row after which a rescue stays in its shell instead of rebooting "
-    "(initpy.rescue=reboot, or an idle initpy.rescue_timeout); 0: never",
+    "(initpy.rescue=reboot, or an idle initpy.rescue_timeout) until initpy.guard_retry; "
+    "0: never",
     "initpy.max_failed_boots=5",
+)
+
+
+@frozen
+class RetryWaits:
+    """initpy.guard_retry: the first wait of a host the guard keeps, and the longest."""
+
+    first: float  # seconds
+    longest: float
+
+    def __str__(self) -> str:
+        """As the parameter is written: `1h,1d`."""
+        return f"{_written(self.first)},{_written(self.longest)}"
+
+
+def _written(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+DEFAULT_GUARD_RETRY = RetryWaits(3600.0, 86400.0)
+GUARD_RETRY_BOUNDS = (10.0, 30 * 86400.0)
+# More doublings than this reach any longest wait (2^40 s is 35,000 years).
+MAX_DOUBLINGS = 40
+
+
+def _guard_retry(raw: str | None) -> RetryWaits | None:
+    if raw == "off":
+        return None
+    first_text, comma, longest_text = (raw or "").partition(",")
+    first = cmdline.duration(first_text, *GUARD_RETRY_BOUNDS)
+    longest = cmdline.duration(longest_text, *GUARD_RETRY_BOUNDS) if comma else None
+    if longest is None:
+        longest = max(first, DEFAULT_GUARD_RETRY.longest)
+    if longest < first:
+        raise BadValue(f"the longest wait must not be shorter than the first, got {raw!r}")
+    return RetryWaits(first, longest)
+
+
+GUARD_RETRY: Parameter[RetryWaits | None] = Parameter(
+    "initpy.guard_retry",
+    _guard_retry,
+    DEFAULT_GUARD_RETRY,
+    "once the loop guard keeps a host in rescue: FIRST[,LONGEST] without input on the "
+    "console before it boots again, doubling with each further failed boot up to LONGEST "
+    "(default 24 h; units s, m, h, d); off: stay until someone leaves the shell",
+    "initpy.guard_retry=20m,6h",
 )
 # Failed boots in a row, this one included, once /state is mounted (None:
 # not mounted yet, or the count could not be kept): the engine sets it, the
 # hand-off resets the count, rescue decides by it.
 FAILED_BOOTS: Fact[int | None] = Fact("failed_boots")
-
-
-def _check_folder(kernel: Kernel) -> None:
-    """/state is not trusted: never write through a symlink planted there."""
-    if kernel.is_symlink(layout.STATE_OWN_DIR):
-        raise OSError(f"{layout.STATE_OWN_DIR} is a symlink, not a folder")
 
 
 def read_count(kernel: Kernel, report: Report) -> int:
@@ -85,9 +134,9 @@ def read_count(kernel: Kernel, report: Report) -> int:
     return int(text)
 
 
-def _write(kernel: Kernel, count: int) -> None:
-    _check_folder(kernel)
-    kernel.mkdir(layout.STATE_OWN_DIR, 0o700)
+def _write(kernel: Kernel, report: Report, count: int) -> None:
+    # Never through a symlink, nor into a folder someone else could write.
+    own_folder(kernel, layout.STATE_OWN_DIR, report.warn)
     kernel.write_atomic(COUNT_PATH, f"{count}\n".encode(), 0o600)
 
 
@@ -97,9 +146,10 @@ def count_this_boot(kernel: Kernel, report: Report) -> int | None:
     Returns the count, this boot included, or None when it cannot be kept
     (a warning: the guard then cannot act in this boot).
     """
-    count = read_count(kernel, report) + 1
     try:
-        _write(kernel, count)
+        own_folder(kernel, layout.STATE_OWN_DIR, report.warn)  # nor read from one
+        count = read_count(kernel, report) + 1
+        _write(kernel, report, count)
     except OSError as exc:
         report.warn(f"failed boots: cannot keep the count in {COUNT_PATH}: {exc}")
         return None
@@ -111,7 +161,7 @@ def reset(kernel: Kernel, report: Report) -> None:
     """This boot reaches the hand-off: no failed boot in a row any more."""
     report.extra["failed_boots"] = 0
     try:
-        _write(kernel, 0)
+        _write(kernel, report, 0)
     except OSError as exc:
         report.warn(f"failed boots: cannot reset {COUNT_PATH}: {exc}")
 
@@ -120,7 +170,7 @@ def restore(kernel: Kernel, report: Report, count: int) -> None:
     """The hand-off's exec failed after `reset`: this boot failed after all."""
     report.extra["failed_boots"] = count
     try:
-        _write(kernel, count)
+        _write(kernel, report, count)
     except OSError:
         pass  # the rescue that follows says nothing new about /state
 
@@ -131,16 +181,23 @@ class Guard:
 
     count: int | None  # failed boots in a row, this one included; None: not kept
     limit: int
-    stays: bool  # more than `limit` in a row: the rescue does not reboot
+    stays: bool  # more than `limit` in a row: the rescue does not reboot at once
+    # Seconds without console input before a host that stays boots again;
+    # None: it stays until someone leaves the shell (initpy.guard_retry=off).
+    retry_after: float | None = None
 
-    @property
-    def counted(self) -> bool:
-        return self.count is not None
 
+def decide(count: int | None, limit: int, retry: RetryWaits | None = DEFAULT_GUARD_RETRY) -> Guard:
+    """Stay once `limit` boots in a row have failed before this one (0: never).
 
-def decide(count: int | None, limit: int) -> Guard:
-    """Stay once `limit` boots in a row have failed before this one (0: never)."""
-    return Guard(count, limit, count is not None and limit > 0 and count > limit)
+    The first boot that stays waits `retry`'s first duration, each further
+    failed boot in a row twice as long as the one before, up to its longest.
+    """
+    stays = count is not None and limit > 0 and count > limit
+    if not stays or count is None or retry is None:
+        return Guard(count, limit, stays)
+    doublings = min(count - limit - 1, MAX_DOUBLINGS)
+    return Guard(count, limit, stays, min(retry.first * 2**doublings, retry.longest))
 
 
 def history(kernel: Kernel, report: Report, count: int) -> list[str]:

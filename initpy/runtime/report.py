@@ -22,6 +22,7 @@ from initpy.runtime.escape import one_line as one_line
 from initpy.runtime.escape import printable as printable
 from initpy.runtime.kernel import Kernel
 from initpy.runtime.record import as_dict, field, mutable
+from initpy.runtime.state_folders import own_folder
 
 REPORT_DIR = layout.RUN_DIR
 REPORT_PATH = layout.REPORT
@@ -119,10 +120,7 @@ class Report:
         """Keep report.json.0 (this boot) .. report.json.9 (nine boots ago) on /state."""
         try:
             k = self.kernel
-            for folder in (layout.STATE_OWN_DIR, STATE_REPORT_DIR):
-                if k.is_symlink(folder):  # /state is not trusted: never write through one
-                    raise OSError(f"{folder} is a symlink, not a folder")
-            k.mkdir(STATE_REPORT_DIR)
+            own_folder(k, STATE_REPORT_DIR, self.warn)  # /state is not trusted: root's only
             for i in range(KEEP_REPORTS - 1, 0, -1):
                 older = f"{STATE_REPORT_DIR}/report.json.{i - 1}"
                 if not self.rotated and k.exists(older):

@@ -3,7 +3,9 @@
 A failed state, a broken hook or a stray exception ends here. `rescue`
 tells the operator the reason and the fix (`initpy: rescue:` lines), keeps
 the report, lets the hooks say their word, and by `initpy.rescue` and the
-loop guard (failed_boots.py) offers a shell, reboots or powers off. `halt`
+loop guard (failed_boots.py) offers a shell, reboots or powers off; a host
+the guard keeps in rescue boots again once its console has been idle for
+the guard's growing wait. `halt`
 retries forever: PID 1 never returns. `ctrl_alt_del` is the same clean
 reboot for the kernel's SIGINT.
 """
@@ -15,8 +17,8 @@ from enum import StrEnum
 from typing import NoReturn
 
 from initpy.runtime import cmdline, failed_boots
-from initpy.runtime.cmdline import Parameter
-from initpy.runtime.failed_boots import FAILED_BOOTS, MAX_FAILED_BOOTS
+from initpy.runtime.cmdline import Parameter, spoken
+from initpy.runtime.failed_boots import FAILED_BOOTS, GUARD_RETRY, MAX_FAILED_BOOTS
 from initpy.runtime.handoff import clean_environment
 from initpy.runtime.hook import RESCUE, BootContext
 from initpy.runtime.kernel import Halted, Kernel
@@ -86,14 +88,19 @@ def rescue(
     guard = failed_boots.decide(None, 0)
     if ctx is not None:
         try:
-            guard = failed_boots.decide(ctx.get(FAILED_BOOTS, None), ctx.value(MAX_FAILED_BOOTS))
+            guard = failed_boots.decide(
+                ctx.get(FAILED_BOOTS, None), ctx.value(MAX_FAILED_BOOTS), ctx.value(GUARD_RETRY)
+            )
         except Exception:  # a broken config: no guard, the policy stands
             pass
     # The guard stops a reboot, not a power-off: a host switched off does not loop.
     stays = guard.stays and policy != RescuePolicy.POWEROFF
     left = guarded(lambda: _offer_rescue(kernel, report, ctx, reason, fix, exc, policy, guard))
     if stays and isinstance(left, _NoShell):
-        halt(kernel, report, RescuePolicy.POWEROFF)  # no shell to stay in: stop, do not loop
+        if guard.retry_after is None:
+            halt(kernel, report, RescuePolicy.POWEROFF)  # no shell to stay in: stop, do not loop
+        # No shell to wait in: the guard's wait without one, then the retry.
+        guarded(lambda: kernel.sleep(guard.retry_after or 0))
     halt(kernel, report, RescuePolicy.REBOOT if policy == RescuePolicy.SHELL or stays else policy)
 
 
@@ -114,7 +121,10 @@ def _offer_rescue(
     """The rescue's lines, its report, the hooks' word and, by policy, its shell.
 
     The shell runs until it is left; with the loop guard tripped, whatever
-    the policy but poweroff, and with no idle timeout.
+    the policy but poweroff, and until the console has been idle for the
+    guard's wait (`Guard.retry_after`) instead of `initpy.rescue_timeout`:
+    each key pressed restarts the wait, so the retry never cuts off someone
+    typing.
     """
     report.outcome = Outcome.RESCUE
     report.reason = reason
@@ -142,7 +152,7 @@ def _offer_rescue(
     if policy != RescuePolicy.SHELL and not stays:
         return
     if stays:
-        timeout = None  # an idle reboot would be the loop the guard stops
+        timeout = guard.retry_after  # the guard's wait, not the operator's idle timeout
     report.say(
         f"{RESCUE}: starting /bin/sh on the console; the report is /run/initpy/report.json;"
         " leave the shell (exit or Ctrl-D) to reboot"
@@ -158,7 +168,12 @@ def _offer_rescue(
         report.say(f"{RESCUE}: cannot start /bin/sh ({shell_error}); rebooting in 30 s")
         kernel.sleep(30)
         return
-    if result.idle_timeout:
+    if result.idle_timeout and stays:
+        report.say(
+            f"{RESCUE}: no input on the console for {spoken(timeout or 0)}: retrying the boot "
+            "(initpy.guard_retry)"
+        )
+    elif result.idle_timeout:
         report.say(f"{RESCUE}: the shell was idle for {timeout:g} s; rebooting")
     else:
         report.say(f"{RESCUE}: shell left with status {result.status}; rebooting")
@@ -203,6 +218,26 @@ def _tell_failed_boots(
         f"{RESCUE}: fix the image or the host, then leave the shell to reboot; the count "
         f"goes back to 0 at the next hand-off (rm {failed_boots.COUNT_PATH} gives "
         f"{guard.limit} more reboots)"
+    )
+    _tell_retry(kernel, report, guard)
+
+
+def _tell_retry(kernel: Kernel, report: Report, guard: failed_boots.Guard) -> None:
+    """When the host that stays boots again: on the console and in the report."""
+    if guard.retry_after is None:
+        report.extra["guard_retry_s"] = None
+        report.say(
+            f"{RESCUE}: the host stays until someone leaves the shell (initpy.guard_retry=off)"
+        )
+        return
+    wait = guard.retry_after
+    at = kernel.uptime() + wait
+    report.extra["guard_retry_s"] = wait
+    report.extra["guard_retry_at_uptime_s"] = round(at)
+    report.say(
+        f"{RESCUE}: the boot is retried after {spoken(wait)} without input on the console "
+        f"(at uptime {at:.0f} s if nobody types; each key pressed restarts the wait), "
+        "twice as long after each further failed boot (initpy.guard_retry)"
     )
 
 

@@ -38,6 +38,7 @@ def next_boot(k: FakeKernel) -> FakeKernel:
     make_executable(second, "/sbin/init")
     second.commands["ssh-keygen"] = fake_ssh_keygen(second)
     second.block_devices = k.block_devices
+    second.owners = {p: o for p, o in k.owners.items() if p.split("/")[1] == "state"}
     with open(second.path("/proc/self/mounts"), "w") as f:
         f.write("rootfs / rootfs rw 0 0\n")
     return second

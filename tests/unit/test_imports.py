@@ -31,6 +31,7 @@ LEAVES = frozenset(
     f"initpy.runtime.{name}"
     for name in (
         "kernel",
+        "files",
         "processes",
         "sockets",
         "record",

@@ -15,8 +15,9 @@ import os
 import pytest
 
 from initpy.devtools.fake import FakeKernel, HandedOff, Rebooted
+from initpy.runtime import cmdline
 from initpy.runtime.driver import Boot
-from initpy.runtime.failed_boots import COUNT_PATH
+from initpy.runtime.failed_boots import COUNT_PATH, GUARD_RETRY, RetryWaits, decide
 from initpy.runtime.hook import BootContext, BootFailure, Hook, Milestone, State, build_registry
 from initpy.runtime.kernel import Halted, ShellExit
 from tests.unit.conftest import make_executable, read_report
@@ -95,7 +96,7 @@ def test_the_fourth_failed_boot_in_a_row_stays_in_rescue_and_says_why(tmp_path: 
         assert isinstance(ended, Rebooted) and kernel.syscalls("shell") == []
     ended, kernel = boot_once(root, "initpy.rescue=reboot", 4, shells=[ShellExit(0)])
     (shell,) = kernel.syscalls("shell")
-    assert shell[2] is None  # no idle timeout: an idle reboot would be the loop
+    assert shell[2] == 3600.0  # the guard's first wait (initpy.guard_retry's default)
     text = console(kernel)
     assert (
         "initpy: rescue: 4 boots in a row have failed (more than initpy.max_failed_boots=3): "
@@ -116,7 +117,9 @@ def test_the_fourth_failed_boot_in_a_row_stays_in_rescue_and_says_why(tmp_path: 
     assert len(report["failed_boots_history"]) == 4  # type: ignore[arg-type]
 
 
-def test_the_guard_ignores_the_idle_timeout_once_it_trips(tmp_path: object) -> None:
+def test_the_guard_replaces_the_idle_timeout_with_its_own_wait_once_it_trips(
+    tmp_path: object,
+) -> None:
     root = str(tmp_path)
     idle = "initpy.rescue_timeout=60"
     for number in (1, 2, 3):
@@ -125,8 +128,88 @@ def test_the_guard_ignores_the_idle_timeout_once_it_trips(tmp_path: object) -> N
         assert shell[2] == 60.0 and isinstance(ended, Rebooted)
     ended, kernel = boot_once(root, idle, 4)
     (shell,) = kernel.syscalls("shell")
-    assert shell[2] is None
+    assert shell[2] == 3600.0
     assert "staying in rescue instead of rebooting when idle" in console(kernel)
+
+
+@pytest.mark.parametrize(
+    ("retry", "waits"),
+    [
+        # The default: 1 h, doubling with each further failed boot, up to 24 h.
+        (None, [3600, 7200, 14400, 28800, 57600, 86400, 86400]),
+        ("initpy.guard_retry=20s", [20, 40, 80, 160, 320, 640, 1280]),
+        ("initpy.guard_retry=15m,1h", [900, 1800, 3600, 3600, 3600, 3600, 3600]),
+        ("initpy.guard_retry=2d", [172800] * 7),  # above 24 h: the first is the longest
+    ],
+)
+def test_the_wait_doubles_with_each_further_failed_boot_up_to_the_longest(
+    retry: str | None, waits: list[int]
+) -> None:
+    config = cmdline.parse(retry or "", [GUARD_RETRY])
+    assert config.problems == ()
+    limit = 3
+    got = [decide(count, limit, config.value(GUARD_RETRY)) for count in range(1, limit + 8)]
+    assert [g.stays for g in got] == [False] * limit + [True] * 7
+    assert [g.retry_after for g in got[:limit]] == [None] * limit
+    assert [g.retry_after for g in got[limit:]] == waits
+    # A count far past the limit (a planted one, or years of failures) stays bounded.
+    given = config.value(GUARD_RETRY)
+    assert given is not None and decide(10**9, limit, given).retry_after == given.longest
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        ("initpy.guard_retry=5s", "expected a duration from 10 s to 30 d"),
+        ("initpy.guard_retry=1h,10m", "the longest wait must not be shorter than the first"),
+        ("initpy.guard_retry=1w", "as 90s, 15m, 1h or 1d, got '1w'"),
+        ("initpy.guard_retry", "got ''"),
+        ("initpy.guard_retry=1h,", "got ''"),
+    ],
+)
+def test_a_bad_retry_is_a_warning_and_the_default_stands(raw: str, problem: str) -> None:
+    config = cmdline.parse(raw, [GUARD_RETRY])
+    (line,) = config.problems
+    assert line.startswith("initpy.guard_retry: ") and problem in line, line
+    assert config.value(GUARD_RETRY) == RetryWaits(3600.0, 86400.0)
+    assert str(config.value(GUARD_RETRY)) == "1h,1d"
+
+
+def test_a_host_that_stays_boots_again_after_the_idle_wait_and_says_when(
+    tmp_path: object,
+) -> None:
+    root = str(tmp_path)
+    line = "initpy.rescue=reboot initpy.max_failed_boots=1 initpy.guard_retry=20s,1m"
+    boot_once(root, line, 1)
+    for number, wait, spoken in ((2, 20.0, "20 s"), (3, 40.0, "40 s"), (4, 60.0, "1 min")):
+        ended, kernel = boot_once(root, line, number, shells=[ShellExit(-9, idle_timeout=True)])
+        (shell,) = kernel.syscalls("shell")
+        assert shell[2] == wait  # the shell's idle timeout: a key pressed restarts it
+        assert isinstance(ended, Rebooted) and ended.how == "reboot"  # the retry
+        text = console(kernel)
+        assert f"the boot is retried after {spoken} without input on the console" in text
+        assert "each key pressed restarts the wait" in text
+        assert f"no input on the console for {spoken}: retrying the boot" in text
+        report = read_report(kernel)
+        assert report["guard_retry_s"] == wait
+        at = report["guard_retry_at_uptime_s"]
+        assert isinstance(at, int) and at >= wait
+    # A boot that reaches the hand-off resets the count: the next failure reboots at once.
+    assert isinstance(boot_once(root, line, 5, fail=False)[0], HandedOff)
+    assert count(root) == "0\n"
+    ended, kernel = boot_once(root, line, 6)
+    assert kernel.syscalls("shell") == [] and count(root) == "1\n"
+
+
+def test_with_the_retry_off_the_host_stays_until_the_shell_is_left(tmp_path: object) -> None:
+    root = str(tmp_path)
+    line = "initpy.rescue=reboot initpy.max_failed_boots=1 initpy.guard_retry=off"
+    boot_once(root, line, 1)
+    ended, kernel = boot_once(root, line, 2)
+    (shell,) = kernel.syscalls("shell")
+    assert shell[2] is None
+    assert "stays until someone leaves the shell (initpy.guard_retry=off)" in console(kernel)
+    assert read_report(kernel)["guard_retry_s"] is None
 
 
 def test_a_host_that_stays_keeps_staying_until_a_boot_reaches_the_handoff(
@@ -205,8 +288,10 @@ def test_a_symlinked_state_folder_is_never_written_through(tmp_path: object) -> 
     os.symlink("/elsewhere", os.path.join(root, "state/initpy"))
     ended, kernel = boot_once(root, "initpy.rescue=reboot", 1)
     assert os.listdir(os.path.join(root, "elsewhere")) == []
-    assert "cannot keep the count" in console(kernel)
-    assert "this failed boot is not counted" in console(kernel)
+    # Moved aside (the link kept as it was), and the count kept in a fresh folder.
+    assert os.readlink(os.path.join(root, "state/initpy.untrusted-1")) == "/elsewhere"
+    assert count(root) == "1\n"
+    assert "failed boots in a row: 1" in console(kernel)
 
 
 def test_boots_without_a_report_show_as_such_in_the_history(tmp_path: object) -> None:
@@ -239,12 +324,21 @@ def test_a_kept_report_is_read_as_untrusted_text(tmp_path: object) -> None:
     assert not any(line.startswith("initpy: fake") for line in kernel.console_lines)
 
 
-def test_staying_without_a_shell_powers_off_rather_than_reboots(tmp_path: object) -> None:
+def test_staying_without_a_shell_waits_the_retry_then_reboots(tmp_path: object) -> None:
     root = str(tmp_path)
     for number in (1, 2, 3):
         boot_once(root, "initpy.rescue=reboot", number)
     ended, kernel = boot_once(
         root, "initpy.rescue=reboot", 4, failures={"shell": {"/bin/sh": errno.ENOENT}}
     )
-    assert isinstance(ended, Rebooted) and ended.how == "poweroff"
+    assert isinstance(ended, Rebooted) and ended.how == "reboot"
+    assert ("sleep", 3600.0) in kernel.calls
     assert "cannot start /bin/sh" in console(kernel)
+
+
+def test_staying_without_a_shell_and_no_retry_powers_off(tmp_path: object) -> None:
+    root = str(tmp_path)
+    line = "initpy.rescue=reboot initpy.max_failed_boots=1 initpy.guard_retry=off"
+    boot_once(root, line, 1)
+    ended, kernel = boot_once(root, line, 2, failures={"shell": {"/bin/sh": errno.ENOENT}})
+    assert isinstance(ended, Rebooted) and ended.how == "poweroff"

@@ -63,10 +63,10 @@ def test_state_initpy_a_regular_file_is_a_warning_not_a_bug(k: FakeKernel) -> No
     with open(k.path("/state/initpy"), "w") as f:
         f.write("someone's file\n")
     assert_handed_off_with_host_keys(k)
-    assert any(w.startswith("restore_state: random seed:") for w in warnings(k))
-    assert any("host keys cannot be kept on /state" in w for w in warnings(k))
-    assert open(k.path("/state/initpy")).read() == "someone's file\n"
-    assert "generated, NOT saved on /state ed25519, ecdsa, rsa" in "\n".join(k.console_lines)
+    # Moved aside whole (state_folders.py); the keys are saved in a fresh folder.
+    assert any("/state/initpy was not a folder: moved to" in w for w in warnings(k))
+    assert open(k.path("/state/initpy.untrusted-1")).read() == "someone's file\n"
+    assert "generated and saved ed25519, ecdsa, rsa" in "\n".join(k.console_lines)
 
 
 def test_a_read_only_state_is_a_warning_and_sshd_still_gets_keys(k: FakeKernel) -> None:
@@ -87,7 +87,8 @@ def test_a_state_folder_that_is_a_symlink_is_not_written_through(
     os.symlink(elsewhere, k.path("/state/initpy"))
     assert_handed_off_with_host_keys(k)
     assert os.listdir(elsewhere) == []
-    assert any("is a symlink to" in w for w in warnings(k))
+    assert any("/state/initpy was a symlink to" in w for w in warnings(k))
+    assert os.readlink(k.path("/state/initpy.untrusted-1")) == elsewhere
 
 
 def test_a_full_state_keeps_the_old_seed_and_no_temporary_file(k: FakeKernel) -> None:
@@ -134,9 +135,10 @@ def test_a_symlinked_seed_is_not_followed(k: FakeKernel, tmp_path: os.PathLike[s
     os.symlink(secret, k.path(SEED))
     assert_handed_off_with_host_keys(k)
     assert k.syscalls("feed_urandom") == []
-    assert any(f"cannot feed {SEED}" in w for w in warnings(k))
+    assert any(f"{SEED} was a symlink" in w for w in warnings(k))
     assert open(secret, "rb").read() == b"not for the kernel's pool\n"
-    assert not os.path.islink(k.path(SEED))  # replaced by a fresh seed, the target untouched
+    assert os.readlink(k.path(f"{SEED}.untrusted-1")) == secret  # moved aside, never followed
+    assert not os.path.islink(k.path(SEED))  # a fresh seed, the target untouched
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ for root's key.
 
 from __future__ import annotations
 
-from initpy.runtime.osimage import OS_PROGRAMS, OsFile, OsPackage
+from initpy.runtime.osimage import MAIL_NEEDS, OS_PROGRAMS, OsFile, OsPackage, sandbox
 
 POSTFIX_MAIN = "/etc/postfix/main.cf"
 POSTFIX_ADMIN_MAP = "/etc/postfix/admin"
@@ -61,7 +61,11 @@ Wants=postfix.service
 [Service]
 Type=oneshot
 ExecStart={BOOT_MAIL}
-
+# As root with no capability: postfix's sendmail drops the message as group
+# postdrop (its setgid is off under NoNewPrivileges).
+PrivateNetwork=yes
+IPAddressDeny=any
+{sandbox(MAIL_NEEDS)}
 [Install]
 WantedBy=multi-user.target
 """
@@ -126,7 +130,10 @@ Type=simple
 StandardOutput=tty
 TTYPath=/dev/console
 ExecStart={READY}
-
+# It asks systemd (its private socket, as root) and writes the console.
+PrivateNetwork=yes
+IPAddressDeny=any
+{sandbox({"PrivateDevices": None})}
 [Install]
 WantedBy=multi-user.target
 """

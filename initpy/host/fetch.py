@@ -31,6 +31,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import BinaryIO
 
 # A build id file is 65 bytes (64 hex digits and a newline); anything much
@@ -60,8 +61,16 @@ class NotFound(FetchError):
 class _Sink:
     """Where a transfer's bytes go: counted against a limit and a deadline, hashed."""
 
-    def __init__(self, out: BinaryIO, limit: int, what: str, deadline: float) -> None:
+    def __init__(
+        self,
+        out: BinaryIO,
+        limit: int,
+        what: str,
+        deadline: float,
+        progress: Callable[[], None] | None = None,
+    ) -> None:
         self.out, self.limit, self.what, self.deadline = out, limit, what, deadline
+        self.progress = progress
         self.received = 0
         self.sha256 = hashlib.sha256()
 
@@ -72,6 +81,8 @@ class _Sink:
         if time.monotonic() > self.deadline:
             raise FetchError(f"not done within the deadline ({self.received} bytes so far)")
         self.sha256.update(data)
+        if self.progress is not None:
+            self.progress()
         return self.out.write(data)
 
 
@@ -83,17 +94,29 @@ def fetch(url: str, timeout: float, limit: int = ANSWER_LIMIT) -> bytes:
     return body.getvalue()
 
 
-def fetch_to_file(url: str, path: str, limit: int, timeout: float, deadline: float) -> str:
+def fetch_to_file(
+    url: str,
+    path: str,
+    limit: int,
+    timeout: float,
+    deadline: float,
+    progress: Callable[[], None] | None = None,
+) -> str:
     """Stream `url` into a new file at `path`; its sha256 (hex), or FetchError.
 
     `timeout` bounds each wait for the server, `deadline` (seconds) the
     whole transfer; more than `limit` bytes stops it. On any failure the
-    partial file is removed.
+    partial file is removed. `progress` is called for every chunk that
+    arrives (the monitor's watchdog pings from it).
     """
     try:
         with open(path, "xb") as out:
             sink = _Sink(
-                out, limit, f"larger than the {limit}-byte cap", time.monotonic() + deadline
+                out,
+                limit,
+                f"larger than the {limit}-byte cap",
+                time.monotonic() + deadline,
+                progress,
             )
             _transfer(url, sink, timeout)
     except FetchError:

@@ -48,6 +48,9 @@ append_dot_mydomain = no
 readme_directory = no
 """
 
+BOOT_MAIL_SANDBOX = sandbox(
+    {**MAIL_NEEDS, "SystemCallFilter": ("@system-service", "~@privileged @resources", "@setuid")}
+)
 BOOT_MAIL_SERVICE = f"""\
 # Shipped by initpy (hooks/services/os_files.py).
 [Unit]
@@ -62,10 +65,11 @@ Wants=postfix.service
 Type=oneshot
 ExecStart={BOOT_MAIL}
 # As root with no capability: postfix's sendmail drops the message as group
-# postdrop (its setgid is off under NoNewPrivileges).
+# postdrop (its setgid is off under NoNewPrivileges). bsd-mailx calls
+# setuid() (to root, which it is): @setuid back from @privileged.
 PrivateNetwork=yes
 IPAddressDeny=any
-{sandbox(MAIL_NEEDS)}
+{BOOT_MAIL_SANDBOX}
 [Install]
 WantedBy=multi-user.target
 """

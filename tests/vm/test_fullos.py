@@ -9,13 +9,14 @@ boot 1  (1) multi-user.target, systemd PID 1, no failed unit, sshd,
             to buildos.admin_email;
         (4) a namespace on br1 gets a lease, reaches the sink through the
             NAT and fetches a file from /build/tftp over TFTP;
-        (5) the monitor, SIGSTOPped by its own uid, is killed and restarted
+        (5) the monitor's unit, sandboxed, mails through postfix;
+        (6) the monitor, SIGSTOPped by its own uid, is killed and restarted
             by systemd's watchdog (WatchdogSec= 20 s by a runtime drop-in);
-        (6) as the monitor's uid, the reboot request made a symlink to
+        (7) as the monitor's uid, the reboot request made a symlink to
             /etc/shadow: the host reboots, no shadow line reaches the
             journal (forwarded to the console), the renewer's scope stops
             in order;
-boot 2  (6) the same state disk: sshd presents the same host keys; the
+boot 2  (7) the same state disk: sshd presents the same host keys; the
             request made a FIFO: the host reboots again.
 
 The OS tree comes from scripts/mkrootfs (cached), packed by mkinitrd at
@@ -175,7 +176,35 @@ def test_4_a_namespace_on_br1_gets_a_lease_nat_and_tftp(host1: Host) -> None:
     assert tftp.strip() == token
 
 
-def test_5_a_stopped_monitor_is_killed_and_restarted_by_systemds_watchdog(host1: Host) -> None:
+def test_5_the_monitors_sandbox_still_mails_through_postfix(host1: Host) -> None:
+    """NoNewPrivileges turns off the setgid of postfix's sendmail and postqueue:
+    the monitor's unit joins group postdrop instead. Its own unit file, with
+    only the command changed, mails the admin."""
+    token = f"sandbox-mail-{secrets.token_hex(4)}"
+    script = f"""
+set -e
+cat > /run/mailcheck.py <<'EOS'
+import sys
+from initpy.host import mail
+mail.sendmail(mail.message("initpy-monitor", "root", sys.argv[1], "from the monitor's sandbox"))
+EOS
+chmod 644 /run/mailcheck.py
+sed -e 's|^ExecStart=.*|ExecStart=/usr/bin/python3 -s -B -P /run/mailcheck.py {token}|' \\
+    -e 's/^Type=notify/Type=oneshot/' -e '/^Restart/d' -e '/^RuntimeDirectory/d' \\
+    -e '/^WatchdogSec/d' -e '/^\\[Install\\]/,$d' \\
+    /etc/systemd/system/initpy-monitor.service > /run/systemd/system/initpy-mailcheck.service
+systemctl daemon-reload
+systemctl start initpy-mailcheck || true
+systemctl show -P Result initpy-mailcheck
+journalctl -b --no-pager -o cat -u initpy-mailcheck | tail -n 20
+"""
+    out = host1.ssh.run("sh -s", stdin=script).stdout
+    assert out.startswith("success\n"), out
+    sent = wait_for_mail(host1.mail, token)
+    assert sent["X-Sink-Rcpt-To"] == f"<{ADMIN}>", sent.as_string()[:2000]
+
+
+def test_6_a_stopped_monitor_is_killed_and_restarted_by_systemds_watchdog(host1: Host) -> None:
     """Issue 19: an agent with the monitor's uid could SIGSTOP it, and nothing
     noticed. The shipped WatchdogSec= is 300 s; a runtime drop-in makes it
     20 s here, so the test takes a minute, not ten."""
@@ -218,7 +247,7 @@ systemctl show -P MainPID initpy-monitor
     assert re.search(rf"Killing process {first} \(python3\) with signal SIGABRT", journal), out
 
 
-def test_6_the_monitors_user_cannot_make_the_reboot_read_or_block_and_it_is_orderly(
+def test_7_the_monitors_user_cannot_make_the_reboot_read_or_block_and_it_is_orderly(
     host1: Host, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """Issue 19: as the monitor's uid, a request that is a symlink to /etc/shadow

@@ -111,7 +111,7 @@ AGENT: Parameter[str | None] = Parameter(
 
 # The longest the monitor's loop goes without a WATCHDOG=1: a poll's two
 # fetches (15 s each), a mail (60 s) and its queue's flush (60 s); a new
-# toolchain's files ping as they arrive (initpy.host.monitor_watchdog).
+# toolchain's files ping as they arrive (initpy.host.systemd.Watchdog).
 # Twice that, so a slow host is not taken for a hung one.
 WATCHDOG_SEC = 300
 # Its sandbox (docs/security.md): the network for its fetches, group

@@ -16,7 +16,7 @@ import argparse
 import collections
 import random
 
-from initpy.host import monitor, settings
+from initpy.host import monitor, monitor_records, settings
 
 DAY = 86400
 BUILDID_BYTES = 65  # 64 hex digits and a newline
@@ -45,7 +45,7 @@ def main() -> None:
         host = monitor.Monitor(
             settings.Settings("file:///x", None, args.interval),
             "0" * 64,
-            monitor.Dependencies(rng=random.Random(seed), clock=lambda: 0.0),
+            monitor_records.Dependencies(rng=random.Random(seed), clock=lambda: 0.0),
         )
         t = host.first_wait()
         times = []

@@ -19,7 +19,7 @@ from initpy.runtime import etc, layout
 from initpy.runtime.cmdline import BadValue, Parameter, choice
 from initpy.runtime.hook import BootContext, BootFailure, Fact, Hook, Milestone, State
 from initpy.runtime.kernel import MS_NODEV, MS_NOSUID
-from initpy.runtime.osimage import OsFile, OsPackage
+from initpy.runtime.osimage import NETWORK_FAMILIES, OsFile, OsPackage, sandbox
 
 BUILD_USER = "build"
 BUILD_UID = 1100
@@ -60,6 +60,17 @@ pid-file=
 enable-tftp
 tftp-root={TFTP_MOUNT}
 """
+# dnsmasq starts as root: it binds port 69 (and again as br0's addresses
+# come and go, bind-dynamic), then becomes `dnsmasq`; it reads /build/tftp
+# and writes nothing.
+TFTP_LAN_SANDBOX = sandbox(
+    {
+        "CapabilityBoundingSet": "CAP_NET_BIND_SERVICE CAP_SETUID CAP_SETGID",
+        "RestrictAddressFamilies": NETWORK_FAMILIES,
+        "SystemCallFilter": ("@system-service", "~@resources"),
+        "ProcSubset": "pid",
+    }
+)
 TFTP_LAN_SERVICE = f"""\
 # Shipped by initpy (hooks/buildhost.py).
 [Unit]
@@ -70,7 +81,7 @@ After=network.target
 [Service]
 ExecStart=/usr/sbin/dnsmasq --keep-in-foreground --conf-file={TFTP_LAN_CONF}
 Restart=on-failure
-
+{TFTP_LAN_SANDBOX}
 [Install]
 WantedBy=multi-user.target
 """

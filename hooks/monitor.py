@@ -4,10 +4,15 @@ Its units come with the hook (`os_files`), which mkinitrd --rootfs writes
 into the OS with the other hooks' (initpy.builder.rootfs), and it needs
 python3 there (`os_packages`, checked at build time):
 - `initpy-monitor.service` (Type=notify, User=initpy-monitor,
-  Restart=always), enabled in multi-user.target;
+  Restart=always, a systemd watchdog), enabled in multi-user.target;
 - `initpy-reboot.path` and `initpy-reboot.service`, root's half of a
   reboot: the monitor, unprivileged, drops a request file and systemd runs
-  `systemctl reboot` (initpy/host/systemd.py says why).
+  `systemctl reboot` (initpy/host/systemd.py says why). Root reads
+  nothing there, and the start has a timeout, so nothing the monitor's
+  user puts in its folder can make root read a file or block the reboot.
+
+Every service runs in the sandbox of initpy.runtime.osimage (`sandbox`),
+less what its job needs; docs/security.md lists their scores.
 
 One state, `monitor`, when the hand-off goes to systemd: the
 `initpy-monitor` user, and `/etc/initpy/monitor.env` with
@@ -18,7 +23,7 @@ The monitor has a uid of its own so that the agent (bbot-agent.service of
 hooks/toolchain.py, as `build`) can neither signal it nor write what it
 reads. An operator's own agent (`initpy.monitor.agent`) is the monitor's
 child and must run as `build`: then a drop-in runs the monitor as `build`,
-as before the split.
+as before the split, in the agent's sandbox.
 
 The monitor itself (initpy/host and the runtime modules it imports,
 HOST_RUNTIME) is not frozen: `files` copies its .py files
@@ -39,7 +44,15 @@ from initpy.runtime import cmdline, etc, layout
 from initpy.runtime.cmdline import BadValue, Parameter
 from initpy.runtime.handoff import handoff_to_systemd
 from initpy.runtime.hook import BootContext, Hook, State
-from initpy.runtime.osimage import OsFile, OsPackage
+from initpy.runtime.osimage import (
+    AGENT_NEEDS,
+    MAIL_NEEDS,
+    NETWORK_FAMILIES,
+    OsFile,
+    OsPackage,
+    sandbox,
+    service_lines,
+)
 
 UNIT_DIR = "/etc/systemd/system"
 MONITOR_UNIT = "initpy-monitor.service"
@@ -55,14 +68,16 @@ BUILD_USER = "build"
 BUILD_HOME = "/build"
 # With initpy.monitor.agent: the monitor, and so its child, runs as build.
 AGENT_DROPIN = f"{UNIT_DIR}/{MONITOR_UNIT}.d/initpy-agent.conf"
+# Its sandbox is then the agent's (bbot-agent.service's): QEMU, /dev/kvm, /build.
 AGENT_DROPIN_TEXT = f"""\
 # Written by initpy at boot (hooks/monitor.py): initpy.monitor.agent is
-# set, and the agent, the monitor's child, runs as {BUILD_USER}.
+# set, and the agent, the monitor's child, runs as {BUILD_USER}, in the
+# sandbox of a build agent.
 [Service]
 User={BUILD_USER}
 Group={BUILD_USER}
 WorkingDirectory={BUILD_HOME}
-"""
+{service_lines(AGENT_NEEDS)}"""
 # initpy/host/systemd.py: the monitor's runtime folder and its request file.
 RUN_DIR_NAME = "initpy-monitor"
 REBOOT_REQUEST = f"/run/{RUN_DIR_NAME}/reboot"
@@ -94,6 +109,16 @@ AGENT: Parameter[str | None] = Parameter(
     'initpy.monitor.agent="/usr/local/bin/bbot-agent --verbose 3"',
 )
 
+# The longest the monitor's loop goes without a WATCHDOG=1: a poll's two
+# fetches (15 s each), a mail (60 s) and its queue's flush (60 s); a new
+# toolchain's files ping as they arrive (initpy.host.systemd.Watchdog).
+# Twice that, so a slow host is not taken for a hung one.
+WATCHDOG_SEC = 300
+# Its sandbox (docs/security.md): the network for its fetches, group
+# postdrop and postfix's maildrop for sendmail and postqueue, whose setgid
+# NoNewPrivileges turns off; /proc/uptime for the mails (no ProcSubset=pid).
+MONITOR_SANDBOX = sandbox({"RestrictAddressFamilies": NETWORK_FAMILIES, **MAIL_NEEDS})
+
 MONITOR_SERVICE = f"""\
 # Shipped by initpy (hooks/monitor.py).
 [Unit]
@@ -107,7 +132,11 @@ Type=notify
 User={MONITOR.name}
 Group={MONITOR.name}
 WorkingDirectory=/
+# Only the monitor's uid may write here (the reboot request, a new
+# toolchain's files); kept across a restart, so that a request written
+# just before a watchdog restart still reboots.
 RuntimeDirectory={RUN_DIR_NAME}
+RuntimeDirectoryMode=0700
 RuntimeDirectoryPreserve=restart
 Environment=PYTHONPATH={layout.HOST_PYTHONPATH}
 ExecStart={PYTHON3} -s -B -P -m initpy.host.monitor
@@ -115,11 +144,14 @@ SyslogIdentifier=initpy-monitor
 Restart=always
 RestartSec=10
 TimeoutStopSec=30
-
+WatchdogSec={WATCHDOG_SEC}
+{MONITOR_SANDBOX}
 [Install]
 WantedBy=multi-user.target
 """
 
+# PathExists= only looks: systemd reads nothing there, so a symlink, a
+# FIFO, a folder or a huge file at that name is a request like any other.
 REBOOT_PATH = f"""\
 # Shipped by initpy (hooks/monitor.py): initpy-monitor, which runs
 # unprivileged and may not reboot, asks for a reboot with this file.
@@ -131,6 +163,8 @@ PathExists={REBOOT_REQUEST}
 Unit={REBOOT_SERVICE_UNIT}
 """
 
+# Root's half reads no file: the monitor logged why before it asked. It may
+# send one D-Bus call (logind, or systemd's own socket) and reboot.
 REBOOT_SERVICE = f"""\
 # Shipped by initpy (hooks/monitor.py).
 [Unit]
@@ -138,9 +172,11 @@ Description=initpy monitor: reboot onto the new build
 
 [Service]
 Type=oneshot
-ExecStartPre=-/bin/cat {REBOOT_REQUEST}
 ExecStart=/bin/systemctl reboot
-"""
+TimeoutStartSec=60
+PrivateNetwork=yes
+IPAddressDeny=any
+{sandbox({"CapabilityBoundingSet": "CAP_SYS_BOOT", "ProcSubset": "pid"})}"""
 
 
 def install_monitor(ctx: BootContext) -> str:
@@ -215,5 +251,6 @@ HOOK = Hook(
         OsFile(f"{UNIT_DIR}/{REBOOT_PATH_UNIT}", REBOOT_PATH),
         OsFile(f"{UNIT_DIR}/{REBOOT_SERVICE_UNIT}", REBOOT_SERVICE),
     ),
-    os_packages=(OsPackage("python3", PYTHON3),),
+    # postfix: the monitor's mail, and the postdrop group its unit joins.
+    os_packages=(OsPackage("python3", PYTHON3), OsPackage("postfix", "/usr/sbin/postdrop")),
 )

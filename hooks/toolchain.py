@@ -30,7 +30,14 @@ from __future__ import annotations
 from initpy.runtime import etc, layout
 from initpy.runtime.handoff import handoff_to_systemd
 from initpy.runtime.hook import BootContext, Hook, Milestone, State
-from initpy.runtime.osimage import OsFile, OsPackage
+from initpy.runtime.osimage import (
+    AGENT_NEEDS,
+    MAIL_NEEDS,
+    NETWORK_FAMILIES,
+    OsFile,
+    OsPackage,
+    sandbox,
+)
 
 UNIT_DIR = "/etc/systemd/system"
 TOOLCHAIN_UNIT = "initpy-toolchain.service"
@@ -60,6 +67,22 @@ Conflicts=shutdown.target
 Before=shutdown.target
 """
 
+# Its sandbox (docs/security.md): the network for its fetches, the cache
+# (made at boot by the `toolchain` state, so optional here), group postdrop
+# and postfix's maildrop for a failure's mail (sendmail's setgid is off
+# under NoNewPrivileges). Compilers need no W+X memory; an install script
+# may set its limits (ulimit, nice: @resources); what it builds is the
+# agent's to read (UMask, as the bootstrap sets its own).
+TOOLCHAIN_SANDBOX = sandbox(
+    {
+        "RestrictAddressFamilies": NETWORK_FAMILIES,
+        "SystemCallFilter": ("@system-service", "~@privileged"),
+        "UMask": "0022",
+        **MAIL_NEEDS,
+        "ReadWritePaths": (f"-{CACHE_ROOT}", str(MAIL_NEEDS["ReadWritePaths"])),
+    }
+)
+
 TOOLCHAIN_SERVICE = f"""\
 # Shipped by initpy (hooks/toolchain.py).
 [Unit]
@@ -84,7 +107,7 @@ ExecStart={PYTHON3} -s -B -P -m initpy.host.toolchain
 SyslogIdentifier=initpy-toolchain
 # Its own steps have deadlines (4 h for an install); a build is not cut short.
 TimeoutStartSec=infinity
-
+{TOOLCHAIN_SANDBOX}
 [Install]
 WantedBy=multi-user.target
 """
@@ -107,7 +130,7 @@ ExecStart=/usr/bin/env ${{BUILDOS_TOOLCHAIN_AGENT}}
 SyslogIdentifier=bbot-agent
 Restart=always
 RestartSec=10
-
+{sandbox(AGENT_NEEDS)}
 [Install]
 WantedBy=multi-user.target
 """
@@ -156,5 +179,7 @@ HOOK = Hook(
         OsPackage("make", "/usr/bin/make"),
         OsPackage("xz-utils", "/usr/bin/xz"),
         OsPackage("curl", "/usr/bin/curl"),
+        # A failure's mail, and the postdrop group the bootstrap's unit joins.
+        OsPackage("postfix", "/usr/sbin/postdrop"),
     ),
 )

@@ -13,7 +13,7 @@ checks that the tree has the packages they and br1 use.
 
 from __future__ import annotations
 
-from initpy.runtime.osimage import OS_PROGRAMS, OsFile, OsPackage
+from initpy.runtime.osimage import OS_PROGRAMS, OsFile, OsPackage, sandbox
 
 from .files import RENEWER_NAME, RENEWER_STATUS
 
@@ -32,7 +32,11 @@ ConditionPathExists={RENEWER_STATUS}
 Type=oneshot
 RemainAfterExit=yes
 ExecStart={ADOPT}
-
+# One D-Bus call as root (systemd lets uid 0 manage units without a
+# capability) after pgrep has found the renewer, root's too.
+PrivateNetwork=yes
+IPAddressDeny=any
+{sandbox()}
 [Install]
 WantedBy=multi-user.target
 """

@@ -10,7 +10,7 @@ for root's key.
 
 from __future__ import annotations
 
-from initpy.runtime.osimage import OS_PROGRAMS, OsFile, OsPackage
+from initpy.runtime.osimage import MAIL_NEEDS, OS_PROGRAMS, OsFile, OsPackage, sandbox
 
 POSTFIX_MAIN = "/etc/postfix/main.cf"
 POSTFIX_ADMIN_MAP = "/etc/postfix/admin"
@@ -48,6 +48,9 @@ append_dot_mydomain = no
 readme_directory = no
 """
 
+BOOT_MAIL_SANDBOX = sandbox(
+    {**MAIL_NEEDS, "SystemCallFilter": ("@system-service", "~@privileged @resources", "@setuid")}
+)
 BOOT_MAIL_SERVICE = f"""\
 # Shipped by initpy (hooks/services/os_files.py).
 [Unit]
@@ -61,7 +64,12 @@ Wants=postfix.service
 [Service]
 Type=oneshot
 ExecStart={BOOT_MAIL}
-
+# As root with no capability: postfix's sendmail drops the message as group
+# postdrop (its setgid is off under NoNewPrivileges). bsd-mailx calls
+# setuid() (to root, which it is): @setuid back from @privileged.
+PrivateNetwork=yes
+IPAddressDeny=any
+{BOOT_MAIL_SANDBOX}
 [Install]
 WantedBy=multi-user.target
 """
@@ -126,7 +134,10 @@ Type=simple
 StandardOutput=tty
 TTYPath=/dev/console
 ExecStart={READY}
-
+# It asks systemd (its private socket, as root) and writes the console.
+PrivateNetwork=yes
+IPAddressDeny=any
+{sandbox({"PrivateDevices": None})}
 [Install]
 WantedBy=multi-user.target
 """

@@ -29,6 +29,7 @@ import hashlib
 import os
 import re
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from initpy.host.fetch import fetch_to_file
@@ -156,15 +157,17 @@ def fetch_verified(
     timeout: float,
     limit: int = FILE_LIMIT,
     deadline: float = FILE_DEADLINE,
+    progress: Callable[[], None] | None = None,
 ) -> str:
     """Fetch `listed` from `url` (`Checksums.url_of`) into `folder` under its
-    file name and check its sha256; the file's path.
+    file name and check its sha256; the file's path. `progress`: called as
+    the bytes arrive (fetch_to_file).
 
     FetchError when it cannot be fetched (TooLong past `limit`, NotFound
     when the server has no such file), Mismatch when its sum differs.
     """
     path = os.path.join(folder, listed.filename)
-    digest = fetch_to_file(url, path, limit, timeout, deadline)
+    digest = fetch_to_file(url, path, limit, timeout, deadline, progress)
     if digest != listed.sha256:
         raise Mismatch(
             f"{listed.name} at {url} has sha256 {digest}, but the checksums file says "

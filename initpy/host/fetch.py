@@ -75,9 +75,17 @@ class NotFound(FetchError):
 class _Sink:
     """Where a transfer's bytes go: counted against a limit and a deadline, hashed."""
 
-    def __init__(self, out: BinaryIO, limit: int, what: str, budget: float) -> None:
+    def __init__(
+        self,
+        out: BinaryIO,
+        limit: int,
+        what: str,
+        budget: float,
+        progress: Callable[[], None] | None = None,
+    ) -> None:
         self.out, self.limit, self.what, self.budget = out, limit, what, budget
         self.deadline = time.monotonic() + budget
+        self.progress = progress
         self.received = 0
         self.sha256 = hashlib.sha256()
 
@@ -86,6 +94,8 @@ class _Sink:
         self.announce(self.received)
         self.check_deadline()
         self.sha256.update(data)
+        if self.progress is not None:
+            self.progress()
         return self.out.write(data)
 
     def announce(self, size: int) -> None:
@@ -112,16 +122,24 @@ def fetch(url: str, timeout: float, limit: int = ANSWER_LIMIT) -> bytes:
     return body.getvalue()
 
 
-def fetch_to_file(url: str, path: str, limit: int, timeout: float, deadline: float) -> str:
+def fetch_to_file(
+    url: str,
+    path: str,
+    limit: int,
+    timeout: float,
+    deadline: float,
+    progress: Callable[[], None] | None = None,
+) -> str:
     """Stream `url` into a new file at `path`; its sha256 (hex), or FetchError.
 
     `timeout` bounds each wait for the server, `deadline` (seconds) the
     whole transfer; more than `limit` bytes stops it. On any failure the
-    partial file is removed.
+    partial file is removed. `progress` is called for every chunk that
+    arrives (the monitor's watchdog pings from it).
     """
     try:
         with open(path, "xb") as out:
-            sink = _Sink(out, limit, f"larger than the {limit}-byte cap", deadline)
+            sink = _Sink(out, limit, f"larger than the {limit}-byte cap", deadline, progress)
             _transfer(url, sink, timeout)
     except FetchError:
         _remove(path)

@@ -1,8 +1,10 @@
 """initpy-monitor: reboot the build host onto a new build or toolchain; keep the agent running.
 
-Runs on the booted OS, not in the initrd: systemd starts it as the `build`
-user (`initpy-monitor.service`, written by hooks/monitor.py), with the
-OS's python3 and `initpy.runtime.layout.HOST_PYTHONPATH` as its path.
+Runs on the booted OS, not in the initrd: systemd starts it as its own
+user, `initpy-monitor` (`initpy-monitor.service`, written by
+hooks/monitor.py), with the OS's python3 and
+`initpy.runtime.layout.HOST_PYTHONPATH` as its path. Its records (what it
+touches the world with, what it found) are in initpy.host.monitor_records.
 
 **Its settings** are the files PID 1 left (initpy.host.settings); its
 mails' words are in initpy.host.mailtext.
@@ -37,6 +39,11 @@ drawn anew for every wait, so phases never lock again.
 **Status.** Every step is a line on stderr (the journal) and a STATUS= for
 `systemctl status initpy-monitor`; errors and warnings carry the
 journal's `<3>`/`<4>` priority prefixes.
+
+**Watchdog.** Each turn of the loop, each status and each chunk of a new
+toolchain's files sends WATCHDOG=1 (initpy.host.systemd.Watchdog), and no
+nap is longer than half the unit's WatchdogSec=: a monitor that hangs, or
+that its agent stopped, is killed and restarted by systemd.
 """
 
 from __future__ import annotations
@@ -44,23 +51,28 @@ from __future__ import annotations
 import argparse
 import getpass
 import hashlib
-import random
 import signal
-import socket
 import sys
-import time
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from enum import StrEnum
 
 from initpy.cli import DEBUG_FLAG, handle
 from initpy.host import agent as agent_slot
 from initpy.host import mail as mailer
 from initpy.host import mailtext, systemd, toolchain_check
-from initpy.host.checksums import CHECKSUMS_LIMIT, ChecksumsError, parse_checksums
+from initpy.host.checksums import ChecksumsError, parse_checksums
 from initpy.host.fetch import FetchError, fetch, parse_build_id
+from initpy.host.monitor_records import (
+    FETCH_TIMEOUT,
+    MAX_NAP,
+    Dependencies,
+    LoopState,
+    Outcome,
+    Poll,
+    log_to_stderr,
+)
 from initpy.host.settings import (
     BUILDOS_ENV,
     MONITOR_ENV,
@@ -75,83 +87,6 @@ from initpy.runtime import layout
 JITTER = 0.25  # every wait is its base times U(1 - JITTER, 1 + JITTER)
 BACKOFF_CAP = 4  # a failing URL is tried again after at most 4 intervals (before jitter)
 FAILING_MAIL_AFTER = 3600.0
-# A fetch's whole budget; a TFTP server that does not answer costs this much.
-FETCH_TIMEOUT = 15.0
-# The longest sleep: the monitor looks at its agent and signals this often.
-MAX_NAP = 60.0
-
-
-class Outcome(StrEnum):
-    SAME = "same"
-    CHANGED = "changed"
-    REFUSED = "refused"  # a new toolchain whose files do not match: no reboot
-    FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class Poll:
-    outcome: Outcome
-    detail: str
-    build_id: str | None = None
-
-
-def read_uptime(path: str = "/proc/uptime") -> float:
-    try:
-        with open(path) as f:
-            return float(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-def log_to_stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
-def fetch_checksums(url: str, timeout: float) -> bytes:
-    """The toolchain's checksums file: longer than a build id file may be."""
-    return fetch(url, timeout, CHECKSUMS_LIMIT)
-
-
-@dataclass(frozen=True)
-class Dependencies:
-    """Everything the loop touches the world with; tests inject each one."""
-
-    fetch: Callable[[str, float], bytes] = fetch
-    fetch_checksums: Callable[[str, float], bytes] = fetch_checksums
-    reboot: Callable[[str], None] = systemd.request_reboot
-    mail: Callable[[EmailMessage], None] = mailer.sendmail
-    flush_mail: Callable[[], bool] = mailer.wait_for_queue
-    clock: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], None] = time.sleep
-    rng: random.Random = field(default_factory=random.Random)
-    notify: Callable[[str], bool] = systemd.notify
-    log: Callable[[str], None] = log_to_stderr
-    uptime: Callable[[], float] = read_uptime
-    hostname: str = field(default_factory=socket.gethostname)
-    user: str = "build"
-    agent: agent_slot.Agent | None = None
-    fetch_timeout: float = FETCH_TIMEOUT
-    run_dir: str = systemd.RUN_DIR  # where a new toolchain's files are verified
-
-
-@dataclass
-class LoopState:
-    """The record of the loop: what the polls so far found and did."""
-
-    polls: int = 0
-    failures: int = 0  # consecutive failed polls
-    failing_since: float | None = None
-    failing_mailed: bool = False
-    last_error: str = ""
-    failing_url: str | None = None  # the URL the last failed poll could not read
-    failing_what: str = "build id URL"
-    rebooting_to: str | None = None
-    refused_toolchain: str | None = None  # the sha256 of the last checksums file refused
-    refused_problem: str = ""
-    reboots: int = 0
-    summary: str = "starting"  # what the last step found, for the log and STATUS=
-    status_text: str = ""
-    agent_text: str = ""
 
 
 @dataclass
@@ -226,7 +161,13 @@ class Monitor:
                 parse_checksums(body, url)  # the baseline: this boot's, no reboot to guard
             else:
                 self._status(f"new toolchain {key[:12]}: fetching and verifying its files")
-                toolchain_check.examine(body, url, self.deps.run_dir, self.deps.fetch_timeout)
+                toolchain_check.examine(
+                    body,
+                    url,
+                    self.deps.run_dir,
+                    self.deps.fetch_timeout,
+                    progress=self.deps.watchdog.ping,
+                )
         except ChecksumsError as exc:
             return f"the checksums file does not parse: {exc}"
         except toolchain_check.Refused as exc:
@@ -364,6 +305,7 @@ class Monitor:
 
     def _status(self, text: str, ready: bool = False) -> None:
         """The STATUS= line: what the last poll found, and the agent's state."""
+        self.deps.watchdog.ping()
         self.loop.status_text = text
         if self.deps.agent is not None:
             self.loop.agent_text = self.deps.agent.describe()
@@ -408,7 +350,8 @@ class Monitor:
                 wake = min(wake, deps.agent.tick(now))
                 if deps.agent.describe() != loop.agent_text:
                     self._status(loop.status_text)
-            deps.sleep(max(0.0, min(wake - now, MAX_NAP)))
+            deps.watchdog.ping()
+            deps.sleep(max(0.0, min(wake - now, MAX_NAP, deps.watchdog.nap)))
 
 
 class Stopped(BaseException):
@@ -463,7 +406,9 @@ def _main(argv: list[str], env: Mapping[str, str] | None) -> int:
     monitor = Monitor(
         settings,
         running_id,
-        Dependencies(user=user, agent=agent),
+        Dependencies(
+            user=user, agent=agent, watchdog=systemd.Watchdog(systemd.watchdog_interval())
+        ),
         running_toolchain=running_toolchain(args.toolchain_result),
     )
     signal.signal(signal.SIGTERM, _stop)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 
 from initpy.host.checksums import (
     FILE_DEADLINE,
@@ -50,8 +51,12 @@ def examine(
     timeout: float,
     limit: int = FILE_LIMIT,
     deadline: float = FILE_DEADLINE,
+    progress: Callable[[], None] | None = None,
 ) -> Checksums:
     """The parsed checksums file at `url`, every listed file fetched and verified.
+
+    `progress` is called as each file's bytes arrive (the monitor's
+    watchdog: a 1 GiB file may take half an hour).
 
     Refused for a verdict on the file; FetchError or OSError for a failure
     that another poll may not have.
@@ -68,7 +73,7 @@ def examine(
         for listed in checksums.files:
             file_url = checksums.url_of(url, listed)
             try:
-                fetch_verified(file_url, listed, folder, timeout, limit, deadline)
+                fetch_verified(file_url, listed, folder, timeout, limit, deadline, progress)
             except (NotFound, TooLong) as exc:
                 raise Refused(f"{listed.name} at {file_url}: {exc}") from None
             except FetchError as exc:

@@ -45,3 +45,81 @@ class OsPackage:
 
     name: str
     path: str
+
+
+# The sandbox every service initpy ships starts from: its [Service] lines,
+# one key each (a tuple is a key given several times). A unit changes the
+# keys its job needs and drops (None) those it cannot keep; each unit's
+# score and exceptions are in docs/security.md ("The units' sandboxes"),
+# and tests/unit/test_unit_scores.py holds every unit to its figure.
+SANDBOX: dict[str, str | tuple[str, ...]] = {
+    "NoNewPrivileges": "yes",
+    "CapabilityBoundingSet": "",
+    "ProtectSystem": "strict",
+    "ProtectHome": "yes",
+    "PrivateTmp": "yes",
+    "PrivateDevices": "yes",
+    "PrivateMounts": "yes",
+    "ProtectKernelTunables": "yes",
+    "ProtectKernelModules": "yes",
+    "ProtectKernelLogs": "yes",
+    "ProtectControlGroups": "yes",
+    "ProtectClock": "yes",
+    "ProtectHostname": "yes",
+    "ProtectProc": "invisible",
+    "RestrictSUIDSGID": "yes",
+    "RestrictNamespaces": "yes",
+    "RestrictRealtime": "yes",
+    "RemoveIPC": "yes",
+    "LockPersonality": "yes",
+    "MemoryDenyWriteExecute": "yes",
+    "SystemCallArchitectures": "native",
+    "SystemCallFilter": ("@system-service", "~@privileged @resources"),
+    "SystemCallErrorNumber": "EPERM",
+    "RestrictAddressFamilies": "AF_UNIX",
+    "UMask": "0077",
+}
+
+# The address families of a unit that uses the network (netlink: glibc's
+# getaddrinfo, dnsmasq's view of the addresses).
+NETWORK_FAMILIES = "AF_UNIX AF_INET AF_INET6 AF_NETLINK"
+# What a unit that mails through postfix's sendmail needs: NoNewPrivileges
+# turns off the setgid postdrop of postdrop and postqueue, so the unit joins
+# the group itself and may write the maildrop.
+MAIL_NEEDS: dict[str, str | tuple[str, ...] | None] = {
+    "SupplementaryGroups": "postdrop",
+    "ReadWritePaths": "-/var/spool/postfix/maildrop",
+}
+
+# What a build agent needs beyond the sandbox (bbot-agent.service, and the
+# monitor's drop-in when an operator's agent is its child): QEMU with
+# /dev/kvm and tap devices, W+X memory for TCG, writes in /build (the
+# machines, /build/tftp, which dnsmasq serves: files there stay readable).
+AGENT_NEEDS: dict[str, str | tuple[str, ...] | None] = {
+    "PrivateDevices": "no",
+    "DevicePolicy": "closed",
+    "DeviceAllow": ("/dev/kvm rw", "/dev/net/tun rw", "/dev/vhost-net rw"),
+    "MemoryDenyWriteExecute": "no",
+    # The empty one first: in a drop-in it drops the unit's own list.
+    "SystemCallFilter": ("", "@system-service", "~@privileged"),
+    "ReadWritePaths": "/build",
+    "RestrictAddressFamilies": NETWORK_FAMILIES,
+    "UMask": "0022",
+}
+
+
+def service_lines(settings: dict[str, str | tuple[str, ...] | None]) -> str:
+    """`settings` as unit lines, `Key=value` each (a tuple: the key once per
+    value); a None is left out."""
+    lines = []
+    for key, value in settings.items():
+        for one in (value,) if isinstance(value, str) else value or ():
+            lines.append(f"{key}={one}\n")
+    return "".join(lines)
+
+
+def sandbox(changes: dict[str, str | tuple[str, ...] | None] | None = None) -> str:
+    """The SANDBOX's [Service] lines with `changes`: a value replaces the
+    sandbox's, a None drops the key, a new key comes last."""
+    merged: dict[str, str | tuple[str, ...] | None] = {**SANDBOX, **(changes or {})}
+    return service_lines(merged)

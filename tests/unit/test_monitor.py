@@ -30,7 +30,7 @@ import tftpy
 
 from initpy.host import agent as agent_slot
 from initpy.host import mail as mailer
-from initpy.host import monitor
+from initpy.host import monitor, monitor_records, systemd
 from initpy.host.fetch import ANSWER_LIMIT, FetchError, fetch, parse_build_id
 from initpy.host.settings import Settings
 from initpy.runtime import layout
@@ -166,7 +166,7 @@ def make_monitor(
     return monitor.Monitor(
         Settings(url, "admin@example.org", interval),
         OLD,
-        monitor.Dependencies(
+        monitor_records.Dependencies(
             fetch=polled,
             reboot=world.reboots.append,
             mail=world.mail,
@@ -597,3 +597,30 @@ def test_an_error_escaping_the_monitor_is_one_journal_line_and_a_hint(
     ]
     assert monitor.main(["--check", "--debug"]) == 1
     assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+# -- the watchdog ------------------------------------------------------------------------
+
+
+def test_the_loop_pings_the_watchdog_well_within_its_interval(servers: Servers) -> None:
+    """Hours of polls and naps on the fake clock: no gap between two
+    WATCHDOG=1 reaches the unit's WatchdogSec= (20 s here; at most a quarter
+    of it since the last ping sent, and a nap of half), so systemd restarts
+    only a monitor that hangs or is stopped."""
+    servers.put(f"dog/{BUILDID}", (OLD + "\n").encode())
+    world = World()
+    pinged: list[float] = []
+
+    def send(state: str) -> bool:
+        assert state == "WATCHDOG=1"
+        pinged.append(world.now)
+        return True
+
+    m = make_monitor(world, servers.url("file", f"dog/{BUILDID}"), interval=3600.0)
+    m.deps = dataclasses.replace(m.deps, watchdog=systemd.Watchdog(20.0, send, world.clock))
+    start = world.now
+    run_polls(m, 3)
+    assert world.now - start > 2 * 3600 * 0.75  # the polls' waits went by
+    gaps = [b - a for a, b in zip([start, *pinged], [*pinged, world.now], strict=True)]
+    assert max(gaps) <= 0.75 * 20.0
+    assert len(pinged) > 2 * 3600 / 20  # a ping for every nap, not one per poll

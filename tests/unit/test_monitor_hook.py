@@ -84,7 +84,12 @@ def test_the_units_come_with_the_hook_and_the_monitor_is_enabled() -> None:
     reboot = files[f"{UNITS}/initpy-reboot.service"]
     assert "\nExecStart=/bin/systemctl reboot\n" in reboot.text
     assert reboot.wanted_by is None  # started by the path unit only
-    assert [(p.name, p.path) for p in monitor.HOOK.os_packages] == [("python3", "/usr/bin/python3")]
+    # Root's half reads no file of the monitor's, and cannot hang for ever.
+    assert "/run/initpy-monitor" not in reboot.text and "\nTimeoutStartSec=60\n" in reboot.text
+    assert [(p.name, p.path) for p in monitor.HOOK.os_packages] == [
+        ("python3", "/usr/bin/python3"),
+        ("postfix", "/usr/sbin/postdrop"),
+    ]
 
 
 def test_the_settings_are_written_when_systemd_comes_next(tmp_path: os.PathLike[str]) -> None:

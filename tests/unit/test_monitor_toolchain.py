@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from initpy.host import monitor
+from initpy.host import monitor, systemd, toolchain_check
 from tests.unit import standin_toolchain as standin
 from tests.unit.test_monitor import (  # noqa: F401
     BUILDID,
@@ -264,3 +264,32 @@ def test_a_listed_file_that_does_not_come_is_a_failed_poll_not_a_verdict(
     assert "STATUS=toolchain URL failing (3 in a row)" in world.notes[-1]
     assert f"{standin.SCRIPT} at http://127.0.0.1:" in m.loop.last_error
     assert os.listdir(run_dir) == []
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_a_new_toolchains_files_ping_the_watchdog_as_they_arrive(
+    servers: Servers,  # noqa: F811
+    scheme: str,
+    run_dir: Path,
+) -> None:
+    """A new toolchain's files may take half an hour: the monitor's watchdog
+    hears from the transfer itself while they arrive, not only from the loop."""
+    old_key, buildid = published(servers, f"tcdog-{scheme}")
+    published(servers, f"tcdog-{scheme}", extra=b"/* 0.1.1 */")
+    world = World()
+    checking = run_dir / toolchain_check.FOLDER_NAME
+    during: list[bool] = []
+
+    def send(state: str) -> bool:
+        during.append(checking.is_dir())  # the files are being fetched and verified
+        return True
+
+    m = make_monitor(world, servers.url(scheme, buildid))
+    with_toolchain(m, servers.url(scheme, f"tcdog-{scheme}/toolchain.sha256"), old_key, run_dir)
+    ticks = iter(range(0, 10**9, 100))  # every ping is a quarter interval after the last
+    m.deps = dataclasses.replace(
+        m.deps, watchdog=systemd.Watchdog(20.0, send, lambda: float(next(ticks)))
+    )
+    run_polls(m, 1)
+    assert len(world.reboots) == 1
+    assert during.count(True) >= 2  # the install script's and the archive's chunks

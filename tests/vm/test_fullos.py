@@ -9,8 +9,15 @@ boot 1  (1) multi-user.target, systemd PID 1, no failed unit, sshd,
             to buildos.admin_email;
         (4) a namespace on br1 gets a lease, reaches the sink through the
             NAT and fetches a file from /build/tftp over TFTP;
-        then `systemctl poweroff`: the renewer's scope stops in order;
-boot 2  (5) the same state disk: sshd presents the same host keys.
+        (5) the monitor's unit, sandboxed, mails through postfix;
+        (6) the monitor, SIGSTOPped by its own uid, is killed and restarted
+            by systemd's watchdog (WatchdogSec= 20 s by a runtime drop-in);
+        (7) as the monitor's uid, the reboot request made a symlink to
+            /etc/shadow: the host reboots, no shadow line reaches the
+            journal (forwarded to the console), the renewer's scope stops
+            in order;
+boot 2  (7) the same state disk: sshd presents the same host keys; the
+            request made a FIFO: the host reboots again.
 
 The OS tree comes from scripts/mkrootfs (cached), packed by mkinitrd at
 zstd:3. Logs: artifacts/vm/fullos-boot1.log, fullos-boot2.log.
@@ -21,6 +28,7 @@ from __future__ import annotations
 import re
 import secrets
 import subprocess
+import time
 from collections.abc import Iterator
 from email.utils import getaddresses
 
@@ -40,6 +48,18 @@ from tests.harness.images import InitrdFiles
 pytestmark = pytest.mark.vm
 
 SHUTDOWN_TIMEOUT = 240
+# The monitor's uid (hooks/monitor.py), as its agent would have it, and its request file.
+AS_MONITOR = "setpriv --reuid=initpy-monitor --regid=initpy-monitor --clear-groups"
+REBOOT_REQUEST = "/run/initpy-monitor/reboot"
+TEST_WATCHDOG = 20
+WATCHDOG_DROPIN = "/run/systemd/system/initpy-monitor.service.d/test-watchdog.conf"
+JOURNAL_TO_CONSOLE = """
+set -e
+mkdir -p /run/systemd/journald.conf.d
+printf '[Journal]\\nForwardToConsole=yes\\nMaxLevelConsole=debug\\n' \\
+  > /run/systemd/journald.conf.d/test-console.conf
+systemctl restart systemd-journald
+"""
 
 
 @pytest.fixture(scope="module")
@@ -156,22 +176,111 @@ def test_4_a_namespace_on_br1_gets_a_lease_nat_and_tftp(host1: Host) -> None:
     assert tftp.strip() == token
 
 
-def test_5_shutdown_stops_the_renewer_and_a_second_boot_keeps_the_host_keys(
+def test_5_the_monitors_sandbox_still_mails_through_postfix(host1: Host) -> None:
+    """NoNewPrivileges turns off the setgid of postfix's sendmail and postqueue:
+    the monitor's unit joins group postdrop instead. Its own unit file, with
+    only the command changed, mails the admin."""
+    token = f"sandbox-mail-{secrets.token_hex(4)}"
+    script = f"""
+set -e
+cat > /run/mailcheck.py <<'EOS'
+import sys
+from initpy.host import mail
+mail.sendmail(mail.message("initpy-monitor", "root", sys.argv[1], "from the monitor's sandbox"))
+EOS
+chmod 644 /run/mailcheck.py
+sed -e 's|^ExecStart=.*|ExecStart=/usr/bin/python3 -s -B -P /run/mailcheck.py {token}|' \\
+    -e 's/^Type=notify/Type=oneshot/' -e '/^Restart/d' -e '/^RuntimeDirectory/d' \\
+    -e '/^WatchdogSec/d' -e '/^\\[Install\\]/,$d' \\
+    /etc/systemd/system/initpy-monitor.service > /run/systemd/system/initpy-mailcheck.service
+systemctl daemon-reload
+systemctl start initpy-mailcheck || true
+systemctl show -P Result initpy-mailcheck
+journalctl -b --no-pager -o cat -u initpy-mailcheck | tail -n 20
+"""
+    out = host1.ssh.run("sh -s", stdin=script).stdout
+    assert out.startswith("success\n"), out
+    sent = wait_for_mail(host1.mail, token)
+    assert sent["X-Sink-Rcpt-To"] == f"<{ADMIN}>", sent.as_string()[:2000]
+
+
+def test_6_a_stopped_monitor_is_killed_and_restarted_by_systemds_watchdog(host1: Host) -> None:
+    """Issue 19: an agent with the monitor's uid could SIGSTOP it, and nothing
+    noticed. The shipped WatchdogSec= is 300 s; a runtime drop-in makes it
+    20 s here, so the test takes a minute, not ten."""
+    script = f"""
+set -e
+mkdir -p {WATCHDOG_DROPIN.rsplit("/", 1)[0]}
+printf '[Service]\\nWatchdogSec={TEST_WATCHDOG}\\n' > {WATCHDOG_DROPIN}
+systemctl daemon-reload
+systemctl restart initpy-monitor
+systemctl show -P MainPID initpy-monitor
+"""
+    first = int(host1.ssh.run("sh -s", stdin=script).stdout.split()[-1])
+    # A monitor that is merely idle pings in time: 2.5 watchdog periods, the same PID.
+    time.sleep(2.5 * TEST_WATCHDOG)
+    idle = host1.sections(
+        {
+            "pid": "systemctl show -P MainPID initpy-monitor",
+            "usec": f"tr '\\0' '\\n' < /proc/{first}/environ | grep ^WATCHDOG_USEC=",
+        }
+    )
+    assert int(idle["pid"]) == first, idle
+    assert idle["usec"] == f"WATCHDOG_USEC={TEST_WATCHDOG * 1_000_000}", idle
+    # The monitor's own uid stops it, as its agent could.
+    host1.ssh.run(f"{AS_MONITOR} kill -STOP {first}")
+    deadline = time.monotonic() + 180
+    while True:
+        out = host1.sections(
+            {
+                "pid": "systemctl show -P MainPID initpy-monitor",
+                "active": "systemctl is-active initpy-monitor",
+                "journal": "journalctl -b --no-pager -o cat -u initpy-monitor | tail -n 30",
+            }
+        )
+        if out["active"] == "active" and int(out["pid"] or 0) not in (0, first):
+            break
+        assert time.monotonic() < deadline, out
+        time.sleep(5)
+    journal = out["journal"]
+    assert re.search(r"initpy-monitor\.service: Watchdog timeout \(limit 20s\)!", journal), out
+    assert re.search(rf"Killing process {first} \(python3\) with signal SIGABRT", journal), out
+
+
+def test_7_the_monitors_user_cannot_make_the_reboot_read_or_block_and_it_is_orderly(
     host1: Host, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
+    """Issue 19: as the monitor's uid, a request that is a symlink to /etc/shadow
+    (boot 1) and one that is a FIFO (boot 2). Root's side reads neither: the
+    host reboots each time, and a canary line in /etc/shadow never reaches
+    the journal, which is forwarded to the console to be seen from here.
+    The reboot stops the renewer's scope in order; the second boot, from the
+    same state disk, presents the same host keys."""
     keys = host1.host_keys
     assert {"ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa"} <= set(keys), keys
     # The keys are the state disk's, not ones baked into the image.
     saved = host1.workdir / "state-tree" / "initpy" / "ssh" / "ssh_host_ed25519_key.pub"
     assert saved.read_text().split()[1] == keys["ssh-ed25519"]
 
-    host1.ssh.run("systemctl poweroff", check=False, timeout=60)
+    canary = f"canary-{secrets.token_hex(6)}"
+    host1.ssh.run(
+        "sh -s",
+        stdin=JOURNAL_TO_CONSOLE
+        + f"""
+echo '{canary}:*:1:0:99999:7:::' >> /etc/shadow
+logger -t fullos-test 'journal-on-console-{canary[7:]}'
+""",
+    )
+    # The journal does reach the console, so a shadow line printed there would show.
+    host1.vm.expect(rf"journal-on-console-{canary[7:]}", 60)
+    host1.ssh.run(f"{AS_MONITOR} ln -s /etc/shadow {REBOOT_REQUEST}", check=False, timeout=60)
     # systemd's status line, colour codes and all: "Stopped initpy-dhcp.scope…".
     stopped = host1.vm.expect(r"Stopped \S*initpy-dhcp\.scope", SHUTDOWN_TIMEOUT)
+    host1.vm.expect(r"reboot: Restarting system", SHUTDOWN_TIMEOUT)
     host1.vm.wait_exit(SHUTDOWN_TIMEOUT)
     shutdown_log = host1.vm.console[stopped.start() - 5000 :]
     assert not re.search(r"initpy-dhcp.*SIGKILL|SIGKILL.*initpy-dhcp", shutdown_log)
-    assert "power down" in host1.vm.console.lower() or "reboot: Power down" in host1.vm.console
+    assert canary not in host1.vm.console
     host1.close()
 
     host2 = boot_full(
@@ -179,7 +288,9 @@ def test_5_shutdown_stops_the_renewer_and_a_second_boot_keeps_the_host_keys(
     )
     try:
         assert host2.host_keys == keys
-        host2.ssh.run("systemctl poweroff", check=False, timeout=60)
+        # A FIFO: the old unit's `cat` waited on it for ever, and no reboot came again.
+        host2.ssh.run(f"{AS_MONITOR} mkfifo {REBOOT_REQUEST}", check=False, timeout=60)
+        host2.vm.expect(r"reboot: Restarting system", SHUTDOWN_TIMEOUT)
         host2.vm.wait_exit(SHUTDOWN_TIMEOUT)
     finally:
         host2.close()

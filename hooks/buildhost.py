@@ -24,7 +24,7 @@ from initpy.runtime import etc, layout
 from initpy.runtime.cmdline import BadValue, Parameter, choice
 from initpy.runtime.hook import BootContext, BootFailure, Fact, Hook, Milestone, State
 from initpy.runtime.kernel import MS_NODEV, MS_NOSUID
-from initpy.runtime.osimage import OsFile, OsPackage
+from initpy.runtime.osimage import OS_PROGRAMS, OsFile, OsPackage
 
 BUILD_USER = "build"
 BUILD_UID = 1100
@@ -88,7 +88,9 @@ WantedBy=multi-user.target
 # docs/security.md why this shape.
 AGENT_TFTP_SOCKET_UNIT = "initpy-agent-tftp.socket"
 AGENT_TFTP_SERVICE_UNIT = "initpy-agent-tftp@.service"
-AGENT_TFTP_COMMAND = "/usr/local/bin/initpy-agent-tftp"
+# initpy's folder of the image, not /usr/local (the operator's): the agent
+# runs it by this path.
+AGENT_TFTP_COMMAND = f"{OS_PROGRAMS}/initpy-agent-tftp"
 # At most this many servers at once (one per machine the agent runs).
 AGENT_TFTP_MAX = 32
 PYTHON3 = "/usr/bin/python3"

@@ -6,7 +6,7 @@ the connection as its standard input and output (Accept=yes). It reads
 one request (initpy/host/tftp_request.py says what it may ask), checks it,
 enters the folder through the descriptor it checked, and runs
 
-    in.tftpd --foreground --address ADDRESS:PORT --user USER --secure
+    in.tftpd --ipv4 --foreground --address ADDRESS:PORT --user USER --secure
              --create --permissive --umask 022 .
 
 in a process group of its own: `.` is the checked folder (no path is
@@ -195,7 +195,10 @@ def serve(conn: socket.socket, args: argparse.Namespace) -> int:
         # no path that could be swapped after the check.
         os.fchdir(folder)
         os.close(folder)
-        argv = [args.in_tftpd, "--foreground", "--address", f"{address}:{request.port}"]
+        # --ipv4: without it in.tftpd 5.2 also opens an IPv6 socket and ends
+        # (71) when that fails, as it does under the unit's
+        # RestrictAddressFamilies; the address is IPv4 anyway.
+        argv = [args.in_tftpd, "--ipv4", "--foreground", "--address", f"{address}:{request.port}"]
         argv += ["--user", args.user, "--secure", "--create", "--permissive"]
         argv += ["--umask", UMASK, "."]
         proc = start(argv, address, request.port)

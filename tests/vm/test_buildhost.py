@@ -100,7 +100,9 @@ runuser -u build -- ln -s /etc /build/tftp/evil
 start=$(date +%s%N)
 runuser -u build -- {AGENT_TFTP} {FIRST} machine1 > /run/agent-tftp.out 2>&1 &
 client=$!
-for i in $(seq 300); do grep -q '^ready ' /run/agent-tftp.out && break; sleep 0.05; done
+for i in $(seq 600); do
+  grep -q -e '^ready ' -e 'error:' /run/agent-tftp.out && break; sleep 0.1
+done
 echo "waited-ms $(( ($(date +%s%N) - start) / 1000000 ))"
 echo "client $(head -1 /run/agent-tftp.out)"
 echo "instances $(systemctl list-units --no-legend 'initpy-agent-tftp@*' | wc -l)"

@@ -9,6 +9,11 @@ States, last before the hand-off:
   /etc/fstab. On br1 always (the build machines), on br0 too (the LAN, for
   log access, as the spec says) unless `initpy.tftp=br1`: the state writes
   the br0 server's config, whose presence starts its unit.
+
+In the OS (`os_files`), beside the TFTP configs: `initpy-agent-tftp.socket`
+and `initpy-agent-tftp@.service`, root's broker that starts an in.tftpd
+for the agent on a port of `layout.AGENT_TFTP_PORTS`, and its client
+command `initpy-agent-tftp` (initpy/host/tftp_broker.py says how).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from initpy.runtime import etc, layout
 from initpy.runtime.cmdline import BadValue, Parameter, choice
 from initpy.runtime.hook import BootContext, BootFailure, Fact, Hook, Milestone, State
 from initpy.runtime.kernel import MS_NODEV, MS_NOSUID
-from initpy.runtime.osimage import NETWORK_FAMILIES, OsFile, OsPackage, sandbox
+from initpy.runtime.osimage import NETWORK_FAMILIES, OS_PROGRAMS, OsFile, OsPackage, sandbox
 
 BUILD_USER = "build"
 BUILD_UID = 1100
@@ -84,6 +89,93 @@ Restart=on-failure
 {TFTP_LAN_SANDBOX}
 [Install]
 WantedBy=multi-user.target
+"""
+
+
+# The agent's own TFTP servers (issue 18): in.tftpd must start as root (it
+# drops to --user in each transfer's child, and initgroups needs CAP_SETGID),
+# so `build` asks root's broker over this socket, one instance per request;
+# initpy/host/tftp_request.py says what a request may ask, and
+# docs/security.md why this shape.
+AGENT_TFTP_SOCKET_UNIT = "initpy-agent-tftp.socket"
+AGENT_TFTP_SERVICE_UNIT = "initpy-agent-tftp@.service"
+# initpy's folder of the image, not /usr/local (the operator's): the agent
+# runs it by this path.
+AGENT_TFTP_COMMAND = f"{OS_PROGRAMS}/initpy-agent-tftp"
+# At most this many servers at once (one per machine the agent runs).
+AGENT_TFTP_MAX = 32
+PYTHON3 = "/usr/bin/python3"
+_FIRST, _LAST = layout.AGENT_TFTP_PORTS
+AGENT_TFTP_SOCKET_TEXT = f"""\
+# Shipped by initpy (hooks/buildhost.py): the agent ({BUILD_USER}) asks here for
+# an in.tftpd on a port of {_FIRST}-{_LAST} serving a folder below {TFTP_MOUNT},
+# writable; each connection starts one {AGENT_TFTP_SERVICE_UNIT}.
+[Unit]
+Description=initpy: requests for the build agent's TFTP servers
+
+[Socket]
+ListenStream={layout.AGENT_TFTP_SOCKET}
+SocketUser=root
+SocketGroup={BUILD_USER}
+SocketMode=0660
+Accept=yes
+MaxConnections={AGENT_TFTP_MAX}
+
+[Install]
+WantedBy=sockets.target
+"""
+# Root, for in.tftpd's drop only: the bounding set holds what that drop
+# needs (chroot, setregid, initgroups, setreuid) and nothing else; no
+# CAP_NET_BIND_SERVICE (the ports are high), no CAP_DAC_* (the folder
+# must be searchable by others), no CAP_KILL (a transfer's child, already
+# the agent's user, is ended with the unit's cgroup).
+AGENT_TFTP_SERVICE_TEXT = f"""\
+# Shipped by initpy (hooks/buildhost.py): one request of the build agent
+# (initpy/host/tftp_broker.py), on the connection systemd accepted.
+[Unit]
+Description=initpy: a TFTP server for the build agent
+CollectMode=inactive-or-failed
+
+[Service]
+Environment=PYTHONPATH={layout.HOST_PYTHONPATH}
+ExecStart={PYTHON3} -s -B -P -m initpy.host.tftp_broker --user {BUILD_USER} \\
+  --root {TFTP_MOUNT} --interface {BR1}
+StandardInput=socket
+StandardOutput=journal
+StandardError=journal
+SyslogIdentifier=initpy-agent-tftp
+CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_SYS_CHROOT
+NoNewPrivileges=yes
+ProtectSystem=strict
+ReadWritePaths={TFTP_MOUNT}
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+ProtectProc=invisible
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+RestrictAddressFamilies=AF_UNIX AF_INET AF_NETLINK
+SystemCallArchitectures=native
+SystemCallFilter=@system-service chroot
+SystemCallErrorNumber=EPERM
+UMask=0077
+# in.tftpd forks one child per transfer.
+TasksMax=64
+"""
+AGENT_TFTP_COMMAND_TEXT = f"""\
+#!/bin/sh
+# Shipped by initpy (hooks/buildhost.py): initpy-agent-tftp PORT SUBDIR holds an
+# in.tftpd on PORT serving {TFTP_MOUNT}/SUBDIR for as long as it runs.
+PYTHONPATH={layout.HOST_PYTHONPATH} exec {PYTHON3} -s -B -P -m initpy.host.tftp_client "$@"
 """
 
 
@@ -186,8 +278,15 @@ HOOK = Hook(
         ),
         # An empty unit file masks: tftpd-hpa's own daemon (its init script)
         # would take port 69 on every address, /srv/tftp writable or not;
-        # the agent runs in.tftpd itself, on other ports.
+        # the agent's in.tftpd runs on other ports, through the broker.
         OsFile("/etc/systemd/system/tftpd-hpa.service", ""),
+        OsFile(
+            f"/etc/systemd/system/{AGENT_TFTP_SOCKET_UNIT}",
+            AGENT_TFTP_SOCKET_TEXT,
+            wanted_by="sockets.target",
+        ),
+        OsFile(f"/etc/systemd/system/{AGENT_TFTP_SERVICE_UNIT}", AGENT_TFTP_SERVICE_TEXT),
+        OsFile(AGENT_TFTP_COMMAND, AGENT_TFTP_COMMAND_TEXT, mode=0o755),
     ),
     os_packages=(
         OsPackage("dnsmasq", "/lib/systemd/system/dnsmasq.service"),
@@ -196,5 +295,9 @@ HOOK = Hook(
         OsPackage("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
         OsPackage("qemu-utils", "/usr/bin/qemu-img"),
         OsPackage("tftpd-hpa", "/usr/sbin/in.tftpd"),
+        # The broker and its client run under the OS's python3 (the monitor
+        # hook ships initpy/host).
+        OsPackage("python3", PYTHON3),
+        OsPackage("iproute2", "/usr/bin/ip"),
     ),
 )

@@ -60,6 +60,9 @@ MONITOR_ENV = f"{ETC_DIR}/monitor.env"
 # ports in.tftpd is started on for the agent (hooks/buildhost.py), and the
 # only high ports of the host that br1's filter opens (hooks/network).
 AGENT_TFTP_PORTS = (23400, 23999)
+# Where the agent asks root's broker for such a server (initpy-agent-tftp.socket,
+# hooks/buildhost.py; initpy/host/tftp_broker.py and tftp_client.py).
+AGENT_TFTP_SOCKET = "/run/initpy-agent-tftp.sock"
 STATE_MOUNT = "/state"
 STATE_OWN_DIR = f"{STATE_MOUNT}/initpy"
 

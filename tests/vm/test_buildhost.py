@@ -12,11 +12,12 @@ boot 1  the default (initpy.tftp=lan): the LAN host reads a file of
         br0's address listens on UDP 69 only (that dnsmasq does TFTP, not
         DNS or DHCP). Then the build machines: as build (in group kvm),
         qemu-system-x86_64 -accel tcg boots the test's own kernel to its
-        first console line; in.tftpd, started on the agent's last TFTP
-        port (AGENT_TFTP_PORTS: br1's filter opens no other) of br1's
-        address with --user build and --create on a subfolder of
-        /build/tftp, takes a file a namespace on br1 writes, and the file
-        is on the host, owned by build.
+        first console line; as build, initpy-agent-tftp asks root's
+        broker (initpy-agent-tftp.socket) for an in.tftpd on port 23400
+        of br1's address serving a subfolder of /build/tftp: it takes a
+        file a namespace on br1 writes, the file is on the host, owned by
+        build, and the server is gone once the command ends; a symlinked
+        folder and a port outside AGENT_TFTP_PORTS are refused.
 boot 2  initpy.tftp=br1: the same read gets nothing, the unit did not
         start (its condition, the config the state writes, is unmet), br0's
         address listens on no UDP port, and a namespace on br1 still gets
@@ -35,7 +36,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from initpy.runtime.layout import AGENT_TFTP_PORTS
+from initpy.runtime import layout
+from initpy.runtime.osimage import OS_PROGRAMS
 from tests.harness import smtp_sink
 from tests.harness.fullos import GUEST_BR1_SCRIPT, Host, boot_full
 from tests.harness.images import InitrdFiles, KernelFiles
@@ -84,18 +86,37 @@ runuser -u build -- timeout NESTED_TIMEOUT qemu-system-x86_64 -accel tcg -m 128 
   -kernel /run/nested-vmlinuz -append "console=ttyS0 panic=-1" 2>&1 | grep -a -m1 "Linux version"
 echo "nested seconds $(( $(date +%s) - start ))"
 """
-# The agent's TFTP server for one machine: a writable subfolder of /build/tftp.
-# in.tftpd must start as root: it drops to --user with initgroups(), which
-# needs CAP_SETGID (as build alone each request's child exits 71).
-# PORT: the last of the agent's TFTP ports, the only high ports br1's filter opens.
-IN_TFTPD_SCRIPT = r"""
+# The agent's TFTP server for one machine, asked for as build through root's
+# broker (initpy-agent-tftp.socket): in.tftpd cannot run as build itself
+# (its drop to --user needs CAP_SETGID: each request's child exits 71).
+# Then what build may not ask: a symlinked folder, a port outside the range.
+AGENT_TFTP = f"{OS_PROGRAMS}/initpy-agent-tftp"
+FIRST, LAST = layout.AGENT_TFTP_PORTS
+AGENT_TFTP_SCRIPT = rf"""
 set -e
-install -d -o build -g build /build/tftp/machine1
-in.tftpd --listen --address 172.23.0.1:PORT --user build --secure --create /build/tftp/machine1
+echo "socket $(systemctl is-active initpy-agent-tftp.socket)"
+runuser -u build -- mkdir /build/tftp/machine1
+runuser -u build -- ln -s /etc /build/tftp/evil
+start=$(date +%s%N)
+runuser -u build -- {AGENT_TFTP} {FIRST} machine1 > /run/agent-tftp.out 2>&1 &
+client=$!
+for i in $(seq 600); do
+  grep -q -e '^ready ' -e 'error:' /run/agent-tftp.out && break; sleep 0.1
+done
+echo "waited-ms $(( ($(date +%s%N) - start) / 1000000 ))"
+echo "client $(head -1 /run/agent-tftp.out)"
+echo "instances $(systemctl list-units --no-legend 'initpy-agent-tftp@*' | wc -l)"
 echo TOKEN > /run/upload.txt
-ip netns exec lan busybox tftp -p -l /run/upload.txt -r upload.txt 172.23.0.1 PORT
+ip netns exec lan busybox tftp -p -l /run/upload.txt -r upload.txt 172.23.0.1 {FIRST}
 echo "owner $(stat -c %U /build/tftp/machine1/upload.txt)"
 echo "content $(cat /build/tftp/machine1/upload.txt)"
+echo "symlink $(runuser -u build -- {AGENT_TFTP} {FIRST + 1} evil 2>&1 | head -1)"
+echo "port $(runuser -u build -- {AGENT_TFTP} {LAST + 1} machine1 2>&1 | head -1)"
+kill $client
+wait $client || true
+sleep 1
+echo "listening-after $(ss -Hlun | awk '{{print $4}}' | grep -c ':{FIRST}$' || true)"
+echo "broker $(journalctl -t initpy-agent-tftp -o cat --no-pager | grep -m1 serving)"
 """
 
 
@@ -159,12 +180,17 @@ def test_2_build_machines_run_as_build(lan: Host, vm_kernel: KernelFiles) -> Non
     token = f"up-{secrets.token_hex(6)}"
     br1 = GUEST_BR1_SCRIPT.replace("SINK", smtp_sink.SINK_ADDRESS).replace("TOKEN", "br1")
     lan.ssh.run("sh -s", stdin=br1, timeout=300)
-    out = lan.ssh.run(
-        "sh -s",
-        stdin=IN_TFTPD_SCRIPT.replace("TOKEN", token).replace("PORT", str(AGENT_TFTP_PORTS[1])),
-        timeout=300,
-    ).stdout
-    assert f"owner build\ncontent {token}" in out, out
+    out = lan.ssh.run("sh -s", stdin=AGENT_TFTP_SCRIPT.replace("TOKEN", token), timeout=300).stdout
+    print(out)
+    lines = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+    assert lines["socket"] == "active", out
+    assert lines["client"].startswith(f"ready 172.23.0.1:{FIRST} /build/tftp/machine1 "), out
+    assert lines["instances"] == "1", out
+    assert (lines["owner"], lines["content"]) == ("build", token), out
+    assert lines["symlink"] == "initpy-agent-tftp: error: /build/tftp/evil is a symbolic link"
+    assert lines["port"].startswith(f"initpy-agent-tftp: error: port {LAST + 1} is outside"), out
+    assert lines["listening-after"] == "0", out
+    assert "for uid 1100" in lines["broker"], out
 
 
 def test_3_with_initpy_tftp_br1_the_lan_reads_nothing_and_br1_still_does(

@@ -128,7 +128,17 @@ WantedBy=sockets.target
 # needs (chroot, setregid, initgroups, setreuid) and nothing else; no
 # CAP_NET_BIND_SERVICE (the ports are high), no CAP_DAC_* (the folder
 # must be searchable by others), no CAP_KILL (a transfer's child, already
-# the agent's user, is ended with the unit's cgroup).
+# the agent's user, is ended with the unit's cgroup). /proc stays whole:
+# the broker finds in.tftpd's socket in /proc/net/udp.
+AGENT_TFTP_SANDBOX = sandbox(
+    {
+        "CapabilityBoundingSet": "CAP_SETUID CAP_SETGID CAP_SYS_CHROOT",
+        "ReadWritePaths": TFTP_MOUNT,
+        "RestrictAddressFamilies": "AF_UNIX AF_INET AF_NETLINK",
+        # in.tftpd's drop (chroot, setregid, initgroups, setreuid) is @privileged.
+        "SystemCallFilter": ("@system-service chroot",),
+    }
+)
 AGENT_TFTP_SERVICE_TEXT = f"""\
 # Shipped by initpy (hooks/buildhost.py): one request of the build agent
 # (initpy/host/tftp_broker.py), on the connection systemd accepted.
@@ -144,31 +154,7 @@ StandardInput=socket
 StandardOutput=journal
 StandardError=journal
 SyslogIdentifier=initpy-agent-tftp
-CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_SYS_CHROOT
-NoNewPrivileges=yes
-ProtectSystem=strict
-ReadWritePaths={TFTP_MOUNT}
-ProtectHome=yes
-PrivateTmp=yes
-PrivateDevices=yes
-ProtectProc=invisible
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
-RestrictNamespaces=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
-MemoryDenyWriteExecute=yes
-RestrictAddressFamilies=AF_UNIX AF_INET AF_NETLINK
-SystemCallArchitectures=native
-SystemCallFilter=@system-service chroot
-SystemCallErrorNumber=EPERM
-UMask=0077
-# in.tftpd forks one child per transfer.
+{AGENT_TFTP_SANDBOX}# in.tftpd forks one child per transfer.
 TasksMax=64
 """
 AGENT_TFTP_COMMAND_TEXT = f"""\

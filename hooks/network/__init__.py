@@ -12,7 +12,9 @@ States, in order:
   winning NIC's MAC; in the kernel, /etc/hostname and /etc/hosts.
 - `bridges`: br0 with the winning NIC and its MAC, carrying the lease's
   address, route and DNS; br1 private with NAT (nft) and a dnsmasq config
-  (its subnet: br1.py); /etc/network/interfaces (the texts: files.py); then
+  (its subnet: br1.py); /etc/network/interfaces and, when the lease names
+  NTP servers (option 42), systemd-timesyncd's drop-in (the texts:
+  files.py); then
   the lease renewer `initpy-dhcp` is forked to keep br0's lease after the
   hand-off (renewer.py).
 
@@ -27,6 +29,7 @@ the shadow of the states before dhcp, and dhcp joins them.
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 from typing import Any
 
 from initpy.runtime import cmdline
@@ -56,11 +59,13 @@ from .files import (
     RESOLV_CONF,
     SYSCTL_CONF,
     SYSCTL_TEXT,
+    TIMESYNCD_CONF,
     dnsmasq_conf,
     hosts_file,
     interfaces_file,
     nft_ruleset,
     resolv_conf,
+    timesyncd_conf,
 )
 from .lease import Lease, is_hostname
 from .netlink import opened, start_prefetch, sysfs_is_ethernet, wait_for_carrier
@@ -320,6 +325,10 @@ def bridges(ctx: BootContext) -> str:
     )
     k.write_text(DNSMASQ_CONF, dnsmasq_conf(br1))
     _write_resolv_conf(ctx, lease)
+    timesyncd = timesyncd_conf(lease)
+    if timesyncd is not None:
+        k.mkdir(posixpath.dirname(TIMESYNCD_CONF))
+        k.write_text(TIMESYNCD_CONF, timesyncd)
     k.write_text(INTERFACES, interfaces_file(lease, br1))
     pid = start_renewer(k, lease)
     _report(ctx)["renewer_pid"] = pid

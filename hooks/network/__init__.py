@@ -231,6 +231,7 @@ def dhcp(ctx: BootContext) -> str:
         "server": lease.server,
         "router": lease.router,
         "dns": list(lease.dns),
+        "ntp": list(lease.ntp),
         "hostname": lease.hostname,
         "domain": lease.domain,
         "lease_time": lease.lease_time,

@@ -13,8 +13,9 @@ States, in order:
 - `bridges`: br0 with the winning NIC and its MAC, carrying the lease's
   address, route and DNS; br1 private with NAT and a firewall (nft, the
   rules: firewall.py) and a dnsmasq config (its subnet: br1.py);
-  /etc/network/interfaces (the texts: files.py); then the lease renewer
-  `initpy-dhcp` is forked to keep br0's lease after the hand-off
+  /etc/network/interfaces and, when the lease names NTP servers (option
+  42), systemd-timesyncd's drop-in (the texts: files.py); then the lease
+  renewer `initpy-dhcp` is forked to keep br0's lease after the hand-off
   (renewer.py).
 
 This file holds the hook's parameters, its states and `HOOK` (at the end).
@@ -28,6 +29,7 @@ the shadow of the states before dhcp, and dhcp joins them.
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 from typing import Any
 
 from initpy.runtime import cmdline
@@ -57,10 +59,12 @@ from .files import (
     RESOLV_CONF,
     SYSCTL_CONF,
     SYSCTL_TEXT,
+    TIMESYNCD_CONF,
     dnsmasq_conf,
     hosts_file,
     interfaces_file,
     resolv_conf,
+    timesyncd_conf,
 )
 from .firewall import LanAccess, nft_ruleset
 from .lease import Lease, is_hostname
@@ -244,6 +248,7 @@ def dhcp(ctx: BootContext) -> str:
         "server": lease.server,
         "router": lease.router,
         "dns": list(lease.dns),
+        "ntp": list(lease.ntp),
         "hostname": lease.hostname,
         "domain": lease.domain,
         "lease_time": lease.lease_time,
@@ -339,6 +344,10 @@ def bridges(ctx: BootContext) -> str:
     )
     k.write_text(DNSMASQ_CONF, dnsmasq_conf(br1))
     _write_resolv_conf(ctx, lease)
+    timesyncd = timesyncd_conf(lease)
+    if timesyncd is not None:
+        k.mkdir(posixpath.dirname(TIMESYNCD_CONF))
+        k.write_text(TIMESYNCD_CONF, timesyncd)
     k.write_text(INTERFACES, interfaces_file(lease, br1))
     pid = start_renewer(k, lease)
     _report(ctx)["renewer_pid"] = pid

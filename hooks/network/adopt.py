@@ -60,10 +60,12 @@ OS_FILES = (
     OsFile("/etc/systemd/system/initpy-dhcp.service", ADOPT_SERVICE, wanted_by="multi-user.target"),
     OsFile(ADOPT, ADOPT_SCRIPT, 0o755),
 )
-# dnsmasq: br1's DHCP (the bridges state writes its config); dbus and
+# dnsmasq: br1's DHCP (the bridges state writes its config); timesyncd:
+# the clock, from the lease's NTP servers (files.timesyncd_conf); dbus and
 # procps: busctl's system bus and pgrep in the adoption.
 OS_PACKAGES = (
     OsPackage("dnsmasq", "/lib/systemd/system/dnsmasq.service"),
+    OsPackage("systemd-timesyncd", "/lib/systemd/system/systemd-timesyncd.service"),
     OsPackage("dbus", "/usr/bin/dbus-daemon"),
     OsPackage("procps", "/usr/bin/pgrep"),
 )

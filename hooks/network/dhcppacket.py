@@ -47,6 +47,12 @@ VENDOR_ID = "initpy"
 DISCOVER, OFFER, REQUEST, ACK, NAK, RELEASE = 1, 2, 3, 5, 6, 7
 BOOTREQUEST, BOOTREPLY = 1, 2
 BROADCAST_FLAG = 0x8000
+# The options array follows the fixed BOOTP fields and the magic cookie.
+OPTIONS_START = 240
+PAD, END = 0, 255
+# The address-list options the lease reads, by code, as pyroute2 names them
+# in a decoded reply: router (3), DNS (6) and NTP (42) servers.
+ADDRESS_LISTS = {3: "router", 6: "name_server", 42: "ntp_servers"}
 
 
 def checksum(data: bytes) -> int:
@@ -94,6 +100,30 @@ def udp_payload(packet: bytes) -> bytes | None:
     return packet[header_length + UDP_HEADER.size : end]
 
 
+def misshapen_lists(payload: bytes) -> dict[str, bytes]:
+    """The address-list options whose length is no non-zero multiple of 4, by name, raw.
+
+    pyroute2 decodes such an option as the whole addresses it holds and
+    drops the rest without a word (5 bytes give one address); the lease
+    must not use a list the server got wrong.
+    """
+    found: dict[str, bytes] = {}
+    at = OPTIONS_START
+    while at < len(payload):
+        code = payload[at]
+        if code == PAD:
+            at += 1
+            continue
+        if code == END or at + 1 >= len(payload):
+            break
+        length = payload[at + 1]
+        value = payload[at + 2 : at + 2 + length]
+        if code in ADDRESS_LISTS and (len(value) != length or not length or length % 4):
+            found[ADDRESS_LISTS[code]] = value
+        at += 2 + length
+    return found
+
+
 def _dhcp4msg() -> Any:
     lean_pyroute2()
     from pyroute2.dhcp.dhcp4msg import dhcp4msg
@@ -113,6 +143,7 @@ def requested_options() -> tuple[Any, ...]:
         Option.NAME_SERVER,
         Option.HOST_NAME,
         Option.DOMAIN_NAME,
+        Option.NTP_SERVERS,
         Option.LEASE_TIME,
         Option.RENEWAL_TIME,
         Option.REBINDING_TIME,
@@ -201,6 +232,9 @@ class PacketDhcpClient:
             return None
         if str(reply["chaddr"]).lower() != self.mac:
             return None
+        # Raw bytes are no list of addresses: lease_from_options drops them
+        # and the lease's problems name them.
+        reply["options"].update(misshapen_lists(payload))
         return reply
 
     # -- the exchange ---------------------------------------------------------------

@@ -29,6 +29,7 @@ DNSMASQ_CONF = "/etc/dnsmasq.d/initpy-br1.conf"
 SYSCTL_CONF = "/etc/sysctl.d/60-initpy-forward.conf"
 INTERFACES = "/etc/network/interfaces"
 RESOLV_CONF = "/etc/resolv.conf"
+TIMESYNCD_CONF = "/etc/systemd/timesyncd.conf.d/initpy.conf"
 
 SYSCTL_TEXT = "# Written by initpy: br1's NAT needs forwarding.\nnet.ipv4.ip_forward = 1\n"
 
@@ -53,6 +54,23 @@ def resolv_conf(lease: Lease) -> str:
     if lease.domain:
         text += f"search {lease.domain}\n"
     return text + "".join(f"nameserver {server}\n" for server in lease.dns)
+
+
+def timesyncd_conf(lease: Lease) -> str | None:
+    """systemd-timesyncd's drop-in naming the lease's NTP servers; None when it gave none.
+
+    Without the file timesyncd uses Debian's default servers (the
+    debian.pool.ntp.org names in its timesyncd.conf), which need DNS and a
+    route to the Internet.
+    """
+    if not lease.ntp:
+        return None
+    return (
+        f"# Written by initpy ({SOURCE}) from the DHCP lease on {BR0} "
+        f"(server {lease.server or '?'}, option 42).\n"
+        "[Time]\n"
+        f"NTP={' '.join(lease.ntp)}\n"
+    )
 
 
 def interfaces_file(lease: Lease, br1: ipaddress.IPv4Interface) -> str:

@@ -7,7 +7,7 @@ without importing asyncio or pyroute2.
 Whoever answers DHCP on a build host's network decides every value of a
 lease, so `checked()` holds each one to what it must be before any of it
 reaches a file (/etc/resolv.conf, /etc/hosts, /etc/hostname,
-/etc/network/interfaces) or a route: a value that fails is dropped and the
+/etc/network/interfaces, timesyncd's drop-in) or a route: a value that fails is dropped and the
 lease says so in `problems` (the dhcp state turns each into a warning); an
 address the host cannot take makes the whole lease unusable (`BadLease`).
 docs/security.md lists the checks.
@@ -44,6 +44,8 @@ class Lease:
     server: str | None = None
     router: str | None = None
     dns: tuple[str, ...] = ()
+    # NTP servers (option 42), for systemd-timesyncd (files.timesyncd_conf).
+    ntp: tuple[str, ...] = ()
     hostname: str | None = None
     domain: str | None = None
     broadcast: str | None = None
@@ -145,12 +147,17 @@ def checked(lease: Lease) -> Lease:
             )
             router = None
 
-    dns = []
-    for server in lease.dns:
-        if _unicast(server) is None:
-            dropped("DNS server", server, "a unicast IPv4 address")
-        else:
-            dns.append(server)
+    def servers(what: str, addresses: tuple[str, ...]) -> tuple[str, ...]:
+        kept = []
+        for server in addresses:
+            if _unicast(server) is None:
+                dropped(what, server, "a unicast IPv4 address")
+            else:
+                kept.append(server)
+        return tuple(kept)
+
+    dns = servers("DNS server", lease.dns)
+    ntp = servers("NTP server", lease.ntp)
 
     server_id = lease.server
     if server_id is not None and _unicast(server_id) is None:
@@ -186,7 +193,8 @@ def checked(lease: Lease) -> Lease:
         prefixlen=prefixlen,
         broadcast=broadcast,
         router=router,
-        dns=tuple(dns),
+        dns=dns,
+        ntp=ntp,
         server=server_id,
         hostname=hostname,
         domain=domain,
@@ -229,9 +237,11 @@ def lease_from_options(
             dropped("subnet mask", mask, f"a contiguous netmask; using the classful /{prefixlen}")
 
     def strings(key: str, what: str) -> list[str]:
-        value = options.get(key) or []
+        value = options.get(key)
+        if value is None:
+            return []
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            dropped(what, value, "a list of IPv4 addresses")
+            dropped(what, value, "a list of IPv4 addresses, 4 bytes each")
             return []
         return value
 
@@ -258,6 +268,7 @@ def lease_from_options(
             server=text("server_id", "server identifier"),
             router=routers[0] if routers else None,
             dns=tuple(strings("name_server", "DNS servers")),
+            ntp=tuple(strings("ntp_servers", "NTP servers")),
             hostname=text("host_name", "host name"),
             domain=text("domain_name", "domain name"),
             broadcast=text("broadcast_address", "broadcast address"),

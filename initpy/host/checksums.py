@@ -32,7 +32,7 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from initpy.host.fetch import fetch_to_file
+from initpy.host.fetch import fetch, fetch_to_file
 
 # A real toolchain.sha256 is under 2 KiB; a file this long is not one.
 CHECKSUMS_LIMIT = 65536
@@ -86,6 +86,11 @@ class Checksums:
         folder = parts.path.rpartition("/")[0]
         path = f"{folder}/{urllib.parse.quote(listed.name)}"
         return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def fetch_checksums(url: str, timeout: float) -> bytes:
+    """The checksums file at `url`: longer than a build id file may be."""
+    return fetch(url, timeout, CHECKSUMS_LIMIT)
 
 
 def parse_checksums(body: bytes, source: str = "the checksums file") -> Checksums:

@@ -30,7 +30,11 @@ first). The boot's own toolchain is the sha256 initpy-toolchain recorded
 first file read is the baseline. Another file is examined first
 (initpy.host.toolchain_check, nothing run): all its files match, and it
 mails and reboots as for a new build; else it is refused (one `<3>` line
-and one mail per file's sha256, no reboot). No answer is a failed poll.
+and one mail per file's sha256, no reboot). A refused file is examined
+again after `RECHECK_FIRST`, then after waits that double up to
+`RECHECK_CAP` (its listed files may be fixed under the same sums): a pass
+then reboots with the change mail; another refusal only logs. No answer is
+a failed poll.
 
 The first poll comes after U(0, 1) × `interval`, so hosts that boot
 together (a power cut, a rollout) do not poll together. The jitter is
@@ -61,9 +65,9 @@ from email.message import EmailMessage
 from initpy.cli import DEBUG_FLAG, handle
 from initpy.host import agent as agent_slot
 from initpy.host import mail as mailer
-from initpy.host import mailtext, systemd, toolchain_check
+from initpy.host import mailtext, monitor_check, systemd, toolchain_check
 from initpy.host.checksums import ChecksumsError, parse_checksums
-from initpy.host.fetch import FetchError, fetch, parse_build_id
+from initpy.host.fetch import FetchError, parse_build_id
 from initpy.host.monitor_records import (
     FETCH_TIMEOUT,
     MAX_NAP,
@@ -87,6 +91,10 @@ from initpy.runtime import layout
 JITTER = 0.25  # every wait is its base times U(1 - JITTER, 1 + JITTER)
 BACKOFF_CAP = 4  # a failing URL is tried again after at most 4 intervals (before jitter)
 FAILING_MAIL_AFTER = 3600.0
+# The same refused checksums file is examined again after an hour, then
+# after waits that double up to a day (docs/toolchain.md says why).
+RECHECK_FIRST = 3600.0
+RECHECK_CAP = 86400.0
 
 
 @dataclass
@@ -150,12 +158,13 @@ class Monitor:
         return Poll(Outcome.SAME, loop.summary, new_id)
 
     def _judge(self, url: str, body: bytes, key: str) -> str | None:
-        """Why `body` may not be booted onto, or None; a refused file is not examined again."""
+        """Why `body` may not be booted onto, or None; a refused file waits for its re-check."""
         loop = self.loop
         if key in (self.running_toolchain, loop.rebooting_to):
             return None
-        if key == loop.refused_toolchain:
+        if key == loop.refused_toolchain and self.deps.clock() < loop.recheck_at:
             return loop.refused_problem
+        loop.rechecking = key == loop.refused_toolchain
         try:
             if self.running_toolchain is None:
                 parse_checksums(body, url)  # the baseline: this boot's, no reboot to guard
@@ -177,14 +186,23 @@ class Monitor:
     def _refused(self, key: str, problem: str, new_id: str | None) -> Poll:
         """A checksums file that cannot be booted onto: one line, one mail, no reboot."""
         loop, url = self.loop, self.settings.toolchain_url
-        running = self.running_toolchain or "none"
+        running, now = self.running_toolchain or "none", self.deps.clock()
         if loop.refused_toolchain != key:
             loop.refused_toolchain, loop.refused_problem = key, problem
+            loop.recheck_wait, loop.recheck_at = RECHECK_FIRST, now + RECHECK_FIRST
             self.deps.log(
                 f"<3>new toolchain {key[:12]} at {url} refused: {problem}; nothing ran, "
                 f"no reboot, still running toolchain {running[:12]}"
             )
             self._mail(mailtext.toolchain_refused(self._sender(), url, running, key, problem))
+        elif loop.rechecking:  # examined again: the same outcome, so no mail
+            loop.refused_problem, loop.rechecking = problem, False
+            loop.recheck_wait = min(loop.recheck_wait * 2, RECHECK_CAP)
+            loop.recheck_at = now + loop.recheck_wait
+            self.deps.log(
+                f"<4>toolchain {key[:12]} examined again, still refused: {problem}; "
+                f"next look in {loop.recheck_wait / 3600:g} h"
+            )
         loop.summary = f"toolchain {key[:12]} refused, running {running[:12]}: {problem}"
         return Poll(Outcome.REFUSED, loop.summary, new_id)
 
@@ -384,7 +402,8 @@ def _main(argv: list[str], env: Mapping[str, str] | None) -> int:
     parser.add_argument(
         "--check",
         action="store_true",
-        help="poll once and say what the monitor would do; mail nothing, reboot nothing",
+        help="poll once and say what the monitor would do (exit 0 unchanged, 1 unreachable, "
+        "2 changed, 3 refused); mail nothing, reboot nothing",
     )
     parser.add_argument(DEBUG_FLAG, action="store_true", help="tracebacks for errors")
     args = parser.parse_args(argv)
@@ -399,7 +418,8 @@ def _main(argv: list[str], env: Mapping[str, str] | None) -> int:
     except (KeyError, OSError):
         user = "build"
     if args.check:
-        return _check(settings, running_id)
+        toolchain = running_toolchain(args.toolchain_result)
+        return monitor_check.check(settings, running_id, toolchain, FETCH_TIMEOUT)
     agent = agent_slot.Agent(settings.agent, log_to_stderr, env=env) if settings.agent else None
     if agent is None:
         log_to_stderr("no initpy.monitor.agent: no agent to run")
@@ -420,25 +440,6 @@ def _main(argv: list[str], env: Mapping[str, str] | None) -> int:
         if agent is not None:
             agent.stop()
     return 0
-
-
-def _check(settings: Settings, running_id: str | None) -> int:
-    """--check: 0 same build, 1 a failure (or nothing to poll), 2 another build."""
-    print(f"running build: {running_id or 'unknown'}")
-    if settings.buildid_url is None or running_id is None:
-        print("not polling: " + ("no buildos.buildid_url" if running_id else "no running id"))
-        return 1
-    try:
-        new_id = parse_build_id(fetch(settings.buildid_url, FETCH_TIMEOUT))
-    except (FetchError, ValueError) as exc:
-        print(f"{settings.buildid_url}: {exc}: the monitor would log it and wait longer")
-        return 1
-    print(f"{settings.buildid_url}: {new_id}")
-    if new_id == running_id:
-        print("the same build: nothing to do")
-        return 0
-    print("another build: the monitor would mail the admin and reboot")
-    return 2
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from enum import StrEnum
 from initpy.host import agent as agent_slot
 from initpy.host import mail as mailer
 from initpy.host import systemd
-from initpy.host.checksums import CHECKSUMS_LIMIT
+from initpy.host.checksums import fetch_checksums
 from initpy.host.fetch import fetch
 
 # A fetch's whole budget; a TFTP server that does not answer costs this much.
@@ -53,11 +53,6 @@ def read_uptime(path: str = "/proc/uptime") -> float:
 
 def log_to_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-def fetch_checksums(url: str, timeout: float) -> bytes:
-    """The toolchain's checksums file: longer than a build id file may be."""
-    return fetch(url, timeout, CHECKSUMS_LIMIT)
 
 
 @dataclass(frozen=True)
@@ -99,6 +94,9 @@ class LoopState:
     rebooting_to: str | None = None
     refused_toolchain: str | None = None  # the sha256 of the last checksums file refused
     refused_problem: str = ""
+    recheck_at: float = 0.0  # the clock at which the refused file is examined again
+    recheck_wait: float = 0.0
+    rechecking: bool = False  # this poll examines the refused file again
     reboots: int = 0
     summary: str = "starting"  # what the last step found, for the log and STATUS=
     status_text: str = ""

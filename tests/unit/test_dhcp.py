@@ -218,6 +218,8 @@ def test_hostile_values_are_dropped_each_with_a_problem_naming_it_escaped() -> N
         ({"router": ["10.0.2.15"]}, "router '10.0.2.15' dropped"),  # the host's own
         ({"router": ["10.0.2.255"]}, "router '10.0.2.255' dropped"),  # the broadcast
         ({"router": [1, 2]}, "router [1, 2] dropped: expected a list of IPv4 addresses"),
+        ({"ntp_servers": ["127.0.0.1"]}, "NTP server '127.0.0.1' dropped: expected a unicast"),
+        ({"ntp_servers": b"\n\0\0\1\7"}, "NTP servers b'\\n\\x00\\x00\\x01\\x07' dropped"),
         ({"host_name": [0xFF, 0xFE]}, "host name [255, 254] dropped: expected text"),
         ({"host_name": "-leading.dash"}, "host name '-leading.dash' dropped"),
         ({"host_name": "a" * 64}, "dropped: expected a host name"),

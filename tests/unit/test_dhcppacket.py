@@ -13,11 +13,13 @@ import socket
 import struct
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hooks.network import dhcppacket
 from hooks.network.dhcppacket import PacketDhcpClient, backoff, checksum, ip_udp, udp_payload
+from hooks.network.files import timesyncd_conf
 from hooks.network.lease import checked, lease_from_options
 
 MAC = "52:54:00:12:34:56"
@@ -58,6 +60,7 @@ def test_discover_asks_for_the_hostname_and_sends_none() -> None:
     options = sent["options"]
     assert options["message_type"] == dhcppacket.DISCOVER
     assert 12 in options["parameter_list"]  # option 12 requested ...
+    assert 42 in options["parameter_list"]  # and the NTP servers, for timesyncd
     assert "host_name" not in options  # ... never sent
     assert options["vendor_id"] == "initpy"
     assert options["client_id"] == {"type": 1, "key": MAC}
@@ -104,6 +107,64 @@ def test_only_replies_to_this_client_are_taken_and_their_lease_is_checked() -> N
     assert (lease.cidr, lease.server) == ("10.0.2.15/24", "10.0.2.2")
     assert lease.domain is None  # the hostile domain name was dropped ...
     assert any("domain name" in problem for problem in lease.problems)  # ... and said
+
+
+def _with_option(packet: bytes, code: int, value: bytes) -> bytes:
+    """`packet` (from `_reply`) with one more raw option before END; lengths fixed up."""
+    payload = udp_payload(packet)
+    assert payload is not None and payload.endswith(b"\xff")
+    payload = payload[:-1] + bytes([code, len(value)]) + value + b"\xff"
+    fixed = ip_udp(payload, "10.0.2.2", "255.255.255.255")
+    return fixed[:20] + struct.pack("!HH", 67, 68) + fixed[24:]
+
+
+def _lease_of(client: PacketDhcpClient, packet: bytes) -> Any:
+    reply = client._answer(packet)
+    assert reply is not None
+    return lease_from_options("eth0", MAC, reply["yiaddr"], reply["options"], reply)
+
+
+def test_option_42_in_the_ack_becomes_timesyncds_drop_in() -> None:
+    client = _client()
+    servers = bytes([10, 0, 2, 5, 10, 0, 2, 6])
+    lease = _lease_of(client, _with_option(_reply(client), 42, servers))
+    assert lease.ntp == ("10.0.2.5", "10.0.2.6")
+    text = timesyncd_conf(lease)
+    assert text is not None
+    assert text.splitlines()[1:] == ["[Time]", "NTP=10.0.2.5 10.0.2.6"]
+
+
+def test_an_ack_without_option_42_gives_no_drop_in() -> None:
+    client = _client()
+    lease = _lease_of(client, _reply(client))
+    assert lease.ntp == ()
+    assert timesyncd_conf(lease) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        bytes([10, 0, 2, 5, 7]),  # 5 bytes: pyroute2 alone would keep 10.0.2.5
+        bytes([10, 0, 2]),
+        b"",
+        bytes([10, 0, 2, 5, 10, 0, 2, 6, 1, 2]),
+    ],
+)
+def test_an_option_42_of_a_bad_length_is_dropped_and_said(value: bytes) -> None:
+    client = _client()
+    lease = _lease_of(client, _with_option(_reply(client), 42, value))
+    assert lease.ntp == () and timesyncd_conf(lease) is None
+    assert any(f"NTP servers {value!r} dropped" in p for p in lease.problems), lease.problems
+
+
+def test_a_router_or_dns_list_of_a_bad_length_is_dropped_too() -> None:
+    client = _client()
+    packet = _with_option(_with_option(_reply(client), 3, bytes([10, 0, 2, 2, 9])), 6, b"\n\0")
+    lease = _lease_of(client, packet)
+    assert lease.router is None and lease.dns == ()
+    problems = "\n".join(lease.problems)
+    assert "router b'\\n\\x00\\x02\\x02\\t' dropped" in problems
+    assert "DNS servers b'\\n\\x00' dropped" in problems
 
 
 class _Wire:

@@ -293,3 +293,43 @@ def test_a_new_toolchains_files_ping_the_watchdog_as_they_arrive(
     run_polls(m, 1)
     assert len(world.reboots) == 1
     assert during.count(True) >= 2  # the install script's and the archive's chunks
+
+
+def test_a_refused_toolchain_is_examined_again_after_a_growing_wait(
+    servers: Servers,  # noqa: F811
+    run_dir: Path,
+) -> None:
+    """The same refused file is looked at again after 1 h, then 2, 4, ... up to 24 h; a
+    refusal again only logs, and a pass once its archive is fixed mails and reboots."""
+    name = "tcpoll-recheck"
+    old_key, bad_key, buildid = tampered(servers, name, "mismatch")
+    world = World()
+    m = make_monitor(world, servers.url("http", buildid))
+    with_toolchain(m, servers.url("http", f"{name}/toolchain.sha256"), old_key, run_dir)
+    run_polls(m, 1)
+    assert m.loop.recheck_at == world.now + monitor.RECHECK_FIRST
+    first = m.loop.recheck_at
+
+    def rechecks() -> list[str]:
+        return [line for line in world.lines if "examined again" in line]
+
+    days = 86400.0  # a bound on the fake clock, so that a missing re-check fails, not hangs
+    m.run(stop=lambda: len(rechecks()) >= 7 or world.now > first + 10 * days)
+    assert world.reboots == [] and len(world.mails) == 1  # the one refusal mail
+    waits = [line.rpartition("next look in ")[2] for line in rechecks()]
+    assert waits == ["2 h", "4 h", "8 h", "16 h", "24 h", "24 h", "24 h"]
+    assert all("still refused" in line and "has sha256" in line for line in rechecks())
+    # Between re-checks the file is not examined: one look per wait, not per poll.
+    assert m.loop.polls > 5 * len(rechecks())
+    assert world.polled_at[1] < first  # polls came before the first re-check was due
+    # The archive is put right under the same sums: the next re-check passes.
+    servers.put(f"{name}/{standin.ARCHIVE}", standin.archive(b"/* 0.1.1 */"))
+    due = m.loop.recheck_at
+    m.run(stop=lambda: bool(world.reboots) or world.now > due + 2 * days)
+    assert world.now >= due
+    assert world.reboots == [f"initpy-monitor: toolchain {old_key} -> {bad_key}"]
+    assert [mail["Subject"] for mail in world.mails] == [
+        f"build-5400123456: toolchain {bad_key[:12]} refused, not rebooting",
+        f"build-5400123456: new toolchain {bad_key[:12]}, rebooting",
+    ]
+    assert os.listdir(run_dir) == []

@@ -362,6 +362,26 @@ def test_a_lease_without_options_is_valid(tmp_path: Path, net: types.ModuleType)
     assert "no DNS servers" in resolv
 
 
+def test_the_leases_ntp_servers_become_timesyncds_drop_in(
+    tmp_path: Path, net: types.ModuleType
+) -> None:
+    winner = lease(
+        "eth0", "52:54:00:12:34:56", "10.0.2.15", server="10.0.2.2", ntp=("10.0.2.5", "10.0.2.6")
+    )
+    k = bridged(tmp_path, net, winner)
+    text = read(k, "/etc/systemd/timesyncd.conf.d/initpy.conf").splitlines()
+    assert text[1:] == ["[Time]", "NTP=10.0.2.5 10.0.2.6"]
+    assert "option 42" in text[0] and "server 10.0.2.2" in text[0]
+
+
+def test_a_lease_without_ntp_servers_leaves_timesyncd_its_default(
+    tmp_path: Path, net: types.ModuleType
+) -> None:
+    k = bridged(tmp_path, net, lease("eth0", "52:54:00:12:34:56", "10.0.2.15", dns=("10.0.2.3",)))
+    assert not os.path.lexists(k.path("/etc/systemd/timesyncd.conf.d/initpy.conf"))
+    assert not os.path.lexists(k.path("/etc/systemd/timesyncd.conf.d"))
+
+
 def test_br1_nat_forwarding_dnsmasq_and_interfaces(tmp_path: Path, net: types.ModuleType) -> None:
     k = bridged(tmp_path, net, lease("eth0", "52:54:00:12:34:56", "10.0.2.15"))
     assert k.network.addresses["br1"] == ["172.23.0.1/16"]
@@ -392,9 +412,10 @@ def test_the_files_an_operator_reads_name_the_module_that_wrote_them(
 ) -> None:
     from hooks.network import files, firewall
 
-    k = bridged(tmp_path, net, lease("eth0", "52:54:00:12:34:56", "10.0.2.15"))
+    k = bridged(tmp_path, net, lease("eth0", "52:54:00:12:34:56", "10.0.2.15", ntp=("10.0.2.5",)))
     for path, source in (
         ("/etc/network/interfaces", files.SOURCE),
+        ("/etc/systemd/timesyncd.conf.d/initpy.conf", files.SOURCE),
         ("/etc/initpy/br1.nft", firewall.SOURCE),
         ("/etc/dnsmasq.d/initpy-br1.conf", files.SOURCE),
     ):

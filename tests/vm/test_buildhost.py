@@ -18,6 +18,8 @@ boot 1  the default (initpy.tftp=lan): the LAN host reads a file of
         file a namespace on br1 writes, the file is on the host, owned by
         build, and the server is gone once the command ends; a symlinked
         folder and a port outside AGENT_TFTP_PORTS are refused.
+        systemd-timesyncd is active, on Debian's pool (QEMU's DHCP
+        gives no option 42, so no drop-in).
 boot 2  initpy.tftp=br1: the same read gets nothing, the unit did not
         start (its condition, the config the state writes, is unmet), br0's
         address listens on no UDP port, and a namespace on br1 still gets
@@ -191,6 +193,25 @@ def test_2_build_machines_run_as_build(lan: Host, vm_kernel: KernelFiles) -> Non
     assert lines["port"].startswith(f"initpy-agent-tftp: error: port {LAST + 1} is outside"), out
     assert lines["listening-after"] == "0", out
     assert "for uid 1100" in lines["broker"], out
+
+
+def test_2_time_sync_runs_with_debians_pool_when_the_lease_names_no_ntp_server(
+    lan: Host,
+) -> None:
+    # QEMU's user network gives no option 42: no drop-in, timesyncd's defaults.
+    # (tests/vm/test_network.py shows a lease with option 42 becoming the drop-in.)
+    out = lan.sections(
+        {
+            "active": "systemctl is-active systemd-timesyncd",
+            "dropin": "ls /etc/systemd/timesyncd.conf.d/ 2>/dev/null | tr '\\n' ' '",
+            "servers": "timedatectl show-timesync -p SystemNTPServers -p FallbackNTPServers",
+        }
+    )
+    assert out["active"] == "active", out
+    assert "initpy.conf" not in out["dropin"], out
+    servers = dict(line.split("=", 1) for line in out["servers"].splitlines())
+    assert servers["SystemNTPServers"] == "", out
+    assert "debian.pool.ntp.org" in servers["FallbackNTPServers"], out
 
 
 def test_3_with_initpy_tftp_br1_the_lan_reads_nothing_and_br1_still_does(

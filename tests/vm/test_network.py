@@ -12,8 +12,9 @@ run after storage's) with the test's own NICs in place of the standard one.
    with no hostname offered the name is build-<10 hex digits of its MAC>;
 4. a NIC on a unix dgram socket with no peer (no DHCP server anywhere):
    rescue with the per-NIC reason, within the deadline;
-5. a namespace of the test's own with dnsmasq (router, DNS, host name) over
-   a tap: default route and resolv.conf on br0;
+5. a namespace of the test's own with dnsmasq (router, DNS, host name, NTP
+   servers) over a tap: default route and resolv.conf on br0, and
+   timesyncd's drop-in from option 42;
 6. (issue 9) the same, with a hostile dnsmasq: a domain that carries a
    newline and `nameserver`/`options` lines, a host name with ESC and shell
    metacharacters, a router outside the subnet, a multicast DNS server. The
@@ -105,6 +106,7 @@ def state(boot: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 MAC = "52:54:00:5e:00:01"
+TIMESYNCD = "/etc/systemd/timesyncd.conf.d/initpy.conf"
 
 
 def test_user_network_hostname_bridges_nat_files_and_renewer(
@@ -225,6 +227,7 @@ def test_dnsmasq_in_a_namespace_gives_route_and_dns_on_br0(
             router="10.99.0.1",
             dns="10.99.0.1",
             hostname_for=(MAC, "labhost"),
+            options=("--dhcp-option=option:ntp-server,10.99.0.1,10.99.0.2",),
         )
         args = with_nics(full_boot, Nic.tap("n0", "tap0", mac=MAC))
         with contextlib.ExitStack() as stack:
@@ -244,6 +247,9 @@ def test_dnsmasq_in_a_namespace_gives_route_and_dns_on_br0(
     ]
     assert "nameserver 10.99.0.1" in file_lines(facts, "/etc/resolv.conf")
     assert facts["hostname"] == ["labhost"]
+    # Option 42 became systemd-timesyncd's drop-in.
+    assert lease["ntp"] == ["10.99.0.1", "10.99.0.2"]
+    assert file_lines(facts, TIMESYNCD)[1:] == ["[Time]", "NTP=10.99.0.1 10.99.0.2"]
     # The renewer re-confirmed the lease from br0 (the same MAC): dnsmasq
     # acknowledged the address twice, once for the boot, once for it.
     acks = re.findall(rf"DHCPACK\(tap0\) {re.escape(lease['address'].split('/')[0])} {MAC}", served)
@@ -269,6 +275,7 @@ def test_a_hostile_dhcp_server_leaves_the_guests_files_clean_and_the_report_warn
             options=(
                 f"--dhcp-option-force=15,{HOSTILE_DOMAIN}",
                 f"--dhcp-option-force=12,{HOSTILE_HOSTNAME}",
+                "--dhcp-option-force=42,224.0.1.1,10.99.0.1",
             ),
         )
         args = with_nics(full_boot, Nic.tap("n0", "tap0", mac=MAC))
@@ -289,7 +296,8 @@ def test_a_hostile_dhcp_server_leaves_the_guests_files_clean_and_the_report_warn
     assert not any(r.startswith("default") for r in facts.get("route", [])), facts.get("route")
     lease = boot["network"]["lease"]
     assert (lease["domain"], lease["hostname"], lease["router"]) == (None, None, None)
-    assert lease["dns"] == ["10.99.0.1"]
+    assert lease["dns"] == ["10.99.0.1"] and lease["ntp"] == ["10.99.0.1"]
+    assert file_lines(facts, TIMESYNCD)[1:] == ["[Time]", "NTP=10.99.0.1"]
     warnings = boot["warnings"]
     for expected in (
         f"dhcp: eth0: domain name {HOSTILE_DOMAIN!r} dropped: expected a domain name",
@@ -297,6 +305,7 @@ def test_a_hostile_dhcp_server_leaves_the_guests_files_clean_and_the_report_warn
         "dhcp: eth0: router '10.98.0.1' dropped: expected another host's address inside "
         "10.99.0.0/24",
         "dhcp: eth0: DNS server '224.0.0.251' dropped: expected a unicast IPv4 address",
+        "dhcp: eth0: NTP server '224.0.1.1' dropped: expected a unicast IPv4 address",
     ):
         assert any(w.startswith(expected) for w in warnings), (expected, warnings)
     # On the console, the warning shows the host name escaped: no raw ESC from initpy.

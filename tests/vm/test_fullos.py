@@ -179,7 +179,9 @@ def test_4_a_namespace_on_br1_gets_a_lease_nat_and_tftp(host1: Host) -> None:
 def test_5_the_monitors_sandbox_still_mails_through_postfix(host1: Host) -> None:
     """NoNewPrivileges turns off the setgid of postfix's sendmail and postqueue:
     the monitor's unit joins group postdrop instead. Its own unit file, with
-    only the command changed, mails the admin."""
+    only the command changed, mails the admin, and then sees postfix's queue
+    empty (True, not None: `postqueue -p` works there, so the wait before a
+    reboot is real)."""
     token = f"sandbox-mail-{secrets.token_hex(4)}"
     script = f"""
 set -e
@@ -187,6 +189,7 @@ cat > /run/mailcheck.py <<'EOS'
 import sys
 from initpy.host import mail
 mail.sendmail(mail.message("initpy-monitor", "root", sys.argv[1], "from the monitor's sandbox"))
+print("queue-flushed", mail.wait_for_queue(60), mail.queue_empty())
 EOS
 chmod 644 /run/mailcheck.py
 sed -e 's|^ExecStart=.*|ExecStart=/usr/bin/python3 -s -B -P /run/mailcheck.py {token}|' \\
@@ -200,6 +203,7 @@ journalctl -b --no-pager -o cat -u initpy-mailcheck | tail -n 20
 """
     out = host1.ssh.run("sh -s", stdin=script).stdout
     assert out.startswith("success\n"), out
+    assert "queue-flushed True True" in out, out
     sent = wait_for_mail(host1.mail, token)
     assert sent["X-Sink-Rcpt-To"] == f"<{ADMIN}>", sent.as_string()[:2000]
 

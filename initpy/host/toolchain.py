@@ -58,17 +58,17 @@ from typing import TypeVar
 from initpy.host import mail as mailer
 from initpy.host import mailtext
 from initpy.host.checksums import (
-    CHECKSUMS_LIMIT,
     FILE_DEADLINE,
     FILE_LIMIT,
     Checksums,
     ChecksumsError,
     Listed,
     Mismatch,
+    fetch_checksums,
     fetch_verified,
     parse_checksums,
 )
-from initpy.host.fetch import FetchError, TooLong, fetch
+from initpy.host.fetch import FetchError, TooLong
 from initpy.host.settings import BUILDOS_ENV, TOOLCHAIN_RESULT, load_toolchain_settings
 from initpy.host.toolchain_cache import CHECKSUMS_COPY, CacheError, Entry, open_root
 
@@ -130,7 +130,7 @@ class Toolchain:
 def bootstrap(job: Bootstrap) -> Toolchain:
     """Fetch, verify, install (or take from the cache); ToolchainError on any failure."""
     started = time.monotonic()
-    body = _retried(job, job.url, lambda: fetch(job.url, job.fetch_timeout, CHECKSUMS_LIMIT))
+    body = _retried(job, job.url, lambda: fetch_checksums(job.url, job.fetch_timeout))
     try:
         checksums = parse_checksums(body, job.url)
     except ChecksumsError as exc:

@@ -16,7 +16,8 @@ test_1  boot 1: iPXE -> pxelinux.0 -> the host's pxelinux.cfg/01-<mac> (the
         monitor polls and says build A is current. The agent runs in
         initpy-agent.service as `build` in /build with its quoted
         arguments, the monitor as `initpy-monitor` (issue 19); as `build`,
-        `kill -STOP` of the monitor and a reboot request both fail.
+        `kill -STOP` of the monitor and a reboot request both fail; killed,
+        the agent is started again by systemd.
 test_2  rollout: B's files renamed into DIR (build id last). The monitor
         mails the admin (old id, new id, uptime) and reboots through
         systemd; the host PXE-boots again and comes up on build B: the
@@ -159,6 +160,31 @@ class FleetHost:
         assert "Permission denied" in attack["request"], attack
         assert attack["request"].endswith("exit=1"), attack
         assert "stopped" not in attack["state"] and attack["pid"] == pid, attack
+        self.note(
+            f"boot {which}: initpy-agent.service runs the agent as {out['agent'].splitlines()[0]} "
+            f"in its cgroup, the monitor runs as {user}; as build: "
+            + "; ".join(attack[k].splitlines()[0] for k in ("stop", "request"))
+        )
+
+    def agent_restarts(self, which: str) -> None:
+        """systemd starts the agent again when it ends (Restart=always, RestartSec=10)."""
+        line = f"stand-in agent of build {which} ({AGENT_ARGS})"
+        first = self.ssh.run("systemctl show -P MainPID initpy-agent").stdout.strip()
+        self.ssh.run(f"kill -KILL {first}")
+        killed = time.monotonic()
+        while True:
+            again = self.sections(
+                {
+                    "pid": "systemctl show -P MainPID initpy-agent",
+                    "journal": "journalctl -b -t initpy-agent --no-pager -o cat",
+                }
+            )
+            if again["pid"] not in ("0", first) and again["journal"].count(line) >= 2:
+                break
+            assert time.monotonic() < killed + 90, again
+            time.sleep(1)
+        back = time.monotonic() - killed
+        self.note(f"boot {which}: agent killed, running again {back:.0f} s later")
 
     def pxe_boot(self, which: str, since: float = 0.0, start: str = "QEMU starts") -> re.Match[str]:
         """Follow one PXE boot on the console to `buildos: up`; note its figures.
@@ -323,6 +349,7 @@ def test_1_the_full_image_pxe_boots_to_multi_user_with_the_append_line_in_effect
     host.note(f"monitor status after boot A: {status}")
     # The agent in its own unit, as the build user, apart from the monitor.
     host.agent_apart_from_the_monitor("A")
+    host.agent_restarts("A")
 
 
 def test_2_a_new_build_id_mails_the_admin_reboots_and_comes_up_on_the_new_build(

@@ -1,4 +1,4 @@
-"""The monitor: initpy-monitor in the OS that the init hands off to.
+"""The monitor and the operator's agent: their units in the OS that the init hands off to.
 
 Its units come with the hook (`os_files`), which mkinitrd --rootfs writes
 into the OS with the other hooks' (initpy.builder.rootfs), and it needs
@@ -9,21 +9,26 @@ python3 there (`os_packages`, checked at build time):
   reboot: the monitor, unprivileged, drops a request file and systemd runs
   `systemctl reboot` (initpy/host/systemd.py says why). Root reads
   nothing there, and the start has a timeout, so nothing the monitor's
-  user puts in its folder can make root read a file or block the reboot.
+  user puts in its folder can make root read a file or block the reboot;
+- `initpy-agent.service`, the operator's own build agent
+  (`initpy.monitor.agent`), as `build` in /build, in the sandbox of every
+  build agent (osimage.AGENT_SERVICE_LINES, bbot-agent.service's too),
+  started again whenever it ends; enabled, but it starts only when the
+  agent is set (ConditionPathExists= on the agent's file). It runs
+  `initpy.host.agent`, which reads the command line and execs it.
 
 Every service runs in the sandbox of initpy.runtime.osimage (`sandbox`),
 less what its job needs; docs/security.md lists their scores.
 
 One state, `monitor`, when the hand-off goes to systemd: the
-`initpy-monitor` user, and `/etc/initpy/monitor.env` with
-`initpy.monitor.interval` and `initpy.monitor.agent`, which the monitor
-reads with the `buildos.env` of hooks/services.
+`initpy-monitor` user; `/etc/initpy/monitor.env` with
+`initpy.monitor.interval`, which the monitor reads with the `buildos.env`
+of hooks/services; and, only with `initpy.monitor.agent`,
+`/etc/initpy/agent.env` with its command line.
 
-The monitor has a uid of its own so that the agent (bbot-agent.service of
-hooks/toolchain.py, as `build`) can neither signal it nor write what it
-reads. An operator's own agent (`initpy.monitor.agent`) is the monitor's
-child and must run as `build`: then a drop-in runs the monitor as `build`,
-as before the split, in the agent's sandbox.
+The monitor has a uid of its own, and each agent (bbot-agent.service of
+hooks/toolchain.py, initpy-agent.service here) a unit of its own as
+`build`, so that no agent can signal the monitor nor write what it reads.
 
 The monitor itself (initpy/host and the runtime modules it imports,
 HOST_RUNTIME) is not frozen: `files` copies its .py files
@@ -37,7 +42,7 @@ looked up.
 from __future__ import annotations
 
 import os
-import posixpath
+import shlex
 import sys
 
 from initpy.runtime import cmdline, etc, layout
@@ -45,39 +50,25 @@ from initpy.runtime.cmdline import BadValue, Parameter
 from initpy.runtime.handoff import handoff_to_systemd
 from initpy.runtime.hook import BootContext, Hook, State
 from initpy.runtime.osimage import (
-    AGENT_NEEDS,
+    AGENT_SERVICE_LINES,
+    AGENT_USER,
     MAIL_NEEDS,
     NETWORK_FAMILIES,
     OsFile,
     OsPackage,
     sandbox,
-    service_lines,
 )
 
 UNIT_DIR = "/etc/systemd/system"
 MONITOR_UNIT = "initpy-monitor.service"
 REBOOT_PATH_UNIT = "initpy-reboot.path"
 REBOOT_SERVICE_UNIT = "initpy-reboot.service"
+AGENT_UNIT = "initpy-agent.service"
 PYTHON3 = "/usr/bin/python3"
 # The runtime modules initpy/host imports, all stdlib leaves: the image gets
 # them beside initpy/host (tests/unit/test_imports.py holds host to these).
-HOST_RUNTIME = ("layout", "record", "exit_status", "escape")
+HOST_RUNTIME = ("layout", "record", "escape")
 MONITOR = etc.Account("initpy-monitor", 1102, 1102, "/", "initpy monitor", "/usr/sbin/nologin")
-# hooks/buildhost.py creates this user (or the image has it).
-BUILD_USER = "build"
-BUILD_HOME = "/build"
-# With initpy.monitor.agent: the monitor, and so its child, runs as build.
-AGENT_DROPIN = f"{UNIT_DIR}/{MONITOR_UNIT}.d/initpy-agent.conf"
-# Its sandbox is then the agent's (bbot-agent.service's): QEMU, /dev/kvm, /build.
-AGENT_DROPIN_TEXT = f"""\
-# Written by initpy at boot (hooks/monitor.py): initpy.monitor.agent is
-# set, and the agent, the monitor's child, runs as {BUILD_USER}, in the
-# sandbox of a build agent.
-[Service]
-User={BUILD_USER}
-Group={BUILD_USER}
-WorkingDirectory={BUILD_HOME}
-{service_lines(AGENT_NEEDS)}"""
 # initpy/host/systemd.py: the monitor's runtime folder and its request file.
 RUN_DIR_NAME = "initpy-monitor"
 REBOOT_REQUEST = f"/run/{RUN_DIR_NAME}/reboot"
@@ -90,6 +81,10 @@ def _agent(raw: str | None) -> str:
         raise BadValue(f"expected an absolute path first, got {raw!r}")
     if any(c in raw for c in "\n\r\0"):
         raise BadValue("expected one line")
+    try:
+        shlex.split(raw)  # as initpy.host.agent will: at boot, a warning in the report
+    except ValueError as exc:
+        raise BadValue(f"cannot split it into words as a shell would: {exc}") from None
     return raw
 
 
@@ -104,8 +99,8 @@ AGENT: Parameter[str | None] = Parameter(
     "initpy.monitor.agent",
     _agent,
     None,
-    "the build agent: a program of the image (with arguments, quoted) that the monitor "
-    "runs as the build user and starts again whenever it ends",
+    "the build agent: a program of the image (with arguments, quoted) that "
+    "initpy-agent.service runs as the build user and starts again whenever it ends",
     'initpy.monitor.agent="/usr/local/bin/bbot-agent --verbose 3"',
 )
 
@@ -122,7 +117,7 @@ MONITOR_SANDBOX = sandbox({"RestrictAddressFamilies": NETWORK_FAMILIES, **MAIL_N
 MONITOR_SERVICE = f"""\
 # Shipped by initpy (hooks/monitor.py).
 [Unit]
-Description=initpy monitor: reboot onto a new build, keep the build agent running
+Description=initpy monitor: reboot onto a new build or toolchain
 Wants=network-online.target {REBOOT_PATH_UNIT}
 After=network-online.target postfix.service {REBOOT_PATH_UNIT}
 StartLimitIntervalSec=0
@@ -178,6 +173,27 @@ PrivateNetwork=yes
 IPAddressDeny=any
 {sandbox({"CapabilityBoundingSet": "CAP_SYS_BOOT", "ProcSubset": "pid"})}"""
 
+# The operator's agent: initpy.host.agent reads its command line and execs
+# it, so systemd watches, restarts and stops the agent itself. Without
+# initpy.monitor.agent there is no AGENT_ENV, and the unit is skipped.
+AGENT_SERVICE = f"""\
+# Shipped by initpy (hooks/monitor.py): the build agent of initpy.monitor.agent.
+[Unit]
+Description=build agent of initpy.monitor.agent
+ConditionPathExists={layout.AGENT_ENV}
+Wants=network-online.target
+After=network-online.target
+StartLimitIntervalSec=0
+
+[Service]
+Environment=PYTHONPATH={layout.HOST_PYTHONPATH}
+ExecStart={PYTHON3} -s -B -P -m initpy.host.agent
+SyslogIdentifier=initpy-agent
+{AGENT_SERVICE_LINES}
+[Install]
+WantedBy=multi-user.target
+"""
+
 
 def install_monitor(ctx: BootContext) -> str:
     k = ctx.kernel
@@ -193,16 +209,15 @@ def install_monitor(ctx: BootContext) -> str:
         return f"not installed: no {unit}"
     etc.add_account(k, MONITOR)
     interval, agent = ctx.value(INTERVAL), ctx.value(AGENT)
-    settings = {"INITPY_MONITOR_INTERVAL": f"{interval:g}"}
-    if agent is not None:
-        settings["INITPY_MONITOR_AGENT"] = agent
-        k.mkdir(posixpath.dirname(AGENT_DROPIN))
-        k.write_text(AGENT_DROPIN, AGENT_DROPIN_TEXT)
     k.mkdir(layout.ETC_DIR)
-    k.write_text(layout.MONITOR_ENV, etc.env_file(settings))
-    return f"{MONITOR_UNIT} enabled (poll every {interval:g} s, " + (
-        f"agent {agent.split()[0]}, as {BUILD_USER})" if agent else f"as {MONITOR.name}, no agent)"
-    )
+    k.write_text(layout.MONITOR_ENV, etc.env_file({"INITPY_MONITOR_INTERVAL": f"{interval:g}"}))
+    done = f"{MONITOR_UNIT} enabled (poll every {interval:g} s, as {MONITOR.name}); "
+    if agent is None:
+        if k.exists(layout.AGENT_ENV):  # a root that an earlier boot with an agent wrote
+            k.remove(layout.AGENT_ENV)
+        return done + f"no initpy.monitor.agent: {AGENT_UNIT} is skipped"
+    k.write_text(layout.AGENT_ENV, etc.env_file({"INITPY_MONITOR_AGENT": agent}))
+    return done + f"{AGENT_UNIT} runs {agent.split()[0]} as {AGENT_USER}"
 
 
 # -- what mkinitrd copies into the image ------------------------------------------
@@ -236,12 +251,13 @@ def host_python_files() -> tuple[str, ...]:
 HOOK = Hook(
     name="monitor",
     description="initpy-monitor on the booted host: polls buildos.buildid_url, reboots onto "
-    "a new build, runs the build agent",
+    "a new build; initpy-agent runs the operator's build agent",
     states=(
         State(
             "monitor",
             install_monitor,
-            "write initpy-monitor's settings (when the hand-off is systemd)",
+            "write initpy-monitor's settings and the agent's command line "
+            "(when the hand-off is systemd)",
         ),
     ),
     files=host_python_files(),
@@ -250,6 +266,7 @@ HOOK = Hook(
         OsFile(f"{UNIT_DIR}/{MONITOR_UNIT}", MONITOR_SERVICE, wanted_by="multi-user.target"),
         OsFile(f"{UNIT_DIR}/{REBOOT_PATH_UNIT}", REBOOT_PATH),
         OsFile(f"{UNIT_DIR}/{REBOOT_SERVICE_UNIT}", REBOOT_SERVICE),
+        OsFile(f"{UNIT_DIR}/{AGENT_UNIT}", AGENT_SERVICE, wanted_by="multi-user.target"),
     ),
     # postfix: the monitor's mail, and the postdrop group its unit joins.
     os_packages=(OsPackage("python3", PYTHON3), OsPackage("postfix", "/usr/sbin/postdrop")),

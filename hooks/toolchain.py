@@ -31,7 +31,7 @@ from initpy.runtime import etc, layout
 from initpy.runtime.handoff import handoff_to_systemd
 from initpy.runtime.hook import BootContext, Hook, Milestone, State
 from initpy.runtime.osimage import (
-    AGENT_NEEDS,
+    AGENT_SERVICE_LINES,
     MAIL_NEEDS,
     NETWORK_FAMILIES,
     OsFile,
@@ -50,9 +50,6 @@ TOOLCHAIN = etc.Account(
 RUN_DIR_NAME = "initpy-toolchain"
 RESULT = f"/run/{RUN_DIR_NAME}/toolchain.env"
 CACHE_ROOT = "/build/machines/.toolchain"
-# hooks/buildhost.py creates this user (or the image has it).
-BUILD_USER = "build"
-BUILD_HOME = "/build"
 
 # A target waits for the units it wants (systemd's default After=): a
 # first build of build2 takes many minutes, and multi-user.target (the
@@ -122,15 +119,10 @@ ConditionPathExists={RESULT}
 StartLimitIntervalSec=0
 
 [Service]
-User={BUILD_USER}
-Group={BUILD_USER}
-WorkingDirectory={BUILD_HOME}
 EnvironmentFile={RESULT}
 ExecStart=/usr/bin/env ${{BUILDOS_TOOLCHAIN_AGENT}}
 SyslogIdentifier=bbot-agent
-Restart=always
-RestartSec=10
-{sandbox(AGENT_NEEDS)}
+{AGENT_SERVICE_LINES}
 [Install]
 WantedBy=multi-user.target
 """

@@ -46,8 +46,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(("--ssh-key",), "ssh_key", "buildos.ssh_key: the key, or @ and a .pub file",
             "KEY|@FILE"),
     Setting(("--agent",), "agent",
-            "initpy.monitor.agent: the build agent the monitor runs, written quoted, so it may "
-            "have arguments", "'PROGRAM ARGS'"),
+            "initpy.monitor.agent: the build agent initpy-agent.service runs, written quoted, "
+            "so it may have arguments", "'PROGRAM ARGS'"),
     Setting(("--append",), "append",
             "more kernel parameters (console=ttyS0, initpy.monitor.interval=60, ...)", "WORDS",
             repeatable=True),

@@ -1,4 +1,4 @@
-"""initpy-monitor: reboot the build host onto a new build or toolchain; keep the agent running.
+"""initpy-monitor: reboot the build host onto a new build or toolchain.
 
 Runs on the booted OS, not in the initrd: systemd starts it as its own
 user, `initpy-monitor` (`initpy-monitor.service`, written by
@@ -42,12 +42,14 @@ drawn anew for every wait, so phases never lock again.
 
 **Status.** Every step is a line on stderr (the journal) and a STATUS= for
 `systemctl status initpy-monitor`; errors and warnings carry the
-journal's `<3>`/`<4>` priority prefixes.
+journal's `<3>`/`<4>` priority prefixes. The build agent is not the
+monitor's: it runs in a unit of its own (bbot-agent.service, or
+initpy-agent.service for `initpy.monitor.agent`), under another uid.
 
 **Watchdog.** Each turn of the loop, each status and each chunk of a new
 toolchain's files sends WATCHDOG=1 (initpy.host.systemd.Watchdog), and no
 nap is longer than half the unit's WatchdogSec=: a monitor that hangs, or
-that its agent stopped, is killed and restarted by systemd.
+that something of its own uid stopped, is killed and restarted by systemd.
 """
 
 from __future__ import annotations
@@ -58,12 +60,11 @@ import hashlib
 import signal
 import sys
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
 from initpy.cli import DEBUG_FLAG, handle
-from initpy.host import agent as agent_slot
 from initpy.host import mail as mailer
 from initpy.host import mailtext, monitor_check, systemd, toolchain_check
 from initpy.host.checksums import ChecksumsError, parse_checksums
@@ -322,16 +323,12 @@ class Monitor:
     # -- the loop ----------------------------------------------------------------
 
     def _status(self, text: str, ready: bool = False) -> None:
-        """The STATUS= line: what the last poll found, and the agent's state."""
+        """The STATUS= line: what the last poll found."""
         self.deps.watchdog.ping()
-        self.loop.status_text = text
-        if self.deps.agent is not None:
-            self.loop.agent_text = self.deps.agent.describe()
-            text = f"{text}; {self.loop.agent_text}"
         self.deps.notify(("READY=1\n" if ready else "") + systemd.status(text))
 
     def run(self, stop: Callable[[], bool] = lambda: False) -> None:
-        """Poll and supervise until `stop()` says so (never, as a service)."""
+        """Poll until `stop()` says so (never, as a service)."""
         loop, deps = self.loop, self.deps
         url, interval = self.settings.buildid_url, self.settings.interval
         polling = self.polls_build_id() or self.settings.toolchain_url is not None
@@ -363,13 +360,8 @@ class Monitor:
                 next_poll = deps.clock() + wait
                 self._status(f"{result.detail}; next poll in {wait:.0f} s")
                 continue
-            wake = next_poll
-            if deps.agent is not None:
-                wake = min(wake, deps.agent.tick(now))
-                if deps.agent.describe() != loop.agent_text:
-                    self._status(loop.status_text)
             deps.watchdog.ping()
-            deps.sleep(max(0.0, min(wake - now, MAX_NAP, deps.watchdog.nap)))
+            deps.sleep(max(0.0, min(next_poll - now, MAX_NAP, deps.watchdog.nap)))
 
 
 class Stopped(BaseException):
@@ -380,16 +372,16 @@ def _stop(signum: int, frame: types.FrameType | None) -> None:
     raise Stopped
 
 
-def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """initpy-monitor's command: what escapes the loop is one error line and a
     hint in the journal (initpy.cli), the traceback with --debug."""
-    return handle("initpy-monitor", lambda args: _main(args, env), argv)
+    return handle("initpy-monitor", _main, argv)
 
 
-def _main(argv: list[str], env: Mapping[str, str] | None) -> int:
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="initpy-monitor",
-        description="Reboot this build host onto a new build; keep the build agent running.",
+        description="Reboot this build host onto a new build or toolchain.",
     )
     parser.add_argument("--buildos-env", default=BUILDOS_ENV, help="default: %(default)s")
     parser.add_argument("--monitor-env", default=MONITOR_ENV, help="default: %(default)s")
@@ -416,19 +408,14 @@ def _main(argv: list[str], env: Mapping[str, str] | None) -> int:
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
-        user = "build"
+        user = "initpy-monitor"  # its unit's User= (hooks/monitor.py)
     if args.check:
         toolchain = running_toolchain(args.toolchain_result)
         return monitor_check.check(settings, running_id, toolchain, FETCH_TIMEOUT)
-    agent = agent_slot.Agent(settings.agent, log_to_stderr, env=env) if settings.agent else None
-    if agent is None:
-        log_to_stderr("no initpy.monitor.agent: no agent to run")
     monitor = Monitor(
         settings,
         running_id,
-        Dependencies(
-            user=user, agent=agent, watchdog=systemd.Watchdog(systemd.watchdog_interval())
-        ),
+        Dependencies(user=user, watchdog=systemd.Watchdog(systemd.watchdog_interval())),
         running_toolchain=running_toolchain(args.toolchain_result),
     )
     signal.signal(signal.SIGTERM, _stop)
@@ -436,9 +423,6 @@ def _main(argv: list[str], env: Mapping[str, str] | None) -> int:
         monitor.run()
     except (Stopped, KeyboardInterrupt):
         log_to_stderr("stopping")
-    finally:
-        if agent is not None:
-            agent.stop()
     return 0
 
 

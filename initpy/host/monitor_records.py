@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from enum import StrEnum
 
-from initpy.host import agent as agent_slot
 from initpy.host import mail as mailer
 from initpy.host import systemd
 from initpy.host.checksums import fetch_checksums
@@ -25,7 +24,8 @@ from initpy.host.fetch import fetch
 
 # A fetch's whole budget; a TFTP server that does not answer costs this much.
 FETCH_TIMEOUT = 15.0
-# The longest sleep: the monitor looks at its agent and signals this often.
+# The longest sleep, with a watchdog or without (a run by hand, a test):
+# run's stop() is asked at least this often.
 MAX_NAP = 60.0
 
 
@@ -71,8 +71,7 @@ class Dependencies:
     log: Callable[[str], None] = log_to_stderr
     uptime: Callable[[], float] = read_uptime
     hostname: str = field(default_factory=socket.gethostname)
-    user: str = "build"
-    agent: agent_slot.Agent | None = None
+    user: str = "initpy-monitor"
     fetch_timeout: float = FETCH_TIMEOUT
     run_dir: str = systemd.RUN_DIR  # where a new toolchain's files are verified
     # WATCHDOG=1 from the loop and a long transfer's chunks; none in a test
@@ -99,5 +98,3 @@ class LoopState:
     rechecking: bool = False  # this poll examines the refused file again
     reboots: int = 0
     summary: str = "starting"  # what the last step found, for the log and STATUS=
-    status_text: str = ""
-    agent_text: str = ""

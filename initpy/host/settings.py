@@ -1,14 +1,16 @@
-"""What initpy-monitor and initpy-toolchain are told: the env files PID 1 left, the build id.
+"""What initpy-monitor, initpy-toolchain and initpy-agent are told: the env files PID 1 left.
 
 PID 1 parsed the kernel command line once (initpy.runtime.cmdline: the
 kernel's quoting rules, checked values, warnings in the boot report) and
-left the values in two files, which the host's programs read and nothing
+left the values in files, which the host's programs read and nothing
 else: `buildos.env` (hooks/services: `BUILDOS_BUILDID_URL`,
-`BUILDOS_ADMIN_EMAIL`, and `BUILDOS_TOOLCHAIN_URL`, `BUILDOS_TOOLCHAIN_TRUST`
-once its parameters are added) and `monitor.env` (hooks/monitor.py:
-`INITPY_MONITOR_INTERVAL`, `INITPY_MONITOR_AGENT`). Reading /proc/cmdline
-again would be a second parser that could disagree with the first. Each
-line is `KEY=VALUE`, the value verbatim.
+`BUILDOS_ADMIN_EMAIL`, `BUILDOS_TOOLCHAIN_URL`, `BUILDOS_TOOLCHAIN_TRUST`),
+`monitor.env` (hooks/monitor.py: `INITPY_MONITOR_INTERVAL`) and, with an
+operator's agent, `agent.env` (hooks/monitor.py: `INITPY_MONITOR_AGENT`).
+Reading /proc/cmdline again would be a second parser that could disagree
+with the first. Each line is `KEY=VALUE`, the value verbatim. Also the
+running image's build id and this boot's toolchain, which the monitor
+compares with what its URLs say.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from initpy.runtime import layout
 # The files PID 1 writes (hooks/services, hooks/monitor.py).
 BUILDOS_ENV = layout.BUILDOS_ENV
 MONITOR_ENV = layout.MONITOR_ENV
+AGENT_ENV = layout.AGENT_ENV
 # What initpy-toolchain leaves for the agent's service and the monitor (its
 # RuntimeDirectory=, kept after it exits): BUILDOS_TOOLCHAIN_ID is the sha256
 # of the checksums file this boot's toolchain was built from.
@@ -37,7 +40,6 @@ class Settings:
     buildid_url: str | None = None
     admin_email: str | None = None
     interval: float = DEFAULT_INTERVAL
-    agent: tuple[str, ...] = ()
     toolchain_url: str | None = None
 
 
@@ -91,23 +93,28 @@ def load_settings(
                 f"{monitor_env}: INITPY_MONITOR_INTERVAL={raw!r} is not a number of seconds "
                 f">= {MIN_INTERVAL:g}; using {DEFAULT_INTERVAL:g}"
             )
-    agent: tuple[str, ...] = ()
-    raw = own.get("INITPY_MONITOR_AGENT")
-    if raw:
-        try:
-            agent = tuple(shlex.split(raw))
-        except ValueError as exc:
-            problems.append(f"{monitor_env}: INITPY_MONITOR_AGENT={raw!r}: {exc}; no agent")
     return (
         Settings(
             buildid_url=buildos.get("BUILDOS_BUILDID_URL") or None,
             admin_email=buildos.get("BUILDOS_ADMIN_EMAIL") or None,
             interval=interval,
-            agent=agent,
             toolchain_url=buildos.get("BUILDOS_TOOLCHAIN_URL") or None,
         ),
         problems,
     )
+
+
+def load_agent(agent_env: str = AGENT_ENV) -> tuple[str, ...]:
+    """The operator's agent: its command line split into words as a shell would
+    (quotes group them), the program first; ValueError says what is wrong."""
+    raw = read_env_file(agent_env).get("INITPY_MONITOR_AGENT", "")
+    try:
+        argv = tuple(shlex.split(raw))
+    except ValueError as exc:
+        raise ValueError(f"{agent_env}: INITPY_MONITOR_AGENT={raw!r}: {exc}") from None
+    if not argv:
+        raise ValueError(f"{agent_env}: no INITPY_MONITOR_AGENT")
+    return argv
 
 
 def load_toolchain_settings(buildos_env: str = BUILDOS_ENV) -> ToolchainSettings:

@@ -1,9 +1,7 @@
 """How a command ended, in words: the one decoder of exit statuses.
 
-PID 1's run() (run.py), the builder's run() (initpy/builder/command.py) and
-the booted host's agent supervisor (initpy/host/agent.py) all say it the
-same way. A leaf of the standard library only: the monitor's image gets
-this file beside layout.py (hooks/monitor.py ships it).
+PID 1's run() (run.py) and the builder's run() (initpy/builder/command.py)
+both say it the same way. A leaf of the standard library only.
 """
 
 from __future__ import annotations

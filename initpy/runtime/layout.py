@@ -50,10 +50,13 @@ REPORT = f"{RUN_DIR}/report.json"
 HOST_PYTHONPATH = f"{LIB}/python"
 # What PID 1 leaves for the OS's services, KEY=VALUE lines from the parsed
 # command line: the buildos.* values (hooks/services) and the monitor's
-# own (hooks/monitor.py). The monitor reads both.
+# own (hooks/monitor.py), which the monitor reads; and the operator's agent
+# (hooks/monitor.py, only when initpy.monitor.agent is set), which
+# initpy-agent.service runs.
 ETC_DIR = "/etc/initpy"
 BUILDOS_ENV = f"{ETC_DIR}/buildos.env"
 MONITOR_ENV = f"{ETC_DIR}/monitor.env"
+AGENT_ENV = f"{ETC_DIR}/agent.env"
 # The state disk's mount point and the init's own folder on it.
 # The agent's TFTP servers for build machines (bbot's --tftp-port, 23400,
 # and the per-task ports above it), first and last, inclusive: the only

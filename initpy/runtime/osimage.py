@@ -91,21 +91,23 @@ MAIL_NEEDS: dict[str, str | tuple[str, ...] | None] = {
     "ReadWritePaths": "-/var/spool/postfix/maildrop",
 }
 
-# What a build agent needs beyond the sandbox (bbot-agent.service, and the
-# monitor's drop-in when an operator's agent is its child): QEMU with
-# /dev/kvm and tap devices, W+X memory for TCG, writes in /build (the
-# machines, /build/tftp, which dnsmasq serves: files there stay readable).
+# What a build agent needs beyond the sandbox: QEMU with /dev/kvm and tap
+# devices, W+X memory for TCG, writes in /build (the machines, /build/tftp,
+# which dnsmasq serves: files there stay readable).
 AGENT_NEEDS: dict[str, str | tuple[str, ...] | None] = {
     "PrivateDevices": "no",
     "DevicePolicy": "closed",
     "DeviceAllow": ("/dev/kvm rw", "/dev/net/tun rw", "/dev/vhost-net rw"),
     "MemoryDenyWriteExecute": "no",
-    # The empty one first: in a drop-in it drops the unit's own list.
-    "SystemCallFilter": ("", "@system-service", "~@privileged"),
+    "SystemCallFilter": ("@system-service", "~@privileged"),
     "ReadWritePaths": "/build",
     "RestrictAddressFamilies": NETWORK_FAMILIES,
     "UMask": "0022",
 }
+# The build user (hooks/buildhost.py creates it, or the image has it) and
+# its home, where an agent runs.
+AGENT_USER = "build"
+AGENT_HOME = "/build"
 
 
 def service_lines(settings: dict[str, str | tuple[str, ...] | None]) -> str:
@@ -123,3 +125,18 @@ def sandbox(changes: dict[str, str | tuple[str, ...] | None] | None = None) -> s
     sandbox's, a None drops the key, a new key comes last."""
     merged: dict[str, str | tuple[str, ...] | None] = {**SANDBOX, **(changes or {})}
     return service_lines(merged)
+
+
+# The [Service] lines every build agent's unit shares, whichever hook ships
+# it (bbot-agent.service of hooks/toolchain.py, initpy-agent.service of
+# hooks/monitor.py): the build user in its home, started again whenever it
+# ends, in the sandbox with AGENT_NEEDS. Each unit adds its ExecStart= and
+# its name, and StartLimitIntervalSec=0 in [Unit], so that an agent that
+# keeps failing is tried again every RestartSec for ever.
+AGENT_SERVICE_LINES = f"""\
+User={AGENT_USER}
+Group={AGENT_USER}
+WorkingDirectory={AGENT_HOME}
+Restart=always
+RestartSec=10
+{sandbox(AGENT_NEEDS)}"""

@@ -1,87 +1,74 @@
-"""initpy.host.agent: the build agent's slot, started again each time it ends, with a backoff.
+"""initpy.host.agent: initpy-agent execs the operator's agent with its words, or says why not.
 
-A stand-in agent (a Python script) records each of its runs in a folder;
-the monitor's own tests use it too (test_monitor.py).
+Run as systemd runs it (`python3 -m initpy.host.agent`), on the file PID 1
+writes (initpy.runtime.etc.env_file), with a stand-in agent that reports
+its pid, arguments, folder and environment.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
+from pathlib import Path
 
-from initpy.host import agent as agent_slot
+from initpy.runtime.etc import env_file
+from tests.unit.conftest import REPO
 
 STAND_IN_AGENT = """\
-import os, sys, time
-folder, mode = sys.argv[1], sys.argv[2]
-with open(os.path.join(folder, str(os.getpid())), "w") as f:
-    f.write(os.environ.get("NOTIFY_SOCKET", "-"))
-if mode == "crash":
-    sys.exit(3)
-time.sleep(120)
+import json, os, sys
+print(json.dumps({"pid": os.getpid(), "argv": sys.argv[1:], "cwd": os.getcwd(),
+                  "env": dict(os.environ)}))
 """
 
 
-def stand_in_agent(top: str, mode: str) -> list[str]:
-    script = os.path.join(top, "agent.py")
-    with open(script, "w") as f:
-        f.write(STAND_IN_AGENT)
-    folder = os.path.join(top, "runs")
-    os.makedirs(folder, exist_ok=True)
-    return [sys.executable, script, folder, mode]
-
-
-def runs(top: str) -> list[str]:
-    return sorted(os.listdir(os.path.join(top, "runs")))
-
-
-def test_the_agent_is_started_again_each_time_it_ends(tmp_path: os.PathLike[str]) -> None:
-    top = str(tmp_path)
-    lines: list[str] = []
-    agent = agent_slot.Agent(
-        stand_in_agent(top, "crash"), lines.append, env={"NOTIFY_SOCKET": "/run/x"}
+def initpy_agent(folder: Path, agent: str) -> tuple[int, subprocess.CompletedProcess[str]]:
+    """initpy-agent on an agent.env saying `agent`, as its unit runs it: its pid, how it ended."""
+    agent_env = folder / "agent.env"
+    agent_env.write_text(env_file({"INITPY_MONITOR_AGENT": agent}))
+    process = subprocess.Popen(
+        [sys.executable, "-s", "-B", "-P", "-m", "initpy.host.agent", "--agent-env", agent_env],
+        cwd=folder,
+        env={"PYTHONPATH": str(REPO), "PATH": os.environ["PATH"], "BUILD_NOTE": "kept"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    assert agent.tick(0.0) == 0.0 + agent_slot.CHECK_EVERY and agent.starts == 1
-    assert agent.process is not None
-    agent.process.wait(30)
-    assert agent.tick(0.5) == 1.5  # ended: back in MIN_BACKOFF
-    assert "ended: exit 3 after 0 s; starting it again in 1 s" in lines[-1]
-    assert agent.tick(1.0) == 1.5 and agent.starts == 1  # not yet
-    agent.tick(1.5)
-    assert agent.starts == 2 and agent.process is not None
-    agent.process.wait(30)
-    assert agent.tick(2.0) == 4.0  # the backoff doubled
-    agent.tick(4.0)
-    assert agent.process is not None
-    agent.process.wait(30)
-    agent.tick(100.0)  # it had run 96 s: stable, so the backoff is back to 1 s
-    assert agent.restart_at == 101.0
-    assert len(runs(top)) == 3
-    for run in runs(top):  # the monitor's systemd socket is not the agent's
-        with open(os.path.join(top, "runs", run)) as f:
-            assert f.read() == "-"
+    out, err = process.communicate(timeout=60)
+    return process.pid, subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
-def test_a_running_agent_is_left_alone_and_stopped_with_the_monitor(
-    tmp_path: os.PathLike[str],
-) -> None:
-    top = str(tmp_path)
-    agent = agent_slot.Agent(stand_in_agent(top, "run"), lambda line: None)
-    for now in range(10):
-        agent.tick(float(now))
-    assert agent.starts == 1
-    process = agent.process
-    assert process is not None and process.poll() is None
-    assert (
-        agent.describe()
-        == f"agent {os.path.basename(sys.executable)} running (pid {process.pid}, start 1)"
+def test_the_agent_takes_initpy_agents_place_with_its_quoted_arguments(tmp_path: Path) -> None:
+    script = tmp_path / "stand-in agent.py"
+    script.write_text(STAND_IN_AGENT)
+    command = f"{sys.executable} '{script}' --fleet pxe-test --name 'build host'"
+    pid, done = initpy_agent(tmp_path, command)
+    assert done.returncode == 0, done.stderr
+    ran = json.loads(done.stdout)
+    # The same process: systemd's main process is the agent itself.
+    assert ran["pid"] == pid
+    assert ran["argv"] == ["--fleet", "pxe-test", "--name", "build host"]
+    assert ran["cwd"] == str(tmp_path)
+    # The unit's environment, less the path that found initpy.
+    assert ran["env"]["BUILD_NOTE"] == "kept" and "PYTHONPATH" not in ran["env"]
+    assert done.stderr.startswith(f"initpy-agent: running {sys.executable} ")
+    assert "'build host'" in done.stderr
+
+
+def test_an_agent_that_is_not_there_is_one_error_and_a_hint(tmp_path: Path) -> None:
+    _pid, done = initpy_agent(tmp_path, f"{tmp_path}/no-agent --verbose")
+    assert done.returncode == 1 and done.stdout == ""
+    lines = done.stderr.splitlines()
+    missing = f"{tmp_path}/no-agent: No such file or directory"
+    assert f"initpy-agent: error: cannot run {missing}" in lines
+    assert any(line.startswith("initpy-agent: hint: initpy.monitor.agent must") for line in lines)
+
+
+def test_a_command_line_that_does_not_split_is_named_with_the_fix(tmp_path: Path) -> None:
+    _pid, done = initpy_agent(tmp_path, "/opt/agent --name 'build host")
+    assert done.returncode == 1
+    assert 'INITPY_MONITOR_AGENT="/opt/agent --name \'build host": No closing quotation' in (
+        done.stderr
     )
-    agent.stop()
-    assert process.returncode == -15 and agent.process is None
-
-
-def test_an_agent_that_is_not_there_is_tried_again_later(tmp_path: os.PathLike[str]) -> None:
-    lines: list[str] = []
-    agent = agent_slot.Agent([os.path.join(str(tmp_path), "no-agent")], lines.append)
-    assert agent.tick(0.0) == 1.0 and agent.tick(1.0) == 3.0
-    assert agent.starts == 0 and "cannot start: No such file or directory" in lines[0]
+    assert 'hint: set initpy.monitor.agent="PROGRAM ARGS"' in done.stderr

@@ -26,7 +26,7 @@ PACKAGES = ("initpy", "hooks")
 # Runtime modules that must stay leaves: they import the standard library and
 # one another only. The seam (kernel.py and its siblings), the records, the
 # kernel's wire formats, the builder's contract, the exit-status words and
-# the escaping of outside text (the last two the booted host imports too).
+# the escaping of outside text (the last the booted host imports too).
 LEAVES = frozenset(
     f"initpy.runtime.{name}"
     for name in (

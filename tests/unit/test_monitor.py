@@ -20,7 +20,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -28,13 +27,11 @@ from email.message import EmailMessage
 import pytest
 import tftpy
 
-from initpy.host import agent as agent_slot
 from initpy.host import mail as mailer
 from initpy.host import monitor, monitor_records, systemd
 from initpy.host.fetch import ANSWER_LIMIT, FetchError, fetch, parse_build_id
 from initpy.host.settings import Settings
 from initpy.runtime import layout
-from tests.unit.test_host_agent import runs, stand_in_agent
 
 OLD = "a" * 64
 NEW = "b" * 64
@@ -157,7 +154,6 @@ def make_monitor(
     seed: int = 1,
     interval: float = INTERVAL,
     timeout: float = 2.0,
-    agent: agent_slot.Agent | None = None,
 ) -> monitor.Monitor:
     def polled(url: str, timeout: float) -> bytes:
         world.polled_at.append(world.now)
@@ -178,7 +174,6 @@ def make_monitor(
             log=world.lines.append,
             uptime=lambda: 3 * 86400 + 4 * 3600 + 5 * 60 + 6,
             hostname="build-5400123456",
-            agent=agent,
             fetch_timeout=timeout,
         ),
     )
@@ -493,30 +488,7 @@ def test_check_polls_once_and_says_what_it_would_do(
         assert words in capsys.readouterr().out
 
 
-# -- the monitor with its agent ----------------------------------------------------------
-
-
-def test_the_monitor_keeps_its_agent_running(servers: Servers, tmp_path: os.PathLike[str]) -> None:
-    top = str(tmp_path)
-    servers.put(f"same/{BUILDID}", (OLD + "\n").encode())
-    world = World()
-    agent = agent_slot.Agent(stand_in_agent(top, "crash"), world.lines.append)
-    m = make_monitor(world, servers.url("file", f"same/{BUILDID}"), agent=agent)
-    real_sleep = world.sleep
-
-    def sleep(seconds: float) -> None:
-        real_sleep(seconds)
-        time.sleep(0.005)  # let the real agent run and end
-
-    m.deps = dataclasses.replace(m.deps, sleep=sleep)
-    deadline = time.monotonic() + 60
-    m.run(stop=lambda: agent.starts >= 3 or time.monotonic() > deadline)
-    assert agent.starts >= 3 and world.reboots == []
-    assert agent.process is not None
-    agent.process.wait(30)  # the third run has written its file
-    assert len(runs(top)) >= 3
-    assert any("agent" in note for note in world.notes if note.startswith("STATUS="))
-    agent.stop()
+# -- the monitor as a program -----------------------------------------------------------
 
 
 def test_the_monitor_runs_as_a_program(tmp_path: os.PathLike[str], servers: Servers) -> None:
@@ -531,8 +503,7 @@ def test_the_monitor_runs_as_a_program(tmp_path: os.PathLike[str], servers: Serv
         f.write(f"BUILDOS_BUILDID_URL={servers.url('http', f'same/{BUILDID}')}\n")
     own = os.path.join(top, "monitor.env")
     with open(own, "w") as f:
-        agent = " ".join(stand_in_agent(top, "run"))
-        f.write(f"INITPY_MONITOR_INTERVAL=1\nINITPY_MONITOR_AGENT={agent}\n")
+        f.write("INITPY_MONITOR_INTERVAL=1\n")
     notify = os.path.join(top, "notify")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
         listener.bind(notify)
@@ -556,24 +527,15 @@ def test_the_monitor_runs_as_a_program(tmp_path: os.PathLike[str], servers: Serv
         try:
             assert listener.recv(4096).startswith(b"READY=1\nSTATUS=running build " + OLD.encode())
             statuses = [listener.recv(4096)]
-            while not (b"is current" in statuses[-1] and b"agent python" in statuses[-1]):
+            while b"is current" not in statuses[-1]:
                 statuses.append(listener.recv(4096))
-            # The monitor says the agent runs as soon as it has forked it; the
-            # stand-in records itself once its own Python is up (slow on a
-            # loaded machine): wait for that before stopping the monitor.
-            deadline = time.monotonic() + 60
-            while not runs(top) and time.monotonic() < deadline:
-                time.sleep(0.05)
         finally:
             process.terminate()
             _out, err = process.communicate(timeout=60)
     assert process.returncode == 0
     assert "polling http://127.0.0.1" in err and "stopping" in err
-    assert "agent " in err and "started (pid" in err
-    assert b"running (pid" in statuses[-1]
-    # The agent went with the monitor.
-    (pid,) = runs(top)
-    assert not os.path.exists(f"/proc/{pid}")
+    # The build agent is not the monitor's to run or to mention.
+    assert "agent" not in err and not any(b"agent" in status for status in statuses)
 
 
 def test_an_error_escaping_the_monitor_is_one_journal_line_and_a_hint(

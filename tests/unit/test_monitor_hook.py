@@ -104,13 +104,13 @@ def test_the_settings_are_written_when_systemd_comes_next(tmp_path: os.PathLike[
     assert any(
         line.startswith("initpy: monitor: ok in ")
         and line.endswith(
-            "initpy-monitor.service enabled (poll every 30 s, agent /opt/bbot/agent, as build)"
+            "initpy-monitor.service enabled (poll every 30 s, as initpy-monitor); "
+            "initpy-agent.service runs /opt/bbot/agent as build"
         )
         for line in kernel.console_lines
     )
-    # The operator's agent is the monitor's child, which runs as build for it.
-    dropin = read(kernel, f"{UNITS}/initpy-monitor.service.d/initpy-agent.conf")
-    assert "\nUser=build\nGroup=build\nWorkingDirectory=/build\n" in dropin
+    # The monitor keeps its own uid: nothing changes its unit.
+    assert not kernel.exists(f"{UNITS}/initpy-monitor.service.d")
     assert (
         "initpy-monitor:*:1102:1102:initpy monitor:/:/usr/sbin/nologin"
         in read(kernel, "/etc/passwd").splitlines()
@@ -121,23 +121,44 @@ def test_the_settings_are_written_when_systemd_comes_next(tmp_path: os.PathLike[
     )
     assert problems == []
     assert settings == host_settings.Settings(
-        "tftp://10.0.2.2/buildos/buildos-buildid",
-        "admin@example.org",
-        30.0,
-        ("/opt/bbot/agent", "--mode", "agent"),
+        "tftp://10.0.2.2/buildos/buildos-buildid", "admin@example.org", 30.0
     )
+    # And what initpy-agent will run: the agent's own file, its words as quoted.
+    argv = host_settings.load_agent(kernel.path(layout.AGENT_ENV))
+    assert argv == ("/opt/bbot/agent", "--mode", "agent")
 
 
-def test_without_an_agent_the_monitor_keeps_its_own_uid(tmp_path: os.PathLike[str]) -> None:
+def test_without_an_agent_its_unit_is_skipped(tmp_path: os.PathLike[str]) -> None:
     kernel = booted_host(str(tmp_path), "initpy.monitor.interval=30")
+    # A root that a boot with an agent wrote before (its file must not start one now).
+    kernel.mkdir(layout.ETC_DIR)
+    kernel.write_text(layout.AGENT_ENV, "INITPY_MONITOR_AGENT=/opt/bbot/agent\n")
     ended = run_boot(kernel, [services.HOOK, monitor.HOOK])
     assert isinstance(ended, HandedOff)
     assert any(
-        line.endswith("(poll every 30 s, as initpy-monitor, no agent)")
+        line.endswith(
+            "(poll every 30 s, as initpy-monitor); "
+            "no initpy.monitor.agent: initpy-agent.service is skipped"
+        )
         for line in kernel.console_lines
     )
-    assert not kernel.exists(f"{UNITS}/initpy-monitor.service.d")
+    assert not kernel.exists(layout.AGENT_ENV)
     assert any(line.startswith("initpy-monitor:") for line in read(kernel, "/etc/passwd").split())
+
+
+def test_an_agent_that_does_not_split_into_words_is_a_warning_at_boot(
+    tmp_path: os.PathLike[str],
+) -> None:
+    kernel = booted_host(str(tmp_path), """initpy.monitor.agent="/opt/agent --name 'a b" """)
+    ended = run_boot(kernel, [services.HOOK, monitor.HOOK])
+    assert isinstance(ended, HandedOff)
+    command_line = read_report(kernel)["command_line"]
+    assert isinstance(command_line, dict)
+    assert any(
+        "initpy.monitor.agent" in w and "cannot split it into words" in w
+        for w in command_line["warnings"]
+    ), command_line
+    assert not kernel.exists(layout.AGENT_ENV)
 
 
 @needs_systemd_analyze
@@ -146,6 +167,7 @@ def test_systemd_reads_the_units_without_a_complaint(tmp_path: os.PathLike[str])
         "initpy-monitor.service": monitor.MONITOR_SERVICE,
         "initpy-reboot.path": monitor.REBOOT_PATH,
         "initpy-reboot.service": monitor.REBOOT_SERVICE,
+        "initpy-agent.service": monitor.AGENT_SERVICE,
     }
     # An unknown key or a bad value is only a warning on stderr.
     assert systemd_verify(str(tmp_path), units) == (0, "")

@@ -1,8 +1,7 @@
 """`systemd-analyze security` of every service initpy writes, offline, as the hooks ship them.
 
-Every hook's `os_files` units (and the monitor's unit with the drop-in an
-operator's agent brings) are written into a folder and scored by systemd
-itself (`--offline=true`: the files, not a running system). The issue's
+Every hook's `os_files` units are written into a folder and scored by
+systemd itself (`--offline=true`: the files, not a running system). The issue's
 bound holds for the monitor and its reboot unit (3.0 at most, where 10 is
 no sandbox at all), and every unit stays at or under the figure
 docs/security.md gives it, in its table between the `unit scores`
@@ -18,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from hooks import monitor
 from initpy.runtime.hook import discover
 from tests.unit.conftest import HOOKS_DIR, needs_systemd_analyze
 
@@ -26,20 +24,16 @@ REPO = Path(__file__).resolve().parents[2]
 SECURITY_MD = REPO / "docs" / "security.md"
 # The issue's bound (issue 19, acceptance 4).
 BOUND = {"initpy-monitor.service": 3.0, "initpy-reboot.service": 3.0}
-AGENT_MODE = "initpy-monitor.service+initpy-agent.conf"
 
 
 def shipped_units() -> dict[str, str]:
-    """Every service initpy writes, by name; the monitor with its agent drop-in as AGENT_MODE."""
-    units = {
+    """Every service initpy writes, by name."""
+    return {
         f.path.rsplit("/", 1)[1]: f.text
         for hook in discover([HOOKS_DIR]).values()
         for f in hook.os_files
         if f.path.endswith(".service") and f.text  # an empty file masks a unit
     }
-    # A drop-in's lines read after the unit's, as systemd reads them.
-    units[AGENT_MODE] = units["initpy-monitor.service"] + monitor.AGENT_DROPIN_TEXT
-    return units
 
 
 def documented() -> dict[str, float]:
@@ -51,7 +45,7 @@ def documented() -> dict[str, float]:
 
 
 def score(folder: Path, name: str, text: str) -> float:
-    path = folder / name.split("+")[0]
+    path = folder / name
     path.write_text(text)
     done = subprocess.run(
         ["systemd-analyze", "security", "--offline=true", "--no-pager", f"./{path.name}"],

@@ -48,7 +48,7 @@ from tests.harness.images import InitrdFiles
 pytestmark = pytest.mark.vm
 
 SHUTDOWN_TIMEOUT = 240
-# The monitor's uid (hooks/monitor.py), as its agent would have it, and its request file.
+# The monitor's uid (hooks/monitor.py), an operator's agent's on main, and its request file.
 AS_MONITOR = "setpriv --reuid=initpy-monitor --regid=initpy-monitor --clear-groups"
 REBOOT_REQUEST = "/run/initpy-monitor/reboot"
 TEST_WATCHDOG = 20

@@ -13,11 +13,16 @@ test_1  boot 1: iPXE -> pxelinux.0 -> the host's pxelinux.cfg/01-<mac> (the
         SSH in with the key from the append line; the hostname, the relay,
         the admin, the build id URL and the interval in effect (report.json,
         buildos.env, postfix); the boot mail reaches the SMTP sink; the
-        monitor polls and says build A is current; the agent runs as `build`.
+        monitor polls and says build A is current. The agent runs in
+        initpy-agent.service as `build` in /build with its quoted
+        arguments, the monitor as `initpy-monitor` (issue 19); as `build`,
+        `kill -STOP` of the monitor and a reboot request both fail; killed,
+        the agent is started again by systemd.
 test_2  rollout: B's files renamed into DIR (build id last). The monitor
         mails the admin (old id, new id, uptime) and reboots through
         systemd; the host PXE-boots again and comes up on build B: the
-        manifest's build id, the monitor's own check, B's agent, B's boot mail.
+        manifest's build id, the monitor's own check, B's agent in its unit,
+        B's boot mail.
 
 The figures (TFTP transfer, boot times, poll to reboot) are printed and
 kept in artifacts/vm/pxe-figures.txt. Logs: artifacts/vm/pxe-fleet.log.
@@ -57,6 +62,10 @@ AGENT_SCRIPT = """#!/bin/sh
 echo "stand-in agent of build GENERATION ($*): user $(id -un), in $(pwd)"
 exec sleep infinity
 """
+# The agent's identity (initpy-agent.service: User=build, Group=build, and
+# build's groups), for what it must not be able to do to the monitor.
+AS_AGENT = "setpriv --reuid=build --regid=build --init-groups"
+REBOOT_REQUEST = "/run/initpy-monitor/reboot"
 MEMORY = 2048
 # Under TCG a PXE boot of the full image reaches `buildos: up` after about
 # 80 s; these bound a hang, not the speed.
@@ -107,6 +116,75 @@ class FleetHost:
             if wanted in status or time.monotonic() > deadline:
                 return status
             time.sleep(2)
+
+    def agent_apart_from_the_monitor(self, which: str) -> None:
+        """Build `which`'s stand-in agent runs in initpy-agent.service, as build
+        in /build with its quoted arguments; the monitor runs as initpy-monitor,
+        and the agent's uid can neither stop it nor ask for a reboot."""
+        line = f"stand-in agent of build {which} ({AGENT_ARGS}): user build, in /build"
+        deadline = time.monotonic() + 4 * INTERVAL
+        while True:
+            journal = self.ssh.run("journalctl -b -t initpy-agent --no-pager -o cat").stdout
+            if line in journal or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert line in journal, journal
+        agent = "/proc/$(systemctl show -P MainPID initpy-agent)"
+        monitor = "$(systemctl show -P MainPID initpy-monitor)"
+        out = self.sections(
+            {
+                "active": "systemctl is-active initpy-agent initpy-monitor",
+                "agent": f"stat -c %U {agent}; readlink {agent}/cwd; cat {agent}/cgroup",
+                "monitor": f"p={monitor}; echo $p; stat -c %U /proc/$p",
+            }
+        )
+        assert out["active"].split() == ["active", "active"], out
+        assert out["agent"].splitlines() == [
+            "build",
+            "/build",
+            "0::/system.slice/initpy-agent.service",
+        ], out
+        pid, user = out["monitor"].split()
+        assert user == "initpy-monitor", out
+        # What the agent could do on main, where the monitor ran as build.
+        attack = self.sections(
+            {
+                "stop": f"{AS_AGENT} kill -STOP {pid}; echo exit=$?",
+                "request": f"{AS_AGENT} touch {REBOOT_REQUEST}; echo exit=$?",
+                "state": f"grep ^State: /proc/{pid}/status",
+                "pid": "systemctl show -P MainPID initpy-monitor",
+            }
+        )
+        assert "Operation not permitted" in attack["stop"], attack
+        assert attack["stop"].endswith("exit=1"), attack
+        assert "Permission denied" in attack["request"], attack
+        assert attack["request"].endswith("exit=1"), attack
+        assert "stopped" not in attack["state"] and attack["pid"] == pid, attack
+        self.note(
+            f"boot {which}: initpy-agent.service runs the agent as {out['agent'].splitlines()[0]} "
+            f"in its cgroup, the monitor runs as {user}; as build: "
+            + "; ".join(attack[k].splitlines()[0] for k in ("stop", "request"))
+        )
+
+    def agent_restarts(self, which: str) -> None:
+        """systemd starts the agent again when it ends (Restart=always, RestartSec=10)."""
+        line = f"stand-in agent of build {which} ({AGENT_ARGS})"
+        first = self.ssh.run("systemctl show -P MainPID initpy-agent").stdout.strip()
+        self.ssh.run(f"kill -KILL {first}")
+        killed = time.monotonic()
+        while True:
+            again = self.sections(
+                {
+                    "pid": "systemctl show -P MainPID initpy-agent",
+                    "journal": "journalctl -b -t initpy-agent --no-pager -o cat",
+                }
+            )
+            if again["pid"] not in ("0", first) and again["journal"].count(line) >= 2:
+                break
+            assert time.monotonic() < killed + 90, again
+            time.sleep(1)
+        back = time.monotonic() - killed
+        self.note(f"boot {which}: agent killed, running again {back:.0f} s later")
 
     def pxe_boot(self, which: str, since: float = 0.0, start: str = "QEMU starts") -> re.Match[str]:
         """Follow one PXE boot on the console to `buildos: up`; note its figures.
@@ -263,15 +341,15 @@ def test_1_the_full_image_pxe_boots_to_multi_user_with_the_append_line_in_effect
     assert [a for _n, a in getaddresses(boot.get_all("To", []))] == [ADMIN]
     assert f"build id:   {build_a}" in boot.get_content()
 
-    # The monitor polls the TFTP URL and finds the build it runs; the agent
-    # runs as its child, as the build user.
+    # The monitor polls the TFTP URL and finds the build it runs.
     status = host.monitor_status("is current")
     assert f"build {build_a[:12]} is current" in status, status
-    assert re.search(r"agent initpy-standin-agent running \(pid \d+, start 1\)", status), status
     journal = host.ssh.run("journalctl -b -u initpy-monitor --no-pager -o cat").stdout
-    assert f"stand-in agent of build A ({AGENT_ARGS}): user build, in /build" in journal, journal
     assert f"polling {BUILDID_URL} every {INTERVAL:g} s" in journal, journal
     host.note(f"monitor status after boot A: {status}")
+    # The agent in its own unit, as the build user, apart from the monitor.
+    host.agent_apart_from_the_monitor("A")
+    host.agent_restarts("A")
 
 
 def test_2_a_new_build_id_mails_the_admin_reboots_and_comes_up_on_the_new_build(
@@ -319,13 +397,11 @@ def test_2_a_new_build_id_mails_the_admin_reboots_and_comes_up_on_the_new_build(
             "manifest": "cat /usr/lib/initpy/manifest.json",
             "check": "PYTHONPATH=/usr/lib/initpy/python python3 -m initpy.host.monitor "
             "--check; echo exit=$?",
-            "journal": "journalctl -b -u initpy-monitor --no-pager -o cat",
         }
     )
     assert json.loads(out["manifest"])["build_id"] == build_b
     assert out["check"].endswith("exit=0"), out["check"]
-    agent_line = f"stand-in agent of build B ({AGENT_ARGS}): user build, in /build"
-    assert agent_line in out["journal"], out["journal"]
+    host.agent_apart_from_the_monitor("B")
     status = host.monitor_status("is current")
     assert f"build {build_b[:12]} is current" in status, status
     second = wait_for_mail(host.mail, f"buildos: {HOSTNAME} is up", 180, index=1)

@@ -67,7 +67,7 @@ AGENT_UNIT = "initpy-agent.service"
 PYTHON3 = "/usr/bin/python3"
 # The runtime modules initpy/host imports, all stdlib leaves: the image gets
 # them beside initpy/host (tests/unit/test_imports.py holds host to these).
-HOST_RUNTIME = ("layout", "record", "escape")
+HOST_RUNTIME = ("layout", "record", "escape", "exit_status")
 MONITOR = etc.Account("initpy-monitor", 1102, 1102, "/", "initpy monitor", "/usr/sbin/nologin")
 # initpy/host/systemd.py: the monitor's runtime folder and its request file.
 RUN_DIR_NAME = "initpy-monitor"

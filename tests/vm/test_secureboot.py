@@ -1,0 +1,102 @@
+"""Secure Boot enforced (issue 20, acceptance 2): the signed chain boots initpy, lockdown refuses
+an unsigned module and the report names it.
+
+OVMF with Microsoft's keys enrolled boots Debian's signed shim from an
+ESP, shim checks Debian's signed GRUB, GRUB has shim check the kernel
+(mkinitrd's buildos-image, Debian's signed cloud kernel), and the kernel
+in lockdown checks every module initpy loads. The initrd is the small
+one, with virtio-rng's driver packed and then replaced by a copy whose
+signature was cut off (tests/harness/secureboot.py): the guest has a
+virtio-rng device, so the boot loads its driver by modalias, the kernel
+refuses it, and the boot goes on to the hand-off with a warning that
+names it. The ESP is a folder QEMU shows as a FAT disk; the netboot
+layout of the same files is the UEFI lane's (initpy/builder/pxe.py).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from initpy.runtime.hook import HANDOFF
+from tests.harness import qemu, secureboot
+from tests.harness.guest_output import read_sections, report
+from tests.harness.images import InitrdFiles, KernelFiles
+from tests.harness.qemu import BootArgs
+from tests.harness.scenario import GUEST_PATH
+
+from .conftest import build_initrd
+
+pytestmark = pytest.mark.vm
+
+# OVMF's SMM build, shim, GRUB and the xz kernel under TCG: slower than -kernel.
+BOOT_TIMEOUT = 600
+UNSIGNED = "virtio_rng"
+RNG_DEVICE = ["-device", "virtio-rng-pci"]
+
+
+@pytest.fixture(scope="module")
+def secure_initrd(vm_kernel: KernelFiles, tmp_path_factory: pytest.TempPathFactory) -> InitrdFiles:
+    """The small initrd with virtio-rng's driver, and that driver's signature cut off."""
+    files = build_initrd(vm_kernel, tmp_path_factory.mktemp("sb-initrd"), "--driver", UNSIGNED)
+    module = next(vm_kernel.modules.glob("kernel/drivers/char/hw_random/virtio-rng.ko"))
+    inside = f"usr/lib/modules/{vm_kernel.modules.name}/{module.relative_to(vm_kernel.modules)}"
+    unsigned = files.outdir / "buildos-initrd-unsigned-rng"
+    secureboot.with_unsigned_module(files.initrd, unsigned, inside, module)
+    return InitrdFiles(files.outdir, files.image, unsigned, files.buildid)
+
+
+def test_the_chain_is_signed() -> None:
+    """What the firmware and shim check: each loader and the kernel carry a PE signature."""
+    shim, grub = secureboot.signed_loaders()
+    assert secureboot.pe_signature_size(shim) > 0
+    assert secureboot.pe_signature_size(grub) > 0
+
+
+def test_secure_boot_enforced_refuses_the_unsigned_module_and_names_it(
+    vm_kernel: KernelFiles, secure_initrd: InitrdFiles, full_boot: BootArgs, tmp_path: Path
+) -> None:
+    # mkinitrd's buildos-image is Debian's signed kernel, byte for byte.
+    assert secure_initrd.image.read_bytes() == vm_kernel.vmlinuz.read_bytes()
+    assert secureboot.pe_signature_size(secure_initrd.image) > 0
+    esp = secureboot.esp(
+        tmp_path / "esp", secure_initrd.image, secure_initrd.initrd, full_boot.append
+    )
+    args = BootArgs(
+        [],
+        full_boot.disks,
+        full_boot.nics,
+        [*full_boot.extra, *secureboot.firmware_args(tmp_path, esp), *RNG_DEVICE],
+        full_boot.memory,
+    )
+    with qemu.firmware_boot(args, name="secureboot") as vm:
+        vm.expect(r"Secure boot enabled", BOOT_TIMEOUT)
+        vm.expect(
+            rf"initpy: {HANDOFF}: exec {re.escape(GUEST_PATH)}",
+            BOOT_TIMEOUT,
+            fail_on=r"initpy: rescue: .*",
+        )
+        sections = read_sections(vm, BOOT_TIMEOUT)
+        console = vm.console
+    boot = report(sections, vm)
+    assert boot["outcome"] == "handoff"
+
+    # The firmware enforced Secure Boot, and the kernel locked itself down for it.
+    assert re.search(r"lockdown=.*\[integrity\]", sections["secureboot"]), sections["secureboot"]
+    assert "Kernel is locked down from EFI Secure Boot" in sections["secureboot"]
+
+    # Every other module loaded with its signature checked; the unsigned one was refused.
+    results = {m["name"]: m for m in boot["modules"]}
+    refused = results.pop(UNSIGNED)
+    assert refused["result"] == "failed", refused
+    assert str(refused["error"]).startswith(
+        "refused by the kernel: the module carries no signature"
+    )
+    assert {"virtio_net", "virtio_blk", "btrfs"} <= set(results)
+    assert [n for n, m in results.items() if m["result"] not in ("loaded", "already loaded")] == []
+    (warning,) = [w for w in boot["warnings"] if UNSIGNED in w]
+    assert "carries no signature" in warning and "lockdown" in warning
+    # The kernel's own word for it, beside initpy's.
+    assert "unsigned module loading is restricted" in console

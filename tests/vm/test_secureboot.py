@@ -22,7 +22,7 @@ import pytest
 
 from initpy.runtime.hook import HANDOFF
 from tests.harness import qemu, secureboot
-from tests.harness.guest_output import read_sections, report
+from tests.harness.guest_output import key_values, read_sections, report
 from tests.harness.images import InitrdFiles, KernelFiles
 from tests.harness.qemu import BootArgs
 from tests.harness.scenario import GUEST_PATH
@@ -35,6 +35,7 @@ pytestmark = pytest.mark.vm
 BOOT_TIMEOUT = 600
 UNSIGNED = "virtio_rng"
 RNG_DEVICE = ["-device", "virtio-rng-pci"]
+TAINT_UNSIGNED_MODULE = 1 << 13
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +87,9 @@ def test_secure_boot_enforced_refuses_the_unsigned_module_and_names_it(
     # The firmware enforced Secure Boot, and the kernel locked itself down for it.
     assert re.search(r"lockdown=.*\[integrity\]", sections["secureboot"]), sections["secureboot"]
     assert "Kernel is locked down from EFI Secure Boot" in sections["secureboot"]
+    # No module was loaded without a valid signature (taint flag E).
+    tainted = int(key_values(sections["secureboot"], "=")["tainted"])
+    assert tainted & TAINT_UNSIGNED_MODULE == 0, tainted
 
     # Every other module loaded with its signature checked; the unsigned one was refused.
     results = {m["name"]: m for m in boot["modules"]}

@@ -9,8 +9,11 @@ one, with virtio-rng's driver packed and then replaced by a copy whose
 signature was cut off (tests/harness/secureboot.py): the guest has a
 virtio-rng device, so the boot loads its driver by modalias, the kernel
 refuses it, and the boot goes on to the hand-off with a warning that
-names it. The ESP is a folder QEMU shows as a FAT disk; the netboot
-layout of the same files is the UEFI lane's (initpy/builder/pxe.py).
+names it. Then the full image (the Debian OS packed with --rootfs) boots
+the same way to multi-user.target with no failed unit, still locked down
+and with no module loaded unsigned. The ESP is a folder QEMU shows as a
+FAT disk; the netboot layout of the same files is the UEFI lane's
+(initpy/builder/pxe.py).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import pytest
 
 from initpy.runtime.hook import HANDOFF
 from tests.harness import qemu, secureboot
+from tests.harness.fullos import BOOT_TIMEOUT as FULL_BOOT_TIMEOUT
+from tests.harness.fullos import READY, Ssh, free_port, full_os_args, make_key
 from tests.harness.guest_output import key_values, read_sections, report
 from tests.harness.images import InitrdFiles, KernelFiles
 from tests.harness.qemu import BootArgs
@@ -62,16 +67,7 @@ def test_secure_boot_enforced_refuses_the_unsigned_module_and_names_it(
     # mkinitrd's buildos-image is Debian's signed kernel, byte for byte.
     assert secure_initrd.image.read_bytes() == vm_kernel.vmlinuz.read_bytes()
     assert secureboot.pe_signature_size(secure_initrd.image) > 0
-    esp = secureboot.esp(
-        tmp_path / "esp", secure_initrd.image, secure_initrd.initrd, full_boot.append
-    )
-    args = BootArgs(
-        [],
-        full_boot.disks,
-        full_boot.nics,
-        [*full_boot.extra, *secureboot.firmware_args(tmp_path, esp), *RNG_DEVICE],
-        full_boot.memory,
-    )
+    args = _firmware_args(full_boot.plus(extra=RNG_DEVICE), secure_initrd, tmp_path)
     with qemu.firmware_boot(args, name="secureboot") as vm:
         vm.expect(r"Secure boot enabled", BOOT_TIMEOUT)
         vm.expect(
@@ -104,3 +100,42 @@ def test_secure_boot_enforced_refuses_the_unsigned_module_and_names_it(
     assert "carries no signature" in warning and "lockdown" in warning
     # The kernel's own word for it, beside initpy's.
     assert "unsigned module loading is restricted" in console
+
+
+def _firmware_args(args: BootArgs, image: InitrdFiles, workdir: Path) -> BootArgs:
+    """`args` booted through OVMF and the signed chain: its append line goes to grub.cfg."""
+    esp = secureboot.esp(workdir / "esp", image.image, image.initrd, args.append)
+    firmware = secureboot.firmware_args(workdir, esp)
+    return BootArgs([], args.disks, args.nics, [*args.extra, *firmware], args.memory)
+
+
+def test_the_full_image_reaches_multi_user_under_secure_boot(
+    vm_full_image: InitrdFiles, tmp_path: Path
+) -> None:
+    key = make_key(tmp_path)
+    mail = tmp_path / "mail"
+    mail.mkdir()
+    port = free_port()
+    args = full_os_args(tmp_path, port, key.with_suffix(".pub").read_text().strip(), mail)
+    with qemu.firmware_boot(
+        _firmware_args(args, vm_full_image, tmp_path), name="secureboot-full"
+    ) as vm:
+        vm.expect(r"Secure boot enabled", BOOT_TIMEOUT)
+        ready = vm.expect(READY, FULL_BOOT_TIMEOUT, fail_on=r"initpy: rescue: .*")
+        state, _multi_user_ms, _systemd_ms, failed, _active = ready.groups()
+        assert state == "running" and failed == "", ready.group(0)
+        ssh = Ssh(port, key)
+        ssh.wait()
+        out = ssh.sections(
+            {
+                "lockdown": "cat /sys/kernel/security/lockdown",
+                "tainted": "cat /proc/sys/kernel/tainted",
+                "modules": "lsmod | awk 'NR > 1 {print $1}' | sort | tr '\\n' ' '",
+                "refused": "dmesg | grep -c 'unsigned module loading is restricted' || true",
+            }
+        )
+    assert "[integrity]" in out["lockdown"], out
+    assert int(out["tainted"]) & TAINT_UNSIGNED_MODULE == 0, out
+    # initpy's modules and the ones systemd-udevd loaded from the OS tree, all signed.
+    assert {"btrfs", "virtio_net", "nf_tables"} <= set(out["modules"].split()), out
+    assert out["refused"] == "0", out

@@ -332,7 +332,7 @@ def load_modules(ctx: BootContext) -> str:
     follower = Follower(ctx, loader, index, source) if source and index else None
     if follower is not None:
         # Devices the bus drivers just announced: their drivers go first too.
-        names += follower.drain()
+        names += follower.drain()  # its failures are warned of by the follower
     later = loader.load(named, workers)
     for name in later:
         ctx.report.modules.append(loader.entry(name))
@@ -360,8 +360,9 @@ def load_modules(ctx: BootContext) -> str:
             + (f"; not loaded because of it: {', '.join(skipped)}" if skipped else ""),
             fix,
         )
+    drained = set(follower.loaded) if follower is not None else set()
     for name in [*failed, *skipped]:
-        if loader.worth_a_warning(name):
+        if name not in drained and loader.worth_a_warning(name):
             ctx.warn(f"load_modules: driver {name} ({loader.why[name]}): {results[name][2]}")
     if follower is not None:
         k.start_thread("initpy-uevents", follower.run)

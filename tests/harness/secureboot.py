@@ -14,8 +14,8 @@ is installed on the build machine:
   shim, grubx64.efi beside it, EFI/debian/grub.cfg (where Debian's signed
   GRUB, built with that prefix, reads its config), the kernel and initrd;
 - `with_unsigned_module()`: an initrd in which one packed module has lost
-  its signature (appended as a second cpio archive, which the kernel
-  unpacks over the first), for the test that lockdown refuses it;
+  its signature (a second archive appended, which the kernel unpacks over
+  the first), for the test that lockdown refuses it;
 - `firmware_args()`: OVMF's Secure Boot build (SMM, q35) with a private
   copy of the variables that have Microsoft's keys enrolled (Debian's
   `ovmf`, which scripts/bootstrap installs).
@@ -109,13 +109,19 @@ def strip_module_signature(data: bytes) -> bytes:
     return data[: info_end - 12 - sig_len]
 
 
-def with_unsigned_module(initrd: Path, out: Path, inside: str, module: Path) -> Path:
-    """`initrd`, plus an archive that replaces `inside` by `module` without its signature."""
-    data = initrd.read_bytes()
-    # The kernel reads the next archive from a 4-byte boundary; zeros between are skipped.
-    data += b"\0" * (-len(data) % 4)
+def with_unsigned_module(
+    initrd: Path, out: Path, inside: str, module: Path, compression: str
+) -> Path:
+    """`initrd` (compressed with `compression`), plus a part that replaces `inside` by
+    `module` without its signature.
+
+    The part is compressed the same way and appended as mkinitrd joins its
+    own parts: the kernel unpacks it over the first. (After lz4's legacy
+    frames the kernel reads only more lz4 frames, not a plain archive.)
+    """
     unsigned = strip_module_signature(module.read_bytes())
-    out.write_bytes(data + cpio.archive([cpio.regular(inside, data=unsigned, perm=0o644)], 0))
+    part = cpio.archive([cpio.regular(inside, data=unsigned, perm=0o644)], 0)
+    out.write_bytes(initrd.read_bytes() + cpio.compress(part, compression))
     return out
 
 
@@ -163,7 +169,7 @@ def firmware_args(workdir: Path, esp_folder: Path) -> list[str]:
         "-drive",
         f"if=pflash,format=raw,unit=1,file={variables}",
         "-drive",
-        f"if=none,id=esp,format=raw,file=fat:{esp_folder}",
+        f"if=none,id=esp,format=raw,readonly=on,file=fat:{esp_folder}",
         "-device",
         "virtio-blk-pci,drive=esp,bootindex=0",
     ]

@@ -377,3 +377,15 @@ def test_eperm_of_a_signed_module_is_not_blamed_on_its_signature(
     _load(ctx)
     (warning,) = ctx.report.warnings
     assert warning.endswith(said)
+
+
+def test_a_driver_refused_while_the_state_drains_uevents_is_named_once(tmp_path: Path) -> None:
+    # virtio's devices are announced while load_modules runs (the VM's virtio-rng):
+    # the follower names the refusal, and the state's summary does not repeat it.
+    ctx = _refusing(tmp_path, "kernel/usb-storage.ko", errno.EPERM, ELF_BODY)
+    assert isinstance(ctx.kernel, FakeKernel)
+    devpath = "/devices/pci0000:00/0000:00:03.0/usb2/2-1/2-1:1.0"
+    ctx.kernel.uevent_script = [[Uevent("add", devpath, "usb", {"MODALIAS": USB_DISK})]]
+    _load(ctx)
+    (warning,) = ctx.report.warnings
+    assert warning.startswith(f"load_modules: usb_storage (device {devpath}) failed: refused")

@@ -27,10 +27,11 @@ Every module goes to the boot report with its result, time and what asked
 for it (`device pci/0000:00:03.0`, `hook storage`, or `needed by ahci`).
 A module a hook named that fails is a BootFailure; a driver that fails is
 a warning (an optional softdep such as crct10dif_pclmul refuses QEMU's
-CPU); a module the kernel refuses for its signature (Secure Boot's
-lockdown: signature.py says which case) is a warning that names it even
-when it was only a dependency; and a device left without a driver is named by find_nics or
-find_disks through the core fact DRIVERLESS (missing_driver.py).
+CPU); a module the kernel refuses for its signature (Secure Boot:
+signature.py says which case) is a warning that names it even when it
+was only a dependency; and a device left without a driver is named by
+find_nics or find_disks through the core fact DRIVERLESS
+(missing_driver.py).
 /proc/sys/kernel/modprobe is pointed at a modprobe that exists in the
 initrd, so the kernel can autoload (crc32c, nft expressions) through
 request_module.

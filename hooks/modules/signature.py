@@ -1,12 +1,14 @@
 """Why the kernel refused a module for its signature: the words of the boot report.
 
-Owned by the modules hook (load_modules). Under Secure Boot the kernel is
-in lockdown (Debian: `integrity`): finit_module refuses a module without
-a valid signature by the kernel's build key (or an enrolled MOK key).
-The kernel says why only in its log (`Lockdown: ...: unsigned module
-loading is restricted`), and the errno alone reads "Operation not
-permitted"; this looks at the module's own file for its signature and
-says which case it is, so that the report names the module and the cause.
+Owned by the modules hook (load_modules). Under Secure Boot the kernel
+refuses a module without a valid signature by its build key (or an
+enrolled MOK key): Debian's kernel then enforces module signatures
+(`EKEYREJECTED`, "Loading of unsigned module is rejected" in its log,
+tests/vm/test_secureboot.py), and lockdown alone answers `EPERM`
+("Lockdown: ...: unsigned module loading is restricted"). The errno alone
+reads "Key was rejected by service" or "Operation not permitted"; this
+looks at the module's own file for its signature and says which case it
+is, so that the report names the module and the cause.
 """
 
 from __future__ import annotations

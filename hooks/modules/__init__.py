@@ -27,8 +27,11 @@ Every module goes to the boot report with its result, time and what asked
 for it (`device pci/0000:00:03.0`, `hook storage`, or `needed by ahci`).
 A module a hook named that fails is a BootFailure; a driver that fails is
 a warning (an optional softdep such as crct10dif_pclmul refuses QEMU's
-CPU), and a device left without a driver is named by find_nics or
-find_disks through the core fact DRIVERLESS (missing_driver.py).
+CPU); a module the kernel refuses for its signature (Secure Boot:
+signature.py says which case) is a warning that names it even when it
+was only a dependency; and a device left without a driver is named by
+find_nics or find_disks through the core fact DRIVERLESS
+(missing_driver.py).
 /proc/sys/kernel/modprobe is pointed at a modprobe that exists in the
 initrd, so the kernel can autoload (crc32c, nft expressions) through
 request_module.
@@ -48,7 +51,7 @@ from initpy.runtime.layout import AliasIndex, AliasIndexError, PackedModule
 from initpy.runtime.record import field, mutable
 from initpy.runtime.uevent import KERNEL_GROUP, NETLINK_KOBJECT_UEVENT, parse_uevent
 
-from . import missing_driver, modalias
+from . import missing_driver, modalias, signature
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -106,7 +109,11 @@ class Loader:
                 result, error = "already loaded", ""
             else:
                 result = "failed"
-                error = os.strerror(exc.errno) if exc.errno else str(exc)
+                error = str(exc)
+                if exc.errno:
+                    error = signature.refusal(
+                        k, f"{self.folder}/{module.path}", exc.errno
+                    ) or os.strerror(exc.errno)
         return result, int((k.uptime() - start) * 1000), error
 
     def load(self, asked: Mapping[str, str], workers: int = WORKERS) -> list[str]:
@@ -164,6 +171,18 @@ class Loader:
                     self.results[running.pop(future)] = future.result()
         return names
 
+    def worth_a_warning(self, name: str) -> bool:
+        """A failure the boot names: of a module asked for, or a refusal for its signature.
+
+        A dependency's own failure is in the report only (an optional softdep
+        such as crct10dif_pclmul refuses QEMU's CPU); a refused signature is
+        named wherever it happens.
+        """
+        result, _, error = self.results[name]
+        if result not in ("failed", "skipped"):
+            return False
+        return not self.why[name].startswith("needed by") or error.startswith(signature.REFUSED)
+
     def entry(self, name: str) -> dict[str, object]:
         result, ms, error = self.results[name]
         entry: dict[str, object] = {"name": name, "result": result, "ms": ms, "why": self.why[name]}
@@ -219,7 +238,7 @@ class Follower:
         for name in names:
             entry = self.loader.entry(name)
             self.ctx.report.modules.append(entry)
-            if entry["result"] == "failed" and not str(entry["why"]).startswith("needed by"):
+            if entry["result"] == "failed" and self.loader.worth_a_warning(name):
                 self.ctx.warn(f"load_modules: {name} ({entry['why']}) failed: {entry['error']}")
             elif entry["why"] in asked.values():  # what a device asked for; the report has all
                 said.append(f"{name} {entry['result']} ({entry['why']})")
@@ -314,7 +333,7 @@ def load_modules(ctx: BootContext) -> str:
     follower = Follower(ctx, loader, index, source) if source and index else None
     if follower is not None:
         # Devices the bus drivers just announced: their drivers go first too.
-        names += follower.drain()
+        names += follower.drain()  # its failures are warned of by the follower
     later = loader.load(named, workers)
     for name in later:
         ctx.report.modules.append(loader.entry(name))
@@ -328,15 +347,23 @@ def load_modules(ctx: BootContext) -> str:
     named_skipped = [n for n in skipped if n in required]
     if named_failed or named_skipped:
         bad = named_failed or named_skipped
+        fix = (
+            f"pack the modules of kernel {version} as its build signed them (mkinitrd keeps "
+            "the signatures), sign a module of your own with a key enrolled as a MOK, or "
+            "boot without Secure Boot"
+            if results[bad[0]][2].startswith(signature.REFUSED)
+            else f"read `dmesg | tail` for why {bad[0]} was refused; a module from another "
+            f"kernel build is refused: rebuild the initrd with --modules of kernel {version}"
+        )
         raise BootFailure(
             "cannot load module "
             + ", ".join(f"{n} ({results[n][2]})" for n in bad)
             + (f"; not loaded because of it: {', '.join(skipped)}" if skipped else ""),
-            f"read `dmesg | tail` for why {bad[0]} was refused; a module from another kernel "
-            f"build is refused: rebuild the initrd with --modules of kernel {version}",
+            fix,
         )
+    drained = set(follower.loaded) if follower is not None else set()
     for name in [*failed, *skipped]:
-        if not loader.why[name].startswith("needed by"):  # a softdep may refuse this CPU
+        if name not in drained and loader.worth_a_warning(name):
             ctx.warn(f"load_modules: driver {name} ({loader.why[name]}): {results[name][2]}")
     if follower is not None:
         k.start_thread("initpy-uevents", follower.run)

@@ -72,12 +72,22 @@ def add_modules(
         f"module {name} is built into kernel {tree.version}; nothing to load"
         for name in selection.builtin
     ]
+    unsigned = kmod.unsigned(staged, selection)
+    if unsigned:
+        # A kernel of one's own build may sign nothing; under Secure Boot
+        # the boot would then name each refusal (hooks/modules/signature.py).
+        notes.append(
+            f"{len(unsigned)} of {len(selection.modules)} modules carry no signature "
+            f"(Secure Boot's lockdown refuses them): {', '.join(unsigned[:10])}"
+            + (" ..." if len(unsigned) > 10 else "")
+        )
     named = sum(1 for m in selection.modules if m.hooks)
     notes.append(
         f"drivers {drivers}"
         + (f" + {', '.join(extra_drivers)}" if extra_drivers else "")
         + f": {len(selection.drivers)} drivers, {len(selection.modules)} modules with "
         f"dependencies ({named} named by hooks); firmware: {len(found.present)} file(s) "
-        f"packed, {len(found.missing)} declared but not in {firmware_dir}"
+        f"packed, {len(found.missing)} declared but not in {firmware_dir}; "
+        f"{len(selection.modules) - len(unsigned)} signed"
     )
     return PackedKernelModules(tuple(notes), tree.version, selection.packed())

@@ -20,7 +20,10 @@ modules and the built-in ones.
 `.ko.xz` and `.ko.zst` are decompressed at build time and shipped as plain
 `.ko`: Debian's 6.1 cloud kernel is built without CONFIG_MODULE_DECOMPRESS,
 so finit_module cannot take compressed files, and the whole cpio is
-compressed anyway (smaller than compressing twice).
+compressed anyway (smaller than compressing twice). The signature Debian
+appends to each module is inside the compressed file, so the plain `.ko`
+keeps it; nothing here strips a module (Secure Boot's lockdown would
+refuse it): `unsigned()` names the staged modules that carry none.
 
 The staged subset gets its own `depmod -b`, and
 /usr/lib/initpy/modules.list: one module per line in dependency order,
@@ -38,7 +41,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from initpy.builder.command import BuildError, run
-from initpy.runtime.layout import AliasIndex, PackedModule
+from initpy.runtime.layout import MODULE_SIGNATURE_MAGIC, AliasIndex, PackedModule, module_is_signed
 
 INDEX_FILES_COPIED = ("modules.builtin", "modules.builtin.modinfo", "modules.order")
 COMPRESSED_SUFFIXES = (".ko.xz", ".ko.zst", ".ko.gz", ".ko")
@@ -370,6 +373,18 @@ def stage(tree: ModuleTree, selection: Selection, root: str) -> str:
         os.symlink("usr/lib", os.path.join(root, "lib"))
     run(["depmod", "-b", root, tree.version])
     return dest
+
+
+def unsigned(staged: str, selection: Selection) -> list[str]:
+    """The staged modules (in `staged`, as stage() wrote them) without a signature."""
+    found = []
+    for module in selection.modules:
+        with open(os.path.join(staged, plain_path(module.relpath)), "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - len(MODULE_SIGNATURE_MAGIC)))
+            if not module_is_signed(f.read()):
+                found.append(module.name)
+    return found
 
 
 def _decompress_copy(source: str, target: str) -> None:

@@ -94,6 +94,19 @@ class PackedModule:
     hooks: tuple[str, ...] = ()
 
 
+# The end of a module signed by its kernel's build (linux/scripts/sign-file):
+# the ELF, then the PKCS#7 signature, its 12-byte `struct module_signature`,
+# and this marker. Debian signs every module; Secure Boot's lockdown refuses
+# a module without it, so mkinitrd packs the files with their signatures
+# (decompressed, never stripped) and the modules hook names a refused one.
+MODULE_SIGNATURE_MAGIC = b"~Module signature appended~\n"
+
+
+def module_is_signed(data: bytes) -> bool:
+    """Whether a module file (or its last bytes) carries an appended signature."""
+    return data.endswith(MODULE_SIGNATURE_MAGIC)
+
+
 @frozen
 class Manifest:
     """What the builder put into the initrd, for PID 1."""

@@ -43,6 +43,7 @@ __all__ = [
     "Vm",
     "VmError",
     "boot",
+    "firmware_boot",
     "network_boot",
     "run_interactive",
     "vm_slot",
@@ -177,6 +178,33 @@ def network_boot(
             extra=extra,
             memory=memory,
             reboot=reboot,
+        )
+
+    with _started(argv, name) as vm:
+        yield vm
+
+
+@contextlib.contextmanager
+def firmware_boot(args: BootArgs, *, name: str = "vm") -> Iterator[Vm]:
+    """Boot from a disk through the firmware in `args.extra`, holding a machine-wide VM slot.
+
+    For OVMF and its ESP (tests/harness/secureboot.py): the boot loader on
+    the disk gives the kernel its command line, so `args.append` must be
+    empty and REQUIRED_APPEND is in the loader's config.
+    """
+
+    def argv(monitor_path: str) -> list[str]:
+        return qemu_argv(
+            None,
+            None,
+            " ".join(args.append),
+            serial="stdio",
+            monitor_path=monitor_path,
+            disks=args.disks,
+            nics=args.nics,
+            extra=args.extra,
+            memory=args.memory,
+            boot="c",
         )
 
     with _started(argv, name) as vm:

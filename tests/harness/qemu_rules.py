@@ -124,13 +124,16 @@ def qemu_argv(
     extra: Sequence[str] = (),
     memory: int = 1024,
     reboot: bool = False,
+    boot: str = "n",
 ) -> list[str]:
     """The whole QEMU command line; every rule of this machine is applied here.
 
-    `kernel=None` boots from the network instead (`-boot n`: the first NIC's
-    PXE ROM, QEMU's own iPXE); the boot loader then gives the command line,
-    so `initrd` and `append` must be empty, and REQUIRED_APPEND is the
-    caller's to put in the loader's config. `reboot=True` leaves out
+    `kernel=None` boots through the firmware instead: from the network by
+    default (`-boot n`: the first NIC's PXE ROM, QEMU's own iPXE), from a
+    disk with `boot="c"` (OVMF and its ESP: tests/harness/secureboot.py);
+    the boot loader then gives the command line, so `initrd` and `append`
+    must be empty, and REQUIRED_APPEND is the caller's to put in the
+    loader's config. `reboot=True` leaves out
     -no-reboot, so that a guest's reboot boots again instead of ending QEMU.
     """
     accel = os.environ.get("INITPY_QEMU_ACCEL", "tcg")
@@ -149,7 +152,7 @@ def qemu_argv(
                 "a network boot takes its initrd and command line from the boot loader's "
                 "config (pxelinux.cfg), not from -initrd/-append"
             )
-        argv += ["-boot", "n"]
+        argv += ["-boot", boot]
     else:
         if initrd is None:
             raise ValueError(f"-kernel {kernel} needs an initrd")

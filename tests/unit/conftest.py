@@ -79,3 +79,38 @@ def systemd_verify(folder: str, units: dict[str, str]) -> tuple[int, str]:
         timeout=60,
     )
     return done.returncode, done.stderr
+
+
+@pytest.fixture(scope="session")
+def real_kernel() -> str:
+    """The Debian kernel the VM tier boots, fetched now if the cache has none.
+
+    Fetched when the test runs, not when the module is imported: an empty
+    cache must never turn these tests into skips.
+    """
+    done = subprocess.run(
+        [os.path.join(REPO, "scripts", "fetch-kernel")], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, f"scripts/fetch-kernel failed:\n{done.stderr}"
+    return done.stdout.strip().splitlines()[-1]
+
+
+def run_mkinitrd(kernel: str, out: str, *options: str) -> subprocess.CompletedProcess[str]:
+    """The real mkinitrd (real freeze, cached) for a fetched kernel folder into `out`."""
+    return subprocess.run(
+        [
+            os.path.join(REPO, ".venv", "bin", "python"),
+            os.path.join(REPO, "mkinitrd.py"),
+            "--kernel",
+            os.path.join(kernel, "vmlinuz"),
+            "--modules",
+            os.path.join(kernel, "modules"),
+            "-o",
+            out,
+            *options,
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, SOURCE_DATE_EPOCH="1700000000"),
+        check=False,
+    )

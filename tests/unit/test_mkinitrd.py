@@ -22,6 +22,7 @@ from initpy.builder.command import BuildError
 from initpy.builder.drivers import Drivers
 from initpy.builder.options import SETTINGS
 from initpy.runtime import layout
+from tests.unit.conftest import REPO, run_mkinitrd
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists("/bin/busybox")
@@ -386,23 +387,6 @@ def _build_with(setup: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> list[
     return given
 
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@pytest.fixture(scope="session")
-def real_kernel() -> str:
-    """The Debian kernel the VM tier boots, fetched now if the cache has none.
-
-    Fetched when the test runs, not when the module is imported: an empty
-    cache must never turn these tests into skips.
-    """
-    done = subprocess.run(
-        [os.path.join(REPO, "scripts", "fetch-kernel")], capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, f"scripts/fetch-kernel failed:\n{done.stderr}"
-    return done.stdout.strip().splitlines()[-1]
-
-
 def test_the_initrd_freezes_the_runtime_and_nothing_else_of_initpy() -> None:
     """The frozen init's module archive, listed: no builder, dev tool or hook in it."""
     from PyInstaller.archive.readers import CArchiveReader
@@ -431,28 +415,10 @@ def test_the_real_mkinitrd_twice_is_byte_identical(tmp_path: str, real_kernel: s
     tree while tests run), the second build freezes anew and the pair is
     built again.
     """
-    top = os.path.join(os.path.dirname(__file__), "..", "..")
 
     def mkinitrd_cli(out: str) -> str:
-        done = subprocess.run(
-            [
-                os.path.join(top, ".venv", "bin", "python"),
-                os.path.join(top, "mkinitrd.py"),
-                "--kernel",
-                os.path.join(real_kernel, "vmlinuz"),
-                "--modules",
-                os.path.join(real_kernel, "modules"),
-                "-o",
-                out,
-                "--hooks",
-                "modules,rescue_tools",
-                "--compress",
-                "none",
-            ],
-            capture_output=True,
-            text=True,
-            env=dict(os.environ, SOURCE_DATE_EPOCH="1700000000"),
-            check=False,
+        done = run_mkinitrd(
+            real_kernel, out, "--hooks", "modules,rescue_tools", "--compress", "none"
         )
         assert done.returncode == 0, done.stderr
         return done.stderr

@@ -303,3 +303,89 @@ def test_one_thread_per_cpu_loads_the_same_way(tmp_path: Path, cpus: int) -> Non
         and line.endswith(f"in {threads} thread{'s' if threads > 1 else ''}")
         for line in ctx.kernel.console_lines  # type: ignore[attr-defined]
     )
+
+
+# -- Secure Boot's lockdown: a module refused for its signature ---------------------------
+
+ELF_BODY = b"\x7fELF" + b"\0" * 60
+SIGNED = ELF_BODY + b"PKCS7..." + b"\0" * 8 + b"\0\0\0\x08" + layout.MODULE_SIGNATURE_MAGIC
+
+
+def _refusing(tmp_path: Path, relpath: str, err: int, data: bytes) -> BootContext:
+    """The hardware machine, whose kernel answers `err` to the module file `relpath` (`data`)."""
+    path = f"/lib/modules/{HW_VERSION}/{relpath}"
+    ctx = _hardware(str(tmp_path), failures={"finit_module": {path: err}})
+    ctx.kernel.mkdir(os.path.dirname(path))
+    ctx.kernel.write_atomic(path, data)
+    return ctx
+
+
+def test_an_unsigned_driver_refused_under_lockdown_is_named_with_why(tmp_path: Path) -> None:
+    # The kernel's lockdown answers EPERM to an unsigned module; the errno alone
+    # reads "Operation not permitted", so the module's file says which case it is.
+    ctx = _refusing(tmp_path, "kernel/e1000.ko", errno.EPERM, ELF_BODY)
+    _load(ctx)
+    entry = next(m for m in ctx.report.modules if m["name"] == "e1000")
+    assert entry["result"] == "failed"
+    assert str(entry["error"]).startswith("refused by the kernel: the module carries no signature")
+    (warning,) = ctx.report.warnings
+    assert warning.startswith("load_modules: driver e1000 (device pci/0000:00:02.0): refused")
+    assert "lockdown: Secure Boot is on" in warning
+
+
+def test_a_refused_dependency_is_named_though_a_failed_one_is_not(tmp_path: Path) -> None:
+    # crct10dif_pclmul is an optional softdep of nvme's chain: a CPU refusing it
+    # (ENODEV) is no news, but a refusal for its signature is a security matter.
+    ctx = _refusing(tmp_path, "kernel/pclmul.ko", errno.EPERM, ELF_BODY)
+    _load(ctx)
+    (warning,) = ctx.report.warnings
+    assert warning.startswith("load_modules: driver crct10dif_pclmul (needed by nvme): refused")
+    assert {m["name"]: m["result"] for m in ctx.report.modules}["nvme"] == "loaded"
+
+
+def test_a_signature_by_an_unknown_key_is_told_apart(tmp_path: Path) -> None:
+    ctx = _refusing(tmp_path, "kernel/e1000.ko", errno.EKEYREJECTED, SIGNED)
+    _load(ctx)
+    (warning,) = ctx.report.warnings
+    assert "e1000" in warning and "not by a key this kernel trusts" in warning
+
+
+def test_a_hook_module_refused_for_its_signature_is_a_rescue_with_that_fix(
+    tmp_path: Path,
+) -> None:
+    ctx = _refusing(tmp_path, "kernel/btrfs.ko", errno.EPERM, ELF_BODY)
+    with pytest.raises(BootFailure) as failure:
+        _load(ctx)
+    assert "cannot load module btrfs (refused by the kernel: the module carries no" in (
+        failure.value.reason
+    )
+    assert "as its build signed them" in failure.value.fix
+
+
+@pytest.mark.parametrize(
+    ("disabled", "said"),
+    [
+        ("0", "e1000 (device pci/0000:00:02.0): Operation not permitted"),
+        ("1", "refused by the kernel: module loading is disabled (kernel.modules_disabled=1)"),
+    ],
+)
+def test_eperm_of_a_signed_module_is_not_blamed_on_its_signature(
+    tmp_path: Path, disabled: str, said: str
+) -> None:
+    ctx = _refusing(tmp_path, "kernel/e1000.ko", errno.EPERM, SIGNED)
+    ctx.kernel.write_text("/proc/sys/kernel/modules_disabled", disabled + "\n")
+    _load(ctx)
+    (warning,) = ctx.report.warnings
+    assert warning.endswith(said)
+
+
+def test_a_driver_refused_while_the_state_drains_uevents_is_named_once(tmp_path: Path) -> None:
+    # virtio's devices are announced while load_modules runs (the VM's virtio-rng):
+    # the follower names the refusal, and the state's summary does not repeat it.
+    ctx = _refusing(tmp_path, "kernel/usb-storage.ko", errno.EPERM, ELF_BODY)
+    assert isinstance(ctx.kernel, FakeKernel)
+    devpath = "/devices/pci0000:00/0000:00:03.0/usb2/2-1/2-1:1.0"
+    ctx.kernel.uevent_script = [[Uevent("add", devpath, "usb", {"MODALIAS": USB_DISK})]]
+    _load(ctx)
+    (warning,) = ctx.report.warnings
+    assert warning.startswith(f"load_modules: usb_storage (device {devpath}) failed: refused")

@@ -91,6 +91,10 @@ def test_a_network_boot_takes_no_kernel_and_may_reboot(monkeypatch: pytest.Monke
         qemu_rules.qemu_argv(None, None, "console=ttyS0", serial="stdio", monitor_path="m")
     with pytest.raises(ValueError, match="boot loader"):
         qemu_rules.qemu_argv(None, "initrd", "", serial="stdio", monitor_path="m")
+    # A firmware boot from its disk (OVMF's ESP) has no kernel either.
+    argv = qemu_rules.qemu_argv(None, None, "", serial="stdio", monitor_path="m", boot="c")
+    assert argv[argv.index("-boot") + 1] == "c"
+    assert not {"-kernel", "-initrd", "-append"} & set(argv)
 
 
 @pytest.mark.parametrize(

@@ -183,12 +183,22 @@ def chooser_text(timeout_tenths: int) -> str:
 
 
 def entry_text(root: str, build_dir: str, arguments: Sequence[str], http: bool) -> str:
-    """One host's file: the buildos entry, every argument in single quotes."""
+    """One host's file: the buildos entry, every argument in single quotes.
+
+    GRUB says nothing while it loads; the echo lines show the operator (and
+    the VM tests' clocks) where the transfer starts and ends.
+    """
     quoted = " ".join(f"'{a}'" for a in arguments)
+    how = "http" if http else "tftp"
     return (
         "# Written by initpy's scripts/pxe-layout; arguments are single-quoted so GRUB\n"
-        "# expands nothing in them.\n" + ("insmod http\n" if http else "") + "menuentry buildos {\n"
+        "# expands nothing in them.\n"
+        + ("insmod http\n" if http else "")
+        + "menuentry buildos {\n"
+        f"  echo 'buildos: loading the kernel by {how}'\n"
         f"  linux {root}/{build_dir}/buildos-image {quoted}\n"
+        f"  echo 'buildos: loading the initrd by {how}'\n"
         f"  initrd {root}/{build_dir}/buildos-initrd\n"
+        "  echo 'buildos: starting the kernel'\n"
         "}\n"
     )

@@ -73,6 +73,7 @@ def test_one_folder_boots_bios_and_uefi_with_the_same_line_for_the_same_mac(
     path, arguments = linux_arguments(entry)
     assert path == "/buildos/buildos-image"
     assert "  initrd /buildos/buildos-initrd\n" in entry and "insmod" not in entry
+    assert "  echo 'buildos: loading the kernel by tftp'\n" in entry
     # What GRUB hands the kernel is read by the boot as pxelinux's line is.
     line = grub.kernel_line(path, arguments)
     assert line.startswith("BOOT_IMAGE=/buildos/buildos-image ")

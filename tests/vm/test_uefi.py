@@ -1,0 +1,203 @@
+"""UEFI network boot through pxe-layout's folder (issue 20, acceptance 1 and 3).
+
+QEMU with Debian's OVMF (OVMF_CODE_4M.fd, a copy of OVMF_VARS_4M.fd, as
+pflash), `-boot n`, an e1000 NIC with the spec's MAC: the firmware fetches
+shimx64.efi by TFTP (QEMU's user network: `tftp=DIR,bootfile=shimx64.efi`),
+shim fetches grubx64.efi (Debian's signed grubnetx64) beside it, GRUB reads
+grub/grub.cfg, which picks grub.cfg-01-de-ad-be-ef-b8-da by the NIC's MAC.
+The folder also holds a decoy for another MAC whose line would fail the
+boot (initpy.exec=/nonexistent), so reaching the hand-off shows the MAC's own
+file was chosen; the report shows the append line in effect, the quoted SSH
+key included (GRUB's own quoting).
+
+test_1  the small initrd (generic kernel: e1000) over TFTP to initpy's
+        hand-off.
+test_2  the same kernel and initrd over HTTP: a web server the test runs on
+        127.0.0.1 (http.server), reached as 10.0.2.100:80 through QEMU's
+        guestfwd; the transfer times of both boots are printed and kept in
+        artifacts/vm/uefi-figures.txt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import qemu
+from tests.harness.disks import state_and_machines
+from tests.harness.fullos import make_key
+from tests.harness.guest_output import read_sections, report
+from tests.harness.images import InitrdFiles, KernelFiles
+from tests.harness.scenario import FULL_BOOT_MAC, GUEST_PATH
+from tests.harness.web_server import WebServer, guestfwd
+
+from .conftest import build_initrd, prebuilt
+
+pytestmark = pytest.mark.vm
+
+SPEC_MAC = "de:ad:be:ef:b8:da"  # the spec's Network Boot example
+SERVER = "10.0.2.2"  # QEMU's user network: the host, its TFTP server
+WEB = "10.0.2.100"  # where the guest finds the test's web server (guestfwd)
+OVMF = Path("/usr/share/OVMF")
+BOOT_TIMEOUT = 600  # OVMF, shim, GRUB and the kernel under TCG: a hang, not the speed
+RESCUE = r"initpy: rescue: .*|Kernel panic|pxe-layout wrote no GRUB config"
+FIGURES = qemu.ARTIFACTS / "uefi-figures.txt"
+# OVMF's console moves the cursor with escape sequences between characters.
+ESCAPES = r"(?:\x1b\[[0-9;]*[A-Za-z])*"
+figures: list[str] = []
+
+
+def loosely(text: str) -> str:
+    return ESCAPES.join(re.escape(c) for c in text)
+
+
+def note(line: str) -> None:
+    print(f"uefi: {line}")
+    figures.append(line)
+    FIGURES.parent.mkdir(parents=True, exist_ok=True)
+    FIGURES.write_text("\n".join(figures) + "\n")
+
+
+def pxe_layout(*args: str) -> str:
+    done = subprocess.run(
+        [str(qemu.REPO / "scripts" / "pxe-layout"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, f"scripts/pxe-layout {' '.join(args)}:\n{done.stderr}"
+    return done.stderr
+
+
+@pytest.fixture(scope="module")
+def initrd(generic_kernel: KernelFiles, tmp_path_factory: pytest.TempPathFactory) -> InitrdFiles:
+    """The small initrd (every hook, --drivers generic) for the generic kernel (e1000)."""
+    return prebuilt("INITPY_VM_GENERIC_INITRD") or build_initrd(
+        generic_kernel, tmp_path_factory.mktemp("uefi-initrd")
+    )
+
+
+@pytest.fixture(scope="module")
+def key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_key(tmp_path_factory.mktemp("key"))
+
+
+def lay_out(initrd: InitrdFiles, folder: Path, key: Path, *more: str) -> str:
+    """The decoy for another MAC first, then the spec MAC's own files."""
+    words = "console=ttyS0 panic=-1 initpy.debug"
+    pxe_layout(
+        str(initrd.outdir), str(folder), "--mac", FULL_BOOT_MAC, "--timeout", "0",
+        "--append", f"{words} initpy.exec=/nonexistent", *more,
+    )  # fmt: skip
+    return pxe_layout(
+        str(initrd.outdir), str(folder), "--mac", SPEC_MAC, "--timeout", "0",
+        "--server", SERVER, "--ssh-key", f"@{key.with_suffix('.pub')}",
+        "--append", f"{words} initpy.exec={GUEST_PATH}", *more,
+    )  # fmt: skip
+
+
+def firmware(work: Path) -> list[list[str]]:
+    """OVMF as two pflash drives: the code read-only, a copy of the variables."""
+    variables = work / "OVMF_VARS_4M.fd"
+    shutil.copyfile(OVMF / "OVMF_VARS_4M.fd", variables)
+    code = OVMF / "OVMF_CODE_4M.fd"
+    return [
+        ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}"],
+        ["-drive", f"if=pflash,format=raw,unit=1,file={variables}"],
+    ]
+
+
+@contextlib.contextmanager
+def boot(
+    work: Path, tftp: Path, name: str, options: str = ""
+) -> Iterator[tuple[qemu.Vm, dict[str, float]]]:
+    """UEFI-boot from the folder to the hand-off; the console times of GRUB's marks."""
+    nic = qemu.Nic.user(
+        "net0",
+        mac=SPEC_MAC,
+        model="e1000",
+        options=f"tftp={tftp},bootfile=shimx64.efi" + (f",{options}" if options else ""),
+    )
+    disks = [*firmware(work), *state_and_machines(work)]
+    with qemu.network_boot(nics=[nic], disks=disks, memory=1024, name=name) as vm:
+        marks = {
+            "kernel": loosely("buildos: loading the kernel by "),
+            "initrd": loosely("buildos: loading the initrd by "),
+            "started": loosely("buildos: starting the kernel"),
+            "handoff": re.escape(f"initpy: handoff: exec {GUEST_PATH}"),
+        }
+        at = {}
+        for what, pattern in marks.items():
+            at[what] = vm.seconds_at(vm.expect(pattern, BOOT_TIMEOUT, fail_on=RESCUE).start())
+        yield vm, at
+
+
+def check_handoff(vm: qemu.Vm, key: Path) -> None:
+    """The host's own file was chosen and its line is in effect."""
+    sections = read_sections(vm, BOOT_TIMEOUT)
+    boot = report(sections, vm)
+    assert boot["outcome"] == "handoff", boot["reason"]
+    line = boot["command_line"]
+    assert line["warnings"] == []
+    parameters = line["parameters"]
+    assert parameters["initpy.exec"] == GUEST_PATH  # not the decoy's /nonexistent
+    assert parameters["buildos.buildid_url"] == f"tftp://{SERVER}/buildos/buildos-buildid"
+    # The key's spaces: GRUB quoted the argument, the kernel grouped it.
+    assert parameters["buildos.ssh_key"] == key.with_suffix(".pub").read_text().strip()
+
+
+def transfer(at: dict[str, float], initrd: InitrdFiles, how: str) -> float:
+    kernel_mb = initrd.image.stat().st_size / 1e6
+    initrd_mb = initrd.initrd.stat().st_size / 1e6
+    seconds = at["started"] - at["kernel"]
+    note(
+        f"{how}: kernel {kernel_mb:.1f} MB in {at['initrd'] - at['kernel']:.1f} s, "
+        f"initrd {initrd_mb:.1f} MB in {at['started'] - at['initrd']:.1f} s: "
+        f"{(kernel_mb + initrd_mb) / seconds:.1f} MB/s; GRUB's first mark at "
+        f"{at['kernel']:.1f} s, hand-off at {at['handoff']:.1f} s of QEMU time"
+    )
+    return seconds
+
+
+def test_1_uefi_tftp_boots_the_macs_own_config_to_the_handoff(
+    initrd: InitrdFiles, key: Path, tmp_path: Path
+) -> None:
+    tftp = tmp_path / "tftp"
+    said = lay_out(initrd, tftp, key)
+    assert "shimx64.efi (UEFI)" in said
+    grub_files = sorted(p.name for p in (tftp / "grub").glob("grub.cfg*"))
+    assert grub_files == [
+        "grub.cfg",
+        "grub.cfg-01-" + FULL_BOOT_MAC.replace(":", "-"),
+        "grub.cfg-01-" + SPEC_MAC.replace(":", "-"),
+    ]
+    with boot(tmp_path, tftp, "uefi-tftp") as (vm, at):
+        # GRUB's output: it loaded by TFTP, and the firmware fetched shim.
+        assert re.search(loosely("buildos: loading the kernel by tftp"), vm.console)
+        check_handoff(vm, key)
+        transfer(at, initrd, "UEFI/TFTP (shim, GRUB)")
+
+
+def test_2_uefi_http_loads_the_kernel_and_initrd_from_a_web_server(
+    initrd: InitrdFiles, key: Path, tmp_path: Path
+) -> None:
+    tftp = tmp_path / "tftp"
+    said = lay_out(initrd, tftp, key, "--http-base", f"http://{WEB}/")
+    assert f"served as http://{WEB}/" in said
+    with WebServer(tftp) as web:
+        with boot(tmp_path, tftp, "uefi-http", guestfwd(WEB, web)) as (vm, at):
+            assert re.search(loosely("buildos: loading the kernel by http"), vm.console)
+            check_handoff(vm, key)
+            transfer(at, initrd, "UEFI/HTTP (GRUB's http.mod)")
+        got = {s.path: s for s in web.served}
+    # The kernel and the initrd came whole from the web server, by GRUB.
+    for name in ("buildos-image", "buildos-initrd"):
+        served = got[f"/buildos/{name}"]
+        assert served.status == 200
+        note(f"web server: /buildos/{name} sent in {served.finished - served.started:.1f} s")

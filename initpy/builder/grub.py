@@ -192,9 +192,7 @@ def entry_text(root: str, build_dir: str, arguments: Sequence[str], http: bool) 
     how = "http" if http else "tftp"
     return (
         "# Written by initpy's scripts/pxe-layout; arguments are single-quoted so GRUB\n"
-        "# expands nothing in them.\n"
-        + ("insmod http\n" if http else "")
-        + "menuentry buildos {\n"
+        "# expands nothing in them.\n" + ("insmod http\n" if http else "") + "menuentry buildos {\n"
         f"  echo 'buildos: loading the kernel by {how}'\n"
         f"  linux {root}/{build_dir}/buildos-image {quoted}\n"
         f"  echo 'buildos: loading the initrd by {how}'\n"

@@ -16,7 +16,7 @@ GRUB has the prefix `/grub` built in and an embedded config that runs
 `source $prefix/grub.cfg`, so it reads `(tftp,SERVER)/grub/grub.cfg` and
 nothing else by itself: the chooser takes the booting NIC's MAC
 (`$net_default_mac`, lower case with colons) apart with `regexp` and sources
-`grub.cfg-01-<mac with dashes>`, the name upstream GRUB's own network search
+`grub.cfg-01-<mac with dashes>` (else grub.cfg-default), the name upstream GRUB's own network search
 uses, so the per-MAC choice is pxelinux's `01-<mac>`.
 
 **The command line.** GRUB's `linux` hands its arguments to the kernel
@@ -160,7 +160,12 @@ def http_root(base: str) -> tuple[str, str]:
 
 
 def chooser_text(timeout_tenths: int) -> str:
-    """grub/grub.cfg: the timeout, and the host's own file by its MAC, else the default."""
+    """grub/grub.cfg: the timeout, and the host's own file by its MAC, else the default.
+
+    GRUB 2.06's `test -e` says no to every file on TFTP (tried under OVMF),
+    so the chooser sources the host's file, which fails quietly if it is
+    not there, and each file sets $buildos_config to its own name.
+    """
     seconds = -(-timeout_tenths // 10)
     sets = " ".join(f"--set={i}:m{i}" for i in range(1, 7))
     mac = "-".join(f"$m{i}" for i in range(1, 7))
@@ -169,20 +174,22 @@ def chooser_text(timeout_tenths: int) -> str:
         "# $prefix/grub.cfg; a host's own file is grub.cfg-01-<its MAC with dashes>.\n"
         f"set timeout={seconds}\n"
         "set default=buildos\n"
+        "set buildos_config=\n"
         f"if regexp {sets} '{MAC_REGEXP}' \"$net_default_mac\"; then\n"
-        f'  set host_cfg="$prefix/{config_name("01-")}{mac}"\n'
+        f'  source "$prefix/{config_name("01-")}{mac}"\n'
         "fi\n"
-        'if [ -n "$host_cfg" -a -e "$host_cfg" ]; then\n'
-        '  source "$host_cfg"\n'
-        f'elif [ -e "$prefix/{config_name("default")}" ]; then\n'
+        'if [ -z "$buildos_config" ]; then\n'
         f'  source "$prefix/{config_name("default")}"\n'
-        "else\n"
+        "fi\n"
+        'if [ -z "$buildos_config" ]; then\n'
         '  echo "pxe-layout wrote no GRUB config for $net_default_mac"\n'
+        "else\n"
+        '  echo "buildos: GRUB config $buildos_config"\n'
         "fi\n"
     )
 
 
-def entry_text(root: str, build_dir: str, arguments: Sequence[str], http: bool) -> str:
+def entry_text(name: str, root: str, build_dir: str, arguments: Sequence[str], http: bool) -> str:
     """One host's file: the buildos entry, every argument in single quotes.
 
     GRUB says nothing while it loads; the echo lines show the operator (and
@@ -192,7 +199,8 @@ def entry_text(root: str, build_dir: str, arguments: Sequence[str], http: bool) 
     how = "http" if http else "tftp"
     return (
         "# Written by initpy's scripts/pxe-layout; arguments are single-quoted so GRUB\n"
-        "# expands nothing in them.\n" + ("insmod http\n" if http else "") + "menuentry buildos {\n"
+        "# expands nothing in them.\n"
+        f"set buildos_config={name}\n" + ("insmod http\n" if http else "") + "menuentry buildos {\n"
         f"  echo 'buildos: loading the kernel by {how}'\n"
         f"  linux {root}/{build_dir}/buildos-image {quoted}\n"
         f"  echo 'buildos: loading the initrd by {how}'\n"

@@ -326,10 +326,13 @@ def lay_out(
     text = config_text(append, timeout)
     configs = [os.path.join(tftp_dir, CONFIG_DIR, n) for n in names]
     staged += [(_staged(None, path, text), path) for path in configs]
-    entry = grub.entry_text(f"{root}{base}", BUILD_DIR, arguments, http=bool(http_base))
     grub_dir = os.path.join(tftp_dir, grub.GRUB_DIR)
     grub_configs = [os.path.join(grub_dir, grub.config_name(n)) for n in names]
-    staged += [(_staged(None, path, entry), path) for path in grub_configs]
+    for path in grub_configs:
+        entry = grub.entry_text(
+            os.path.basename(path), f"{root}{base}", BUILD_DIR, arguments, http=bool(http_base)
+        )
+        staged.append((_staged(None, path, entry), path))
     chooser = os.path.join(grub_dir, "grub.cfg")
     staged.append((_staged(None, chooser, grub.chooser_text(timeout)), chooser))
     for tmp, dest in staged:

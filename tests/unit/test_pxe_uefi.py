@@ -102,7 +102,7 @@ def test_the_chooser_names_the_file_written_for_the_mac(
     assert pattern
     groups = re.fullmatch(pattern.group(2), MAC)
     assert groups
-    named = re.search(r'set host_cfg="\$prefix/(\S+)"', chooser)
+    named = re.search(r'  source "\$prefix/(\S+)"', chooser)
     assert named
     name = re.sub(r"\$m(\d)", lambda m: groups.group(int(m.group(1))), named.group(1))
     assert os.path.isfile(os.path.join(tftp, "grub", name))
@@ -110,6 +110,9 @@ def test_the_chooser_names_the_file_written_for_the_mac(
     # Another MAC names no file, and there is no default: GRUB says so.
     assert not os.path.exists(os.path.join(tftp, "grub", "grub.cfg-default"))
     assert "pxe-layout wrote no GRUB config" in chooser
+    # Each file names itself, for the chooser's test and the console.
+    entry = read(os.path.join(tftp, "grub", name)).decode()
+    assert f"\nset buildos_config={name}\n" in entry
 
 
 @pytest.mark.parametrize(
@@ -154,7 +157,10 @@ def test_over_http_grub_loads_the_kernel_and_initrd_from_the_web_server(
 ) -> None:
     tftp = lay_out(tmp_path, folders, http_base="http://10.0.2.100/fleet/")
     entry = read(os.path.join(tftp, "grub", "grub.cfg-01-de-ad-be-ef-b8-da")).decode()
-    assert entry.splitlines()[2] == "insmod http"
+    assert entry.splitlines()[2:4] == [
+        "set buildos_config=grub.cfg-01-de-ad-be-ef-b8-da",
+        "insmod http",
+    ]
     assert linux_arguments(entry)[0] == "(http,10.0.2.100)/fleet/buildos/buildos-image"
     assert "  initrd (http,10.0.2.100)/fleet/buildos/buildos-initrd\n" in entry
     assert grub.http_root("http://boot.example.org:8080/") == ("(http,boot.example.org:8080)", "")

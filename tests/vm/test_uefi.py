@@ -44,6 +44,7 @@ pytestmark = pytest.mark.vm
 SPEC_MAC = "de:ad:be:ef:b8:da"  # the spec's Network Boot example
 SERVER = "10.0.2.2"  # QEMU's user network: the host, its TFTP server
 WEB = "10.0.2.100"  # where the guest finds the test's web server (guestfwd)
+MAC_FILE = "grub.cfg-01-" + SPEC_MAC.replace(":", "-")
 OVMF = Path("/usr/share/OVMF")
 BOOT_TIMEOUT = 600  # OVMF, shim, GRUB and the kernel under TCG: a hang, not the speed
 RESCUE = r"initpy: rescue: .*|Kernel panic|pxe-layout wrote no GRUB config"
@@ -152,9 +153,10 @@ def check_handoff(vm: qemu.Vm, key: Path) -> None:
     assert parameters["buildos.ssh_key"] == key.with_suffix(".pub").read_text().strip()
 
 
-def transfer(at: dict[str, float], initrd: InitrdFiles, how: str) -> float:
-    kernel_mb = initrd.image.stat().st_size / 1e6
-    initrd_mb = initrd.initrd.stat().st_size / 1e6
+def transfer(at: dict[str, float], folder: Path, how: str) -> float:
+    """Note the transfer times between GRUB's marks, of the files as the folder holds them."""
+    kernel_mb = (folder / "buildos" / "buildos-image").stat().st_size / 1e6
+    initrd_mb = (folder / "buildos" / "buildos-initrd").stat().st_size / 1e6
     seconds = at["started"] - at["kernel"]
     note(
         f"{how}: kernel {kernel_mb:.1f} MB in {at['initrd'] - at['kernel']:.1f} s, "
@@ -178,10 +180,11 @@ def test_1_uefi_tftp_boots_the_macs_own_config_to_the_handoff(
         "grub.cfg-01-" + SPEC_MAC.replace(":", "-"),
     ]
     with boot(tmp_path, tftp, "uefi-tftp") as (vm, at):
-        # GRUB's output: it loaded by TFTP, and the firmware fetched shim.
+        # GRUB's output: the MAC's own file, loading by TFTP.
+        assert re.search(loosely(f"buildos: GRUB config {MAC_FILE}"), vm.console)
         assert re.search(loosely("buildos: loading the kernel by tftp"), vm.console)
         check_handoff(vm, key)
-        transfer(at, initrd, "UEFI/TFTP (shim, GRUB)")
+        transfer(at, tftp, "UEFI/TFTP (shim, GRUB)")
 
 
 def test_2_uefi_http_loads_the_kernel_and_initrd_from_a_web_server(
@@ -192,9 +195,10 @@ def test_2_uefi_http_loads_the_kernel_and_initrd_from_a_web_server(
     assert f"served as http://{WEB}/" in said
     with WebServer(tftp) as web:
         with boot(tmp_path, tftp, "uefi-http", guestfwd(WEB, web)) as (vm, at):
+            assert re.search(loosely(f"buildos: GRUB config {MAC_FILE}"), vm.console)
             assert re.search(loosely("buildos: loading the kernel by http"), vm.console)
             check_handoff(vm, key)
-            transfer(at, initrd, "UEFI/HTTP (GRUB's http.mod)")
+            transfer(at, tftp, "UEFI/HTTP (GRUB's http.mod)")
         got = {s.path: s for s in web.served}
     # The kernel and the initrd came whole from the web server, by GRUB.
     for name in ("buildos-image", "buildos-initrd"):

@@ -14,8 +14,13 @@ test_1  the small initrd (generic kernel: e1000) over TFTP to initpy's
         hand-off.
 test_2  the same kernel and initrd over HTTP: a web server the test runs on
         127.0.0.1 (http.server), reached as 10.0.2.100:80 through QEMU's
-        guestfwd; the transfer times of both boots are printed and kept in
-        artifacts/vm/uefi-figures.txt.
+        guestfwd.
+test_3  the full Debian image (generic kernel) by UEFI/TFTP to
+        multi-user.target (`buildos: up: running`, nothing failed).
+test_4  the same by UEFI/HTTP.
+
+The transfer times (between GRUB's echo lines) of every boot are printed
+and kept in artifacts/vm/uefi-figures.txt.
 """
 
 from __future__ import annotations
@@ -31,12 +36,13 @@ import pytest
 
 from tests.harness import qemu
 from tests.harness.disks import state_and_machines
-from tests.harness.fullos import make_key
+from tests.harness.fullos import READY, build_image, make_key
 from tests.harness.guest_output import read_sections, report
 from tests.harness.images import InitrdFiles, KernelFiles
 from tests.harness.scenario import FULL_BOOT_MAC, GUEST_PATH
 from tests.harness.web_server import WebServer, guestfwd
 
+from .conftest import _initrd_files as prebuilt_from
 from .conftest import build_initrd, prebuilt
 
 pytestmark = pytest.mark.vm
@@ -51,6 +57,8 @@ RESCUE = r"initpy: rescue: .*|Kernel panic|pxe-layout wrote no GRUB config"
 FIGURES = qemu.ARTIFACTS / "uefi-figures.txt"
 # OVMF's console moves the cursor with escape sequences between characters.
 ESCAPES = r"(?:\x1b\[[0-9;]*[A-Za-z])*"
+FULL_MEMORY = 3072  # the generic kernel's full image: a 246 MB initrd, unpacked in RAM
+FULL_TIMEOUT = 900
 figures: list[str] = []
 
 
@@ -89,8 +97,10 @@ def key(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_key(tmp_path_factory.mktemp("key"))
 
 
-def lay_out(initrd: InitrdFiles, folder: Path, key: Path, *more: str) -> str:
-    """The decoy for another MAC first, then the spec MAC's own files."""
+def lay_out(
+    initrd: InitrdFiles, folder: Path, key: Path, *more: str, own: str = f"initpy.exec={GUEST_PATH}"
+) -> str:
+    """The decoy for another MAC first, then the spec MAC's own files (`own` words more)."""
     words = "console=ttyS0 panic=-1 initpy.debug"
     pxe_layout(
         str(initrd.outdir), str(folder), "--mac", FULL_BOOT_MAC, "--timeout", "0",
@@ -99,7 +109,7 @@ def lay_out(initrd: InitrdFiles, folder: Path, key: Path, *more: str) -> str:
     return pxe_layout(
         str(initrd.outdir), str(folder), "--mac", SPEC_MAC, "--timeout", "0",
         "--server", SERVER, "--ssh-key", f"@{key.with_suffix('.pub')}",
-        "--append", f"{words} initpy.exec={GUEST_PATH}", *more,
+        "--append", f"{words} {own}".strip(), *more,
     )  # fmt: skip
 
 
@@ -116,7 +126,12 @@ def firmware(work: Path) -> list[list[str]]:
 
 @contextlib.contextmanager
 def boot(
-    work: Path, tftp: Path, name: str, options: str = ""
+    work: Path,
+    tftp: Path,
+    name: str,
+    options: str = "",
+    handoff_to: str = GUEST_PATH,
+    memory: int = 1024,
 ) -> Iterator[tuple[qemu.Vm, dict[str, float]]]:
     """UEFI-boot from the folder to the hand-off; the console times of GRUB's marks."""
     nic = qemu.Nic.user(
@@ -126,12 +141,12 @@ def boot(
         options=f"tftp={tftp},bootfile=shimx64.efi" + (f",{options}" if options else ""),
     )
     disks = [*firmware(work), *state_and_machines(work)]
-    with qemu.network_boot(nics=[nic], disks=disks, memory=1024, name=name) as vm:
+    with qemu.network_boot(nics=[nic], disks=disks, memory=memory, name=name) as vm:
         marks = {
             "kernel": loosely("buildos: loading the kernel by "),
             "initrd": loosely("buildos: loading the initrd by "),
             "started": loosely("buildos: starting the kernel"),
-            "handoff": re.escape(f"initpy: handoff: exec {GUEST_PATH}"),
+            "handoff": re.escape(f"initpy: handoff: exec {handoff_to}"),
         }
         at = {}
         for what, pattern in marks.items():
@@ -200,8 +215,61 @@ def test_2_uefi_http_loads_the_kernel_and_initrd_from_a_web_server(
             check_handoff(vm, key)
             transfer(at, tftp, "UEFI/HTTP (GRUB's http.mod)")
         got = {s.path: s for s in web.served}
-    # The kernel and the initrd came whole from the web server, by GRUB.
+    # The kernel and the initrd came from the web server, not by TFTP.
     for name in ("buildos-image", "buildos-initrd"):
-        served = got[f"/buildos/{name}"]
-        assert served.status == 200
-        note(f"web server: /buildos/{name} sent in {served.finished - served.started:.1f} s")
+        assert got[f"/buildos/{name}"].status == 200, sorted(got)
+
+
+# -- the full image to multi-user.target (acceptance 1), by TFTP and by HTTP ----------------
+
+
+@pytest.fixture(scope="module")
+def full_image(
+    generic_kernel: KernelFiles,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> InitrdFiles:
+    """The full Debian image for the generic kernel (e1000)."""
+    found = prebuilt("INITPY_VM_GENERIC_FULL_IMAGE")
+    if found:
+        return found
+    tree: Path = request.getfixturevalue("vm_rootfs")
+    outdir = tmp_path_factory.mktemp("uefi-full-image")
+    build_image(generic_kernel.vmlinuz, generic_kernel.modules, tree, outdir)
+    return prebuilt_from(outdir)
+
+
+def full_boot(full_image: InitrdFiles, key: Path, work: Path, how: str, name: str) -> None:
+    tftp = work / "tftp"
+    more = ("--http-base", f"http://{WEB}/") if how == "http" else ()
+    lay_out(full_image, tftp, key, *more, own="")
+    with contextlib.ExitStack() as stack:
+        options = ""
+        if how == "http":
+            web = stack.enter_context(WebServer(tftp))
+            options = guestfwd(WEB, web)
+        vm, at = stack.enter_context(
+            boot(work, tftp, name, options, handoff_to="", memory=FULL_MEMORY)
+        )
+        assert re.search(loosely(f"buildos: GRUB config {MAC_FILE}"), vm.console)
+        assert re.search(loosely(f"buildos: loading the kernel by {how}"), vm.console)
+        up = vm.expect(READY, FULL_TIMEOUT, fail_on=RESCUE)
+        assert up.group(1) == "running" and up.group(4) == "", up.group(0)
+        seconds = transfer(at, tftp, f"full image, UEFI/{how.upper()}")
+        note(
+            f"full image, UEFI/{how.upper()}: {seconds:.1f} s of transfer, multi-user.target at "
+            f"{int(up.group(2)) / 1000:.1f} s of uptime, {vm.seconds_at(up.start()):.1f} s of "
+            "QEMU time"
+        )
+
+
+def test_3_the_full_image_boots_to_multi_user_by_uefi_tftp(
+    full_image: InitrdFiles, key: Path, tmp_path: Path
+) -> None:
+    full_boot(full_image, key, tmp_path, "tftp", "uefi-full-tftp")
+
+
+def test_4_the_full_image_boots_to_multi_user_by_uefi_http(
+    full_image: InitrdFiles, key: Path, tmp_path: Path
+) -> None:
+    full_boot(full_image, key, tmp_path, "http", "uefi-full-http")

@@ -16,7 +16,8 @@ test_2  the same kernel and initrd over HTTP: a web server the test runs on
         127.0.0.1 (http.server), reached as 10.0.2.100:80 through QEMU's
         guestfwd.
 test_3  the full Debian image (generic kernel) by UEFI/TFTP to
-        multi-user.target (`buildos: up: running`, nothing failed).
+        multi-user.target (`buildos: up: running`, nothing failed); in by
+        SSH with the key from the MAC's line, which the boot read whole.
 test_4  the same by UEFI/HTTP.
 
 The transfer times (between GRUB's echo lines) of every boot are printed
@@ -26,6 +27,7 @@ and kept in artifacts/vm/uefi-figures.txt.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 import subprocess
@@ -36,7 +38,7 @@ import pytest
 
 from tests.harness import qemu
 from tests.harness.disks import state_and_machines
-from tests.harness.fullos import READY, build_image, make_key
+from tests.harness.fullos import READY, Ssh, build_image, free_port, make_key
 from tests.harness.guest_output import read_sections, report
 from tests.harness.images import InitrdFiles, KernelFiles
 from tests.harness.scenario import FULL_BOOT_MAC, GUEST_PATH
@@ -240,14 +242,16 @@ def full_image(
 
 
 def full_boot(full_image: InitrdFiles, key: Path, work: Path, how: str, name: str) -> None:
+    """The full image to multi-user.target; over SSH, the MAC's own line in effect."""
     tftp = work / "tftp"
     more = ("--http-base", f"http://{WEB}/") if how == "http" else ()
     lay_out(full_image, tftp, key, *more, own="")
+    port = free_port()
     with contextlib.ExitStack() as stack:
-        options = ""
+        options = f"hostfwd=tcp:127.0.0.1:{port}-:22"
         if how == "http":
             web = stack.enter_context(WebServer(tftp))
-            options = guestfwd(WEB, web)
+            options += f",{guestfwd(WEB, web)}"
         vm, at = stack.enter_context(
             boot(work, tftp, name, options, handoff_to="", memory=FULL_MEMORY)
         )
@@ -261,6 +265,18 @@ def full_boot(full_image: InitrdFiles, key: Path, work: Path, how: str, name: st
             f"{int(up.group(2)) / 1000:.1f} s of uptime, {vm.seconds_at(up.start()):.1f} s of "
             "QEMU time"
         )
+        ssh = Ssh(port, key)
+        ssh.wait()
+        out = ssh.sections(
+            {"cmdline": "cat /proc/cmdline", "report": "cat /run/initpy/report.json"}
+        )
+    root = f"(http,{WEB})" if how == "http" else ""
+    assert out["cmdline"].startswith(f"BOOT_IMAGE={root}/buildos/buildos-image ")
+    line = json.loads(out["report"])["command_line"]
+    assert line["warnings"] == []
+    # The key came in by the line: SSH let us in with it, and the boot read it whole.
+    assert line["parameters"]["buildos.ssh_key"] == key.with_suffix(".pub").read_text().strip()
+    assert line["parameters"]["buildos.buildid_url"] == f"tftp://{SERVER}/buildos/buildos-buildid"
 
 
 def test_3_the_full_image_boots_to_multi_user_by_uefi_tftp(

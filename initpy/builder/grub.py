@@ -16,8 +16,10 @@ GRUB has the prefix `/grub` built in and an embedded config that runs
 `source $prefix/grub.cfg`, so it reads `(tftp,SERVER)/grub/grub.cfg` and
 nothing else by itself: the chooser takes the booting NIC's MAC
 (`$net_default_mac`, lower case with colons) apart with `regexp` and sources
-`grub.cfg-01-<mac with dashes>` (else grub.cfg-default), the name upstream GRUB's own network search
-uses, so the per-MAC choice is pxelinux's `01-<mac>`.
+`grub.cfg-01-<mac with dashes>` (else grub.cfg-default), the name upstream
+GRUB's own network search uses, so the per-MAC choice is pxelinux's
+`01-<mac>`. Each file names itself in $buildos_config, which the chooser
+tests and echoes (GRUB 2.06's `test -e` is false for every TFTP file).
 
 **The command line.** GRUB's `linux` hands its arguments to the kernel
 joined by spaces, an argument holding a space wrapped in double quotes, and
@@ -30,9 +32,10 @@ is read back with the boot's tokenizer, as for pxelinux.
 **HTTP.** Debian's signed network image has `tftp` but no `http` module
 (its 95 modules are listed in docs/fleet.md); with `--http-base` the config
 loads http.mod from the same Debian GRUB build, so the kernel and initrd
-come over HTTP and TFTP carries only shim, GRUB and the configs. GRUB 2.06
-refuses modules it did not carry under Secure Boot, so HTTP is for hosts
-with Secure Boot off; with it on, the kernel and initrd travel by TFTP.
+come over HTTP and TFTP carries only shim, GRUB and the configs. Under
+Secure Boot, GRUB 2.06's shim_lock verifier refuses modules it did not
+carry (not tried here), so HTTP is for hosts with Secure Boot off; with it
+on, the kernel and initrd travel by TFTP.
 """
 
 from __future__ import annotations

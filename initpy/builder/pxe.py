@@ -1,21 +1,25 @@
-"""The PXE layout: a TFTP folder that boots mkinitrd's three files, as the spec shows it.
+"""The PXE layout: one TFTP folder that boots mkinitrd's three files, BIOS and UEFI.
 
 `pxe-layout OUTDIR TFTPDIR [options]` (initpy.builder.pxe_cli) lays out,
 from mkinitrd's OUTDIR:
 
 ```
-TFTPDIR/pxelinux.0                 Debian pxelinux (the network boot program)
+TFTPDIR/pxelinux.0                 Debian pxelinux (BIOS's network boot program)
 TFTPDIR/ldlinux.c32                Debian syslinux-common (pxelinux's core module)
 TFTPDIR/pxelinux.cfg/default       or 01-<mac> per --mac: one `label buildos`
+TFTPDIR/shimx64.efi, grubx64.efi,  UEFI's: shim and Debian's signed network GRUB,
+TFTPDIR/grub/...                   the same choice by MAC and append line
+                                   (initpy.builder.grub)
 TFTPDIR/buildos/buildos-image      the kernel
 TFTPDIR/buildos/buildos-initrd
 TFTPDIR/buildos/buildos-buildid    what initpy-monitor polls; written last
 ```
 
-pxelinux.0 and ldlinux.c32 come from Debian's packages, fetched with
-`apt-get download` and unpacked with `dpkg-deb -x` into the cache
-(~/.cache/initpy/syslinux/<version>), never installed on the host;
-`--syslinux DIR` takes them from a folder instead.
+The boot programs come from Debian's packages, fetched with `apt-get
+download` and unpacked with `dpkg-deb -x` into the cache
+(initpy.builder.debfiles), never installed on the host; `--syslinux DIR`
+and `--efi DIR` take them from folders instead. With `--http-base URL`,
+GRUB fetches the kernel and initrd from a web server serving TFTPDIR.
 
 **The append line.** pxelinux hands it to the kernel verbatim, and the
 kernel splits it at spaces, with double quotes grouping. So a value that
@@ -25,11 +29,13 @@ arguments), which are written quoted (and may not hold a quote). Each
 value is also checked with the very parameter the boot parses it with
 (the hooks' declarations), and the whole line is tokenised as the boot
 will tokenise it: what the host reads is what the operator typed, or the
-layout is not written.
+layout is not written. GRUB's quoting differs (initpy.builder.grub): a
+value it cannot carry is refused too, so both loaders hand the kernel
+the same values.
 
 **Writing.** Every file is written under a temporary name in its folder
 and renamed into place, and the three buildos files are renamed image,
-initrd, buildid: a host never sees half a file, and the build id (what
+initrd, buildid: a host (by TFTP or HTTP) never sees half a file, and the build id (what
 makes the fleet reboot) changes only once the files it names are there.
 `--build-only` does just that step: rolling out, or back.
 """
@@ -43,8 +49,8 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from initpy.builder import cpio, freeze
-from initpy.builder.command import BuildError, run
+from initpy.builder import cpio, debfiles, grub
+from initpy.builder.command import BuildError
 from initpy.builder.mkinitrd import compressed_cache_dir
 from initpy.runtime import cmdline
 from initpy.runtime.cmdline import BadValue, Parameter
@@ -198,57 +204,11 @@ def config_text(append: str, timeout: int = DEFAULT_TIMEOUT) -> str:
 # -- syslinux from Debian ---------------------------------------------------------------
 
 
-def cache_root() -> str:
-    return os.path.join(os.path.dirname(freeze.cache_root()), "syslinux")
-
-
-def _candidates(packages: Sequence[str]) -> dict[str, str]:
-    """Each package's candidate version (one apt-cache call; apt-get update if unknown)."""
-    for attempt in range(2):
-        policy = run(["apt-cache", "policy", *packages]).decode()
-        found = dict(re.findall(r"(?m)^(\S+):\n\s+Installed:.*\n\s+Candidate:\s*(\S+)", policy))
-        versions = {p: found[p] for p in packages if found.get(p, "(none)") != "(none)"}
-        if len(versions) == len(packages):
-            return versions
-        if attempt == 0:
-            run(["apt-get", "update", "-qq"], hint="apt-get update must reach Debian's mirror")
-    missing = [p for p in packages if p not in versions]
-    raise BuildError(
-        f"apt knows no package {', '.join(missing)}",
-        "check /etc/apt/sources.list (Debian main), or give --syslinux DIR",
-    )
-
-
-def fetch_syslinux(cache: str | None = None) -> str:
+def fetch_syslinux() -> str:
     """A folder with pxelinux.0 and ldlinux.c32 from Debian's packages, cached by version."""
-    cache = cache or cache_root()
-    versions = _candidates(sorted({package for package, _ in SYSLINUX_FILES.values()}))
-    key = "_".join(sorted(set(versions.values()))).replace(":", "%3a")
-    dest = os.path.join(cache, key)
-    if os.path.exists(os.path.join(dest, ".complete")):
-        return dest
-    os.makedirs(cache, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".fetch.", dir=cache) as work:
-        run(
-            ["apt-get", "download", "-q", *(f"{p}={v}" for p, v in sorted(versions.items()))],
-            cwd=work,
-            hint="apt-get must reach Debian's mirror (or give --syslinux DIR)",
-        )
-        unpacked = os.path.join(work, "root")
-        for deb in sorted(n for n in os.listdir(work) if n.endswith(".deb")):
-            run(["dpkg-deb", "-x", os.path.join(work, deb), unpacked])
-        product = os.path.join(work, "product")
-        os.makedirs(product)
-        for name, (package, path) in SYSLINUX_FILES.items():
-            source = os.path.join(unpacked, path)
-            if not os.path.isfile(source):
-                raise BuildError(f"{package} {versions[package]} has no /{path}")
-            shutil.copyfile(source, os.path.join(product, name))
-        with open(os.path.join(product, ".complete"), "w") as f:
-            f.write("".join(f"{p} {v}\n" for p, v in sorted(versions.items())))
-        shutil.rmtree(dest, ignore_errors=True)
-        os.rename(product, dest)
-    return dest
+    hint = "give --syslinux DIR"
+    packages = sorted({package for package, _ in SYSLINUX_FILES.values()})
+    return debfiles.fetch("syslinux", SYSLINUX_FILES, debfiles.candidates(packages, hint), hint)
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -338,25 +298,44 @@ def lay_out(
     macs: Sequence[str] = (),
     timeout: int = DEFAULT_TIMEOUT,
     syslinux: str,
+    efi: str,
+    http_base: str | None = None,
     parameters: dict[str, Parameter[object]],
     rename: Callable[[str, str], None] = os.replace,
     repack: bool = True,
 ) -> tuple[str, list[str]]:
-    """The whole folder; returns the append line and the config files written."""
+    """The whole folder, BIOS and UEFI; returns the append line and the config files written.
+
+    Every file is staged before the first rename: a line either loader
+    cannot carry leaves the folder as it was.
+    """
     check_outdir(outdir)
     append = append_line(values, parameters)
+    arguments = grub.linux_arguments(append)
+    root, base = grub.http_root(http_base) if http_base else ("", "")
+    kernel = f"{root}{base}/{BUILD_DIR}/buildos-image"
+    grub.check_kernel_line(kernel, arguments, append, APPEND_LIMIT)
     names = [mac_config_name(m) for m in macs] or ["default"]
-    for name in SYSLINUX_FILES:
-        if not os.path.isfile(os.path.join(syslinux, name)):
-            raise BuildError(f"{syslinux} has no {name}", "give the folder that holds both")
+    debfiles.check_folder(syslinux, SYSLINUX_FILES, "--syslinux")
+    debfiles.check_folder(efi, grub.EFI_FILES, "--efi")
+    loaders = [(syslinux, n) for n in SYSLINUX_FILES] + [(efi, n) for n in grub.EFI_FILES]
     staged = [
-        (_staged(os.path.join(syslinux, n), os.path.join(tftp_dir, n)), os.path.join(tftp_dir, n))
-        for n in SYSLINUX_FILES
+        (_staged(os.path.join(folder, n), os.path.join(tftp_dir, n)), os.path.join(tftp_dir, n))
+        for folder, n in loaders
     ]
     text = config_text(append, timeout)
     configs = [os.path.join(tftp_dir, CONFIG_DIR, n) for n in names]
     staged += [(_staged(None, path, text), path) for path in configs]
+    grub_dir = os.path.join(tftp_dir, grub.GRUB_DIR)
+    grub_configs = [os.path.join(grub_dir, grub.config_name(n)) for n in names]
+    for path in grub_configs:
+        entry = grub.entry_text(
+            os.path.basename(path), f"{root}{base}", BUILD_DIR, arguments, http=bool(http_base)
+        )
+        staged.append((_staged(None, path, entry), path))
+    chooser = os.path.join(grub_dir, "grub.cfg")
+    staged.append((_staged(None, chooser, grub.chooser_text(timeout)), chooser))
     for tmp, dest in staged:
         rename(tmp, dest)
     install_build(outdir, tftp_dir, rename, repack)
-    return append, configs
+    return append, configs + grub_configs

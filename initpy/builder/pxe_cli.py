@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from initpy import cli
 from initpy.builder import settings
 from initpy.builder.command import BuildError
+from initpy.builder.grub import fetch_efi
 from initpy.builder.hooks import default_hooks_dir
 from initpy.builder.pxe import (
     BUILD_DIR,
@@ -34,8 +35,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(("OUTDIR",), "outdir", "mkinitrd's output folder", "OUTDIR"),
     Setting(("TFTPDIR",), "tftp_dir", "the TFTP server's root folder", "TFTPDIR"),
     Setting(("--mac",), "mac",
-            "a host's MAC: write pxelinux.cfg/01-<mac> for it", "MAC", repeatable=True,
-            shown_default="pxelinux.cfg/default, for every host"),
+            "a host's MAC: write pxelinux.cfg/01-<mac> and grub/grub.cfg-01-<mac> for it",
+            "MAC", repeatable=True,
+            shown_default="pxelinux.cfg/default and grub/grub.cfg-default, for every host"),
     Setting(("--buildid-url",), "buildid_url", "buildos.buildid_url", "URL",
             exclusive="buildid_url"),
     Setting(("--server",), "server",
@@ -52,13 +54,20 @@ SETTINGS: tuple[Setting, ...] = (
             "more kernel parameters (console=ttyS0, initpy.monitor.interval=60, ...)", "WORDS",
             repeatable=True),
     Setting(("--timeout",), "timeout",
-            "pxelinux's prompt timeout in tenths of a second (0: boot at once)", "TENTHS",
+            "the loaders' prompt timeout in tenths of a second (GRUB rounds it up to seconds; "
+            "0: boot at once)", "TENTHS",
             default=str(DEFAULT_TIMEOUT), parse=int),
     Setting(("--syslinux",), "syslinux", "take pxelinux.0 and ldlinux.c32 from DIR", "DIR",
             shown_default="Debian's packages, fetched into the cache"),
+    Setting(("--efi",), "efi", "take shimx64.efi, grubx64.efi and grub/x86_64-efi/http.mod "
+            "from DIR", "DIR", shown_default="Debian's packages, fetched into the cache"),
+    Setting(("--http-base",), "http_base",
+            "a web server's URL of TFTPDIR: UEFI hosts fetch the kernel and initrd from it "
+            "over HTTP (TFTP carries only shim and GRUB); buildos.buildid_url defaults to "
+            f"URL/{BUILD_DIR}/buildos-buildid", "URL"),
     Setting(("--build-only",), "build_only",
             "only replace the three buildos/ files, the build id last (a rollout or a "
-            "rollback); pxelinux and its configs stay as they are", switch=True),
+            "rollback); the loaders and their configs stay as they are", switch=True),
     Setting(("--keep-compression",), "keep_compression",
             f"copy the initrd as mkinitrd compressed it, rather than recompress it with "
             f"{TFTP_COMPRESSION} -19 (smaller over TFTP; the build id stays the same)",
@@ -69,7 +78,10 @@ SETTINGS: tuple[Setting, ...] = (
 
 def parser() -> argparse.ArgumentParser:
     return settings.parser(
-        PROG, "Lay out a TFTP folder that PXE-boots mkinitrd's OUTDIR with pxelinux.", SETTINGS
+        PROG,
+        "Lay out a TFTP folder that network-boots mkinitrd's OUTDIR: pxelinux (BIOS), "
+        "shim and GRUB (UEFI).",
+        SETTINGS,
     )
 
 
@@ -94,7 +106,11 @@ def run(argv: Sequence[str]) -> int:
         say(f"{ns.tftp_dir}/{BUILD_DIR}: build {build_id}")
         return 0
     buildid_url = ns.buildid_url or (
-        f"tftp://{ns.server}/{BUILD_DIR}/buildos-buildid" if ns.server else None
+        f"tftp://{ns.server}/{BUILD_DIR}/buildos-buildid"
+        if ns.server
+        else f"{ns.http_base.rstrip('/')}/{BUILD_DIR}/buildos-buildid"
+        if ns.http_base
+        else None
     )
     if buildid_url is None:
         say("note: no --buildid-url or --server: the hosts will not follow new builds")
@@ -108,6 +124,7 @@ def run(argv: Sequence[str]) -> int:
     )
     parameters = boot_parameters([default_hooks_dir()])
     syslinux = ns.syslinux or fetch_syslinux()
+    efi = ns.efi or fetch_efi()
     append, configs = lay_out(
         ns.outdir,
         ns.tftp_dir,
@@ -115,13 +132,19 @@ def run(argv: Sequence[str]) -> int:
         macs=ns.mac,
         timeout=ns.timeout,
         syslinux=syslinux,
+        efi=efi,
+        http_base=ns.http_base,
         parameters=parameters,
         repack=not ns.keep_compression,
     )
     for path in configs:
         say(f"wrote {path}")
     say(f"append {append}")
-    say(f"{ns.tftp_dir}: pxelinux.0, ldlinux.c32, {BUILD_DIR}/ ({', '.join(BUILD_FILES)})")
+    say(
+        f"{ns.tftp_dir}: pxelinux.0 (BIOS), shimx64.efi (UEFI), "
+        f"{BUILD_DIR}/ ({', '.join(BUILD_FILES)})"
+        + (f", served as {ns.http_base}" if ns.http_base else "")
+    )
     return 0
 
 

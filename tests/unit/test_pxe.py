@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from initpy.builder import command, cpio, pxe, pxe_cli, settings
+from initpy.builder import command, cpio, debfiles, grub, pxe, pxe_cli, settings
 from initpy.builder.command import BuildError
 from initpy.builder.hooks import default_hooks_dir
 from initpy.runtime import cmdline
@@ -51,6 +51,15 @@ def outdir(tmp_path: os.PathLike[str]) -> str:
 
 
 @pytest.fixture
+def efi(tmp_path: os.PathLike[str]) -> str:
+    """Stand-ins for shim, GRUB's network image and its http module."""
+    folder = os.path.join(str(tmp_path), "efi")
+    for name in grub.EFI_FILES:
+        write(os.path.join(folder, name), b"MZ " + name.encode())
+    return folder
+
+
+@pytest.fixture
 def syslinux(tmp_path: os.PathLike[str]) -> str:
     folder = os.path.join(str(tmp_path), "syslinux")
     write(os.path.join(folder, "pxelinux.0"), b"pxelinux")
@@ -68,7 +77,7 @@ VALUES = pxe.BootValues(
 
 
 def test_the_folder_is_laid_out_as_the_spec_shows(
-    tmp_path: os.PathLike[str], outdir: str, syslinux: str
+    tmp_path: os.PathLike[str], outdir: str, syslinux: str, efi: str
 ) -> None:
     tftp = os.path.join(str(tmp_path), "tftp")
     append, configs = pxe.lay_out(
@@ -77,6 +86,7 @@ def test_the_folder_is_laid_out_as_the_spec_shows(
         VALUES,
         macs=["DE:AD:BE:EF:B8:DA", "52-54-00-12-34-56"],
         syslinux=syslinux,
+        efi=efi,
         parameters=PARAMETERS,
     )
     listing = sorted(
@@ -88,10 +98,16 @@ def test_the_folder_is_laid_out_as_the_spec_shows(
         "buildos/buildos-buildid",
         "buildos/buildos-image",
         "buildos/buildos-initrd",
+        "grub/grub.cfg",
+        "grub/grub.cfg-01-52-54-00-12-34-56",
+        "grub/grub.cfg-01-de-ad-be-ef-b8-da",
+        "grub/x86_64-efi/http.mod",
+        "grubx64.efi",
         "ldlinux.c32",
         "pxelinux.0",
         "pxelinux.cfg/01-52-54-00-12-34-56",
         "pxelinux.cfg/01-de-ad-be-ef-b8-da",
+        "shimx64.efi",
     ]
     assert read(os.path.join(tftp, "pxelinux.0")) == b"pxelinux"
     assert read(os.path.join(tftp, "buildos", "buildos-buildid")) == (BUILD_ID + "\n").encode()
@@ -99,6 +115,8 @@ def test_the_folder_is_laid_out_as_the_spec_shows(
     assert configs == [
         os.path.join(tftp, "pxelinux.cfg", "01-de-ad-be-ef-b8-da"),
         os.path.join(tftp, "pxelinux.cfg", "01-52-54-00-12-34-56"),
+        os.path.join(tftp, "grub", "grub.cfg-01-de-ad-be-ef-b8-da"),
+        os.path.join(tftp, "grub", "grub.cfg-01-52-54-00-12-34-56"),
     ]
     config = read(configs[0]).decode()
     assert config == (
@@ -127,13 +145,16 @@ def test_the_folder_is_laid_out_as_the_spec_shows(
 
 
 def test_without_a_mac_every_host_gets_the_default(
-    tmp_path: os.PathLike[str], outdir: str, syslinux: str
+    tmp_path: os.PathLike[str], outdir: str, syslinux: str, efi: str
 ) -> None:
     tftp = os.path.join(str(tmp_path), "tftp")
     _append, configs = pxe.lay_out(
-        outdir, tftp, VALUES, timeout=0, syslinux=syslinux, parameters=PARAMETERS
+        outdir, tftp, VALUES, timeout=0, syslinux=syslinux, efi=efi, parameters=PARAMETERS
     )
-    assert configs == [os.path.join(tftp, "pxelinux.cfg", "default")]
+    assert configs == [
+        os.path.join(tftp, "pxelinux.cfg", "default"),
+        os.path.join(tftp, "grub", "grub.cfg-default"),
+    ]
     assert "prompt 0\ntimeout 0\n" in read(configs[0]).decode()
 
 
@@ -184,10 +205,10 @@ def test_macs_are_checked_and_named_as_pxelinux_asks() -> None:
 
 
 def test_a_rollout_renames_the_build_id_last(
-    tmp_path: os.PathLike[str], outdir: str, syslinux: str
+    tmp_path: os.PathLike[str], outdir: str, syslinux: str, efi: str
 ) -> None:
     tftp = os.path.join(str(tmp_path), "tftp")
-    pxe.lay_out(outdir, tftp, VALUES, syslinux=syslinux, parameters=PARAMETERS)
+    pxe.lay_out(outdir, tftp, VALUES, syslinux=syslinux, efi=efi, parameters=PARAMETERS)
     config = read(os.path.join(tftp, "pxelinux.cfg", "default"))
     new = os.path.join(str(tmp_path), "new")
     write(os.path.join(new, "buildos-image"), b"kernel 2")
@@ -223,12 +244,16 @@ def test_an_outdir_that_is_not_mkinitrds_is_refused(
 
 
 def test_the_command_line(
-    tmp_path: os.PathLike[str], outdir: str, syslinux: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: os.PathLike[str],
+    outdir: str,
+    syslinux: str,
+    efi: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     tftp = os.path.join(str(tmp_path), "tftp")
     key_file = os.path.join(str(tmp_path), "id_ed25519.pub")
     write(key_file, (ed25519_key("me@host") + "\n").encode())
-    argv = [outdir, tftp, "--syslinux", syslinux, "--server", "10.0.2.2"]
+    argv = [outdir, tftp, "--syslinux", syslinux, "--efi", efi, "--server", "10.0.2.2"]
     argv += ["--ssh-key", f"@{key_file}", "--mac", "52:54:00:12:34:56"]
     argv += ["--append", "console=ttyS0 initpy.monitor.interval=5", "--timeout", "0"]
     argv += ["--agent", "/usr/local/bin/agent --once"]
@@ -240,7 +265,10 @@ def test_the_command_line(
         'initpy.monitor.agent="/usr/local/bin/agent --once" '
         "console=ttyS0 initpy.monitor.interval=5\n"
     ) in config
-    assert pxe_cli.main([outdir, tftp, "--syslinux", syslinux, "--admin-email", "a b@c"]) == 1
+    assert (
+        pxe_cli.main([outdir, tftp, "--syslinux", syslinux, "--efi", efi, "--admin-email", "a b@c"])
+        == 1
+    )
     assert "holds a space" in capsys.readouterr().err
     assert os.access(os.path.join(REPO, "scripts", "pxe-layout"), os.X_OK)
 
@@ -255,7 +283,7 @@ def test_pxelinux_and_ldlinux_come_from_debian(monkeypatch: pytest.MonkeyPatch) 
         assert argv[:2] != ["apt-get", "download"], "fetched again"
         return command.run(argv, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(pxe, "run", no_download)
+    monkeypatch.setattr(debfiles, "run", no_download)
     assert pxe.fetch_syslinux() == folder
 
 

@@ -67,6 +67,18 @@ def build_tree() -> Path:
     return Path(out.strip().splitlines()[-1])
 
 
+def pxe_layout(*args: str) -> str:
+    """Run scripts/pxe-layout with `args`; its progress lines (stderr), or the test fails."""
+    done = subprocess.run(
+        [str(REPO / "scripts" / "pxe-layout"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, f"scripts/pxe-layout {' '.join(args)}:\n{done.stderr}"
+    return done.stderr
+
+
 def build_image(
     vmlinuz: Path,
     modules: Path,

@@ -50,6 +50,13 @@ def read_report(kernel: FakeKernel) -> dict[str, object]:
     return data
 
 
+def report_warnings(kernel: FakeKernel) -> list[str]:
+    """The boot report's warnings, as text."""
+    found = read_report(kernel)["warnings"]
+    assert isinstance(found, list)
+    return [str(w) for w in found]
+
+
 BootRunner = Callable[[FakeKernel, Sequence[Hook]], Halted]
 
 

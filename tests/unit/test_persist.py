@@ -22,7 +22,7 @@ from hooks import persist
 from initpy.devtools.fake import FakeKernel, HandedOff
 from initpy.devtools.walk import fake_ssh_keygen
 from initpy.runtime.kernel import Completed, Kernel
-from tests.unit.conftest import make_executable, read_report
+from tests.unit.conftest import make_executable, read_report, report_warnings
 from tests.unit.storage_boot import boot, commands_run, next_boot, standard_disks
 
 SEED = persist.SEED_PATH
@@ -34,12 +34,6 @@ def k(kernel: FakeKernel) -> FakeKernel:
     kernel.commands["ssh-keygen"] = fake_ssh_keygen(kernel)
     standard_disks(kernel)
     return kernel
-
-
-def warnings(k: FakeKernel) -> list[str]:
-    found = read_report(k)["warnings"]
-    assert isinstance(found, list)
-    return [str(w) for w in found]
 
 
 def assert_handed_off_with_host_keys(k: FakeKernel) -> None:
@@ -64,7 +58,7 @@ def test_state_initpy_a_regular_file_is_a_warning_not_a_bug(k: FakeKernel) -> No
         f.write("someone's file\n")
     assert_handed_off_with_host_keys(k)
     # Moved aside whole (state_folders.py); the keys are saved in a fresh folder.
-    assert any("/state/initpy was not a folder: moved to" in w for w in warnings(k))
+    assert any("/state/initpy was not a folder: moved to" in w for w in report_warnings(k))
     assert open(k.path("/state/initpy.untrusted-1")).read() == "someone's file\n"
     assert "generated and saved ed25519, ecdsa, rsa" in "\n".join(k.console_lines)
 
@@ -74,7 +68,7 @@ def test_a_read_only_state_is_a_warning_and_sshd_still_gets_keys(k: FakeKernel) 
         folder: errno.EROFS for folder in ("/state/initpy", "/state/initpy/reports")
     }
     assert_handed_off_with_host_keys(k)
-    assert any("Read-only file system" in w for w in warnings(k))
+    assert any("Read-only file system" in w for w in report_warnings(k))
     assert not os.path.exists(k.path("/state/initpy"))
 
 
@@ -87,7 +81,7 @@ def test_a_state_folder_that_is_a_symlink_is_not_written_through(
     os.symlink(elsewhere, k.path("/state/initpy"))
     assert_handed_off_with_host_keys(k)
     assert os.listdir(elsewhere) == []
-    assert any("/state/initpy was a symlink to" in w for w in warnings(k))
+    assert any("/state/initpy was a symlink to" in w for w in report_warnings(k))
     assert os.readlink(k.path("/state/initpy.untrusted-1")) == elsewhere
 
 
@@ -99,7 +93,7 @@ def test_a_full_state_keeps_the_old_seed_and_no_temporary_file(k: FakeKernel) ->
     assert_handed_off_with_host_keys(second)
     assert open(second.path(SEED), "rb").read() == first_seed
     assert leftovers(second) == []
-    assert any("No space left on device" in w for w in warnings(second))
+    assert any("No space left on device" in w for w in report_warnings(second))
 
 
 def test_a_full_state_while_saving_new_keys_still_installs_them(k: FakeKernel) -> None:
@@ -108,14 +102,14 @@ def test_a_full_state_while_saving_new_keys_still_installs_them(k: FakeKernel) -
     assert_handed_off_with_host_keys(k)
     assert leftovers(k) == []
     assert not os.path.exists(k.path(saved))
-    assert any(f"cannot save {saved}" in w for w in warnings(k))
+    assert any(f"cannot save {saved}" in w for w in report_warnings(k))
 
 
 def test_a_stale_temporary_file_is_replaced_not_a_failure(k: FakeKernel) -> None:
     k.failures["write"] = {SEED: errno.EEXIST}
     assert_handed_off_with_host_keys(k)
     assert len(open(k.path(SEED), "rb").read()) == persist.SEED_BYTES
-    assert leftovers(k) == [] and warnings(k) == []
+    assert leftovers(k) == [] and report_warnings(k) == []
 
 
 def test_a_64_mib_seed_is_fed_only_its_first_bytes(k: FakeKernel) -> None:
@@ -135,7 +129,7 @@ def test_a_symlinked_seed_is_not_followed(k: FakeKernel, tmp_path: os.PathLike[s
     os.symlink(secret, k.path(SEED))
     assert_handed_off_with_host_keys(k)
     assert k.syscalls("feed_urandom") == []
-    assert any(f"{SEED} was a symlink" in w for w in warnings(k))
+    assert any(f"{SEED} was a symlink" in w for w in report_warnings(k))
     assert open(secret, "rb").read() == b"not for the kernel's pool\n"
     assert os.readlink(k.path(f"{SEED}.untrusted-1")) == secret  # moved aside, never followed
     assert not os.path.islink(k.path(SEED))  # a fresh seed, the target untouched
@@ -159,7 +153,7 @@ def test_a_fifo_as_seed_does_not_block_pid1(k: FakeKernel, alarm: None) -> None:
     os.makedirs(k.path("/state/initpy"), mode=0o700)
     os.mkfifo(k.path(SEED))
     assert_handed_off_with_host_keys(k)
-    assert any("not a regular file" in w for w in warnings(k))
+    assert any("not a regular file" in w for w in report_warnings(k))
 
 
 def test_a_huge_saved_host_key_is_not_read_whole(k: FakeKernel) -> None:

@@ -23,7 +23,7 @@ from initpy.devtools.fake import FakeKernel, HandedOff
 from initpy.devtools.walk import fake_ssh_keygen
 from initpy.runtime import state_folders
 from initpy.runtime.failed_boots import COUNT_PATH
-from tests.unit.conftest import read_report
+from tests.unit.conftest import read_report, report_warnings
 from tests.unit.storage_boot import boot, next_boot, standard_disks
 
 BUILD = (1100, 1100)
@@ -55,12 +55,6 @@ def prepared(kernel: FakeKernel) -> FakeKernel:
     return kernel
 
 
-def warnings(k: FakeKernel) -> list[str]:
-    found = read_report(k)["warnings"]
-    assert isinstance(found, list)
-    return [str(w) for w in found]
-
-
 def test_a_folder_the_build_user_owns_is_moved_aside_whole_and_never_used(
     kernel: FakeKernel,
 ) -> None:
@@ -88,7 +82,7 @@ def test_a_folder_the_build_user_owns_is_moved_aside_whole_and_never_used(
     ]
     assert any(
         w.startswith(f"state: /state/initpy was owned by uid 1100, not root: moved to {aside}")
-        for w in warnings(k)
+        for w in report_warnings(k)
     )
 
 
@@ -139,7 +133,9 @@ def test_a_loose_root_folder_is_tightened_and_state_itself_is_only_warned_about(
         "/state/initpy: mode 0750 -> 0700",
         "/state/initpy/reports: mode 0755 -> 0700",
     ]
-    assert any(w.startswith("state: /state is owned by uid 0 with mode 0777") for w in warnings(k))
+    assert any(
+        w.startswith("state: /state is owned by uid 0 with mode 0777") for w in report_warnings(k)
+    )
 
 
 def test_each_boot_moves_aside_to_the_next_free_name(kernel: FakeKernel) -> None:
@@ -166,7 +162,7 @@ def test_a_folder_that_cannot_be_moved_aside_is_refused_at_every_use(kernel: Fak
     assert read(k, COUNT_PATH) == b"7\n"  # neither read (no 8) nor reset
     assert sorted(os.listdir(k.path("/state/initpy"))) == ["failed_boots"]
     assert k.syscalls("feed_urandom") == []
-    text = "\n".join(warnings(k))
+    text = "\n".join(report_warnings(k))
     assert "cannot be moved aside" in text
     assert "failed boots: cannot keep the count" in text
     assert "host keys cannot be kept on /state" in text

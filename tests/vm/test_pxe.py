@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -43,7 +42,16 @@ import pytest
 
 from tests.harness import qemu, smtp_sink
 from tests.harness.disks import state_and_machines
-from tests.harness.fullos import ADMIN, READY, Ssh, build_image, free_port, make_key, wait_for_mail
+from tests.harness.fullos import (
+    ADMIN,
+    READY,
+    Ssh,
+    build_image,
+    free_port,
+    make_key,
+    pxe_layout,
+    wait_for_mail,
+)
 from tests.harness.images import InitrdFiles, KernelFiles
 from tests.harness.scenario import FULL_BOOT_MAC
 
@@ -221,17 +229,6 @@ class FleetHost:
             f"multi-user.target at {int(ready.group(2)) / 1000:.1f} s of uptime"
         )
         return ready
-
-
-def pxe_layout(*args: str) -> str:
-    done = subprocess.run(
-        [str(qemu.REPO / "scripts" / "pxe-layout"), *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, f"scripts/pxe-layout {' '.join(args)}:\n{done.stderr}"
-    return done.stderr
 
 
 @pytest.fixture(scope="module")

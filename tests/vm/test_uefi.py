@@ -30,7 +30,6 @@ import contextlib
 import json
 import re
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,7 +37,7 @@ import pytest
 
 from tests.harness import qemu
 from tests.harness.disks import state_and_machines
-from tests.harness.fullos import READY, Ssh, build_image, free_port, make_key
+from tests.harness.fullos import READY, Ssh, build_image, free_port, make_key, pxe_layout
 from tests.harness.guest_output import read_sections, report
 from tests.harness.images import InitrdFiles, KernelFiles
 from tests.harness.scenario import FULL_BOOT_MAC, GUEST_PATH
@@ -73,17 +72,6 @@ def note(line: str) -> None:
     figures.append(line)
     FIGURES.parent.mkdir(parents=True, exist_ok=True)
     FIGURES.write_text("\n".join(figures) + "\n")
-
-
-def pxe_layout(*args: str) -> str:
-    done = subprocess.run(
-        [str(qemu.REPO / "scripts" / "pxe-layout"), *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, f"scripts/pxe-layout {' '.join(args)}:\n{done.stderr}"
-    return done.stderr
 
 
 @pytest.fixture(scope="module")

@@ -118,6 +118,31 @@ EXCLUDES = (
     "getopt",
     "mmap",
     "_multiprocessing",
+    # Issue 21 (the minimal initrd to 8 MB), the same proof. lzma and bz2:
+    # only shutil and zipfile import them, each ready for their absence;
+    # with them liblzma and libbz2 stay out (0.13 MB zstd).
+    "lzma",
+    "_lzma",
+    "bz2",
+    "_bz2",
+    # Never imported on the boot path, by anything frozen (PID 1, the hooks,
+    # pyroute2, the rescue mail): zip archives and the package metadata and
+    # resources read from them, time.strptime, ProcessPoolExecutor, the
+    # fallbacks of C modules, ctypes' and email's parts for other systems
+    # and for reading mail.
+    "zipfile",
+    "importlib.metadata",
+    "importlib.resources",
+    "importlib.readers",
+    "importlib.abc",
+    "_strptime",
+    "concurrent.futures.process",
+    "_py_abc",
+    "_threading_local",
+    "ctypes.macholib",
+    "ctypes._aix",
+    "email.parser",
+    "email.feedparser",
     # pyroute2 imports the multiprocessing package (context, process,
     # reduction); pools, managers and process starters are never used.
     "multiprocessing.pool",
@@ -137,6 +162,7 @@ EXCLUDES = (
     "multiprocessing.resource_sharer",
     "multiprocessing.resource_tracker",
     "multiprocessing.spawn",
+    "multiprocessing.util",
 )
 # Debian's libudev, for pyudev (found by the entry script's find_library).
 LIBUDEV = "/usr/lib/x86_64-linux-gnu/libudev.so.1"

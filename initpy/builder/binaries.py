@@ -5,8 +5,9 @@ build host's PATH (`BINARY_PATH`) and goes to its folder's real path
 (merged /usr). ELF files bring their libraries (initpy.builder.elf) into
 the private folder /usr/lib/initpy/lib, and dynamic executables are
 patched to use the private loader, so nothing of the init's replaces a
---rootfs library. The static busybox goes in whole, at layout.BUSYBOX,
-with its applets as a fallback layer under a --rootfs.
+--rootfs library. Busybox goes in at layout.BUSYBOX, with its applets as a
+fallback layer under a --rootfs: Debian's dynamically linked build, taken
+from its package into the cache, unless --busybox names another.
 """
 
 from __future__ import annotations
@@ -17,15 +18,22 @@ import shutil
 import stat
 from collections.abc import Sequence
 
-from initpy.builder import cpio, elf, freeze
+from initpy.builder import cpio, debfiles, elf, freeze
 from initpy.builder.command import BuildError, run
 from initpy.builder.hooks import split_spec
 from initpy.builder.layers import PART_BINARIES, PART_OTHER, Layer, add_host_path, merged_usr
 from initpy.runtime import layout
 from initpy.runtime.hook import Registry
 
-# Where busybox-static puts it on the build host.
-HOST_BUSYBOX = "/bin/busybox"
+# Debian's busybox, dynamically linked: it shares the init's glibc, where
+# the static build carries its own (0.50 MB of zstd more). Debian's busybox
+# and busybox-static conflict, and the build host keeps busybox-static (the
+# boot benchmark's busybox-only initrd needs a static one), so the binary
+# comes from the package into the cache, keyed by its version, as
+# pxe-layout takes its boot programs (initpy.builder.debfiles).
+BUSYBOX_PACKAGE = "busybox"
+BUSYBOX_FILES: debfiles.Files = {"busybox": (BUSYBOX_PACKAGE, "bin/busybox")}
+BUSYBOX_HINT = "give mkinitrd --busybox FILE (a busybox binary, static or dynamic)"
 BINARY_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 
@@ -127,20 +135,24 @@ def add_elf_files(
         layer.add(cpio.regular(dest, source=source, perm=perm), PART_BINARIES)
 
 
-def add_busybox(init: Layer, applets: Layer) -> None:
-    """The static busybox in the init's layer; its applets as a fallback layer."""
-    if not os.path.exists(HOST_BUSYBOX):
+def debian_busybox() -> str:
+    """Debian's busybox at apt's candidate version, from the cache or fetched now."""
+    versions = debfiles.candidates([BUSYBOX_PACKAGE], BUSYBOX_HINT)
+    folder = debfiles.fetch("busybox", BUSYBOX_FILES, versions, BUSYBOX_HINT)
+    return os.path.join(folder, "busybox")
+
+
+def add_busybox(init: Layer, applets: Layer, busybox: str, work: str) -> None:
+    """Busybox in the init's layer (a dynamic one with its libraries, patched
+    like every binary); its applets as a fallback layer."""
+    if not os.path.isfile(busybox) or not elf.is_elf(busybox):
         raise BuildError(
-            f"{HOST_BUSYBOX} is missing; install Debian busybox-static (scripts/bootstrap does)"
-        )
-    info = elf.read(HOST_BUSYBOX)
-    if info.is_dynamic:
-        raise BuildError(
-            f"{HOST_BUSYBOX} is dynamically linked; install busybox-static, not busybox"
+            f"--busybox {busybox}: not an ELF file",
+            "give --busybox a busybox program, or leave it out for Debian's busybox package",
         )
     inside = layout.BUSYBOX.lstrip("/")
-    init.add(cpio.regular(inside, source=HOST_BUSYBOX, perm=0o755), PART_BINARIES)
-    listing = run([HOST_BUSYBOX, "--list-full"]).decode()
+    add_elf_files(init, {busybox: inside}, (), work)
+    listing = run([busybox, "--list-full"], hint=BUSYBOX_HINT).decode()
     for applet in sorted(listing.split()):
         path = merged_usr(applet.strip("/"))
         if path != inside:

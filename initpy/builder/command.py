@@ -26,7 +26,6 @@ PACKAGES = {
     "depmod": "kmod",
     "patchelf": "patchelf",
     "strip": "binutils",
-    "busybox": "busybox-static",
     "apt-get": "apt",
     "apt-cache": "apt",
     "dpkg-deb": "dpkg",

@@ -1,7 +1,7 @@
 """Files taken from Debian's packages into the cache, never installed on the host.
 
-The network boot programs (pxelinux, shim, GRUB's network image) come from
-the distribution's own packages: `apt-get download` at apt's candidate
+The network boot programs (pxelinux, shim, GRUB's network image) and the
+initrd's busybox come from the distribution's own packages: `apt-get download` at apt's candidate
 version (or a pinned one), `dpkg-deb -x` into a temporary folder, and the
 named files copied into ~/.cache/initpy/<kind>/<versions>, which is renamed
 into place complete (a `.complete` file lists the packages and versions).
@@ -67,7 +67,7 @@ def fetch(kind: str, files: Files, versions: Mapping[str, str], hint: str) -> st
             if not os.path.isfile(source):
                 raise BuildError(f"{package} {versions[package]} has no /{path}")
             os.makedirs(os.path.dirname(os.path.join(product, name)), exist_ok=True)
-            shutil.copyfile(source, os.path.join(product, name))
+            shutil.copy(source, os.path.join(product, name))  # with its mode: busybox runs
         with open(os.path.join(product, ".complete"), "w") as f:
             f.write("".join(f"{p} {v}\n" for p, v in sorted(versions.items())))
         shutil.rmtree(dest, ignore_errors=True)

@@ -33,8 +33,9 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from initpy.builder import elf
+from initpy.builder import elf, frozen_modules
 from initpy.builder.command import BuildError, run
+from initpy.builder.frozen_modules import BASE_IMPORTS, EXCLUDES
 from initpy.runtime import layout
 
 # Inside the initrd.
@@ -43,101 +44,6 @@ FROZEN_EXE = layout.FROZEN_EXE
 PRIVATE_LIB_DIR = layout.PRIVATE_LIB_DIR
 PRIVATE_LOADER = layout.PRIVATE_LOADER
 
-# Always frozen: what initpy and every boot needs, whatever the hooks say.
-BASE_IMPORTS = (
-    "initpy.runtime",
-    "initpy.runtime.nossl",
-    "transitions",
-    "json",
-    "ctypes",
-    "ctypes.util",
-)
-# Never frozen: not used at boot, and large. (Not unittest: pyroute2 imports
-# unittest.mock at package import.) ssl is answered by initpy.runtime.nossl, so
-# OpenSSL (libssl, libcrypto: 1.9 MB of zstd) stays out.
-EXCLUDES = (
-    "tkinter",
-    "_tkinter",
-    "pydoc",
-    "pydoc_data",
-    "lib2to3",
-    "idlelib",
-    "ensurepip",
-    "distutils",
-    "setuptools",
-    "pip",
-    "pkg_resources",
-    "test",
-    "xmlrpc",
-    "curses",
-    "readline",
-    "mypy",
-    "pytest",
-    "_pytest",
-    "hypothesis",
-    "PyInstaller",
-    "ruff",
-    "IPython",
-    "numpy",
-    "ssl",
-    "_ssl",
-    "_hashlib",
-    # The C decimal module: decimal falls back to the pure-Python _pydecimal.
-    "_decimal",
-    # East Asian codecs, never used by a boot.
-    "_codecs_jp",
-    "_codecs_kr",
-    "_codecs_cn",
-    "_codecs_tw",
-    "_codecs_hk",
-    "_codecs_iso2022",
-    "_multibytecodec",
-    # Issue 13 (the minimal initrd to 8 MB): none of these is imported by PID 1's
-    # start, the hooks' files, the network states' pyroute2 and DHCP client or
-    # the rescue mail (tests/unit/test_speed.py blocks them and runs that path).
-    # sqlite3: only pyroute2's package __init__ (NDB) needs it, and the boot
-    # skips that __init__ (hooks.network.netlink.lean_pyroute2). 0.69 MB zstd.
-    "sqlite3",
-    "_sqlite3",
-    # unicodedata: only the idna codec needs it, and Kernel.connect_tcp hands
-    # getaddrinfo the host as ASCII bytes, so that codec is never looked up.
-    "unicodedata",
-    "stringprep",
-    "encodings.idna",
-    # Pure-Python stdlib that only the static graph reaches.
-    "_pydecimal",
-    "decimal",
-    "statistics",
-    "fractions",
-    "tarfile",
-    "gzip",
-    "csv",
-    "_csv",
-    "tracemalloc",
-    "py_compile",
-    "getopt",
-    "mmap",
-    "_multiprocessing",
-    # pyroute2 imports the multiprocessing package (context, process,
-    # reduction); pools, managers and process starters are never used.
-    "multiprocessing.pool",
-    "multiprocessing.managers",
-    "multiprocessing.shared_memory",
-    "multiprocessing.sharedctypes",
-    "multiprocessing.dummy",
-    "multiprocessing.connection",
-    "multiprocessing.synchronize",
-    "multiprocessing.queues",
-    "multiprocessing.heap",
-    "multiprocessing.forkserver",
-    "multiprocessing.popen_fork",
-    "multiprocessing.popen_forkserver",
-    "multiprocessing.popen_spawn_posix",
-    "multiprocessing.popen_spawn_win32",
-    "multiprocessing.resource_sharer",
-    "multiprocessing.resource_tracker",
-    "multiprocessing.spawn",
-)
 # Debian's libudev, for pyudev (found by the entry script's find_library).
 LIBUDEV = "/usr/lib/x86_64-linux-gnu/libudev.so.1"
 
@@ -244,9 +150,11 @@ def cache_key(imports: Sequence[str]) -> str:
             with open(os.path.join(top, name), "rb") as f:
                 digest.update(f.read())
     digest.update("\n".join(imports).encode())
-    # This file too: its options, excludes and spec edits decide the bytes.
-    with open(os.path.abspath(__file__), "rb") as f:
-        digest.update(f.read())
+    # This file and the module list too: the options, the excludes and the
+    # spec edits decide the bytes.
+    for source in (__file__, frozen_modules.__file__):
+        with open(os.path.abspath(source), "rb") as f:
+            digest.update(f.read())
     digest.update(_tool_versions().encode())
     for lib in (LIBUDEV,):
         if os.path.exists(lib):
@@ -321,6 +229,8 @@ def prune(folder: str, keep: int) -> None:
 # so the entry script does its job when pkgutil is first imported
 # (initpy.runtime.frozen.PkgutilOnImport).
 DROPPED_RUNTIME_HOOKS = ("pyi_rth_inspect", "pyi_rth_multiprocessing", "pyi_rth_pkgutil")
+# The frozen modules' bytecode optimisation level (_run_pyinstaller says why).
+FROZEN_OPTIMIZE = 2
 
 
 def _run_pyinstaller(imports: Sequence[str], work: str, log: bool) -> None:
@@ -367,15 +277,21 @@ def _run_pyinstaller(imports: Sequence[str], work: str, log: bool) -> None:
     with open(spec) as f:
         text = f.read()
     anchor = "pyz = PYZ(a.pure)"
-    if anchor not in text:
-        raise FreezeError(
-            f"{spec}: no {anchor!r} line; this PyInstaller's spec layout is "
-            "unknown to initpy.builder.freeze"
-        )
-    text = text.replace(
+    text = _edit_spec(
+        spec,
+        text,
         anchor,
         f"a.scripts = [s for s in a.scripts if s[0] not in {DROPPED_RUNTIME_HOOKS!r}]\n{anchor}",
     )
+    # The frozen modules' bytecode without docstrings and asserts (what
+    # `python -OO` compiles): 0.17 MB less zstd in every initrd. The
+    # interpreter itself stays at level 0, which makespec's --optimize would
+    # change too: then it would look for the hooks' bytecode under another
+    # name (X.cpython-311.opt-2.pyc) and compile every hook at boot, and the
+    # hooks' own asserts would go. No frozen module needs its docstrings
+    # (pyroute2 copies them when they are there) or an assert to decide
+    # anything on the boot path.
+    text = _edit_spec(spec, text, "optimize=0,", f"optimize={FROZEN_OPTIMIZE},")
     with open(spec, "w") as f:
         f.write(text)
     _pyinstaller_step(
@@ -396,6 +312,15 @@ def _run_pyinstaller(imports: Sequence[str], work: str, log: bool) -> None:
         env,
         log,
     )
+
+
+def _edit_spec(spec: str, text: str, old: str, new: str) -> str:
+    if old not in text:
+        raise FreezeError(
+            f"{spec}: no {old!r}; this PyInstaller's spec layout is "
+            "unknown to initpy.builder.freeze"
+        )
+    return text.replace(old, new)
 
 
 def _pyinstaller_step(argv: Sequence[str], env: dict[str, str], log: bool) -> None:

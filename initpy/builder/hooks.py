@@ -29,8 +29,8 @@ from initpy.runtime.hook import (
     select,
 )
 
-# Hooks every initrd has, whatever --hooks says: module loading, and the
-# static busybox plus the rescue tools.
+# Hooks every initrd has, whatever --hooks says: module loading and the
+# rescue tools (busybox comes with every initrd, hook or not).
 ALWAYS_HOOKS = ("modules", "rescue_tools")
 _HOOKS_HINT = "fix the hooks, or choose others with --hooks"
 

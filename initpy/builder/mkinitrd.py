@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from initpy.builder import cpio, freeze, hooks, layers
 from initpy.builder import rootfs as os_tree
-from initpy.builder.binaries import add_busybox, add_elf_files, wanted_binaries
+from initpy.builder.binaries import add_busybox, add_elf_files, debian_busybox, wanted_binaries
 from initpy.builder.command import BuildError
 from initpy.builder.kernel_modules import add_modules
 from initpy.builder.layers import PART_MANIFEST, PART_ROOTFS, Layer
@@ -102,7 +102,7 @@ def build(
         hook_files = hooks.add_hooks(init, chosen)
         wanted = wanted_binaries(registry)
         add_elf_files(init, wanted, [*hook_files, *options.includes], work)
-        add_busybox(init, fallback)
+        add_busybox(init, fallback, options.busybox or debian_busybox(), work)
         lap("binaries")
         packed_modules = add_modules(
             init,

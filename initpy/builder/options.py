@@ -71,6 +71,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(("--firmware-dir",), "firmware_dir",
             "where the firmware the packed drivers declare is looked for; files found are "
             "packed", "DIR", default="/lib/firmware"),
+    Setting(("--busybox",), "busybox",
+            "the busybox for /bin/sh, the applets and the kernel's modprobe, static or dynamic",
+            "FILE", shown_default="Debian's busybox package (dynamic: it shares the init's "
+            "glibc), fetched with apt-get into the cache"),
     Setting(("--compress",), "compress",
             f"{', '.join(cpio.COMPRESSIONS)}, with a level if wanted (lz4 at 9 is the fastest "
             "to unpack; scripts/pxe-layout recompresses it with zstd -19 for TFTP); zstd:3 "
@@ -103,6 +107,7 @@ class Options:
     drivers: Drivers = default_of(SETTINGS, "drivers")
     extra_drivers: tuple[str, ...] = default_of(SETTINGS, "extra_drivers")
     firmware_dir: str = default_of(SETTINGS, "firmware_dir")
+    busybox: str | None = default_of(SETTINGS, "busybox")  # None: Debian's busybox package
     # Not on the command line:
     source_date_epoch: int = 0  # SOURCE_DATE_EPOCH
     sys_root: str = "/sys"  # the build machine's devices, for --drivers host

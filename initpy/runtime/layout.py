@@ -30,7 +30,7 @@ PRIVATE_LIB_DIR = f"{LIB}/lib"
 PRIVATE_LOADER = f"{PRIVATE_LIB_DIR}/ld-linux-x86-64.so.2"
 PRIVATE_BIN_DIR = f"{LIB}/bin"
 PRIVATE_MODPROBE = f"{PRIVATE_BIN_DIR}/modprobe"
-# The static busybox: its applets, the rescue shell, and the kernel's
+# Busybox: its applets, the rescue shell, and the kernel's
 # module autoloader (PRIVATE_MODPROBE links to it).
 BUSYBOX = "/usr/bin/busybox"
 MODULES_ROOT = "/lib/modules"

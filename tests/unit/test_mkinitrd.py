@@ -155,8 +155,13 @@ def test_layout_of_the_initrd(setup: dict[str, str]) -> None:
     assert files[f"usr/lib/modules/{VERSION}/kernel/a.ko"].data == b"module a"
     assert f"usr/lib/modules/{VERSION}/modules.dep" in files
     assert any("ext4 is built into kernel" in n for n in result.notes)
-    # busybox is static; its applets link to it; sh is one of them.
-    assert elf.parse(files["usr/bin/busybox"].data).interpreter is None
+    # Debian's busybox, dynamic: patched to the private loader like every
+    # binary, its libc the init's; its applets link to it; sh is one of them.
+    busybox = elf.parse(files["usr/bin/busybox"].data)
+    assert busybox.interpreter == freeze.PRIVATE_LOADER
+    assert busybox.rpath == (freeze.PRIVATE_LIB_DIR,)
+    assert {"libc.so.6", "libresolv.so.2"} <= set(busybox.needed)
+    assert "usr/lib/initpy/lib/libresolv.so.2" in files
     assert files["usr/bin/sh"].data == b"/usr/bin/busybox"
     assert files["usr/lib/initpy/bin/modprobe"].data == b"/usr/bin/busybox"
     # ls is patched to the private loader, which comes with libc.
@@ -273,6 +278,16 @@ def test_a_hook_that_does_not_import_is_named(setup: dict[str, str]) -> None:
 def test_missing_include_is_an_error(setup: dict[str, str]) -> None:
     with pytest.raises(mkinitrd.BuildError, match="--include /nope: /nope does not exist"):
         build(setup, "out", includes=("/nope",))
+
+
+def test_busybox_may_be_given_and_must_be_a_program(setup: dict[str, str]) -> None:
+    # The build host's static one: it goes in as it is, and no glibc for it.
+    files = members(build(setup, "out", busybox="/bin/busybox"))
+    assert files["usr/bin/busybox"].data == read("/bin/busybox")
+    assert files["usr/bin/sh"].data == b"/usr/bin/busybox"
+    assert "usr/lib/initpy/lib/libresolv.so.2" not in files
+    with pytest.raises(mkinitrd.BuildError, match="--busybox .*vmlinuz: not an ELF file"):
+        build(setup, "out", busybox=setup["kernel"])
 
 
 def test_the_command_line_writes_the_three_files(

@@ -116,7 +116,7 @@ def test_an_initrd_hook_loads_from_its_bytecode_not_its_source(tmp_path: Path) -
 
 
 # The boot's path, run in a fresh interpreter that refuses what the freeze
-# excludes (initpy.builder.freeze.EXCLUDES), as the frozen init would: PID 1's
+# excludes (initpy.builder.frozen_modules.EXCLUDES), as the frozen init would: PID 1's
 # imports and every hook file, the transitions machine, the thread pool of
 # load_modules, the network states' pyroute2 (IPRoute talks to the kernel) and
 # DHCP client, and the rescue's mail through the real Kernel.connect_tcp to a
@@ -189,7 +189,7 @@ print("ok", " ".join(leaked))
 
 
 def test_the_boot_path_imports_nothing_the_freeze_excludes() -> None:
-    from initpy.builder.freeze import EXCLUDES  # here: the builder imports csv, hashlib
+    from initpy.builder.frozen_modules import EXCLUDES
 
     done = subprocess.run(
         # -S: no site module, so no .pth file imports anything before the

@@ -61,9 +61,13 @@ def _run(argv: list[str], timeout: float) -> str:
     return done.stdout
 
 
-def build_tree() -> Path:
-    """The OS tree (scripts/mkrootfs; cached); mkinitrd adds the kernel's modules."""
-    out = _run([str(REPO / "scripts" / "mkrootfs")], 1800)
+def build_tree(source: Path = REPO) -> Path:
+    """The OS tree (scripts/mkrootfs; cached); mkinitrd adds the kernel's modules.
+
+    `source`: another checkout's scripts (benchmarks/full_image.py builds
+    an older commit's image from its `git archive`).
+    """
+    out = _run([str(source / "scripts" / "mkrootfs")], 1800)
     return Path(out.strip().splitlines()[-1])
 
 
@@ -87,14 +91,16 @@ def build_image(
     compress: str = TEST_COMPRESS,
     no_cache: bool = False,
     includes: Sequence[str] = (),
+    source: Path = REPO,
 ) -> Path:
     """mkinitrd.py --rootfs TREE into `outdir` (buildos-image, -initrd, -buildid).
 
     `includes` are mkinitrd's `--include SRC[:DST]`: another build of the
     same tree with one small file more costs seconds (the compressed
-    parts are cached by content; only the small part is new).
+    parts are cached by content; only the small part is new). `source`:
+    the checkout whose mkinitrd.py runs (as for build_tree).
     """
-    argv = [sys.executable, str(REPO / "mkinitrd.py"), "--kernel", str(vmlinuz)]
+    argv = [sys.executable, str(source / "mkinitrd.py"), "--kernel", str(vmlinuz)]
     argv += ["--modules", str(modules), "--rootfs", str(tree), "-o", str(outdir)]
     argv += ["--compress", compress, *(["--no-cache"] if no_cache else [])]
     argv += [word for spec in includes for word in ("--include", spec)]

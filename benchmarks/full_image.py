@@ -100,9 +100,10 @@ def built_image(source: Path, outdir: Path, compress: str) -> InitrdFiles:
 def archived(rev: str, folder: Path) -> Path:
     """`git archive REV` of this repository, unpacked into `folder`."""
     folder.mkdir(parents=True)
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", "--format=tar", rev], capture_output=True
-    )
+    # A checkout's modes (umask 022), not git archive's default 664/775:
+    # scripts/mkrootfs keys its cache by os/overlay's modes too, and copies them.
+    argv = ["git", "-C", str(REPO), "-c", "tar.umask=0022", "archive", "--format=tar", rev]
+    archive = subprocess.run(argv, capture_output=True)
     if archive.returncode != 0:
         sys.exit(
             f"full_image: git archive {rev} failed: {archive.stderr.decode().strip()}; "

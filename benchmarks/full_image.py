@@ -45,7 +45,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from full_image_report import Boot, Image, show_boots, show_breakdown  # noqa: E402
+from full_image_report import Boot, Image, show_boots, show_breakdown, show_progress  # noqa: E402
 
 from initpy.builder import pxe  # noqa: E402
 from tests.harness.fullos import Host, boot_full, build_image, build_tree  # noqa: E402
@@ -212,7 +212,7 @@ def main() -> None:
                 work = tmp / f"{source.label.replace(':', '-')}-{run}"
                 detail = ns.tree_detail and run == 0
                 boots.append(boot_once(source, work, tftp, detail, run + 1))
-                print(f"  booted {source.label} #{run + 1}", flush=True)
+                show_progress(boots[-1])
         show_boots(images, boots)
         show_breakdown([s.label for s in sources], boots)
 

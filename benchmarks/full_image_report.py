@@ -118,6 +118,19 @@ def _medians(
     }
 
 
+def show_progress(boot: Boot) -> None:
+    """One line as each boot ends: a run cut short still leaves its figures."""
+    snapshot = boot.settled or boot.up
+    agent = f"{boot.agent_s:.1f}" if boot.agent_s is not None else "-"
+    print(
+        f"  {boot.label} #{boot.run} {boot.state}: hand-off {boot.handoff_s:.1f} s, multi-user "
+        f"{boot.multi_user_s:.1f} s, agent {agent} s; used {boot.up.used / MB:.1f} MB at up, "
+        f"{snapshot.used / MB:.1f} MB {'with the agent' if boot.settled else 'at up'}, "
+        f"OS tree {snapshot.os_tree / MB:.1f} MB",
+        flush=True,
+    )
+
+
 def show_boots(images: Sequence[Image], boots: Sequence[Boot]) -> None:
     """Sizes, then per-boot rows, medians and the change (last image against the first)."""
     labels = [i.label for i in images]

@@ -155,6 +155,21 @@ def full_os_args(
     return args
 
 
+def sections_script(commands: dict[str, str]) -> str:
+    """One shell script that runs each command, its output between markers named after it."""
+    return "".join(
+        f"echo '==begin:{name}=='; {{ {cmd}; }} 2>&1; echo '==end:{name}=='\n"
+        for name, cmd in commands.items()
+    )
+
+
+def read_sections(commands: dict[str, str], out: str) -> dict[str, str]:
+    """sections_script's output: each command's, by name; every one must be there."""
+    found = dict(re.findall(r"==begin:(\w+)==\n(.*?)==end:\1==", out, re.S))
+    assert set(found) == set(commands), out
+    return {k: v.strip() for k, v in found.items()}
+
+
 @dataclass(frozen=True)
 class Ssh:
     """OpenSSH's client as root@127.0.0.1:port with the test's key."""
@@ -194,14 +209,7 @@ class Ssh:
 
     def sections(self, commands: dict[str, str]) -> dict[str, str]:
         """Run each command in one SSH session; their outputs by name."""
-        script = "".join(
-            f"echo '==begin:{name}=='; {{ {cmd}; }} 2>&1; echo '==end:{name}=='\n"
-            for name, cmd in commands.items()
-        )
-        out = self.run("sh -s", stdin=script).stdout
-        found = dict(re.findall(r"==begin:(\w+)==\n(.*?)==end:\1==", out, re.S))
-        assert set(found) == set(commands), out
-        return {k: v.strip() for k, v in found.items()}
+        return read_sections(commands, self.run("sh -s", stdin=sections_script(commands)).stdout)
 
     def host_keys(self, types: tuple[str, ...] = ("ed25519", "ecdsa", "rsa")) -> dict[str, str]:
         """The host keys sshd presents, by key type (ssh-keyscan from the host).

@@ -31,7 +31,8 @@ MEMORY_FS = ("tmpfs", "ramfs", "rootfs")
 # The cgroups printed beside the total: systemd's own and the top slices.
 TOP_CGROUPS = ("init.scope", "system.slice", "user.slice")
 
-CGROUP_SCRIPT = r"""
+# A subshell: its `cd` and its failure stay its own (the sections share one shell).
+CGROUP_SCRIPT = r"""(
 cd /sys/fs/cgroup || exit 0
 for d in init.scope system.slice user.slice system.slice/*/; do
   d=${d%/}
@@ -40,7 +41,7 @@ for d in init.scope system.slice user.slice system.slice/*/; do
     "$(awk '$1 == "anon" || $1 == "file" || $1 == "shmem" {printf "%s=%s ", $1, $2}' \
        "$d/memory.stat")"
 done
-"""
+)"""
 
 
 def snapshot_commands(tree_detail: bool = False) -> dict[str, str]:

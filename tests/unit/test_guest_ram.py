@@ -6,8 +6,11 @@ that boots it is benchmarks/full_image.py.
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
+from tests.harness.fullos import read_sections, sections_script
 from tests.harness.guest_ram import (
     Cgroup,
     Mount,
@@ -117,3 +120,18 @@ def test_the_comparison_is_the_median_and_the_relative_change() -> None:
     assert relative(130.0, 100.0) == pytest.approx(0.30)
     assert relative(None, 100.0) is None
     assert relative(1.0, 0.0) is None
+
+
+def test_the_commands_run_as_one_shell_script_and_every_section_comes_back() -> None:
+    # The harness runs them as Ssh.sections does, in one `sh -s`: one command
+    # that ends the shell or breaks its syntax would lose every later section.
+    commands = snapshot_commands(tree_detail=True)
+    commands["tree"] = commands["tree"].replace("/ /usr", "/proc/self/fdinfo")
+    done = subprocess.run(
+        ["sh", "-s"], input=sections_script(commands), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    found = read_sections(commands, done.stdout)
+    assert set(found) == set(commands)
+    assert "MemTotal:" in found["meminfo"]
+    assert found["statfs"].startswith("/ ")

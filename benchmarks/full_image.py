@@ -47,7 +47,8 @@ sys.path.insert(0, str(REPO))
 
 from full_image_report import Boot, Image, show_boots, show_breakdown, show_progress  # noqa: E402
 
-from initpy.builder import pxe  # noqa: E402
+from initpy.builder import cpio, pxe  # noqa: E402
+from initpy.builder.mkinitrd import compressed_cache_dir  # noqa: E402
 from tests.harness.fullos import Host, boot_full, build_image, build_tree  # noqa: E402
 from tests.harness.guest_ram import parse_snapshot, snapshot_commands  # noqa: E402
 from tests.harness.images import InitrdFiles  # noqa: E402
@@ -114,8 +115,17 @@ def archived(rev: str, folder: Path) -> Path:
 
 
 def served_size(initrd: Path) -> int:
-    """The initrd's bytes as scripts/pxe-layout serves them (recompressed, or as it is)."""
+    """The initrd's bytes as scripts/pxe-layout serves a release build of it.
+
+    A release build is mkinitrd's default (lz4), which pxe-layout recompresses
+    with zstd -19 (pxe.for_tftp). It copies a zstd initrd as it is, so a
+    zstd:3 build here is unpacked and recompressed the same way: the same
+    archives, the same bytes served, and the same cache entry.
+    """
     data = pxe.for_tftp(str(initrd))
+    if data is None and initrd.read_bytes()[:4] == pxe.ZSTD_MAGIC:
+        raw = cpio.decompress(initrd.read_bytes())
+        data = cpio.compress_cached(raw, pxe.TFTP_COMPRESSION, compressed_cache_dir())
     return len(data) if data is not None else initrd.stat().st_size
 
 

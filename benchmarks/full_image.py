@@ -46,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from full_image_report import Boot, Image, show_boots, show_breakdown, show_progress  # noqa: E402
+from full_os import kernel_files  # noqa: E402
 
 from initpy.builder import cpio, pxe  # noqa: E402
 from initpy.builder.mkinitrd import compressed_cache_dir  # noqa: E402
@@ -63,15 +64,6 @@ class Source:
 
     label: str
     files: InitrdFiles
-
-
-def kernel_files() -> tuple[Path, Path]:
-    """scripts/fetch-kernel's vmlinuz and modules (the tests' cloud kernel)."""
-    out = subprocess.run(
-        [str(REPO / "scripts" / "fetch-kernel")], capture_output=True, text=True, check=True
-    ).stdout
-    folder = Path(out.strip().splitlines()[-1])
-    return folder / "vmlinuz", (folder / "modules").resolve()
 
 
 def given_image(path: Path) -> InitrdFiles:

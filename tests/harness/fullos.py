@@ -61,9 +61,13 @@ def _run(argv: list[str], timeout: float) -> str:
     return done.stdout
 
 
-def build_tree() -> Path:
-    """The OS tree (scripts/mkrootfs; cached); mkinitrd adds the kernel's modules."""
-    out = _run([str(REPO / "scripts" / "mkrootfs")], 1800)
+def build_tree(source: Path = REPO) -> Path:
+    """The OS tree (scripts/mkrootfs; cached); mkinitrd adds the kernel's modules.
+
+    `source`: another checkout's scripts (benchmarks/full_image.py builds
+    an older commit's image from its `git archive`).
+    """
+    out = _run([str(source / "scripts" / "mkrootfs")], 1800)
     return Path(out.strip().splitlines()[-1])
 
 
@@ -87,14 +91,16 @@ def build_image(
     compress: str = TEST_COMPRESS,
     no_cache: bool = False,
     includes: Sequence[str] = (),
+    source: Path = REPO,
 ) -> Path:
     """mkinitrd.py --rootfs TREE into `outdir` (buildos-image, -initrd, -buildid).
 
     `includes` are mkinitrd's `--include SRC[:DST]`: another build of the
     same tree with one small file more costs seconds (the compressed
-    parts are cached by content; only the small part is new).
+    parts are cached by content; only the small part is new). `source`:
+    the checkout whose mkinitrd.py runs (as for build_tree).
     """
-    argv = [sys.executable, str(REPO / "mkinitrd.py"), "--kernel", str(vmlinuz)]
+    argv = [sys.executable, str(source / "mkinitrd.py"), "--kernel", str(vmlinuz)]
     argv += ["--modules", str(modules), "--rootfs", str(tree), "-o", str(outdir)]
     argv += ["--compress", compress, *(["--no-cache"] if no_cache else [])]
     argv += [word for spec in includes for word in ("--include", spec)]
@@ -149,6 +155,21 @@ def full_os_args(
     return args
 
 
+def sections_script(commands: dict[str, str]) -> str:
+    """One shell script that runs each command, its output between markers named after it."""
+    return "".join(
+        f"echo '==begin:{name}=='; {{ {cmd}; }} 2>&1; echo '==end:{name}=='\n"
+        for name, cmd in commands.items()
+    )
+
+
+def read_sections(commands: dict[str, str], out: str) -> dict[str, str]:
+    """sections_script's output: each command's, by name; every one must be there."""
+    found = dict(re.findall(r"==begin:(\w+)==\n(.*?)==end:\1==", out, re.S))
+    assert set(found) == set(commands), out
+    return {k: v.strip() for k, v in found.items()}
+
+
 @dataclass(frozen=True)
 class Ssh:
     """OpenSSH's client as root@127.0.0.1:port with the test's key."""
@@ -188,14 +209,7 @@ class Ssh:
 
     def sections(self, commands: dict[str, str]) -> dict[str, str]:
         """Run each command in one SSH session; their outputs by name."""
-        script = "".join(
-            f"echo '==begin:{name}=='; {{ {cmd}; }} 2>&1; echo '==end:{name}=='\n"
-            for name, cmd in commands.items()
-        )
-        out = self.run("sh -s", stdin=script).stdout
-        found = dict(re.findall(r"==begin:(\w+)==\n(.*?)==end:\1==", out, re.S))
-        assert set(found) == set(commands), out
-        return {k: v.strip() for k, v in found.items()}
+        return read_sections(commands, self.run("sh -s", stdin=sections_script(commands)).stdout)
 
     def host_keys(self, types: tuple[str, ...] = ("ed25519", "ecdsa", "rsa")) -> dict[str, str]:
         """The host keys sshd presents, by key type (ssh-keyscan from the host).

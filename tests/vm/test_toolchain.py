@@ -36,14 +36,11 @@ import pytest
 from tests.harness import smtp_sink
 from tests.harness.fullos import Host, boot_full, wait_for_mail
 from tests.harness.images import InitrdFiles
+from tests.harness.toolchain_boot import TRUST, URL, boot_args, serve, wait_for_agent
 from tests.unit import standin_toolchain as standin
 
 pytestmark = pytest.mark.vm
 
-URL = "tftp://10.0.2.2/toolchain/toolchain.sha256"
-TRUST = ":".join(f"{i:02X}" for i in range(32))
-# Under TCG: fetch over QEMU's TFTP, tar, c++ with <iostream>, cc for the agent.
-AGENT_TIMEOUT = 600
 SHUTDOWN_TIMEOUT = 240
 # The monitor's poll, short so that a new checksums file is seen at once.
 POLL = 5
@@ -53,8 +50,7 @@ POLL = 5
 def served(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """The TFTP folder with the stand-in toolchain; the toolchain's key."""
     folder = tmp_path_factory.mktemp("toolchain-tftp")
-    files = standin.publish(str(folder / "toolchain"), install=standin.CXX_INSTALL_SH)
-    return folder, hashlib.sha256(files["toolchain.sha256"]).hexdigest()
+    return folder, serve(folder)
 
 
 def boot(image: InitrdFiles, workdir: Path, name: str, tftp: Path, disks: list[str] | None) -> Host:
@@ -64,11 +60,7 @@ def boot(image: InitrdFiles, workdir: Path, name: str, tftp: Path, disks: list[s
         name,
         disks=disks,
         tftp=tftp,
-        append=[
-            f"buildos.toolchain_url={URL}",
-            f"buildos.toolchain_trust={TRUST}",
-            f"initpy.monitor.interval={POLL}",
-        ],
+        append=boot_args(POLL),
     )
 
 
@@ -83,18 +75,7 @@ def figure(boot: str, out: dict[str, str]) -> None:
 
 def running_agent(host: Host) -> dict[str, str]:
     """Wait until bbot-agent.service runs; what the guest says about it."""
-    deadline = time.monotonic() + AGENT_TIMEOUT
-    while True:
-        done = host.ssh.run("systemctl is-active bbot-agent", check=False)
-        if done.stdout.strip() == "active":
-            break
-        state = host.ssh.run("systemctl is-active initpy-toolchain", check=False).stdout.strip()
-        if state == "failed" or time.monotonic() > deadline:
-            journal = host.ssh.run(
-                "journalctl -b --no-pager -o cat -u initpy-toolchain", check=False
-            )
-            raise AssertionError(f"no running agent (initpy-toolchain {state}):\n{journal.stdout}")
-        time.sleep(5)
+    wait_for_agent(host)
     agent_pid = "$(systemctl show -p MainPID --value bbot-agent)"
     return host.sections(
         {

@@ -33,9 +33,9 @@ is read back with the boot's tokenizer, as for pxelinux.
 (its 95 modules are listed in docs/fleet.md); with `--http-base` the config
 loads http.mod from the same Debian GRUB build, so the kernel and initrd
 come over HTTP and TFTP carries only shim, GRUB and the configs. Under
-Secure Boot, GRUB 2.06's shim_lock verifier refuses modules it did not
-carry (not tried here), so HTTP is for hosts with Secure Boot off; with it
-on, the kernel and initrd travel by TFTP.
+Secure Boot the signed GRUB refuses `insmod http` ("prohibited by secure
+boot policy", seen under OVMF: docs/fleet.md), so HTTP is for hosts with
+Secure Boot off; with it on, the kernel and initrd travel by TFTP.
 """
 
 from __future__ import annotations

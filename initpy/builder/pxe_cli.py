@@ -64,7 +64,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(("--http-base",), "http_base",
             "a web server's URL of TFTPDIR: UEFI hosts fetch the kernel and initrd from it "
             "over HTTP (TFTP carries only shim and GRUB); buildos.buildid_url defaults to "
-            f"URL/{BUILD_DIR}/buildos-buildid", "URL"),
+            f"URL/{BUILD_DIR}/buildos-buildid. Not for hosts with Secure Boot on: Debian's "
+            "signed GRUB refuses to load http.mod", "URL"),
     Setting(("--build-only",), "build_only",
             "only replace the three buildos/ files, the build id last (a rollout or a "
             "rollback); the loaders and their configs stay as they are", switch=True),

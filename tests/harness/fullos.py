@@ -207,6 +207,15 @@ class Ssh:
                 raise AssertionError(f"no SSH login in {timeout:g} s: {done.stderr}")
             time.sleep(3)
 
+    def until(self, command: str, wanted: str, timeout: float) -> str:
+        """`command`'s output (stripped), once it holds `wanted` or `timeout` has passed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            out = self.run(command).stdout.strip()
+            if wanted in out or time.monotonic() > deadline:
+                return out
+            time.sleep(2)
+
     def sections(self, commands: dict[str, str]) -> dict[str, str]:
         """Run each command in one SSH session; their outputs by name."""
         return read_sections(commands, self.run("sh -s", stdin=sections_script(commands)).stdout)

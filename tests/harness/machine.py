@@ -22,6 +22,16 @@ from pathlib import Path
 from typing import IO
 
 LOG_TAIL_LINES = 40
+# Firmware and loaders (pxelinux, OVMF, GRUB) move the serial console's
+# cursor with escape sequences, which can land inside a word
+# ("Loadin\x1b[25;06H\x1b[25;07Hg /buildos/..."): their lines are matched
+# with escapes allowed anywhere.
+ESCAPES = r"(?:\x1b\[[0-9;]*[A-Za-z])*"
+
+
+def loosely(text: str) -> str:
+    """A regex for `text` with terminal escape sequences allowed between its characters."""
+    return ESCAPES.join(re.escape(c) for c in text)
 
 
 class VmError(AssertionError):

@@ -151,6 +151,17 @@ def esp(folder: Path, kernel: Path, initrd: Path, append: Sequence[str]) -> Path
 
 def firmware_args(workdir: Path, esp_folder: Path) -> list[str]:
     """QEMU's arguments: OVMF with Secure Boot enforced, booting the ESP first."""
+    return [
+        *secure_firmware(workdir),
+        "-drive",
+        f"if=none,id=esp,format=raw,readonly=on,file=fat:{esp_folder}",
+        "-device",
+        "virtio-blk-pci,drive=esp,bootindex=0",
+    ]
+
+
+def secure_firmware(workdir: Path) -> list[str]:
+    """QEMU's arguments: OVMF with Secure Boot enforced (a network boot needs no more)."""
     missing = [str(p) for p in (OVMF_CODE, OVMF_VARS) if not p.exists()]
     if missing:
         raise RuntimeError(
@@ -168,8 +179,4 @@ def firmware_args(workdir: Path, esp_folder: Path) -> list[str]:
         f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
         "-drive",
         f"if=pflash,format=raw,unit=1,file={variables}",
-        "-drive",
-        f"if=none,id=esp,format=raw,readonly=on,file=fat:{esp_folder}",
-        "-device",
-        "virtio-blk-pci,drive=esp,bootindex=0",
     ]

@@ -53,6 +53,7 @@ from tests.harness.fullos import (
     wait_for_mail,
 )
 from tests.harness.images import InitrdFiles, KernelFiles
+from tests.harness.machine import loosely
 from tests.harness.scenario import FULL_BOOT_MAC
 
 from .conftest import _initrd_files
@@ -81,15 +82,6 @@ BOOT_TIMEOUT = 900
 ROLLOUT_TIMEOUT = 300
 BOOT_FAILED = r"initpy: rescue: .*|Kernel panic"
 FIGURES = qemu.ARTIFACTS / "pxe-figures.txt"
-# pxelinux moves the serial console's cursor with escape sequences, which
-# can land inside a word ("Loadin\x1b[25;06H\x1b[25;07Hg /buildos/..."):
-# the firmware's and the loader's lines are matched with them allowed anywhere.
-ESCAPES = r"(?:\x1b\[[0-9;]*[A-Za-z])*"
-
-
-def loosely(text: str) -> str:
-    """A regex for `text` with terminal escape sequences allowed between its characters."""
-    return ESCAPES.join(re.escape(c) for c in text)
 
 
 @dataclass
@@ -118,12 +110,7 @@ class FleetHost:
 
     def monitor_status(self, wanted: str, timeout: float = 4 * INTERVAL) -> str:
         """The monitor's STATUS= text, once it contains `wanted`."""
-        deadline = time.monotonic() + timeout
-        while True:
-            status = self.ssh.run("systemctl show -P StatusText initpy-monitor").stdout.strip()
-            if wanted in status or time.monotonic() > deadline:
-                return status
-            time.sleep(2)
+        return self.ssh.until("systemctl show -P StatusText initpy-monitor", wanted, timeout)
 
     def agent_apart_from_the_monitor(self, which: str) -> None:
         """Build `which`'s stand-in agent runs in initpy-agent.service, as build

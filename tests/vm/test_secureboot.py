@@ -12,8 +12,10 @@ refuses it, and the boot goes on to the hand-off with a warning that
 names it. Then the full image (the Debian OS packed with --rootfs) boots
 the same way to multi-user.target with no failed unit, still locked down
 and with no module loaded unsigned. The ESP is a folder QEMU shows as a
-FAT disk; the netboot layout of the same files is the UEFI lane's
-(initpy/builder/pxe.py).
+FAT disk. Last, the same chain from the network: OVMF's own PXE fetches
+shim from a `pxe-layout` folder by TFTP, GRUB the kernel and initrd
+(`--http-base` cannot work here: the signed GRUB refuses http.mod under
+Secure Boot, docs/fleet.md section 2a).
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ import pytest
 
 from initpy.runtime.hook import HANDOFF
 from tests.harness import qemu, secureboot
+from tests.harness.disks import state_and_machines
 from tests.harness.fullos import BOOT_TIMEOUT as FULL_BOOT_TIMEOUT
-from tests.harness.fullos import READY, Ssh, free_port, full_os_args, make_key
+from tests.harness.fullos import READY, Ssh, free_port, full_os_args, make_key, pxe_layout
 from tests.harness.guest_output import key_values, read_sections, report
 from tests.harness.images import InitrdFiles, KernelFiles
+from tests.harness.machine import loosely
 from tests.harness.qemu import BootArgs
 from tests.harness.scenario import GUEST_PATH
 
@@ -42,6 +46,7 @@ UNSIGNED = "virtio_rng"
 RNG_DEVICE = ["-device", "virtio-rng-pci"]
 TAINT_UNSIGNED_MODULE = 1 << 13
 COMPRESSION = "lz4"
+NET_MAC = "de:ad:be:ef:b8:da"  # the spec's Network Boot example
 
 
 @pytest.fixture(scope="module")
@@ -72,22 +77,9 @@ def test_secure_boot_enforced_refuses_the_unsigned_module_and_names_it(
     args = _firmware_args(full_boot.plus(extra=RNG_DEVICE), secure_initrd, tmp_path)
     with qemu.firmware_boot(args, name="secureboot") as vm:
         vm.expect(r"Secure boot enabled", BOOT_TIMEOUT)
-        vm.expect(
-            rf"initpy: {HANDOFF}: exec {re.escape(GUEST_PATH)}",
-            BOOT_TIMEOUT,
-            fail_on=r"initpy: rescue: .*",
-        )
-        sections = read_sections(vm, BOOT_TIMEOUT)
+        sections = locked_down_handoff(vm)
         console = vm.console
     boot = report(sections, vm)
-    assert boot["outcome"] == "handoff"
-
-    # The firmware enforced Secure Boot, and the kernel locked itself down for it.
-    assert re.search(r"lockdown=.*\[integrity\]", sections["secureboot"]), sections["secureboot"]
-    assert "Kernel is locked down from EFI Secure Boot" in sections["secureboot"]
-    # No module was loaded without a valid signature (taint flag E).
-    tainted = int(key_values(sections["secureboot"], "=")["tainted"])
-    assert tainted & TAINT_UNSIGNED_MODULE == 0, tainted
 
     # Every other module loaded with its signature checked; the unsigned one was refused.
     results = {m["name"]: m for m in boot["modules"]}
@@ -107,6 +99,26 @@ def test_secure_boot_enforced_refuses_the_unsigned_module_and_names_it(
     # The kernel's own word for it, beside initpy's: Debian's kernel enforces module
     # signatures when Secure Boot is on (EKEYREJECTED), before lockdown's EPERM.
     assert "Loading of unsigned module is rejected" in console
+
+
+def locked_down_handoff(vm: qemu.Vm) -> dict[str, str]:
+    """initpy handed off, under Secure Boot's lockdown, no module unsigned; vmcheck's sections."""
+    vm.expect(
+        rf"initpy: {HANDOFF}: exec {re.escape(GUEST_PATH)}",
+        BOOT_TIMEOUT,
+        fail_on=r"initpy: rescue: .*",
+    )
+    sections = read_sections(vm, BOOT_TIMEOUT)
+    assert report(sections, vm)["outcome"] == "handoff"
+    # The firmware enforced Secure Boot, and the kernel locked itself down for it.
+    secure = sections["secureboot"]
+    assert "secureboot: Secure boot enabled" in secure, secure
+    assert re.search(r"lockdown=.*\[integrity\]", secure), secure
+    assert "Kernel is locked down from EFI Secure Boot" in secure, secure
+    # No module was loaded without a valid signature (taint flag E).
+    tainted = int(key_values(secure, "=")["tainted"])
+    assert tainted & TAINT_UNSIGNED_MODULE == 0, tainted
+    return sections
 
 
 def _firmware_args(args: BootArgs, image: InitrdFiles, workdir: Path) -> BootArgs:
@@ -146,3 +158,38 @@ def test_the_full_image_reaches_multi_user_under_secure_boot(
     # initpy's modules and the ones systemd-udevd loaded from the OS tree, all signed.
     assert {"btrfs", "virtio_net", "nf_tables"} <= set(out["modules"].split()), out
     assert out["refused"] == "0", out
+
+
+def test_secure_boot_enforced_netboots_the_layout_over_tftp(
+    vm_initrd: InitrdFiles, tmp_path: Path
+) -> None:
+    """The same chain from pxe-layout's folder: the firmware's own PXE fetches shim by TFTP.
+
+    QEMU's virtio-net carries an iPXE option ROM that nobody signed; without
+    it (`romfile=`) OVMF drives the NIC with its own VirtioNetDxe and boots
+    `shimx64.efi` from the DHCP answer, shim checks GRUB (Debian's signed
+    network image, fetched beside it), GRUB reads the MAC's own file and
+    fetches the kernel and initrd by TFTP, and has shim check the kernel.
+    """
+    tftp = tmp_path / "tftp"
+    pxe_layout(
+        str(vm_initrd.outdir), str(tftp), "--mac", NET_MAC, "--timeout", "0",
+        "--append", f"console=ttyS0 panic=-1 initpy.debug initpy.exec={GUEST_PATH}",
+    )  # fmt: skip
+    nic = qemu.Nic.user(
+        "net0",
+        mac=NET_MAC,
+        model="virtio-net-pci,romfile=",
+        options=f"tftp={tftp},bootfile=shimx64.efi",
+    )
+    with qemu.network_boot(
+        nics=[nic],
+        disks=state_and_machines(tmp_path),
+        extra=secureboot.secure_firmware(tmp_path),
+        name="secureboot-tftp",
+    ) as vm:
+        vm.expect(loosely("Start PXE over IPv4"), BOOT_TIMEOUT)
+        vm.expect(loosely(f"buildos: GRUB config grub.cfg-01-{NET_MAC.replace(':', '-')}"), 300)
+        vm.expect(loosely("buildos: loading the kernel by tftp"), 60)
+        vm.expect(r"EFI stub: UEFI Secure Boot is enabled", BOOT_TIMEOUT)
+        locked_down_handoff(vm)

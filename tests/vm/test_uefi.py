@@ -1,4 +1,4 @@
-"""UEFI network boot through pxe-layout's folder (issue 20, acceptance 1 and 3).
+"""UEFI network boot through pxe-layout's folder (issue 20, acceptance 1, 3 and 4).
 
 QEMU with Debian's OVMF (OVMF_CODE_4M.fd, a copy of OVMF_VARS_4M.fd, as
 pflash), `-boot n`, an e1000 NIC with the spec's MAC: the firmware fetches
@@ -19,6 +19,13 @@ test_3  the full Debian image (generic kernel) by UEFI/TFTP to
         multi-user.target (`buildos: up: running`, nothing failed); in by
         SSH with the key from the MAC's line, which the boot read whole.
 test_4  the same by UEFI/HTTP.
+test_5  a rollout by UEFI/HTTP, in one QEMU that reboots: the full image
+        (build A) with the monitor polling the web server
+        (buildos.buildid_url=http://10.0.2.100/...), the SMTP sink as the
+        relay; `pxe-layout --build-only` B (A and one file more); the
+        monitor mails the admin and reboots, OVMF -> shim -> GRUB fetch B
+        by HTTP, and the host is up on B (manifest, B's file, the
+        monitor's own status, B's boot mail).
 
 The transfer times (between GRUB's echo lines) of every boot are printed
 and kept in artifacts/vm/uefi-figures.txt.
@@ -30,16 +37,27 @@ import contextlib
 import json
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.harness import qemu
+from tests.harness import qemu, smtp_sink
 from tests.harness.disks import state_and_machines
-from tests.harness.fullos import READY, Ssh, build_image, free_port, make_key, pxe_layout
+from tests.harness.fullos import (
+    ADMIN,
+    READY,
+    Ssh,
+    build_image,
+    free_port,
+    make_key,
+    pxe_layout,
+    wait_for_mail,
+)
 from tests.harness.guest_output import read_sections, report
 from tests.harness.images import InitrdFiles, KernelFiles
+from tests.harness.machine import loosely
 from tests.harness.scenario import FULL_BOOT_MAC, GUEST_PATH
 from tests.harness.web_server import WebServer, guestfwd
 
@@ -56,15 +74,9 @@ OVMF = Path("/usr/share/OVMF")
 BOOT_TIMEOUT = 600  # OVMF, shim, GRUB and the kernel under TCG: a hang, not the speed
 RESCUE = r"initpy: rescue: .*|Kernel panic|pxe-layout wrote no GRUB config"
 FIGURES = qemu.ARTIFACTS / "uefi-figures.txt"
-# OVMF's console moves the cursor with escape sequences between characters.
-ESCAPES = r"(?:\x1b\[[0-9;]*[A-Za-z])*"
 FULL_MEMORY = 3072  # the generic kernel's full image: a 246 MB initrd, unpacked in RAM
 FULL_TIMEOUT = 900
 figures: list[str] = []
-
-
-def loosely(text: str) -> str:
-    return ESCAPES.join(re.escape(c) for c in text)
 
 
 def note(line: str) -> None:
@@ -122,8 +134,12 @@ def boot(
     options: str = "",
     handoff_to: str = GUEST_PATH,
     memory: int = 1024,
+    reboot: bool = False,
 ) -> Iterator[tuple[qemu.Vm, dict[str, float]]]:
-    """UEFI-boot from the folder to the hand-off; the console times of GRUB's marks."""
+    """UEFI-boot from the folder to the hand-off; the console times of GRUB's marks.
+
+    `reboot=True`: a reboot of the guest netboots it again (follow it with `grub_marks`).
+    """
     nic = qemu.Nic.user(
         "net0",
         mac=SPEC_MAC,
@@ -131,17 +147,22 @@ def boot(
         options=f"tftp={tftp},bootfile=shimx64.efi" + (f",{options}" if options else ""),
     )
     disks = [*firmware(work), *state_and_machines(work)]
-    with qemu.network_boot(nics=[nic], disks=disks, memory=memory, name=name) as vm:
-        marks = {
-            "kernel": loosely("buildos: loading the kernel by "),
-            "initrd": loosely("buildos: loading the initrd by "),
-            "started": loosely("buildos: starting the kernel"),
-            "handoff": re.escape(f"initpy: handoff: exec {handoff_to}"),
-        }
-        at = {}
-        for what, pattern in marks.items():
-            at[what] = vm.seconds_at(vm.expect(pattern, BOOT_TIMEOUT, fail_on=RESCUE).start())
-        yield vm, at
+    with qemu.network_boot(nics=[nic], disks=disks, memory=memory, name=name, reboot=reboot) as vm:
+        yield vm, grub_marks(vm, handoff_to)
+
+
+def grub_marks(vm: qemu.Vm, handoff_to: str) -> dict[str, float]:
+    """Wait for GRUB's echo lines and initpy's hand-off; when each came, in QEMU time."""
+    marks = {
+        "kernel": loosely("buildos: loading the kernel by "),
+        "initrd": loosely("buildos: loading the initrd by "),
+        "started": loosely("buildos: starting the kernel"),
+        "handoff": re.escape(f"initpy: handoff: exec {handoff_to}"),
+    }
+    return {
+        what: vm.seconds_at(vm.expect(pattern, BOOT_TIMEOUT, fail_on=RESCUE).start())
+        for what, pattern in marks.items()
+    }
 
 
 def check_handoff(vm: qemu.Vm, key: Path) -> None:
@@ -277,3 +298,122 @@ def test_4_the_full_image_boots_to_multi_user_by_uefi_http(
     full_image: InitrdFiles, key: Path, tmp_path: Path
 ) -> None:
     full_boot(full_image, key, tmp_path, "http", "uefi-full-http")
+
+
+# -- a rollout by UEFI/HTTP (acceptance 4) ----------------------------------------------------
+
+HOSTNAME = "uefi-host"
+BUILDID_URL = f"http://{WEB}/buildos/buildos-buildid"  # --http-base's default
+INTERVAL = 10  # initpy.monitor.interval: the first poll within 10 s, then 7.5-12.5 s
+GENERATION = "/etc/initpy-rollout-build"  # only in build B: which build the host runs
+ROLLOUT_TIMEOUT = 300  # the mail, the queue's drain and systemd's shutdown under TCG
+
+
+def up_on(
+    vm: qemu.Vm, ssh: Ssh, mail: Path, build: InitrdFiles, boot: int
+) -> tuple[dict[str, str], float]:
+    """Boot number `boot` (from 0) reached multi-user.target on `build`, fetched by HTTP;
+    what the host said, and when `buildos: up` came (QEMU time)."""
+    up = vm.expect(READY, FULL_TIMEOUT, fail_on=RESCUE)
+    assert up.group(1) == "running" and up.group(4) == "", up.group(0)
+    ssh.wait()
+    build_id = build.buildid.read_text().strip()
+    out = ssh.sections(
+        {
+            "cmdline": "cat /proc/cmdline",
+            "manifest": "cat /usr/lib/initpy/manifest.json",
+            "generation": f"cat {GENERATION} 2>/dev/null || echo none",
+            "journal": "journalctl -b -u initpy-monitor --no-pager -o cat",
+        }
+    )
+    assert out["cmdline"].startswith(f"BOOT_IMAGE=(http,{WEB})/buildos/buildos-image "), out
+    assert json.loads(out["manifest"])["build_id"] == build_id
+    # The monitor polls the web server, and finds the build it runs.
+    assert f"polling {BUILDID_URL} every {INTERVAL:g} s" in out["journal"], out["journal"]
+    status = ssh.until("systemctl show -P StatusText initpy-monitor", "is current", 4 * INTERVAL)
+    assert f"build {build_id[:12]} is current" in status, status
+    hello = wait_for_mail(mail, f"buildos: {HOSTNAME} is up", index=boot)
+    assert f"build id:   {build_id}" in hello.get_content()
+    return out, vm.seconds_at(up.start())
+
+
+def test_5_a_new_build_over_http_mails_the_admin_and_the_host_netboots_onto_it(
+    full_image: InitrdFiles,
+    generic_kernel: KernelFiles,
+    vm_rootfs: Path,
+    key: Path,
+    tmp_path: Path,
+) -> None:
+    """Build A (the full image) by UEFI/HTTP, `pxe-layout --build-only` B, the monitor's
+    mail and reboot, and OVMF -> shim -> GRUB -> B by HTTP, in one QEMU."""
+    # B is A and one small file more: mkinitrd takes A's compressed parts from its cache.
+    marker = tmp_path / "generation"
+    marker.write_text("B\n")
+    started = time.monotonic()
+    build_b = prebuilt_from(
+        build_image(
+            generic_kernel.vmlinuz, generic_kernel.modules, vm_rootfs, tmp_path / "build-B",
+            includes=[f"{marker}:{GENERATION}"],
+        )
+    )  # fmt: skip
+    note(f"rollout: build B packed in {time.monotonic() - started:.0f} s")
+    id_a, id_b = (b.buildid.read_text().strip() for b in (full_image, build_b))
+    assert id_a != id_b
+    tftp, mail = tmp_path / "tftp", tmp_path / "mail"
+    mail.mkdir()
+    said = pxe_layout(
+        str(full_image.outdir), str(tftp), "--mac", SPEC_MAC, "--timeout", "0",
+        "--http-base", f"http://{WEB}/",
+        "--smtp-relay", smtp_sink.SINK_ADDRESS, "--admin-email", ADMIN,
+        "--ssh-key", f"@{key.with_suffix('.pub')}",
+        "--append", f"console=ttyS0 panic=-1 initpy.monitor.interval={INTERVAL}",
+    )  # fmt: skip
+    assert f"buildos.buildid_url={BUILDID_URL}" in said, said
+    port = free_port()
+    ssh = Ssh(port, key)
+    with contextlib.ExitStack() as stack:
+        web = stack.enter_context(WebServer(tftp))
+        options = f"hostname={HOSTNAME},hostfwd=tcp:127.0.0.1:{port}-:22,"
+        options += f"{guestfwd(WEB, web)},{smtp_sink.guestfwd(mail)}"
+        vm, at = stack.enter_context(
+            boot(tmp_path, tftp, "uefi-rollout", options, "", FULL_MEMORY, reboot=True)
+        )
+        assert re.search(loosely(f"buildos: GRUB config {MAC_FILE}"), vm.console)
+        assert re.search(loosely("buildos: loading the kernel by http"), vm.console)
+        first, _ = up_on(vm, ssh, mail, full_image, 0)
+        assert first["generation"] == "none"
+        transfer(at, tftp, "rollout, boot 1 (build A), UEFI/HTTP")
+
+        # The rollout: B's three files renamed into the folder, the build id last.
+        console_at = len(vm.console)
+        rolled_at, rolled_qemu = time.time(), vm.seconds
+        said = pxe_layout("--build-only", str(build_b.outdir), str(tftp))
+        assert id_b in said, said
+        change = wait_for_mail(mail, f"{HOSTNAME}: new build {id_b[:12]}, rebooting", 180)
+        body = change.get_content()
+        assert f"old build id: {id_a}" in body and f"new build id: {id_b}" in body, body
+        mailed = int(change["X-Sink-Received-Ns"]) / 1e9 - rolled_at
+        restart = vm.expect(r"reboot: Restarting system", ROLLOUT_TIMEOUT, fail_on=RESCUE)
+        assert restart.start() > console_at
+        restarted = vm.seconds_at(restart.start())
+
+        # Boot 2: the firmware netboots again, GRUB fetches B by HTTP.
+        again = grub_marks(vm, "")
+        second, up_at = up_on(vm, ssh, mail, build_b, 1)
+        assert second["generation"] == "B"
+        transfer(again, tftp, "rollout, boot 2 (build B), UEFI/HTTP")
+        note(
+            f"rollout: build id replaced -> mail at the sink {mailed:.1f} s -> 'reboot: "
+            f"Restarting system' {restarted - rolled_qemu:.1f} s -> GRUB loads the kernel "
+            f"{again['kernel'] - rolled_qemu:.1f} s -> hand-off "
+            f"{again['handoff'] - rolled_qemu:.1f} s -> B's 'buildos: up' "
+            f"{up_at - rolled_qemu:.1f} s"
+        )
+        console = vm.console
+        served = web.served
+    # One reboot, not a loop; both boots' kernel and initrd came from the web server.
+    assert console.count("buildos: up: running;") == 2
+    assert re.search(loosely(f"buildos: GRUB config {MAC_FILE}"), console[console_at:])
+    for name in ("buildos-image", "buildos-initrd"):
+        assert [s.status for s in served if s.path == f"/buildos/{name}"] == [200, 200]
+    assert {s.status for s in served if s.path == "/buildos/buildos-buildid"} == {200}

@@ -82,7 +82,9 @@ def kernel_files() -> tuple[Path, Path]:
     return folder / "vmlinuz", (folder / "modules").resolve()
 
 
-def build_initpy(vmlinuz: Path, modules: Path, outdir: Path, hooks: str | None) -> float:
+def build_initpy(
+    vmlinuz: Path, modules: Path, outdir: Path, hooks: str | None, generic: bool = False
+) -> float:
     start = time.monotonic()
     # mkinitrd keeps one destination per --include source: the stand-in is a copy.
     standin = outdir.parent / f"{outdir.name}-systemd-standin"
@@ -105,6 +107,14 @@ def build_initpy(vmlinuz: Path, modules: Path, outdir: Path, hooks: str | None) 
             "--include",
             f"{standin}:{SYSTEMD_STANDIN}",
             *(["--hooks", hooks] if hooks else []),
+            # The same modules as the baseline's (the "same steps"): the
+            # scenario's drivers and the hooks' modules, not mkinitrd's
+            # generic set of drivers for real hardware.
+            *(
+                []
+                if generic
+                else ["--drivers", "none", *(f"--driver={d}" for d in SCENARIO_DRIVERS)]
+            ),
         ],
         check=True,
         cwd=REPO,
@@ -326,6 +336,12 @@ def main() -> None:
         help="also boot this initpy build (an mkinitrd OUTDIR with the guest program) each "
         "round, as 'before'",
     )
+    parser.add_argument(
+        "--generic-drivers",
+        action="store_true",
+        help="build initpy with mkinitrd's generic drivers (default: the modules the "
+        "baseline loads: the scenario's drivers and the hooks' modules)",
+    )
     parser.add_argument("--no-baseline", action="store_true", help="boot initpy only")
     parser.add_argument(
         "--first-boot",
@@ -348,7 +364,7 @@ def main() -> None:
         outdir = ns.initrd_dir
         if outdir is None:
             outdir = work / "initpy"
-            took = build_initpy(vmlinuz, modules, outdir, ns.hooks)
+            took = build_initpy(vmlinuz, modules, outdir, ns.hooks, ns.generic_drivers)
             print(f"mkinitrd.py: {took:.1f} s")
         initrd = outdir / "buildos-initrd"
         args = full_boot_args(work, SYSTEMD_STANDIN if ns.first_boot else GUEST_PATH)

@@ -353,7 +353,7 @@ def main() -> None:
     parser.add_argument(
         "--shared",
         action="store_true",
-        help="take one VM slot, not both (default: hold the second slot too, "
+        help="keep one VM slot for the run, not both (default: hold the second slot too, "
         "so no other VM shares the 2 cores while we measure)",
     )
     ns = parser.parse_args()
@@ -395,7 +395,7 @@ def main() -> None:
         if ns.compare is not None:
             size = (ns.compare / "buildos-initrd").stat().st_size
             print(f"before initrd:  {size / 1e6:6.2f} MB ({ns.compare})")
-        with contextlib.nullcontext() if ns.shared else holding_both_slots():
+        with qemu.keeping_slot() if ns.shared else holding_both_slots():
             for i in range(ns.runs):
                 # Fresh disks for every boot, so that every boot does the same work.
                 (work / f"i{i}").mkdir()

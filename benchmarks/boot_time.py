@@ -349,7 +349,13 @@ def main() -> None:
         help="also boot initpy on a state disk without SSH host keys (a host's first boot) "
         "each round; initpy then hands off to the guest program as /lib/systemd/systemd",
     )
-    parser.add_argument("--smp", type=int, default=1, help="vCPUs of every VM (default 1)")
+    parser.add_argument(
+        "--smp",
+        type=int,
+        default=2,
+        help="vCPUs of every VM, initpy's and busybox's alike (default 2: a build host has "
+        "several CPUs, and initpy loads the hooks' modules on one while Python starts)",
+    )
     parser.add_argument(
         "--shared",
         action="store_true",

@@ -6,8 +6,8 @@ the manifest (btrfs, bridge, nf_tables...), each after what it needs,
 while the main thread imports the rest of PID 1 (about 1.5 s under TCG).
 The kernel's module work (relocating, initialising; raid6_pq and xor
 benchmark themselves) is CPU time, seconds under TCG: with a second CPU
-it runs beside Python's start instead of after it. On one CPU it only
-shares that CPU, as it would later.
+it runs beside Python's start instead of after it. On one CPU it would
+only share that CPU, so nothing is preloaded there.
 
 The modules hook's `load_modules` takes over what loaded here (the core
 fact PRELOADED, put by the driver: it waits for the thread) and loads
@@ -81,7 +81,7 @@ _started: Preload | None = None
 
 def prepare(kernel: Kernel) -> Preload | None:
     """The preload of this boot, or None where it must not run (see the docstring)."""
-    if kernel.getpid() != 1:
+    if kernel.getpid() != 1 or kernel.cpus() < 2:
         return None
     try:
         if not kernel.exists("/proc/cmdline"):

@@ -39,7 +39,9 @@ def _kernel(
     failures: dict[str, dict[str, int]] | None = None,
     kind: type[FakeKernel] = FakeKernel,
 ) -> FakeKernel:
-    kernel = kind(root=str(tmp_path / "root"), cmdline=cmdline, failures=failures or {})
+    kernel = kind(
+        root=str(tmp_path / "root"), cmdline=cmdline, failures=failures or {}, cpu_count=2
+    )
     kernel.write_text("/proc/sys/kernel/osrelease", VERSION + "\n")
     kernel.mkdir(os.path.dirname(layout.MANIFEST))
     manifest = layout.Manifest("test-build", ("modules", "network"), VERSION, PACKED)
@@ -99,8 +101,14 @@ def test_a_module_that_fails_early_is_left_to_load_modules_with_its_dependents(
     assert "cannot load module failover (Exec format error)" in failure.value.reason
 
 
-def test_a_break_shell_or_a_missing_module_folder_loads_nothing_early(tmp_path: Path) -> None:
+def test_one_cpu_a_break_shell_or_a_missing_module_folder_loads_nothing_early(
+    tmp_path: Path,
+) -> None:
     kernel = _kernel(tmp_path / "break", cmdline="initpy.break=load_modules")
+    assert preload.prepare(kernel) is None
+    kernel = _kernel(tmp_path / "one")
+    assert isinstance(kernel, FakeKernel)
+    kernel.cpu_count = 1  # the loading would only share the CPU with Python's start
     assert preload.prepare(kernel) is None
     kernel = _kernel(tmp_path / "folder")
     shutil.rmtree(kernel.path(FOLDER))

@@ -82,7 +82,9 @@ def kernel_files() -> tuple[Path, Path]:
     return folder / "vmlinuz", (folder / "modules").resolve()
 
 
-def build_initpy(vmlinuz: Path, modules: Path, outdir: Path, hooks: str | None) -> float:
+def build_initpy(
+    vmlinuz: Path, modules: Path, outdir: Path, hooks: str | None, generic: bool = False
+) -> float:
     start = time.monotonic()
     # mkinitrd keeps one destination per --include source: the stand-in is a copy.
     standin = outdir.parent / f"{outdir.name}-systemd-standin"
@@ -105,6 +107,14 @@ def build_initpy(vmlinuz: Path, modules: Path, outdir: Path, hooks: str | None) 
             "--include",
             f"{standin}:{SYSTEMD_STANDIN}",
             *(["--hooks", hooks] if hooks else []),
+            # The same modules as the baseline's (the "same steps"): the
+            # scenario's drivers and the hooks' modules, not mkinitrd's
+            # generic set of drivers for real hardware.
+            *(
+                []
+                if generic
+                else ["--drivers", "none", *(f"--driver={d}" for d in SCENARIO_DRIVERS)]
+            ),
         ],
         check=True,
         cwd=REPO,
@@ -326,6 +336,12 @@ def main() -> None:
         help="also boot this initpy build (an mkinitrd OUTDIR with the guest program) each "
         "round, as 'before'",
     )
+    parser.add_argument(
+        "--generic-drivers",
+        action="store_true",
+        help="build initpy with mkinitrd's generic drivers (default: the modules the "
+        "baseline loads: the scenario's drivers and the hooks' modules)",
+    )
     parser.add_argument("--no-baseline", action="store_true", help="boot initpy only")
     parser.add_argument(
         "--first-boot",
@@ -333,11 +349,17 @@ def main() -> None:
         help="also boot initpy on a state disk without SSH host keys (a host's first boot) "
         "each round; initpy then hands off to the guest program as /lib/systemd/systemd",
     )
-    parser.add_argument("--smp", type=int, default=1, help="vCPUs of every VM (default 1)")
+    parser.add_argument(
+        "--smp",
+        type=int,
+        default=2,
+        help="vCPUs of every VM, initpy's and busybox's alike (default 2: a build host has "
+        "several CPUs, and initpy loads the hooks' modules on one while Python starts)",
+    )
     parser.add_argument(
         "--shared",
         action="store_true",
-        help="take one VM slot, not both (default: hold the second slot too, "
+        help="keep one VM slot for the run, not both (default: hold the second slot too, "
         "so no other VM shares the 2 cores while we measure)",
     )
     ns = parser.parse_args()
@@ -348,7 +370,7 @@ def main() -> None:
         outdir = ns.initrd_dir
         if outdir is None:
             outdir = work / "initpy"
-            took = build_initpy(vmlinuz, modules, outdir, ns.hooks)
+            took = build_initpy(vmlinuz, modules, outdir, ns.hooks, ns.generic_drivers)
             print(f"mkinitrd.py: {took:.1f} s")
         initrd = outdir / "buildos-initrd"
         args = full_boot_args(work, SYSTEMD_STANDIN if ns.first_boot else GUEST_PATH)
@@ -379,7 +401,7 @@ def main() -> None:
         if ns.compare is not None:
             size = (ns.compare / "buildos-initrd").stat().st_size
             print(f"before initrd:  {size / 1e6:6.2f} MB ({ns.compare})")
-        with contextlib.nullcontext() if ns.shared else holding_both_slots():
+        with qemu.keeping_slot() if ns.shared else holding_both_slots():
             for i in range(ns.runs):
                 # Fresh disks for every boot, so that every boot does the same work.
                 (work / f"i{i}").mkdir()

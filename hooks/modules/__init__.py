@@ -14,7 +14,10 @@ modalias index of the drivers (layout.MODALIAS_INDEX). At boot:
    find_nics find them at once), then the modules the hooks name (btrfs,
    bridge, nf_tables: loaded at every boot, whatever the hardware); each
    module after everything it needs, in one thread per CPU (the kernel's
-   work is CPU-bound: on one vCPU more threads only contend);
+   work is CPU-bound: on one vCPU more threads only contend). The hooks'
+   modules have mostly loaded by then: PID 1's first act starts loading
+   them while Python imports the rest (initpy.runtime.preload; the core
+   fact PRELOADED names them), and they are recorded here, not loaded again;
 3. a background thread (`Kernel.start_thread`) keeps reading the socket
    until the hand-off (`ctx.on_exit`): every `add` uevent with a MODALIAS
    loads its drivers. That is how the devices behind a bus driver arrive
@@ -46,8 +49,16 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from initpy.runtime import layout
-from initpy.runtime.hook import DRIVERLESS, BootContext, BootFailure, Hook, Milestone, State
-from initpy.runtime.layout import AliasIndex, AliasIndexError, PackedModule
+from initpy.runtime.hook import (
+    DRIVERLESS,
+    PRELOADED,
+    BootContext,
+    BootFailure,
+    Hook,
+    Milestone,
+    State,
+)
+from initpy.runtime.layout import AliasIndex, AliasIndexError, PackedModule, load_order
 from initpy.runtime.record import field, mutable
 from initpy.runtime.uevent import KERNEL_GROUP, NETLINK_KOBJECT_UEVENT, parse_uevent
 
@@ -116,22 +127,28 @@ class Loader:
                     ) or os.strerror(exc.errno)
         return result, int((k.uptime() - start) * 1000), error
 
-    def load(self, asked: Mapping[str, str], workers: int = WORKERS) -> list[str]:
+    def load(
+        self, asked: Mapping[str, str], workers: int = WORKERS, preloaded: Mapping[str, int] = {}
+    ) -> list[str]:
         """Load what `asked` (module -> why) needs, in `workers` threads; returns the plan.
 
         With one worker, in the calling thread, in the plan's order (each
         module after what it needs), without a thread pool to import.
+        `preloaded` (name -> ms) were loaded before Python's start
+        (initpy.runtime.preload): they are recorded as loaded, not loaded again.
         """
         with self.lock:
-            names = modalias.plan(self.packed, list(asked), self.why)
+            names = load_order(self.packed, list(asked), self.why)
             needers: dict[str, list[str]] = {}
             for wanted in asked:
-                for name in modalias.plan(self.packed, [wanted]):
+                for name in load_order(self.packed, [wanted]):
                     if name != wanted:
                         needers.setdefault(name, []).append(wanted)
             for name in names:
                 self.why[name] = asked.get(name) or "needed by " + ", ".join(needers[name])
                 self.order.append(name)
+                if name in preloaded:
+                    self.results[name] = ("loaded", preloaded[name], "")
 
         def blocked(module: PackedModule) -> list[str]:
             hard = [n for n in module.needs if n not in module.optional]
@@ -139,6 +156,8 @@ class Loader:
 
         if workers <= 1:
             for name in names:
+                if name in preloaded:
+                    continue
                 bad = blocked(self.packed[name])
                 self.results[name] = (
                     ("skipped", 0, "needs " + ", ".join(bad))
@@ -148,7 +167,7 @@ class Loader:
             return names
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-        pending = {n: self.packed[n] for n in names}
+        pending = {n: self.packed[n] for n in names if n not in preloaded}
         running: dict[Future[tuple[str, int, str]], str] = {}
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modules") as pool:
@@ -334,7 +353,10 @@ def load_modules(ctx: BootContext) -> str:
     if follower is not None:
         # Devices the bus drivers just announced: their drivers go first too.
         names += follower.drain()  # its failures are warned of by the follower
-    later = loader.load(named, workers)
+    # The hooks' modules that loaded while Python started, if the preload ran.
+    wait_preload = ctx.get(PRELOADED, None)
+    preloaded = wait_preload() if wait_preload is not None else {}
+    later = loader.load(named, workers, preloaded)
     for name in later:
         ctx.report.modules.append(loader.entry(name))
     names += later
@@ -374,6 +396,11 @@ def load_modules(ctx: BootContext) -> str:
     ctx.say(
         f"load_modules: {loaded} loaded, {len(names) - loaded} already present or failed, "
         f"{total_ms} ms of loading in {workers} thread{'s' if workers > 1 else ''}"
+        + (
+            f" ({len(preloaded)} of them, {sum(preloaded.values())} ms, while Python started)"
+            if preloaded
+            else ""
+        )
     )
     return (
         f"{len(names)} modules ({by_device} for devices, "

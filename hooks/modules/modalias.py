@@ -5,16 +5,16 @@ The builder writes the alias index of the packed drivers
 every device on every bus is read from sysfs (`/sys/bus/*/devices/*`: every
 device with a modalias sits on a bus, so two directory levels suffice, no
 walk of /sys/devices), and later the MODALIAS of each `add` uevent; both
-become "module M, asked for by device D", and a load plan puts each
-module's dependencies (the manifest's `needs`) before it.
+become "module M, asked for by device D"; `layout.load_order` then puts
+each module's dependencies (the manifest's `needs`) before it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 
 from initpy.runtime.kernel import Kernel
-from initpy.runtime.layout import AliasIndex, PackedModule
+from initpy.runtime.layout import AliasIndex
 from initpy.runtime.record import frozen
 
 SYS_BUS = "/sys/bus"
@@ -100,33 +100,3 @@ def wanted(index: AliasIndex, devices: Iterable[Device]) -> list[Wanted]:
         for module, glob in hits.items():
             found.setdefault(module, Wanted(module, device, glob))
     return list(found.values())
-
-
-def plan(
-    packed: Mapping[str, PackedModule], modules: Sequence[str], tried: Iterable[str] = ()
-) -> list[str]:
-    """Modules to load for `modules`, dependencies first, none already tried.
-
-    A module's `needs` holds its modules.dep (already transitive) and its
-    softdeps; the softdeps of those are followed too (nvme needs crc_t10dif,
-    which softdeps crct10dif_pclmul). `tried` holds every module tried
-    before, loaded or not: an optional softdep such as crct10dif_pclmul
-    fails with ENODEV on a CPU without PCLMUL (QEMU's default TCG CPU) and
-    must not be tried again for every device that arrives. A module the
-    initrd does not hold (a built-in one, a driver left out of this image)
-    is not planned.
-    """
-    done = set(tried)
-    order: list[str] = []
-
-    def visit(name: str) -> None:
-        if name in done or name not in packed:
-            return
-        done.add(name)
-        for need in packed[name].needs:
-            visit(need)
-        order.append(name)
-
-    for module in modules:
-        visit(module)
-    return order

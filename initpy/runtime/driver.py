@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from initpy.runtime import cmdline, failed_boots, layout, state_folders
+from initpy.runtime import cmdline, failed_boots, layout, preload, state_folders
 from initpy.runtime.cmdline import BadValue, Parameter
 from initpy.runtime.failed_boots import FAILED_BOOTS, GUARD_RETRY, MAX_FAILED_BOOTS
 from initpy.runtime.handoff import EXEC, KMSG_RATELIMIT, PRINTK_DEVKMSG, clean_environment, handoff
@@ -21,6 +21,7 @@ from initpy.runtime.hook import (
     CMDLINE,
     EARLY_MOUNTS,
     HANDOFF,
+    PRELOADED,
     RESCUE,
     BootContext,
     BootFailure,
@@ -78,7 +79,8 @@ def early_mounts(ctx: BootContext) -> str:
     mounted = _mounted_targets(k)
     done = []
     table = (
-        ("proc", "/proc", "proc", 0o555, "", MS_NOSUID | MS_NODEV | MS_NOEXEC),
+        # The preload may have mounted it already (to read the command line).
+        preload.PROC_MOUNT,
         ("sysfs", "/sys", "sysfs", 0o555, "", MS_NOSUID | MS_NODEV | MS_NOEXEC),
         ("devtmpfs", "/dev", "devtmpfs", 0o755, "mode=0755", MS_NOSUID),
         (
@@ -143,6 +145,7 @@ class Boot:
         self.registry = registry
         self.report = Report(kernel)
         self.ctx = BootContext(kernel=kernel, report=self.report, manifest=manifest)
+        self.ctx.put(PRELOADED, preload.loaded)
         self.functions = {
             EARLY_MOUNTS: early_mounts,
             CMDLINE: self._parse_cmdline,

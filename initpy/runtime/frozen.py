@@ -179,6 +179,12 @@ if __name__ == "__main__":
     sys.meta_path.insert(0, NoSslOnImport())
     sys.meta_path.insert(0, PatchOnImport())
     sys.meta_path.insert(0, PkgutilOnImport())
+    # First, before the engine and the hooks import: the kernel loads the
+    # hooks' modules on another CPU meanwhile (initpy/runtime/preload.py).
+    from initpy.runtime import preload
+
+    preload.start()
+    stamp("preload started")
     from initpy.runtime.entry import main
 
     stamp("imported entry")

@@ -162,6 +162,9 @@ class BootContext:
 # driver and how to add one ("" when every one has a driver). The network
 # and storage hooks add it to their rescue reasons.
 DRIVERLESS: Fact[Callable[[str], str] | None] = Fact("driverless")
+# PRELOADED: set by the driver; waits for the modules loaded while Python started
+# (initpy.runtime.preload), name -> ms. The modules hook takes them over.
+PRELOADED: Fact[Callable[[], dict[str, int]] | None] = Fact("preloaded")
 
 # A state function returns a short detail for the report, or None.
 StateFunction = Callable[[BootContext], "str | None"]

@@ -14,7 +14,7 @@ imports it too, and the booted host's monitor runs it under the OS's python3.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 from initpy.runtime.record import field, frozen, mutable
 
@@ -92,6 +92,38 @@ class PackedModule:
     # The hooks that named it: loaded at every boot. None: a driver, loaded
     # when a device's modalias asks for it (or a dependency of one).
     hooks: tuple[str, ...] = ()
+
+
+def load_order(
+    packed: Mapping[str, PackedModule], modules: Sequence[str], tried: Iterable[str] = ()
+) -> list[str]:
+    """Modules to load for `modules`, dependencies first, none already tried.
+
+    A module's `needs` holds its modules.dep (already transitive) and its
+    softdeps; the softdeps of those are followed too (nvme needs crc_t10dif,
+    which softdeps crct10dif_pclmul). `tried` holds every module tried
+    before, loaded or not: an optional softdep such as crct10dif_pclmul
+    fails with ENODEV on a CPU without PCLMUL (QEMU's default TCG CPU) and
+    must not be tried again for every device that arrives. A module the
+    initrd does not hold (a built-in one, a driver left out of this image)
+    is not planned. Here, not in the modules hook: the preload
+    (initpy.runtime.preload) plans the hooks' modules before any hook is
+    imported.
+    """
+    done = set(tried)
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in done or name not in packed:
+            return
+        done.add(name)
+        for need in packed[name].needs:
+            visit(need)
+        order.append(name)
+
+    for module in modules:
+        visit(module)
+    return order
 
 
 # The end of a module signed by its kernel's build (linux/scripts/sign-file):

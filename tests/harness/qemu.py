@@ -47,6 +47,7 @@ __all__ = [
     "network_boot",
     "run_interactive",
     "vm_slot",
+    "keeping_slot",
 ]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,7 +57,13 @@ SLOT_LOCKS = ("/tmp/initpy-vm-slot0.lock", "/tmp/initpy-vm-slot1.lock")
 
 @contextlib.contextmanager
 def vm_slot(timeout: float = 3600) -> Iterator[int]:
-    """Hold one of the two machine-wide VM slots, waiting until one is free."""
+    """Hold one of the two machine-wide VM slots, waiting until one is free.
+
+    Inside `keeping_slot`, the slot kept is reused: its boots run one at a time.
+    """
+    if _kept:
+        yield _kept[-1]
+        return
     deadline = time.monotonic() + timeout
     handles = []
     try:
@@ -84,6 +91,26 @@ def vm_slot(timeout: float = 3600) -> Iterator[int]:
     finally:
         for fd in handles:
             os.close(fd)
+
+
+# The slot a series of boots keeps (keeping_slot); empty: each boot waits for one.
+_kept: list[int] = []
+
+
+@contextlib.contextmanager
+def keeping_slot(timeout: float = 3600) -> Iterator[int]:
+    """Hold one VM slot for a series of boots of this process (a benchmark's rounds).
+
+    On a busy machine a boot that queues for a slot each time may wait for
+    many other VMs between two rounds; keeping one slot, the rounds follow
+    each other and still never run more than one VM of ours at a time.
+    """
+    with vm_slot(timeout) as number:
+        _kept.append(number)
+        try:
+            yield number
+        finally:
+            _kept.pop()
 
 
 def artefact_path(name: str) -> Path:

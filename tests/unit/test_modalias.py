@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from hooks.modules import modalias
 from initpy.devtools.fake import FakeKernel
-from initpy.runtime.layout import AliasIndex, AliasIndexError, PackedModule
+from initpy.runtime.layout import AliasIndex, AliasIndexError, PackedModule, load_order
 
 ALIASES = [
     ("pci:v00008086d0000100Esv*sd*bc*sc*i*", "e1000"),
@@ -133,13 +133,13 @@ def test_the_plan_follows_softdeps_of_dependencies_and_skips_what_was_tried() ->
             PackedModule("sd_mod", "s.ko", ("crc_t10dif",)),
         )
     }
-    assert modalias.plan(packed, ["nvme"]) == [
+    assert load_order(packed, ["nvme"]) == [
         "crct10dif_pclmul",
         "crc_t10dif",
         "nvme_core",
         "nvme",
     ]
     # A softdep that failed before is not tried again; built-in/absent ones are not planned.
-    assert modalias.plan(packed, ["sd_mod", "wmi"], tried={"crct10dif_pclmul", "crc_t10dif"}) == [
+    assert load_order(packed, ["sd_mod", "wmi"], tried={"crct10dif_pclmul", "crc_t10dif"}) == [
         "sd_mod"
     ]

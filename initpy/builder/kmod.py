@@ -114,7 +114,7 @@ class ModuleTree:
                 name = canonical(path)
                 tree.paths[name] = path.strip()
                 tree.deps[name] = tuple(canonical(d) for d in rest.split())
-        tree.softdeps_pre = _softdeps(os.path.join(top, "modules.softdep"))
+        tree.softdeps_pre = softdeps(os.path.join(top, "modules.softdep"))
         builtin = os.path.join(top, "modules.builtin")
         if os.path.exists(builtin):
             with open(builtin) as f:
@@ -158,7 +158,8 @@ class ModuleTree:
         return AliasIndex.build(self.version, self.globs, self.builtin)
 
 
-def _softdeps(path: str) -> dict[str, tuple[str, ...]]:
+def softdeps(path: str, modes: Sequence[str] = ("pre",)) -> dict[str, tuple[str, ...]]:
+    """modules.softdep: module -> the modules of its `modes` (`pre`, `post`) softdeps."""
     found: dict[str, tuple[str, ...]] = {}
     if not os.path.exists(path):
         return found
@@ -167,16 +168,16 @@ def _softdeps(path: str) -> dict[str, tuple[str, ...]]:
             words = line.split()
             if len(words) < 3 or words[0] != "softdep":
                 continue
-            pre: list[str] = []
+            named: list[str] = []
             mode = ""
             for word in words[2:]:
                 if word.endswith(":"):
                     mode = word[:-1]
-                elif mode == "pre":
-                    pre.append(canonical(word))
-            if pre:
+                elif mode in modes:
+                    named.append(canonical(word))
+            if named:
                 key = canonical(words[1])
-                found[key] = found.get(key, ()) + tuple(pre)
+                found[key] = found.get(key, ()) + tuple(named)
     return found
 
 

@@ -28,13 +28,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from initpy.builder import cpio, freeze, hooks, layers
+from initpy.builder import cpio, freeze, hooks, layers, os_modules, size_report
 from initpy.builder import rootfs as os_tree
 from initpy.builder.binaries import add_busybox, add_elf_files, debian_busybox, wanted_binaries
 from initpy.builder.command import BuildError
 from initpy.builder.kernel_modules import add_modules
 from initpy.builder.layers import PART_MANIFEST, PART_ROOTFS, Layer
 from initpy.builder.options import Compression, Options
+from initpy.builder.os_modules import OsModules
 from initpy.runtime import layout
 
 __all__ = ["BuildError", "BuildResult", "Compression", "Freezer", "Options", "build"]
@@ -50,6 +51,8 @@ class BuildResult:
     notes: tuple[str, ...]
     timings: tuple[tuple[str, float], ...]
     parts: tuple[tuple[str, int, int], ...]  # (part, raw bytes, compressed bytes)
+    # Under --rootfs, what each part costs (initpy.builder.size_report), else ().
+    report: tuple[tuple[str, int, int], ...] = ()
 
 
 Freezer = Callable[[Sequence[str]], freeze.Frozen]
@@ -122,8 +125,14 @@ def build(
             if not os.path.isdir(options.rootfs):
                 raise BuildError(f"--rootfs {options.rootfs}: not a folder")
             layers.add_tree(rootfs, options.rootfs, PART_ROOTFS, keep=os_tree.keeps)
+            os_modules_dir = options.modules
+            if options.os_modules == OsModules.BUILD_HOST:
+                os_modules_dir, note = os_modules.for_rootfs(
+                    options.modules, (m.name for m in packed_modules.modules), work
+                )
+                notes.append(note)
             for entry, part in os_tree.entries(
-                options.rootfs, options.modules, packed_modules.kernel_version, registry.hooks
+                options.rootfs, os_modules_dir, packed_modules.kernel_version, registry.hooks
             ):
                 rootfs.add(entry, part)
         merged = layers.merge([fallback, rootfs, init])
@@ -155,9 +164,15 @@ def build(
             cpio.compress_cached(raw, options.compress, cache, options.compress_level)
             for _part, raw in archives
         ]
+        lap("compress")
+        report: tuple[tuple[str, int, int], ...] = ()
+        if options.rootfs:
+            report = size_report.measure(
+                merged, options.compress, options.compress_level, cache, options.source_date_epoch
+            )
+            lap("size report")
         if cache is not None:
             freeze.prune(cache, KEEP_COMPRESSED)
-        lap("compress")
     image = os.path.join(options.outdir, "buildos-image")
     initrd = os.path.join(options.outdir, "buildos-initrd")
     buildid = os.path.join(options.outdir, "buildos-buildid")
@@ -175,7 +190,7 @@ def build(
     lap("write")
     sizes = tuple((part, len(raw), len(p)) for (part, raw), p in zip(archives, packed, strict=True))
     return BuildResult(
-        image, initrd, buildid, tuple(merged), frozen, tuple(notes), tuple(timings), sizes
+        image, initrd, buildid, tuple(merged), frozen, tuple(notes), tuple(timings), sizes, report
     )
 
 

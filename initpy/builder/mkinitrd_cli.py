@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 
 from initpy import cli
-from initpy.builder import mkinitrd, settings
+from initpy.builder import mkinitrd, settings, size_report
 from initpy.builder.options import SETTINGS, Options
 
 PROG = "mkinitrd"
@@ -54,6 +54,8 @@ def run(argv: Sequence[str]) -> int:
     compression = options.compress + (
         f":{options.compress_level}" if options.compress_level is not None else ""
     )
+    for line in size_report.lines(result.report, compression) if result.report else ():
+        say(f"size: {line}")
     say(
         f"wrote {result.image}, {result.initrd} ({size / 1e6:.1f} MB, {compression}), "
         f"{result.buildid} in {time.monotonic() - started:.1f} s"

@@ -15,6 +15,7 @@ from enum import StrEnum
 from initpy.builder import cpio
 from initpy.builder.drivers import Drivers
 from initpy.builder.hooks import ALWAYS_HOOKS, default_hooks_dir
+from initpy.builder.os_modules import OsModules
 from initpy.builder.settings import DEBUG, Setting, default_of
 
 
@@ -51,6 +52,11 @@ SETTINGS: tuple[Setting, ...] = (
             required=True),
     Setting(("--rootfs",), "rootfs",
             "an OS tree packed under the init's files (the init's files win)", "DIR"),
+    Setting(("--os-modules",), "os_modules",
+            "the kernel modules a --rootfs OS gets: build-host (all but sound, radios, media, "
+            "3D GPUs, sensors and the like; docs/os.md), all (the kernel's whole tree)",
+            default=OsModules.BUILD_HOST.value, choices=tuple(m.value for m in OsModules),
+            parse=OsModules, metavar="{" + ",".join(m.value for m in OsModules) + "}"),
     Setting(("--include",), "includes",
             "a host file or folder; an ELF file brings its libraries", "SRC[:DST]",
             repeatable=True),
@@ -98,6 +104,7 @@ class Options:
     modules: str
     outdir: str
     rootfs: str | None = default_of(SETTINGS, "rootfs")
+    os_modules: OsModules = default_of(SETTINGS, "os_modules")
     includes: tuple[str, ...] = default_of(SETTINGS, "includes")
     hooks: tuple[str, ...] | None = default_of(SETTINGS, "hooks")  # None: every hook found
     hook_dirs: tuple[str, ...] = default_of(SETTINGS, "hook_dirs")  # after base_hooks_dir

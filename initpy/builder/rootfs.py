@@ -4,9 +4,10 @@ Owned by the builder. What the booted host needs from initpy comes with
 initpy, so any Debian tree with the packages of os/packages.list makes a
 whole host (docs/os.md):
 
-- the kernel's whole module tree (`--modules`, as the kernel package and
-  depmod left it), so that udev and modprobe load any driver after the
-  hand-off: mkinitrd knows the kernel, the tree need not;
+- the kernel's module tree (`--modules`: a build host's share of it,
+  re-indexed, by initpy.builder.os_modules; the whole tree as depmod left
+  it with `--os-modules all`), so that udev and modprobe load any driver
+  after the hand-off: mkinitrd knows the kernel, the tree need not;
 - each chosen hook's `os_files` (units, their scripts, config), the units
   enabled;
 - no one machine's identity in an image that every host boots: an empty
@@ -63,7 +64,7 @@ def check(tree: str, modules: str, hooks: Sequence[Hook]) -> None:
             "the hand-off",
             "remove them (rm -rf "
             + " ".join(f"{tree}/usr/lib/modules/{name}" for name in others)
-            + "); mkinitrd adds the whole module tree of the kernel it packs",
+            + "); mkinitrd adds the modules of the kernel it packs",
         )
     missing: dict[str, list[str]] = {}
     for hook in hooks:

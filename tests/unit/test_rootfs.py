@@ -1,7 +1,7 @@
 """mkinitrd --rootfs: what the OS tree gets from initpy, and what it must hold.
 
 initpy.builder.rootfs end to end through mkinitrd.build, with the stand-in
-freezer of test_mkinitrd: the kernel's whole module tree, the hooks' OS
+freezer of test_mkinitrd: the kernel's module tree, the hooks' OS
 files and unit links, no baked identity; and the build-time refusals (a
 tree with another kernel's modules, a tree without a hook's package).
 """
@@ -17,6 +17,7 @@ import pytest
 
 from initpy.builder import freeze, mkinitrd
 from initpy.builder.command import BuildError
+from initpy.builder.os_modules import OsModules
 from tests.unit.test_mkinitrd import VERSION, build, members, setup
 
 __all__ = ["setup"]  # the fixture, used by name
@@ -71,10 +72,11 @@ def test_the_os_gets_the_module_tree_the_hooks_files_and_no_identity(
         "etc/ssh/ssh_host_ed25519_key",
         "etc/ssh/sshd_config",
     )
-    files = members(build(setup, "out", rootfs=root))
+    files = members(build(setup, "out", rootfs=root, os_modules=OsModules.ALL))
     modules = f"usr/lib/modules/{VERSION}"
-    # The whole tree, not only what the hooks asked for (b.ko is a's dependency,
-    # the index is the kernel's): udev and modprobe work after the hand-off.
+    # With --os-modules all, the whole tree, not only what the hooks asked for
+    # (b.ko is a's dependency, the index is the kernel's): udev and modprobe
+    # work after the hand-off. The build host's share: tests/unit/test_os_modules.py.
     assert files[f"{modules}/modules.dep"].data == b"kernel/a.ko: kernel/b.ko\nkernel/b.ko:\n"
     assert files[f"{modules}/modules.builtin"].data == b"kernel/fs/ext4/ext4.ko\n"
     assert f"{modules}/kernel/b.ko" in files
@@ -117,7 +119,7 @@ def test_a_tree_with_another_kernels_modules_is_refused(setup: dict[str, str]) -
 
 def test_a_tree_with_the_same_kernels_modules_is_packed(setup: dict[str, str]) -> None:
     root = tree(setup, f"usr/lib/modules/{VERSION}/modules.dep")
-    files = members(build(setup, "out", rootfs=root))
+    files = members(build(setup, "out", rootfs=root, os_modules=OsModules.ALL))
     # mkinitrd's copy of the kernel's tree wins over the tree's own.
     assert files[f"usr/lib/modules/{VERSION}/modules.dep"].data.startswith(b"kernel/a.ko")
 

@@ -76,6 +76,10 @@ def mount_os(ctx: BootContext) -> str:
         ) from exc
     k.mkdir(UPPER)
     k.mkdir(WORK)
+    # The overlay's /usr has the upper folder's times: made now, /usr would
+    # look newer than /etc/.updated, and ConditionNeedsUpdate= would run
+    # ldconfig, the hwdb and catalog rebuilds at every boot (docs/os.md, 9).
+    k.set_mtime(UPPER, k.stat(OS_USR).st_mtime)
     # The image on top: the OS's own files; the initramfs below: initpy's.
     options = f"lowerdir={OS_USR}:{layout.OS_OVERLAID},upperdir={UPPER},workdir={WORK}"
     try:

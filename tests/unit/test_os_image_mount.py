@@ -43,6 +43,7 @@ def with_image(k: FakeKernel) -> None:
     os.makedirs(os.path.dirname(image), exist_ok=True)
     Path(image).write_bytes(b"hsqs" + bytes(4092))
     os.makedirs(k.path(hook.OS_USR), exist_ok=True)
+    os.utime(k.path(hook.OS_USR), (0, 0))  # mkinitrd clamps the image's times
 
 
 def mount_os(k: FakeKernel) -> str:
@@ -63,6 +64,9 @@ def test_the_image_is_attached_mounted_read_only_and_laid_over_usr(kernel: FakeK
         f"workdir={layout.OS_WRITES}/work"
     )
     assert "on /dev/loop0, overlaid on /usr" in detail
+    # /usr keeps the image's time, not the boot's (ConditionNeedsUpdate=).
+    image_usr = os.stat(kernel.path(hook.OS_USR)).st_mtime
+    assert os.stat(kernel.path(hook.UPPER)).st_mtime == image_usr
 
 
 def test_a_missing_image_names_the_rebuild(kernel: FakeKernel) -> None:

@@ -17,7 +17,7 @@ block size (128K or 1M). Printed per variant:
   the RAM the OS holds (MemTotal - MemAvailable), Shmem, and what the
   initramfs (rootfs, `/`) holds.
 
-The squashfs images are cached by content (~/.cache/initpy/compressed), so
+The squashfs images are cached by content (~/.cache/initpy/os-image), so
 a second run builds in seconds; a first build at zstd:19 or xz takes
 minutes per variant.
 """

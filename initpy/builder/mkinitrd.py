@@ -65,10 +65,17 @@ class BuildResult:
 
 Freezer = Callable[[Sequence[str]], freeze.Frozen]
 KEEP_COMPRESSED = 40  # a few builds' parts, for every compression
+KEEP_OS_IMAGES = 4  # the OS images of a few trees or compressors (100+ MB each)
 
 
 def compressed_cache_dir() -> str:
     return os.path.join(os.path.dirname(freeze.cache_root()), "compressed")
+
+
+def os_image_cache_dir() -> str:
+    # Apart from the compressed parts: a few builds of small parts would
+    # push out an image that took minutes to make.
+    return os.path.join(os.path.dirname(freeze.cache_root()), "os-image")
 
 
 def build(
@@ -152,7 +159,7 @@ def build(
                 options.os_image,
                 options.os_image_level,
                 options.source_date_epoch,
-                None if options.no_cache else compressed_cache_dir(),
+                None if options.no_cache else os_image_cache_dir(),
             )
             del raw_image
             # First: the kernel reads an uncompressed archive at a 4-byte boundary.
@@ -196,6 +203,8 @@ def build(
         ]
         if cache is not None:
             freeze.prune(cache, KEEP_COMPRESSED)
+            if with_image:
+                freeze.prune(os_image_cache_dir(), KEEP_OS_IMAGES)
         lap("compress")
     image = os.path.join(options.outdir, "buildos-image")
     initrd = os.path.join(options.outdir, "buildos-initrd")

@@ -17,7 +17,8 @@ when used, their page cache reclaimable (docs/os.md, "The OS image").
   file systems), with every entry's mode and numeric owners given as
   pseudo definitions, so the image does not depend on who builds it;
   reproducible (sorted, SOURCE_DATE_EPOCH clamps the times, no xattrs, as
-  in the cpio). Cached by the sha256 of the entries' newc archive.
+  in the cpio). Cached by the sha256 of the entries' newc archive, in a
+  folder of its own (mkinitrd.os_image_cache_dir).
 - `segment`: the image as the initrd's first archive, uncompressed: the
   image is compressed already, and the kernel reads an uncompressed newc
   archive only at a 4-byte boundary, which the start of the file is.

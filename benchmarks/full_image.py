@@ -84,7 +84,8 @@ def built_image(source: Path, outdir: Path, compress: str) -> InitrdFiles:
     """`source`'s OS tree packed by its mkinitrd --rootfs (the VM tests' way) into `outdir`."""
     vmlinuz, modules = kernel_files()
     tree = build_tree(source)
-    build_image(vmlinuz, modules, tree, outdir, compress, source=source)
+    # mkinitrd's own default for the OS image (what a release serves), not the tests' fast one.
+    build_image(vmlinuz, modules, tree, outdir, compress, source=source, os_image=None)
     return InitrdFiles(
         outdir, outdir / "buildos-image", outdir / "buildos-initrd", outdir / "buildos-buildid"
     )

@@ -48,7 +48,7 @@ import sys
 from initpy.runtime import cmdline, etc, layout
 from initpy.runtime.cmdline import BadValue, Parameter
 from initpy.runtime.handoff import handoff_to_systemd
-from initpy.runtime.hook import BootContext, Hook, State
+from initpy.runtime.hook import BootContext, Hook, Milestone, State
 from initpy.runtime.osimage import (
     AGENT_SERVICE_LINES,
     AGENT_USER,
@@ -258,6 +258,7 @@ HOOK = Hook(
             install_monitor,
             "write initpy-monitor's settings and the agent's command line "
             "(when the hand-off is systemd)",
+            wants=(Milestone.OS,),  # systemd is in the OS image, when there is one
         ),
     ),
     files=host_python_files(),

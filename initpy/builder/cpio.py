@@ -170,6 +170,25 @@ class Member:
     gid: int = 0
 
 
+def _member_at(stream: bytes, pos: int) -> tuple[Member, int]:
+    """The member whose header is at `pos`, and where the next one starts."""
+    if stream[pos : pos + 6] != NEWC_MAGIC or pos + 110 > len(stream):
+        raise ArchiveError(f"cpio: no newc header at offset {pos}")
+    fields = [int(stream[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
+    ino, mode, mtime, size = fields[0], fields[1], fields[5], fields[6]
+    namesize = fields[11]
+    name_start = pos + 110
+    name = stream[name_start : name_start + namesize - 1].decode()
+    data_start = name_start + namesize
+    data_start += -data_start % 4
+    data = stream[data_start : data_start + size]
+    if len(data) != size:
+        raise ArchiveError(f"cpio: {name}: truncated data")
+    end = data_start + size
+    member = Member(name, mode, mtime, ino, data, fields[9], fields[10], fields[2], fields[3])
+    return member, end + -end % 4
+
+
 def read_newc(stream: bytes) -> list[Member]:
     """Every member of one or more concatenated newc archives (trailers dropped).
 
@@ -181,29 +200,36 @@ def read_newc(stream: bytes) -> list[Member]:
         if stream[pos] == 0:
             pos += 1
             continue
-        if stream[pos : pos + 6] != NEWC_MAGIC or pos + 110 > len(stream):
-            raise ArchiveError(f"cpio: no newc header at offset {pos}")
-        fields = [int(stream[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
-        ino, mode, mtime, size = fields[0], fields[1], fields[5], fields[6]
-        namesize = fields[11]
-        name_start = pos + 110
-        name = stream[name_start : name_start + namesize - 1].decode()
-        data_start = name_start + namesize
-        data_start += -data_start % 4
-        data = stream[data_start : data_start + size]
-        if len(data) != size:
-            raise ArchiveError(f"cpio: {name}: truncated data")
-        pos = data_start + size
-        pos += -pos % 4
-        if name != TRAILER:
-            members.append(
-                Member(name, mode, mtime, ino, data, fields[9], fields[10], fields[2], fields[3])
-            )
+        member, pos = _member_at(stream, pos)
+        if member.path != TRAILER:
+            members.append(member)
     return members
 
 
+def plain_length(stream: bytes) -> int:
+    """How many leading bytes are uncompressed newc archives (the OS image's), padding included.
+
+    The kernel reads such archives, then the compressed ones after them; the
+    tools that decompress or recompress an initrd leave these bytes as they are.
+    """
+    pos = plain = 0
+    while stream.startswith(NEWC_MAGIC, pos):
+        member, pos = _member_at(stream, pos)
+        if member.path == TRAILER:
+            while pos < len(stream) and stream[pos] == 0:
+                pos += 1
+            plain = pos
+    return plain
+
+
 def decompress(data: bytes) -> bytes:
-    """Undo `compress` for concatenated parts (by each part's magic)."""
+    """Undo `compress` for concatenated parts (by each part's magic).
+
+    Leading uncompressed archives (the OS image's) are kept as they are.
+    """
+    plain = plain_length(data)
+    if plain:
+        return data[:plain] + decompress(data[plain:])
     tools = (
         (b"\x28\xb5\x2f\xfd", ["zstd", "-d", "-c", "-q"]),
         (b"\x1f\x8b", ["gzip", "-d", "-c"]),

@@ -59,8 +59,13 @@ class ChosenHooks:
         return [f for name in self.names for f in hook_sources(self.paths[name])]
 
 
-def choose(folders: Sequence[str], wanted: Sequence[str] | None) -> ChosenHooks:
-    """Find the hooks in `folders` (each imported once) and build the registry of `wanted`."""
+def choose(
+    folders: Sequence[str], wanted: Sequence[str] | None, os_image: bool = False
+) -> ChosenHooks:
+    """Find the hooks in `folders` (each imported once) and build the registry of `wanted`.
+
+    `os_image`: the initrd carries the OS image, and so the hook that mounts it.
+    """
     for folder in folders:
         if not os.path.isdir(folder):
             raise BuildError(
@@ -76,7 +81,7 @@ def choose(folders: Sequence[str], wanted: Sequence[str] | None) -> ChosenHooks:
             "fix the hook, or leave it out with --hooks",
         ) from exc
     hooks = {name: hook for name, (hook, _path) in found.items()}
-    names = choose_names(hooks, wanted)
+    names = choose_names(hooks, wanted, os_image)
     try:
         registry = build_registry(select(hooks, names), hooks.values())
     except HookError as exc:
@@ -95,10 +100,31 @@ def _failing_file(exc: BaseException, folders: Sequence[str]) -> str:
     return "in " + ", ".join(folders)
 
 
-def choose_names(found: dict[str, Hook], wanted: Sequence[str] | None) -> list[str]:
-    """The hook names in boot-tie order: the always-included first."""
-    names = list(wanted) if wanted is not None else sorted(found)
+def choose_names(
+    found: dict[str, Hook], wanted: Sequence[str] | None, os_image: bool = False
+) -> list[str]:
+    """The hook names in boot-tie order: the always-included first.
+
+    The OS image's hook comes with the image and only with it, right after
+    the module loading whose modules it needs: its state then runs before
+    every other hook's, which may use the OS.
+    """
+    image_hook = layout.OS_IMAGE_HOOK
+    if wanted is not None and image_hook in wanted and not os_image:
+        raise BuildError(
+            f"--hooks names {image_hook}, but this initrd carries no OS image",
+            f"leave {image_hook} out of --hooks: mkinitrd --rootfs TREE chooses it with the "
+            "image it packs",
+        )
+    names = [n for n in (list(wanted) if wanted is not None else sorted(found)) if n != image_hook]
     always = [n for n in ALWAYS_HOOKS if n in found]
+    if os_image:
+        if image_hook not in found:
+            raise BuildError(
+                f"hook {image_hook} (which mounts the OS image) is not in the hooks folders",
+                "keep initpy's own hooks folder (--hooks-dir adds to it)",
+            )
+        always.insert(always.index("modules") + 1 if "modules" in always else 0, image_hook)
     return always + [n for n in names if n not in always]
 
 

@@ -12,7 +12,9 @@ initpy.builder.mkinitrd_cli is its command line (`mkinitrd`, `mkinitrd.py`):
    kmod, kernel_modules);
 5. the layers are merged (busybox applets < --rootfs < the init's files)
    and split into one newc archive per part (initpy.builder.layers), each
-   compressed (initpy.builder.cpio);
+   compressed (initpy.builder.cpio); with --rootfs, the tree's /usr goes
+   into the OS image instead, a squashfs in an uncompressed archive of its
+   own, first (initpy.builder.os_image);
 6. the manifest (initpy.runtime.layout.Manifest: hooks, modules, build
    id) is the last archive; OUTDIR gets buildos-image, buildos-initrd and
    buildos-buildid (the sha256 of the other archives, uncompressed: it
@@ -28,17 +30,26 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from initpy.builder import cpio, freeze, hooks, layers, os_modules, size_report
+from initpy.builder import cpio, freeze, hooks, layers, os_image, os_modules, size_report
 from initpy.builder import rootfs as os_tree
 from initpy.builder.binaries import add_busybox, add_elf_files, debian_busybox, wanted_binaries
 from initpy.builder.command import BuildError
 from initpy.builder.kernel_modules import add_modules
 from initpy.builder.layers import PART_MANIFEST, PART_ROOTFS, Layer
 from initpy.builder.options import Compression, Options
+from initpy.builder.os_image import ImageCompression
 from initpy.builder.os_modules import OsModules
 from initpy.runtime import layout
 
-__all__ = ["BuildError", "BuildResult", "Compression", "Freezer", "Options", "build"]
+__all__ = [
+    "BuildError",
+    "BuildResult",
+    "Compression",
+    "Freezer",
+    "ImageCompression",
+    "Options",
+    "build",
+]
 
 
 @dataclass(frozen=True)
@@ -57,10 +68,17 @@ class BuildResult:
 
 Freezer = Callable[[Sequence[str]], freeze.Frozen]
 KEEP_COMPRESSED = 40  # a few builds' parts, for every compression
+KEEP_OS_IMAGES = 4  # the OS images of a few trees or compressors (100+ MB each)
 
 
 def compressed_cache_dir() -> str:
     return os.path.join(os.path.dirname(freeze.cache_root()), "compressed")
+
+
+def os_image_cache_dir() -> str:
+    # Apart from the compressed parts: a few builds of small parts would
+    # push out an image that took minutes to make.
+    return os.path.join(os.path.dirname(freeze.cache_root()), "os-image")
 
 
 def build(
@@ -87,7 +105,8 @@ def build(
             f"--compress {options.compress}: unknown", "use one of " + ", ".join(cpio.COMPRESSIONS)
         )
     folders = [*([options.base_hooks_dir] if options.base_hooks_dir else []), *options.hook_dirs]
-    chosen = hooks.choose(folders, options.hooks)
+    with_image = bool(options.rootfs) and options.os_image != ImageCompression.NONE
+    chosen = hooks.choose(folders, options.hooks, os_image=with_image)
     registry = chosen.registry
     if options.rootfs:  # before the freeze: a tree that cannot work fails in a second
         os_tree.check(options.rootfs, options.modules, registry.hooks)
@@ -136,8 +155,33 @@ def build(
             ):
                 rootfs.add(entry, part)
         merged = layers.merge([fallback, rootfs, init])
+        in_initramfs = merged
+        if with_image:
+            in_image, in_initramfs = os_image.split(merged, layers.merge([fallback, init]))
         lap("layout")
-        archives = layers.split_archives(merged, options.source_date_epoch)
+        archives = layers.split_archives(in_initramfs, options.source_date_epoch)
+        if with_image:
+            raw_image = cpio.archive([e for e, _part in in_image], options.source_date_epoch)
+            squashed = os_image.squash(
+                [e for e, _part in in_image],
+                raw_image,
+                options.os_image,
+                options.os_image_level,
+                options.source_date_epoch,
+                None if options.no_cache else os_image_cache_dir(),
+            )
+            del raw_image
+            # First: the kernel reads an uncompressed archive at a 4-byte boundary.
+            archives.insert(
+                0, (os_image.PART_OS_IMAGE, os_image.segment(squashed, options.source_date_epoch))
+            )
+            notes.append(
+                f"OS image: {len(in_image)} entries of --rootfs's /usr in "
+                f"{len(squashed) / 1e6:.1f} MB (squashfs, "
+                f"{' '.join(os_image.compressor_args(options.os_image, options.os_image_level))}, "
+                f"{os_image.BLOCK_SIZE // 1024} KiB blocks)"
+            )
+            lap("os image")
         # The build id covers everything but the manifest, which carries it.
         build_id = hashlib.sha256(b"".join(raw for _part, raw in archives)).hexdigest()
         manifest = layout.Manifest(
@@ -161,8 +205,10 @@ def build(
         lap("archive")
         cache = None if options.no_cache else compressed_cache_dir()
         packed = [
-            cpio.compress_cached(raw, options.compress, cache, options.compress_level)
-            for _part, raw in archives
+            raw
+            if part == os_image.PART_OS_IMAGE  # compressed already
+            else cpio.compress_cached(raw, options.compress, cache, options.compress_level)
+            for part, raw in archives
         ]
         lap("compress")
         report: tuple[tuple[str, int, int], ...] = ()
@@ -173,6 +219,8 @@ def build(
             lap("size report")
         if cache is not None:
             freeze.prune(cache, KEEP_COMPRESSED)
+            if with_image:
+                freeze.prune(os_image_cache_dir(), KEEP_OS_IMAGES)
     image = os.path.join(options.outdir, "buildos-image")
     initrd = os.path.join(options.outdir, "buildos-initrd")
     buildid = os.path.join(options.outdir, "buildos-buildid")

@@ -15,6 +15,7 @@ from enum import StrEnum
 from initpy.builder import cpio
 from initpy.builder.drivers import Drivers
 from initpy.builder.hooks import ALWAYS_HOOKS, default_hooks_dir
+from initpy.builder.os_image import ZSTD_MAX_LEVEL, ImageCompression
 from initpy.builder.os_modules import OsModules
 from initpy.builder.settings import DEBUG, Setting, default_of
 
@@ -38,6 +39,16 @@ def parse_compression(text: str) -> tuple[Compression, int | None]:
     return Compression(method), level
 
 
+def parse_image_compression(text: str) -> tuple[ImageCompression, int | None]:
+    """`zstd[:LEVEL]`, `xz` or `none`; ValueError names what is accepted."""
+    method, colon, level = text.partition(":")
+    if method not in set(ImageCompression) or (colon and method != ImageCompression.ZSTD):
+        raise ValueError(f"{text!r}: use zstd, zstd:LEVEL (1 to 22), xz or none")
+    if colon and not (level.isdigit() and 1 <= int(level) <= ZSTD_MAX_LEVEL):
+        raise ValueError(f"{text!r}: zstd's level is 1 to {ZSTD_MAX_LEVEL}")
+    return ImageCompression(method), int(level) if colon else None
+
+
 def _names(text: str | None) -> tuple[str, ...] | None:
     return tuple(n for n in text.split(",") if n) if text else None
 
@@ -57,6 +68,14 @@ SETTINGS: tuple[Setting, ...] = (
             "3D GPUs, sensors and the like; docs/os.md), all (the kernel's whole tree)",
             default=OsModules.BUILD_HOST.value, choices=tuple(m.value for m in OsModules),
             parse=OsModules, metavar="{" + ",".join(m.value for m in OsModules) + "}"),
+    Setting(("--os-image",), "os_image",
+            "how --rootfs's /usr travels: a squashfs image compressed with zstd (level 19 "
+            "unless given: zstd:3 packs in seconds, for tests) or xz, mounted at boot under "
+            "an overlay, so that only the compressed image stays in RAM; none unpacks the "
+            "whole tree into the initramfs, as before (docs/os.md)",
+            "{zstd[:LEVEL],xz,none}", default=ImageCompression.ZSTD.value,
+            parse=parse_image_compression,
+            fields=lambda value: {"os_image": value[0], "os_image_level": value[1]}),
     Setting(("--include",), "includes",
             "a host file or folder; an ELF file brings its libraries", "SRC[:DST]",
             repeatable=True),
@@ -105,6 +124,8 @@ class Options:
     outdir: str
     rootfs: str | None = default_of(SETTINGS, "rootfs")
     os_modules: OsModules = default_of(SETTINGS, "os_modules")
+    os_image: ImageCompression = default_of(SETTINGS, "os_image")
+    os_image_level: int | None = default_of(SETTINGS, "os_image_level")  # None: zstd's 19
     includes: tuple[str, ...] = default_of(SETTINGS, "includes")
     hooks: tuple[str, ...] | None = default_of(SETTINGS, "hooks")  # None: every hook found
     hook_dirs: tuple[str, ...] = default_of(SETTINGS, "hook_dirs")  # after base_hooks_dir

@@ -258,12 +258,18 @@ def for_tftp(initrd: str) -> bytes | None:
     still names them. The result is cached as mkinitrd caches its parts.
     """
     with open(initrd, "rb") as f:
-        head = f.read(8)
+        data = f.read()
+    # The OS image's archive comes first, uncompressed, and stays so: it is
+    # compressed inside, and the kernel unpacks no compressed archive inside
+    # another. An initrd of plain archives only (--compress none) is
+    # compressed whole.
+    plain = cpio.plain_length(data)
+    plain = 0 if plain == len(data) else plain
+    head = data[plain : plain + 8]
     if head.startswith(ZSTD_MAGIC) or not head.startswith(REPACKABLE):
         return None
-    with open(initrd, "rb") as f:
-        raw = cpio.decompress(f.read())
-    return cpio.compress_cached(raw, TFTP_COMPRESSION, compressed_cache_dir())
+    raw = cpio.decompress(data[plain:])
+    return data[:plain] + cpio.compress_cached(raw, TFTP_COMPRESSION, compressed_cache_dir())
 
 
 def install_build(

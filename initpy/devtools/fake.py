@@ -184,6 +184,13 @@ class FakeKernel(FakeFiles):
         with open(mounts, "w") as f:
             f.writelines(lines)
 
+    def attach_loop(self, path: str) -> str:
+        self.calls.append(("attach_loop", path))
+        self._fail("attach_loop", path)
+        if not os.path.isfile(self.path(path)):
+            raise OSError(errno.ENOENT, f"attach_loop {path}: no such file")
+        return "/dev/loop0"
+
     def finit_module(self, path: str, params: str = "") -> None:
         self.calls.append(("finit_module", path, params))
         self._fail("finit_module", path)

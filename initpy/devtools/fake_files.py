@@ -138,6 +138,9 @@ class FakeFiles(Kernel):
     def chmod(self, path: str, mode: int) -> None:
         os.chmod(self.path(path), mode)
 
+    def set_mtime(self, path: str, seconds: float) -> None:
+        os.utime(self.path(path), (seconds, seconds))
+
     def chown(self, path: str, uid: int, gid: int) -> None:
         self.calls.append(("chown", path, uid, gid))
         self._fail("chown", path)

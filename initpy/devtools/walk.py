@@ -77,6 +77,13 @@ def walk(
             with open(path, "w") as f:
                 f.write("#!/bin/sh\n")
             os.chmod(path, 0o755)
+        # The OS image (hooks/os_image.py): a file to attach, and the /usr
+        # that mounting it shows.
+        image = kernel.path(layout.OS_IMAGE)
+        os.makedirs(os.path.dirname(image), exist_ok=True)
+        with open(image, "wb") as f:
+            f.write(b"hsqs")
+        os.makedirs(kernel.path(f"{layout.OS_MOUNTED}{layout.OS_OVERLAID}"), exist_ok=True)
         # A state disk and a machines disk, so that the walk gets past storage.
         kernel.add_block_device("vda", minimal_image("ext4", "buildos.state"), serial="walk-state")
         kernel.add_block_device(

@@ -146,6 +146,9 @@ class Files:
     def chown(self, path: str, uid: int, gid: int) -> None:
         os.chown(path, uid, gid)
 
+    def set_mtime(self, path: str, seconds: float) -> None:
+        os.utime(path, (seconds, seconds))
+
     def stat(self, path: str) -> os.stat_result:
         return os.stat(path)
 

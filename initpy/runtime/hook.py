@@ -185,6 +185,7 @@ class Milestone(StrEnum):
     """
 
     MODULES = "modules"  # the initrd's kernel modules are loaded
+    OS = "os"  # the OS's /usr is in place (its image mounted, hooks/os_image.py)
     STATE = "state"  # /state is mounted (the driver keeps report copies there)
     MACHINES = "machines"  # the machines storage is mounted under /build/machines
     RESTORED = "restored"  # the seed is fed, the saved host keys in place, new ones on the way

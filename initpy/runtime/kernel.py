@@ -39,6 +39,7 @@ from initpy.runtime.sockets import NetlinkSocket as NetlinkSocket
 T = TypeVar("T")
 
 # mount(2) flags, from <sys/mount.h>.
+MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
 MS_NOEXEC = 8
@@ -55,6 +56,10 @@ REBOOT_COMMANDS = {
 # Ctrl-Alt-Del sends SIGINT to init instead of rebooting at once.
 _LINUX_REBOOT_CMD_CAD_OFF = 0
 
+# The loop driver's ioctls, from <linux/loop.h>.
+_LOOP_CTL = "/dev/loop-control"
+_LOOP_CTL_GET_FREE = 0x4C82
+_LOOP_SET_FD = 0x4C00
 _SYS_FINIT_MODULE = 313  # x86_64
 _MODULE_INIT_COMPRESSED_FILE = 4
 
@@ -145,6 +150,30 @@ class Kernel(Files):
 
     def umount(self, target: str) -> None:
         _check(_libc().umount2(target.encode(), 0), f"umount {target}")
+
+    def attach_loop(self, path: str) -> str:
+        """Back a free loop device with the file `path`, read-only; returns the device.
+
+        The file is opened read-only, so the kernel makes the device
+        read-only too. The device stays attached for the host's life.
+        """
+        import fcntl  # only the os_image hook's boot attaches a loop device
+
+        control = os.open(_LOOP_CTL, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            device = f"/dev/loop{fcntl.ioctl(control, _LOOP_CTL_GET_FREE)}"
+        finally:
+            os.close(control)
+        backing = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            loop = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                fcntl.ioctl(loop, _LOOP_SET_FD, backing)
+            finally:
+                os.close(loop)
+        finally:
+            os.close(backing)
+        return device
 
     def finit_module(self, path: str, params: str = "") -> None:
         """Load one module file; `EEXIST` (already loaded) is not an error."""

@@ -34,6 +34,13 @@ PRIVATE_MODPROBE = f"{PRIVATE_BIN_DIR}/modprobe"
 # module autoloader (PRIVATE_MODPROBE links to it).
 BUSYBOX = "/usr/bin/busybox"
 MODULES_ROOT = "/lib/modules"
+# The OS image (mkinitrd --rootfs: the tree's /usr as a squashfs, an archive
+# of its own in the initrd) and where the os_image hook mounts it at boot:
+# the image read-only, a tmpfs for what the OS writes to /usr, and the
+# overlay of both over /usr (hooks/os_image.py, docs/os.md).
+OS_IMAGE = f"{LIB}/os.squashfs"
+OS_IMAGE_HOOK = "os_image"
+OS_OVERLAID = "/usr"
 # The modalias index of the packed drivers (format in hooks/modules/modalias.py),
 # written by initpy.builder.kmod.alias_index. A file of its own rather than a
 # manifest field: the manifest is read at every boot before the hooks load,
@@ -43,6 +50,8 @@ FIRMWARE_ROOT = "/lib/firmware"
 # What PID 1 writes while it runs, for the rescue shell and the OS.
 RUN_DIR = "/run/initpy"
 REPORT = f"{RUN_DIR}/report.json"
+OS_MOUNTED = f"{RUN_DIR}/os"
+OS_WRITES = f"{RUN_DIR}/os-writes"
 # The Python tree of what runs on the booted host after the hand-off (the
 # monitor: initpy/host, this module and the other runtime modules it
 # imports), run by the OS's python3 with this folder as its PYTHONPATH; the

@@ -107,6 +107,9 @@ def build(setup: dict[str, str], out: str, **changes: object) -> mkinitrd.BuildR
         hook_dirs=(setup["hooks"],),
         compress=mkinitrd.Compression.GZIP,
         source_date_epoch=1_700_000_000,
+        # The tree unpacked into the initramfs: these tests read the merged
+        # archive (tests/unit/test_os_image_mount.py builds with the image).
+        os_image=mkinitrd.ImageCompression.NONE,
     )
     options = mkinitrd.Options(**{**options.__dict__, **changes})
     return mkinitrd.build(options, freezer=fake_freezer(setup["top"]))

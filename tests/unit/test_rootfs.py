@@ -164,6 +164,7 @@ def test_a_tree_that_cannot_work_fails_before_the_freeze(setup: dict[str, str]) 
         base_hooks_dir=None,
         hook_dirs=(setup["hooks"],),
         rootfs=tree(setup),
+        os_image=mkinitrd.ImageCompression.NONE,  # the test's hooks have no os_image
     )
     with pytest.raises(BuildError, match=r"lacks the package\(s\) relay-pkg"):
         mkinitrd.build(options, freezer=freezer)

@@ -301,20 +301,31 @@ def compress_cached(
     suffix = method if level is None else f"{method}{level}"
     key = hashlib.sha256(data + method.encode()).hexdigest()
     path = os.path.join(cache_dir, f"{key}.{suffix}")
+    packed = cache_get(path)
+    if packed is None:
+        packed = compress(data, method, level)
+        cache_put(path, packed)
+    return packed
+
+
+def cache_get(path: str) -> bytes | None:
+    """A build cache's entry, or None; a hit is marked recently used (kept when pruned)."""
     try:
         with open(path, "rb") as f:
-            packed = f.read()
-        os.utime(path)  # recently used: kept when the builder prunes
-        return packed
+            data = f.read()
+        os.utime(path)
+        return data
     except OSError:
-        pass
-    packed = compress(data, method, level)
-    os.makedirs(cache_dir, exist_ok=True)
+        return None
+
+
+def cache_put(path: str, data: bytes) -> None:
+    """Store a build cache's entry whole: written aside, then renamed (no torn entry)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "wb") as f:
-        f.write(packed)
+        f.write(data)
     os.replace(tmp, path)
-    return packed
 
 
 def entries_from_tree(top: str, prefix: str = "", keep_owners: bool = False) -> list[Entry]:

@@ -142,14 +142,9 @@ def squash(
     args = (*compressor_args(compression, level), "-b", str(BLOCK_SIZE))
     key = hashlib.sha256(raw + " ".join(args).encode() + str(mtime).encode()).hexdigest()
     cached = os.path.join(cache_dir, f"{key}.squashfs") if cache_dir else None
-    if cached is not None:
-        try:
-            with open(cached, "rb") as f:
-                image = f.read()
-            os.utime(cached)  # recently used: kept when the builder prunes
-            return image
-        except OSError:
-            pass
+    hit = cpio.cache_get(cached) if cached is not None else None
+    if hit is not None:
+        return hit
     if shutil.which(MKSQUASHFS) is None:
         raise BuildError(
             f"{MKSQUASHFS} is missing; the OS image needs it",
@@ -173,11 +168,7 @@ def squash(
         with open(out, "rb") as f:
             image = f.read()
     if cached is not None:
-        os.makedirs(os.path.dirname(cached), exist_ok=True)
-        tmp = f"{cached}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(image)
-        os.replace(tmp, cached)
+        cpio.cache_put(cached, image)
     return image
 
 

@@ -39,21 +39,14 @@ from full_os import kernel_files  # noqa: E402  (this folder is on the path)
 
 from initpy.builder import mkinitrd, os_image, pxe  # noqa: E402
 from initpy.builder.options import parse_compression, parse_image_compression  # noqa: E402
-from tests.harness import qemu  # noqa: E402
-from tests.harness.fullos import (  # noqa: E402
-    BOOT_TIMEOUT,
-    READY,
-    TEST_COMPRESS,
-    Ssh,
-    build_tree,
-    free_port,
-    full_os_args,
-    make_key,
-)
+from tests.harness.fullos import TEST_COMPRESS, boot_full, build_tree  # noqa: E402
+from tests.harness.guest_ram import parse_meminfo  # noqa: E402
+from tests.harness.images import InitrdFiles  # noqa: E402
 
 BLOCKS = {"128K": 128 << 10, "1M": 1 << 20}
 # What the booted host holds: the kernel's view of RAM, and the initramfs's use.
-MEMORY = "grep -E '^(MemTotal|MemAvailable|Shmem):' /proc/meminfo; df -k --output=used / | tail -1"
+MEMORY = {"meminfo": "cat /proc/meminfo", "rootfs": "df -k --output=used / | tail -1"}
+MIB = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -88,24 +81,19 @@ def build(variant: str, vmlinuz: Path, modules: Path, tree: Path, out: Path) -> 
 
 
 def boot_once(out: Path, workdir: Path, name: str) -> Boot:
-    workdir.mkdir(parents=True, exist_ok=True)
-    key = make_key(workdir)
-    mail = workdir / "mail"
-    mail.mkdir(exist_ok=True)
-    port = free_port()
-    args = full_os_args(workdir, port, key.with_suffix(".pub").read_text().strip(), mail)
-    with qemu.boot(out / "buildos-image", out / "buildos-initrd", args, name=name) as vm:
-        match = vm.expect(READY, BOOT_TIMEOUT)
-        ssh = Ssh(port, key)
-        ssh.wait()
-        lines = ssh.run(MEMORY).stdout.split()
-    kb = {lines[i].rstrip(":"): int(lines[i + 1]) for i in range(0, 9, 3)}
+    files = InitrdFiles(out, out / "buildos-image", out / "buildos-initrd", out / "buildos-buildid")
+    host = boot_full(files, workdir, name)
+    try:
+        found = host.sections(MEMORY)
+    finally:
+        host.close()
+    mem = parse_meminfo(found["meminfo"])
     return Boot(
-        int(match.group(3)) / 1000,
-        int(match.group(2)) / 1000,
-        (kb["MemTotal"] - kb["MemAvailable"]) / 1024,
-        kb["Shmem"] / 1024,
-        int(lines[-1]) / 1024,
+        int(host.ready.group(3)) / 1000,
+        int(host.ready.group(2)) / 1000,
+        (mem["MemTotal"] - mem["MemAvailable"]) / MIB,
+        mem["Shmem"] / MIB,
+        int(found["rootfs"].strip()) / 1024,
     )
 
 
